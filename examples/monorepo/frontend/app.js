@@ -1,0 +1,1 @@
+export function title(name) { return `Hello, ${name}`; }

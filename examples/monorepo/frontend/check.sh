@@ -1,0 +1,3 @@
+#!/bin/sh
+set -eu
+grep -q "export function title" app.js && echo "frontend: exports ok"

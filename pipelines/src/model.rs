@@ -1,0 +1,233 @@
+//! The validated pipeline: what `parse` returns and `plan` consumes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::Diagnostic;
+use crate::event::Event;
+use crate::expr::Template;
+use crate::matrix::Combination;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// From `name:`, else the file name (`.slipway.yml` → `default`, `.slipway/deploy.yml` → `deploy`).
+    pub name: String,
+    pub file: String,
+    /// Hex sha256 of the file's text, stored with each run.
+    pub yaml_sha256: String,
+    pub triggers: Triggers,
+    pub env: BTreeMap<String, Template>,
+    /// In declaration order.
+    pub stages: Vec<Stage>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// Include/exclude glob lists. An empty `include` means "everything".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Filter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+/// `on:`. A missing `on` means push, pull_request, tag and manual (not cron).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Triggers {
+    pub push: Option<PushTrigger>,
+    pub pull_request: Option<PullRequestTrigger>,
+    pub tag: Option<TagTrigger>,
+    pub cron: BTreeMap<String, CronTrigger>,
+    pub manual: Option<ManualTrigger>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushTrigger {
+    pub branches: Option<Filter>,
+    /// Tag pushes matching these also trigger (like `on.tag`).
+    pub tags: Option<Filter>,
+    pub paths: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PullRequestTrigger {
+    /// Target-branch globs.
+    pub branches: Option<Filter>,
+    pub paths: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TagTrigger {
+    pub patterns: Filter,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CronTrigger {
+    /// As written.
+    pub expr: String,
+    /// In the `cron` crate's 6/7-field syntax, ready for `cron::Schedule::from_str`.
+    pub schedule: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ManualTrigger {
+    pub params: BTreeMap<String, Param>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Param {
+    pub description: Option<String>,
+    pub default: Option<String>,
+    pub required: bool,
+    /// If not empty, the only values allowed.
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub kind: StageKind,
+    pub image: Option<Template>,
+    pub needs: Vec<String>,
+    /// Expanded combinations; `None` for a stage without `matrix`.
+    pub matrix: Option<Vec<Combination>>,
+    pub when: When,
+    pub steps: Vec<Step>,
+    pub services: BTreeMap<String, Service>,
+    pub artifacts: Vec<String>,
+    pub cache: Vec<String>,
+    pub retry: u32,
+    pub timeout_secs: Option<u64>,
+    pub env: BTreeMap<String, Template>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StageKind {
+    Run,
+    Scan {
+        sarif: Vec<String>,
+        fail_on: ScanLevel,
+    },
+    Image {
+        dockerfile: String,
+        context: String,
+        push: Option<Template>,
+        registry_secret: Option<String>,
+        build_args: BTreeMap<String, Template>,
+        target: Option<String>,
+    },
+    Deploy {
+        environment: String,
+        approval: Option<Approval>,
+        canary: Option<Canary>,
+    },
+}
+
+/// The lowest finding severity that fails a scan stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanLevel {
+    /// Never fail on findings.
+    None,
+    Note,
+    Low,
+    Medium,
+    #[default]
+    High,
+    Critical,
+}
+
+impl ScanLevel {
+    pub const NAMES: [(&str, ScanLevel); 6] = [
+        ("none", ScanLevel::None),
+        ("note", ScanLevel::Note),
+        ("low", ScanLevel::Low),
+        ("medium", ScanLevel::Medium),
+        ("high", ScanLevel::High),
+        ("critical", ScanLevel::Critical),
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub role: String,
+    /// At least 1.
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub target: CanaryTarget,
+    pub traffic: Traffic,
+    /// Weights are within 0..=100, non-decreasing, and the last one is 100.
+    pub steps: Vec<CanaryStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryTarget {
+    pub deployment: String,
+    /// `None`: the backend's default namespace.
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    #[default]
+    Replicas,
+    Nginx,
+    Gateway,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CanaryStep {
+    Weight { weight: u8 },
+    Pause { pause_secs: u64 },
+    Analysis(Analysis),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub http: HttpCheck,
+    pub interval_secs: u64,
+    pub count: u32,
+    pub max_failures: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCheck {
+    pub url: String,
+    pub expect_status: u16,
+}
+
+/// Conditions that must all hold for a stage to run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct When {
+    pub branch: Option<Filter>,
+    pub tag: Option<Filter>,
+    pub event: Option<Vec<Event>>,
+    pub paths: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// From `name:`, else `step N` (1-based).
+    pub name: String,
+    pub run: Template,
+    pub env: BTreeMap<String, Template>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub image: Template,
+    pub env: BTreeMap<String, Template>,
+    pub command: Option<Vec<String>>,
+}

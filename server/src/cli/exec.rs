@@ -1,0 +1,230 @@
+//! `slipway exec`: plan the repository's pipelines for an event and run them here on
+//! the local backend.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use pipelines::{Event, EventContext, PlanError};
+use runner::{LocalBackend, Source};
+use tokio_util::sync::CancellationToken;
+
+use super::output::Output;
+use super::validate;
+use crate::exec::{ExecEvent, ExecOptions, execute};
+use crate::pipeline_files;
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The repository directory.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// The event to simulate.
+    #[arg(long, value_enum, default_value_t = EventArg::Push)]
+    pub event: EventArg,
+    /// The branch (default: the checked-out branch). For pull_request: the target branch.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// The tag, for `--event tag`.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Which named `on.cron` entry fired, for `--event cron`.
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// A manual parameter, `KEY=VALUE` (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// A changed path, for `when.paths` (repeatable). Without any, path filters match.
+    #[arg(long = "changed", value_name = "PATH")]
+    pub changed: Vec<String>,
+    /// A secret, `NAME=VALUE`, or `NAME` to read it from the environment (repeatable).
+    #[arg(long = "secret", value_name = "NAME[=VALUE]")]
+    pub secrets: Vec<String>,
+    /// Run the committed tree of this revision (checked out with git) instead of the
+    /// working tree; pipeline files are read from that commit too.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Only run the pipeline with this name (repeatable).
+    #[arg(long = "pipeline")]
+    pub pipelines: Vec<String>,
+    /// How many stages may run at once (default: the number of CPUs).
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Keep collected artifacts in this directory (default: discarded at exit).
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EventArg {
+    Push,
+    PullRequest,
+    Tag,
+    Cron,
+    Manual,
+}
+
+impl From<EventArg> for Event {
+    fn from(e: EventArg) -> Self {
+        match e {
+            EventArg::Push => Event::Push,
+            EventArg::PullRequest => Event::PullRequest,
+            EventArg::Tag => Event::Tag,
+            EventArg::Cron => Event::Cron,
+            EventArg::Manual => Event::Manual,
+        }
+    }
+}
+
+pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let colour = console::colors_enabled_stderr();
+    let dir = args
+        .path
+        .canonicalize()
+        .with_context(|| format!("{}", args.path.display()))?;
+    let (head_sha, head_branch) = pipeline_files::git_head(&dir);
+    let (sha, files, source) = match &args.commit {
+        Some(rev) => {
+            let (sha, files) = pipeline_files::from_commit(&dir, rev)?;
+            let source = Source::Git {
+                url: dir.to_string_lossy().into_owned(),
+                commit: sha.clone(),
+            };
+            (sha, files, source)
+        }
+        None => (
+            head_sha.unwrap_or_else(|| "0".repeat(40)),
+            pipeline_files::from_path(&dir)?,
+            Source::Directory(dir.clone()),
+        ),
+    };
+    let Ok(loaded) = validate::load(&files, colour) else {
+        return Ok(ExitCode::FAILURE);
+    };
+
+    let ctx = EventContext {
+        event: args.event.into(),
+        branch: args.branch.clone().or(head_branch),
+        tag: args.tag.clone(),
+        sha,
+        changed_paths: (!args.changed.is_empty()).then(|| args.changed.clone()),
+        params: parse_pairs(&args.params, "--param")?,
+        cron: args.cron.clone(),
+        repo: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        ..EventContext::default()
+    };
+    let mut plans = Vec::new();
+    for pipeline in &loaded {
+        if !args.pipelines.is_empty() && !args.pipelines.contains(&pipeline.name) {
+            continue;
+        }
+        match pipelines::plan(pipeline, &ctx) {
+            Ok(plan) => plans.push(plan),
+            Err(PlanError::NotTriggered { reason }) => {
+                eprintln!("pipeline `{}` not triggered: {reason}", pipeline.name);
+            }
+            Err(e) => bail!("pipeline `{}`: {e}", pipeline.name),
+        }
+    }
+    if plans.is_empty() {
+        eprintln!("nothing to run for this event");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let artifacts = match &args.artifacts_dir {
+        Some(dir) => Artifacts::Kept(dir.clone()),
+        None => Artifacts::Temporary(tempfile::tempdir()?),
+    };
+    let opts = ExecOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        source,
+        secrets: parse_secrets(&args.secrets)?,
+        artifact_dir: Some(artifacts.path()),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ok = runtime.block_on(run_plans(&plans, opts, colour))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+enum Artifacts {
+    Kept(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl Artifacts {
+    fn path(&self) -> PathBuf {
+        match self {
+            Artifacts::Kept(p) => p.clone(),
+            Artifacts::Temporary(t) => t.path().to_path_buf(),
+        }
+    }
+}
+
+async fn run_plans(plans: &[pipelines::Plan], opts: ExecOptions, colour: bool) -> anyhow::Result<bool> {
+    let backend = Arc::new(LocalBackend::new(None));
+    let cancel = CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_ctrl_c.cancel();
+        }
+    });
+    let stage_ids: Vec<String> = plans
+        .iter()
+        .flat_map(|p| {
+            let prefix = plans.len() > 1;
+            p.stages
+                .iter()
+                .map(move |s| if prefix { format!("{}/{}", p.pipeline, s.id) } else { s.id.clone() })
+        })
+        .collect();
+    let mut output = Output::new(&stage_ids, colour);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ExecEvent>();
+    let run = execute(backend, plans, &opts, tx, cancel);
+    tokio::pin!(run);
+    let mut reports = None;
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => output.event(event),
+                None => break,
+            },
+            result = &mut run, if reports.is_none() => reports = Some(result?),
+        }
+    }
+    let reports = reports.unwrap_or_default();
+    output.summary(&reports);
+    Ok(!reports.iter().any(|r| r.result.failed()))
+}
+
+fn parse_pairs(pairs: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{flag} `{pair}`: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn parse_secrets(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            Some(_) => bail!("--secret `{arg}`: expected NAME=VALUE or NAME"),
+            // Reading from the environment keeps the value out of shell history and `ps`.
+            None => std::env::var(arg)
+                .map(|v| (arg.clone(), v))
+                .with_context(|| format!("--secret {arg}: no such environment variable")),
+        })
+        .collect()
+}
