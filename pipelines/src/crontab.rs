@@ -41,7 +41,9 @@ fn crontab_dow_to_names(field: &str) -> String {
     const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
     let map_num = |s: &str| -> String {
         match s.parse::<usize>() {
-            Ok(n) => NAMES.get(n).map_or_else(|| s.to_string(), |n| n.to_string()),
+            Ok(n) => NAMES
+                .get(n)
+                .map_or_else(|| s.to_string(), |n| n.to_string()),
             Err(_) => s.to_string(),
         }
     };
@@ -70,13 +72,19 @@ mod tests {
     fn five_fields_get_seconds_and_weekday_names() {
         assert_eq!(normalize_cron("0 3 * * *").unwrap(), "0 0 3 * * *");
         assert_eq!(normalize_cron("0 3 * * 1-5").unwrap(), "0 0 3 * * MON-FRI");
-        assert_eq!(normalize_cron("*/15 * * * 0,6").unwrap(), "0 */15 * * * SUN,SAT");
+        assert_eq!(
+            normalize_cron("*/15 * * * 0,6").unwrap(),
+            "0 */15 * * * SUN,SAT"
+        );
     }
 
     #[test]
     fn six_and_seven_fields_and_shortcuts_pass_through() {
         assert_eq!(normalize_cron("0 0 3 * * *").unwrap(), "0 0 3 * * *");
-        assert_eq!(normalize_cron("0 0 3 * * * 2030").unwrap(), "0 0 3 * * * 2030");
+        assert_eq!(
+            normalize_cron("0 0 3 * * * 2030").unwrap(),
+            "0 0 3 * * * 2030"
+        );
         assert_eq!(normalize_cron("@daily").unwrap(), "@daily");
     }
 

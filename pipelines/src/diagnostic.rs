@@ -53,7 +53,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// A 1-based position in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub(crate) struct Pos {
     pub line: usize,
     pub column: usize,

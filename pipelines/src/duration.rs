@@ -8,7 +8,8 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         return Err("empty duration".into());
     }
     let total = if s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>().map_err(|_| format!("`{s}` is too large"))?
+        s.parse::<u64>()
+            .map_err(|_| format!("`{s}` is too large"))?
     } else {
         let mut total: u64 = 0;
         let mut number = String::new();
@@ -69,7 +70,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_ones() {
-        for bad in ["", "abc", "10x", "m", "30m1h", "1h1h", "0s", "0", "1.5h", "-5"] {
+        for bad in [
+            "", "abc", "10x", "m", "30m1h", "1h1h", "0s", "0", "1.5h", "-5",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert!(parse_duration("99999999999999999999s").is_err());

@@ -131,7 +131,10 @@ pub enum Part {
     Text(String),
     /// `occurrence` is the index of this `${{` among all `${{` in the string (used to
     /// find its position in the file).
-    Expr { expr: Expr, occurrence: usize },
+    Expr {
+        expr: Expr,
+        occurrence: usize,
+    },
 }
 
 /// A string that may contain `${{ expr }}`. Serializes as its source text.
@@ -200,6 +203,17 @@ pub struct ExprError {
 
 /// Parses every `${{ … }}` in `s`, collecting every error.
 pub fn parse_template(s: &str) -> Result<Template, Vec<ExprError>> {
+    let (template, errors) = parse_template_lenient(s);
+    if errors.is_empty() {
+        Ok(template)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Like [`parse_template`], but also returns the well-formed expressions when others are
+/// broken, so callers can check those too.
+pub fn parse_template_lenient(s: &str) -> (Template, Vec<ExprError>) {
     let mut parts = Vec::new();
     let mut errors = Vec::new();
     let mut rest = s;
@@ -234,14 +248,11 @@ pub fn parse_template(s: &str) -> Result<Template, Vec<ExprError>> {
     if !rest.is_empty() {
         parts.push(Part::Text(rest.to_string()));
     }
-    if errors.is_empty() {
-        Ok(Template {
-            source: s.to_string(),
-            parts,
-        })
-    } else {
-        Err(errors)
-    }
+    let template = Template {
+        source: s.to_string(),
+        parts,
+    };
+    (template, errors)
 }
 
 type ParseErr = (&'static str, String, Option<String>);
@@ -254,14 +265,20 @@ fn parse_expr(inner: &str) -> Result<Expr, ParseErr> {
             Some("write a value such as `${{ git.sha }}`".into()),
         ));
     }
-    if let Some(bad) = inner
+    let allowed = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    // Point at the operator in `a + b`, not at the space before it.
+    let bad = inner
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
+        .find(|c| !allowed(c) && !c.is_whitespace())
+        .or_else(|| inner.chars().find(|c| !allowed(c)));
+    if let Some(bad) = bad {
         return Err((
             codes::INVALID_EXPRESSION,
             format!("unexpected character `{bad}` in expression `{inner}`"),
-            Some("expressions are dotted names such as `matrix.os`; operators are not supported".into()),
+            Some(
+                "expressions are dotted names such as `matrix.os`; operators are not supported"
+                    .into(),
+            ),
         ));
     }
     let segs: Vec<&str> = inner.split('.').collect();
@@ -359,13 +376,18 @@ mod tests {
     #[test]
     fn parses_all_contexts() {
         assert_eq!(
-            exprs("a ${{ git.sha }} b ${{matrix.os}} ${{ params.x }} ${{ secrets.TOKEN }} ${{ stages.build.outputs.digest }} ${{ run.url }} ${{ event }} ${{ repo }}"),
+            exprs(
+                "a ${{ git.sha }} b ${{matrix.os}} ${{ params.x }} ${{ secrets.TOKEN }} ${{ stages.build.outputs.digest }} ${{ run.url }} ${{ event }} ${{ repo }}"
+            ),
             vec![
                 Expr::Git(GitField::Sha),
                 Expr::Matrix("os".into()),
                 Expr::Param("x".into()),
                 Expr::Secret("TOKEN".into()),
-                Expr::StageOutput { stage: "build".into(), key: "digest".into() },
+                Expr::StageOutput {
+                    stage: "build".into(),
+                    key: "digest".into()
+                },
                 Expr::Run(RunField::Url),
                 Expr::Event,
                 Expr::Repo,
@@ -382,7 +404,8 @@ mod tests {
 
     #[test]
     fn shell_rendering_uses_variables() {
-        let t = parse_template("cargo test --features ${{ matrix.features }} # ${{ git.branch }}").unwrap();
+        let t = parse_template("cargo test --features ${{ matrix.features }} # ${{ git.branch }}")
+            .unwrap();
         assert_eq!(
             t.render_shell(),
             "cargo test --features ${SLIPWAY_MATRIX_FEATURES} # ${SLIPWAY_GIT_BRANCH}"
@@ -391,7 +414,10 @@ mod tests {
 
     #[test]
     fn errors_carry_occurrence_and_code() {
-        let errs = parse_template("${{ git.sha }} ${{ }} ${{ a + b }} ${{ foo.bar }} ${{ git.brnch }} ${{ git.sha").unwrap_err();
+        let errs = parse_template(
+            "${{ git.sha }} ${{ }} ${{ a + b }} ${{ foo.bar }} ${{ git.brnch }} ${{ git.sha",
+        )
+        .unwrap_err();
         let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.occurrence, e.code)).collect();
         assert_eq!(
             got,

@@ -151,9 +151,12 @@ mod tests {
         };
         assert_eq!(expand(&spec), Err(usize::MAX));
         let spec = MatrixSpec {
-            axes: axes(&[("a", &["1", "2", "3"])]).into_iter().cycle().take(1).chain(
-                (0..2).map(|i| (format!("b{i}"), many.iter().take(10).cloned().collect())),
-            ).collect(),
+            axes: axes(&[("a", &["1", "2", "3"])])
+                .into_iter()
+                .cycle()
+                .take(1)
+                .chain((0..2).map(|i| (format!("b{i}"), many.iter().take(10).cloned().collect())))
+                .collect(),
             ..Default::default()
         };
         assert_eq!(expand(&spec), Err(300));

@@ -83,7 +83,10 @@ mod tests {
         let changed = |ps: &[&str]| ps.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(paths_match(&filter, None));
         assert!(paths_match(&filter, Some(&changed(&["src/a/b.rs"]))));
-        assert!(!paths_match(&filter, Some(&changed(&["src/a/README.md", "docs/x"]))));
+        assert!(!paths_match(
+            &filter,
+            Some(&changed(&["src/a/README.md", "docs/x"]))
+        ));
         assert!(!paths_match(&filter, Some(&[])));
     }
 

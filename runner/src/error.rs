@@ -80,9 +80,10 @@ impl Error {
     /// are retryable, mistakes in the spec or the pipeline are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Git { .. } | Error::Io { .. } | Error::NotFound { .. } | Error::Backend { .. } => {
-                true
-            }
+            Error::Git { .. }
+            | Error::Io { .. }
+            | Error::NotFound { .. }
+            | Error::Backend { .. } => true,
             Error::InvalidSpec(_)
             | Error::CommitNotFound { .. }
             | Error::Artifact { .. }

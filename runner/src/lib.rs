@@ -1,1 +1,41 @@
-pub fn _placeholder() {}
+//! Slipway's stage executor.
+//!
+//! [`run_stage`] drives a [`Backend`] through one stage of a pipeline: prepare the
+//! workspace, run the steps in order, stream masked log lines, enforce timeouts and
+//! cancellation, collect artifacts, and clean up. The backend only knows how to run
+//! things (local processes today; Docker and Kubernetes behind the same trait).
+//!
+//! Every backend must pass the conformance suite (module `conformance`, behind the
+//! `conformance` feature): `runner::conformance_tests!(make_backend, image);` in an
+//! integration test expands to one test per case. `failing::FailingBackend` (same
+//! feature) wraps a backend and fails at named points, for error-path tests.
+//!
+//! This crate does not depend on `pipelines`: the server maps a planned stage onto
+//! [`StageSpec`], which keeps a remote runner's dependencies small.
+
+pub mod artifacts;
+mod backend;
+mod error;
+mod local;
+pub mod log;
+pub mod mask;
+mod spec;
+mod stage;
+pub mod workspace;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod failing;
+
+pub use backend::{
+    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+};
+pub use error::{Error, Result};
+pub use local::LocalBackend;
+pub use mask::Masker;
+pub use spec::{Source, StageSpec, StepSpec};
+pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
+
+#[cfg(any(test, feature = "conformance"))]
+pub use failing::{FailPoint, FailingBackend};

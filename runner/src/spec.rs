@@ -82,7 +82,9 @@ impl StageSpec {
             let what = format!("step {i} (`{}`)", step.name);
             validate_env(&step.env, &what)?;
             if step.script.contains('\0') {
-                return Err(Error::InvalidSpec(format!("{what}: script contains a NUL byte")));
+                return Err(Error::InvalidSpec(format!(
+                    "{what}: script contains a NUL byte"
+                )));
             }
         }
         for glob in &self.artifacts {

@@ -2,5 +2,11 @@
 //! the HTTP API, webhooks, scheduler and store.
 
 pub mod cli;
+pub mod config;
+pub mod crypto;
 pub mod exec;
+pub mod forge;
+pub mod git;
+pub mod logs;
 pub mod pipeline_files;
+pub mod store;

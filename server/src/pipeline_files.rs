@@ -21,6 +21,8 @@ pub enum Error {
     NoneFound(PathBuf),
     #[error("git: {0}")]
     Git(#[from] git2::Error),
+    #[error(transparent)]
+    Commit(#[from] crate::git::GitError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -62,41 +64,15 @@ pub fn from_path(target: &Path) -> Result<Vec<PipelineFile>> {
 }
 
 /// Reads the pipeline files from the tree of `rev` in the repository at `repo_path` —
-/// never from the working tree, so what runs is exactly what was committed.
+/// never from the working tree, so what runs is exactly what was committed. Returns the
+/// commit's full sha with the files.
 pub fn from_commit(repo_path: &Path, rev: &str) -> Result<(String, Vec<PipelineFile>)> {
-    let repo = git2::Repository::open(repo_path)?;
+    let repo = git2::Repository::discover(repo_path)?;
     let commit = repo.revparse_single(rev)?.peel_to_commit()?;
-    let tree = commit.tree()?;
-    let mut files = Vec::new();
-    let mut failure = None;
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        let path = format!("{dir}{}", entry.name().unwrap_or_default());
-        // Only the root and `.slipway/` can hold pipeline files; skip other subtrees.
-        if entry.kind() == Some(git2::ObjectType::Tree) {
-            return if path == ".slipway" {
-                git2::TreeWalkResult::Ok
-            } else {
-                git2::TreeWalkResult::Skip
-            };
-        }
-        if pipelines::is_pipeline_path(&path) {
-            match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
-                Ok(blob) => match std::str::from_utf8(blob.content()) {
-                    Ok(text) => files.push((path, text.to_string())),
-                    Err(_) => failure = Some(Error::NotUtf8 { path }),
-                },
-                Err(e) => failure = Some(Error::Git(e)),
-            }
-        }
-        git2::TreeWalkResult::Ok
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let files = crate::git::pipeline_files_of(&repo, &commit)?;
     if files.is_empty() {
         return Err(Error::NoneFound(repo_path.to_path_buf()));
     }
-    files.sort();
     Ok((commit.id().to_string(), files))
 }
 
@@ -122,7 +98,7 @@ pub fn git_head(dir: &Path) -> (Option<String>, Option<String>) {
     let sha = head.peel_to_commit().ok().map(|c| c.id().to_string());
     let branch = head
         .is_branch()
-        .then(|| head.shorthand().map(str::to_string))
+        .then(|| head.shorthand().ok().map(str::to_string))
         .flatten();
     (sha, branch)
 }

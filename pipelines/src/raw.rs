@@ -1,0 +1,453 @@
+//! Serde mirror of the YAML format. It documents the format (these doc comments become
+//! the JSON schema's descriptions) and lets other tools read pipeline files as plain
+//! data; `parse` reads the spanned YAML tree itself so it can report every problem
+//! with a position (see `read`).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Slipway pipeline file: `.slipway.yml` at the repository root, or `.slipway/<name>.yml`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Slipway pipeline")]
+pub struct PipelineFile {
+    /// Pipeline name. Defaults to the file name (`.slipway.yml` → `default`,
+    /// `.slipway/deploy.yml` → `deploy`). Must be unique across a repository's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Events that start the pipeline. Without `on`: push, pull_request, tag and manual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<On>,
+    /// Environment variables for every stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Env>,
+    /// The stages, by name (letters, digits, `-`, `_`, `.`). Declaration order is kept;
+    /// `needs` decides the execution order.
+    pub stages: BTreeMap<String, Stage>,
+}
+
+/// Environment variables: names are shell identifiers; values may contain `${{ expr }}`,
+/// and a value of exactly `${{ secrets.NAME }}` injects a secret.
+pub type Env = BTreeMap<String, Scalar>;
+
+/// A string, number or boolean (numbers and booleans are used as text).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Scalar {
+    String(String),
+    Integer(i64),
+    Number(f64),
+    Bool(bool),
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// `on:` as a list of event names, or with per-event settings.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum On {
+    Events(OneOrMany<ShorthandEvent>),
+    Triggers(Box<Triggers>),
+}
+
+/// Events that can be listed without settings (`cron` needs schedules).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShorthandEvent {
+    Push,
+    PullRequest,
+    Tag,
+    Manual,
+}
+
+/// An event name.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventName {
+    Push,
+    PullRequest,
+    Tag,
+    Cron,
+    Manual,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// Pushes to branches (and, with `tags`, tag pushes). `push: {}` means every branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushTrigger>,
+    /// Pull requests. `pull_request: {}` means every target branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestTrigger>,
+    /// Tags: a glob (`"v*"`), a list of globs, or `{ pattern }` / `{ patterns }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<TagTrigger>,
+    /// Named schedules: `{ nightly: "0 3 * * *" }`. Standard 5-field crontab (minute hour
+    /// day month weekday) or 6/7 fields with seconds (and year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<BTreeMap<String, String>>,
+    /// Runs started by hand, with optional parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<ManualTrigger>,
+}
+
+/// Glob filter: one glob, a list, or `{ include, exclude }`. `*` stays within one path
+/// segment, `**` crosses segments.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Filter {
+    Globs(OneOrMany<String>),
+    Split(FilterSplit),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSplit {
+    /// Values must match one of these (default: everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<OneOrMany<String>>,
+    /// …and none of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<OneOrMany<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushTrigger {
+    /// Branch globs (default: all branches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Filter>,
+    /// Tag globs: pushing a matching tag also triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Filter>,
+    /// Only when a changed file matches (unknown changes always match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequestTrigger {
+    /// Target-branch globs (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Filter>,
+    /// Only when a changed file matches (unknown changes always match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TagTrigger {
+    Globs(OneOrMany<String>),
+    Patterns(TagPatterns),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagPatterns {
+    /// A tag glob, e.g. `v*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<Filter>,
+    /// Several tag globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patterns: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualTrigger {
+    /// Parameters, readable as `${{ params.<name> }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, Param>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Param {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Used when the run does not set the parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Scalar>,
+    /// A run without this parameter (and without a default) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// The only values allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<Scalar>>,
+}
+
+/// What a stage does. `run` (default): steps in a container; `scan`: built-in secret scan
+/// plus SARIF reports; `image`: build (and push) a container image; `deploy`: change an
+/// environment, optionally behind approval and as a canary.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Run,
+    Scan,
+    Image,
+    Deploy,
+}
+
+/// A stage. Keys under "scan", "image" and "deploy" are only valid with that `kind`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// run (default) | scan | image | deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<StageKind>,
+    /// Container image the steps run in (ignored by the local backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Stages that must finish first. A need on a matrix stage waits for all its combinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<OneOrMany<String>>,
+    /// Run the stage once per combination (at most 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<Matrix>,
+    /// Conditions (all must hold) for the stage to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+    /// Commands, run in order in one workspace. Required for `run` stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+    /// Side containers reachable by name (e.g. a database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<BTreeMap<String, Service>>,
+    /// Globs of files to keep after the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<OneOrMany<String>>,
+    /// Paths restored before and saved after the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<OneOrMany<String>>,
+    /// Automatic retries on failure, 0 to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub retry: Option<u8>,
+    /// Time limit for the whole stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Environment variables for this stage's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Env>,
+
+    /// scan: SARIF report globs produced by the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sarif: Option<OneOrMany<String>>,
+    /// scan: lowest finding severity that fails the stage (default `high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_on: Option<ScanLevel>,
+
+    /// image: Dockerfile path (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// image: build context (default `.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// image: reference to push to, e.g. `registry.example.com/app:${{ git.sha }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<String>,
+    /// image: name of the secret holding registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_secret: Option<String>,
+    /// image: `--build-arg`s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_args: Option<Env>,
+    /// image: Dockerfile target stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+
+    /// deploy: the environment changed (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// deploy: people who must approve before the stage starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// deploy: progressive rollout with analysis and automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// `90s`, `10m`, `1h30m`, `2d`, or a number of seconds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Duration {
+    Seconds(u64),
+    Text(String),
+}
+
+/// Axes (`key: [values]`) plus optional `include` / `exclude` lists, with GitHub
+/// Actions semantics.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Matrix {
+    /// Extra combinations, or extra keys for matching combinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<BTreeMap<String, Scalar>>>,
+    /// Combinations to remove (partial matches remove every matching combination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<BTreeMap<String, Scalar>>>,
+    /// Axes: each key lists its values.
+    #[serde(flatten)]
+    pub axes: BTreeMap<String, Vec<Scalar>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Branch globs (for pull requests: the target branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<Filter>,
+    /// Tag globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<Filter>,
+    /// Event name(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<OneOrMany<EventName>>,
+    /// Changed-path globs; the stage runs if any changed path matches (or changes are unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Filter>,
+}
+
+/// A command (shorthand for `{ run: … }`) or a full step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Step {
+    Command(String),
+    Full(StepSpec),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique within the stage (default `step N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Shell commands. `${{ expr }}` becomes a shell variable, never pasted code.
+    pub run: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Env>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Env>,
+    /// Arguments replacing the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanLevel {
+    None,
+    Note,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Role whose members may approve (never the person who triggered the run).
+    pub role: String,
+    /// Approvals needed (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub count: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub target: CanaryTarget,
+    /// How traffic is shifted: replicas (default) | nginx | gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+    /// Weights (0–100, never decreasing, ending at 100), pauses and analyses.
+    pub steps: Vec<CanaryStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryTarget {
+    pub deployment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    Replicas,
+    Nginx,
+    Gateway,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CanaryStep {
+    Weight(WeightStep),
+    Pause(PauseStep),
+    Analysis(AnalysisStep),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightStep {
+    /// Percentage of traffic on the new version.
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseStep {
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisStep {
+    pub analysis: Analysis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    pub http: HttpCheck,
+    /// Time between checks (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Number of checks (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Failed checks tolerated before rolling back (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: String,
+    /// Expected HTTP status (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+}

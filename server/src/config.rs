@@ -1,0 +1,284 @@
+//! Server configuration: command-line flags, then `SLIPWAY_*` environment variables,
+//! then an optional TOML file, then defaults — the first that sets a value wins.
+//!
+//! One struct, [`Settings`], is both the clap argument group and the TOML schema, so a
+//! setting cannot exist in one place and be forgotten in the other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting is optional here; [`Config::resolve`] fills in defaults.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "SLIPWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database, logs, mirrors, artifacts and the secret key.
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite://…` or `postgres://…` (default: SQLite in the data dir).
+    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// File holding the key that encrypts secrets at rest (default: <data dir>/secret.key,
+    /// created on first start). `SLIPWAY_SECRET_KEY` (base64) takes precedence.
+    #[arg(long, env = "SLIPWAY_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// The URL people reach this server at, used for links in commit statuses.
+    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Run stages in this process with the local backend (`false` to rely on
+    /// `slipway runner` processes only).
+    #[arg(long, env = "SLIPWAY_IN_PROCESS_RUNNER", num_args = 0..=1, default_missing_value = "true")]
+    pub in_process_runner: Option<bool>,
+    /// How many stages the in-process runner runs at once.
+    #[arg(long, env = "SLIPWAY_RUNNER_CAPACITY")]
+    pub runner_capacity: Option<usize>,
+    /// Most stages running at once across all repositories.
+    #[arg(long, env = "SLIPWAY_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Most stages running at once in one repository.
+    #[arg(long, env = "SLIPWAY_MAX_RUNNING_PER_REPO")]
+    pub max_running_per_repo: Option<usize>,
+    /// Cancel a branch's older runs when a newer push to it arrives.
+    #[arg(long, env = "SLIPWAY_AUTO_CANCEL", num_args = 0..=1, default_missing_value = "true")]
+    pub auto_cancel: Option<bool>,
+    /// Seconds without a heartbeat after which a runner's stage is taken back.
+    #[arg(long, env = "SLIPWAY_HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout_secs: Option<u64>,
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "SLIPWAY_MAX_WEBHOOK_BYTES")]
+    pub max_webhook_bytes: Option<usize>,
+}
+
+impl Settings {
+    /// Field by field: `self` where set, else `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            database_url: self.database_url.or(other.database_url),
+            secret_key_file: self.secret_key_file.or(other.secret_key_file),
+            public_url: self.public_url.or(other.public_url),
+            in_process_runner: self.in_process_runner.or(other.in_process_runner),
+            runner_capacity: self.runner_capacity.or(other.runner_capacity),
+            max_running: self.max_running.or(other.max_running),
+            max_running_per_repo: self.max_running_per_repo.or(other.max_running_per_repo),
+            auto_cancel: self.auto_cancel.or(other.auto_cancel),
+            heartbeat_timeout_secs: self.heartbeat_timeout_secs.or(other.heartbeat_timeout_secs),
+            max_webhook_bytes: self.max_webhook_bytes.or(other.max_webhook_bytes),
+        }
+    }
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub secret_key_file: PathBuf,
+    pub public_url: String,
+    pub in_process_runner: bool,
+    pub runner_capacity: usize,
+    pub max_running: usize,
+    pub max_running_per_repo: usize,
+    pub auto_cancel: bool,
+    pub heartbeat_timeout: Duration,
+    pub max_webhook_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Resolves `cli` (flags and environment, already merged by clap) over the TOML
+    /// file at `file`, if any, over the defaults.
+    pub fn resolve(cli: Settings, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_file = match file {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        let s = cli.or(from_file);
+        let listen = s
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("slipway-data"));
+        let database_url = s.database_url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("slipway.db").display()
+            )
+        });
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must start with sqlite: or postgres://, not `{}`",
+                redact_url(&database_url)
+            )));
+        }
+        let positive = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(Config {
+            listen,
+            secret_key_file: s
+                .secret_key_file
+                .unwrap_or_else(|| data_dir.join("secret.key")),
+            public_url: s
+                .public_url
+                .unwrap_or_else(|| format!("http://{listen}"))
+                .trim_end_matches('/')
+                .to_string(),
+            in_process_runner: s.in_process_runner.unwrap_or(true),
+            runner_capacity: positive("runner_capacity", s.runner_capacity, 2)?,
+            max_running: positive("max_running", s.max_running, 16)?,
+            max_running_per_repo: positive("max_running_per_repo", s.max_running_per_repo, 4)?,
+            auto_cancel: s.auto_cancel.unwrap_or(true),
+            heartbeat_timeout: Duration::from_secs(match s.heartbeat_timeout_secs {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "heartbeat_timeout_secs must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => 30,
+            }),
+            max_webhook_bytes: positive(
+                "max_webhook_bytes",
+                s.max_webhook_bytes,
+                25 * 1024 * 1024,
+            )?,
+            data_dir,
+            database_url,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_column(&text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Hides the password in a database URL before it goes into a message.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slipway.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_give_an_embedded_sqlite_server() {
+        let c = Config::resolve(Settings::default(), None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://slipway-data/slipway.db?mode=rwc");
+        assert_eq!(c.secret_key_file, PathBuf::from("slipway-data/secret.key"));
+        assert!(c.in_process_runner && c.auto_cancel);
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let (_dir, path) =
+            file("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/slipway\"\nmax_running = 3\n");
+        let cli = Settings {
+            listen: Some("127.0.0.2:7000".parse().unwrap()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(cli, Some(&path)).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.2:7000");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/slipway"));
+        assert_eq!(c.max_running, 3);
+        assert_eq!(c.database_url, "sqlite:///srv/slipway/slipway.db?mode=rwc");
+    }
+
+    #[test]
+    fn file_errors_name_the_line_and_column() {
+        let (_dir, path) = file("listen = \"127.0.0.1:9000\"\nmax_runing = 3\n");
+        let err = Config::resolve(Settings::default(), Some(&path)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("slipway.toml:2:1"), "{text}");
+        assert!(text.contains("max_runing"), "{text}");
+
+        let (_dir, path) = file("max_running = \"lots\"\n");
+        let text = Config::resolve(Settings::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("slipway.toml:1:15"), "{text}");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        let zero = Settings {
+            max_running: Some(0),
+            ..Settings::default()
+        };
+        assert!(Config::resolve(zero, None).is_err());
+        let mysql = Settings {
+            database_url: Some("mysql://root:hunter2@db/x".into()),
+            ..Settings::default()
+        };
+        let text = Config::resolve(mysql, None).unwrap_err().to_string();
+        assert!(text.contains("sqlite: or postgres://"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

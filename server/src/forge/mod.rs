@@ -1,0 +1,98 @@
+//! Forge adapters: everything Slipway knows about GitHub, GitLab, Gitea and Forgejo.
+//!
+//! Three jobs, in the order a webhook meets them:
+//!
+//! 1. [`verify`] checks the request's signature or token on the **raw body bytes**, in
+//!    constant time, before a single byte is parsed (a parser is attack surface; an
+//!    unauthenticated caller must not reach it).
+//! 2. [`delivery_id`] / [`event_name`] read the request metadata the webhook handler
+//!    needs for de-duplication and dispatch, and [`parse`] turns a payload into one
+//!    normalized [`ForgeEvent`] — or says, with a reason, why the delivery is
+//!    acknowledged and ignored.
+//! 3. [`StatusReporter`] reports a run's state back to the forge's commit-status API.
+//!
+//! The plain-git kind ([`ForgeKind::Git`]) has no webhook format and no status API: a
+//! post-receive hook (`slipway hook`) authenticates with an API token instead, so
+//! [`verify`] and [`parse`] refuse it explicitly rather than silently succeeding.
+//!
+//! Nothing here logs a secret, a signature or a token; errors carry header *names* and
+//! reasons, never values.
+
+mod event;
+mod gitea;
+mod github;
+mod gitlab;
+mod status;
+mod verify;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use event::{EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, parse};
+pub use status::{
+    CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for,
+    description_limit, repo_path_for,
+};
+pub use verify::{VerifyError, delivery_id, event_name, verify};
+
+/// Which kind of forge a repository lives on. Stored with the repository and used in
+/// the webhook URL (`/hooks/{forge}/{repo}`), hence the lowercase serde form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+    Gitea,
+    Forgejo,
+    /// A plain git server calling `slipway hook` from a post-receive hook.
+    Git,
+}
+
+impl ForgeKind {
+    pub const ALL: [ForgeKind; 5] = [
+        ForgeKind::Github,
+        ForgeKind::Gitlab,
+        ForgeKind::Gitea,
+        ForgeKind::Forgejo,
+        ForgeKind::Git,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "github",
+            ForgeKind::Gitlab => "gitlab",
+            ForgeKind::Gitea => "gitea",
+            ForgeKind::Forgejo => "forgejo",
+            ForgeKind::Git => "git",
+        }
+    }
+}
+
+impl fmt::Display for ForgeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The forge name in a URL or config file was not one Slipway knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown forge `{0}` (expected one of: github, gitlab, gitea, forgejo, git)")]
+pub struct UnknownForge(pub String);
+
+impl FromStr for ForgeKind {
+    type Err = UnknownForge;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Case-insensitive because the value comes from URLs and config files typed by
+        // people; the canonical (Display/serde) form stays lowercase.
+        ForgeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                // Bound what we echo back: the input may be an arbitrary URL segment.
+                UnknownForge(s.chars().take(32).collect())
+            })
+    }
+}

@@ -1,0 +1,191 @@
+//! Webhook authentication and request metadata.
+//!
+//! Every check runs on the raw request bytes before parsing, and every comparison is
+//! constant-time: HMAC tags through `hmac`'s `verify_slice`, GitLab's shared token
+//! through `subtle` on fixed-length SHA-256 digests (so neither the token's content
+//! nor its length leaks through timing).
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ForgeKind;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
+const GITEA_SIGNATURE: &str = "x-gitea-signature";
+const FORGEJO_SIGNATURE: &str = "x-forgejo-signature";
+const GITLAB_TOKEN: &str = "x-gitlab-token";
+
+/// Why a webhook request was not authenticated. Every variant maps to 401 in the
+/// handler; they are distinct so logs and tests can tell a misconfigured sender (no
+/// header) from a forged or corrupted one. No variant carries a secret or signature.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing `{header}` header")]
+    MissingHeader { header: &'static str },
+    #[error("malformed `{header}` header: {reason}")]
+    MalformedHeader {
+        header: &'static str,
+        reason: &'static str,
+    },
+    #[error("signature or token does not match")]
+    Mismatch,
+    /// An empty secret would let anyone compute a valid HMAC; treat it as a
+    /// configuration error rather than "verified".
+    #[error("no webhook secret is configured for this repository")]
+    EmptySecret,
+    /// Plain git post-receive hooks authenticate with an API token, checked by the API
+    /// layer; reaching this function with `Git` is a routing bug.
+    #[error("`{0}` deliveries are not signed webhooks; they are authenticated by API token")]
+    Unsupported(ForgeKind),
+}
+
+/// Authenticate a webhook delivery on its raw body.
+///
+/// * GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
+/// * Gitea: `X-Gitea-Signature: <hex HMAC-SHA256(secret, body)>`.
+/// * Forgejo: `X-Forgejo-Signature` (same scheme); Forgejo also sends the Gitea header,
+///   which is accepted only when the Forgejo one is absent — a present-but-bad Forgejo
+///   signature is not rescued by a Gitea one.
+/// * GitLab: `X-Gitlab-Token: <secret>` (GitLab does not sign bodies).
+pub fn verify(
+    kind: ForgeKind,
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<(), VerifyError> {
+    if kind == ForgeKind::Git {
+        return Err(VerifyError::Unsupported(kind));
+    }
+    if secret.is_empty() {
+        return Err(VerifyError::EmptySecret);
+    }
+    match kind {
+        ForgeKind::Github => {
+            let value = header_str(headers, GITHUB_SIGNATURE)?;
+            let hex_tag = value
+                .strip_prefix("sha256=")
+                .ok_or(VerifyError::MalformedHeader {
+                    header: GITHUB_SIGNATURE,
+                    reason: "expected `sha256=<hex>`",
+                })?;
+            verify_hmac_hex(GITHUB_SIGNATURE, hex_tag, body, secret)
+        }
+        ForgeKind::Gitea => {
+            let value = header_str(headers, GITEA_SIGNATURE)?;
+            verify_hmac_hex(GITEA_SIGNATURE, value, body, secret)
+        }
+        ForgeKind::Forgejo => {
+            let (name, value) = if headers.contains_key(FORGEJO_SIGNATURE) {
+                (FORGEJO_SIGNATURE, header_str(headers, FORGEJO_SIGNATURE)?)
+            } else if headers.contains_key(GITEA_SIGNATURE) {
+                (GITEA_SIGNATURE, header_str(headers, GITEA_SIGNATURE)?)
+            } else {
+                return Err(VerifyError::MissingHeader {
+                    header: FORGEJO_SIGNATURE,
+                });
+            };
+            verify_hmac_hex(name, value, body, secret)
+        }
+        ForgeKind::Gitlab => {
+            let value = headers
+                .get(GITLAB_TOKEN)
+                .ok_or(VerifyError::MissingHeader {
+                    header: GITLAB_TOKEN,
+                })?;
+            // Compare digests, not the strings: `ct_eq` on slices returns early on a
+            // length mismatch, which would leak the secret's length.
+            let given = Sha256::digest(value.as_bytes());
+            let expected = Sha256::digest(secret);
+            if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
+                Ok(())
+            } else {
+                Err(VerifyError::Mismatch)
+            }
+        }
+        ForgeKind::Git => Err(VerifyError::Unsupported(kind)),
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, VerifyError> {
+    let value = headers
+        .get(name)
+        .ok_or(VerifyError::MissingHeader { header: name })?;
+    let value = value.to_str().map_err(|_| VerifyError::MalformedHeader {
+        header: name,
+        reason: "not visible ASCII",
+    })?;
+    Ok(value.trim())
+}
+
+fn verify_hmac_hex(
+    header: &'static str,
+    hex_tag: &str,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<(), VerifyError> {
+    // The tag's length is public (always 32 bytes), so rejecting a wrong length early
+    // leaks nothing and gives the sender a clearer error than "mismatch".
+    if hex_tag.len() != 64 {
+        return Err(VerifyError::MalformedHeader {
+            header,
+            reason: "expected 64 hex digits (HMAC-SHA256)",
+        });
+    }
+    let tag = hex::decode(hex_tag).map_err(|_| VerifyError::MalformedHeader {
+        header,
+        reason: "not hexadecimal",
+    })?;
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| VerifyError::EmptySecret)?;
+    mac.update(body);
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&tag).map_err(|_| VerifyError::Mismatch)
+}
+
+/// Longest delivery id accepted. Ids are stored under a unique index; every forge uses
+/// a UUID (36 chars), so anything much longer is not a real delivery id.
+const MAX_DELIVERY_ID: usize = 128;
+
+/// The delivery's unique id, for de-duplicating retried or replayed deliveries.
+///
+/// * GitHub `X-GitHub-Delivery`, Gitea `X-Gitea-Delivery`, Forgejo `X-Forgejo-Delivery`
+///   (falling back to `X-Gitea-Delivery`, which Forgejo also sends).
+/// * GitLab: `Idempotency-Key` first, then `X-Gitlab-Event-UUID`. GitLab documents
+///   `Idempotency-Key` (GitLab ≥ 17.4) as "unique ID consistent across webhook
+///   retries", whereas `X-Gitlab-Event-UUID` is shared by *recursive* webhooks
+///   triggered by an earlier one — keying on it first could drop a distinct event as a
+///   duplicate. Older GitLab only sends the UUID, hence the fallback.
+///
+/// `None` when absent, empty, not visible ASCII, or longer than 128 bytes.
+pub fn delivery_id(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
+    let candidates: &[&str] = match kind {
+        ForgeKind::Github => &["x-github-delivery"],
+        ForgeKind::Gitlab => &["idempotency-key", "x-gitlab-event-uuid"],
+        ForgeKind::Gitea => &["x-gitea-delivery"],
+        ForgeKind::Forgejo => &["x-forgejo-delivery", "x-gitea-delivery"],
+        ForgeKind::Git => &[],
+    };
+    candidates.iter().find_map(|name| {
+        let value = headers.get(*name)?.to_str().ok()?.trim();
+        (!value.is_empty() && value.len() <= MAX_DELIVERY_ID).then(|| value.to_owned())
+    })
+}
+
+/// The event name header: `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event`, and for
+/// Forgejo `X-Forgejo-Event` falling back to `X-Gitea-Event`. `None` when absent.
+pub fn event_name(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
+    let candidates: &[&str] = match kind {
+        ForgeKind::Github => &["x-github-event"],
+        ForgeKind::Gitlab => &["x-gitlab-event"],
+        ForgeKind::Gitea => &["x-gitea-event"],
+        ForgeKind::Forgejo => &["x-forgejo-event", "x-gitea-event"],
+        ForgeKind::Git => &[],
+    };
+    candidates.iter().find_map(|name| {
+        let value = headers.get(*name)?.to_str().ok()?.trim();
+        (!value.is_empty()).then(|| value.to_owned())
+    })
+}

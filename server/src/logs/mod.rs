@@ -1,0 +1,312 @@
+//! Step logs on disk: one append-only text file per step plus a fixed-width index, so
+//! any line range — the first thousand lines of a 1 GB log, or its last — is read with
+//! two seeks and no scan, and nothing is ever loaded whole into memory.
+//!
+//! Layout under the store's root: `<run>/<stage>/<step>.log` holds each line's bytes
+//! followed by `\n` (so the file is also the plain-text download), and `<step>.idx`
+//! holds one 16-byte record per line: the little-endian end offset of the line in the
+//! `.log` (top bit: stderr) and its timestamp in unix milliseconds.
+//!
+//! The index is the source of truth. A crash between the two writes leaves bytes in the
+//! `.log` past the last indexed line, or half a record in the `.idx`; both are cut off
+//! when the step is next opened, so a reader never sees a line that was not committed.
+//!
+//! All I/O here is blocking std::fs: async callers wrap calls in `spawn_blocking`.
+//! Appends are idempotent by line number, so a runner may resend a batch after a
+//! timeout without duplicating lines.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+const RECORD: u64 = 16;
+const STDERR_BIT: u64 = 1 << 63;
+
+/// Identifies one step's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StepKey {
+    pub run: i64,
+    pub stage: i64,
+    pub step: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A line as stored and served. `number` is 1-based within the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub number: u64,
+    pub time_ms: i64,
+    pub stream: Stream,
+    pub bytes: Vec<u8>,
+}
+
+/// A line to append; its number is implied by its position in the batch.
+#[derive(Debug, Clone)]
+pub struct NewLine {
+    pub time_ms: i64,
+    pub stream: Stream,
+    pub bytes: Vec<u8>,
+}
+
+/// What followers of a step's log are told: how many lines exist, and whether the
+/// step is finished (no more will come).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub lines: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("log I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("log batch starts at line {first} but the log has {have} lines")]
+    Gap { first: u64, have: u64 },
+    #[error("a log line may not contain a newline")]
+    Newline,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct StepState {
+    /// Serialises appends to one step; readers need no lock (they only read indexed
+    /// bytes, which are written before the index record that covers them).
+    write: Mutex<()>,
+    progress: watch::Sender<Progress>,
+}
+
+pub struct LogStore {
+    root: PathBuf,
+    steps: Mutex<HashMap<StepKey, Arc<StepState>>>,
+}
+
+impl LogStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LogStore {
+            root: root.into(),
+            steps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn paths(&self, key: StepKey) -> (PathBuf, PathBuf) {
+        let dir = self
+            .root
+            .join(key.run.to_string())
+            .join(key.stage.to_string());
+        (
+            dir.join(format!("{}.log", key.step)),
+            dir.join(format!("{}.idx", key.step)),
+        )
+    }
+
+    fn state(&self, key: StepKey) -> Result<Arc<StepState>> {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = steps.get(&key) {
+            return Ok(state.clone());
+        }
+        let lines = self.count(key)?;
+        let (progress, _) = watch::channel(Progress { lines, done: false });
+        let state = Arc::new(StepState {
+            write: Mutex::new(()),
+            progress,
+        });
+        steps.insert(key, state.clone());
+        Ok(state)
+    }
+
+    /// Appends `lines` as lines `first..` (1-based). Lines the log already has are
+    /// skipped, so a resent batch is harmless; a batch that would leave a gap is
+    /// refused. Returns the line count afterwards.
+    pub fn append(&self, key: StepKey, first: u64, lines: &[NewLine]) -> Result<u64> {
+        if lines.iter().any(|l| l.bytes.contains(&b'\n')) {
+            return Err(Error::Newline);
+        }
+        let state = self.state(key)?;
+        let _guard = state.write.lock().unwrap_or_else(|e| e.into_inner());
+        let (log_path, idx_path) = self.paths(key);
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let (mut log, mut idx, have, mut end) = open_for_append(&log_path, &idx_path)?;
+        let first = first.max(1);
+        if first > have + 1 {
+            return Err(Error::Gap { first, have });
+        }
+        let skip = (have + 1 - first) as usize;
+        let fresh = lines.get(skip..).unwrap_or_default();
+        if fresh.is_empty() {
+            return Ok(have);
+        }
+        // Bytes first, index second: see the module comment.
+        let mut data = Vec::new();
+        let mut records = Vec::with_capacity(fresh.len() * RECORD as usize);
+        for line in fresh {
+            data.extend_from_slice(&line.bytes);
+            data.push(b'\n');
+            end += line.bytes.len() as u64 + 1;
+            let tagged = match line.stream {
+                Stream::Stdout => end,
+                Stream::Stderr => end | STDERR_BIT,
+            };
+            records.extend_from_slice(&tagged.to_le_bytes());
+            records.extend_from_slice(&line.time_ms.to_le_bytes());
+        }
+        log.write_all(&data).map_err(io(&log_path))?;
+        idx.write_all(&records).map_err(io(&idx_path))?;
+        let total = have + fresh.len() as u64;
+        state.progress.send_modify(|p| p.lines = total);
+        Ok(total)
+    }
+
+    /// Marks the step's log complete, waking followers so they can stop.
+    pub fn finish(&self, key: StepKey) -> Result<()> {
+        let state = self.state(key)?;
+        state.progress.send_modify(|p| p.done = true);
+        Ok(())
+    }
+
+    /// Follow a step's log: the receiver changes whenever lines are appended or the
+    /// step finishes.
+    pub fn subscribe(&self, key: StepKey) -> Result<watch::Receiver<Progress>> {
+        Ok(self.state(key)?.progress.subscribe())
+    }
+
+    /// Number of committed lines (0 for a step that has logged nothing).
+    pub fn count(&self, key: StepKey) -> Result<u64> {
+        let (_, idx_path) = self.paths(key);
+        match std::fs::metadata(&idx_path) {
+            Ok(m) => Ok(m.len() / RECORD),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io(&idx_path)(e)),
+        }
+    }
+
+    /// Up to `max` lines starting at line `from` (1-based).
+    pub fn read(&self, key: StepKey, from: u64, max: usize) -> Result<Vec<Line>> {
+        let (log_path, idx_path) = self.paths(key);
+        let count = self.count(key)?;
+        let from = from.max(1);
+        if from > count || max == 0 {
+            return Ok(Vec::new());
+        }
+        let last = (from + max as u64 - 1).min(count);
+        // The record before `from` gives the start offset of line `from`.
+        let first_record = from - 1;
+        let (start, records) = {
+            let mut idx = File::open(&idx_path).map_err(io(&idx_path))?;
+            let skip_back = u64::from(first_record > 0);
+            idx.seek(SeekFrom::Start((first_record - skip_back) * RECORD))
+                .map_err(io(&idx_path))?;
+            let mut buf = vec![0; ((last - first_record + skip_back) * RECORD) as usize];
+            idx.read_exact(&mut buf).map_err(io(&idx_path))?;
+            let mut records: Vec<(u64, Stream, i64)> =
+                buf.chunks_exact(RECORD as usize).map(decode).collect();
+            let start = if skip_back == 1 {
+                records.remove(0).0
+            } else {
+                0
+            };
+            (start, records)
+        };
+        let end = records.last().map_or(start, |r| r.0);
+        let mut bytes = vec![0; (end - start) as usize];
+        let mut log = File::open(&log_path).map_err(io(&log_path))?;
+        log.seek(SeekFrom::Start(start)).map_err(io(&log_path))?;
+        log.read_exact(&mut bytes).map_err(io(&log_path))?;
+        let mut lines = Vec::with_capacity(records.len());
+        let mut offset = start;
+        for (i, (line_end, stream, time_ms)) in records.into_iter().enumerate() {
+            let lo = (offset - start) as usize;
+            let hi = (line_end - start) as usize - 1; // drop the '\n'
+            lines.push(Line {
+                number: from + i as u64,
+                time_ms,
+                stream,
+                bytes: bytes.get(lo..hi).unwrap_or_default().to_vec(),
+            });
+            offset = line_end;
+        }
+        Ok(lines)
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, key: StepKey, n: usize) -> Result<Vec<Line>> {
+        let count = self.count(key)?;
+        let from = count.saturating_sub(n as u64) + 1;
+        self.read(key, from, n)
+    }
+
+    /// Path of the plain-text log, for streaming downloads (`None` if nothing logged).
+    pub fn text_path(&self, key: StepKey) -> Option<PathBuf> {
+        let (log_path, _) = self.paths(key);
+        log_path.exists().then_some(log_path)
+    }
+}
+
+fn decode(record: &[u8]) -> (u64, Stream, i64) {
+    let mut end = [0; 8];
+    let mut time = [0; 8];
+    end.copy_from_slice(&record[..8]);
+    time.copy_from_slice(&record[8..16]);
+    let tagged = u64::from_le_bytes(end);
+    let stream = if tagged & STDERR_BIT != 0 {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    (tagged & !STDERR_BIT, stream, i64::from_le_bytes(time))
+}
+
+/// Opens both files for appending after cutting off anything a crash left uncommitted.
+/// Returns the files, the committed line count and the committed length of the `.log`.
+fn open_for_append(log_path: &Path, idx_path: &Path) -> Result<(File, File, u64, u64)> {
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(p)
+            .map_err(io(p))
+    };
+    let log = open(log_path)?;
+    let mut idx = open(idx_path)?;
+    let idx_len = idx.metadata().map_err(io(idx_path))?.len();
+    let count = idx_len / RECORD;
+    if idx_len % RECORD != 0 {
+        idx.set_len(count * RECORD).map_err(io(idx_path))?;
+    }
+    let end = if count == 0 {
+        0
+    } else {
+        let mut record = [0; RECORD as usize];
+        idx.seek(SeekFrom::Start((count - 1) * RECORD))
+            .map_err(io(idx_path))?;
+        idx.read_exact(&mut record).map_err(io(idx_path))?;
+        decode(&record).0
+    };
+    let log_len = log.metadata().map_err(io(log_path))?.len();
+    if log_len != end {
+        log.set_len(end).map_err(io(log_path))?;
+    }
+    Ok((log, idx, count, end))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,284 @@
+//! The storage layer: one [`Store`] API with SQLite and PostgreSQL behind it.
+//!
+//! # Design
+//!
+//! * **One code path, `sqlx::AnyPool`.** Every query is written once in SQL that both
+//!   dialects accept: `$1`-style parameters (SQLite reads `$N` as parameter N),
+//!   `INSERT … ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`. The few places where the
+//!   dialects must differ ask [`Dialect`] for a clause (`FOR UPDATE`, `SKIP LOCKED`, the
+//!   PostgreSQL advisory lock). The alternative, an enum of `SqlitePool`/`PgPool`, would
+//!   have written every query twice or hidden it behind generic bounds that sqlx makes
+//!   unreadable.
+//! * **What the Any driver costs.** Rows are decoded by hand ([`row`]): the Any driver
+//!   cannot read a SQLite column declared `BOOLEAN`, so SQLite stores booleans as
+//!   `INTEGER` 0/1 and [`row::RowExt::flag`] accepts either a boolean or an integer.
+//!   Enums are stored as their snake_case names in `TEXT` columns guarded by `CHECK`.
+//! * **Portable values.** Timestamps are `i64` unix milliseconds, JSON is `TEXT`,
+//!   secrets are opaque bytes encrypted by the caller.
+//! * **Never a half-written row.** Every change that touches more than one row runs in
+//!   one transaction ([`Store::begin`]).
+//! * **SQLite writers are serialised in-process.** A file database gets two pools: a
+//!   reader pool and a writer pool of exactly one connection. Every write transaction
+//!   goes through the writer (and starts with `BEGIN IMMEDIATE`, so it holds the write
+//!   lock from its first statement), so concurrent writers queue on the pool instead of
+//!   failing with `SQLITE_BUSY`; WAL lets readers run beside the writer. `busy_timeout`
+//!   covers other processes (`slipway migrate`) touching the same file.
+//! * **PostgreSQL serialises per row.** A run's state changes lock the run row first
+//!   (`SELECT … FOR UPDATE`), then its stages: one lock order everywhere, so cancel,
+//!   finish, expiry and reconcile never deadlock. Leasing picks a stage with
+//!   `FOR UPDATE SKIP LOCKED`, so replicas never hand out one stage twice and never
+//!   wait on rows another transaction is changing; it also takes a transaction-scoped
+//!   advisory lock because the concurrency limits are counts, and two READ COMMITTED
+//!   transactions could otherwise both see "one slot left".
+//! * **Run numbers** come from `repos.next_run_number`, bumped by an `UPDATE … RETURNING`
+//!   inside the transaction that inserts the run: the row lock makes numbers dense and
+//!   unique per repository.
+
+mod queue;
+mod records;
+mod repos;
+mod row;
+mod runs;
+mod types;
+
+pub use queue::RUNNER_LOST;
+pub use types::*;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The row asked for (or a row it refers to) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The change clashes with stored data (a duplicate name, a run already finished …).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The caller passed something the store refuses (an unknown `needs`, a cycle …).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The stage lease token no longer matches: the lease expired, was re-leased or the
+    /// stage was finished. The runner must stop working on the stage.
+    #[error("lease lost: the stage is no longer leased with this token")]
+    LeaseLost,
+    /// A stored value could not be read back (a bad enum name, broken JSON).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The storage layer's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True for transient failures worth retrying the whole operation: pool time-outs,
+    /// lost connections, PostgreSQL serialisation failures and deadlocks, SQLite
+    /// `BUSY`/`LOCKED`.
+    pub fn is_retryable(&self) -> bool {
+        let Error::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL SQLSTATEs: serialization_failure, deadlock_detected,
+                // lock_not_available, admin shutdown / cannot connect now.
+                matches!(&*code, "40001" | "40P01" | "55P03" | "57P01" | "57P03")
+                    // SQLite extended result codes: the primary code is the low byte.
+                    || code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::error::ErrorKind;
+        match &e {
+            sqlx::Error::RowNotFound => Error::NotFound("row".into()),
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::UniqueViolation => Error::Conflict(db.message().to_string()),
+                ErrorKind::ForeignKeyViolation => Error::NotFound(format!(
+                    "a referenced row does not exist ({})",
+                    db.message()
+                )),
+                _ => Error::Database(e),
+            },
+            _ => Error::Database(e),
+        }
+    }
+}
+
+/// Which database is behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool settings for [`Store::connect_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections to PostgreSQL, or SQLite reader connections.
+    pub max_connections: u32,
+    /// How long a caller waits for a connection (SQLite writers queue here).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The store: cheap to clone (pools are reference counted).
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// Autocommit reads.
+    read: AnyPool,
+    /// Write transactions (one connection for SQLite, the same pool for PostgreSQL).
+    write: AnyPool,
+    dialect: Dialect,
+}
+
+pub(crate) type Tx = Transaction<'static, Any>;
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl Store {
+    /// Connects to `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, opts: &StoreOptions) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let base = AnyPoolOptions::new().acquire_timeout(opts.acquire_timeout);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = base
+                .max_connections(opts.max_connections)
+                .connect(url)
+                .await?;
+            return Ok(Store {
+                read: pool.clone(),
+                write: pool,
+                dialect: Dialect::Postgres,
+            });
+        }
+        if !url.starts_with("sqlite:") {
+            return Err(Error::Invalid(format!(
+                "unsupported database URL (want sqlite: or postgres://): {url}"
+            )));
+        }
+        let sqlite = base.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // busy_timeout first: switching to WAL needs the write lock.
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                // WAL + NORMAL is durable across application crashes; only an OS crash
+                // can lose the last transactions.
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        });
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // Every connection to `:memory:` is its own database: keep exactly one alive.
+            let pool = sqlite
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect(url)
+                .await?;
+            return Ok(Store {
+                read: pool.clone(),
+                write: pool,
+                dialect: Dialect::Sqlite,
+            });
+        }
+        let write = sqlite.clone().max_connections(1).connect(url).await?;
+        let read = sqlite
+            .max_connections(opts.max_connections.max(1))
+            .connect(url)
+            .await?;
+        Ok(Store {
+            read,
+            write,
+            dialect: Dialect::Sqlite,
+        })
+    }
+
+    /// Applies the embedded migrations of this dialect; applying them again is a no-op.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATOR,
+            Dialect::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&self.write).await?;
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes the pools (waits for connections in use to be returned).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// Begins a write transaction (see the module comment for why SQLite uses
+    /// `BEGIN IMMEDIATE` on a one-connection pool).
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.write.begin().await?,
+        })
+    }
+
+    /// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, whose write transactions already
+    /// exclude each other.
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// Current time as unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn parse_enum<T: FromStr>(s: &str) -> Result<T> {
+    s.parse()
+        .map_err(|_| Error::Corrupt(format!("unexpected value {s:?}")))
+}
+
+pub(crate) fn affected(r: AnyQueryResult) -> u64 {
+    r.rows_affected()
+}

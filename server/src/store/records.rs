@@ -1,0 +1,254 @@
+//! Secrets, API tokens, runners, cron state and the event log.
+
+use sqlx::query;
+
+use super::row::{RUNNER_COLS, RowExt, TOKEN_COLS, json_text, rows, runner, token};
+use super::{
+    ApiToken, Error, RepoId, Result, Runner, RunnerId, SecretMeta, SecretValue, Store, StoredEvent,
+    TokenId, TokenScope, affected, now_ms,
+};
+
+impl Store {
+    /// Creates or replaces a secret. The value arrives encrypted by the caller.
+    pub async fn put_secret(
+        &self,
+        repo: RepoId,
+        name: &str,
+        value_enc: &[u8],
+        allow_pull_requests: bool,
+    ) -> Result<()> {
+        let now = now_ms();
+        query(
+            "INSERT INTO secrets (repo_id, name, value_enc, allow_pull_requests, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (repo_id, name) DO UPDATE SET value_enc = excluded.value_enc, \
+             allow_pull_requests = excluded.allow_pull_requests, updated_at = excluded.updated_at",
+        )
+        .bind(repo)
+        .bind(name)
+        .bind(value_enc)
+        .bind(allow_pull_requests)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// `false` if there was no such secret.
+    pub async fn delete_secret(&self, repo: RepoId, name: &str) -> Result<bool> {
+        let r = query("DELETE FROM secrets WHERE repo_id = $1 AND name = $2")
+            .bind(repo)
+            .bind(name)
+            .execute(&self.write)
+            .await?;
+        Ok(affected(r) > 0)
+    }
+
+    /// Names and settings of a repository's secrets, by name — never values.
+    pub async fn list_secrets(&self, repo: RepoId) -> Result<Vec<SecretMeta>> {
+        let rs = query(
+            "SELECT name, allow_pull_requests, created_at, updated_at FROM secrets \
+             WHERE repo_id = $1 ORDER BY name",
+        )
+        .bind(repo)
+        .fetch_all(&self.read)
+        .await?;
+        rs.iter()
+            .map(|r| {
+                Ok(SecretMeta {
+                    name: r.text("name")?,
+                    allow_pull_requests: r.flag("allow_pull_requests")?,
+                    created_at: r.int("created_at")?,
+                    updated_at: r.int("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The encrypted values of a repository's secrets, for injection into a stage.
+    pub async fn get_secret_values_enc(&self, repo: RepoId) -> Result<Vec<SecretValue>> {
+        let rs = query(
+            "SELECT name, value_enc, allow_pull_requests FROM secrets WHERE repo_id = $1 \
+             ORDER BY name",
+        )
+        .bind(repo)
+        .fetch_all(&self.read)
+        .await?;
+        rs.iter()
+            .map(|r| {
+                Ok(SecretValue {
+                    name: r.text("name")?,
+                    value_enc: r.bytes("value_enc")?,
+                    allow_pull_requests: r.flag("allow_pull_requests")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a token by its hash (the caller hashes; the plain token is never stored).
+    /// `Conflict` if the hash exists.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        scope: TokenScope,
+    ) -> Result<ApiToken> {
+        let sql = format!(
+            "INSERT INTO api_tokens (name, token_hash, scope, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLS}"
+        );
+        let row = query(&sql)
+            .bind(name)
+            .bind(token_hash)
+            .bind(scope.as_str())
+            .bind(now_ms())
+            .fetch_one(&self.write)
+            .await?;
+        token(&row)
+    }
+
+    /// Finds the token with this hash and records that it was used.
+    pub async fn find_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        let sql = format!(
+            "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 RETURNING {TOKEN_COLS}"
+        );
+        let row = query(&sql)
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.write)
+            .await?;
+        row.as_ref().map(token).transpose()
+    }
+
+    /// All tokens, oldest first (without hashes).
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLS} FROM api_tokens ORDER BY id");
+        rows(&query(&sql).fetch_all(&self.read).await?, token)
+    }
+
+    pub async fn delete_token(&self, id: TokenId) -> Result<bool> {
+        let r = query("DELETE FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(affected(r) > 0)
+    }
+
+    /// Registers a runner by name, or updates the labels and capacity of the runner
+    /// with that name; either way it was seen now.
+    pub async fn register_runner(
+        &self,
+        name: &str,
+        labels: &[String],
+        capacity: u32,
+    ) -> Result<Runner> {
+        let sql = format!(
+            "INSERT INTO runners (name, labels, capacity, created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET \
+             labels = excluded.labels, capacity = excluded.capacity, \
+             last_seen_at = excluded.last_seen_at RETURNING {RUNNER_COLS}"
+        );
+        let row = query(&sql)
+            .bind(name)
+            .bind(json_text(&labels))
+            .bind(i64::from(capacity))
+            .bind(now_ms())
+            .fetch_one(&self.write)
+            .await?;
+        runner(&row)
+    }
+
+    /// Records that a runner was seen now.
+    pub async fn touch_runner(&self, id: RunnerId) -> Result<()> {
+        let r = query("UPDATE runners SET last_seen_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.write)
+            .await?;
+        match affected(r) {
+            0 => Err(Error::NotFound(format!("runner {id}"))),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn list_runners(&self) -> Result<Vec<Runner>> {
+        let sql = format!("SELECT {RUNNER_COLS} FROM runners ORDER BY name");
+        rows(&query(&sql).fetch_all(&self.read).await?, runner)
+    }
+
+    /// Claims the cron instant `scheduled_at` (unix ms) of a schedule: `true` for exactly
+    /// one caller per instant, however many replicas ask; `false` for an instant at or
+    /// before the last one fired.
+    pub async fn claim_cron(
+        &self,
+        repo: RepoId,
+        pipeline: &str,
+        name: &str,
+        scheduled_at: i64,
+    ) -> Result<bool> {
+        let r = query(
+            "INSERT INTO cron_state (repo_id, pipeline, name, last_fired_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (repo_id, pipeline, name) \
+             DO UPDATE SET last_fired_at = excluded.last_fired_at \
+             WHERE cron_state.last_fired_at < excluded.last_fired_at",
+        )
+        .bind(repo)
+        .bind(pipeline)
+        .bind(name)
+        .bind(scheduled_at)
+        .execute(&self.write)
+        .await?;
+        Ok(affected(r) == 1)
+    }
+
+    /// The last instant a schedule fired, if ever.
+    pub async fn cron_last_fired(
+        &self,
+        repo: RepoId,
+        pipeline: &str,
+        name: &str,
+    ) -> Result<Option<i64>> {
+        let row = query(
+            "SELECT last_fired_at FROM cron_state WHERE repo_id = $1 AND pipeline = $2 \
+             AND name = $3",
+        )
+        .bind(repo)
+        .bind(pipeline)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| r.int("last_fired_at")).transpose()
+    }
+
+    /// Status changes with an id above `after`, oldest first. Ids increase with every
+    /// event. On PostgreSQL ids are taken at insert and transactions may commit out of
+    /// order, so a reader polling with the last id seen can miss an event committed late;
+    /// readers that must see every event should re-read a short window behind `after`.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        run: Option<super::RunId>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rs = query(
+            "SELECT id, run_id, stage_id, status, created_at FROM events \
+             WHERE id > $1 AND ($2 = 0 OR run_id = $2) ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(run.unwrap_or(0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rs.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: r.int("id")?,
+                    run_id: r.int("run_id")?,
+                    stage_id: r.opt_int("stage_id")?,
+                    status: r.text("status")?,
+                    created_at: r.int("created_at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,445 @@
+//! Types that go in and out of the [`Store`](super::Store).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub type RepoId = i64;
+pub type RunId = i64;
+pub type StageId = i64;
+pub type StepId = i64;
+pub type RunnerId = i64;
+pub type TokenId = i64;
+
+/// A string enum stored as its snake_case name (the same spelling as in JSON).
+macro_rules! str_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = super::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(super::Error::Invalid(
+                        format!(concat!("unknown ", stringify!($name), " {:?}"), s),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// The kind of forge a repository lives on.
+    Forge { Github = "github", Gitlab = "gitlab", Gitea = "gitea", Forgejo = "forgejo", Git = "git" }
+);
+str_enum!(
+    /// A run's state; the last four are final.
+    RunStatus {
+        Pending = "pending",
+        Running = "running",
+        Success = "success",
+        Failure = "failure",
+        Error = "error",
+        Cancelled = "cancelled",
+    }
+);
+str_enum!(
+    /// What created a run.
+    Trigger { Webhook = "webhook", Hook = "hook", Cron = "cron", Manual = "manual", Rerun = "rerun" }
+);
+str_enum!(
+    /// The event a run is for (pipelines filter on it).
+    Event { Push = "push", PullRequest = "pull_request", Tag = "tag", Cron = "cron", Manual = "manual" }
+);
+str_enum!(
+    /// A stage's state. `waiting` → `queued` → `running` → one of the final states.
+    StageStatus {
+        Waiting = "waiting",
+        Queued = "queued",
+        Running = "running",
+        Success = "success",
+        Failure = "failure",
+        Error = "error",
+        Cancelled = "cancelled",
+        Skipped = "skipped",
+        TimedOut = "timed_out",
+    }
+);
+str_enum!(
+    /// A step's state.
+    StepStatus {
+        Pending = "pending",
+        Running = "running",
+        Success = "success",
+        Failure = "failure",
+        Error = "error",
+        Cancelled = "cancelled",
+        Skipped = "skipped",
+        TimedOut = "timed_out",
+    }
+);
+str_enum!(
+    /// What an API token may do.
+    TokenScope { Admin = "admin", Runner = "runner", Hook = "hook" }
+);
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
+impl StageStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            StageStatus::Waiting | StageStatus::Queued | StageStatus::Running
+        )
+    }
+}
+
+impl StepStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+/// A repository to register.
+#[derive(Debug, Clone)]
+pub struct NewRepo {
+    pub name: String,
+    pub forge: Forge,
+    pub clone_url: String,
+    pub default_branch: String,
+    /// Encrypted by the caller.
+    pub webhook_secret_enc: Vec<u8>,
+    /// Encrypted by the caller.
+    pub forge_token_enc: Option<Vec<u8>>,
+    pub trusted: bool,
+}
+
+/// A registered repository. The encrypted fields are never serialised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repo {
+    pub id: RepoId,
+    pub name: String,
+    pub forge: Forge,
+    pub clone_url: String,
+    pub default_branch: String,
+    #[serde(skip)]
+    pub webhook_secret_enc: Vec<u8>,
+    #[serde(skip)]
+    pub forge_token_enc: Option<Vec<u8>>,
+    pub trusted: bool,
+    pub next_run_number: i64,
+    pub created_at: i64,
+}
+
+/// A run to create; see [`NewRun::new`] for the defaults.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub trigger: Trigger,
+    pub event: Event,
+    /// The full ref, e.g. `refs/heads/main`, `refs/tags/v1`, `refs/pull/7/head`.
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub sha: String,
+    pub before_sha: Option<String>,
+    pub pr_number: Option<i64>,
+    pub source_branch: Option<String>,
+    /// A pull request from a fork.
+    pub fork: bool,
+    /// Whether steps may see secrets and privileged settings (decided by the caller).
+    pub trusted: bool,
+    pub message: String,
+    pub author: String,
+    /// Manual-trigger parameters (a JSON object).
+    pub params: Value,
+    pub rerun_of: Option<RunId>,
+}
+
+impl NewRun {
+    /// A run with empty message/author, no parameters, not a fork, untrusted.
+    pub fn new(trigger: Trigger, event: Event, git_ref: &str, sha: &str) -> NewRun {
+        NewRun {
+            trigger,
+            event,
+            git_ref: git_ref.to_string(),
+            branch: git_ref.strip_prefix("refs/heads/").map(str::to_string),
+            tag: git_ref.strip_prefix("refs/tags/").map(str::to_string),
+            sha: sha.to_string(),
+            before_sha: None,
+            pr_number: None,
+            source_branch: None,
+            fork: false,
+            trusted: false,
+            message: String::new(),
+            author: String::new(),
+            params: Value::Object(Default::default()),
+            rerun_of: None,
+        }
+    }
+}
+
+/// A run: one trigger of one repository's pipelines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub id: RunId,
+    pub repo_id: RepoId,
+    /// 1, 2, 3 … per repository, without gaps.
+    pub number: i64,
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    pub event: Event,
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub sha: String,
+    pub before_sha: Option<String>,
+    pub pr_number: Option<i64>,
+    pub source_branch: Option<String>,
+    pub fork: bool,
+    pub trusted: bool,
+    pub message: String,
+    pub author: String,
+    pub params: Value,
+    /// The expanded plan, stored so that the run can be re-run exactly.
+    pub plan: Option<Value>,
+    pub yaml_sha256: Option<String>,
+    /// Validation diagnostics of a pipeline that failed to load.
+    pub diagnostics: Option<Value>,
+    /// Why the run ended badly (validation error, "superseded by run #7", …).
+    pub error: Option<String>,
+    pub rerun_of: Option<RunId>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A planned stage for [`Store::set_run_planned`](super::Store::set_run_planned).
+#[derive(Debug, Clone)]
+pub struct NewStage {
+    /// Unique within the run, e.g. `ci/test (features=full)`.
+    pub key: String,
+    pub pipeline: String,
+    /// Keys of stages of the same run that must succeed first.
+    pub needs: Vec<String>,
+    /// What the runner needs to execute the stage (JSON).
+    pub spec: Value,
+    /// 1 + the YAML `retry` count.
+    pub max_attempts: u32,
+    /// `Some(reason)`: skipped by the plan (a `when` filter); counts as done, and stages
+    /// that need it are skipped too.
+    pub skip: Option<String>,
+    /// `Some(reason)`: already succeeded in the run being re-run ("rerun failed stages
+    /// only"); inserted as `success`, so stages that need it can start.
+    pub succeeded: Option<String>,
+    /// Step names, in order.
+    pub steps: Vec<String>,
+}
+
+impl NewStage {
+    pub fn new(key: &str, needs: &[&str], steps: &[&str]) -> NewStage {
+        NewStage {
+            key: key.to_string(),
+            pipeline: String::new(),
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            spec: Value::Object(Default::default()),
+            max_attempts: 1,
+            skip: None,
+            succeeded: None,
+            steps: steps.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// A stage: one unit the queue hands to a runner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    pub id: StageId,
+    pub run_id: RunId,
+    pub repo_id: RepoId,
+    pub key: String,
+    pub pipeline: String,
+    pub status: StageStatus,
+    pub needs: Vec<String>,
+    pub spec: Value,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    pub max_attempts: i64,
+    /// The one extra attempt after an infrastructure error has been spent.
+    pub infra_retry_used: bool,
+    pub runner_id: Option<RunnerId>,
+    #[serde(skip)]
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested: bool,
+    /// Why the stage is in its state (skipped because …, runner lost, retried after …).
+    pub reason: Option<String>,
+    pub queued_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// A step of a stage (the row describes the stage's latest attempt).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub id: StepId,
+    pub stage_id: StageId,
+    pub idx: i64,
+    pub name: String,
+    pub status: StepStatus,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub log_lines: i64,
+    pub log_bytes: i64,
+}
+
+/// A stage with its steps, for the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageWithSteps {
+    #[serde(flatten)]
+    pub stage: Stage,
+    pub steps: Vec<Step>,
+}
+
+/// Concurrency limits for [`Store::lease_stage`](super::Store::lease_stage): the
+/// number of stages running at once, in total and per repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub global: usize,
+    pub per_repo: usize,
+}
+
+impl Limits {
+    pub const UNLIMITED: Limits = Limits {
+        global: usize::MAX,
+        per_repo: usize::MAX,
+    };
+}
+
+/// A leased stage: the runner proves it holds the lease with `token`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub token: String,
+    pub expires_at: i64,
+    pub stage: Stage,
+    pub steps: Vec<Step>,
+    pub run: Run,
+}
+
+/// What a heartbeat tells the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Keep going; the lease was extended.
+    Ok,
+    /// Keep the lease but stop the stage: cancellation was requested.
+    Cancel,
+    /// The lease is gone (expired and re-queued, or finished): stop and drop the work.
+    Lost,
+}
+
+/// How a runner says a stage ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageOutcome {
+    /// `success`, `failure` (a step failed), `timed_out`, `cancelled`, or `error` (an
+    /// infrastructure error: the backend failed, not the user's code).
+    pub status: StageStatus,
+    pub reason: Option<String>,
+}
+
+impl StageOutcome {
+    pub fn new(status: StageStatus) -> StageOutcome {
+        StageOutcome {
+            status,
+            reason: None,
+        }
+    }
+
+    pub fn with_reason(status: StageStatus, reason: &str) -> StageOutcome {
+        StageOutcome {
+            status,
+            reason: Some(reason.to_string()),
+        }
+    }
+}
+
+/// What [`Store::finish_stage`](super::Store::finish_stage) did with the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The stage reached this final status.
+    Finished(StageStatus),
+    /// The stage was queued again for this attempt.
+    Retrying { attempt: i64 },
+}
+
+/// A secret's metadata (never its value).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretMeta {
+    pub name: String,
+    pub allow_pull_requests: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A secret's encrypted value, for injecting into a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretValue {
+    pub name: String,
+    pub value_enc: Vec<u8>,
+    pub allow_pull_requests: bool,
+}
+
+/// An API token (the hash never leaves the store).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub name: String,
+    pub scope: TokenScope,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// A runner that registered with the server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Runner {
+    pub id: RunnerId,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub capacity: i64,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// A status change of a run (`stage_id` is `None`) or of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    /// Increases with every event.
+    pub id: i64,
+    pub run_id: RunId,
+    pub stage_id: Option<StageId>,
+    pub status: String,
+    pub created_at: i64,
+}
