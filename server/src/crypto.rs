@@ -162,17 +162,21 @@ impl SecretKey {
 
     /// The key from `SLIPWAY_SECRET_KEY`, or `None` when the variable is unset or empty.
     pub fn from_env() -> Result<Option<Self>> {
-        match std::env::var(SECRET_KEY_ENV) {
-            Ok(value) if !value.trim().is_empty() => {
-                let value = Zeroizing::new(value);
-                Self::decode_base64(&value, &format!("environment variable {SECRET_KEY_ENV}"))
-                    .map(Some)
-            }
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(CryptoError::InvalidKey {
-                origin: format!("environment variable {SECRET_KEY_ENV}"),
+        Self::from_env_value(std::env::var_os(SECRET_KEY_ENV).as_deref())
+    }
+
+    /// [`SecretKey::from_env`] for a given value of the variable (`None`: unset), so the
+    /// rules are testable without touching the process environment.
+    pub fn from_env_value(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>> {
+        let origin = || format!("environment variable {SECRET_KEY_ENV}");
+        match value.map(|v| v.to_str()) {
+            None => Ok(None),
+            Some(None) => Err(CryptoError::InvalidKey {
+                origin: origin(),
                 reason: "not valid UTF-8".into(),
             }),
+            Some(Some(v)) if v.trim().is_empty() => Ok(None),
+            Some(Some(v)) => Self::decode_base64(v, &origin()).map(Some),
         }
     }
 
@@ -222,7 +226,12 @@ impl SecretKey {
     /// The key from `SLIPWAY_SECRET_KEY` if set, else [`SecretKey::load_or_create`] on `path`.
     /// The environment wins because setting it is an explicit operator choice.
     pub fn from_env_or_file(path: &Path) -> Result<Self> {
-        match Self::from_env()? {
+        Self::from_env_value_or_file(std::env::var_os(SECRET_KEY_ENV).as_deref(), path)
+    }
+
+    /// [`SecretKey::from_env_or_file`] for a given value of the variable.
+    pub fn from_env_value_or_file(value: Option<&std::ffi::OsStr>, path: &Path) -> Result<Self> {
+        match Self::from_env_value(value)? {
             Some(key) => Ok(key),
             None => Self::load_or_create(path),
         }

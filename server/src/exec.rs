@@ -163,7 +163,9 @@ pub async fn execute(
                             backend.clone(),
                             spec,
                             retries,
-                            opts.artifact_dir.as_ref().map(|d| d.join(safe_dir(&node.id))),
+                            opts.artifact_dir
+                                .as_ref()
+                                .map(|d| d.join(safe_dir(&node.id))),
                             events.clone(),
                             cancel.clone(),
                         ));
@@ -266,13 +268,10 @@ fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, 
         return Ok(Work::Unsupported(reason.to_string()));
     }
     let secret = |env_var: &String, name: &String| -> Result<(String, String), Error> {
-        let value = opts
-            .secrets
-            .get(name)
-            .ok_or_else(|| Error::MissingSecret {
-                stage: id.to_string(),
-                secret: name.clone(),
-            })?;
+        let value = opts.secrets.get(name).ok_or_else(|| Error::MissingSecret {
+            stage: id.to_string(),
+            secret: name.clone(),
+        })?;
         Ok((env_var.clone(), value.clone()))
     };
     let mut env = stage.env.clone();

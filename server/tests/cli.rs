@@ -48,7 +48,14 @@ fn write(dir: &Path, rel: &str, body: &str) {
 fn row<'a>(stdout: &'a str, stage: &str) -> Vec<&'a str> {
     stdout
         .lines()
-        .find(|l| l.starts_with(stage) && (l.contains("success") || l.contains("skipped") || l.contains("fail") || l.contains("not run")) && !l.contains(" | "))
+        .find(|l| {
+            l.starts_with(stage)
+                && (l.contains("success")
+                    || l.contains("skipped")
+                    || l.contains("fail")
+                    || l.contains("not run"))
+                && !l.contains(" | ")
+        })
         .unwrap_or_else(|| panic!("no summary row for {stage} in:\n{stdout}"))
         .split("  ")
         .map(str::trim)
@@ -59,7 +66,14 @@ fn row<'a>(stdout: &'a str, stage: &str) -> Vec<&'a str> {
 #[test]
 fn exec_runs_the_shell_example_and_prints_a_summary() {
     let out = slipway(
-        &["exec", "examples/shell-project", "--branch", "main", "--jobs", "2"],
+        &[
+            "exec",
+            "examples/shell-project",
+            "--branch",
+            "main",
+            "--jobs",
+            "2",
+        ],
         &examples().join(".."),
     );
     let (stdout, stderr) = text(&out);
@@ -67,13 +81,24 @@ fn exec_runs_the_shell_example_and_prints_a_summary() {
     // Live output is prefixed by stage; the summary lists every stage.
     assert!(stdout.contains("| ok scripts/test.sh"), "{stdout}");
     assert!(stdout.contains("| hello, world!"), "{stdout}");
-    assert!(stdout.contains("| mode: strict") && stdout.contains("| mode: relaxed"), "{stdout}");
-    for stage in ["lint", "test (shell_mode=strict)", "test (shell_mode=relaxed)", "package"] {
+    assert!(
+        stdout.contains("| mode: strict") && stdout.contains("| mode: relaxed"),
+        "{stdout}"
+    );
+    for stage in [
+        "lint",
+        "test (shell_mode=strict)",
+        "test (shell_mode=relaxed)",
+        "package",
+    ] {
         assert_eq!(row(&stdout, stage)[1], "success", "{stage}\n{stdout}");
     }
     let package = row(&stdout, "package").join(" ");
     assert!(package.contains("dist/app.tar sha256:"), "{package}");
-    assert!(stdout.contains("success: 4 stages ran, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("success: 4 stages ran, 0 failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -90,11 +115,26 @@ fn a_broken_copy_fails_with_file_line_column_diagnostics() {
         let out = slipway(&[command, "."], dir.path());
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{command}\n{stdout}\n{stderr}");
-        assert!(stderr.contains(&format!(".slipway.yml:{}:5", line_of("stpes:"))), "{stderr}");
-        assert!(stderr.contains("`steps`"), "did-you-mean hint missing:\n{stderr}");
-        assert!(stderr.contains(&format!(".slipway.yml:{}:", line_of("[tset]"))), "{stderr}");
-        assert!(stderr.contains("`test`"), "did-you-mean for needs missing:\n{stderr}");
-        assert!(!stdout.contains("stage started"), "{command} must not run anything:\n{stdout}");
+        assert!(
+            stderr.contains(&format!(".slipway.yml:{}:5", line_of("stpes:"))),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("`steps`"),
+            "did-you-mean hint missing:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(".slipway.yml:{}:", line_of("[tset]"))),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("`test`"),
+            "did-you-mean for needs missing:\n{stderr}"
+        );
+        assert!(
+            !stdout.contains("stage started"),
+            "{command} must not run anything:\n{stdout}"
+        );
     }
 }
 
@@ -121,7 +161,10 @@ fn a_failing_step_fails_the_run_and_skips_dependents() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     let build = row(&stdout, "build");
     assert_eq!(build[1], "failure", "{stdout}");
-    assert!(build.join(" ").contains("step `boom` failure (exit 42)"), "{stdout}");
+    assert!(
+        build.join(" ").contains("step `boom` failure (exit 42)"),
+        "{stdout}"
+    );
     assert_eq!(row(&stdout, "deploy")[1], "skipped", "{stdout}");
     assert_eq!(row(&stdout, "docs")[1], "success", "{stdout}");
     assert!(!stdout.contains("| never"), "{stdout}");
@@ -162,7 +205,10 @@ fn secrets_reach_the_step_but_never_the_output() {
     assert!(stdout.contains("| matched"), "{stdout}");
     assert!(stdout.contains("raw ********"), "{stdout}");
     assert!(!stdout.contains("s3cr3t-v4lue-xyz"), "{stdout}");
-    assert!(!stdout.contains("czNjcjN0LXY0bHVlLXh5eg"), "base64 leaked: {stdout}");
+    assert!(
+        !stdout.contains("czNjcjN0LXY0bHVlLXh5eg"),
+        "base64 leaked: {stdout}"
+    );
 
     let missing = slipway(&["exec", "."], dir.path());
     let (_, stderr) = text(&missing);
@@ -173,7 +219,14 @@ fn secrets_reach_the_step_but_never_the_output() {
 #[test]
 fn monorepo_paths_select_stages() {
     let out = slipway(
-        &["exec", "monorepo", "--changed", "frontend/app.js", "--pipeline", "ci"],
+        &[
+            "exec",
+            "monorepo",
+            "--changed",
+            "frontend/app.js",
+            "--pipeline",
+            "ci",
+        ],
         &examples(),
     );
     let (stdout, stderr) = text(&out);
@@ -195,11 +248,14 @@ fn exec_at_a_commit_uses_the_committed_tree() {
     );
     write(dir.path(), "version.txt", "committed-v1\n");
     let mut index = repo.index().unwrap();
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
     index.write().unwrap();
     let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
     let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "v1", &tree, &[]).unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "v1", &tree, &[])
+        .unwrap();
     // Uncommitted edits must not leak into a run at a commit.
     write(dir.path(), "version.txt", "dirty-v2\n");
     write(dir.path(), ".slipway.yml", "stages: {oops\n");
@@ -213,7 +269,17 @@ fn exec_at_a_commit_uses_the_committed_tree() {
 
 #[test]
 fn unsupported_kinds_say_which_backend_they_need() {
-    let out = slipway(&["exec", "rust-crate", "--branch", "main", "--pipeline", "nonexistent"], &examples());
+    let out = slipway(
+        &[
+            "exec",
+            "rust-crate",
+            "--branch",
+            "main",
+            "--pipeline",
+            "nonexistent",
+        ],
+        &examples(),
+    );
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("nothing to run"), "{stderr}");
@@ -227,7 +293,13 @@ fn unsupported_kinds_say_which_backend_they_need() {
     let out = slipway(&["exec", "."], dir.path());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(row(&stdout, "image").join(" ").contains("needs the docker or kubernetes backend") || stdout.contains("docker or kubernetes backend"), "{stdout}");
+    assert!(
+        row(&stdout, "image")
+            .join(" ")
+            .contains("needs the docker or kubernetes backend")
+            || stdout.contains("docker or kubernetes backend"),
+        "{stdout}"
+    );
     assert_eq!(row(&stdout, "after")[1], "skipped", "{stdout}");
 }
 

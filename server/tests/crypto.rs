@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use base64::Engine as _;
 use server::crypto::{
@@ -257,51 +256,22 @@ fn key_files_hold_raw_bytes_or_base64() {
     assert!(matches!(err, CryptoError::KeyFile { .. }));
 }
 
-/// Runs the child test below in a separate process with `SLIPWAY_SECRET_KEY` set: the
-/// process environment is global, so setting it inside this test binary would race with the
-/// other tests (and `set_var` is `unsafe` in edition 2024, which the workspace forbids).
-fn run_env_child(value: &str, key_file: &Path) -> String {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "env_key_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SECRET_KEY_ENV, value)
-        .env("SLIPWAY_TEST_KEY_FILE", key_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.split_once("RESULT=").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"))
-        .to_owned()
-}
-
-#[test]
-#[ignore = "helper run by key_from_environment in a child process"]
-fn env_key_child() {
-    let Some(file) = std::env::var_os("SLIPWAY_TEST_KEY_FILE") else {
-        return;
-    };
-    let env_only = match SecretKey::from_env() {
+/// What `from_env` and `from_env_or_file` give for a value of `SLIPWAY_SECRET_KEY`:
+/// `env-only|either` fingerprints, or the error text. The value is passed in rather than
+/// set in the process environment, which is global to the parallel tests (and `set_var`
+/// is `unsafe` in edition 2024, which the workspace forbids).
+fn key_for_env_value(value: &str, key_file: &Path) -> String {
+    let value = Some(std::ffi::OsStr::new(value));
+    let env_only = match SecretKey::from_env_value(value) {
         Ok(Some(key)) => key.fingerprint(),
         Ok(None) => "none".into(),
         Err(e) => format!("error: {e}"),
     };
-    let either = match SecretKey::from_env_or_file(Path::new(&file)) {
+    let either = match SecretKey::from_env_value_or_file(value, key_file) {
         Ok(key) => key.fingerprint(),
         Err(e) => format!("error: {e}"),
     };
-    println!("RESULT={env_only}|{either}");
+    format!("{env_only}|{either}")
 }
 
 #[test]
@@ -312,16 +282,16 @@ fn key_from_environment() {
     let env_key = SecretKey::generate();
 
     // Set: the environment wins over the key file.
-    let result = run_env_child(&env_key.to_base64(), &file);
+    let result = key_for_env_value(&env_key.to_base64(), &file);
     assert_eq!(result, format!("{0}|{0}", env_key.fingerprint()));
 
     // Empty: as if unset, the key file is used.
-    let result = run_env_child("", &file);
+    let result = key_for_env_value("", &file);
     assert_eq!(result, format!("none|{}", file_key.fingerprint()));
 
     // Invalid: a clear error naming the variable, and no fallback to the file (an operator
     // who set the variable meant it).
-    let result = run_env_child("bm90IGEga2V5", &file);
+    let result = key_for_env_value("bm90IGEga2V5", &file);
     assert!(
         result.starts_with("error: ")
             && result.contains(SECRET_KEY_ENV)

@@ -11,10 +11,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
                 continue;
             }
             yaml_files(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yml" || e == "yaml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
             out.push(path);
         }
     }
@@ -25,19 +22,34 @@ fn every_example_yaml_file_is_a_valid_pipeline() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut files = Vec::new();
     yaml_files(&root, &mut files);
-    assert!(files.len() >= 4, "expected the example pipelines, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the example pipelines, found {files:?}"
+    );
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        let rel = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let pipeline = match pipelines::parse(&rel, &text) {
             Ok(p) => p,
             Err(diags) => panic!(
                 "{rel} does not validate:\n{}",
-                diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+                diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         };
         assert!(!pipeline.stages.is_empty(), "{rel} has no stages");
-        assert!(pipeline.warnings.is_empty(), "{rel}: {:?}", pipeline.warnings);
+        assert!(
+            pipeline.warnings.is_empty(),
+            "{rel}: {:?}",
+            pipeline.warnings
+        );
     }
 }
 

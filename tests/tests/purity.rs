@@ -7,8 +7,23 @@ use std::path::Path;
 use std::process::Command;
 
 const FORBIDDEN_CRATES: &[&str] = &[
-    "tokio", "async-std", "smol", "mio", "futures", "hyper", "reqwest", "axum", "tower",
-    "sqlx", "kube", "kube-client", "bollard", "git2", "libgit2-sys", "tempfile", "walkdir",
+    "tokio",
+    "async-std",
+    "smol",
+    "mio",
+    "futures",
+    "hyper",
+    "reqwest",
+    "axum",
+    "tower",
+    "sqlx",
+    "kube",
+    "kube-client",
+    "bollard",
+    "git2",
+    "libgit2-sys",
+    "tempfile",
+    "walkdir",
 ];
 
 #[test]
@@ -18,7 +33,11 @@ fn pipelines_depends_on_no_async_runtime_or_io_crate() {
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .output()
         .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: HashMap<&str, &str> = meta["packages"]
         .as_array()
@@ -55,9 +74,18 @@ fn pipelines_depends_on_no_async_runtime_or_io_crate() {
             }
         }
     }
-    let bad: Vec<_> = FORBIDDEN_CRATES.iter().filter(|c| seen.contains(**c)).collect();
-    assert!(bad.is_empty(), "pipelines pulls in {bad:?} (all deps: {seen:?})");
-    assert!(seen.contains("marked-yaml"), "the walk found nothing: {seen:?}");
+    let bad: Vec<_> = FORBIDDEN_CRATES
+        .iter()
+        .filter(|c| seen.contains(**c))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "pipelines pulls in {bad:?} (all deps: {seen:?})"
+    );
+    assert!(
+        seen.contains("marked-yaml"),
+        "the walk found nothing: {seen:?}"
+    );
 }
 
 #[test]
@@ -73,7 +101,13 @@ fn pipelines_source_makes_no_io_calls() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            for needle in ["std::fs", "std::net", "std::process", "std::env", "File::open"] {
+            for needle in [
+                "std::fs",
+                "std::net",
+                "std::process",
+                "std::env",
+                "File::open",
+            ] {
                 if text.contains(needle) {
                     offenders.push(format!("{}: {needle}", path.display()));
                 }

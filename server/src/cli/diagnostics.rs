@@ -51,12 +51,7 @@ pub fn render(diag: &Diagnostic, source: Option<&str>, colour: bool) -> String {
         );
     }
     if let Some(hint) = &diag.hint {
-        out += &format!(
-            "{:gutter$} {} {}\n",
-            "",
-            blue.apply_to("= hint:"),
-            hint
-        );
+        out += &format!("{:gutter$} {} {}\n", "", blue.apply_to("= hint:"), hint);
     }
     out
 }

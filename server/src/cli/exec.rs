@@ -169,7 +169,11 @@ impl Artifacts {
     }
 }
 
-async fn run_plans(plans: &[pipelines::Plan], opts: ExecOptions, colour: bool) -> anyhow::Result<bool> {
+async fn run_plans(
+    plans: &[pipelines::Plan],
+    opts: ExecOptions,
+    colour: bool,
+) -> anyhow::Result<bool> {
     let backend = Arc::new(LocalBackend::new(None));
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
@@ -182,9 +186,13 @@ async fn run_plans(plans: &[pipelines::Plan], opts: ExecOptions, colour: bool) -
         .iter()
         .flat_map(|p| {
             let prefix = plans.len() > 1;
-            p.stages
-                .iter()
-                .map(move |s| if prefix { format!("{}/{}", p.pipeline, s.id) } else { s.id.clone() })
+            p.stages.iter().map(move |s| {
+                if prefix {
+                    format!("{}/{}", p.pipeline, s.id)
+                } else {
+                    s.id.clone()
+                }
+            })
         })
         .collect();
     let mut output = Output::new(&stage_ids, colour);

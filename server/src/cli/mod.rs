@@ -26,7 +26,7 @@ pub enum Command {
         path: PathBuf,
     },
     /// Run a repository's pipelines here, on the local backend.
-    Exec(exec::ExecArgs),
+    Exec(Box<exec::ExecArgs>),
     /// Print the JSON Schema of the pipeline format, for editors.
     Schema,
 }
@@ -35,9 +35,12 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { path } => validate::run(&path),
-        Command::Exec(args) => exec::run(args),
+        Command::Exec(args) => exec::run(*args),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&pipelines::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&pipelines::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -98,7 +98,12 @@ impl Output {
                 let text = String::from_utf8_lossy(&line.bytes);
                 self.line(format!("{} | {text}", self.prefix(&line.stage)));
             }
-            ExecEvent::Runner(StageEvent::StepFinished { stage, name, outcome, .. }) => {
+            ExecEvent::Runner(StageEvent::StepFinished {
+                stage,
+                name,
+                outcome,
+                ..
+            }) => {
                 let code = outcome
                     .exit_code
                     .map(|c| format!(", exit {c}"))
@@ -160,7 +165,9 @@ impl Output {
                             "step `{}` {}{}",
                             s.name,
                             status_word(&s.status),
-                            s.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default()
+                            s.exit_code
+                                .map(|c| format!(" (exit {c})"))
+                                .unwrap_or_default()
                         ),
                         (None, Status::Error(e)) => e.clone(),
                         (None, _) => format!("{} steps", o.steps.len()),
@@ -178,7 +185,9 @@ impl Output {
                         detail,
                     ]
                 }
-                StageResult::Skipped(why) => [r.id.clone(), "skipped".into(), "-".into(), why.clone()],
+                StageResult::Skipped(why) => {
+                    [r.id.clone(), "skipped".into(), "-".into(), why.clone()]
+                }
                 StageResult::Unsupported(why) => {
                     [r.id.clone(), "not run".into(), "-".into(), why.clone()]
                 }
@@ -186,7 +195,13 @@ impl Output {
             .collect();
         let header = ["STAGE", "STATUS", "TIME", "DETAIL"];
         let widths: Vec<usize> = (0..3)
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let bold = Style::new().bold().force_styling(self.colour);
         println!();
@@ -194,8 +209,13 @@ impl Output {
             "{}",
             bold.apply_to(format!(
                 "{:<w0$}  {:<w1$}  {:>w2$}  {}",
-                header[0], header[1], header[2], header[3],
-                w0 = widths[0], w1 = widths[1], w2 = widths[2]
+                header[0],
+                header[1],
+                header[2],
+                header[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
             ))
         );
         for row in &rows {
@@ -216,11 +236,22 @@ impl Output {
             );
         }
         let failed = reports.iter().filter(|r| r.result.failed()).count();
-        let ran = reports.iter().filter(|r| matches!(r.result, StageResult::Ran(_))).count();
+        let ran = reports
+            .iter()
+            .filter(|r| matches!(r.result, StageResult::Ran(_)))
+            .count();
         let verdict = if failed == 0 {
-            Style::new().green().bold().force_styling(self.colour).apply_to("success")
+            Style::new()
+                .green()
+                .bold()
+                .force_styling(self.colour)
+                .apply_to("success")
         } else {
-            Style::new().red().bold().force_styling(self.colour).apply_to("failed")
+            Style::new()
+                .red()
+                .bold()
+                .force_styling(self.colour)
+                .apply_to("failed")
         };
         println!(
             "\n{verdict}: {ran} stage{} ran, {failed} failed, {} not run",

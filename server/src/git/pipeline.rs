@@ -4,7 +4,6 @@ use git2::{ObjectType, TreeEntry};
 
 use super::{GitError, Mirror, Result};
 
-
 /// Largest pipeline file read from a commit. The YAML and the plan derived from it are stored
 /// with every run, so a multi-megabyte file is almost certainly a mistake (or an attempt to
 /// bloat the database); it becomes a clear error instead.

@@ -33,19 +33,34 @@ fn big_pipeline(n: usize) -> String {
     for i in 0..n {
         let _ = writeln!(y, "  s{i}:");
         if i > 0 {
-            let _ = writeln!(y, "    needs: [s{}{}]", i - 1, if i > 1 { format!(", s{}", i / 2) } else { String::new() });
+            let _ = writeln!(
+                y,
+                "    needs: [s{}{}]",
+                i - 1,
+                if i > 1 {
+                    format!(", s{}", i / 2)
+                } else {
+                    String::new()
+                }
+            );
         }
         if i % 20 == 0 {
             let _ = writeln!(y, "    matrix: {{ os: [a, b], level: [\"1\", \"2\"] }}");
         }
         if i % 7 == 0 {
-            let _ = writeln!(y, "    when: {{ branch: [main, \"release/*\"], paths: [\"src/**\", \"crates/s{i}/**\"] }}");
+            let _ = writeln!(
+                y,
+                "    when: {{ branch: [main, \"release/*\"], paths: [\"src/**\", \"crates/s{i}/**\"] }}"
+            );
         }
         let _ = writeln!(y, "    env: {{ STAGE_NO: \"{i}\" }}");
         let _ = writeln!(y, "    timeout: 10m");
         let _ = writeln!(y, "    steps:");
         for s in 0..3 {
-            let _ = writeln!(y, "      - name: step{s}\n        run: echo ${{{{ git.sha }}}} {s} && make target-{i}-{s}");
+            let _ = writeln!(
+                y,
+                "      - name: step{s}\n        run: echo ${{{{ git.sha }}}} {s} && make target-{i}-{s}"
+            );
         }
     }
     y
@@ -117,16 +132,30 @@ fn local_step_overhead(steps: usize) -> anyhow::Result<()> {
         let start = Instant::now();
         let outcome = runtime.block_on(async {
             let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            let o = runner::run_stage(&*backend, &spec, RunOptions::default(), tx, CancellationToken::new()).await;
+            let o = runner::run_stage(
+                &*backend,
+                &spec,
+                RunOptions::default(),
+                tx,
+                CancellationToken::new(),
+            )
+            .await;
             let _ = drain.await;
             o
         });
-        anyhow::ensure!(outcome.status == Status::Success, "bench stage failed: {outcome:?}");
+        anyhow::ensure!(
+            outcome.status == Status::Success,
+            "bench stage failed: {outcome:?}"
+        );
         Ok(start.elapsed())
     };
     // Warm up the page cache and the runtime.
     run(stage(3))?;
-    let one = median((0..5).map(|_| run(stage(1))).collect::<anyhow::Result<_>>()?);
+    let one = median(
+        (0..5)
+            .map(|_| run(stage(1)))
+            .collect::<anyhow::Result<_>>()?,
+    );
     let many = run(stage(steps + 1))?;
     let per_step = (many.saturating_sub(one)) / steps as u32;
 
