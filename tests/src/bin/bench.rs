@@ -149,22 +149,26 @@ fn local_step_overhead(steps: usize) -> anyhow::Result<()> {
         );
         Ok(start.elapsed())
     };
-    // Warm up the page cache and the runtime.
+    // Warm up the page cache and the runtime, then interleave rounds of ours and the
+    // floor so that load from elsewhere on the machine hits both alike.
     run(stage(3))?;
-    let one = median(
-        (0..5)
-            .map(|_| run(stage(1)))
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let many = run(stage(steps + 1))?;
-    let per_step = (many.saturating_sub(one)) / steps as u32;
-
-    let start = Instant::now();
-    for _ in 0..steps {
-        let status = Command::new("sh").args(["-c", "true"]).status()?;
-        anyhow::ensure!(status.success());
+    let bare_batch = || -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for _ in 0..steps {
+            let status = Command::new("sh").args(["-c", "true"]).status()?;
+            anyhow::ensure!(status.success());
+        }
+        Ok(start.elapsed() / steps as u32)
+    };
+    let (mut per_steps, mut ones, mut bares) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        bares.push(bare_batch()?);
+        let one = run(stage(1))?;
+        let many = run(stage(steps + 1))?;
+        ones.push(one);
+        per_steps.push(many.saturating_sub(one) / steps as u32);
     }
-    let bare = start.elapsed() / steps as u32;
+    let (per_step, one, bare) = (median(per_steps), median(ones), median(bares));
     println!(
         "| local backend, per step ({steps} steps) | {:.2} ms | bare `sh -c true` {:.2} ms | {:.2}x |",
         per_step.as_secs_f64() * 1e3,
