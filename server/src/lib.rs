@@ -1,6 +1,7 @@
 //! Slipway's server crate: the `slipway` command line, and (from the server issue on)
 //! the HTTP API, webhooks, scheduler and store.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -9,4 +10,7 @@ pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod pipeline_files;
+pub mod serve;
+pub mod state;
 pub mod store;
+pub mod workers;

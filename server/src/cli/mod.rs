@@ -29,6 +29,39 @@ pub enum Command {
     Exec(Box<exec::ExecArgs>),
     /// Print the JSON Schema of the pipeline format, for editors.
     Schema,
+    /// Run the CI server: webhooks, API, scheduler and an in-process runner.
+    Server(ServerArgs),
+    /// Apply database migrations and exit.
+    Migrate(ServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// A TOML configuration file (keys as the long flags, with `_` for `-`).
+    #[arg(long, env = "SLIPWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: crate::config::Settings,
+}
+
+impl ServerArgs {
+    fn resolve(self) -> anyhow::Result<crate::config::Config> {
+        Ok(crate::config::Config::resolve(
+            self.settings,
+            self.config.as_deref(),
+        )?)
+    }
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters (default: info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// Runs the parsed command line; the exit code is what the process should return.
@@ -41,6 +74,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&pipelines::json_schema())?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Server(args) => {
+            init_tracing();
+            let config = args.resolve()?;
+            tokio::runtime::Runtime::new()?.block_on(crate::serve::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(args) => {
+            init_tracing();
+            let config = args.resolve()?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let store = crate::store::Store::connect(&config.database_url).await?;
+                store.migrate().await?;
+                store.close().await;
+                anyhow::Ok(())
+            })?;
+            println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,52 @@
+//! What every request handler and background worker shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::forge::StatusReporter;
+use crate::logs::LogStore;
+use crate::store::Store;
+
+/// Cheap to clone: one `Arc` around the shared parts.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub config: Config,
+    /// Seals and opens secrets, webhook secrets and forge tokens at rest.
+    pub secret_box: SecretBox,
+    pub logs: LogStore,
+    pub status: StatusReporter,
+    pub wake: Wake,
+    /// Cancelled when the server shuts down; workers stop at their next await.
+    pub shutdown: CancellationToken,
+}
+
+/// Nudges for the background workers, so work starts at once instead of at the next
+/// poll. Polling stays as the fallback: a lost nudge only costs latency.
+#[derive(Default)]
+pub struct Wake {
+    /// New pending runs to plan.
+    pub planner: Notify,
+    /// Stages became runnable (or runners freed up).
+    pub queue: Notify,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,13 @@
+//! The background workers a server runs beside its HTTP API. Each lives in its own
+//! module and exposes `spawn(state, …) -> JoinHandle<()>`; this is the one list of them.
+
+use std::net::SocketAddr;
+
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+
+pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
+    let _ = (state, addr);
+    Vec::new()
+}
