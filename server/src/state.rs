@@ -50,3 +50,23 @@ impl Deref for AppState {
         &self.0
     }
 }
+
+/// Where things live under the data dir, and the AAD labels that bind sealed values to
+/// their row, so a ciphertext copied into another repository's row fails to open.
+impl Inner {
+    /// The bare mirror of a repository.
+    pub fn mirror_dir(&self, repo: crate::store::RepoId) -> std::path::PathBuf {
+        self.config.data_dir.join("mirrors").join(format!("{repo}.git"))
+    }
+}
+
+/// AAD for a repository's sealed webhook secret. Bound to the name (the id does not exist
+/// yet when the secret is sealed at registration); a rename must re-seal.
+pub fn webhook_secret_aad(repo_name: &str) -> Vec<u8> {
+    format!("webhook-secret:{repo_name}").into_bytes()
+}
+
+/// AAD for a repository's sealed forge token (commit status reporting).
+pub fn forge_token_aad(repo_name: &str) -> Vec<u8> {
+    format!("forge-token:{repo_name}").into_bytes()
+}
