@@ -37,6 +37,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         logs: LogStore::new(config.data_dir.join("logs")),
         status: StatusReporter::new(),
         wake: Wake::default(),
+        metrics: crate::metrics::Metrics::new(),
         shutdown: CancellationToken::new(),
         config,
     }))

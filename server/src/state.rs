@@ -24,6 +24,8 @@ pub struct Inner {
     pub logs: LogStore,
     pub status: StatusReporter,
     pub wake: Wake,
+    /// Prometheus metrics, served at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Cancelled when the server shuts down; workers stop at their next await.
     pub shutdown: CancellationToken,
 }

@@ -2,7 +2,15 @@
 
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod health;
+pub mod logs;
+pub mod metrics;
+pub mod openapi;
+pub mod repos;
+pub mod runs;
+pub mod secrets;
+pub mod tokens;
 
 use axum::Router;
 
@@ -11,5 +19,20 @@ use crate::state::AppState;
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the
 /// server binds it to a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(health::router()).with_state(state)
+    Router::new()
+        .merge(health::router())
+        .merge(repos::router())
+        .merge(runs::router())
+        .merge(logs::router())
+        .merge(secrets::router())
+        .merge(tokens::router())
+        .merge(openapi::router())
+        .merge(metrics::router())
+        // Keep this last: `route_layer` wraps only the routes added above it. It counts
+        // requests by route template (known only to matched routes).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track_http,
+        ))
+        .with_state(state)
 }

@@ -249,6 +249,22 @@ impl LogStore {
         self.read(key, from, n)
     }
 
+    /// Length in bytes of the committed part of the plain-text log: bytes past it belong
+    /// to a batch still being written, so a download should stop here.
+    pub fn text_len(&self, key: StepKey) -> Result<u64> {
+        let count = self.count(key)?;
+        if count == 0 {
+            return Ok(0);
+        }
+        let (_, idx_path) = self.paths(key);
+        let mut idx = File::open(&idx_path).map_err(io(&idx_path))?;
+        idx.seek(SeekFrom::Start((count - 1) * RECORD))
+            .map_err(io(&idx_path))?;
+        let mut record = [0; RECORD as usize];
+        idx.read_exact(&mut record).map_err(io(&idx_path))?;
+        Ok(decode(&record).0)
+    }
+
     /// Path of the plain-text log, for streaming downloads (`None` if nothing logged).
     pub fn text_path(&self, key: StepKey) -> Option<PathBuf> {
         let (log_path, _) = self.paths(key);

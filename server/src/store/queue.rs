@@ -66,6 +66,25 @@ impl Store {
         )
     }
 
+    /// How many stages are `queued` and how many `running`, across all runs: cheap (an
+    /// index on `status`), for the queue-depth gauges of `/metrics`.
+    pub async fn stage_counts(&self) -> Result<(i64, i64)> {
+        let rs = query(
+            "SELECT status, COUNT(*) AS n FROM stages WHERE status IN ('queued', 'running') \
+             GROUP BY status",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let (mut queued, mut running) = (0, 0);
+        for r in &rs {
+            match r.text("status")?.as_str() {
+                "queued" => queued = r.int("n")?,
+                _ => running = r.int("n")?,
+            }
+        }
+        Ok((queued, running))
+    }
+
     pub(crate) async fn stages_tx(&self, tx: &mut Tx, run: RunId) -> Result<Vec<Stage>> {
         let sql = format!("SELECT {STAGE_COLS} FROM stages WHERE run_id = $1 ORDER BY id");
         rows(

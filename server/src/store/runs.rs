@@ -205,7 +205,45 @@ impl Store {
     ) -> Result<Run> {
         check_dag(&stages)?;
         let mut tx = self.begin().await?;
-        let run = self.lock_run(&mut tx, run_id).await?;
+        let run = self
+            .plan_tx(&mut tx, run_id, plan, yaml_sha256, stages)
+            .await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// Creates a run and plans it in one transaction, so that no planner ever sees it
+    /// `pending`: reruns carry the stored plan of the run they repeat (and, for "failed
+    /// stages only", stages marked [`NewStage::succeeded`]), which a planner working from
+    /// the commit would not reproduce. Same checks as [`Store::set_run_planned`].
+    pub async fn create_run_planned(
+        &self,
+        repo: RepoId,
+        new: NewRun,
+        plan: &Value,
+        yaml_sha256: &str,
+        stages: Vec<NewStage>,
+    ) -> Result<Run> {
+        check_dag(&stages)?;
+        let mut tx = self.begin().await?;
+        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self
+            .plan_tx(&mut tx, run.id, plan, yaml_sha256, stages)
+            .await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// The body of [`Store::set_run_planned`] inside `tx` (stages already checked).
+    async fn plan_tx(
+        &self,
+        tx: &mut Tx,
+        run_id: RunId,
+        plan: &Value,
+        yaml_sha256: &str,
+        stages: Vec<NewStage>,
+    ) -> Result<Run> {
+        let run = self.lock_run(tx, run_id).await?;
         if run.status != RunStatus::Pending {
             return Err(Error::Conflict(format!(
                 "run {run_id} is {}, not pending",
@@ -222,10 +260,10 @@ impl Store {
             .bind(json_text(plan))
             .bind(yaml_sha256)
             .bind(now)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
         let run = run_row(&row)?;
-        emit(&mut tx, run_id, None, RunStatus::Running.as_str(), now).await?;
+        emit(tx, run_id, None, RunStatus::Running.as_str(), now).await?;
         for s in &stages {
             let (status, queued_at, finished_at) = if s.succeeded.is_some() {
                 (StageStatus::Success, None, Some(now))
@@ -254,7 +292,7 @@ impl Store {
                 .bind(queued_at)
                 .bind(finished_at)
                 .bind(now)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await?,
                 "id",
             )?;
@@ -269,14 +307,12 @@ impl Store {
                     .bind(idx as i64)
                     .bind(name)
                     .bind(step_status)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
             }
-            emit(&mut tx, run_id, Some(id), status.as_str(), now).await?;
+            emit(tx, run_id, Some(id), status.as_str(), now).await?;
         }
-        let run = self.reconcile_tx(&mut tx, &run).await?;
-        tx.commit().await?;
-        Ok(run)
+        self.reconcile_tx(tx, &run).await
     }
 
     /// Cancels a run that has not finished: the run becomes `cancelled`, its waiting and

@@ -14,7 +14,7 @@ pub type TokenId = i64;
 macro_rules! str_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -137,7 +137,7 @@ pub struct NewRepo {
 }
 
 /// A registered repository. The encrypted fields are never serialised.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Repo {
     pub id: RepoId,
     pub name: String,
@@ -201,7 +201,7 @@ impl NewRun {
 }
 
 /// A run: one trigger of one repository's pipelines.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Run {
     pub id: RunId,
     pub repo_id: RepoId,
@@ -273,7 +273,7 @@ impl NewStage {
 }
 
 /// A stage: one unit the queue hands to a runner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stage {
     pub id: StageId,
     pub run_id: RunId,
@@ -302,7 +302,7 @@ pub struct Stage {
 }
 
 /// A step of a stage (the row describes the stage's latest attempt).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Step {
     pub id: StepId,
     pub stage_id: StageId,
@@ -318,7 +318,7 @@ pub struct Step {
 }
 
 /// A stage with its steps, for the API.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StageWithSteps {
     #[serde(flatten)]
     pub stage: Stage,
@@ -396,7 +396,7 @@ pub enum Settled {
 }
 
 /// A secret's metadata (never its value).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SecretMeta {
     pub name: String,
     pub allow_pull_requests: bool,
@@ -413,7 +413,7 @@ pub struct SecretValue {
 }
 
 /// An API token (the hash never leaves the store).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: TokenId,
     pub name: String,
@@ -423,7 +423,7 @@ pub struct ApiToken {
 }
 
 /// A runner that registered with the server.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Runner {
     pub id: RunnerId,
     pub name: String,
@@ -434,7 +434,7 @@ pub struct Runner {
 }
 
 /// A status change of a run (`stage_id` is `None`) or of a stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     /// Increases with every event.
     pub id: i64,

@@ -1,0 +1,229 @@
+//! `/api/repos`: register, list, show, edit and delete repositories.
+//!
+//! Every route needs an admin token (there is no user model yet; reading endpoints will
+//! move to a read scope when there is one). Sealed fields never leave the server, and
+//! the webhook secret is returned once, in the answer to the registration.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, routing::post};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use zeroize::Zeroizing;
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath};
+use crate::repos::{self, RepoView};
+use crate::state::AppState;
+use crate::store::{Forge, Repo};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/repos", post(create).get(list))
+        .route(
+            "/api/repos/{owner}/{name}",
+            get(show).patch(update).delete(remove),
+        )
+}
+
+/// A repository in the URL: `/api/repos/{owner}/{name}/…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RepoPath {
+    /// The first segment of the repository name.
+    pub owner: String,
+    /// The second segment of the repository name.
+    pub name: String,
+}
+
+impl RepoPath {
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+}
+
+/// Loads the repository named in the path (404 if there is none).
+pub(crate) async fn find_repo(state: &AppState, owner: &str, name: &str) -> ApiResult<Repo> {
+    Ok(state
+        .store
+        .get_repo_by_name(&format!("{owner}/{name}"))
+        .await?)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRepo {
+    /// `owner/name`, segments of `[A-Za-z0-9._-]`.
+    pub name: String,
+    pub forge: Forge,
+    pub clone_url: String,
+    /// Default: `main`.
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    /// Forge API token for commit statuses (stored encrypted, never shown again).
+    #[serde(default)]
+    pub forge_token: Option<String>,
+    /// Whether runs may see secrets and privileged settings by default. Default: false.
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+/// The answer to a registration: the only time the webhook secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RepoCreated {
+    pub repo: RepoView,
+    /// Configure it in the forge's webhook settings; it cannot be read again.
+    pub webhook_secret: String,
+    pub webhook_url: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/repos", tag = "repos",
+    request_body = CreateRepo,
+    responses(
+        (status = 201, description = "Registered; the webhook secret is shown only here", body = RepoCreated),
+        (status = 401, description = "No or unknown token"),
+        (status = 403, description = "Not an admin token"),
+        (status = 409, description = "The name is taken"),
+        (status = 422, description = "Invalid name, forge, branch or URL"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateRepo>,
+) -> ApiResult<(StatusCode, Json<RepoCreated>)> {
+    let registered = repos::register(
+        &state,
+        repos::Registration {
+            name: body.name,
+            forge: body.forge,
+            clone_url: body.clone_url,
+            default_branch: body.default_branch,
+            forge_token: body.forge_token.map(Zeroizing::new),
+            trusted: body.trusted,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RepoCreated {
+            repo: RepoView::new(&registered.repo, &state.config.public_url),
+            webhook_secret: registered.webhook_secret.to_string(),
+            webhook_url: registered.webhook_url,
+        }),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/api/repos", tag = "repos",
+    responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403)),
+    security(("bearer" = []))
+)]
+pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<RepoView>>> {
+    let repos = state.store.list_repos().await?;
+    Ok(Json(
+        repos
+            .iter()
+            .map(|r| RepoView::new(r, &state.config.public_url))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
+    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn show(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RepoPath>,
+) -> ApiResult<Json<RepoView>> {
+    let repo = find_repo(&state, &p.owner, &p.name).await?;
+    Ok(Json(RepoView::new(&repo, &state.config.public_url)))
+}
+
+/// Fields to change; absent ones stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRepo {
+    pub default_branch: Option<String>,
+    pub trusted: Option<bool>,
+    /// A new forge token, or `null` to remove the stored one.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub forge_token: Option<Option<String>>,
+    pub clone_url: Option<String>,
+}
+
+/// Tells an absent field (`None`, by `default`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(
+    patch, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
+    request_body = UpdateRepo,
+    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RepoPath>,
+    ApiJson(body): ApiJson<UpdateRepo>,
+) -> ApiResult<Json<RepoView>> {
+    let repo = repos::update(
+        &state,
+        &p.full_name(),
+        repos::Update {
+            default_branch: body.default_branch,
+            trusted: body.trusted,
+            forge_token: body.forge_token.map(|t| t.map(Zeroizing::new)),
+            clone_url: body.clone_url,
+        },
+    )
+    .await?;
+    Ok(Json(RepoView::new(&repo, &state.config.public_url)))
+}
+
+#[utoipa::path(
+    delete, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
+    responses(
+        (status = 204, description = "Deleted with its runs, secrets and git mirror"),
+        (status = 401), (status = 403), (status = 404)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn remove(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RepoPath>,
+) -> ApiResult<StatusCode> {
+    repos::delete(&state, &p.full_name()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+impl From<crate::git::GitError> for ApiError {
+    fn from(e: crate::git::GitError) -> Self {
+        use crate::git::GitError as G;
+        match e {
+            G::InvalidRef(_) | G::InvalidSha(_) => ApiError::unprocessable(e.to_string()),
+            e if e.is_retryable() => ApiError::unavailable(e),
+            G::Fetch { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "fetch_failed",
+                // The URL in the message has its credentials masked.
+                e.to_string(),
+            ),
+            e => ApiError::internal(e),
+        }
+    }
+}

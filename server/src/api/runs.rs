@@ -1,0 +1,406 @@
+//! Runs of a repository: list, show, cancel, rerun, and manual triggers.
+//!
+//! Every route needs an admin token, reads included (there is no user model yet).
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiPath, ApiQuery};
+use super::repos::{RepoPath, find_repo};
+use crate::git::Mirror;
+use crate::planning;
+use crate::state::AppState;
+use crate::store::{
+    Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, Trigger,
+};
+use axum::Json;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/repos/{owner}/{name}/runs", get(list))
+        .route("/api/repos/{owner}/{name}/runs/{number}", get(show))
+        .route("/api/repos/{owner}/{name}/runs/{number}/cancel", post(cancel))
+        .route("/api/repos/{owner}/{name}/runs/{number}/rerun", post(rerun))
+        .route("/api/repos/{owner}/{name}/trigger", post(trigger))
+}
+
+/// A run in the URL: `/api/repos/{owner}/{name}/runs/{number}/…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    pub owner: String,
+    pub name: String,
+    /// The run's number within the repository (1, 2, 3 …).
+    pub number: i64,
+}
+
+/// Loads the repository and the run named in the path (404 if either is missing).
+pub(crate) async fn find_run(state: &AppState, p: &RunPath) -> ApiResult<(Repo, Run)> {
+    let repo = find_repo(state, &p.owner, &p.name).await?;
+    let run = state.store.get_run_by_number(repo.id, p.number).await?;
+    Ok((repo, run))
+}
+
+/// A JSON body that may be left out entirely (then `T::default()`).
+fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::unprocessable(e.to_string()))
+}
+
+/// Page size of run lists: default and cap.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size (default 20, at most 100).
+    pub limit: Option<u32>,
+    /// Only runs numbered below this (pass the last number of the previous page).
+    pub before: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/api/repos/{owner}/{name}/runs", tag = "runs",
+    params(RepoPath, ListQuery),
+    responses(
+        (status = 200, description = "Newest first; `plan` is left out of list entries (see the run itself)", body = Vec<Run>),
+        (status = 401), (status = 403), (status = 404)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RepoPath>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<Run>>> {
+    let repo = find_repo(&state, &p.owner, &p.name).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut runs = state.store.list_runs(repo.id, limit, q.before).await?;
+    for r in &mut runs {
+        // Plans can be large; a page of runs should stay small.
+        r.plan = None;
+    }
+    Ok(Json(runs))
+}
+
+/// A run with its stages and their steps. For a run in state `error`, `run.error` says
+/// why and `run.diagnostics` holds the pipeline's validation diagnostics, if any.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunDetail {
+    pub run: Run,
+    pub stages: Vec<StageWithSteps>,
+}
+
+#[utoipa::path(
+    get, path = "/api/repos/{owner}/{name}/runs/{number}", tag = "runs", params(RunPath),
+    responses((status = 200, body = RunDetail), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn show(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+) -> ApiResult<Json<RunDetail>> {
+    let (_, run) = find_run(&state, &p).await?;
+    let stages = state.store.list_stages(run.id).await?;
+    Ok(Json(RunDetail { run, stages }))
+}
+
+#[utoipa::path(
+    post, path = "/api/repos/{owner}/{name}/runs/{number}/cancel", tag = "runs", params(RunPath),
+    responses(
+        (status = 200, description = "Cancelled: waiting stages are cancelled, running ones are told to stop", body = Run),
+        (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "The run has already finished"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    Admin(token): Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+) -> ApiResult<Json<Run>> {
+    let (repo, run) = find_run(&state, &p).await?;
+    let reason = format!("cancelled by {}", token.name);
+    if !state.store.cancel_run(run.id, &reason).await? {
+        return Err(ApiError::conflict(format!(
+            "run #{} has already finished ({})",
+            run.number, run.status
+        )));
+    }
+    state.metrics.run_finished(RunStatus::Cancelled);
+    // Runners of running stages learn it at their next heartbeat; the queue may have
+    // free slots now.
+    state.wake.queue.notify_one();
+    tracing::info!(repo = %repo.name, run = run.number, by = %token.name, "run cancelled");
+    Ok(Json(state.store.get_run(run.id).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// Re-run only the stages that did not succeed; the others count as succeeded.
+    #[serde(default)]
+    pub failed_only: bool,
+}
+
+#[utoipa::path(
+    post, path = "/api/repos/{owner}/{name}/runs/{number}/rerun", tag = "runs", params(RunPath),
+    request_body(content = Option<RerunRequest>, description = "Optional; default: the whole run"),
+    responses(
+        (status = 201, description = "The new run (trigger `rerun`, `rerun_of` set), planned from the stored plan", body = Run),
+        (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "The run has not finished, or (failed_only) nothing failed or there is no plan"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rerun(
+    Admin(token): Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let req: RerunRequest = optional_json(&body)?;
+    let (repo, orig) = find_run(&state, &p).await?;
+    if !orig.status.is_final() {
+        return Err(ApiError::conflict(format!(
+            "run #{} is still {}; cancel it or wait for it to finish",
+            orig.number, orig.status
+        )));
+    }
+    let new = NewRun {
+        trigger: Trigger::Rerun,
+        event: orig.event,
+        git_ref: orig.git_ref.clone(),
+        branch: orig.branch.clone(),
+        tag: orig.tag.clone(),
+        sha: orig.sha.clone(),
+        before_sha: orig.before_sha.clone(),
+        pr_number: orig.pr_number,
+        source_branch: orig.source_branch.clone(),
+        fork: orig.fork,
+        trusted: orig.trusted,
+        message: orig.message.clone(),
+        author: orig.author.clone(),
+        params: orig.params.clone(),
+        rerun_of: Some(orig.id),
+    };
+    let Some(plan) = &orig.plan else {
+        // Never planned (the pipeline failed to load): nothing stored to repeat, so the
+        // planner plans the same commit again (the YAML there may load now that, e.g.,
+        // a fetch that failed succeeds).
+        if req.failed_only {
+            return Err(ApiError::conflict(format!(
+                "run #{} was never planned; rerun the whole run instead",
+                orig.number
+            )));
+        }
+        let run = state.store.create_run(repo.id, new).await?;
+        state.wake.planner.notify_one();
+        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun (re-plan)");
+        return Ok((StatusCode::CREATED, Json(run)));
+    };
+    let plans = planning::plans_of(plan)
+        .map_err(|e| ApiError::internal(format!("stored plan of run {}: {e}", orig.id)))?;
+    let mut stages = planning::stages_from_plans(&plans);
+    if req.failed_only {
+        let old = state.store.list_stages(orig.id).await?;
+        let succeeded: HashSet<&str> = old
+            .iter()
+            .filter(|s| s.stage.status == StageStatus::Success)
+            .map(|s| s.stage.key.as_str())
+            .collect();
+        if old
+            .iter()
+            .all(|s| matches!(s.stage.status, StageStatus::Success | StageStatus::Skipped))
+        {
+            return Err(ApiError::conflict(format!(
+                "run #{} has no failed stages; rerun the whole run instead",
+                orig.number
+            )));
+        }
+        let reason = format!("succeeded in run #{}", orig.number);
+        for s in &mut stages {
+            if succeeded.contains(s.key.as_str()) {
+                s.succeeded = Some(reason.clone());
+            }
+        }
+    }
+    let yaml_sha256 = orig.yaml_sha256.clone().unwrap_or_default();
+    // One transaction: no planner ever sees this run pending and re-plans it.
+    let run = state
+        .store
+        .create_run_planned(repo.id, new, plan, &yaml_sha256, stages)
+        .await?;
+    state.wake.queue.notify_one();
+    tracing::info!(
+        repo = %repo.name, run = run.number, of = orig.number,
+        failed_only = req.failed_only, by = %token.name, "rerun"
+    );
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// Default: the repository's default branch.
+    pub branch: Option<String>,
+    /// Manual parameters (`on.manual.params`); strings, numbers or booleans.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, Value>,
+}
+
+const MAX_PARAMS: usize = 100;
+const MAX_PARAM_VALUE: usize = 4096;
+
+/// Parameters as the run stores them: an object of strings.
+fn params_object(params: BTreeMap<String, Value>) -> ApiResult<Value> {
+    if params.len() > MAX_PARAMS {
+        return Err(ApiError::unprocessable(format!(
+            "at most {MAX_PARAMS} parameters"
+        )));
+    }
+    let mut out = serde_json::Map::new();
+    for (k, v) in params {
+        let valid_key = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !valid_key {
+            return Err(ApiError::unprocessable(format!(
+                "parameter name {k:?} must be made of letters, digits, `_`, `-` and `.`"
+            )));
+        }
+        let text = match v {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ApiError::unprocessable(format!(
+                    "parameter {k:?} must be a string, number or boolean"
+                )));
+            }
+        };
+        if text.len() > MAX_PARAM_VALUE {
+            return Err(ApiError::unprocessable(format!(
+                "parameter {k:?} is longer than {MAX_PARAM_VALUE} bytes"
+            )));
+        }
+        out.insert(k, Value::String(text));
+    }
+    Ok(Value::Object(out))
+}
+
+/// The head of a branch after fetching it: (sha, commit summary, author name).
+struct Head {
+    sha: String,
+    message: String,
+    author: String,
+}
+
+async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiResult<Head> {
+    let dir = state.mirror_dir(repo.id);
+    let url = repo.clone_url.clone();
+    let credentials = crate::repos::mirror_credentials(state, repo)?;
+    let git_ref = git_ref.to_string();
+    let head = tokio::task::spawn_blocking(move || -> crate::git::Result<Option<Head>> {
+        let mut mirror = Mirror::open_or_init(&dir, &url)?;
+        if let Some(c) = credentials {
+            mirror = mirror.with_credentials(c);
+        }
+        mirror.fetch(std::slice::from_ref(&git_ref))?;
+        let Some(sha) = mirror.resolve_ref(&git_ref)? else {
+            return Ok(None);
+        };
+        let commit = mirror
+            .repository()
+            .find_commit(git2::Oid::from_str(&sha)?)?;
+        Ok(Some(Head {
+            message: String::from_utf8_lossy(commit.message_bytes())
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
+            sha,
+        }))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    head.ok_or_else(|| ApiError::unprocessable("the branch does not exist in the repository"))
+}
+
+#[utoipa::path(
+    post, path = "/api/repos/{owner}/{name}/trigger", tag = "runs", params(RepoPath),
+    request_body(content = Option<TriggerRequest>, description = "Optional; default: the default branch, no parameters"),
+    responses(
+        (status = 201, description = "A pending run of the branch head (event and trigger `manual`)", body = Run),
+        (status = 401), (status = 403), (status = 404),
+        (status = 422, description = "Invalid branch or parameters, or the branch does not exist"),
+        (status = 502, description = "The repository could not be fetched"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn trigger(
+    Admin(token): Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RepoPath>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let req: TriggerRequest = optional_json(&body)?;
+    let repo = find_repo(&state, &p.owner, &p.name).await?;
+    let branch = req.branch.unwrap_or_else(|| repo.default_branch.clone());
+    crate::repos::validate_branch(&branch)?;
+    let params = params_object(req.params)?;
+    let git_ref = format!("refs/heads/{branch}");
+    let head = fetch_branch_head(&state, &repo, &git_ref).await?;
+    let mut new = NewRun::new(Trigger::Manual, Event::Manual, &git_ref, &head.sha);
+    new.params = params;
+    new.trusted = repo.trusted;
+    new.message = head.message;
+    new.author = head.author;
+    let run = state.store.create_run(repo.id, new).await?;
+    state.wake.planner.notify_one();
+    tracing::info!(repo = %repo.name, run = run.number, %branch, sha = %run.sha, by = %token.name, "manual trigger");
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_become_strings() {
+        let mut p = BTreeMap::new();
+        p.insert("n".to_string(), serde_json::json!(3));
+        p.insert("flag".to_string(), serde_json::json!(true));
+        p.insert("env".to_string(), serde_json::json!("prod"));
+        assert_eq!(
+            params_object(p).unwrap(),
+            serde_json::json!({"n": "3", "flag": "true", "env": "prod"})
+        );
+        let mut bad = BTreeMap::new();
+        bad.insert("x".to_string(), serde_json::json!({"a": 1}));
+        assert!(params_object(bad).is_err());
+        let mut bad = BTreeMap::new();
+        bad.insert("a b".to_string(), serde_json::json!("x"));
+        assert!(params_object(bad).is_err());
+    }
+}

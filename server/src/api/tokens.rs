@@ -1,0 +1,119 @@
+//! API tokens: create (shown once), list, delete. Admin only.
+//!
+//! Tokens are 256-bit random strings; the store keeps only their SHA-256
+//! (`crypto::hash_token`), so a database leak yields nothing that authenticates.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use zeroize::Zeroizing;
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+use crate::store::{ApiToken, Store, TokenScope};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tokens", post(create).get(list))
+        .route("/api/tokens/{id}", delete(remove))
+}
+
+/// The prefix of every token, so secret scanners can recognise leaked ones.
+pub const TOKEN_PREFIX: &str = "slp_";
+
+/// Creates a token and returns it in clear, the only time it exists outside the caller.
+/// Shared by the API and `slipway token create`.
+pub async fn create_token(
+    store: &Store,
+    name: &str,
+    scope: TokenScope,
+) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "a token name must be 1 to 100 characters without control characters",
+        ));
+    }
+    let token = Zeroizing::new(crate::crypto::generate_token(TOKEN_PREFIX));
+    let stored = store
+        .create_token(name, &crate::crypto::hash_token(&token), scope)
+        .await?;
+    tracing::info!(token = %stored.name, id = stored.id, scope = %scope, "API token created");
+    Ok((stored, token))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub scope: TokenScope,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: ApiToken,
+    /// Shown only here: it cannot be read again.
+    pub token: String,
+}
+
+#[utoipa::path(
+    post, path = "/api/tokens", tag = "tokens", request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created; the token is shown only here", body = TokenCreated),
+        (status = 401), (status = 403), (status = 422)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let (info, token) = create_token(&state.store, &body.name, body.scope).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            info,
+            token: token.to_string(),
+        }),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/api/tokens", tag = "tokens",
+    responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<ApiToken>), (status = 401), (status = 403)),
+    security(("bearer" = []))
+)]
+pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<ApiToken>>> {
+    Ok(Json(state.store.list_tokens().await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenPath {
+    pub id: i64,
+}
+
+#[utoipa::path(
+    delete, path = "/api/tokens/{id}", tag = "tokens", params(TokenPath),
+    responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn remove(
+    Admin(by): Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<TokenPath>,
+) -> ApiResult<StatusCode> {
+    if !state.store.delete_token(p.id).await? {
+        return Err(ApiError::not_found(format!("no token with id {}", p.id)));
+    }
+    tracing::info!(id = p.id, by = %by.name, "API token deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
