@@ -1,5 +1,6 @@
 //! The `slipway` command line: one sub-module per command.
 
+mod admin;
 mod diagnostics;
 mod exec;
 mod output;
@@ -33,6 +34,18 @@ pub enum Command {
     Server(ServerArgs),
     /// Apply database migrations and exit.
     Migrate(ServerArgs),
+    /// Register and list repositories (works on the server's database).
+    #[command(subcommand)]
+    Repo(admin::RepoCommand),
+    /// Manage a repository's secrets (works on the server's database).
+    #[command(subcommand)]
+    Secret(admin::SecretCommand),
+    /// Create API tokens (works on the server's database).
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Trigger runs through a running server's API.
+    #[command(subcommand)]
+    Run(admin::RunCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,5 +108,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Repo(cmd) => admin::repo(cmd),
+        Command::Secret(cmd) => admin::secret(cmd),
+        Command::Token(cmd) => admin::token(cmd),
+        Command::Run(cmd) => admin::run(cmd),
     }
 }
