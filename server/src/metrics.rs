@@ -106,6 +106,13 @@ impl Metrics {
             webhooks.clone(),
         );
         let runs_finished = Family::<StatusLabels, Counter>::default();
+        // Every final status from the start at 0, so `rate()` and alerts see the series
+        // before the first run of that status.
+        for status in crate::store::RunStatus::ALL.iter().filter(|s| s.is_final()) {
+            runs_finished.get_or_create(&StatusLabels {
+                status: status.to_string(),
+            });
+        }
         registry.register(
             "runs_finished",
             "Runs that reached a final state, by status",

@@ -79,6 +79,8 @@ mod tests {
     }
 
     const YAML: &str = "\
+on:
+  push: {}
 stages:
   build:
     retry: 2

@@ -39,6 +39,8 @@ cases!(
     all_success_with_plan_skips_is_success,
     run_without_stages_succeeds,
     rerun_of_failed_stages_only,
+    create_run_planned_is_one_step,
+    stage_counts_follow_the_queue,
     retries_and_the_one_infra_retry,
     lease_is_exclusive_under_concurrency,
     global_limit_holds_under_concurrency,
@@ -743,6 +745,74 @@ async fn rerun_of_failed_stages_only(store: Store) {
         store.get_run(rerun.id).await.unwrap().status,
         RunStatus::Success
     );
+}
+
+async fn create_run_planned_is_one_step(store: Store) {
+    let (r, first) = planned(
+        &store,
+        "team/app",
+        vec![NewStage::new("build", &[], &["x"])],
+    )
+    .await;
+    let mut again = push("main");
+    again.trigger = Trigger::Rerun;
+    again.rerun_of = Some(first.id);
+    let mut build = NewStage::new("build", &[], &["x"]);
+    build.succeeded = Some("succeeded in run #1".into());
+    let plan = json!({"stages": 2});
+    let run = store
+        .create_run_planned(
+            r.id,
+            again.clone(),
+            &plan,
+            "sha",
+            vec![build, NewStage::new("test", &["build"], &["x"])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.number, 2);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.plan.as_ref(), Some(&plan));
+    assert_eq!(run.rerun_of, Some(first.id));
+    // Never visible as pending to a planner.
+    assert!(store.pending_runs(10).await.unwrap().is_empty());
+    assert_eq!(status_of(&store, run.id, "build").await, StageStatus::Success);
+    assert_eq!(status_of(&store, run.id, "test").await, StageStatus::Queued);
+    // A bad plan writes nothing, not even the run.
+    let err = store
+        .create_run_planned(
+            r.id,
+            again,
+            &plan,
+            "sha",
+            vec![NewStage::new("a", &["nope"], &[])],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    let runs = store.list_runs(r.id, 10, None).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(store.get_repo(r.id).await.unwrap().next_run_number, 3);
+}
+
+async fn stage_counts_follow_the_queue(store: Store) {
+    assert_eq!(store.stage_counts().await.unwrap(), (0, 0));
+    planned(
+        &store,
+        "team/app",
+        vec![
+            NewStage::new("a", &[], &["x"]),
+            NewStage::new("b", &[], &["x"]),
+            NewStage::new("c", &["a"], &["x"]),
+        ],
+    )
+    .await;
+    assert_eq!(store.stage_counts().await.unwrap(), (2, 0));
+    let l = lease(&store).await;
+    assert_eq!(store.stage_counts().await.unwrap(), (1, 1));
+    finish(&store, &l, StageStatus::Success).await;
+    // `c` was promoted when `a` succeeded.
+    assert_eq!(store.stage_counts().await.unwrap(), (2, 0));
 }
 
 async fn retries_and_the_one_infra_retry(store: Store) {

@@ -216,13 +216,18 @@ impl From<crate::git::GitError> for ApiError {
         use crate::git::GitError as G;
         match e {
             G::InvalidRef(_) | G::InvalidSha(_) => ApiError::unprocessable(e.to_string()),
-            e if e.is_retryable() => ApiError::unavailable(e),
-            G::Fetch { .. } => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "fetch_failed",
+            G::Fetch { .. } => {
+                tracing::warn!(error = %e, "fetch failed");
+                // 503 when trying again may help (network trouble, a locked ref).
+                let status = if e.is_retryable() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
                 // The URL in the message has its credentials masked.
-                e.to_string(),
-            ),
+                ApiError::new(status, "fetch_failed", e.to_string())
+            }
+            e if e.is_retryable() => ApiError::unavailable(e),
             e => ApiError::internal(e),
         }
     }
