@@ -133,6 +133,10 @@ stages:
             .unwrap();
         assert_eq!(t.needs, ["nightly/build"]);
         assert_eq!(t.pipeline, "nightly");
-        assert!(stages.iter().any(|s| s.key == "ci/deploy" && s.skip.is_some()));
+        assert!(
+            stages
+                .iter()
+                .any(|s| s.key == "ci/deploy" && s.skip.is_some())
+        );
     }
 }

@@ -139,7 +139,9 @@ pub fn validate_branch(branch: &str) -> Result<(), Error> {
         || !git2::Reference::is_valid_name(&format!("refs/heads/{branch}"))
         || branch.starts_with('-')
     {
-        return Err(Error::Invalid(format!("{branch:?} is not a valid branch name")));
+        return Err(Error::Invalid(format!(
+            "{branch:?} is not a valid branch name"
+        )));
     }
     Ok(())
 }
@@ -386,11 +388,15 @@ pub fn mirror_credentials(
         Forge::Github => "x-access-token",
         _ => "oauth2",
     };
-    Ok(Some(Arc::new(move |_url: &str, _user: Option<&str>, allowed: git2::CredentialType| {
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-            git2::Cred::userpass_plaintext(user, &token)
-        } else {
-            Err(git2::Error::from_str("the forge token only works over HTTPS"))
-        }
-    })))
+    Ok(Some(Arc::new(
+        move |_url: &str, _user: Option<&str>, allowed: git2::CredentialType| {
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                git2::Cred::userpass_plaintext(user, &token)
+            } else {
+                Err(git2::Error::from_str(
+                    "the forge token only works over HTTPS",
+                ))
+            }
+        },
+    )))
 }

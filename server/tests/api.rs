@@ -33,8 +33,7 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
     fn code(&self) -> String {
         self.json()["error"]["code"]
@@ -57,10 +56,9 @@ impl Ctx {
         )
         .unwrap();
         let state = server::serve::build_state(config).await.unwrap();
-        let (_, admin) =
-            server::api::tokens::create_token(&state.store, "root", TokenScope::Admin)
-                .await
-                .unwrap();
+        let (_, admin) = server::api::tokens::create_token(&state.store, "root", TokenScope::Admin)
+            .await
+            .unwrap();
         Ctx {
             _dir: dir,
             state,
@@ -88,7 +86,12 @@ impl Ctx {
         }
     }
 
-    fn request(method: &str, uri: &str, token: Option<&str>, body: Option<&Value>) -> Request<Body> {
+    fn request(
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Request<Body> {
         let mut b = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -137,24 +140,52 @@ impl Ctx {
 fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
     let step = "/api/repos/team/app/runs/1/stages/1/steps/0";
     vec![
-        ("POST", "/api/repos".to_string(), Some(json!({"name": "a/b", "forge": "github", "clone_url": "/x"}))),
+        (
+            "POST",
+            "/api/repos".to_string(),
+            Some(json!({"name": "a/b", "forge": "github", "clone_url": "/x"})),
+        ),
         ("GET", "/api/repos".to_string(), None),
         ("GET", "/api/repos/team/app".to_string(), None),
-        ("PATCH", "/api/repos/team/app".to_string(), Some(json!({"trusted": true}))),
+        (
+            "PATCH",
+            "/api/repos/team/app".to_string(),
+            Some(json!({"trusted": true})),
+        ),
         ("DELETE", "/api/repos/team/app".to_string(), None),
         ("GET", "/api/repos/team/app/runs".to_string(), None),
         ("GET", "/api/repos/team/app/runs/1".to_string(), None),
-        ("POST", "/api/repos/team/app/runs/1/cancel".to_string(), None),
-        ("POST", "/api/repos/team/app/runs/1/rerun".to_string(), Some(json!({}))),
-        ("POST", "/api/repos/team/app/trigger".to_string(), Some(json!({}))),
+        (
+            "POST",
+            "/api/repos/team/app/runs/1/cancel".to_string(),
+            None,
+        ),
+        (
+            "POST",
+            "/api/repos/team/app/runs/1/rerun".to_string(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/repos/team/app/trigger".to_string(),
+            Some(json!({})),
+        ),
         ("GET", "/api/repos/team/app/runs/1/events".to_string(), None),
         ("GET", format!("{step}/logs"), None),
         ("GET", format!("{step}/logs.txt"), None),
         ("GET", format!("{step}/logs/follow"), None),
-        ("PUT", "/api/repos/team/app/secrets/X".to_string(), Some(json!({"value": "v"}))),
+        (
+            "PUT",
+            "/api/repos/team/app/secrets/X".to_string(),
+            Some(json!({"value": "v"})),
+        ),
         ("GET", "/api/repos/team/app/secrets".to_string(), None),
         ("DELETE", "/api/repos/team/app/secrets/X".to_string(), None),
-        ("POST", "/api/tokens".to_string(), Some(json!({"name": "t", "scope": "admin"}))),
+        (
+            "POST",
+            "/api/tokens".to_string(),
+            Some(json!({"name": "t", "scope": "admin"})),
+        ),
         ("GET", "/api/tokens".to_string(), None),
         ("DELETE", "/api/tokens/1".to_string(), None),
     ]
@@ -169,7 +200,12 @@ async fn every_route_needs_an_admin_token() {
         let r = ctx
             .send(Ctx::request(method, &uri, None, body.as_ref()))
             .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {uri}: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri}: {}",
+            r.text
+        );
         assert_eq!(r.code(), "unauthorized", "{method} {uri}");
         let r = ctx
             .send(Ctx::request(method, &uri, Some("slp_wrong"), body.as_ref()))
@@ -179,7 +215,12 @@ async fn every_route_needs_an_admin_token() {
             let r = ctx
                 .send(Ctx::request(method, &uri, Some(t), body.as_ref()))
                 .await;
-            assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {uri}: {}", r.text);
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "{method} {uri}: {}",
+                r.text
+            );
             assert_eq!(r.code(), "forbidden");
         }
     }
@@ -249,9 +290,16 @@ async fn registration_shows_the_webhook_secret_once() {
     assert_eq!(list.json().as_array().unwrap().len(), 1);
     let one = ctx.call("GET", "/api/repos/team/app", None).await;
     assert_eq!(one.status, StatusCode::OK);
-    assert_eq!(one.json()["webhook_url"], "http://ci.example/hooks/gitlab/team/app");
+    assert_eq!(
+        one.json()["webhook_url"],
+        "http://ci.example/hooks/gitlab/team/app"
+    );
     let patched = ctx
-        .call("PATCH", "/api/repos/team/app", Some(json!({"default_branch": "trunk"})))
+        .call(
+            "PATCH",
+            "/api/repos/team/app",
+            Some(json!({"default_branch": "trunk"})),
+        )
         .await;
     assert_eq!(patched.status, StatusCode::OK);
     let later = ctx.seen.lock().unwrap()[before..].join("\n");
@@ -264,18 +312,55 @@ async fn registration_shows_the_webhook_secret_once() {
 async fn registration_is_validated() {
     let ctx = Ctx::new().await;
     let cases = [
-        (json!({"name": "noslash", "forge": "github", "clone_url": "/x"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b/c", "forge": "github", "clone_url": "/x"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b c", "forge": "github", "clone_url": "/x"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b", "forge": "svn", "clone_url": "/x"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b", "forge": "github", "clone_url": ""}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b", "forge": "github", "clone_url": "/x", "default_branch": "a..b"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b", "forge": "github"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({"name": "a/b", "forge": "github", "clone_url": "/x", "colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        (
+            json!({"name": "noslash", "forge": "github", "clone_url": "/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b/c", "forge": "github", "clone_url": "/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b c", "forge": "github", "clone_url": "/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b", "forge": "svn", "clone_url": "/x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b", "forge": "github", "clone_url": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b", "forge": "github", "clone_url": "/x", "default_branch": "a..b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b", "forge": "github"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"name": "a/b", "forge": "github", "clone_url": "/x", "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
     ];
     for (body, status, code) in cases {
         let r = ctx.call("POST", "/api/repos", Some(body.clone())).await;
-        assert_eq!((r.status, r.code().as_str()), (status, code), "{body}: {}", r.text);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (status, code),
+            "{body}: {}",
+            r.text
+        );
     }
     // Not JSON, and JSON without its content type.
     let mut req = Ctx::request("POST", "/api/repos", Some(&ctx.admin), None);
@@ -283,7 +368,10 @@ async fn registration_is_validated() {
     req.headers_mut()
         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
     let r = ctx.send(req).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
     let mut req = Ctx::request("POST", "/api/repos", Some(&ctx.admin), None);
     *req.body_mut() = Body::from(r#"{"name":"a/b","forge":"github","clone_url":"/x"}"#);
     let r = ctx.send(req).await;
@@ -293,9 +381,16 @@ async fn registration_is_validated() {
 
     ctx.add_repo("a/b", "/x").await;
     let dup = ctx
-        .call("POST", "/api/repos", Some(json!({"name": "a/b", "forge": "gitea", "clone_url": "/y"})))
+        .call(
+            "POST",
+            "/api/repos",
+            Some(json!({"name": "a/b", "forge": "gitea", "clone_url": "/y"})),
+        )
         .await;
-    assert_eq!((dup.status, dup.code().as_str()), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!(
+        (dup.status, dup.code().as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
 }
 
 #[tokio::test]
@@ -312,25 +407,63 @@ async fn repos_are_edited_and_deleted() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let v = r.json();
     assert_eq!(
-        (&v["default_branch"], &v["trusted"], &v["clone_url"], &v["has_forge_token"]),
-        (&json!("trunk"), &json!(true), &json!("/srv/new.git"), &json!(true))
+        (
+            &v["default_branch"],
+            &v["trusted"],
+            &v["clone_url"],
+            &v["has_forge_token"]
+        ),
+        (
+            &json!("trunk"),
+            &json!(true),
+            &json!("/srv/new.git"),
+            &json!(true)
+        )
     );
     // Absent fields stay; null removes the token.
     let r = ctx
-        .call("PATCH", "/api/repos/team/app", Some(json!({"forge_token": null})))
+        .call(
+            "PATCH",
+            "/api/repos/team/app",
+            Some(json!({"forge_token": null})),
+        )
         .await;
     let v = r.json();
-    assert_eq!((&v["has_forge_token"], &v["default_branch"]), (&json!(false), &json!("trunk")));
-    assert!(ctx.state.store.get_repo_by_name("team/app").await.unwrap().forge_token_enc.is_none());
+    assert_eq!(
+        (&v["has_forge_token"], &v["default_branch"]),
+        (&json!(false), &json!("trunk"))
+    );
+    assert!(
+        ctx.state
+            .store
+            .get_repo_by_name("team/app")
+            .await
+            .unwrap()
+            .forge_token_enc
+            .is_none()
+    );
     let bad = ctx
-        .call("PATCH", "/api/repos/team/app", Some(json!({"default_branch": "no spaces"})))
+        .call(
+            "PATCH",
+            "/api/repos/team/app",
+            Some(json!({"default_branch": "no spaces"})),
+        )
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     let missing = ctx.call("GET", "/api/repos/team/nope", None).await;
-    assert_eq!((missing.status, missing.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
 
     // The mirror goes with the repository.
-    let id = ctx.state.store.get_repo_by_name("team/app").await.unwrap().id;
+    let id = ctx
+        .state
+        .store
+        .get_repo_by_name("team/app")
+        .await
+        .unwrap()
+        .id;
     let mirror = ctx.state.mirror_dir(id);
     std::fs::create_dir_all(&mirror).unwrap();
     let r = ctx.call("DELETE", "/api/repos/team/app", None).await;
@@ -348,7 +481,11 @@ async fn secret_values_never_come_back() {
     ctx.add_repo("team/app", "/x").await;
     let value = "s3cr3t-VALUE-that-must-not-leak";
     let r = ctx
-        .call("PUT", "/api/repos/team/app/secrets/DEPLOY_KEY", Some(json!({"value": value})))
+        .call(
+            "PUT",
+            "/api/repos/team/app/secrets/DEPLOY_KEY",
+            Some(json!({"value": value})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json()["name"], "DEPLOY_KEY");
@@ -362,19 +499,38 @@ async fn secret_values_never_come_back() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["allow_pull_requests"], true);
-    ctx.call("PUT", "/api/repos/team/app/secrets/OTHER", Some(json!({"value": "x"}))).await;
+    ctx.call(
+        "PUT",
+        "/api/repos/team/app/secrets/OTHER",
+        Some(json!({"value": "x"})),
+    )
+    .await;
 
     let list = ctx.call("GET", "/api/repos/team/app/secrets", None).await;
-    let names: Vec<String> = list.json().as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["DEPLOY_KEY", "OTHER"]);
 
     // Sealed with the repository id and the name.
     let repo = ctx.state.store.get_repo_by_name("team/app").await.unwrap();
-    let stored = ctx.state.store.get_secret_values_enc(repo.id).await.unwrap();
+    let stored = ctx
+        .state
+        .store
+        .get_secret_values_enc(repo.id)
+        .await
+        .unwrap();
     let opened = ctx
         .state
         .secret_box
-        .open(&stored[0].value_enc, &server::crypto::secret_aad(repo.id, "DEPLOY_KEY"))
+        .open(
+            &stored[0].value_enc,
+            &server::crypto::secret_aad(repo.id, "DEPLOY_KEY"),
+        )
         .unwrap();
     assert_eq!(&opened[..], value.as_bytes());
 
@@ -385,12 +541,24 @@ async fn secret_values_never_come_back() {
         ("BIG", json!({"value": "x".repeat(64 * 1024 + 1)})),
     ] {
         let r = ctx
-            .call("PUT", &format!("/api/repos/team/app/secrets/{name}"), Some(body))
+            .call(
+                "PUT",
+                &format!("/api/repos/team/app/secrets/{name}"),
+                Some(body),
+            )
             .await;
-        assert_eq!((r.status, r.code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"), "{name}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            "{name}"
+        );
     }
     let r = ctx
-        .call("PUT", "/api/repos/team/nope/secrets/X", Some(json!({"value": "x"})))
+        .call(
+            "PUT",
+            "/api/repos/team/nope/secrets/X",
+            Some(json!({"value": "x"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
@@ -400,9 +568,13 @@ async fn secret_values_never_come_back() {
             ctx.call(method, &uri, body).await;
         }
     }
-    let r = ctx.call("DELETE", "/api/repos/team/app/secrets/OTHER", None).await;
+    let r = ctx
+        .call("DELETE", "/api/repos/team/app/secrets/OTHER", None)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = ctx.call("DELETE", "/api/repos/team/app/secrets/OTHER", None).await;
+    let r = ctx
+        .call("DELETE", "/api/repos/team/app/secrets/OTHER", None)
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!ctx.everything_seen().contains(value));
 }
@@ -411,17 +583,26 @@ async fn secret_values_never_come_back() {
 async fn tokens_are_shown_once_and_revocable() {
     let ctx = Ctx::new().await;
     let r = ctx
-        .call("POST", "/api/tokens", Some(json!({"name": "ci runner", "scope": "runner"})))
+        .call(
+            "POST",
+            "/api/tokens",
+            Some(json!({"name": "ci runner", "scope": "runner"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let v = r.json();
     let token = v["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("slp_") && token.len() > 40);
-    assert_eq!((&v["name"], &v["scope"]), (&json!("ci runner"), &json!("runner")));
+    assert_eq!(
+        (&v["name"], &v["scope"]),
+        (&json!("ci runner"), &json!("runner"))
+    );
     let id = v["id"].as_i64().unwrap();
 
     // It authenticates, with its scope.
-    let r = ctx.send(Ctx::request("GET", "/api/tokens", Some(&token), None)).await;
+    let r = ctx
+        .send(Ctx::request("GET", "/api/tokens", Some(&token), None))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     let list = ctx.call("GET", "/api/tokens", None).await;
@@ -429,19 +610,27 @@ async fn tokens_are_shown_once_and_revocable() {
     assert!(!list.text.contains(&token));
     assert!(!list.text.contains(&server::crypto::hash_token(&token)));
 
-    for bad in [json!({"name": "", "scope": "admin"}), json!({"name": "x", "scope": "root"})] {
+    for bad in [
+        json!({"name": "", "scope": "admin"}),
+        json!({"name": "x", "scope": "root"}),
+    ] {
         let r = ctx.call("POST", "/api/tokens", Some(bad.clone())).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
 
     let r = ctx.call("DELETE", &format!("/api/tokens/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = ctx.send(Ctx::request("GET", "/api/tokens", Some(&token), None)).await;
+    let r = ctx
+        .send(Ctx::request("GET", "/api/tokens", Some(&token), None))
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = ctx.call("DELETE", &format!("/api/tokens/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = ctx.call("DELETE", "/api/tokens/abc", None).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
 }
 
 // ---------------------------------------------------------------- runs
@@ -521,14 +710,33 @@ async fn runs_are_listed_and_shown() {
         planned_run(&ctx, "team/app").await;
     }
     let r = ctx.call("GET", "/api/repos/team/app/runs", None).await;
-    let numbers: Vec<i64> = r.json().as_array().unwrap().iter().map(|r| r["number"].as_i64().unwrap()).collect();
+    let numbers: Vec<i64> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_i64().unwrap())
+        .collect();
     assert_eq!(numbers, [3, 2, 1]);
     assert!(r.json()[0]["plan"].is_null(), "lists leave plans out");
-    let r = ctx.call("GET", "/api/repos/team/app/runs?limit=1&before=3", None).await;
-    let numbers: Vec<i64> = r.json().as_array().unwrap().iter().map(|r| r["number"].as_i64().unwrap()).collect();
+    let r = ctx
+        .call("GET", "/api/repos/team/app/runs?limit=1&before=3", None)
+        .await;
+    let numbers: Vec<i64> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_i64().unwrap())
+        .collect();
     assert_eq!(numbers, [2]);
-    let r = ctx.call("GET", "/api/repos/team/app/runs?limit=x", None).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let r = ctx
+        .call("GET", "/api/repos/team/app/runs?limit=x", None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
 
     let r = ctx.call("GET", "/api/repos/team/app/runs/1", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -550,7 +758,10 @@ async fn runs_are_listed_and_shown() {
     let run = ctx
         .state
         .store
-        .create_run(repo.id, NewRun::new(Trigger::Webhook, Event::Push, "refs/heads/main", SHA))
+        .create_run(
+            repo.id,
+            NewRun::new(Trigger::Webhook, Event::Push, "refs/heads/main", SHA),
+        )
         .await
         .unwrap();
     let diags = json!([{"file": ".slipway.yml", "line": 3, "column": 5, "message": "unknown key"}]);
@@ -559,7 +770,14 @@ async fn runs_are_listed_and_shown() {
         .set_run_error(run.id, "the pipeline is invalid", Some(diags.clone()))
         .await
         .unwrap();
-    let v = ctx.call("GET", &format!("/api/repos/team/app/runs/{}", run.number), None).await.json();
+    let v = ctx
+        .call(
+            "GET",
+            &format!("/api/repos/team/app/runs/{}", run.number),
+            None,
+        )
+        .await
+        .json();
     assert_eq!(v["run"]["status"], "error");
     assert_eq!(v["run"]["diagnostics"], diags);
     assert_eq!(v["run"]["error"], "the pipeline is invalid");
@@ -570,16 +788,36 @@ async fn cancel_stops_a_run_once() {
     let ctx = Ctx::new().await;
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/cancel", None).await;
+    let r = ctx
+        .call("POST", "/api/repos/team/app/runs/1/cancel", None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["status"], "cancelled");
     assert_eq!(r.json()["error"], "cancelled by root");
-    let stages = ctx.call("GET", "/api/repos/team/app/runs/1", None).await.json()["stages"].clone();
-    assert!(stages.as_array().unwrap().iter().all(|s| s["status"] == "cancelled" || s["status"] == "skipped"));
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/cancel", None).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::CONFLICT, "conflict"));
+    let stages = ctx
+        .call("GET", "/api/repos/team/app/runs/1", None)
+        .await
+        .json()["stages"]
+        .clone();
+    assert!(
+        stages
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "cancelled" || s["status"] == "skipped")
+    );
+    let r = ctx
+        .call("POST", "/api/repos/team/app/runs/1/cancel", None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
     let metrics = ctx.state.metrics.encode();
-    assert!(metrics.contains("slipway_runs_finished_total{status=\"cancelled\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("slipway_runs_finished_total{status=\"cancelled\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -588,27 +826,66 @@ async fn rerun_failed_only_carries_over_succeeded_stages() {
     ctx.add_repo("team/app", "/x").await;
     let first = planned_run(&ctx, "team/app").await;
     // Not finished yet: no rerun.
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/rerun", Some(json!({"failed_only": true}))).await;
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/runs/1/rerun",
+            Some(json!({"failed_only": true})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     lease_and_finish(&ctx, "build", StageStatus::Success).await;
     lease_and_finish(&ctx, "test (os=linux)", StageStatus::Success).await;
     lease_and_finish(&ctx, "test (os=mac)", StageStatus::Failure).await;
-    assert_eq!(ctx.state.store.get_run(first.id).await.unwrap().status, RunStatus::Failure);
+    assert_eq!(
+        ctx.state.store.get_run(first.id).await.unwrap().status,
+        RunStatus::Failure
+    );
 
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/rerun", Some(json!({"failed_only": true}))).await;
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/runs/1/rerun",
+            Some(json!({"failed_only": true})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let v = r.json();
-    assert_eq!((&v["number"], &v["trigger"], &v["rerun_of"]), (&json!(2), &json!("rerun"), &json!(first.id)));
-    assert_eq!((&v["sha"], &v["git_ref"], &v["event"]), (&json!(SHA), &json!("refs/heads/main"), &json!("push")));
-    assert_eq!((&v["params"], &v["message"]), (&json!({"k": "v"}), &json!("fix the build")));
+    assert_eq!(
+        (&v["number"], &v["trigger"], &v["rerun_of"]),
+        (&json!(2), &json!("rerun"), &json!(first.id))
+    );
+    assert_eq!(
+        (&v["sha"], &v["git_ref"], &v["event"]),
+        (&json!(SHA), &json!("refs/heads/main"), &json!("push"))
+    );
+    assert_eq!(
+        (&v["params"], &v["message"]),
+        (&json!({"k": "v"}), &json!("fix the build"))
+    );
     assert_eq!(v["status"], "running");
     assert_eq!(v["plan"], first.plan.clone().unwrap());
     assert_eq!(v["yaml_sha256"], json!(first.yaml_sha256));
-    let rerun = ctx.state.store.get_run(v["id"].as_i64().unwrap()).await.unwrap();
+    let rerun = ctx
+        .state
+        .store
+        .get_run(v["id"].as_i64().unwrap())
+        .await
+        .unwrap();
     let stages = ctx.state.store.list_stages(rerun.id).await.unwrap();
-    let by_key = |k: &str| stages.iter().find(|s| s.stage.key == k).unwrap().stage.clone();
+    let by_key = |k: &str| {
+        stages
+            .iter()
+            .find(|s| s.stage.key == k)
+            .unwrap()
+            .stage
+            .clone()
+    };
     assert_eq!(by_key("build").status, StageStatus::Success);
-    assert_eq!(by_key("build").reason.as_deref(), Some("succeeded in run #1"));
+    assert_eq!(
+        by_key("build").reason.as_deref(),
+        Some("succeeded in run #1")
+    );
     assert_eq!(by_key("test (os=linux)").status, StageStatus::Success);
     assert_eq!(by_key("test (os=mac)").status, StageStatus::Queued);
     assert_eq!(by_key("docs").status, StageStatus::Skipped);
@@ -617,16 +894,35 @@ async fn rerun_failed_only_carries_over_succeeded_stages() {
     let old_mac = old.iter().find(|s| s.stage.key == "test (os=mac)").unwrap();
     assert_eq!(by_key("test (os=mac)").spec, old_mac.stage.spec);
     lease_and_finish(&ctx, "test (os=mac)", StageStatus::Success).await;
-    assert_eq!(ctx.state.store.get_run(rerun.id).await.unwrap().status, RunStatus::Success);
+    assert_eq!(
+        ctx.state.store.get_run(rerun.id).await.unwrap().status,
+        RunStatus::Success
+    );
 
     // Nothing failed in run #2: failed-only makes no sense, a whole rerun does.
-    let r = ctx.call("POST", "/api/repos/team/app/runs/2/rerun", Some(json!({"failed_only": true}))).await;
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/runs/2/rerun",
+            Some(json!({"failed_only": true})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = ctx.send(Ctx::request("POST", "/api/repos/team/app/runs/2/rerun", Some(&ctx.admin), None)).await;
+    let r = ctx
+        .send(Ctx::request(
+            "POST",
+            "/api/repos/team/app/runs/2/rerun",
+            Some(&ctx.admin),
+            None,
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let whole = r.json()["id"].as_i64().unwrap();
     let stages = ctx.state.store.list_stages(whole).await.unwrap();
-    let statuses: Vec<(String, StageStatus)> = stages.iter().map(|s| (s.stage.key.clone(), s.stage.status)).collect();
+    let statuses: Vec<(String, StageStatus)> = stages
+        .iter()
+        .map(|s| (s.stage.key.clone(), s.stage.status))
+        .collect();
     assert_eq!(
         statuses,
         [
@@ -638,7 +934,13 @@ async fn rerun_failed_only_carries_over_succeeded_stages() {
     );
     // Planned at once: the planner never sees reruns.
     assert!(ctx.state.store.pending_runs(10).await.unwrap().is_empty());
-    let r = ctx.call("POST", "/api/repos/team/app/runs/3/rerun", Some(json!({"failed_only": "yes"}))).await;
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/runs/3/rerun",
+            Some(json!({"failed_only": "yes"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -650,13 +952,28 @@ async fn rerun_of_a_run_that_never_planned_goes_back_to_the_planner() {
     let run = ctx
         .state
         .store
-        .create_run(repo.id, NewRun::new(Trigger::Webhook, Event::Push, "refs/heads/main", SHA))
+        .create_run(
+            repo.id,
+            NewRun::new(Trigger::Webhook, Event::Push, "refs/heads/main", SHA),
+        )
         .await
         .unwrap();
-    ctx.state.store.set_run_error(run.id, "fetch failed", None).await.unwrap();
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/rerun", Some(json!({"failed_only": true}))).await;
+    ctx.state
+        .store
+        .set_run_error(run.id, "fetch failed", None)
+        .await
+        .unwrap();
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/runs/1/rerun",
+            Some(json!({"failed_only": true})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = ctx.call("POST", "/api/repos/team/app/runs/1/rerun", None).await;
+    let r = ctx
+        .call("POST", "/api/repos/team/app/runs/1/rerun", None)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json()["status"], "pending");
     let pending = ctx.state.store.pending_runs(10).await.unwrap();
@@ -675,11 +992,20 @@ fn git_repo(dir: &std::path::Path) -> (String, String) {
         let mut index = repo.index().unwrap();
         index.add_path(std::path::Path::new(file)).unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let parents: Vec<git2::Commit> = parent.map(|p| repo.find_commit(p).unwrap()).into_iter().collect();
+        let parents: Vec<git2::Commit> = parent
+            .map(|p| repo.find_commit(p).unwrap())
+            .into_iter()
+            .collect();
         let refs: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some(refname), &sig, &sig, msg, &tree, &refs).unwrap()
+        repo.commit(Some(refname), &sig, &sig, msg, &tree, &refs)
+            .unwrap()
     };
-    let main = commit(".slipway.yml", "first commit\n\nbody", None, "refs/heads/main");
+    let main = commit(
+        ".slipway.yml",
+        "first commit\n\nbody",
+        None,
+        "refs/heads/main",
+    );
     let feature = commit("b", "feature work", Some(main), "refs/heads/feature");
     (main.to_string(), feature.to_string())
 }
@@ -692,48 +1018,94 @@ async fn manual_trigger_makes_a_pending_run_of_the_branch_head() {
     ctx.add_repo("team/app", src.path().to_str().unwrap()).await;
 
     let r = ctx
-        .call("POST", "/api/repos/team/app/trigger", Some(json!({"params": {"env": "prod", "n": 3}})))
+        .call(
+            "POST",
+            "/api/repos/team/app/trigger",
+            Some(json!({"params": {"env": "prod", "n": 3}})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let v = r.json();
-    assert_eq!((&v["status"], &v["trigger"], &v["event"]), (&json!("pending"), &json!("manual"), &json!("manual")));
-    assert_eq!((&v["sha"], &v["git_ref"], &v["branch"]), (&json!(main), &json!("refs/heads/main"), &json!("main")));
+    assert_eq!(
+        (&v["status"], &v["trigger"], &v["event"]),
+        (&json!("pending"), &json!("manual"), &json!("manual"))
+    );
+    assert_eq!(
+        (&v["sha"], &v["git_ref"], &v["branch"]),
+        (&json!(main), &json!("refs/heads/main"), &json!("main"))
+    );
     assert_eq!(v["params"], json!({"env": "prod", "n": "3"}));
-    assert_eq!((&v["message"], &v["author"]), (&json!("first commit"), &json!("Ada Lovelace")));
+    assert_eq!(
+        (&v["message"], &v["author"]),
+        (&json!("first commit"), &json!("Ada Lovelace"))
+    );
     assert_eq!(v["trusted"], false);
 
     // No body at all: the default branch.
-    let r = ctx.send(Ctx::request("POST", "/api/repos/team/app/trigger", Some(&ctx.admin), None)).await;
+    let r = ctx
+        .send(Ctx::request(
+            "POST",
+            "/api/repos/team/app/trigger",
+            Some(&ctx.admin),
+            None,
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json()["sha"], json!(main));
-    let r = ctx.call("POST", "/api/repos/team/app/trigger", Some(json!({"branch": "feature"}))).await;
+    let r = ctx
+        .call(
+            "POST",
+            "/api/repos/team/app/trigger",
+            Some(json!({"branch": "feature"})),
+        )
+        .await;
     assert_eq!(r.json()["sha"], json!(feature));
     assert_eq!(r.json()["number"], 3);
 
     for (body, status) in [
         (json!({"branch": "nope"}), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({"branch": "bad..name"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"branch": "bad..name"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (json!({"branch": "x:y"}), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({"params": {"a": [1]}}), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({"params": {"a b": "1"}}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"params": {"a": [1]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"params": {"a b": "1"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (json!({"colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY),
     ] {
-        let r = ctx.call("POST", "/api/repos/team/app/trigger", Some(body.clone())).await;
+        let r = ctx
+            .call("POST", "/api/repos/team/app/trigger", Some(body.clone()))
+            .await;
         assert_eq!(r.status, status, "{body}: {}", r.text);
     }
     let pending = ctx.state.store.pending_runs(10).await.unwrap();
     assert_eq!(pending.len(), 3);
 
     // An unreachable clone URL is a gateway error, not a 500.
-    ctx.add_repo("team/gone", src.path().join("missing").to_str().unwrap()).await;
+    ctx.add_repo("team/gone", src.path().join("missing").to_str().unwrap())
+        .await;
     let r = ctx.call("POST", "/api/repos/team/gone/trigger", None).await;
     assert!(
-        matches!(r.status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE),
+        matches!(
+            r.status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        ),
         "{}",
         r.text
     );
     assert_eq!(r.code(), "fetch_failed");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("refs/heads/main"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refs/heads/main")
+    );
 }
 
 // ---------------------------------------------------------------- logs
@@ -744,64 +1116,135 @@ async fn run_with_log(ctx: &Ctx, n: usize) -> (String, StepKey) {
     let run = planned_run(ctx, "team/app").await;
     let stages = ctx.state.store.list_stages(run.id).await.unwrap();
     let build = &stages[0].stage;
-    let key = StepKey { run: run.id, stage: build.id, step: 0 };
+    let key = StepKey {
+        run: run.id,
+        stage: build.id,
+        step: 0,
+    };
     let lines: Vec<NewLine> = (1..=n)
         .map(|i| NewLine {
             time_ms: 1000 + i as i64,
-            stream: if i % 2 == 0 { Stream::Stderr } else { Stream::Stdout },
+            stream: if i % 2 == 0 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            },
             bytes: format!("line {i}").into_bytes(),
         })
         .collect();
     if n > 0 {
         ctx.state.logs.append(key, 1, &lines).unwrap();
     }
-    (format!("/api/repos/team/app/runs/1/stages/{}/steps/0", build.id), key)
+    (
+        format!("/api/repos/team/app/runs/1/stages/{}/steps/0", build.id),
+        key,
+    )
 }
 
 fn texts(v: &Value) -> Vec<String> {
-    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
+    v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test]
 async fn log_ranges_and_tails() {
     let ctx = Ctx::new().await;
     let (step, key) = run_with_log(&ctx, 12_000).await;
-    let v = ctx.call("GET", &format!("{step}/logs?from=5&limit=3"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?from=5&limit=3"), None)
+        .await
+        .json();
     assert_eq!(texts(&v), ["line 5", "line 6", "line 7"]);
-    assert_eq!((&v["total"], &v["next"], &v["finished"]), (&json!(12_000), &json!(8), &json!(false)));
+    assert_eq!(
+        (&v["total"], &v["next"], &v["finished"]),
+        (&json!(12_000), &json!(8), &json!(false))
+    );
     let first = &v["lines"][0];
-    assert_eq!((&first["number"], &first["time_ms"], &first["stream"]), (&json!(5), &json!(1005), &json!("stdout")));
+    assert_eq!(
+        (&first["number"], &first["time_ms"], &first["stream"]),
+        (&json!(5), &json!(1005), &json!("stdout"))
+    );
     assert_eq!(v["lines"][1]["stream"], "stderr");
     // The default page, and the cap.
     let v = ctx.call("GET", &format!("{step}/logs"), None).await.json();
     assert_eq!(v["lines"].as_array().unwrap().len(), 1000);
-    let v = ctx.call("GET", &format!("{step}/logs?limit=50000"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?limit=50000"), None)
+        .await
+        .json();
     assert_eq!(v["lines"].as_array().unwrap().len(), 10_000);
-    let v = ctx.call("GET", &format!("{step}/logs?tail=2"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?tail=2"), None)
+        .await
+        .json();
     assert_eq!(texts(&v), ["line 11999", "line 12000"]);
     assert_eq!(v["next"], 12_001);
-    let v = ctx.call("GET", &format!("{step}/logs?tail=20000"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?tail=20000"), None)
+        .await
+        .json();
     assert_eq!(v["lines"].as_array().unwrap().len(), 10_000);
-    let v = ctx.call("GET", &format!("{step}/logs?from=12001"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?from=12001"), None)
+        .await
+        .json();
     assert_eq!((texts(&v).len(), &v["next"]), (0, &json!(12_001)));
-    let r = ctx.call("GET", &format!("{step}/logs?tail=2&from=1"), None).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let r = ctx
+        .call("GET", &format!("{step}/logs?tail=2&from=1"), None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
     // Not UTF-8: replaced in JSON.
     ctx.state
         .logs
-        .append(key, 12_001, &[NewLine { time_ms: 1, stream: Stream::Stdout, bytes: vec![b'a', 0xff, b'b'] }])
+        .append(
+            key,
+            12_001,
+            &[NewLine {
+                time_ms: 1,
+                stream: Stream::Stdout,
+                bytes: vec![b'a', 0xff, b'b'],
+            }],
+        )
         .unwrap();
-    let v = ctx.call("GET", &format!("{step}/logs?tail=1"), None).await.json();
+    let v = ctx
+        .call("GET", &format!("{step}/logs?tail=1"), None)
+        .await
+        .json();
     assert_eq!(texts(&v), ["a\u{fffd}b"]);
     // Steps and stages of other runs are not reachable through this run.
-    let r = ctx.call("GET", &format!("{}/logs", step.replace("/steps/0", "/steps/7")), None).await;
+    let r = ctx
+        .call(
+            "GET",
+            &format!("{}/logs", step.replace("/steps/0", "/steps/7")),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = ctx.call("GET", "/api/repos/team/app/runs/1/stages/999/steps/0/logs", None).await;
+    let r = ctx
+        .call(
+            "GET",
+            "/api/repos/team/app/runs/1/stages/999/steps/0/logs",
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let other = planned_run(&ctx, "team/app").await;
-    let other_stage = ctx.state.store.list_stages(other.id).await.unwrap()[0].stage.id;
+    let other_stage = ctx.state.store.list_stages(other.id).await.unwrap()[0]
+        .stage
+        .id;
     let r = ctx
-        .call("GET", &format!("/api/repos/team/app/runs/1/stages/{other_stage}/steps/0/logs"), None)
+        .call(
+            "GET",
+            &format!("/api/repos/team/app/runs/1/stages/{other_stage}/steps/0/logs"),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
@@ -812,7 +1255,10 @@ async fn log_download_streams_the_committed_bytes() {
     let (step, key) = run_with_log(&ctx, 3).await;
     // A batch caught half-written: bytes in the .log that no index record covers yet.
     let path = ctx.state.logs.text_path(key).unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     std::io::Write::write_all(&mut f, b"half a li").unwrap();
     let r = ctx.call("GET", &format!("{step}/logs.txt"), None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -833,16 +1279,28 @@ async fn a_large_log_downloads_in_pieces() {
     let (step, key) = run_with_log(&ctx, 0).await;
     let line = vec![b'x'; 1023];
     let batch: Vec<NewLine> = (0..1024)
-        .map(|_| NewLine { time_ms: 0, stream: Stream::Stdout, bytes: line.clone() })
+        .map(|_| NewLine {
+            time_ms: 0,
+            stream: Stream::Stdout,
+            bytes: line.clone(),
+        })
         .collect();
     for i in 0..8u64 {
         ctx.state.logs.append(key, 1 + i * 1024, &batch).unwrap();
     }
     let res = server::api::app(ctx.state.clone())
-        .oneshot(Ctx::request("GET", &format!("{step}/logs.txt"), Some(&ctx.admin), None))
+        .oneshot(Ctx::request(
+            "GET",
+            &format!("{step}/logs.txt"),
+            Some(&ctx.admin),
+            None,
+        ))
         .await
         .unwrap();
-    assert_eq!(res.headers()[header::CONTENT_LENGTH], (8u64 << 20).to_string().as_str());
+    assert_eq!(
+        res.headers()[header::CONTENT_LENGTH],
+        (8u64 << 20).to_string().as_str()
+    );
     let mut stream = res.into_body().into_data_stream();
     let (mut chunks, mut total, mut biggest) = (0, 0, 0);
     while let Some(chunk) = stream.next().await {
@@ -853,7 +1311,10 @@ async fn a_large_log_downloads_in_pieces() {
     }
     assert_eq!(total, 8 << 20);
     // Streamed, not read whole: many pieces, none bigger than the reader's buffer.
-    assert!(chunks >= 100 && biggest <= 64 * 1024, "{chunks} chunks, biggest {biggest}");
+    assert!(
+        chunks >= 100 && biggest <= 64 * 1024,
+        "{chunks} chunks, biggest {biggest}"
+    );
 }
 
 /// Reads server-sent events until one named `until` (or the stream ends), bounded.
@@ -898,7 +1359,12 @@ async fn follow_sends_history_then_live_lines_then_end() {
     let ctx = Ctx::new().await;
     let (step, key) = run_with_log(&ctx, 3).await;
     let res = server::api::app(ctx.state.clone())
-        .oneshot(Ctx::request("GET", &format!("{step}/logs/follow?from=2"), Some(&ctx.admin), None))
+        .oneshot(Ctx::request(
+            "GET",
+            &format!("{step}/logs/follow?from=2"),
+            Some(&ctx.admin),
+            None,
+        ))
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -909,27 +1375,59 @@ async fn follow_sends_history_then_live_lines_then_end() {
     while got.len() < 2 {
         got.extend(read_events(&mut stream, &mut buf, "line").await);
     }
-    let texts: Vec<String> = got.iter().map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = got
+        .iter()
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(texts, ["line 2", "line 3"]);
 
     // Live: appended after the client connected.
     let more: Vec<NewLine> = (4..=5)
-        .map(|i| NewLine { time_ms: 0, stream: Stream::Stdout, bytes: format!("line {i}").into_bytes() })
+        .map(|i| NewLine {
+            time_ms: 0,
+            stream: Stream::Stdout,
+            bytes: format!("line {i}").into_bytes(),
+        })
         .collect();
     ctx.state.logs.append(key, 4, &more).unwrap();
     ctx.state.logs.finish(key).unwrap();
     let rest = read_events(&mut stream, &mut buf, "end").await;
     let names: Vec<&str> = rest.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["line", "line", "end"]);
-    assert_eq!(serde_json::from_str::<Value>(&rest[1].1).unwrap()["number"], 5);
-    assert_eq!(serde_json::from_str::<Value>(&rest[2].1).unwrap()["lines"], 5);
+    assert_eq!(
+        serde_json::from_str::<Value>(&rest[1].1).unwrap()["number"],
+        5
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&rest[2].1).unwrap()["lines"],
+        5
+    );
     // And the stream closes.
-    assert!(tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().is_none());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Following a finished log replays it and ends at once; Last-Event-ID resumes.
-    let mut req = Ctx::request("GET", &format!("{step}/logs/follow"), Some(&ctx.admin), None);
-    req.headers_mut().insert("last-event-id", "4".parse().unwrap());
-    let res = server::api::app(ctx.state.clone()).oneshot(req).await.unwrap();
+    let mut req = Ctx::request(
+        "GET",
+        &format!("{step}/logs/follow"),
+        Some(&ctx.admin),
+        None,
+    );
+    req.headers_mut()
+        .insert("last-event-id", "4".parse().unwrap());
+    let res = server::api::app(ctx.state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
     let mut stream = res.into_body().into_data_stream();
     let all = read_events(&mut stream, &mut String::new(), "end").await;
     let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
@@ -948,9 +1446,17 @@ async fn follow_ends_when_the_database_says_the_step_finished() {
         .await
         .unwrap()
         .unwrap();
-    store.start_step(lease.stage.id, &lease.token, 0).await.unwrap();
+    store
+        .start_step(lease.stage.id, &lease.token, 0)
+        .await
+        .unwrap();
     let res = server::api::app(ctx.state.clone())
-        .oneshot(Ctx::request("GET", &format!("{step}/logs/follow"), Some(&ctx.admin), None))
+        .oneshot(Ctx::request(
+            "GET",
+            &format!("{step}/logs/follow"),
+            Some(&ctx.admin),
+            None,
+        ))
         .await
         .unwrap();
     let mut stream = res.into_body().into_data_stream();
@@ -958,7 +1464,14 @@ async fn follow_ends_when_the_database_says_the_step_finished() {
     let first = read_events(&mut stream, &mut buf, "line").await;
     assert_eq!(first.len(), 1);
     store
-        .finish_step(lease.stage.id, &lease.token, 0, StepStatus::Success, Some(0), false)
+        .finish_step(
+            lease.stage.id,
+            &lease.token,
+            0,
+            StepStatus::Success,
+            Some(0),
+            false,
+        )
         .await
         .unwrap();
     let rest = read_events(&mut stream, &mut buf, "end").await;
@@ -971,7 +1484,12 @@ async fn run_events_stream_until_the_run_is_final() {
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
     let res = server::api::app(ctx.state.clone())
-        .oneshot(Ctx::request("GET", "/api/repos/team/app/runs/1/events", Some(&ctx.admin), None))
+        .oneshot(Ctx::request(
+            "GET",
+            "/api/repos/team/app/runs/1/events",
+            Some(&ctx.admin),
+            None,
+        ))
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -979,11 +1497,17 @@ async fn run_events_stream_until_the_run_is_final() {
     let mut buf = String::new();
     // History first: pending, running, and the stages' first states.
     let mut seen = Vec::new();
-    while !seen.iter().any(|(n, d): &(String, String)| n == "stage" && d.contains("\"docs\"")) {
+    while !seen
+        .iter()
+        .any(|(n, d): &(String, String)| n == "stage" && d.contains("\"docs\""))
+    {
         seen.extend(read_events(&mut stream, &mut buf, "stage").await);
     }
     assert_eq!(seen[0].0, "run");
-    assert_eq!(serde_json::from_str::<Value>(&seen[0].1).unwrap()["status"], "pending");
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[0].1).unwrap()["status"],
+        "pending"
+    );
     lease_and_finish(&ctx, "build", StageStatus::Failure).await;
     let rest = read_events(&mut stream, &mut buf, "end").await;
     let changes: Vec<(String, String)> = rest
@@ -991,20 +1515,45 @@ async fn run_events_stream_until_the_run_is_final() {
         .filter(|(n, _)| n != "end")
         .map(|(_, d)| {
             let v: Value = serde_json::from_str(d).unwrap();
-            (v["stage_key"].as_str().unwrap_or("<run>").to_string(), v["status"].as_str().unwrap().to_string())
+            (
+                v["stage_key"].as_str().unwrap_or("<run>").to_string(),
+                v["status"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
-    assert!(changes.contains(&("build".into(), "running".into())), "{changes:?}");
-    assert!(changes.contains(&("build".into(), "failure".into())), "{changes:?}");
-    assert!(changes.contains(&("test (os=mac)".into(), "skipped".into())), "{changes:?}");
-    assert_eq!(changes.last().unwrap(), &("<run>".to_string(), "failure".to_string()));
+    assert!(
+        changes.contains(&("build".into(), "running".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("build".into(), "failure".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("test (os=mac)".into(), "skipped".into())),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes.last().unwrap(),
+        &("<run>".to_string(), "failure".to_string())
+    );
     let end: Value = serde_json::from_str(&rest.last().unwrap().1).unwrap();
     assert_eq!(end["status"], "failure");
-    assert!(tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().is_none());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Resuming after the last id seen: nothing is sent twice, the stream just ends.
     let res = server::api::app(ctx.state.clone())
-        .oneshot(Ctx::request("GET", "/api/repos/team/app/runs/1/events?after=1000000", Some(&ctx.admin), None))
+        .oneshot(Ctx::request(
+            "GET",
+            "/api/repos/team/app/runs/1/events?after=1000000",
+            Some(&ctx.admin),
+            None,
+        ))
         .await
         .unwrap();
     let mut stream = res.into_body().into_data_stream();
@@ -1026,7 +1575,12 @@ async fn metrics_expose_the_families() {
     ctx.state.metrics.stage_leased();
     let r = ctx.send(Ctx::request("GET", "/metrics", None, None)).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
     let t = &r.text;
     for expected in [
         r#"slipway_http_requests_total{method="POST",route="/api/repos",status="201"} 1"#,
@@ -1052,7 +1606,9 @@ async fn metrics_expose_the_families() {
 #[tokio::test]
 async fn openapi_lists_the_routes() {
     let ctx = Ctx::new().await;
-    let r = ctx.send(Ctx::request("GET", "/api/openapi.json", None, None)).await;
+    let r = ctx
+        .send(Ctx::request("GET", "/api/openapi.json", None, None))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let doc = r.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -1070,12 +1626,33 @@ async fn openapi_lists_the_routes() {
             .get(&template)
             .unwrap_or_else(|| panic!("{template} not documented"))[method.to_lowercase()];
         assert!(op.is_object(), "{method} {template} not documented");
-        assert_eq!(op["security"][0]["bearer"], json!([]), "{method} {template}");
+        assert_eq!(
+            op["security"][0]["bearer"],
+            json!([]),
+            "{method} {template}"
+        );
     }
     assert!(paths.contains_key("/metrics"));
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    for schema in ["RepoView", "RepoCreated", "Run", "RunDetail", "StageWithSteps", "LogPage", "SecretMeta", "TokenCreated", "Forge", "RunStatus"] {
-        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for schema in [
+        "RepoView",
+        "RepoCreated",
+        "Run",
+        "RunDetail",
+        "StageWithSteps",
+        "LogPage",
+        "SecretMeta",
+        "TokenCreated",
+        "Forge",
+        "RunStatus",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema} missing"
+        );
     }
     // The Repo schema never mentions sealed fields.
     assert!(!r.text.contains("webhook_secret_enc") && !r.text.contains("lease_token"));

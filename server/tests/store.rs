@@ -776,7 +776,10 @@ async fn create_run_planned_is_one_step(store: Store) {
     assert_eq!(run.rerun_of, Some(first.id));
     // Never visible as pending to a planner.
     assert!(store.pending_runs(10).await.unwrap().is_empty());
-    assert_eq!(status_of(&store, run.id, "build").await, StageStatus::Success);
+    assert_eq!(
+        status_of(&store, run.id, "build").await,
+        StageStatus::Success
+    );
     assert_eq!(status_of(&store, run.id, "test").await, StageStatus::Queued);
     // A bad plan writes nothing, not even the run.
     let err = store

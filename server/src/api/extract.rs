@@ -26,7 +26,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(r) => Err(ApiError::new(r.status(), code_for(r.status()), r.body_text())),
+            Err(r) => Err(ApiError::new(
+                r.status(),
+                code_for(r.status()),
+                r.body_text(),
+            )),
         }
     }
 }

@@ -37,7 +37,10 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{STEP}/logs"), get(lines))
         .route(&format!("{STEP}/logs.txt"), get(download))
         .route(&format!("{STEP}/logs/follow"), get(follow))
-        .route("/api/repos/{owner}/{name}/runs/{number}/events", get(events))
+        .route(
+            "/api/repos/{owner}/{name}/runs/{number}/events",
+            get(events),
+        )
 }
 
 /// Most lines one request returns.
@@ -201,9 +204,10 @@ pub async fn lines(
         Ok((lines, st.logs.count(key)?))
     })
     .await?;
-    let next = lines
-        .last()
-        .map_or_else(|| q.from.unwrap_or(1).max(1).min(total + 1), |l| l.number + 1);
+    let next = lines.last().map_or_else(
+        || q.from.unwrap_or(1).max(1).min(total + 1),
+        |l| l.number + 1,
+    );
     Ok(Json(LogPage {
         lines: lines.into_iter().map(LogLine::from).collect(),
         total,
@@ -229,9 +233,13 @@ pub async fn download(
     let found = find_step(&state, p).await?;
     let st = state.clone();
     let key = found.key;
-    let (path, len) = blocking(move || Ok((st.logs.text_path(key), st.logs.text_len(key)?))).await?;
+    let (path, len) =
+        blocking(move || Ok((st.logs.text_path(key), st.logs.text_len(key)?))).await?;
     let headers = [
-        (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+        (
+            header::CONTENT_TYPE,
+            "text/plain; charset=utf-8".to_string(),
+        ),
         (header::CONTENT_LENGTH, len.to_string()),
         (
             header::CONTENT_DISPOSITION,
@@ -409,7 +417,11 @@ async fn follow_task(
     if ended.is_ok() {
         let lines = next.saturating_sub(1);
         let _ = tx
-            .send(json_event("end", None, &serde_json::json!({ "lines": lines })))
+            .send(json_event(
+                "end",
+                None,
+                &serde_json::json!({ "lines": lines }),
+            ))
             .await;
     }
 }
@@ -471,7 +483,11 @@ async fn send_new_events(
 ) -> Result<(), Stop> {
     let mut cursor = after.max(*high - EVENTS_WINDOW);
     loop {
-        let page: Vec<StoredEvent> = match state.store.events_after(cursor, Some(run), EVENTS_PAGE).await {
+        let page: Vec<StoredEvent> = match state
+            .store
+            .events_after(cursor, Some(run), EVENTS_PAGE)
+            .await
+        {
             Ok(p) => p,
             // A transient database error: try again at the next poll.
             Err(_) => return Ok(()),

@@ -21,16 +21,17 @@ use super::repos::{RepoPath, find_repo};
 use crate::git::Mirror;
 use crate::planning;
 use crate::state::AppState;
-use crate::store::{
-    Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, Trigger,
-};
+use crate::store::{Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, Trigger};
 use axum::Json;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/repos/{owner}/{name}/runs", get(list))
         .route("/api/repos/{owner}/{name}/runs/{number}", get(show))
-        .route("/api/repos/{owner}/{name}/runs/{number}/cancel", post(cancel))
+        .route(
+            "/api/repos/{owner}/{name}/runs/{number}/cancel",
+            post(cancel),
+        )
         .route("/api/repos/{owner}/{name}/runs/{number}/rerun", post(rerun))
         .route("/api/repos/{owner}/{name}/trigger", post(trigger))
 }

@@ -139,7 +139,8 @@ fn with_state<T>(
 }
 
 fn env_value(var: &str) -> anyhow::Result<Zeroizing<String>> {
-    let value = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+    let value =
+        std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
     if value.is_empty() {
         bail!("environment variable {var} is empty");
     }
@@ -247,8 +248,10 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             let value = read_secret_value(value_env.as_deref())?;
             let created = with_state(server, async |state| {
                 let r = state.store.get_repo_by_name(&repo).await?;
-                Ok(repos::put_secret(state, &r, &name, value.as_bytes(), allow_pull_requests)
-                    .await?)
+                Ok(
+                    repos::put_secret(state, &r, &name, value.as_bytes(), allow_pull_requests)
+                        .await?,
+                )
             })?;
             println!(
                 "{} secret {name} of {repo}",
