@@ -109,9 +109,11 @@ impl Metrics {
         // Every final status from the start at 0, so `rate()` and alerts see the series
         // before the first run of that status.
         for status in crate::store::RunStatus::ALL.iter().filter(|s| s.is_final()) {
-            runs_finished.get_or_create(&StatusLabels {
-                status: status.to_string(),
-            });
+            runs_finished
+                .get_or_create(&StatusLabels {
+                    status: status.to_string(),
+                })
+                .inc_by(0);
         }
         registry.register(
             "runs_finished",

@@ -320,6 +320,37 @@ pub async fn put_secret(
     Ok(!existed)
 }
 
+/// Credentials for fetching the repository into its mirror: its forge token, when one is
+/// stored, as HTTPS basic auth (the user names are what each forge documents for tokens).
+pub fn mirror_credentials(
+    state: &AppState,
+    repo: &Repo,
+) -> Result<Option<Arc<crate::git::CredentialsFn>>, Error> {
+    let Some(sealed) = &repo.forge_token_enc else {
+        return Ok(None);
+    };
+    let token = state
+        .secret_box
+        .open(sealed, &state::forge_token_aad(&repo.name))
+        .map_err(|e| Error::Internal(format!("forge token of {}: {e}", repo.name)))?;
+    let token = Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
+    let user = match repo.forge {
+        Forge::Github => "x-access-token",
+        _ => "oauth2",
+    };
+    Ok(Some(Arc::new(
+        move |_url: &str, _user: Option<&str>, allowed: git2::CredentialType| {
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                git2::Cred::userpass_plaintext(user, &token)
+            } else {
+                Err(git2::Error::from_str(
+                    "the forge token only works over HTTPS",
+                ))
+            }
+        },
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,35 +399,4 @@ mod tests {
             "http://ci.example/hooks/gitlab/team/app"
         );
     }
-}
-
-/// Credentials for fetching the repository into its mirror: its forge token, when one is
-/// stored, as HTTPS basic auth (the user names are what each forge documents for tokens).
-pub fn mirror_credentials(
-    state: &AppState,
-    repo: &Repo,
-) -> Result<Option<Arc<crate::git::CredentialsFn>>, Error> {
-    let Some(sealed) = &repo.forge_token_enc else {
-        return Ok(None);
-    };
-    let token = state
-        .secret_box
-        .open(sealed, &state::forge_token_aad(&repo.name))
-        .map_err(|e| Error::Internal(format!("forge token of {}: {e}", repo.name)))?;
-    let token = Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
-    let user = match repo.forge {
-        Forge::Github => "x-access-token",
-        _ => "oauth2",
-    };
-    Ok(Some(Arc::new(
-        move |_url: &str, _user: Option<&str>, allowed: git2::CredentialType| {
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-                git2::Cred::userpass_plaintext(user, &token)
-            } else {
-                Err(git2::Error::from_str(
-                    "the forge token only works over HTTPS",
-                ))
-            }
-        },
-    )))
 }

@@ -45,11 +45,16 @@ impl Resp {
 
 impl Ctx {
     async fn new() -> Ctx {
+        Ctx::with_database(None).await
+    }
+
+    async fn with_database(database_url: Option<String>) -> Ctx {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::resolve(
             Settings {
                 data_dir: Some(dir.path().join("data")),
                 public_url: Some("http://ci.example/".into()),
+                database_url,
                 ..Settings::default()
             },
             None,
@@ -131,6 +136,71 @@ impl Ctx {
 
     fn everything_seen(&self) -> String {
         self.seen.lock().unwrap().join("\n")
+    }
+}
+
+// ---------------------------------------------------------------- both databases
+
+/// `case::sqlite` and `case::postgres` for each case (PostgreSQL: a throw-away database on
+/// the server named by `SLIPWAY_TEST_POSTGRES_URL`, as in `tests/store.rs`).
+macro_rules! both_databases {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(super::Ctx::new().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::on_postgres(super::$case).await
+            }
+        }
+    )*};
+}
+
+both_databases!(
+    runs_are_listed_and_shown,
+    cancel_stops_a_run_once,
+    rerun_failed_only_carries_over_succeeded_stages,
+    run_events_stream_until_the_run_is_final,
+    secret_values_never_come_back,
+);
+
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Ctx) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use sqlx::{Connection, Executor};
+    let server = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is unreachable at {server} ({e}); run `bash .ci/postgres.sh`")
+        });
+    let name = format!("slipway_api_{:016x}", rand::random::<u64>());
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (base, query) = server.split_once('?').unwrap_or((&server, ""));
+    let base = &base[..base.rfind('/').unwrap()];
+    let url = match query {
+        "" => format!("{base}/{name}"),
+        q => format!("{base}/{name}?{q}"),
+    };
+    let ctx = Ctx::with_database(Some(url)).await;
+    assert_eq!(ctx.state.store.dialect(), Dialect::Postgres);
+    let store = ctx.state.store.clone();
+    let outcome = tokio::spawn(case(ctx)).await;
+    store.close().await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
     }
 }
 
@@ -475,9 +545,7 @@ async fn repos_are_edited_and_deleted() {
 
 // ---------------------------------------------------------------- secrets and tokens
 
-#[tokio::test]
-async fn secret_values_never_come_back() {
-    let ctx = Ctx::new().await;
+async fn secret_values_never_come_back(ctx: Ctx) {
     ctx.add_repo("team/app", "/x").await;
     let value = "s3cr3t-VALUE-that-must-not-leak";
     let r = ctx
@@ -702,9 +770,7 @@ async fn lease_and_finish(ctx: &Ctx, key: &str, status: StageStatus) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn runs_are_listed_and_shown() {
-    let ctx = Ctx::new().await;
+async fn runs_are_listed_and_shown(ctx: Ctx) {
     ctx.add_repo("team/app", "/x").await;
     for _ in 0..3 {
         planned_run(&ctx, "team/app").await;
@@ -783,9 +849,7 @@ async fn runs_are_listed_and_shown() {
     assert_eq!(v["run"]["error"], "the pipeline is invalid");
 }
 
-#[tokio::test]
-async fn cancel_stops_a_run_once() {
-    let ctx = Ctx::new().await;
+async fn cancel_stops_a_run_once(ctx: Ctx) {
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
     let r = ctx
@@ -820,9 +884,7 @@ async fn cancel_stops_a_run_once() {
     );
 }
 
-#[tokio::test]
-async fn rerun_failed_only_carries_over_succeeded_stages() {
-    let ctx = Ctx::new().await;
+async fn rerun_failed_only_carries_over_succeeded_stages(ctx: Ctx) {
     ctx.add_repo("team/app", "/x").await;
     let first = planned_run(&ctx, "team/app").await;
     // Not finished yet: no rerun.
@@ -1478,9 +1540,7 @@ async fn follow_ends_when_the_database_says_the_step_finished() {
     assert_eq!(rest.last().unwrap().0, "end");
 }
 
-#[tokio::test]
-async fn run_events_stream_until_the_run_is_final() {
-    let ctx = Ctx::new().await;
+async fn run_events_stream_until_the_run_is_final(ctx: Ctx) {
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
     let res = server::api::app(ctx.state.clone())
