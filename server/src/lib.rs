@@ -12,5 +12,6 @@ pub mod logs;
 pub mod pipeline_files;
 pub mod serve;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod workers;

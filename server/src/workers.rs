@@ -8,6 +8,6 @@ use tokio::task::JoinHandle;
 use crate::state::AppState;
 
 pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
-    let _ = (state, addr);
-    Vec::new()
+    let _ = addr;
+    vec![crate::status::spawn(state.clone())]
 }
