@@ -103,10 +103,20 @@ pub async fn report_run(
         .open(token_enc, &forge_token_aad(&repo.name))
         .map_err(|e| anyhow::anyhow!("forge token of {} cannot be opened: {e}", repo.name))?;
     let token = String::from_utf8(token.to_vec())?;
-    let api_base = forge::api_base_for(kind, &repo.clone_url)
-        .ok_or_else(|| anyhow::anyhow!("no forge API known for {}", repo.clone_url))?;
-    let repo_path = forge::repo_path_for(kind, &repo.clone_url)
-        .ok_or_else(|| anyhow::anyhow!("no forge repository path in {}", repo.clone_url))?;
+    let api_base = repo
+        .api_url
+        .clone()
+        .or_else(|| forge::api_base_for(kind, &repo.clone_url))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no forge API known for {}; set the repository's api_url",
+                repo.name
+            )
+        })?;
+    // Slipway's repository names are the forge's `owner/name` unless the URL says more
+    // (GitLab subgroups).
+    let repo_path =
+        forge::repo_path_for(kind, &repo.clone_url).unwrap_or_else(|| repo.name.clone());
     let target = StatusTarget {
         kind,
         api_base,

@@ -152,6 +152,57 @@ async fn gitlab_gets_private_token_and_an_encoded_project_path() {
 }
 
 #[tokio::test]
+async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let repo = state
+        .store
+        .create_repo(NewRepo {
+            name: "team/app".into(),
+            forge: Forge::Gitea,
+            clone_url: "/srv/git/team/app.git".into(),
+            default_branch: "main".into(),
+            webhook_secret_enc: Vec::new(),
+            forge_token_enc: Some(state.secret_box.seal(b"t0k", &forge_token_aad("team/app"))),
+            trusted: false,
+        })
+        .await
+        .unwrap();
+    let repo = state
+        .store
+        .set_repo_api_url(repo.id, Some(&format!("{base}/gitea/api/v1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.api_url.as_deref(),
+        Some(format!("{base}/gitea/api/v1").as_str())
+    );
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let run = state
+        .store
+        .create_run(
+            repo.id,
+            NewRun::new(Trigger::Manual, Event::Manual, "refs/heads/main", sha),
+        )
+        .await
+        .unwrap();
+    let sent = server::status::report_run(&state, run.id, server::store::RunStatus::Running)
+        .await
+        .unwrap();
+    assert!(sent);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].path,
+        format!("/gitea/api/v1/repos/team/app/statuses/{sha}")
+    );
+    assert_eq!(
+        seen[0].body["state"], "pending",
+        "gitea has no running state"
+    );
+}
+
+#[tokio::test]
 async fn plain_git_repositories_report_nothing() {
     let (base, seen) = fake_forge().await;
     let dir = tempfile::tempdir().unwrap();
