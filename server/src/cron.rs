@@ -153,7 +153,12 @@ impl Cron {
         else {
             state
                 .store
-                .claim_cron(repo.id, &entry.pipeline, &entry.name, now.timestamp_millis())
+                .claim_cron(
+                    repo.id,
+                    &entry.pipeline,
+                    &entry.name,
+                    now.timestamp_millis(),
+                )
                 .await?;
             tracing::info!(repo = %repo.name, pipeline = %entry.pipeline, schedule = %entry.name, expr = %entry.expr, "cron schedule registered");
             return Ok(None);
@@ -208,7 +213,12 @@ pub fn entries_of(repo: &str, sha: &str, files: &[(String, String)]) -> Vec<Entr
     let pipelines = match pipelines::load(files) {
         Ok(p) => p,
         Err(diags) => {
-            tracing::info!(repo, sha, errors = diags.len(), "cron: pipeline files at the default branch head are invalid; no schedules");
+            tracing::info!(
+                repo,
+                sha,
+                errors = diags.len(),
+                "cron: pipeline files at the default branch head are invalid; no schedules"
+            );
             return Vec::new();
         }
     };
@@ -248,27 +258,29 @@ fn cron_run(repo: &Repo, entry: &Entry, sha: &str) -> NewRun {
     new
 }
 
+/// The default branch's head in the mirror, if the branch exists, and the pipeline files
+/// there.
+type Head = (Option<String>, Option<Vec<(String, String)>>);
+
 /// The default branch's head in the mirror (fetched first if `fetch`), and the pipeline
 /// files there.
 async fn read_head(
     state: &AppState,
     repo: &Repo,
     fetch: bool,
-) -> Result<(Option<String>, Option<Vec<(String, String)>>), crate::git::GitError> {
+) -> Result<Head, crate::git::GitError> {
     let dir = state.mirror_dir(repo.id);
     let url = repo.clone_url.clone();
     let branch = format!("refs/heads/{}", repo.default_branch);
     let credentials = crate::planner::credentials(state, repo);
     let _guard = lock_mirror(&dir).await;
-    tokio::task::spawn_blocking(move || {
-        read_head_blocking(&dir, &url, &branch, credentials, fetch)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(crate::git::GitError::Git(git2::Error::from_str(&format!(
-            "reading the default branch panicked: {e}"
-        ))))
-    })
+    tokio::task::spawn_blocking(move || read_head_blocking(&dir, &url, &branch, credentials, fetch))
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::git::GitError::Git(git2::Error::from_str(&format!(
+                "reading the default branch panicked: {e}"
+            ))))
+        })
 }
 
 fn read_head_blocking(
@@ -277,7 +289,7 @@ fn read_head_blocking(
     branch: &str,
     credentials: Option<std::sync::Arc<crate::git::CredentialsFn>>,
     fetch: bool,
-) -> Result<(Option<String>, Option<Vec<(String, String)>>), crate::git::GitError> {
+) -> Result<Head, crate::git::GitError> {
     let mut mirror = Mirror::open_or_init(dir, url)?;
     if let Some(c) = credentials {
         mirror = mirror.with_credentials(c);
@@ -330,7 +342,10 @@ mod tests {
         ];
         let e = entries_of("r", "x", &files);
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].pipeline.as_str(), e[0].name.as_str()), ("a", "nightly"));
+        assert_eq!(
+            (e[0].pipeline.as_str(), e[0].name.as_str()),
+            ("a", "nightly")
+        );
         assert!(entries_of("r", "x", &[(".slipway.yml".into(), "stages: [".into())]).is_empty());
     }
 }

@@ -4,8 +4,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod crypto;
 pub mod cron;
+pub mod crypto;
 pub mod exec;
 pub mod forge;
 pub mod git;

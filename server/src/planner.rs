@@ -17,7 +17,7 @@
 //!   failures): no pipeline file, invalid YAML, a parameter error, a commit that cannot
 //!   be found, a permanent git error.
 //! * **Deferred**: a transient git error (network, a locked ref) leaves the run
-//!   `pending`; the worker retries it with exponential backoff (2 s … 5 min) and turns it
+//!   `pending`; the worker retries it with exponential backoff (2 s, 4 s, … up to 5 min) and turns it
 //!   into an error run after [`MAX_GIT_ATTEMPTS`].
 //!
 //! # Reserved parameters
@@ -127,9 +127,16 @@ pub struct StepReport {
 }
 
 /// The planner with its memory of transient failures (for backoff).
-#[derive(Default)]
 pub struct Planner {
     backoff: HashMap<RunId, Backoff>,
+    /// The first retry delay; each further failure doubles it, up to [`MAX_BACKOFF`].
+    base_delay: Duration,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Planner::with_backoff(Duration::from_secs(2))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +156,15 @@ enum Outcome {
 }
 
 impl Planner {
+    /// A planner whose first retry after a transient failure waits `base_delay` (tests
+    /// use zero to walk through the retries at once).
+    pub fn with_backoff(base_delay: Duration) -> Planner {
+        Planner {
+            backoff: HashMap::new(),
+            base_delay,
+        }
+    }
+
     /// Plans the pending runs not waiting out a backoff.
     pub async fn step(&mut self, state: &AppState) -> store::Result<StepReport> {
         let runs = state.store.pending_runs(BATCH).await?;
@@ -207,7 +223,10 @@ impl Planner {
                 Outcome::Retry(reason) => {
                     report.deferred += 1;
                     let attempts = self.backoff.get(&id).map_or(0, |b| b.attempts) + 1;
-                    let delay = Duration::from_secs(1u64 << attempts.min(16)).min(MAX_BACKOFF);
+                    let delay = self
+                        .base_delay
+                        .saturating_mul(1u32 << (attempts - 1).min(16))
+                        .min(MAX_BACKOFF);
                     tracing::info!(run = id, attempts, retry_in_s = delay.as_secs(), %reason, "planning deferred");
                     self.backoff.insert(
                         id,
@@ -529,7 +548,9 @@ pub(crate) fn credentials(state: &AppState, repo: &Repo) -> Option<Arc<Credentia
             store::Forge::Gitea | store::Forge::Forgejo => {
                 git2::Cred::userpass_plaintext(&token, "x-oauth-basic")
             }
-            store::Forge::Gitlab => git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token),
+            store::Forge::Gitlab => {
+                git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token)
+            }
             _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),
         }
     }))

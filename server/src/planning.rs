@@ -105,7 +105,13 @@ mod tests {
         let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["build", "test (os=linux)", "test (os=mac)", "docs", "publish"]
+            [
+                "build",
+                "test (os=linux)",
+                "test (os=mac)",
+                "docs",
+                "publish"
+            ]
         );
         let build = &stages[0];
         assert_eq!(build.max_attempts, 3);
@@ -117,10 +123,16 @@ mod tests {
         assert_eq!(stages[1].needs, ["build"]);
         assert_eq!(stages[1].max_attempts, 1);
         let docs = &stages[3];
-        assert!(docs.skip.as_deref().unwrap().contains("when.branch"), "{docs:?}");
+        assert!(
+            docs.skip.as_deref().unwrap().contains("when.branch"),
+            "{docs:?}"
+        );
         assert!(docs.steps.is_empty() && docs.needs.is_empty());
         let publish = &stages[4];
-        assert!(publish.skip.as_deref().unwrap().contains("docs"), "{publish:?}");
+        assert!(
+            publish.skip.as_deref().unwrap().contains("docs"),
+            "{publish:?}"
+        );
         // The spec round-trips to the planned stage.
         let back: pipelines::PlannedStage = serde_json::from_value(build.spec.clone()).unwrap();
         assert_eq!(back.id, "build");
@@ -134,7 +146,10 @@ mod tests {
             &push_main(),
         ));
         let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
-        assert!(keys.contains(&"ci/build") && keys.contains(&"lint/build"), "{keys:?}");
+        assert!(
+            keys.contains(&"ci/build") && keys.contains(&"lint/build"),
+            "{keys:?}"
+        );
         let check = stages.iter().find(|s| s.key == "lint/check").unwrap();
         assert_eq!(check.needs, ["lint/build"]);
         assert_eq!(check.pipeline, "lint");

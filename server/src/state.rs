@@ -56,7 +56,10 @@ impl Deref for AppState {
 impl Inner {
     /// The bare mirror of a repository.
     pub fn mirror_dir(&self, repo: crate::store::RepoId) -> std::path::PathBuf {
-        self.config.data_dir.join("mirrors").join(format!("{repo}.git"))
+        self.config
+            .data_dir
+            .join("mirrors")
+            .join(format!("{repo}.git"))
     }
 }
 

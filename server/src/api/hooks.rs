@@ -121,7 +121,9 @@ async fn forge_hook(
             &repo.webhook_secret_enc,
             &state::webhook_secret_aad(&repo.name),
         )
-        .map_err(|e| ApiError::internal(format!("opening the webhook secret of {}: {e}", repo.name)))?;
+        .map_err(|e| {
+            ApiError::internal(format!("opening the webhook secret of {}: {e}", repo.name))
+        })?;
     if let Err(e) = forge::verify(kind, &headers, &body, &secret) {
         tracing::info!(repo = %repo.name, forge = %kind, reason = %e, "webhook refused");
         return Err(ApiError::unauthorized(e.to_string()));
@@ -184,12 +186,7 @@ pub fn new_run_from_event(repo: &Repo, ev: ForgeEvent) -> NewRun {
     new
 }
 
-async fn accept(
-    state: &AppState,
-    repo: &Repo,
-    delivery: &str,
-    new: NewRun,
-) -> ApiResult<Response> {
+async fn accept(state: &AppState, repo: &Repo, delivery: &str, new: NewRun) -> ApiResult<Response> {
     match state.store.accept_delivery(repo.id, delivery, new).await? {
         Some(run) => {
             tracing::info!(repo = %repo.name, run = run.number, event = %run.event, %delivery, "run accepted");

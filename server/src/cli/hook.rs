@@ -122,8 +122,8 @@ pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
 /// `{server}/hooks/git/{owner}/{name}`, each segment percent-encoded, keeping any base
 /// path the server is mounted under.
 pub fn hook_url(server: &str, repo: &str) -> anyhow::Result<reqwest::Url> {
-    let mut url = reqwest::Url::parse(server)
-        .with_context(|| format!("--server `{server}` is not a URL"))?;
+    let mut url =
+        reqwest::Url::parse(server).with_context(|| format!("--server `{server}` is not a URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
         bail!("--server must be an http:// or https:// URL");
     }
@@ -179,7 +179,9 @@ mod tests {
     #[test]
     fn urls_keep_the_base_path_and_encode_segments() {
         assert_eq!(
-            hook_url("http://127.0.0.1:8080", "team/app").unwrap().as_str(),
+            hook_url("http://127.0.0.1:8080", "team/app")
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:8080/hooks/git/team/app"
         );
         assert_eq!(
