@@ -327,7 +327,7 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
         .await
     {
         Ok(_) => {}
-        Err(store::Error::Conflict(_)) => return Outcome::Gone,
+        Err(store::Error::Conflict(_) | store::Error::NotFound(_)) => return Outcome::Gone,
         Err(store::Error::Invalid(msg)) => {
             return fail(state, run, &format!("invalid plan: {msg}"), None).await;
         }

@@ -88,7 +88,25 @@ const CASES: &[Case] = &[
 
 #[tokio::test]
 async fn each_forge_delivery_becomes_a_planned_run() {
-    let env = env().await;
+    each_forge(env().await).await;
+}
+
+#[tokio::test]
+async fn each_forge_delivery_becomes_a_planned_run_on_postgres() {
+    let db = pg_database().await;
+    let env = env_with(Settings {
+        database_url: Some(db.url.clone()),
+        ..Settings::default()
+    })
+    .await;
+    let outcome = tokio::spawn(each_forge(env)).await;
+    drop_pg(db).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn each_forge(env: Env) {
     let state = &env.state;
     for (i, case) in CASES.iter().enumerate() {
         let mut git = GitForge::new();
@@ -653,7 +671,28 @@ async fn oversized_bodies_get_413_without_being_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_copies_make_one_run() {
-    let env = env().await;
+    thousand_copies(env().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_copies_make_one_run_on_postgres() {
+    let db = pg_database().await;
+    let env = env_with(Settings {
+        database_url: Some(db.url.clone()),
+        ..Settings::default()
+    })
+    .await;
+    let outcome = tokio::spawn(async move {
+        thousand_copies(env).await;
+    })
+    .await;
+    drop_pg(db).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn thousand_copies(env: Env) {
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
     let addr = serve_app(state).await;

@@ -38,6 +38,44 @@ pub async fn env_with(mut settings: Settings) -> Env {
     Env { tmp, state }
 }
 
+/// A throw-away PostgreSQL database (on `SLIPWAY_TEST_POSTGRES_URL`, default the local
+/// `slipway` role, see `.ci/postgres.sh`); drop it with [`drop_pg`].
+pub struct PgDb {
+    pub server: String,
+    pub name: String,
+    pub url: String,
+}
+
+pub async fn pg_database() -> PgDb {
+    use sqlx::{Connection, Executor};
+    let server = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {server} ({e}); start it with `bash .ci/postgres.sh`"
+            )
+        });
+    let name = format!("slipway_test_{:016x}", rand::random::<u64>());
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    PgDb { server, name, url }
+}
+
+pub async fn drop_pg(db: PgDb) {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect(&db.server).await.unwrap();
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name).as_str())
+        .await
+        .unwrap();
+}
+
 /// A bare repository standing in for the forge's copy.
 pub struct GitForge {
     _dir: tempfile::TempDir,
