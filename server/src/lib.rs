@@ -4,12 +4,15 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod crypto;
 pub mod exec;
 pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod pipeline_files;
+pub mod planner;
+pub mod planning;
 pub mod serve;
 pub mod state;
 pub mod status;

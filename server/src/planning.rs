@@ -1,0 +1,164 @@
+//! Plans → stored stages: the one mapping from the `pipelines` model to the store's rows.
+
+use pipelines::Plan;
+use serde_json::Value;
+
+use crate::store::NewStage;
+
+/// The stages of a run planned as `plans` (one plan per triggered pipeline), ready for
+/// [`Store::set_run_planned`](crate::store::Store::set_run_planned).
+///
+/// * Keys are the planned stage ids (`test (features=full)`) when one pipeline runs,
+///   and `<pipeline>/<stage id>` when several do, so that two pipelines may both have a
+///   `build` stage. `needs` are mapped the same way.
+/// * Each stage's `spec` is the JSON of its [`pipelines::PlannedStage`]; skipped stages
+///   (a `when` filter, or a need that was skipped) carry the JSON of their
+///   [`pipelines::SkippedStage`] and `skip: Some(reason)`, no needs and no steps.
+/// * `max_attempts` is 1 + the YAML `retry`.
+pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
+    let prefix = plans.len() > 1;
+    let mut out = Vec::new();
+    for plan in plans {
+        let key = |id: &str| {
+            if prefix {
+                format!("{}/{id}", plan.pipeline)
+            } else {
+                id.to_string()
+            }
+        };
+        for stage in &plan.stages {
+            out.push(NewStage {
+                key: key(&stage.id),
+                pipeline: plan.pipeline.clone(),
+                needs: stage.needs.iter().map(|n| key(n)).collect(),
+                spec: serde_json::to_value(stage).unwrap_or(Value::Null),
+                max_attempts: stage.retry.saturating_add(1),
+                skip: None,
+                succeeded: None,
+                steps: stage.steps.iter().map(|s| s.name.clone()).collect(),
+            });
+        }
+        for skipped in &plan.skipped {
+            out.push(NewStage {
+                key: key(&skipped.id),
+                pipeline: plan.pipeline.clone(),
+                needs: Vec::new(),
+                spec: serde_json::to_value(skipped).unwrap_or(Value::Null),
+                max_attempts: 1,
+                skip: Some(skipped.reason.clone()),
+                succeeded: None,
+                steps: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelines::{Event, EventContext};
+
+    fn plans(files: &[(&str, &str)], ctx: &EventContext) -> Vec<Plan> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        pipelines::load(&files)
+            .unwrap()
+            .iter()
+            .map(|p| pipelines::plan(p, ctx).unwrap())
+            .collect()
+    }
+
+    fn push_main() -> EventContext {
+        EventContext {
+            event: Event::Push,
+            branch: Some("main".into()),
+            sha: "a".repeat(40),
+            ..EventContext::default()
+        }
+    }
+
+    const CI: &str = "stages:
+  build:
+    retry: 2
+    steps:
+      - name: compile
+        run: make
+      - run: make check
+  test:
+    needs: [build]
+    matrix: { os: [linux, mac] }
+    steps: [\"make test\"]
+  docs:
+    when: { branch: release }
+    steps: [\"make docs\"]
+  publish:
+    needs: [docs]
+    steps: [\"make publish\"]
+";
+
+    #[test]
+    fn one_pipeline_keys_are_stage_ids() {
+        let stages = stages_from_plans(&plans(&[(".slipway.yml", CI)], &push_main()));
+        let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "build",
+                "test (os=linux)",
+                "test (os=mac)",
+                "docs",
+                "publish"
+            ]
+        );
+        let build = &stages[0];
+        assert_eq!(build.max_attempts, 3);
+        assert_eq!(build.steps.len(), 2);
+        assert_eq!(build.steps[0], "compile");
+        assert_eq!(build.spec["id"], "build");
+        assert_eq!(build.pipeline, "default");
+        assert!(build.skip.is_none() && build.needs.is_empty());
+        assert_eq!(stages[1].needs, ["build"]);
+        assert_eq!(stages[1].max_attempts, 1);
+        let docs = &stages[3];
+        assert!(
+            docs.skip.as_deref().unwrap().contains("when.branch"),
+            "{docs:?}"
+        );
+        assert!(docs.steps.is_empty() && docs.needs.is_empty());
+        let publish = &stages[4];
+        assert!(
+            publish.skip.as_deref().unwrap().contains("docs"),
+            "{publish:?}"
+        );
+        // The spec round-trips to the planned stage.
+        let back: pipelines::PlannedStage = serde_json::from_value(build.spec.clone()).unwrap();
+        assert_eq!(back.id, "build");
+    }
+
+    #[test]
+    fn several_pipelines_prefix_keys_and_needs() {
+        let other = "name: lint\nstages:\n  build: { steps: [\"true\"] }\n  check: { needs: [build], steps: [\"true\"] }\n";
+        let stages = stages_from_plans(&plans(
+            &[(".slipway/ci.yml", CI), (".slipway/lint.yml", other)],
+            &push_main(),
+        ));
+        let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
+        assert!(
+            keys.contains(&"ci/build") && keys.contains(&"lint/build"),
+            "{keys:?}"
+        );
+        let check = stages.iter().find(|s| s.key == "lint/check").unwrap();
+        assert_eq!(check.needs, ["lint/build"]);
+        assert_eq!(check.pipeline, "lint");
+        let test = stages.iter().find(|s| s.key == "ci/test (os=mac)").unwrap();
+        assert_eq!(test.needs, ["ci/build"]);
+    }
+
+    #[test]
+    fn no_plans_no_stages() {
+        assert!(stages_from_plans(&[]).is_empty());
+    }
+}
