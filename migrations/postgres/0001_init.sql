@@ -13,6 +13,9 @@ CREATE TABLE repos (
     default_branch     TEXT    NOT NULL,
     webhook_secret_enc BYTEA   NOT NULL,
     forge_token_enc    BYTEA,
+    -- Forge API base URL when it cannot be derived from clone_url (self-hosted
+    -- forges behind another host, mirrors cloned from a local path).
+    api_url            TEXT,
     trusted            BOOLEAN NOT NULL DEFAULT FALSE,
     next_run_number    BIGINT  NOT NULL DEFAULT 1,
     created_at         BIGINT  NOT NULL

@@ -14,6 +14,9 @@ CREATE TABLE repos (
     default_branch     TEXT    NOT NULL,
     webhook_secret_enc BLOB    NOT NULL,
     forge_token_enc    BLOB,
+    -- Forge API base URL when it cannot be derived from clone_url (self-hosted
+    -- forges behind another host, mirrors cloned from a local path).
+    api_url            TEXT,
     trusted            INTEGER NOT NULL DEFAULT 0 CHECK (trusted IN (0, 1)),
     next_run_number    INTEGER NOT NULL DEFAULT 1,
     created_at         INTEGER NOT NULL

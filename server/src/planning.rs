@@ -1,36 +1,36 @@
-//! From plans to stored stages: the one mapping used by the planner (new runs) and by
-//! reruns (from the plan stored with the run), so both insert exactly the same stages.
-//!
-//! Conventions (readers of stages rely on them):
-//! - `run.plan` is the JSON of `Vec<pipelines::Plan>`, one per triggered pipeline.
-//! - A stage's key is its plan id (`test (features=full)`) when the run has one
-//!   pipeline, `<pipeline>/<id>` when it has several (ids are unique per pipeline only).
-//! - A stage's `spec` is the JSON of its [`pipelines::PlannedStage`]; a stage skipped
-//!   by the plan has an empty object (it never reaches a runner).
+//! Plans → stored stages: the one mapping from the `pipelines` model to the store's rows.
 
+use pipelines::Plan;
 use serde_json::Value;
 
 use crate::store::NewStage;
 
-/// The stages of a run planned as `plans`, in plan order (each pipeline's planned
-/// stages in topological order, then the ones its `when` filters skipped).
-pub fn stages_from_plans(plans: &[pipelines::Plan]) -> Vec<NewStage> {
-    let several = plans.len() > 1;
-    let key = |plan: &pipelines::Plan, id: &str| {
-        if several {
-            format!("{}/{id}", plan.pipeline)
-        } else {
-            id.to_string()
-        }
-    };
+/// The stages of a run planned as `plans` (one plan per triggered pipeline), ready for
+/// [`Store::set_run_planned`](crate::store::Store::set_run_planned).
+///
+/// * Keys are the planned stage ids (`test (features=full)`) when one pipeline runs,
+///   and `<pipeline>/<stage id>` when several do, so that two pipelines may both have a
+///   `build` stage. `needs` are mapped the same way.
+/// * Each stage's `spec` is the JSON of its [`pipelines::PlannedStage`]; skipped stages
+///   (a `when` filter, or a need that was skipped) carry the JSON of their
+///   [`pipelines::SkippedStage`] and `skip: Some(reason)`, no needs and no steps.
+/// * `max_attempts` is 1 + the YAML `retry`.
+pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
+    let prefix = plans.len() > 1;
     let mut out = Vec::new();
     for plan in plans {
+        let key = |id: &str| {
+            if prefix {
+                format!("{}/{id}", plan.pipeline)
+            } else {
+                id.to_string()
+            }
+        };
         for stage in &plan.stages {
             out.push(NewStage {
-                key: key(plan, &stage.id),
+                key: key(&stage.id),
                 pipeline: plan.pipeline.clone(),
-                needs: stage.needs.iter().map(|n| key(plan, n)).collect(),
-                // Serialising a PlannedStage cannot fail (string map keys only).
+                needs: stage.needs.iter().map(|n| key(n)).collect(),
                 spec: serde_json::to_value(stage).unwrap_or(Value::Null),
                 max_attempts: stage.retry.saturating_add(1),
                 skip: None,
@@ -40,12 +40,10 @@ pub fn stages_from_plans(plans: &[pipelines::Plan]) -> Vec<NewStage> {
         }
         for skipped in &plan.skipped {
             out.push(NewStage {
-                key: key(plan, &skipped.id),
+                key: key(&skipped.id),
                 pipeline: plan.pipeline.clone(),
-                // A skipped stage waits for nothing: the plan already skipped whatever
-                // needed it, and a stage that needs a skipped one is skipped itself.
                 needs: Vec::new(),
-                spec: Value::Object(Default::default()),
+                spec: serde_json::to_value(skipped).unwrap_or(Value::Null),
                 max_attempts: 1,
                 skip: Some(skipped.reason.clone()),
                 succeeded: None,
@@ -56,87 +54,116 @@ pub fn stages_from_plans(plans: &[pipelines::Plan]) -> Vec<NewStage> {
     out
 }
 
-/// Reads a run's stored plan (`run.plan`) back.
-pub fn plans_of(plan: &Value) -> Result<Vec<pipelines::Plan>, serde_json::Error> {
+/// Reads a run's stored plan (`run.plan`, the JSON of `Vec<Plan>`) back, e.g. to re-run it.
+pub fn plans_of(plan: &Value) -> Result<Vec<Plan>, serde_json::Error> {
     serde_json::from_value(plan.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipelines::{Event, EventContext};
 
-    fn plan(name: &str, yaml: &str) -> pipelines::Plan {
-        let p = pipelines::parse(".slipway.yml", yaml).expect("valid pipeline");
-        let mut p = p;
-        p.name = name.to_string();
-        let ctx = pipelines::EventContext {
-            event: pipelines::Event::Push,
-            branch: Some("main".into()),
-            sha: "a".repeat(40),
-            ..Default::default()
-        };
-        pipelines::plan(&p, &ctx).expect("plans")
+    fn plans(files: &[(&str, &str)], ctx: &EventContext) -> Vec<Plan> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        pipelines::load(&files)
+            .unwrap()
+            .iter()
+            .map(|p| pipelines::plan(p, ctx).unwrap())
+            .collect()
     }
 
-    const YAML: &str = "\
-on:
-  push: {}
-stages:
+    fn push_main() -> EventContext {
+        EventContext {
+            event: Event::Push,
+            branch: Some("main".into()),
+            sha: "a".repeat(40),
+            ..EventContext::default()
+        }
+    }
+
+    const CI: &str = "stages:
   build:
     retry: 2
     steps:
       - name: compile
         run: make
-      - name: pack
-        run: tar c .
+      - run: make check
   test:
     needs: [build]
     matrix: { os: [linux, mac] }
-    steps:
-      - run: make test
-  deploy:
-    needs: [test]
+    steps: [\"make test\"]
+  docs:
     when: { branch: release }
-    steps:
-      - run: deploy
+    steps: [\"make docs\"]
+  publish:
+    needs: [docs]
+    steps: [\"make publish\"]
 ";
 
     #[test]
-    fn one_pipeline_uses_plain_ids() {
-        let stages = stages_from_plans(&[plan("default", YAML)]);
+    fn one_pipeline_keys_are_stage_ids() {
+        let stages = stages_from_plans(&plans(&[(".slipway.yml", CI)], &push_main()));
         let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["build", "test (os=linux)", "test (os=mac)", "deploy"],
-            "{stages:#?}"
+            [
+                "build",
+                "test (os=linux)",
+                "test (os=mac)",
+                "docs",
+                "publish"
+            ]
         );
         let build = &stages[0];
         assert_eq!(build.max_attempts, 3);
-        assert_eq!(build.steps, ["compile", "pack"]);
-        assert!(build.needs.is_empty());
-        let spec: pipelines::PlannedStage = serde_json::from_value(build.spec.clone()).unwrap();
-        assert_eq!(spec.id, "build");
+        assert_eq!(build.steps.len(), 2);
+        assert_eq!(build.steps[0], "compile");
+        assert_eq!(build.spec["id"], "build");
+        assert_eq!(build.pipeline, "default");
+        assert!(build.skip.is_none() && build.needs.is_empty());
         assert_eq!(stages[1].needs, ["build"]);
         assert_eq!(stages[1].max_attempts, 1);
-        let deploy = &stages[3];
-        assert!(deploy.skip.as_deref().is_some_and(|r| !r.is_empty()));
-        assert!(deploy.needs.is_empty() && deploy.steps.is_empty());
+        let docs = &stages[3];
+        assert!(
+            docs.skip.as_deref().unwrap().contains("when.branch"),
+            "{docs:?}"
+        );
+        assert!(docs.steps.is_empty() && docs.needs.is_empty());
+        let publish = &stages[4];
+        assert!(
+            publish.skip.as_deref().unwrap().contains("docs"),
+            "{publish:?}"
+        );
+        // The spec round-trips to the planned stage.
+        let back: pipelines::PlannedStage = serde_json::from_value(build.spec.clone()).unwrap();
+        assert_eq!(back.id, "build");
     }
 
     #[test]
     fn several_pipelines_prefix_keys_and_needs() {
-        let stages = stages_from_plans(&[plan("ci", YAML), plan("nightly", YAML)]);
-        assert_eq!(stages.len(), 8);
-        let t = stages
-            .iter()
-            .find(|s| s.key == "nightly/test (os=mac)")
-            .unwrap();
-        assert_eq!(t.needs, ["nightly/build"]);
-        assert_eq!(t.pipeline, "nightly");
+        let other = "name: lint\nstages:\n  build: { steps: [\"true\"] }\n  check: { needs: [build], steps: [\"true\"] }\n";
+        let stages = stages_from_plans(&plans(
+            &[(".slipway/ci.yml", CI), (".slipway/lint.yml", other)],
+            &push_main(),
+        ));
+        let keys: Vec<&str> = stages.iter().map(|s| s.key.as_str()).collect();
         assert!(
-            stages
-                .iter()
-                .any(|s| s.key == "ci/deploy" && s.skip.is_some())
+            keys.contains(&"ci/build") && keys.contains(&"lint/build"),
+            "{keys:?}"
         );
+        let check = stages.iter().find(|s| s.key == "lint/check").unwrap();
+        assert_eq!(check.needs, ["lint/build"]);
+        assert_eq!(check.pipeline, "lint");
+        let test = stages.iter().find(|s| s.key == "ci/test (os=mac)").unwrap();
+        assert_eq!(test.needs, ["ci/build"]);
+    }
+
+    #[test]
+    fn no_plans_no_stages() {
+        assert!(stages_from_plans(&[]).is_empty());
     }
 }

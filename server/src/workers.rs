@@ -7,7 +7,15 @@ use tokio::task::JoinHandle;
 
 use crate::state::AppState;
 
+#[allow(
+    clippy::vec_init_then_push,
+    reason = "one line per worker keeps this list easy to extend and merge"
+)]
 pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
-    let _ = (state, addr);
-    Vec::new()
+    let _ = addr;
+    let mut workers = Vec::new();
+    workers.push(crate::planner::spawn(state.clone()));
+    workers.push(crate::cron::spawn(state.clone()));
+    workers.push(crate::status::spawn(state.clone()));
+    workers
 }

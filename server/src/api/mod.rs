@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod hooks;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
@@ -21,6 +22,7 @@ use crate::state::AppState;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(hooks::router())
         .merge(repos::router())
         .merge(runs::router())
         .merge(logs::router())

@@ -3,6 +3,7 @@
 mod admin;
 mod diagnostics;
 mod exec;
+pub mod hook;
 mod output;
 mod validate;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Server(ServerArgs),
     /// Apply database migrations and exit.
     Migrate(ServerArgs),
+    /// Post-receive hook for plain git servers: reads `old new ref` lines from stdin and
+    /// asks the server for runs (token from SLIPWAY_TOKEN).
+    Hook(hook::HookArgs),
     /// Register and list repositories (works on the server's database).
     #[command(subcommand)]
     Repo(admin::RepoCommand),
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::runtime::Runtime::new()?.block_on(crate::serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Hook(args) => hook::run(args),
         Command::Migrate(args) => {
             init_tracing();
             let config = args.resolve()?;

@@ -170,7 +170,10 @@ impl Output {
                                 .unwrap_or_default()
                         ),
                         (None, Status::Error(e)) => e.clone(),
-                        (None, _) => format!("{} steps", o.steps.len()),
+                        (None, _) => match o.steps.len() {
+                            1 => "1 step".to_string(),
+                            n => format!("{n} steps"),
+                        },
                     };
                     if r.attempts > 1 {
                         detail += &format!(", {} attempts", r.attempts);

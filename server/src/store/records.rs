@@ -220,6 +220,14 @@ impl Store {
         row.map(|r| r.int("last_fired_at")).transpose()
     }
 
+    /// The id of the newest event (0 when there is none): where a new follower starts.
+    pub async fn latest_event_id(&self) -> Result<i64> {
+        let row = query("SELECT COALESCE(MAX(id), 0) AS last FROM events")
+            .fetch_one(&self.read)
+            .await?;
+        row.int("last")
+    }
+
     /// Status changes with an id above `after`, oldest first. Ids increase with every
     /// event. On PostgreSQL ids are taken at insert and transactions may commit out of
     /// order, so a reader polling with the last id seen can miss an event committed late;

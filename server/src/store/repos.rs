@@ -81,6 +81,20 @@ impl Store {
         }
     }
 
+    /// Sets (or clears) the forge API base URL used for commit statuses.
+    pub async fn set_repo_api_url(&self, id: RepoId, api_url: Option<&str>) -> Result<Repo> {
+        let sql = format!("UPDATE repos SET api_url = $2 WHERE id = $1 RETURNING {REPO_COLS}");
+        match query(&sql)
+            .bind(id)
+            .bind(api_url)
+            .fetch_optional(&self.write)
+            .await?
+        {
+            Some(row) => repo(&row),
+            None => Err(Error::NotFound(format!("repository {id}"))),
+        }
+    }
+
     /// Deletes a repository and everything stored for it (runs, stages, secrets …).
     pub async fn delete_repo(&self, id: RepoId) -> Result<bool> {
         let r = query("DELETE FROM repos WHERE id = $1")

@@ -69,7 +69,7 @@ pub(crate) fn json_text(v: &impl serde::Serialize) -> String {
 }
 
 pub(crate) const REPO_COLS: &str = "id, name, forge, clone_url, default_branch, \
-    webhook_secret_enc, forge_token_enc, trusted, next_run_number, created_at";
+    webhook_secret_enc, forge_token_enc, api_url, trusted, next_run_number, created_at";
 
 pub(crate) fn repo(r: &AnyRow) -> Result<Repo> {
     Ok(Repo {
@@ -80,6 +80,7 @@ pub(crate) fn repo(r: &AnyRow) -> Result<Repo> {
         default_branch: r.text("default_branch")?,
         webhook_secret_enc: r.bytes("webhook_secret_enc")?,
         forge_token_enc: r.opt_bytes("forge_token_enc")?,
+        api_url: r.opt_text("api_url")?,
         trusted: r.flag("trusted")?,
         next_run_number: r.int("next_run_number")?,
         created_at: r.int("created_at")?,

@@ -544,6 +544,23 @@ impl Store {
         Ok(run)
     }
 
+    /// Records why a run ended as it did without changing its status, e.g. "no pipeline
+    /// triggered: …" on a run that finished `success` with nothing to do (the planner's
+    /// answer to "why didn't my pipeline run?"). `NotFound` for an unknown run.
+    pub async fn set_run_note(&self, run_id: RunId, note: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let r = query("UPDATE runs SET error = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        if affected(r) == 0 {
+            return Err(Error::NotFound(format!("run {run_id}")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Runs that are `running` (the scheduler reconciles these after a restart).
     pub async fn active_runs(&self) -> Result<Vec<Run>> {
         let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'running' ORDER BY id");

@@ -148,6 +148,9 @@ pub struct Repo {
     pub webhook_secret_enc: Vec<u8>,
     #[serde(skip)]
     pub forge_token_enc: Option<Vec<u8>>,
+    /// The forge's API base URL when it cannot be derived from `clone_url`
+    /// (set with [`Store::set_repo_api_url`](super::Store::set_repo_api_url)).
+    pub api_url: Option<String>,
     pub trusted: bool,
     pub next_run_number: i64,
     pub created_at: i64,

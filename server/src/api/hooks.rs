@@ -1,0 +1,363 @@
+//! Webhooks in: `POST /hooks/{forge}/{owner}/{name}` for GitHub, GitLab, Gitea and
+//! Forgejo, and `POST /hooks/git/{owner}/{name}` for plain git servers (`slipway hook`).
+//!
+//! The handler's whole job is to decide, cheaply and safely, whether a delivery becomes
+//! a `pending` run, and to say so within milliseconds; the planner worker does the git
+//! and YAML work afterwards ([`crate::planner`]). The order of the checks is the point:
+//!
+//! 1. **Repository and forge** from the path (unknown → 404, nothing read or stored).
+//! 2. **Size**: a `Content-Length` over `max_webhook_bytes` is refused at once (413);
+//!    a body without one (chunked) is read chunk by chunk and refused as soon as it
+//!    crosses the cap, so no more than the cap is ever buffered.
+//! 3. **Signature/token** on the raw bytes, constant-time ([`forge::verify`]) — before
+//!    the parser sees a byte: an unauthenticated caller never reaches it. 401, nothing
+//!    stored.
+//! 4. **Delivery id** (missing → 400), then **parse** (malformed → 400 with the reason,
+//!    nothing stored; pings and unknown events → 200 and the delivery is recorded).
+//! 5. **Accept**: the delivery id and the run are written in one transaction under a
+//!    unique index, so a repeated delivery is acknowledged (`{"duplicate": true}`) and
+//!    creates no second run however many copies race. Then the planner is woken.
+//!
+//! Plain git has no webhook signature: the post-receive hook authenticates with an API
+//! token of scope `hook` (or `admin`), and each updated ref becomes a run whose delivery
+//! id is `hook:<ref>:<new sha>`, so a re-sent hook is de-duplicated the same way.
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::HookAuth;
+use super::error::{ApiError, ApiResult};
+use crate::forge::{self, EventKind, ForgeEvent, ForgeKind, Parsed};
+use crate::state::{self, AppState};
+use crate::store::{self, Event, NewRun, Repo, Trigger};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        // The static `git` segment wins over `{forge}` (matchit prefers static routes).
+        .route("/hooks/git/{*repo}", post(git_hook))
+        .route("/hooks/{forge}/{*repo}", post(forge_hook))
+}
+
+/// The forge kind a stored repository was registered with (both enums share names).
+pub fn forge_kind(f: store::Forge) -> ForgeKind {
+    match f {
+        store::Forge::Github => ForgeKind::Github,
+        store::Forge::Gitlab => ForgeKind::Gitlab,
+        store::Forge::Gitea => ForgeKind::Gitea,
+        store::Forge::Forgejo => ForgeKind::Forgejo,
+        store::Forge::Git => ForgeKind::Git,
+    }
+}
+
+/// The repository named in the path, if it is registered with this forge kind. A forge
+/// mismatch answers like an unknown repository: an unauthenticated caller learns
+/// nothing about what is registered.
+async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<Repo> {
+    let not_found = || ApiError::not_found(format!("no {kind} repository `{}`", printable(name)));
+    let repo = match state.store.get_repo_by_name(name).await {
+        Ok(r) => r,
+        Err(store::Error::NotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    if forge_kind(repo.forge) != kind {
+        return Err(not_found());
+    }
+    Ok(repo)
+}
+
+/// Reads the body, refusing it (413) as soon as it is known to exceed `limit`: from
+/// `Content-Length` before reading anything, else while streaming. At most `limit`
+/// bytes are ever held.
+pub async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large = || ApiError::too_large(format!("the body exceeds the {limit}-byte limit"));
+    if let Some(len) = headers.get(CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid Content-Length"))?;
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::debug!(error = %e, "webhook body read failed");
+            ApiError::bad_request("could not read the request body")
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn forge_hook(
+    State(state): State<AppState>,
+    Path((forge_name, repo_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let kind: ForgeKind = forge_name
+        .parse()
+        .map_err(|e: forge::UnknownForge| ApiError::not_found(e.to_string()))?;
+    let repo = find_repo(&state, kind, &repo_name).await?;
+    let body = read_capped(&headers, body, state.config.max_webhook_bytes).await?;
+
+    let secret = state
+        .secret_box
+        .open(
+            &repo.webhook_secret_enc,
+            &state::webhook_secret_aad(&repo.name),
+        )
+        .map_err(|e| {
+            ApiError::internal(format!("opening the webhook secret of {}: {e}", repo.name))
+        })?;
+    if let Err(e) = forge::verify(kind, &headers, &body, &secret) {
+        tracing::info!(repo = %repo.name, forge = %kind, reason = %e, "webhook refused");
+        return Err(ApiError::unauthorized(e.to_string()));
+    }
+    drop(secret);
+
+    let delivery = forge::delivery_id(kind, &headers)
+        .ok_or_else(|| ApiError::bad_request("missing delivery id header"))?;
+    let event_name = forge::event_name(kind, &headers)
+        .ok_or_else(|| ApiError::bad_request("missing event header"))?;
+    let parsed = forge::parse(kind, &event_name, &body).map_err(|e| {
+        tracing::info!(repo = %repo.name, forge = %kind, %delivery, reason = %e, "malformed webhook");
+        ApiError::bad_request(e.to_string())
+    })?;
+    match parsed {
+        Parsed::Ping => {
+            let fresh = state.store.record_delivery(repo.id, &delivery).await?;
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "ping": true, "duplicate": !fresh })),
+            )
+                .into_response())
+        }
+        Parsed::Ignored { reason } => {
+            let fresh = state.store.record_delivery(repo.id, &delivery).await?;
+            tracing::debug!(repo = %repo.name, %delivery, %reason, "webhook ignored");
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "ignored": reason, "duplicate": !fresh })),
+            )
+                .into_response())
+        }
+        Parsed::Event(ev) => {
+            let new = new_run_from_event(&repo, ev);
+            accept(&state, &repo, &delivery, new).await
+        }
+    }
+}
+
+/// What a verified forge event becomes: a `pending` run for the planner.
+pub fn new_run_from_event(repo: &Repo, ev: ForgeEvent) -> NewRun {
+    let event = match ev.kind {
+        EventKind::Push => Event::Push,
+        EventKind::PullRequest => Event::PullRequest,
+        EventKind::Tag => Event::Tag,
+    };
+    let mut new = NewRun::new(Trigger::Webhook, event, &ev.git_ref, &ev.after);
+    new.branch = ev.branch;
+    new.tag = ev.tag;
+    new.before_sha = ev.before;
+    if let Some(pr) = ev.pr {
+        new.pr_number = i64::try_from(pr.number).ok();
+        new.source_branch = Some(pr.source_branch);
+        new.fork = pr.fork;
+    }
+    // Fork pull requests never get secrets, whatever the repository's setting.
+    new.trusted = repo.trusted && !new.fork;
+    new.message = ev.message;
+    new.author = ev.author;
+    new
+}
+
+async fn accept(state: &AppState, repo: &Repo, delivery: &str, new: NewRun) -> ApiResult<Response> {
+    match state.store.accept_delivery(repo.id, delivery, new).await? {
+        Some(run) => {
+            tracing::info!(repo = %repo.name, run = run.number, event = %run.event, %delivery, "run accepted");
+            state.wake.planner.notify_waiters();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "run": run.number }))).into_response())
+        }
+        None => Ok((StatusCode::OK, Json(json!({ "duplicate": true }))).into_response()),
+    }
+}
+
+// ------------------------------------------------------------------ plain git
+
+/// The body `slipway hook` sends: the `old new ref` lines git gives a post-receive hook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHookBody {
+    pub updates: Vec<RefUpdate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The new tip's commit message, when the hook could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Who wrote it (the hook's best knowledge: the commit author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+}
+
+/// One update's outcome, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefResult {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The run created, or the one a previous identical hook created (`duplicate`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run: Option<i64>,
+    #[serde(default)]
+    pub duplicate: bool,
+    /// Why no run was created (a deletion, not a branch or tag).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ignored: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GitHookResponse {
+    pub results: Vec<RefResult>,
+}
+
+/// A push rarely updates more than a handful of refs; a mirror push of a huge
+/// repository may, but a thousand runs from one request is a mistake, not CI.
+const MAX_HOOK_UPDATES: usize = 1000;
+/// The hook body is small JSON; no reason to accept the webhook cap.
+const MAX_HOOK_BYTES: usize = 1024 * 1024;
+
+async fn git_hook(
+    State(state): State<AppState>,
+    HookAuth(token): HookAuth,
+    Path(repo_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let repo = find_repo(&state, ForgeKind::Git, &repo_name).await?;
+    let limit = MAX_HOOK_BYTES.min(state.config.max_webhook_bytes);
+    let body = read_capped(&headers, body, limit).await?;
+    let req: GitHookBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed hook body: {e}")))?;
+    if req.updates.len() > MAX_HOOK_UPDATES {
+        return Err(ApiError::bad_request(format!(
+            "{} ref updates in one request; at most {MAX_HOOK_UPDATES}",
+            req.updates.len()
+        )));
+    }
+    // Validate everything before writing anything: a bad line fails the whole request.
+    let mut planned = Vec::with_capacity(req.updates.len());
+    for u in &req.updates {
+        planned.push(classify_update(&repo, u)?);
+    }
+    let mut results = Vec::with_capacity(planned.len());
+    let mut created = 0;
+    for (u, p) in req.updates.iter().zip(planned) {
+        let result = match p {
+            Err(reason) => RefResult {
+                git_ref: u.git_ref.clone(),
+                run: None,
+                duplicate: false,
+                ignored: Some(reason),
+            },
+            Ok(new) => {
+                let delivery = format!("hook:{}:{}", u.git_ref, new.sha);
+                match state.store.accept_delivery(repo.id, &delivery, new).await? {
+                    Some(run) => {
+                        created += 1;
+                        tracing::info!(repo = %repo.name, run = run.number, r#ref = %u.git_ref, token = %token.name, "run accepted from git hook");
+                        RefResult {
+                            git_ref: u.git_ref.clone(),
+                            run: Some(run.number),
+                            duplicate: false,
+                            ignored: None,
+                        }
+                    }
+                    None => RefResult {
+                        git_ref: u.git_ref.clone(),
+                        run: None,
+                        duplicate: true,
+                        ignored: None,
+                    },
+                }
+            }
+        };
+        results.push(result);
+    }
+    if created > 0 {
+        state.wake.planner.notify_waiters();
+    }
+    let status = if created > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(GitHookResponse { results })).into_response())
+}
+
+/// `Ok(Ok(run))` to create, `Ok(Err(reason))` to acknowledge and skip, `Err` for a
+/// malformed line (400 for the whole request).
+fn classify_update(repo: &Repo, u: &RefUpdate) -> ApiResult<Result<NewRun, String>> {
+    let bad = |what: &str| {
+        ApiError::bad_request(format!("update of `{}`: {what}", printable(&u.git_ref)))
+    };
+    let sha_ok = |s: &str| matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !sha_ok(&u.old) {
+        return Err(bad("`old` is not a full commit id"));
+    }
+    if !sha_ok(&u.new) {
+        return Err(bad("`new` is not a full commit id"));
+    }
+    if !(u.git_ref.starts_with("refs/") && git2::Reference::is_valid_name(&u.git_ref)) {
+        return Err(bad("not a valid full ref name"));
+    }
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if zero(&u.new) {
+        return Ok(Err("deleted; deletions do not trigger runs".into()));
+    }
+    let event = if u.git_ref.starts_with("refs/heads/") {
+        Event::Push
+    } else if u.git_ref.starts_with("refs/tags/") {
+        Event::Tag
+    } else {
+        return Ok(Err("neither a branch nor a tag".into()));
+    };
+    let mut new = NewRun::new(
+        Trigger::Hook,
+        event,
+        &u.git_ref,
+        &u.new.to_ascii_lowercase(),
+    );
+    new.before_sha = (!zero(&u.old)).then(|| u.old.to_ascii_lowercase());
+    // A plain git server has no forks: everything pushed there was pushed by someone
+    // allowed to push, so the repository's trust setting applies as is.
+    new.trusted = repo.trusted;
+    new.message = u.message.clone().unwrap_or_default();
+    new.author = u.author.clone().unwrap_or_default();
+    Ok(Ok(new))
+}
+
+/// Path segments end up in error messages: short and without control characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}

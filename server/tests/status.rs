@@ -1,0 +1,212 @@
+//! Run state changes reach each forge's commit status API as documented.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use server::config::{Config, Settings};
+use server::crypto::generate_webhook_secret;
+use server::serve::build_state;
+use server::state::{AppState, forge_token_aad};
+use server::status::Follower;
+use server::store::{Event, Forge, NewRepo, NewRun, Trigger};
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: serde_json::Value,
+}
+
+/// A stand-in forge on 127.0.0.1 that records every request and answers 201.
+async fn fake_forge() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(Seen {
+                    method,
+                    path: uri.path().to_string(),
+                    headers,
+                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                });
+                (axum::http::StatusCode::CREATED, "{}")
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+async fn state(dir: &std::path::Path) -> AppState {
+    let settings = Settings {
+        data_dir: Some(dir.to_path_buf()),
+        ..Settings::default()
+    };
+    build_state(Config::resolve(settings, None).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Registers a repo on `forge`, creates a run and settles it with no stages (the store
+/// marks it success), then lets a follower report what happened.
+async fn report(forge: Forge, base: &str, dir: &std::path::Path) -> (String, i64) {
+    let state = state(dir).await;
+    let name = "team/app";
+    let repo = state
+        .store
+        .create_repo(NewRepo {
+            name: name.into(),
+            forge,
+            clone_url: format!("{base}/team/app.git"),
+            default_branch: "main".into(),
+            webhook_secret_enc: state.secret_box.seal(
+                generate_webhook_secret().as_bytes(),
+                &server::state::webhook_secret_aad(name),
+            ),
+            forge_token_enc: Some(
+                state
+                    .secret_box
+                    .seal(b"forge-token-123", &forge_token_aad(name)),
+            ),
+            trusted: true,
+        })
+        .await
+        .unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let run = state
+        .store
+        .create_run(
+            repo.id,
+            NewRun::new(Trigger::Manual, Event::Manual, "refs/heads/main", sha),
+        )
+        .await
+        .unwrap();
+    state
+        .store
+        .set_run_planned(run.id, &serde_json::json!([]), "abc", Vec::new())
+        .await
+        .unwrap();
+    let mut follower = Follower::starting_at(0);
+    let sent = follower.step(&state).await.unwrap();
+    // A second pass re-reads the window but must not report the same events again.
+    let again = follower.step(&state).await.unwrap();
+    assert_eq!(again, 0, "events were reported twice");
+    (sha.to_string(), sent as i64)
+}
+
+#[tokio::test]
+async fn gitea_gets_token_auth_and_its_state_names() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sha, sent) = report(Forge::Gitea, &base, dir.path()).await;
+    assert_eq!(sent, 1);
+    let seen = seen.lock().unwrap().clone();
+    let last = seen.last().expect("a status request");
+    assert_eq!(last.method, Method::POST);
+    assert_eq!(last.path, format!("/api/v1/repos/team/app/statuses/{sha}"));
+    assert_eq!(last.headers["authorization"], "token forge-token-123");
+    assert_eq!(last.body["state"], "success");
+    assert_eq!(last.body["context"], "slipway");
+    assert!(
+        last.body["target_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/repos/team/app/runs/1")
+    );
+}
+
+#[tokio::test]
+async fn github_gets_bearer_auth() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sha, _) = report(Forge::Github, &base, dir.path()).await;
+    let seen = seen.lock().unwrap().clone();
+    let last = seen.last().expect("a status request");
+    assert_eq!(last.path, format!("/api/v3/repos/team/app/statuses/{sha}"));
+    assert_eq!(last.headers["authorization"], "Bearer forge-token-123");
+    assert_eq!(last.body["state"], "success");
+}
+
+#[tokio::test]
+async fn gitlab_gets_private_token_and_an_encoded_project_path() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sha, _) = report(Forge::Gitlab, &base, dir.path()).await;
+    let seen = seen.lock().unwrap().clone();
+    let last = seen.last().expect("a status request");
+    assert_eq!(
+        last.path,
+        format!("/api/v4/projects/team%2Fapp/statuses/{sha}")
+    );
+    assert_eq!(last.headers["private-token"], "forge-token-123");
+    assert_eq!(last.body["state"], "success");
+    assert_eq!(last.body["name"], "slipway");
+    assert_eq!(last.body["ref"], "refs/heads/main");
+}
+
+#[tokio::test]
+async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let repo = state
+        .store
+        .create_repo(NewRepo {
+            name: "team/app".into(),
+            forge: Forge::Gitea,
+            clone_url: "/srv/git/team/app.git".into(),
+            default_branch: "main".into(),
+            webhook_secret_enc: Vec::new(),
+            forge_token_enc: Some(state.secret_box.seal(b"t0k", &forge_token_aad("team/app"))),
+            trusted: false,
+        })
+        .await
+        .unwrap();
+    let repo = state
+        .store
+        .set_repo_api_url(repo.id, Some(&format!("{base}/gitea/api/v1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.api_url.as_deref(),
+        Some(format!("{base}/gitea/api/v1").as_str())
+    );
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let run = state
+        .store
+        .create_run(
+            repo.id,
+            NewRun::new(Trigger::Manual, Event::Manual, "refs/heads/main", sha),
+        )
+        .await
+        .unwrap();
+    let sent = server::status::report_run(&state, run.id, server::store::RunStatus::Running)
+        .await
+        .unwrap();
+    assert!(sent);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].path,
+        format!("/gitea/api/v1/repos/team/app/statuses/{sha}")
+    );
+    assert_eq!(
+        seen[0].body["state"], "pending",
+        "gitea has no running state"
+    );
+}
+
+#[tokio::test]
+async fn plain_git_repositories_report_nothing() {
+    let (base, seen) = fake_forge().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sent) = report(Forge::Git, &base, dir.path()).await;
+    assert_eq!(sent, 0);
+    assert!(seen.lock().unwrap().is_empty());
+}
