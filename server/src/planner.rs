@@ -326,6 +326,8 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
         .set_run_planned(run.id, &plan_json, &yaml_sha256, stages)
         .await
     {
+        // Nothing to run: the store finished it at once.
+        Ok(planned) if planned.status.is_final() => state.metrics.run_finished(planned.status),
         Ok(_) => {}
         Err(store::Error::Conflict(_) | store::Error::NotFound(_)) => return Outcome::Gone,
         Err(store::Error::Invalid(msg)) => {
@@ -360,6 +362,7 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
 async fn fail(state: &AppState, run: &Run, reason: &str, diagnostics: Option<Value>) -> Outcome {
     match state.store.set_run_error(run.id, reason, diagnostics).await {
         Ok(_) => {
+            state.metrics.run_finished(store::RunStatus::Error);
             tracing::info!(run = run.id, number = run.number, %reason, "run failed to plan");
             Outcome::Errored
         }
@@ -404,6 +407,9 @@ async fn auto_cancel(state: &AppState, repo: &Repo, run: &Run) {
     match cancelled {
         Ok(0) => {}
         Ok(n) => {
+            for _ in 0..n {
+                state.metrics.run_finished(store::RunStatus::Cancelled);
+            }
             tracing::info!(repo = %repo.name, run = run.number, cancelled = n, "superseded older runs");
             state.wake.queue.notify_waiters();
         }

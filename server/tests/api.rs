@@ -1118,9 +1118,10 @@ async fn manual_trigger_makes_a_pending_run_of_the_branch_head() {
         .call(
             "POST",
             "/api/repos/team/app/trigger",
-            Some(json!({"branch": "feature"})),
+            Some(json!({"branch": "feature", "pipeline": "deploy"})),
         )
         .await;
+    assert_eq!(r.json()["params"], json!({"__pipeline": "deploy"}));
     assert_eq!(r.json()["sha"], json!(feature));
     assert_eq!(r.json()["number"], 3);
 
@@ -1140,6 +1141,10 @@ async fn manual_trigger_makes_a_pending_run_of_the_branch_head() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (json!({"colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"params": {"__cron": "nightly"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ] {
         let r = ctx
             .call("POST", "/api/repos/team/app/trigger", Some(body.clone()))
@@ -1631,7 +1636,14 @@ async fn metrics_expose_the_families() {
     ctx.call("GET", "/api/repos/team/app", None).await;
     ctx.call("GET", "/api/repos/team/nope", None).await;
     ctx.state.metrics.webhook("github", "accepted");
-    ctx.state.metrics.webhook(Forge::Gitlab, "unauthorized");
+    // Real deliveries through the webhook handler: an unsigned one and an unknown forge.
+    let mut unsigned = Ctx::request("POST", "/hooks/github/team/app", None, Some(&json!({})));
+    unsigned
+        .headers_mut()
+        .insert("x-github-event", "push".parse().unwrap());
+    assert_eq!(ctx.send(unsigned).await.status, StatusCode::UNAUTHORIZED);
+    let odd = Ctx::request("POST", "/hooks/svn/team/app", None, Some(&json!({})));
+    assert_eq!(ctx.send(odd).await.status, StatusCode::NOT_FOUND);
     ctx.state.metrics.stage_leased();
     let r = ctx.send(Ctx::request("GET", "/metrics", None, None)).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1647,7 +1659,9 @@ async fn metrics_expose_the_families() {
         r#"slipway_http_requests_total{method="GET",route="/api/repos/{owner}/{name}",status="200"} 1"#,
         r#"slipway_http_requests_total{method="GET",route="/api/repos/{owner}/{name}",status="404"} 1"#,
         r#"slipway_webhook_deliveries_total{forge="github",outcome="accepted"} 1"#,
-        r#"slipway_webhook_deliveries_total{forge="gitlab",outcome="unauthorized"} 1"#,
+        r#"slipway_webhook_deliveries_total{forge="github",outcome="unauthorized"} 1"#,
+        r#"slipway_webhook_deliveries_total{forge="unknown",outcome="unknown_repo"} 1"#,
+        r#"slipway_http_requests_total{method="POST",route="/hooks/{forge}/{*repo}",status="401"} 1"#,
         "slipway_stages_leased_total 1",
         // `build` and `test`'s expansions wait on it; `build` is queued.
         "slipway_stages_queued 1",
@@ -1660,7 +1674,10 @@ async fn metrics_expose_the_families() {
         assert!(t.contains(expected), "missing {expected:?} in\n{t}");
     }
     // No repository names in label values.
-    assert!(!t.contains("team/app") && !t.contains("team/nope"), "{t}");
+    assert!(
+        !t.contains("team/app") && !t.contains("team/nope") && !t.contains("svn"),
+        "{t}"
+    );
 }
 
 #[tokio::test]

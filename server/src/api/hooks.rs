@@ -103,9 +103,44 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> ApiRe
     Ok(Bytes::from(buf))
 }
 
+/// Counts every delivery in `slipway_webhook_deliveries_total{forge, outcome}`. The forge
+/// label is a known kind or `unknown`, never the raw path segment (bounded label values).
 async fn forge_hook(
     State(state): State<AppState>,
     Path((forge_name, repo_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let forge = forge_name
+        .parse::<ForgeKind>()
+        .map_or_else(|_| "unknown".to_string(), |k| k.to_string());
+    let response = handle_forge_hook(state.clone(), forge_name, repo_name, headers, body)
+        .await
+        .into_response();
+    state
+        .metrics
+        .webhook(forge, delivery_outcome(response.status()));
+    response
+}
+
+/// The outcome label of a delivery, from the answer it got.
+pub fn delivery_outcome(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::ACCEPTED => "accepted",
+        // Pings, ignored events and duplicates.
+        StatusCode::OK => "acknowledged",
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
+        StatusCode::NOT_FOUND => "unknown_repo",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        s if s.is_client_error() => "malformed",
+        _ => "error",
+    }
+}
+
+async fn handle_forge_hook(
+    state: AppState,
+    forge_name: String,
+    repo_name: String,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -247,10 +282,28 @@ const MAX_HOOK_UPDATES: usize = 1000;
 /// The hook body is small JSON; no reason to accept the webhook cap.
 const MAX_HOOK_BYTES: usize = 1024 * 1024;
 
+/// Counted like [`forge_hook`] with forge `git` (requests refused by the token check
+/// before the handler runs are not counted).
 async fn git_hook(
     State(state): State<AppState>,
     HookAuth(token): HookAuth,
     Path(repo_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = handle_git_hook(state.clone(), token, repo_name, headers, body)
+        .await
+        .into_response();
+    state
+        .metrics
+        .webhook(ForgeKind::Git, delivery_outcome(response.status()));
+    response
+}
+
+async fn handle_git_hook(
+    state: AppState,
+    token: crate::store::ApiToken,
+    repo_name: String,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {

@@ -261,6 +261,8 @@ pub async fn rerun(
 pub struct TriggerRequest {
     /// Default: the repository's default branch.
     pub branch: Option<String>,
+    /// Plan only this pipeline (default: every pipeline that takes manual triggers).
+    pub pipeline: Option<String>,
     /// Manual parameters (`on.manual.params`); strings, numbers or booleans.
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -283,6 +285,11 @@ fn params_object(params: BTreeMap<String, Value>) -> ApiResult<Value> {
             && k.len() <= 128
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if k.starts_with("__") {
+            return Err(ApiError::unprocessable(format!(
+                "parameter name {k:?}: names starting with `__` are reserved"
+            )));
+        }
         if !valid_key {
             return Err(ApiError::unprocessable(format!(
                 "parameter name {k:?} must be made of letters, digits, `_`, `-` and `.`"
@@ -369,7 +376,14 @@ pub async fn trigger(
     let repo = find_repo(&state, &p.owner, &p.name).await?;
     let branch = req.branch.unwrap_or_else(|| repo.default_branch.clone());
     crate::repos::validate_branch(&branch)?;
-    let params = params_object(req.params)?;
+    let mut params = params_object(req.params)?;
+    if let Some(pipeline) = req.pipeline {
+        if pipeline.is_empty() || pipeline.len() > 128 || pipeline.chars().any(char::is_control) {
+            return Err(ApiError::unprocessable("invalid pipeline name"));
+        }
+        // The planner plans only the pipeline named here (see `planner::PARAM_PIPELINE`).
+        params[crate::planner::PARAM_PIPELINE] = Value::String(pipeline);
+    }
     let git_ref = format!("refs/heads/{branch}");
     let head = fetch_branch_head(&state, &repo, &git_ref).await?;
     let mut new = NewRun::new(Trigger::Manual, Event::Manual, &git_ref, &head.sha);
@@ -403,5 +417,8 @@ mod tests {
         let mut bad = BTreeMap::new();
         bad.insert("a b".to_string(), serde_json::json!("x"));
         assert!(params_object(bad).is_err());
+        let mut reserved = BTreeMap::new();
+        reserved.insert("__cron".to_string(), serde_json::json!("nightly"));
+        assert!(params_object(reserved).is_err());
     }
 }

@@ -112,6 +112,9 @@ pub enum RunCommand {
         /// Default: the repository's default branch.
         #[arg(long)]
         branch: Option<String>,
+        /// Plan only this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
         /// A manual parameter, `KEY=VALUE` (repeatable).
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
@@ -320,6 +323,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
     let RunCommand::Trigger {
         repo,
         branch,
+        pipeline,
         params,
         server,
         token_env,
@@ -336,6 +340,9 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
     let mut body = serde_json::json!({ "params": map });
     if let Some(b) = branch {
         body["branch"] = serde_json::Value::String(b);
+    }
+    if let Some(p) = pipeline {
+        body["pipeline"] = serde_json::Value::String(p);
     }
     let base = server.trim_end_matches('/').to_string();
     let url = format!("{base}/api/repos/{repo}/trigger");
