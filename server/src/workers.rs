@@ -8,6 +8,10 @@ use tokio::task::JoinHandle;
 use crate::state::AppState;
 
 pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
-    let _ = (state, addr);
-    Vec::new()
+    let mut workers = Vec::new();
+    workers.push(crate::scheduler::spawn(state.clone()));
+    if state.config.in_process_runner {
+        workers.push(crate::runner_agent::spawn_in_process(state.clone(), addr));
+    }
+    workers
 }

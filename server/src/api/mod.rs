@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod runner;
 
 use axum::Router;
 
@@ -11,5 +12,8 @@ use crate::state::AppState;
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the
 /// server binds it to a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(health::router()).with_state(state)
+    Router::new()
+        .merge(health::router())
+        .merge(runner::router())
+        .with_state(state)
 }

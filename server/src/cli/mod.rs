@@ -3,6 +3,7 @@
 mod diagnostics;
 mod exec;
 mod output;
+mod runner;
 mod validate;
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Apply database migrations and exit.
     Migrate(ServerArgs),
+    /// Run stages for a Slipway server on this host (token from SLIPWAY_RUNNER_TOKEN).
+    Runner(runner::RunnerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,5 +98,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Runner(args) => runner::run(args),
     }
 }
