@@ -96,10 +96,7 @@ enum CallError {
     /// The stage's lease is gone: stop working on it.
     LeaseLost,
     /// A permanent refusal (a 4xx other than `lease_lost`).
-    Refused {
-        status: StatusCode,
-        message: String,
-    },
+    Refused { status: StatusCode, message: String },
     /// Worth retrying: network trouble, 5xx, 429.
     Transient(String),
 }
@@ -248,9 +245,10 @@ impl Agent {
                     }));
                 }
                 Ok(None) => tracing::warn!("registration answered without a body; retrying"),
-                Err(CallError::Refused { status, message })
-                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =>
-                {
+                Err(CallError::Refused {
+                    status: StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN,
+                    message,
+                }) => {
                     return Err(AgentError::Unauthorized(message));
                 }
                 Err(CallError::Refused { message, .. }) => {
@@ -297,7 +295,10 @@ impl Agent {
                     backoff.reset();
                     continue;
                 }
-                Err(CallError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {
+                Err(CallError::Refused {
+                    status: StatusCode::NOT_FOUND,
+                    ..
+                }) => {
                     // The server forgot us (e.g. its database was reset): register again.
                     tracing::warn!("the server does not know this runner; registering again");
                     match self.register(&shutdown).await {
@@ -566,7 +567,10 @@ impl Agent {
                 .map(|s| match (&s.status, s.exit_code) {
                     (Status::TimedOut, _) => format!("step `{}` timed out", s.name),
                     (_, Some(code)) if s.oom_killed => {
-                        format!("step `{}` was killed (out of memory, exit code {code})", s.name)
+                        format!(
+                            "step `{}` was killed (out of memory, exit code {code})",
+                            s.name
+                        )
                     }
                     (_, Some(code)) => format!("step `{}` exited with code {code}", s.name),
                     (_, None) => format!("step `{}` failed", s.name),
@@ -611,8 +615,7 @@ impl Agent {
 
     async fn download_once(&self, ctx: &StageCtx, tar_path: &Path) -> Result<(), CallError> {
         let mut url = self.url(&protocol::source_path(ctx.stage_id))?;
-        url.query_pairs_mut()
-            .append_pair("lease_token", &ctx.token);
+        url.query_pairs_mut().append_pair("lease_token", &ctx.token);
         let resp = self
             .client
             .get(url)
@@ -648,7 +651,10 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, CallError> 
         return Ok(resp);
     }
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let message = body["error"]["message"]
         .as_str()
         .map(str::to_string)

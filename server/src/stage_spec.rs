@@ -158,7 +158,10 @@ mod tests {
             ("OTHER".to_string(), "other-value".to_string()),
         ]);
         let spec = stage_spec(&stage, "build", Source::Empty, &secrets, OnMissing::Error).unwrap();
-        assert_eq!(spec.steps[0].env.get("TOKEN").map(String::as_str), Some("s3cret"));
+        assert_eq!(
+            spec.steps[0].env.get("TOKEN").map(String::as_str),
+            Some("s3cret")
+        );
         assert_eq!(spec.secrets.len(), 2);
     }
 

@@ -24,11 +24,14 @@ struct Server {
     addr: SocketAddr,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     dir: tempfile::TempDir,
+    /// A throw-away PostgreSQL database to drop at the end: (admin URL, name).
+    postgres: Option<(String, String)>,
 }
 
 struct Opts {
     in_process: bool,
     heartbeat_secs: u64,
+    postgres: bool,
 }
 
 impl Default for Opts {
@@ -36,15 +39,60 @@ impl Default for Opts {
         Opts {
             in_process: true,
             heartbeat_secs: 3,
+            postgres: false,
         }
     }
+}
+
+fn postgres() -> Opts {
+    Opts {
+        postgres: true,
+        ..Opts::default()
+    }
+}
+
+/// Creates an empty database on the test PostgreSQL server (see tests/store.rs):
+/// (admin URL, database name, database URL).
+async fn create_postgres_db() -> (String, String, String) {
+    use sqlx::{Connection, Executor};
+    let admin = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin} ({e}); start it with `bash .ci/postgres.sh`"
+            )
+        });
+    let name = format!("slipway_test_{:016x}", rand::random::<u64>());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority..].find('/') {
+        Some(i) => &base[..authority + i],
+        None => base,
+    };
+    let url = match query {
+        "" => format!("{base}/{name}"),
+        q => format!("{base}/{name}?{q}"),
+    };
+    (admin, name, url)
 }
 
 impl Server {
     async fn start(opts: Opts) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let (postgres, database_url) = if opts.postgres {
+            let (admin, name, url) = create_postgres_db().await;
+            (Some((admin, name)), Some(url))
+        } else {
+            (None, None)
+        };
         let settings = Settings {
             data_dir: Some(dir.path().join("data")),
+            database_url,
             in_process_runner: Some(opts.in_process),
             heartbeat_timeout_secs: Some(opts.heartbeat_secs),
             runner_capacity: Some(2),
@@ -60,6 +108,7 @@ impl Server {
             addr,
             handle: Some(handle),
             dir,
+            postgres,
         }
     }
 
@@ -74,6 +123,13 @@ impl Server {
                 .await
                 .expect("server stops within 30s")
                 .unwrap()
+                .unwrap();
+        }
+        if let Some((admin, name)) = self.postgres.take() {
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
                 .unwrap();
         }
     }
@@ -200,7 +256,11 @@ impl Server {
                 return run;
             }
             if Instant::now() > deadline {
-                panic!("run {id} still {} after {within:?}: {}", run.status, self.dump(id).await);
+                panic!(
+                    "run {id} still {} after {within:?}: {}",
+                    run.status,
+                    self.dump(id).await
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -334,11 +394,20 @@ fn commit(path: &Path, files: &[(&str, &str)]) -> String {
     oid.to_string()
 }
 
+/// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
+/// target directory shared between branches, another build can replace the binary
+/// between this crate's build and the test run.
+fn slipway_bin() -> PathBuf {
+    std::env::var_os("SLIPWAY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
+}
+
 /// The real `slipway runner`, with its token in the environment.
 fn spawn_runner(server: &Server, token: &str, name: &str, extra: &[&str]) -> Child {
     let work = server.dir.path().join(format!("runner-{name}"));
     std::fs::create_dir_all(&work).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
+    Command::new(slipway_bin())
         .args(["runner", "--server", &server.url(), "--name", name])
         .arg("--work-dir")
         .arg(&work)
@@ -361,7 +430,16 @@ const FILES: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_process_runner_runs_a_pipeline() {
-    let server = Server::start(Opts::default()).await;
+    runs_a_pipeline(Opts::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_runner_runs_a_pipeline_on_postgres() {
+    runs_a_pipeline(postgres()).await
+}
+
+async fn runs_a_pipeline(opts: Opts) {
+    let server = Server::start(opts).await;
     let (repo, sha, _) = server.repo(FILES).await;
     let yaml = "\
 stages:
@@ -383,7 +461,12 @@ stages:
 ";
     let run = server.run(&repo, &sha, yaml, false).await;
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Success, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
 
     let build = server.stage(run.id, "build").await;
     assert_eq!(build.stage.status, StageStatus::Success);
@@ -402,18 +485,22 @@ stages:
         .logs
         .read(Server::key(&build.stage, 1), 1, 100)
         .unwrap();
-    let text: Vec<_> = count
-        .iter()
-        .map(|l| (String::from_utf8_lossy(&l.bytes).into_owned(), l.stream))
-        .collect();
+    // Two pipes: the order between stdout and stderr lines is not defined.
+    let of = |stream| {
+        count
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        text,
-        [
-            ("line 1".to_string(), server::logs::Stream::Stdout),
-            ("line 2".to_string(), server::logs::Stream::Stdout),
-            ("line 3".to_string(), server::logs::Stream::Stdout),
-            ("oops".to_string(), server::logs::Stream::Stderr),
-        ]
+        of(server::logs::Stream::Stdout),
+        ["line 1", "line 2", "line 3"]
+    );
+    assert_eq!(of(server::logs::Stream::Stderr), ["oops"]);
+    assert_eq!(
+        count.iter().map(|l| l.number).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
     );
     // The counters in the database agree with what is on disk.
     assert_eq!(build.steps[1].log_lines, 4);
@@ -431,7 +518,9 @@ stages:
     // The in-process runner registered under its own name.
     let runners = server.state.store.list_runners().await.unwrap();
     assert!(
-        runners.iter().any(|r| r.name.starts_with("in-process runner")),
+        runners
+            .iter()
+            .any(|r| r.name.starts_with("in-process runner")),
         "{runners:?}"
     );
     server.stop().await;
@@ -441,11 +530,24 @@ const SECRET: &str = "hunter2-s3cr3t-Value";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_are_injected_masked_and_withheld_from_forks() {
-    let server = Server::start(Opts::default()).await;
+    secrets_case(Opts::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_injected_masked_and_withheld_from_forks_on_postgres() {
+    secrets_case(postgres()).await
+}
+
+async fn secrets_case(opts: Opts) {
+    let server = Server::start(opts).await;
     let (repo, sha, _) = server.repo(FILES).await;
     server.secret(&repo, "API_TOKEN", SECRET, false).await;
-    server.secret(&repo, "PR_OK", "pr-visible-value", true).await;
-    server.secret(&repo, "UNUSED", "never-sent-value", false).await;
+    server
+        .secret(&repo, "PR_OK", "pr-visible-value", true)
+        .await;
+    server
+        .secret(&repo, "UNUSED", "never-sent-value", false)
+        .await;
     let yaml = "\
 on: { push: {}, pull_request: {} }
 stages:
@@ -469,18 +571,31 @@ stages:
 ";
     let run = server.run(&repo, &sha, yaml, false).await;
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Success, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
     let stage = server.stage(run.id, "use").await;
     let text = server.log_text(&stage.stage, 0);
     assert!(text.contains("has-secret"), "{text}");
     assert!(text.contains("injected-ok"), "{text}");
     assert!(text.contains("raw: "), "{text}");
     assert!(text.contains("split: "), "{text}");
-    assert!(text.contains("\n0"), "an unreferenced secret reached the step: {text}");
+    assert!(
+        text.contains("\n0"),
+        "an unreferenced secret reached the step: {text}"
+    );
 
     let fork = server.run(&repo, &sha, yaml, true).await;
     let fork = server.wait_run(fork.id, Duration::from_secs(60)).await;
-    assert_eq!(fork.status, RunStatus::Success, "{}", server.dump(fork.id).await);
+    assert_eq!(
+        fork.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(fork.id).await
+    );
     let stage = server.stage(fork.id, "use").await;
     let text = server.log_text(&stage.stage, 0);
     assert!(text.contains("no-secret"), "a fork saw a secret: {text}");
@@ -492,8 +607,16 @@ stages:
     let stored = server.all_log_bytes();
     let stored = String::from_utf8_lossy(&stored);
     let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
-    for needle in [SECRET, b64.trim_end_matches('='), "pr-visible-value", "s3cr3t"] {
-        assert!(!stored.contains(needle), "{needle:?} is in the stored logs:\n{stored}");
+    for needle in [
+        SECRET,
+        b64.trim_end_matches('='),
+        "pr-visible-value",
+        "s3cr3t",
+    ] {
+        assert!(
+            !stored.contains(needle),
+            "{needle:?} is in the stored logs:\n{stored}"
+        );
     }
     server.stop().await;
 }
@@ -552,7 +675,12 @@ stages:
 ";
     let run = server.run(&repo, &sha, yaml, false).await;
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Failure, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Failure,
+        "{}",
+        server.dump(run.id).await
+    );
     let build = server.stage(run.id, "build").await;
     assert_eq!(build.stage.status, StageStatus::Failure);
     assert_eq!(
@@ -599,7 +727,14 @@ stages:
         .wait_for_log(&slow.stage, 0, "started", Duration::from_secs(30))
         .await;
     let cancelled_at = Instant::now();
-    assert!(server.state.store.cancel_run(run.id, "cancelled by a test").await.unwrap());
+    assert!(
+        server
+            .state
+            .store
+            .cancel_run(run.id, "cancelled by a test")
+            .await
+            .unwrap()
+    );
     let stages = server
         .wait_stages_settled(run.id, Duration::from_secs(30))
         .await;
@@ -642,9 +777,13 @@ async fn stale_lease_tokens_are_refused() {
     };
 
     // No token / a wrong token: 401, nothing registered.
-    let r = post(REGISTER.into(), serde_json::json!({"name": "x", "capacity": 1}), None)
-        .await
-        .unwrap();
+    let r = post(
+        REGISTER.into(),
+        serde_json::json!({"name": "x", "capacity": 1}),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 401);
     let r = post(
         REGISTER.into(),
@@ -739,7 +878,9 @@ async fn stale_lease_tokens_are_refused() {
         ),
     ];
     for (path, body) in &stale_requests {
-        let r = post(path.clone(), body.clone(), Some(&token)).await.unwrap();
+        let r = post(path.clone(), body.clone(), Some(&token))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 409, "{path}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "lease_lost", "{path}");
@@ -766,14 +907,22 @@ async fn stale_lease_tokens_are_refused() {
             .unwrap();
         assert_eq!(r.status(), 204, "starting twice is acknowledged");
     }
-    let r = post(step_path(id, 0, "logs"), lines(1, &["a", "b", "c"]), Some(&token))
-        .await
-        .unwrap();
+    let r = post(
+        step_path(id, 0, "logs"),
+        lines(1, &["a", "b", "c"]),
+        Some(&token),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.json::<LogAck>().await.unwrap().lines, 3);
     // A resend overlapping what is stored: only "d" is new.
-    let r = post(step_path(id, 0, "logs"), lines(2, &["b", "c", "d"]), Some(&token))
-        .await
-        .unwrap();
+    let r = post(
+        step_path(id, 0, "logs"),
+        lines(2, &["b", "c", "d"]),
+        Some(&token),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.json::<LogAck>().await.unwrap().lines, 4);
     // A gap is refused.
     let r = post(step_path(id, 0, "logs"), lines(9, &["z"]), Some(&token))
@@ -793,7 +942,13 @@ async fn stale_lease_tokens_are_refused() {
         let s = server.state.store.get_stage(id).await.unwrap();
         if s.status == StageStatus::Queued {
             assert_eq!(s.attempt, 2);
-            assert!(s.reason.as_deref().unwrap_or_default().contains("runner lost"), "{s:?}");
+            assert!(
+                s.reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("runner lost"),
+                "{s:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "lease never expired: {s:?}");
@@ -888,9 +1043,17 @@ async fn a_remote_runner_process_runs_stages() {
         )
         .await;
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Success, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
     let one = server.stage(run.id, "one").await;
-    assert_eq!(server.log_lines(&one.stage, 0), ["hello from the repository"]);
+    assert_eq!(
+        server.log_lines(&one.stage, 0),
+        ["hello from the repository"]
+    );
     let runners = server.state.store.list_runners().await.unwrap();
     assert_eq!(one.stage.runner_id, Some(runners[0].id));
     assert_eq!(runners[0].name, "remote-1");
@@ -917,7 +1080,7 @@ async fn a_runner_without_a_valid_token_exits_with_an_error() {
     let mut runner = spawn_runner(&server, "slp_not-a-token", "bad", &[]);
     let status = wait_exit(&mut runner, Duration::from_secs(15));
     assert!(!status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+    let out = Command::new(slipway_bin())
         .args(["runner", "--server", &server.url()])
         .env_remove("SLIPWAY_RUNNER_TOKEN")
         .output()
@@ -938,6 +1101,7 @@ async fn a_killed_runner_is_replaced_within_the_heartbeat_timeout() {
     let server = Server::start(Opts {
         in_process: false,
         heartbeat_secs: 3,
+        ..Opts::default()
     })
     .await;
     let (repo, sha, _) = server.repo(FILES).await;
@@ -998,13 +1162,22 @@ stages:
     assert!(took < Duration::from_secs(8), "re-queued after {took:?}");
     assert_eq!(requeued.attempt, 2);
     assert!(
-        requeued.reason.as_deref().unwrap_or_default().contains("runner lost"),
+        requeued
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runner lost"),
         "{requeued:?}"
     );
 
     let mut second = spawn_runner(&server, &token, "second", &[]);
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Success, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
     let flaky = server.stage(run.id, "flaky").await;
     assert_eq!(flaky.stage.attempt, 2);
     // Both attempts' output is kept, the retry's after the first's.
@@ -1013,7 +1186,11 @@ stages:
         ["first attempt", "second attempt"]
     );
     let stages = server.state.store.list_stages(run.id).await.unwrap();
-    assert!(stages.iter().all(|s| s.stage.status != StageStatus::Running));
+    assert!(
+        stages
+            .iter()
+            .all(|s| s.stage.status != StageStatus::Running)
+    );
     let _ = second.kill();
     let _ = second.wait();
     server.stop().await;
@@ -1026,6 +1203,7 @@ async fn a_stopping_runner_hands_its_stage_back() {
     let server = Server::start(Opts {
         in_process: false,
         heartbeat_secs: 30,
+        ..Opts::default()
     })
     .await;
     let (repo, sha, _) = server.repo(FILES).await;
@@ -1062,7 +1240,12 @@ async fn a_stopping_runner_hands_its_stage_back() {
     );
     let mut second = spawn_runner(&server, &token, "second", &[]);
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
-    assert_eq!(run.status, RunStatus::Success, "{}", server.dump(run.id).await);
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
     let _ = second.kill();
     let _ = second.wait();
     server.stop().await;

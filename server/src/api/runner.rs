@@ -45,7 +45,7 @@ use crate::store::{
 };
 
 /// While a lease request waits, how often it looks at the queue even without a nudge.
-const LEASE_POLL: Duration = Duration::from_secs(1);
+const LEASE_POLL: Duration = Duration::from_secs(2);
 /// Longest reason stored for a stage (runner-supplied text).
 const MAX_REASON_CHARS: usize = 2000;
 
@@ -55,9 +55,15 @@ pub fn router() -> Router<AppState> {
         .route(crate::protocol::LEASE, post(lease))
         .route("/api/runner/stages/{id}/source", get(source))
         .route("/api/runner/stages/{id}/heartbeat", post(heartbeat))
-        .route("/api/runner/stages/{id}/steps/{idx}/start", post(step_start))
+        .route(
+            "/api/runner/stages/{id}/steps/{idx}/start",
+            post(step_start),
+        )
         .route("/api/runner/stages/{id}/steps/{idx}/logs", post(step_logs))
-        .route("/api/runner/stages/{id}/steps/{idx}/finish", post(step_finish))
+        .route(
+            "/api/runner/stages/{id}/steps/{idx}/finish",
+            post(step_finish),
+        )
         .route("/api/runner/stages/{id}/finish", post(stage_finish))
 }
 
@@ -227,11 +233,7 @@ async fn prepare(
         }
     }
     let repo = state.store.get_repo(run.repo_id).await?;
-    let keys: Vec<StepKey> = lease
-        .steps
-        .iter()
-        .map(|s| step_key(stage, s.idx))
-        .collect();
+    let keys: Vec<StepKey> = lease.steps.iter().map(|s| step_key(stage, s.idx)).collect();
     let logs = state.clone();
     let log_offsets = tokio::task::spawn_blocking(move || {
         keys.into_iter()
@@ -315,8 +317,10 @@ async fn source(
             Ok(m) if m.has_commit(&sha).unwrap_or(false) => Ok(m),
             // Normally the planner fetched the commit; if the mirror lost it (or was
             // wiped), fetch it again rather than fail the stage.
-            _ => Mirror::open_or_init(&dir, &repo.clone_url)
-                .and_then(|m| m.ensure_commit(&sha, &[run.git_ref.clone()]).map(|()| m)),
+            _ => Mirror::open_or_init(&dir, &repo.clone_url).and_then(|m| {
+                m.ensure_commit(&sha, std::slice::from_ref(&run.git_ref))
+                    .map(|()| m)
+            }),
         };
         let mirror = match opened {
             Ok(m) => {
@@ -471,7 +475,9 @@ async fn step_logs(
             .decode(&l.data_b64)
             .map_err(|_| ApiError::bad_request("data_b64 is not valid base64"))?;
         if bytes.contains(&b'\n') {
-            return Err(ApiError::bad_request("a log line may not contain a newline"));
+            return Err(ApiError::bad_request(
+                "a log line may not contain a newline",
+            ));
         }
         lines.push(NewLine {
             time_ms: l.time_ms,

@@ -69,15 +69,10 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating work dir {}", dir.display()))?;
     }
     let backend = Arc::new(runner::LocalBackend::new(args.work_dir.clone()));
-    let mut agent = Agent::new(
-        server,
-        token,
-        args.name.unwrap_or_else(hostname),
-        backend,
-    )
-    .with_capacity(args.capacity)
-    .with_labels(args.labels)
-    .with_shutdown_grace(Duration::from_secs(args.shutdown_grace));
+    let mut agent = Agent::new(server, token, args.name.unwrap_or_else(hostname), backend)
+        .with_capacity(args.capacity)
+        .with_labels(args.labels)
+        .with_shutdown_grace(Duration::from_secs(args.shutdown_grace));
     if let Some(dir) = args.work_dir {
         agent = agent.with_work_dir(dir);
     }
