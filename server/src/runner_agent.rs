@@ -56,6 +56,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Once shutting down, how long to keep retrying a report before leaving the stage to
+/// lease expiry.
+const SHUTDOWN_GIVE_UP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -369,14 +372,18 @@ impl Agent {
             .map_err(|e| CallError::Transient(format!("unreadable answer: {e}")))
     }
 
-    /// [`Agent::call`], retrying transient failures with backoff for up to `give_up`.
+    /// [`Agent::call`], retrying transient failures with backoff for up to `give_up` —
+    /// or for [`SHUTDOWN_GIVE_UP`] once `shutdown` is cancelled, so a runner whose
+    /// server is gone does not hold up its own shutdown.
     async fn call_retrying<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         give_up: Duration,
+        shutdown: &CancellationToken,
     ) -> Result<Option<R>, CallError> {
-        let deadline = tokio::time::Instant::now() + give_up;
+        let start = tokio::time::Instant::now();
+        let mut deadline = start + give_up;
         let mut backoff = Backoff::new();
         loop {
             match self
@@ -384,12 +391,20 @@ impl Agent {
                 .await
             {
                 Err(CallError::Transient(e)) => {
+                    let now = tokio::time::Instant::now();
+                    if shutdown.is_cancelled() {
+                        deadline = deadline.min(now + SHUTDOWN_GIVE_UP);
+                    }
                     let wait = backoff.next();
-                    if tokio::time::Instant::now() + wait > deadline {
+                    if now + wait > deadline {
                         return Err(CallError::Transient(e));
                     }
                     tracing::debug!(path, error = %e, "request failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        // Re-evaluate the deadline at once.
+                        _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+                    }
                 }
                 other => return other,
             }
@@ -419,6 +434,7 @@ impl Agent {
             lost: AtomicBool::new(false),
             // Past this, the lease has expired anyway: keep nothing pending longer.
             give_up: session.lease + session.heartbeat,
+            shutdown: shutdown.clone(),
         });
         let cancel = CancellationToken::new();
         let done = CancellationToken::new();
@@ -459,7 +475,7 @@ impl Agent {
         if ctx.lost.load(Ordering::SeqCst) {
             tracing::warn!(
                 stage_id = lease.stage_id,
-                "lease lost; the stage was abandoned"
+                "stage abandoned: its lease is lost or the server stayed unreachable"
             );
             return;
         }
@@ -468,11 +484,6 @@ impl Agent {
             status = WireStatus::Error;
             reason = Some("runner shut down before the stage finished".into());
         }
-        let give_up = if shutdown.is_cancelled() {
-            Duration::from_secs(5)
-        } else {
-            ctx.give_up
-        };
         let finish = StageFinish {
             lease_token: ctx.token.clone(),
             status,
@@ -482,7 +493,8 @@ impl Agent {
             .call_retrying::<_, serde_json::Value>(
                 &protocol::finish_path(lease.stage_id),
                 &finish,
-                give_up,
+                ctx.give_up,
+                shutdown,
             )
             .await
         {
@@ -687,9 +699,11 @@ struct StageCtx {
     stage_id: i64,
     token: String,
     offsets: Vec<u64>,
-    /// Set once the server said the lease is gone: post nothing more.
+    /// Set once the lease is gone (or the server stayed unreachable past it): post
+    /// nothing more.
     lost: AtomicBool,
     give_up: Duration,
+    shutdown: CancellationToken,
 }
 
 impl StageCtx {
@@ -708,7 +722,11 @@ impl StageCtx {
         if self.is_lost() {
             return None;
         }
-        match self.agent.call_retrying(path, body, self.give_up).await {
+        match self
+            .agent
+            .call_retrying(path, body, self.give_up, &self.shutdown)
+            .await
+        {
             Ok(r) => r,
             Err(CallError::Refused { status, message }) => {
                 // A bug on one side; dropping this one update beats killing the stage.

@@ -83,7 +83,19 @@ async fn create_postgres_db() -> (String, String, String) {
 
 impl Server {
     async fn start(opts: Opts) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), opts).await
+    }
+
+    /// A server on `dir` (an existing data dir is reused, like a restart).
+    async fn start_in(dir: tempfile::TempDir, opts: Opts) -> Server {
+        // Server logs in the captured output of a failing test (RUST_LOG, default info).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
         let (postgres, database_url) = if opts.postgres {
             let (admin, name, url) = create_postgres_db().await;
             (Some((admin, name)), Some(url))
@@ -116,7 +128,12 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    /// Stops the server and hands back its directory for a restart.
+    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
         self.state.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             tokio::time::timeout(Duration::from_secs(30), h)
@@ -132,6 +149,8 @@ impl Server {
                 .await
                 .unwrap();
         }
+        let Server { dir, .. } = self;
+        dir
     }
 
     async fn runner_token(&self, name: &str) -> String {
@@ -1193,6 +1212,45 @@ stages:
     );
     let _ = second.kill();
     let _ = second.wait();
+    server.stop().await;
+}
+
+/// The server stops in the middle of a stage run by its in-process runner: shutdown
+/// does not hang on it, and after a restart on the same data dir the stage runs again
+/// and the run finishes; nothing stays `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_finishes_what_its_runner_was_running() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let mark = server.dir.path().join("ran-once");
+    let yaml = format!(
+        "stages:\n  s:\n    steps:\n      - run: |\n          if [ -e '{m}' ]; then echo again; else touch '{m}'; echo once; sleep 300; fi\n",
+        m = mark.display()
+    );
+    let run = server.run(&repo, &sha, &yaml, false).await;
+    let s = server.stage(run.id, "s").await;
+    server
+        .wait_for_log(&s.stage, 0, "once", Duration::from_secs(60))
+        .await;
+    let stopping = Instant::now();
+    let dir = server.stop_keeping_dir().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+
+    let server = Server::start_in(dir, Opts::default()).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let s = server.stage(run.id, "s").await;
+    assert_eq!(s.stage.attempt, 2);
+    assert_eq!(server.log_lines(&s.stage, 0), ["once", "again"]);
     server.stop().await;
 }
 
