@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipelines::{Plan, PlannedKind, PlannedStage};
-use runner::{Backend, RunOptions, Source, StageOutcome, StageSpec, Status, StepSpec};
+use pipelines::{Plan, PlannedStage};
+use runner::{Backend, RunOptions, Source, StageOutcome, StageSpec, Status};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::stage_spec::{OnMissing, SpecError, stage_spec};
 
 pub struct ExecOptions {
     /// How many stages may run at once (at least 1).
@@ -252,63 +254,22 @@ async fn run_with_retries(
 }
 
 fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, Error> {
-    let unsupported = match &stage.kind {
-        PlannedKind::Run => None,
-        PlannedKind::Scan { .. } => Some(
-            "kind `scan` (built-in secret scan and SARIF analysis) runs on the server; `slipway exec` cannot run it yet",
-        ),
-        PlannedKind::Image { .. } => Some(
-            "kind `image` builds and pushes through the docker or kubernetes backend; the local backend cannot build images",
-        ),
-        PlannedKind::Deploy { .. } => Some(
-            "kind `deploy` drives a canary rollout through the kubernetes backend; the local backend cannot deploy",
-        ),
-    };
-    if let Some(reason) = unsupported {
-        return Ok(Work::Unsupported(reason.to_string()));
-    }
-    let secret = |env_var: &String, name: &String| -> Result<(String, String), Error> {
-        let value = opts.secrets.get(name).ok_or_else(|| Error::MissingSecret {
-            stage: id.to_string(),
-            secret: name.clone(),
-        })?;
-        Ok((env_var.clone(), value.clone()))
-    };
-    let mut env = stage.env.clone();
-    for (var, name) in &stage.secrets {
-        let (k, v) = secret(var, name)?;
-        env.insert(k, v);
-    }
-    let mut steps = Vec::new();
-    for step in &stage.steps {
-        let mut step_env = step.env.clone();
-        for (var, name) in &step.secrets {
-            let (k, v) = secret(var, name)?;
-            step_env.insert(k, v);
+    match stage_spec(
+        stage,
+        id,
+        opts.source.clone(),
+        &opts.secrets,
+        OnMissing::Error,
+    ) {
+        Ok(spec) => Ok(Work::Run {
+            spec,
+            retries: stage.retry,
+        }),
+        Err(SpecError::Unsupported(reason)) => Ok(Work::Unsupported(reason)),
+        Err(SpecError::MissingSecret { stage, secret }) => {
+            Err(Error::MissingSecret { stage, secret })
         }
-        steps.push(StepSpec {
-            name: step.name.clone(),
-            script: step.script.clone(),
-            env: step_env,
-            timeout: step.timeout_secs.map(Duration::from_secs),
-        });
     }
-    let spec = StageSpec {
-        id: id.to_string(),
-        image: stage.image.clone(),
-        source: opts.source.clone(),
-        env,
-        steps,
-        timeout: stage.timeout_secs.map(Duration::from_secs),
-        artifacts: stage.artifacts.clone(),
-        // Mask every secret we were given, not just the referenced ones: a step could
-        // read a file or variable that happens to hold another.
-        secrets: opts.secrets.values().cloned().collect(),
-    };
-    Ok(Work::Run {
-        spec,
-        retries: stage.retry,
-    })
 }
 
 /// A directory name for a stage id such as `test (features=full)`.

@@ -12,10 +12,13 @@ use crate::state::AppState;
     reason = "one line per worker keeps this list easy to extend and merge"
 )]
 pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
-    let _ = addr;
     let mut workers = Vec::new();
     workers.push(crate::planner::spawn(state.clone()));
     workers.push(crate::cron::spawn(state.clone()));
     workers.push(crate::status::spawn(state.clone()));
+    workers.push(crate::scheduler::spawn(state.clone()));
+    if state.config.in_process_runner {
+        workers.push(crate::runner_agent::spawn_in_process(state.clone(), addr));
+    }
     workers
 }

@@ -582,7 +582,12 @@ async fn several_pipeline_files_prefix_stage_keys() {
 /// planned at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
-    let env = env().await;
+    // No runner: this test is about planning, so runs must stay `running` to be checked.
+    let env = env_with(Settings {
+        in_process_runner: Some(false),
+        ..Settings::default()
+    })
+    .await;
     let state = env.state.clone();
     let mut git = GitForge::new();
     let d = adapt_fixture(

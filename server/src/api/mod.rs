@@ -9,6 +9,7 @@ pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod repos;
+pub mod runner;
 pub mod runs;
 pub mod secrets;
 pub mod tokens;
@@ -30,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(openapi::router())
         .merge(metrics::router())
+        .merge(runner::router())
         // Keep this last: `route_layer` wraps only the routes added above it. It counts
         // requests by route template (known only to matched routes).
         .route_layer(axum::middleware::from_fn_with_state(

@@ -5,6 +5,7 @@ mod diagnostics;
 mod exec;
 pub mod hook;
 mod output;
+mod runner;
 mod validate;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
     /// Trigger runs through a running server's API.
     #[command(subcommand)]
     Run(admin::RunCommand),
+    /// Run stages for a Slipway server on this host (token from SLIPWAY_RUNNER_TOKEN).
+    Runner(runner::RunnerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,5 +120,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secret(cmd) => admin::secret(cmd),
         Command::Token(cmd) => admin::token(cmd),
         Command::Run(cmd) => admin::run(cmd),
+        Command::Runner(args) => runner::run(args),
     }
 }

@@ -1,0 +1,615 @@
+//! The runner protocol, server side (wire types and the route table: [`crate::protocol`]).
+//!
+//! Runners — the in-process one and `slipway runner` on other hosts alike — register,
+//! long-poll for a stage, download its source, stream log batches and step results, and
+//! report how the stage ended. Every stage-scoped request must present the stage's
+//! current lease token; a stale one (the lease expired and was re-queued, the stage was
+//! finished) gets `409 lease_lost`, and the runner drops the work.
+//!
+//! Secrets are resolved here, when a stage is handed out: only the secrets the stage
+//! references are decrypted and sent. For a pull request from a fork (`run.fork`), a
+//! secret is withheld unless it is marked `allow_pull_requests` — `fork` is the
+//! forge's fact about where the code comes from; `run.trusted` is left for privileged
+//! settings. A referenced secret that is not defined fails the stage at once with a
+//! reason saying so, instead of running steps with an empty variable.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use pipelines::PlannedStage;
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+
+use super::auth::RunnerAuth;
+use super::error::{ApiError, ApiResult};
+use crate::git::Mirror;
+use crate::logs::{NewLine, StepKey};
+use crate::protocol::{
+    HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseRequest, LeaseResponse, LeaseToken,
+    LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished, StepFinish,
+};
+use crate::stage_spec::referenced_secrets;
+use crate::state::AppState;
+use crate::store::{
+    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus,
+};
+
+/// While a lease request waits, how often it looks at the queue even without a nudge.
+const LEASE_POLL: Duration = Duration::from_secs(2);
+/// Longest reason stored for a stage (runner-supplied text).
+const MAX_REASON_CHARS: usize = 2000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(crate::protocol::REGISTER, post(register))
+        .route(crate::protocol::LEASE, post(lease))
+        .route("/api/runner/stages/{id}/source", get(source))
+        .route("/api/runner/stages/{id}/heartbeat", post(heartbeat))
+        .route(
+            "/api/runner/stages/{id}/steps/{idx}/start",
+            post(step_start),
+        )
+        .route("/api/runner/stages/{id}/steps/{idx}/logs", post(step_logs))
+        .route(
+            "/api/runner/stages/{id}/steps/{idx}/finish",
+            post(step_finish),
+        )
+        .route("/api/runner/stages/{id}/finish", post(stage_finish))
+}
+
+/// How often runners heartbeat: three chances before the lease runs out.
+pub fn heartbeat_interval(timeout: Duration) -> Duration {
+    (timeout / 3).max(Duration::from_millis(500))
+}
+
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn register(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> ApiResult<Json<RegisterResponse>> {
+    let req = json(body)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::unprocessable(
+            "runner name must be 1 to 200 characters",
+        ));
+    }
+    if !(1..=10_000).contains(&req.capacity) {
+        return Err(ApiError::unprocessable(
+            "capacity must be between 1 and 10000",
+        ));
+    }
+    let runner = state
+        .store
+        .register_runner(name, &req.labels, req.capacity)
+        .await?;
+    let timeout = state.config.heartbeat_timeout;
+    tracing::info!(runner_id = runner.id, name = %runner.name, capacity = req.capacity, "runner registered");
+    Ok(Json(RegisterResponse {
+        runner_id: runner.id,
+        heartbeat_secs: heartbeat_interval(timeout).as_secs().max(1),
+        lease_secs: timeout.as_secs().max(1),
+    }))
+}
+
+/// Hands out the oldest runnable stage, waiting up to [`LONG_POLL_SECS`] for one.
+async fn lease(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let req = json(body)?;
+    // Unknown runner id → 404: the runner registers again.
+    state.store.touch_runner(req.runner_id).await?;
+    let limits = Limits {
+        global: state.config.max_running,
+        per_repo: state.config.max_running_per_repo,
+    };
+    let deadline = Instant::now() + Duration::from_secs(LONG_POLL_SECS);
+    loop {
+        // Register interest before looking, so a nudge between the look and the wait is
+        // not lost.
+        let notified = state.wake.queue.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if state.shutdown.is_cancelled() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        let lease_for = state.config.heartbeat_timeout;
+        if let Some(lease) = state
+            .store
+            .lease_stage(req.runner_id, lease_for, &limits)
+            .await?
+        {
+            state.metrics.stage_leased();
+            match prepare(&state, req.runner_id, lease).await? {
+                Some(resp) => return Ok(Json(resp).into_response()),
+                // The stage was refused (e.g. an undefined secret); look again.
+                None => continue,
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until((now + LEASE_POLL).min(deadline)) => {}
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+/// Turns a fresh lease into what the runner needs, or finishes the stage at once when
+/// it cannot run (`None`).
+async fn prepare(
+    state: &AppState,
+    runner_id: RunnerId,
+    lease: Lease,
+) -> ApiResult<Option<LeaseResponse>> {
+    let stage = &lease.stage;
+    let run = &lease.run;
+    let token = lease.token.as_str();
+    let refuse = |status: StageStatus, reason: String| async move {
+        tracing::warn!(stage_id = stage.id, run_id = run.id, reason = %reason, "stage refused before it ran");
+        state
+            .store
+            .finish_stage(
+                stage.id,
+                token,
+                StageOutcome {
+                    status,
+                    reason: Some(reason),
+                },
+            )
+            .await?;
+        state.wake.queue.notify_waiters();
+        ApiResult::Ok(None)
+    };
+    let planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                StageStatus::Error,
+                format!("the stage's plan cannot be read: {e}"),
+            )
+            .await;
+        }
+    };
+    let referenced = referenced_secrets(&planned);
+    let mut secrets = BTreeMap::new();
+    let mut withheld = 0usize;
+    if !referenced.is_empty() {
+        let stored = state.store.get_secret_values_enc(run.repo_id).await?;
+        for name in &referenced {
+            let Some(secret) = stored.iter().find(|s| &s.name == name) else {
+                return refuse(
+                    StageStatus::Failure,
+                    format!("secret `{name}` is not defined for this repository"),
+                )
+                .await;
+            };
+            if run.fork && !secret.allow_pull_requests {
+                withheld += 1;
+                continue;
+            }
+            let aad = crate::crypto::secret_aad(run.repo_id, name);
+            let value = match state.secret_box.open(&secret.value_enc, &aad) {
+                Ok(plain) => match std::str::from_utf8(&plain) {
+                    Ok(text) => text.to_string(),
+                    Err(_) => {
+                        return refuse(
+                            StageStatus::Failure,
+                            format!("secret `{name}` is not valid UTF-8"),
+                        )
+                        .await;
+                    }
+                },
+                Err(_) => {
+                    return refuse(
+                        StageStatus::Error,
+                        format!(
+                            "secret `{name}` cannot be decrypted with the server's key (was the key changed?)"
+                        ),
+                    )
+                    .await;
+                }
+            };
+            secrets.insert(name.clone(), value);
+        }
+    }
+    let repo = state.store.get_repo(run.repo_id).await?;
+    let keys: Vec<StepKey> = lease.steps.iter().map(|s| step_key(stage, s.idx)).collect();
+    let logs = state.clone();
+    let log_offsets = tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .map(|k| logs.logs.count(k))
+            .collect::<Result<Vec<u64>, _>>()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    tracing::info!(
+        stage_id = stage.id,
+        run_id = run.id,
+        runner_id,
+        attempt = stage.attempt,
+        secrets = secrets.len(),
+        withheld,
+        "stage leased"
+    );
+    Ok(Some(LeaseResponse {
+        stage_id: stage.id,
+        run_id: run.id,
+        lease_token: lease.token.clone(),
+        attempt: stage.attempt,
+        stage_key: stage.key.clone(),
+        spec: planned,
+        steps: lease.steps.iter().map(|s| s.name.clone()).collect(),
+        log_offsets,
+        secrets,
+        run_url: format!(
+            "{}/repos/{}/runs/{}",
+            state.config.public_url, repo.name, run.number
+        ),
+        repo: repo.name,
+        sha: run.sha.clone(),
+        git_ref: run.git_ref.clone(),
+        run_number: run.number,
+    }))
+}
+
+fn step_key(stage: &Stage, idx: i64) -> StepKey {
+    StepKey {
+        run: stage.run_id,
+        stage: stage.id,
+        step: u32::try_from(idx).unwrap_or(u32::MAX),
+    }
+}
+
+/// The stage, if `token` is its current lease (else `409 lease_lost`).
+async fn leased(state: &AppState, id: StageId, token: &str) -> ApiResult<Stage> {
+    let stage = state.store.get_stage(id).await?;
+    let holds = stage.status == StageStatus::Running
+        && stage
+            .lease_token
+            .as_deref()
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())));
+    if holds {
+        Ok(stage)
+    } else {
+        Err(crate::store::Error::LeaseLost.into())
+    }
+}
+
+/// Streams a tar of the run's commit, straight from the mirror: a blocking task writes
+/// the archive into a small bounded channel that the response body drains, so memory
+/// stays flat whatever the repository's size.
+async fn source(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path(id): Path<StageId>,
+    Query(q): Query<LeaseToken>,
+) -> ApiResult<Response> {
+    let stage = leased(&state, id, &q.lease_token).await?;
+    let run = state.store.get_run(stage.run_id).await?;
+    let repo = state.store.get_repo(run.repo_id).await?;
+    let dir = state.mirror_dir(repo.id);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sha = run.sha.clone();
+    tokio::task::spawn_blocking(move || {
+        let opened = match Mirror::open(&dir) {
+            Ok(m) if m.has_commit(&sha).unwrap_or(false) => Ok(m),
+            // Normally the planner fetched the commit; if the mirror lost it (or was
+            // wiped), fetch it again rather than fail the stage.
+            _ => Mirror::open_or_init(&dir, &repo.clone_url).and_then(|m| {
+                m.ensure_commit(&sha, std::slice::from_ref(&run.git_ref))
+                    .map(|()| m)
+            }),
+        };
+        let mirror = match opened {
+            Ok(m) => {
+                let _ = ready_tx.send(Ok(()));
+                m
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = mirror.archive(&sha, writer) {
+            tracing::warn!(stage_id = id, error = %e, "streaming the source archive failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other("archive failed")));
+        }
+    });
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_retryable() => return Err(ApiError::unavailable(e)),
+        Ok(Err(e)) => return Err(ApiError::internal(e)),
+        Err(e) => return Err(ApiError::internal(e)),
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// A `Write` that sends 64 KiB chunks into a bounded channel (blocking when the
+/// reader is slow), for use on a blocking thread.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path(id): Path<StageId>,
+    body: Result<Json<LeaseToken>, JsonRejection>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let req = json(body)?;
+    let action = match state
+        .store
+        .heartbeat(id, &req.lease_token, state.config.heartbeat_timeout)
+        .await?
+    {
+        Heartbeat::Ok => HeartbeatAction::Continue,
+        Heartbeat::Cancel => HeartbeatAction::Cancel,
+        Heartbeat::Lost => return Err(crate::store::Error::LeaseLost.into()),
+    };
+    Ok(Json(HeartbeatResponse { action }))
+}
+
+async fn step_start(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path((id, idx)): Path<(StageId, u32)>,
+    body: Result<Json<LeaseToken>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let req = json(body)?;
+    match state
+        .store
+        .start_step(id, &req.lease_token, i64::from(idx))
+        .await
+    {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        // Already started: a resent request whose first answer was lost.
+        Err(crate::store::Error::Conflict(_)) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Serialises "count, append, count" per step, so the log counters in the database
+/// only grow by lines that were really new even when a resent batch races the
+/// original. Striped: bounded memory, and two steps rarely share a stripe.
+static LOG_LOCKS: [std::sync::Mutex<()>; 32] = [const { std::sync::Mutex::new(()) }; 32];
+
+fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
+    let h = (key.run as u64)
+        .wrapping_mul(31)
+        .wrapping_add(key.stage as u64)
+        .wrapping_mul(31)
+        .wrapping_add(u64::from(key.step));
+    &LOG_LOCKS[(h % LOG_LOCKS.len() as u64) as usize]
+}
+
+async fn step_logs(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path((id, idx)): Path<(StageId, u32)>,
+    body: Result<Json<LogBatch>, JsonRejection>,
+) -> ApiResult<Json<LogAck>> {
+    let req = json(body)?;
+    let stage = leased(&state, id, &req.lease_token).await?;
+    let step = state
+        .store
+        .list_steps(id)
+        .await?
+        .into_iter()
+        .find(|s| s.idx == i64::from(idx))
+        .ok_or_else(|| ApiError::not_found(format!("step {idx} of stage {id}")))?;
+    if req.first_line == 0 {
+        return Err(ApiError::bad_request("first_line is 1-based"));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for l in &req.lines {
+        let bytes = b64
+            .decode(&l.data_b64)
+            .map_err(|_| ApiError::bad_request("data_b64 is not valid base64"))?;
+        if bytes.contains(&b'\n') {
+            return Err(ApiError::bad_request(
+                "a log line may not contain a newline",
+            ));
+        }
+        lines.push(NewLine {
+            time_ms: l.time_ms,
+            stream: l.stream,
+            bytes,
+        });
+    }
+    let key = step_key(&stage, i64::from(idx));
+    let first = req.first_line;
+    let st = state.clone();
+    let appended = tokio::task::spawn_blocking(move || {
+        let _guard = log_lock(key).lock().unwrap_or_else(|e| e.into_inner());
+        let before = st.logs.count(key)?;
+        let after = st.logs.append(key, first, &lines)?;
+        // Lines `first..` of the batch beyond what was stored before are new.
+        let skip = (before + 1).saturating_sub(first) as usize;
+        let fresh = lines.get(skip..).unwrap_or_default();
+        let bytes: u64 = fresh.iter().map(|l| l.bytes.len() as u64 + 1).sum();
+        Ok::<_, crate::logs::Error>((after, (after - before), bytes))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (total, fresh_lines, fresh_bytes) = match appended {
+        Ok(v) => v,
+        Err(crate::logs::Error::Gap { first, have }) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "log_gap",
+                format!("batch starts at line {first} but the step has {have} lines"),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if fresh_lines > 0 {
+        state
+            .store
+            .add_step_log_stats(step.id, fresh_lines as i64, fresh_bytes as i64)
+            .await?;
+    }
+    Ok(Json(LogAck { lines: total }))
+}
+
+async fn step_finish(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path((id, idx)): Path<(StageId, u32)>,
+    body: Result<Json<StepFinish>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let req = json(body)?;
+    let step = match state
+        .store
+        .finish_step(
+            id,
+            &req.lease_token,
+            i64::from(idx),
+            req.status.step_status(),
+            req.exit_code,
+            req.oom_killed,
+        )
+        .await
+    {
+        Ok(step) => step,
+        // Already finished: a resent request whose first answer was lost.
+        Err(crate::store::Error::Conflict(_)) => return Ok(StatusCode::NO_CONTENT),
+        Err(e) => return Err(e.into()),
+    };
+    let stage = state.store.get_stage(id).await?;
+    let key = step_key(&stage, step.idx);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.logs.finish(key))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stage_finish(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    Path(id): Path<StageId>,
+    body: Result<Json<StageFinish>, JsonRejection>,
+) -> ApiResult<Json<StageFinished>> {
+    let req = json(body)?;
+    let status = req
+        .status
+        .stage_status()
+        .ok_or_else(|| ApiError::bad_request("a stage cannot finish as skipped"))?;
+    let reason = req
+        .reason
+        .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+    let settled = state
+        .store
+        .finish_stage(id, &req.lease_token, StageOutcome { status, reason })
+        .await?;
+    // Stages that needed this one may be runnable now, and a slot is free.
+    state.wake.queue.notify_waiters();
+    let (settled, status) = match settled {
+        Settled::Finished(status) => {
+            // Nothing more will be written to these logs: let followers stop.
+            let stage = state.store.get_stage(id).await?;
+            let keys: Vec<StepKey> = state
+                .store
+                .list_steps(id)
+                .await?
+                .iter()
+                .map(|s| step_key(&stage, s.idx))
+                .collect();
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                for k in keys {
+                    let _ = st.logs.finish(k);
+                }
+            })
+            .await
+            .map_err(ApiError::internal)?;
+            // The last stage to finish settles the run.
+            let run = state.store.get_run(stage.run_id).await?;
+            if run.status.is_final()
+                && run
+                    .finished_at
+                    .is_some_and(|t| t >= stage.finished_at.unwrap_or(0))
+            {
+                state.metrics.run_finished(run.status);
+            }
+            ("finished", status)
+        }
+        Settled::Retrying { .. } => ("retrying", StageStatus::Queued),
+    };
+    tracing::info!(stage_id = id, settled, status = %status, "stage reported");
+    Ok(Json(StageFinished {
+        settled: settled.to_string(),
+        status,
+    }))
+}

@@ -1,0 +1,106 @@
+//! `slipway runner`: run stages for a Slipway server from another host, over the same
+//! runner protocol the server's in-process runner uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::runner_agent::{Agent, hostname};
+
+/// The environment variable holding the runner token. Tokens are never taken from the
+/// command line, where `ps` and shell history would show them.
+pub const TOKEN_ENV: &str = "SLIPWAY_RUNNER_TOKEN";
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// The server's base URL, e.g. `https://ci.example.com`.
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    pub server: String,
+    /// Read the runner token from this file (default: the `SLIPWAY_RUNNER_TOKEN`
+    /// environment variable).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// This runner's name (default: the host name).
+    #[arg(long, env = "SLIPWAY_RUNNER_NAME")]
+    pub name: Option<String>,
+    /// How many stages to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub capacity: usize,
+    /// Labels describing this runner (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Where workspaces and downloaded sources go (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long running stages may go on before they are
+    /// cancelled and handed back to the server to run elsewhere.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
+    super::init_tracing();
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    let server = reqwest::Url::parse(&args.server)
+        .with_context(|| format!("--server {:?} is not a URL", args.server))?;
+    if !matches!(server.scheme(), "http" | "https") {
+        bail!("--server must be an http:// or https:// URL");
+    }
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the runner token from {}", path.display()))?,
+        None => std::env::var(TOKEN_ENV).map_err(|_| {
+            anyhow::anyhow!("set {TOKEN_ENV} to a runner token (or pass --token-file)")
+        })?,
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the runner token is empty");
+    }
+    if let Some(dir) = &args.work_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating work dir {}", dir.display()))?;
+    }
+    let backend = Arc::new(runner::LocalBackend::new(args.work_dir.clone()));
+    let mut agent = Agent::new(server, token, args.name.unwrap_or_else(hostname), backend)
+        .with_capacity(args.capacity)
+        .with_labels(args.labels)
+        .with_shutdown_grace(Duration::from_secs(args.shutdown_grace));
+    if let Some(dir) = args.work_dir {
+        agent = agent.with_work_dir(dir);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        agent.run(shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("stopping: no new stages; running ones get the shutdown grace");
+    shutdown.cancel();
+}

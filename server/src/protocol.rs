@@ -1,0 +1,256 @@
+//! The runner protocol's wire types: JSON over HTTP between the server
+//! (`api::runner`) and a runner (`runner_agent`), whether the runner is the server's
+//! own in-process one or `slipway runner` on another host. Every request carries a
+//! runner-scoped bearer token; every request about a leased stage also carries the
+//! stage's lease token, and a stale one is answered `409 {"error":{"code":"lease_lost"}}`.
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `POST /api/runner/register` | [`RegisterRequest`] | [`RegisterResponse`] |
+//! | `POST /api/runner/lease` | [`LeaseRequest`] | 200 [`LeaseResponse`] or 204 after a long poll |
+//! | `GET /api/runner/stages/{id}/source?lease_token=` | | a tar of the commit's tree |
+//! | `POST /api/runner/stages/{id}/heartbeat` | [`LeaseToken`] | [`HeartbeatResponse`] |
+//! | `POST /api/runner/stages/{id}/steps/{idx}/start` | [`LeaseToken`] | 204 |
+//! | `POST /api/runner/stages/{id}/steps/{idx}/logs` | [`LogBatch`] | [`LogAck`] |
+//! | `POST /api/runner/stages/{id}/steps/{idx}/finish` | [`StepFinish`] | 204 |
+//! | `POST /api/runner/stages/{id}/finish` | [`StageFinish`] | [`StageFinished`] |
+//!
+//! Retries are safe: log batches are idempotent by line number, and starting or
+//! finishing a step twice is acknowledged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use pipelines::PlannedStage;
+use serde::{Deserialize, Serialize};
+
+use crate::logs::Stream;
+use crate::store::{StageStatus, StepStatus};
+
+pub const REGISTER: &str = "/api/runner/register";
+pub const LEASE: &str = "/api/runner/lease";
+
+pub fn source_path(stage: i64) -> String {
+    format!("/api/runner/stages/{stage}/source")
+}
+pub fn heartbeat_path(stage: i64) -> String {
+    format!("/api/runner/stages/{stage}/heartbeat")
+}
+pub fn step_path(stage: i64, idx: usize, what: &str) -> String {
+    format!("/api/runner/stages/{stage}/steps/{idx}/{what}")
+}
+pub fn finish_path(stage: i64) -> String {
+    format!("/api/runner/stages/{stage}/finish")
+}
+
+/// How long the server holds a lease request open when nothing is queued.
+pub const LONG_POLL_SECS: u64 = 25;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub runner_id: i64,
+    /// Send a heartbeat for each leased stage this often.
+    pub heartbeat_secs: u64,
+    /// A lease not renewed for this long is taken back.
+    pub lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub runner_id: i64,
+}
+
+/// A stage handed to a runner.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub stage_id: i64,
+    pub run_id: i64,
+    pub lease_token: String,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    /// The stage's key within the run, e.g. `test (features=full)`.
+    pub stage_key: String,
+    /// What to run (values of secrets are not in it; see `secrets`).
+    pub spec: PlannedStage,
+    /// Step names, in order (the step indexes of the step routes).
+    pub steps: Vec<String>,
+    /// Per step, the lines already stored by earlier attempts: this attempt's line `n`
+    /// is sent as line `log_offsets[step] + n`, so a retry's output follows the last
+    /// attempt's instead of being dropped as a duplicate.
+    pub log_offsets: Vec<u64>,
+    /// Secret name → value, for the secrets this stage references and may see. A
+    /// referenced secret missing here was withheld (a fork's pull request): leave its
+    /// variable unset.
+    pub secrets: BTreeMap<String, String>,
+    pub repo: String,
+    pub sha: String,
+    pub git_ref: String,
+    pub run_number: i64,
+    /// Where people follow the run.
+    pub run_url: String,
+}
+
+/// Never prints secret values (tracing a lease must be safe).
+impl fmt::Debug for LeaseResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseResponse")
+            .field("stage_id", &self.stage_id)
+            .field("run_id", &self.run_id)
+            .field("attempt", &self.attempt)
+            .field("stage_key", &self.stage_key)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("repo", &self.repo)
+            .field("sha", &self.sha)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseToken {
+    pub lease_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatAction {
+    /// Keep going; the lease was extended.
+    Continue,
+    /// Stop the stage and report it `cancelled`.
+    Cancel,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub action: HeartbeatAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireLine {
+    pub time_ms: i64,
+    pub stream: Stream,
+    /// The line's bytes (without the newline; any bytes, hence base64), already masked.
+    pub data_b64: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub lease_token: String,
+    /// 1-based number of the first line of the batch; the rest follow without gaps.
+    pub first_line: u64,
+    pub lines: Vec<WireLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogAck {
+    /// Lines stored for the step so far.
+    pub lines: u64,
+}
+
+/// How a step or a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireStatus {
+    Success,
+    /// A step exited non-zero.
+    Failure,
+    TimedOut,
+    Cancelled,
+    /// An infrastructure failure (retryable).
+    Error,
+    /// Steps only: not run because an earlier step did not succeed.
+    Skipped,
+}
+
+impl WireStatus {
+    pub fn from_runner(status: &runner::Status) -> WireStatus {
+        match status {
+            runner::Status::Success => WireStatus::Success,
+            runner::Status::Failure => WireStatus::Failure,
+            runner::Status::TimedOut => WireStatus::TimedOut,
+            runner::Status::Cancelled => WireStatus::Cancelled,
+            runner::Status::Error(_) => WireStatus::Error,
+            runner::Status::Skipped => WireStatus::Skipped,
+        }
+    }
+
+    pub fn step_status(self) -> StepStatus {
+        match self {
+            WireStatus::Success => StepStatus::Success,
+            WireStatus::Failure => StepStatus::Failure,
+            WireStatus::TimedOut => StepStatus::TimedOut,
+            WireStatus::Cancelled => StepStatus::Cancelled,
+            WireStatus::Error => StepStatus::Error,
+            WireStatus::Skipped => StepStatus::Skipped,
+        }
+    }
+
+    /// `None` for `skipped`, which a stage run by a runner cannot end as.
+    pub fn stage_status(self) -> Option<StageStatus> {
+        Some(match self {
+            WireStatus::Success => StageStatus::Success,
+            WireStatus::Failure => StageStatus::Failure,
+            WireStatus::TimedOut => StageStatus::TimedOut,
+            WireStatus::Cancelled => StageStatus::Cancelled,
+            WireStatus::Error => StageStatus::Error,
+            WireStatus::Skipped => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepFinish {
+    pub lease_token: String,
+    pub status: WireStatus,
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageFinish {
+    pub lease_token: String,
+    pub status: WireStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageFinished {
+    /// `finished`, or `retrying` when the stage was queued for another attempt.
+    pub settled: String,
+    /// The stage's status now (`queued` when retrying).
+    pub status: StageStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_one_to_one() {
+        use runner::Status as R;
+        let cases = [
+            (R::Success, "success"),
+            (R::Failure, "failure"),
+            (R::TimedOut, "timed_out"),
+            (R::Cancelled, "cancelled"),
+            (R::Error("disk full".into()), "error"),
+        ];
+        for (status, name) in cases {
+            let wire = WireStatus::from_runner(&status);
+            assert_eq!(wire.stage_status().unwrap().as_str(), name);
+            assert_eq!(wire.step_status().as_str(), name);
+            assert_eq!(serde_json::to_value(wire).unwrap(), name);
+        }
+        let skipped = WireStatus::from_runner(&R::Skipped);
+        assert_eq!(skipped.step_status(), StepStatus::Skipped);
+        assert_eq!(skipped.stage_status(), None);
+    }
+}

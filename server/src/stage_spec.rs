@@ -1,0 +1,185 @@
+//! Planned stage (`pipelines`) → runnable stage (`runner`): the one mapping, shared by
+//! `slipway exec` and the runners that execute the server's stages, so that a stage runs
+//! the same way on a laptop and in CI.
+//!
+//! Secrets: a [`PlannedStage`] names secrets (env var → secret name), never values.
+//! The caller passes the values it has; what happens to a referenced secret that is not
+//! among them is the caller's choice ([`OnMissing`]): `slipway exec` refuses to run, a
+//! runner leaves the variable unset (the server withheld the secret on purpose, e.g.
+//! for a pull request from a fork; undefined secrets are refused by the server before
+//! the stage is handed out).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use pipelines::{PlannedKind, PlannedStage};
+use runner::{Source, StageSpec, StepSpec};
+
+/// What to do when a referenced secret has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// Refuse with [`SpecError::MissingSecret`].
+    Error,
+    /// Leave the environment variable unset.
+    Omit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The stage's kind needs something the local backend does not have.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("stage `{stage}` needs secret `{secret}`, which has no value")]
+    MissingSecret { stage: String, secret: String },
+}
+
+/// Why a stage of this kind cannot run on the local backend (`None`: it can).
+pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
+    match kind {
+        PlannedKind::Run => None,
+        PlannedKind::Scan { .. } => Some(
+            "kind `scan` (built-in secret scan and SARIF analysis) is not supported by this runner yet",
+        ),
+        PlannedKind::Image { .. } => Some(
+            "kind `image` builds and pushes through the docker or kubernetes backend; the local backend cannot build images",
+        ),
+        PlannedKind::Deploy { .. } => Some(
+            "kind `deploy` drives a canary rollout through the kubernetes backend; the local backend cannot deploy",
+        ),
+    }
+}
+
+/// Every secret name the stage references: stage- and step-level, and an image stage's
+/// registry credentials.
+pub fn referenced_secrets(stage: &PlannedStage) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = stage.secrets.values().cloned().collect();
+    for step in &stage.steps {
+        names.extend(step.secrets.values().cloned());
+    }
+    if let PlannedKind::Image {
+        registry_secret: Some(name),
+        ..
+    } = &stage.kind
+    {
+        names.insert(name.clone());
+    }
+    names
+}
+
+/// Maps `stage` onto a [`StageSpec`] with id `id` and workspace `source`. Secret values
+/// come from `secrets` (by secret name) and are injected as the environment variables
+/// the plan names; every value in `secrets` is also handed to the runner for masking,
+/// not just the referenced ones: a step could read a file that happens to hold another.
+pub fn stage_spec(
+    stage: &PlannedStage,
+    id: &str,
+    source: Source,
+    secrets: &BTreeMap<String, String>,
+    on_missing: OnMissing,
+) -> Result<StageSpec, SpecError> {
+    if let Some(reason) = unsupported_reason(&stage.kind) {
+        return Err(SpecError::Unsupported(reason.to_string()));
+    }
+    let inject = |env: &mut BTreeMap<String, String>,
+                  refs: &BTreeMap<String, String>|
+     -> Result<(), SpecError> {
+        for (var, name) in refs {
+            match secrets.get(name) {
+                Some(value) => {
+                    env.insert(var.clone(), value.clone());
+                }
+                None if on_missing == OnMissing::Omit => {
+                    // Not inherited from a level above either: the variable is unset.
+                    env.remove(var);
+                }
+                None => {
+                    return Err(SpecError::MissingSecret {
+                        stage: id.to_string(),
+                        secret: name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut env = stage.env.clone();
+    inject(&mut env, &stage.secrets)?;
+    let mut steps = Vec::with_capacity(stage.steps.len());
+    for step in &stage.steps {
+        let mut step_env = step.env.clone();
+        inject(&mut step_env, &step.secrets)?;
+        steps.push(StepSpec {
+            name: step.name.clone(),
+            script: step.script.clone(),
+            env: step_env,
+            timeout: step.timeout_secs.map(Duration::from_secs),
+        });
+    }
+    Ok(StageSpec {
+        id: id.to_string(),
+        image: stage.image.clone(),
+        source,
+        env,
+        steps,
+        timeout: stage.timeout_secs.map(Duration::from_secs),
+        artifacts: stage.artifacts.clone(),
+        secrets: secrets.values().cloned().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(yaml: &str) -> PlannedStage {
+        let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid yaml");
+        let ctx = pipelines::EventContext {
+            branch: Some("main".into()),
+            sha: "0".repeat(40),
+            ..Default::default()
+        };
+        pipelines::plan(&pipeline, &ctx)
+            .expect("plan")
+            .stages
+            .remove(0)
+    }
+
+    const YAML: &str = "stages:\n  build:\n    steps:\n      - name: one\n        run: echo $TOKEN\n        env:\n          TOKEN: ${{ secrets.API_TOKEN }}\n";
+
+    #[test]
+    fn injects_secrets_and_masks_all_given_values() {
+        let stage = planned(YAML);
+        assert_eq!(
+            referenced_secrets(&stage),
+            BTreeSet::from(["API_TOKEN".to_string()])
+        );
+        let secrets = BTreeMap::from([
+            ("API_TOKEN".to_string(), "s3cret".to_string()),
+            ("OTHER".to_string(), "other-value".to_string()),
+        ]);
+        let spec = stage_spec(&stage, "build", Source::Empty, &secrets, OnMissing::Error).unwrap();
+        assert_eq!(
+            spec.steps[0].env.get("TOKEN").map(String::as_str),
+            Some("s3cret")
+        );
+        assert_eq!(spec.secrets.len(), 2);
+    }
+
+    #[test]
+    fn missing_secrets_error_or_stay_unset() {
+        let stage = planned(YAML);
+        let none = BTreeMap::new();
+        let err = stage_spec(&stage, "build", Source::Empty, &none, OnMissing::Error).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::MissingSecret {
+                stage: "build".into(),
+                secret: "API_TOKEN".into()
+            }
+        );
+        let spec = stage_spec(&stage, "build", Source::Empty, &none, OnMissing::Omit).unwrap();
+        assert!(spec.secrets.is_empty());
+        assert!(!spec.steps[0].env.contains_key("TOKEN"));
+        assert!(!spec.env.contains_key("TOKEN"));
+    }
+}

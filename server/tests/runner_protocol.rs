@@ -1,0 +1,1324 @@
+//! The runner protocol end to end: a real server on 127.0.0.1:0 with SQLite, a real git
+//! repository, runs planned from YAML, executed by the in-process runner or by the real
+//! `slipway runner` binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use git2::{Repository, Signature};
+use server::config::{Config, Settings};
+use server::logs::StepKey;
+use server::protocol::*;
+use server::state::AppState;
+use server::store::*;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------- harness
+
+struct Server {
+    state: AppState,
+    addr: SocketAddr,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    dir: tempfile::TempDir,
+    /// A throw-away PostgreSQL database to drop at the end: (admin URL, name).
+    postgres: Option<(String, String)>,
+}
+
+struct Opts {
+    in_process: bool,
+    heartbeat_secs: u64,
+    postgres: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            in_process: true,
+            heartbeat_secs: 3,
+            postgres: false,
+        }
+    }
+}
+
+fn postgres() -> Opts {
+    Opts {
+        postgres: true,
+        ..Opts::default()
+    }
+}
+
+/// Creates an empty database on the test PostgreSQL server (see tests/store.rs):
+/// (admin URL, database name, database URL).
+async fn create_postgres_db() -> (String, String, String) {
+    use sqlx::{Connection, Executor};
+    let admin = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin} ({e}); start it with `bash .ci/postgres.sh`"
+            )
+        });
+    let name = format!("slipway_test_{:016x}", rand::random::<u64>());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority..].find('/') {
+        Some(i) => &base[..authority + i],
+        None => base,
+    };
+    let url = match query {
+        "" => format!("{base}/{name}"),
+        q => format!("{base}/{name}?{q}"),
+    };
+    (admin, name, url)
+}
+
+impl Server {
+    async fn start(opts: Opts) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), opts).await
+    }
+
+    /// A server on `dir` (an existing data dir is reused, like a restart).
+    async fn start_in(dir: tempfile::TempDir, opts: Opts) -> Server {
+        // Server logs in the captured output of a failing test (RUST_LOG, default info).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let (postgres, database_url) = if opts.postgres {
+            let (admin, name, url) = create_postgres_db().await;
+            (Some((admin, name)), Some(url))
+        } else {
+            (None, None)
+        };
+        let settings = Settings {
+            data_dir: Some(dir.path().join("data")),
+            database_url,
+            in_process_runner: Some(opts.in_process),
+            heartbeat_timeout_secs: Some(opts.heartbeat_secs),
+            runner_capacity: Some(2),
+            ..Settings::default()
+        };
+        let config = Config::resolve(settings, None).unwrap();
+        let state = server::serve::build_state(config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(server::serve::run(listener, state.clone()));
+        Server {
+            state,
+            addr,
+            handle: Some(handle),
+            dir,
+            postgres,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    /// Stops the server and hands back its directory for a restart.
+    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        self.state.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .expect("server stops within 30s")
+                .unwrap()
+                .unwrap();
+        }
+        if let Some((admin, name)) = self.postgres.take() {
+            use sqlx::{Connection, Executor};
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
+                .unwrap();
+        }
+        let Server { dir, .. } = self;
+        dir
+    }
+
+    async fn runner_token(&self, name: &str) -> String {
+        let token = server::crypto::generate_token("slp_");
+        self.state
+            .store
+            .create_token(
+                name,
+                &server::crypto::hash_token(&token),
+                TokenScope::Runner,
+            )
+            .await
+            .unwrap();
+        token
+    }
+
+    /// A repository whose clone URL is a real git repo holding `files` on `main`,
+    /// mirrored like the planner would. Returns the repo and the commit.
+    async fn repo(&self, files: &[(&str, &str)]) -> (Repo, String, PathBuf) {
+        let n = self.state.store.list_repos().await.unwrap().len();
+        let forge = self.dir.path().join(format!("forge-{n}"));
+        let sha = commit(&forge, files);
+        let repo = self
+            .state
+            .store
+            .create_repo(NewRepo {
+                name: format!("team/app-{n}"),
+                forge: Forge::Git,
+                clone_url: forge.display().to_string(),
+                default_branch: "main".into(),
+                webhook_secret_enc: Vec::new(),
+                forge_token_enc: None,
+                trusted: true,
+            })
+            .await
+            .unwrap();
+        let mirror = self.state.mirror_dir(repo.id);
+        let url = repo.clone_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let m = server::git::Mirror::open_or_init(&mirror, &url).unwrap();
+            m.fetch(&["refs/heads/main".to_string()]).unwrap();
+        })
+        .await
+        .unwrap();
+        (repo, sha, forge)
+    }
+
+    async fn secret(&self, repo: &Repo, name: &str, value: &str, allow_pull_requests: bool) {
+        let sealed = self
+            .state
+            .secret_box
+            .seal(value.as_bytes(), &server::crypto::secret_aad(repo.id, name));
+        self.state
+            .store
+            .put_secret(repo.id, name, &sealed, allow_pull_requests)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a run of `yaml` at `sha` and plans it (what the planner does).
+    async fn run(&self, repo: &Repo, sha: &str, yaml: &str, fork: bool) -> Run {
+        let mut new = NewRun::new(Trigger::Manual, Event::Push, "refs/heads/main", sha);
+        new.trusted = !fork;
+        if fork {
+            new.event = Event::PullRequest;
+            new.fork = true;
+            new.pr_number = Some(7);
+        }
+        let run = self.state.store.create_run(repo.id, new).await.unwrap();
+        let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid pipeline");
+        let ctx = pipelines::EventContext {
+            event: if fork {
+                pipelines::Event::PullRequest
+            } else {
+                pipelines::Event::Push
+            },
+            branch: Some("main".into()),
+            sha: sha.into(),
+            fork,
+            ..Default::default()
+        };
+        let plan = pipelines::plan(&pipeline, &ctx).expect("plan");
+        let mut stages: Vec<NewStage> = plan
+            .stages
+            .iter()
+            .map(|s| NewStage {
+                key: s.id.clone(),
+                pipeline: plan.pipeline.clone(),
+                needs: s.needs.clone(),
+                spec: serde_json::to_value(s).unwrap(),
+                max_attempts: 1 + s.retry,
+                skip: None,
+                succeeded: None,
+                steps: s.steps.iter().map(|st| st.name.clone()).collect(),
+            })
+            .collect();
+        for s in &plan.skipped {
+            let mut skipped = NewStage::new(&s.id, &[], &[]);
+            skipped.skip = Some(s.reason.clone());
+            stages.push(skipped);
+        }
+        let run = self
+            .state
+            .store
+            .set_run_planned(
+                run.id,
+                &serde_json::to_value(&plan).unwrap(),
+                &plan.yaml_sha256,
+                stages,
+            )
+            .await
+            .unwrap();
+        self.state.wake.queue.notify_waiters();
+        run
+    }
+
+    async fn wait_run(&self, id: RunId, within: Duration) -> Run {
+        let deadline = Instant::now() + within;
+        loop {
+            let run = self.state.store.get_run(id).await.unwrap();
+            if run.status.is_final() {
+                return run;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "run {id} still {} after {within:?}: {}",
+                    run.status,
+                    self.dump(id).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until no stage of the run is waiting, queued or running.
+    async fn wait_stages_settled(&self, id: RunId, within: Duration) -> Vec<StageWithSteps> {
+        let deadline = Instant::now() + within;
+        loop {
+            let stages = self.state.store.list_stages(id).await.unwrap();
+            if stages.iter().all(|s| s.stage.status.is_final()) {
+                return stages;
+            }
+            if Instant::now() > deadline {
+                panic!("stages of run {id} not settled: {}", self.dump(id).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_log(&self, stage: &Stage, step: u32, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log_text(stage, step).contains(text) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "step {step} never logged {text:?}: {}",
+                    self.dump(stage.run_id).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn key(stage: &Stage, step: u32) -> StepKey {
+        StepKey {
+            run: stage.run_id,
+            stage: stage.id,
+            step,
+        }
+    }
+
+    fn log_lines(&self, stage: &Stage, step: u32) -> Vec<String> {
+        self.state
+            .logs
+            .read(Self::key(stage, step), 1, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect()
+    }
+
+    fn log_text(&self, stage: &Stage, step: u32) -> String {
+        self.log_lines(stage, step).join("\n")
+    }
+
+    /// Every byte stored under the logs directory.
+    fn all_log_bytes(&self) -> Vec<u8> {
+        fn walk(dir: &Path, out: &mut Vec<u8>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.extend(std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.state.config.data_dir.join("logs"), &mut out);
+        out
+    }
+
+    async fn stage(&self, run: RunId, key: &str) -> StageWithSteps {
+        self.state
+            .store
+            .list_stages(run)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.stage.key == key)
+            .unwrap_or_else(|| panic!("no stage {key}"))
+    }
+
+    /// The state of a run, for failure messages.
+    async fn dump(&self, run: RunId) -> String {
+        let mut out = format!("{:?}\n", self.state.store.get_run(run).await.ok());
+        for s in self.state.store.list_stages(run).await.unwrap_or_default() {
+            out += &format!(
+                "  stage {} {} attempt {} reason {:?}\n",
+                s.stage.key, s.stage.status, s.stage.attempt, s.stage.reason
+            );
+            for st in &s.steps {
+                out += &format!(
+                    "    step {} {} exit {:?} lines {}: {:?}\n",
+                    st.name,
+                    st.status,
+                    st.exit_code,
+                    st.log_lines,
+                    self.log_text(&s.stage, st.idx as u32)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A non-bare repository at `path` with `files` committed on `main`.
+fn commit(path: &Path, files: &[(&str, &str)]) -> String {
+    let repo = Repository::init(path).unwrap();
+    for (name, text) in files {
+        let p = path.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+    }
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = Signature::now("Dev", "dev@example.com").unwrap();
+    let oid = repo
+        .commit(Some("refs/heads/main"), &sig, &sig, "first", &tree, &[])
+        .unwrap();
+    oid.to_string()
+}
+
+/// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
+/// target directory shared between branches, another build can replace the binary
+/// between this crate's build and the test run.
+fn slipway_bin() -> PathBuf {
+    std::env::var_os("SLIPWAY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
+}
+
+/// The real `slipway runner`, with its token in the environment.
+fn spawn_runner(server: &Server, token: &str, name: &str, extra: &[&str]) -> Child {
+    let work = server.dir.path().join(format!("runner-{name}"));
+    std::fs::create_dir_all(&work).unwrap();
+    Command::new(slipway_bin())
+        .args(["runner", "--server", &server.url(), "--name", name])
+        .arg("--work-dir")
+        .arg(&work)
+        .args(extra)
+        .env("SLIPWAY_RUNNER_TOKEN", token)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+const FILES: &[(&str, &str)] = &[
+    ("README.md", "hello from the repository\n"),
+    ("scripts/greet.sh", "#!/bin/sh\necho \"greetings, $1\"\n"),
+];
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_runner_runs_a_pipeline() {
+    runs_a_pipeline(Opts::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_runner_runs_a_pipeline_on_postgres() {
+    runs_a_pipeline(postgres()).await
+}
+
+async fn runs_a_pipeline(opts: Opts) {
+    let server = Server::start(opts).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let yaml = "\
+stages:
+  build:
+    steps:
+      - name: source
+        run: |
+          cat README.md
+          sh scripts/greet.sh world
+      - name: count
+        run: |
+          for i in 1 2 3; do echo \"line $i\"; done
+          echo oops >&2
+  test:
+    needs: [build]
+    steps:
+      - name: check
+        run: echo tested
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+
+    let build = server.stage(run.id, "build").await;
+    assert_eq!(build.stage.status, StageStatus::Success);
+    assert_eq!(build.stage.attempt, 1);
+    for step in &build.steps {
+        assert_eq!(step.status, StepStatus::Success);
+        assert_eq!(step.exit_code, Some(0));
+        assert!(step.started_at.is_some() && step.finished_at.is_some());
+    }
+    assert_eq!(
+        server.log_lines(&build.stage, 0),
+        ["hello from the repository", "greetings, world"]
+    );
+    let count = server
+        .state
+        .logs
+        .read(Server::key(&build.stage, 1), 1, 100)
+        .unwrap();
+    // Two pipes: the order between stdout and stderr lines is not defined.
+    let of = |stream| {
+        count
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(server::logs::Stream::Stdout),
+        ["line 1", "line 2", "line 3"]
+    );
+    assert_eq!(of(server::logs::Stream::Stderr), ["oops"]);
+    assert_eq!(
+        count.iter().map(|l| l.number).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // The counters in the database agree with what is on disk.
+    assert_eq!(build.steps[1].log_lines, 4);
+    assert_eq!(build.steps[1].log_bytes, 4 * 7 - 2);
+    let test = server.stage(run.id, "test").await;
+    assert_eq!(test.stage.status, StageStatus::Success);
+    assert_eq!(server.log_lines(&test.stage, 0), ["tested"]);
+    // Followers are told the logs are complete.
+    let progress = server
+        .state
+        .logs
+        .subscribe(Server::key(&test.stage, 0))
+        .unwrap();
+    assert!(progress.borrow().done);
+    // The in-process runner registered under its own name.
+    let runners = server.state.store.list_runners().await.unwrap();
+    assert!(
+        runners
+            .iter()
+            .any(|r| r.name.starts_with("in-process runner")),
+        "{runners:?}"
+    );
+    server.stop().await;
+}
+
+const SECRET: &str = "hunter2-s3cr3t-Value";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_injected_masked_and_withheld_from_forks() {
+    secrets_case(Opts::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_injected_masked_and_withheld_from_forks_on_postgres() {
+    secrets_case(postgres()).await
+}
+
+async fn secrets_case(opts: Opts) {
+    let server = Server::start(opts).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    server.secret(&repo, "API_TOKEN", SECRET, false).await;
+    server
+        .secret(&repo, "PR_OK", "pr-visible-value", true)
+        .await;
+    server
+        .secret(&repo, "UNUSED", "never-sent-value", false)
+        .await;
+    let yaml = "\
+on: { push: {}, pull_request: {} }
+stages:
+  use:
+    env:
+      PR_VALUE: ${{ secrets.PR_OK }}
+    steps:
+      - name: leak
+        env:
+          TOKEN: ${{ secrets.API_TOKEN }}
+        run: |
+          if [ -n \"${TOKEN:-}\" ]; then echo has-secret; else echo no-secret; fi
+          if [ \"${TOKEN:-}\" = 'hunter2-s3cr3t-Value' ]; then echo injected-ok; fi
+          echo \"raw: $TOKEN\"
+          printf '%s' \"$TOKEN\" | base64
+          printf 'split: %s' \"$(printf '%s' \"$TOKEN\" | cut -c1-7)\"
+          sleep 0.3
+          printf '%s\\n' \"$(printf '%s' \"$TOKEN\" | cut -c8-)\"
+          echo \"pr: $PR_VALUE\"
+          env | grep -c never-sent-value || true
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let stage = server.stage(run.id, "use").await;
+    let text = server.log_text(&stage.stage, 0);
+    assert!(text.contains("has-secret"), "{text}");
+    assert!(text.contains("injected-ok"), "{text}");
+    assert!(text.contains("raw: "), "{text}");
+    assert!(text.contains("split: "), "{text}");
+    assert!(
+        text.contains("\n0"),
+        "an unreferenced secret reached the step: {text}"
+    );
+
+    let fork = server.run(&repo, &sha, yaml, true).await;
+    let fork = server.wait_run(fork.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        fork.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(fork.id).await
+    );
+    let stage = server.stage(fork.id, "use").await;
+    let text = server.log_text(&stage.stage, 0);
+    assert!(text.contains("no-secret"), "a fork saw a secret: {text}");
+    assert!(!text.contains("injected-ok"), "{text}");
+    // A secret marked for pull requests is still given (and masked).
+    assert!(text.contains("pr: "), "{text}");
+
+    // Nothing stored on disk holds a secret, raw or base64, whole or split.
+    let stored = server.all_log_bytes();
+    let stored = String::from_utf8_lossy(&stored);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    for needle in [
+        SECRET,
+        b64.trim_end_matches('='),
+        "pr-visible-value",
+        "s3cr3t",
+    ] {
+        assert!(
+            !stored.contains(needle),
+            "{needle:?} is in the stored logs:\n{stored}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undefined_secret_fails_the_stage_with_a_reason() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let yaml = "\
+stages:
+  deploy:
+    steps:
+      - run: echo \"${{ secrets.NOPE }}\"
+  after:
+    needs: [deploy]
+    steps:
+      - run: echo never
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.status, RunStatus::Failure);
+    let deploy = server.stage(run.id, "deploy").await;
+    assert_eq!(deploy.stage.status, StageStatus::Failure);
+    assert_eq!(
+        deploy.stage.reason.as_deref(),
+        Some("secret `NOPE` is not defined for this repository")
+    );
+    assert_eq!(deploy.steps[0].status, StepStatus::Skipped);
+    assert_eq!(
+        server.stage(run.id, "after").await.stage.status,
+        StageStatus::Skipped
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_step_fails_the_stage_and_skips_dependents() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let yaml = "\
+stages:
+  build:
+    steps:
+      - name: ok
+        run: echo fine
+      - name: broken
+        run: |
+          echo about to fail
+          exit 3
+      - name: never
+        run: echo unreachable
+  test:
+    needs: [build]
+    steps:
+      - run: echo unreachable
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Failure,
+        "{}",
+        server.dump(run.id).await
+    );
+    let build = server.stage(run.id, "build").await;
+    assert_eq!(build.stage.status, StageStatus::Failure);
+    assert_eq!(
+        build.stage.reason.as_deref(),
+        Some("step `broken` exited with code 3")
+    );
+    let steps: Vec<_> = build
+        .steps
+        .iter()
+        .map(|s| (s.status, s.exit_code))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (StepStatus::Success, Some(0)),
+            (StepStatus::Failure, Some(3)),
+            (StepStatus::Skipped, None)
+        ]
+    );
+    assert_eq!(server.log_lines(&build.stage, 1), ["about to fail"]);
+    assert!(server.log_lines(&build.stage, 2).is_empty());
+    let test = server.stage(run.id, "test").await;
+    assert_eq!(test.stage.status, StageStatus::Skipped);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_run_stops_its_running_step() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let yaml = "\
+stages:
+  slow:
+    steps:
+      - name: wait
+        run: |
+          echo started
+          sleep 300
+          echo finished
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let slow = server.stage(run.id, "slow").await;
+    server
+        .wait_for_log(&slow.stage, 0, "started", Duration::from_secs(30))
+        .await;
+    let cancelled_at = Instant::now();
+    assert!(
+        server
+            .state
+            .store
+            .cancel_run(run.id, "cancelled by a test")
+            .await
+            .unwrap()
+    );
+    let stages = server
+        .wait_stages_settled(run.id, Duration::from_secs(30))
+        .await;
+    let elapsed = cancelled_at.elapsed();
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert_eq!(stages[0].stage.status, StageStatus::Cancelled);
+    assert_eq!(stages[0].steps[0].status, StepStatus::Cancelled);
+    assert!(!server.log_text(&slow.stage, 0).contains("finished"));
+    let run = server.state.store.get_run(run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    server.stop().await;
+}
+
+/// The protocol spoken directly: auth, stale tokens, idempotent logs and steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_lease_tokens_are_refused() {
+    let server = Server::start(Opts {
+        in_process: false,
+        ..Opts::default()
+    })
+    .await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let run = server
+        .run(
+            &repo,
+            &sha,
+            "stages:\n  one:\n    steps:\n      - name: s\n        run: echo hi\n",
+            false,
+        )
+        .await;
+    let token = server.runner_token("test runner").await;
+    let http = reqwest::Client::new();
+    let base = server.url();
+    let post = |path: String, body: serde_json::Value, auth: Option<&str>| {
+        let mut req = http.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+
+    // No token / a wrong token: 401, nothing registered.
+    let r = post(
+        REGISTER.into(),
+        serde_json::json!({"name": "x", "capacity": 1}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(
+        REGISTER.into(),
+        serde_json::json!({"name": "x", "capacity": 1}),
+        Some("slp_wrong"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(server.state.store.list_runners().await.unwrap().is_empty());
+
+    let reg: RegisterResponse = post(
+        REGISTER.into(),
+        serde_json::json!({"name": "direct", "labels": ["a"], "capacity": 1}),
+        Some(&token),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reg.lease_secs, 3);
+    assert_eq!(reg.heartbeat_secs, 1);
+
+    let lease: LeaseResponse = post(
+        LEASE.into(),
+        serde_json::json!({"runner_id": reg.runner_id}),
+        Some(&token),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(lease.run_id, run.id);
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.steps, ["s"]);
+    assert_eq!(lease.log_offsets, [0]);
+    assert_eq!(lease.sha, sha);
+    assert!(lease.run_url.ends_with(&format!("/runs/{}", run.number)));
+    assert!(lease.secrets.is_empty());
+    let id = lease.stage_id;
+
+    // The source is the commit's tree as a tar.
+    let tar = http
+        .get(format!(
+            "{base}{}?lease_token={}",
+            source_path(id),
+            lease.lease_token
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tar.status(), 200);
+    let bytes = tar.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"README.md".to_string()), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("greet.sh")), "{names:?}");
+
+    let good = serde_json::json!({"lease_token": lease.lease_token});
+    let bad = serde_json::json!({"lease_token": "0123456789abcdef"});
+    let lines = |first: u64, texts: &[&str]| {
+        serde_json::json!({
+            "lease_token": lease.lease_token,
+            "first_line": first,
+            "lines": texts.iter().map(|t| serde_json::json!({
+                "time_ms": 1, "stream": "stdout",
+                "data_b64": base64::engine::general_purpose::STANDARD.encode(t)
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let mut bad_logs = lines(1, &["x"]);
+    bad_logs["lease_token"] = "nope".into();
+    let stale_requests = [
+        (heartbeat_path(id), bad.clone()),
+        (step_path(id, 0, "start"), bad.clone()),
+        (step_path(id, 0, "logs"), bad_logs),
+        (
+            step_path(id, 0, "finish"),
+            serde_json::json!({"lease_token": "nope", "status": "success", "exit_code": 0}),
+        ),
+        (
+            finish_path(id),
+            serde_json::json!({"lease_token": "nope", "status": "success"}),
+        ),
+    ];
+    for (path, body) in &stale_requests {
+        let r = post(path.clone(), body.clone(), Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "lease_lost", "{path}");
+    }
+    let r = http
+        .get(format!("{base}{}?lease_token=nope", source_path(id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // With the right token: heartbeat, a step, idempotent log batches.
+    let hb: HeartbeatResponse = post(heartbeat_path(id), good.clone(), Some(&token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hb.action, HeartbeatAction::Continue);
+    for _ in 0..2 {
+        let r = post(step_path(id, 0, "start"), good.clone(), Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "starting twice is acknowledged");
+    }
+    let r = post(
+        step_path(id, 0, "logs"),
+        lines(1, &["a", "b", "c"]),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<LogAck>().await.unwrap().lines, 3);
+    // A resend overlapping what is stored: only "d" is new.
+    let r = post(
+        step_path(id, 0, "logs"),
+        lines(2, &["b", "c", "d"]),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<LogAck>().await.unwrap().lines, 4);
+    // A gap is refused.
+    let r = post(step_path(id, 0, "logs"), lines(9, &["z"]), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let stage = server.state.store.get_stage(id).await.unwrap();
+    assert_eq!(server.log_lines(&stage, 0), ["a", "b", "c", "d"]);
+    let steps = server.state.store.list_steps(id).await.unwrap();
+    assert_eq!(steps[0].log_lines, 4);
+    assert_eq!(steps[0].log_bytes, 8);
+
+    // The lease runs out (no heartbeat for 3 s): the stage is queued again and the
+    // old token is refused everywhere.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = server.state.store.get_stage(id).await.unwrap();
+        if s.status == StageStatus::Queued {
+            assert_eq!(s.attempt, 2);
+            assert!(
+                s.reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("runner lost"),
+                "{s:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never expired: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (path, body) in [
+        (heartbeat_path(id), good.clone()),
+        (step_path(id, 0, "logs"), lines(5, &["late"])),
+        (
+            finish_path(id),
+            serde_json::json!({"lease_token": lease.lease_token, "status": "success"}),
+        ),
+    ] {
+        let r = post(path.clone(), body, Some(&token)).await.unwrap();
+        assert_eq!(r.status(), 409, "{path}");
+    }
+
+    // The second attempt continues the log after the first attempt's lines.
+    let again: LeaseResponse = post(
+        LEASE.into(),
+        serde_json::json!({"runner_id": reg.runner_id}),
+        Some(&token),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!((again.stage_id, again.attempt), (id, 2));
+    assert_eq!(again.log_offsets, [4]);
+    let r = post(
+        finish_path(id),
+        serde_json::json!({"lease_token": again.lease_token, "status": "skipped"}),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400, "a stage cannot finish as skipped");
+    let done: StageFinished = post(
+        finish_path(id),
+        serde_json::json!({"lease_token": again.lease_token, "status": "success"}),
+        Some(&token),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(done.status, StageStatus::Success);
+    let run = server.wait_run(run.id, Duration::from_secs(5)).await;
+    assert_eq!(run.status, RunStatus::Success);
+
+    // Nothing left: a lease request waits, then answers 204.
+    let started = Instant::now();
+    let r = post(
+        LEASE.into(),
+        serde_json::json!({"runner_id": reg.runner_id}),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(started.elapsed() >= Duration::from_secs(LONG_POLL_SECS - 1));
+    // An unknown runner id is told so (and would register again).
+    let r = post(
+        LEASE.into(),
+        serde_json::json!({"runner_id": 999_999}),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_runner_process_runs_stages() {
+    let server = Server::start(Opts {
+        in_process: false,
+        ..Opts::default()
+    })
+    .await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let token = server.runner_token("remote").await;
+    let mut runner = spawn_runner(&server, &token, "remote-1", &[]);
+    let run = server
+        .run(
+            &repo,
+            &sha,
+            "stages:\n  one:\n    steps:\n      - name: s\n        run: cat README.md\n",
+            false,
+        )
+        .await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let one = server.stage(run.id, "one").await;
+    assert_eq!(
+        server.log_lines(&one.stage, 0),
+        ["hello from the repository"]
+    );
+    let runners = server.state.store.list_runners().await.unwrap();
+    assert_eq!(one.stage.runner_id, Some(runners[0].id));
+    assert_eq!(runners[0].name, "remote-1");
+
+    // SIGTERM: the idle runner exits cleanly and promptly.
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut runner, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_without_a_valid_token_exits_with_an_error() {
+    let server = Server::start(Opts {
+        in_process: false,
+        ..Opts::default()
+    })
+    .await;
+    let mut runner = spawn_runner(&server, "slp_not-a-token", "bad", &[]);
+    let status = wait_exit(&mut runner, Duration::from_secs(15));
+    assert!(!status.success());
+    let out = Command::new(slipway_bin())
+        .args(["runner", "--server", &server.url()])
+        .env_remove("SLIPWAY_RUNNER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SLIPWAY_RUNNER_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}
+
+/// `kill -9` of a runner mid-step: within the heartbeat timeout the stage is queued
+/// again and a second runner completes it; nothing stays `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_runner_is_replaced_within_the_heartbeat_timeout() {
+    let server = Server::start(Opts {
+        in_process: false,
+        heartbeat_secs: 3,
+        ..Opts::default()
+    })
+    .await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let token = server.runner_token("remote").await;
+    let marks = server.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mark = marks.join("ran-once");
+    let pidfile = marks.join("pid");
+    let yaml = format!(
+        "\
+stages:
+  flaky:
+    steps:
+      - name: work
+        run: |
+          if [ -e '{mark}' ]; then
+            echo second attempt
+          else
+            touch '{mark}'
+            echo $$ > '{pid}'
+            echo first attempt
+            sleep 300
+          fi
+",
+        mark = mark.display(),
+        pid = pidfile.display()
+    );
+    let mut first = spawn_runner(&server, &token, "first", &[]);
+    let run = server.run(&repo, &sha, &yaml, false).await;
+    let flaky = server.stage(run.id, "flaky").await;
+    server
+        .wait_for_log(&flaky.stage, 0, "first attempt", Duration::from_secs(60))
+        .await;
+    first.kill().unwrap();
+    let killed_at = Instant::now();
+    first.wait().unwrap();
+    // The step's process group outlives a SIGKILLed runner; don't leak it.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", pid.trim())])
+        .status();
+
+    // Re-queued within the timeout (3 s) plus one expiry period (1 s), with slack.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let requeued = loop {
+        let s = server.state.store.get_stage(flaky.stage.id).await.unwrap();
+        if s.status == StageStatus::Queued {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not re-queued: {}",
+            server.dump(run.id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(8), "re-queued after {took:?}");
+    assert_eq!(requeued.attempt, 2);
+    assert!(
+        requeued
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runner lost"),
+        "{requeued:?}"
+    );
+
+    let mut second = spawn_runner(&server, &token, "second", &[]);
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let flaky = server.stage(run.id, "flaky").await;
+    assert_eq!(flaky.stage.attempt, 2);
+    // Both attempts' output is kept, the retry's after the first's.
+    assert_eq!(
+        server.log_lines(&flaky.stage, 0),
+        ["first attempt", "second attempt"]
+    );
+    let stages = server.state.store.list_stages(run.id).await.unwrap();
+    assert!(
+        stages
+            .iter()
+            .all(|s| s.stage.status != StageStatus::Running)
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+    server.stop().await;
+}
+
+/// The server stops in the middle of a stage run by its in-process runner: shutdown
+/// does not hang on it, and after a restart on the same data dir the stage runs again
+/// and the run finishes; nothing stays `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_finishes_what_its_runner_was_running() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let mark = server.dir.path().join("ran-once");
+    let yaml = format!(
+        "stages:\n  s:\n    steps:\n      - run: |\n          if [ -e '{m}' ]; then echo again; else touch '{m}'; echo once; sleep 300; fi\n",
+        m = mark.display()
+    );
+    let run = server.run(&repo, &sha, &yaml, false).await;
+    let s = server.stage(run.id, "s").await;
+    server
+        .wait_for_log(&s.stage, 0, "once", Duration::from_secs(60))
+        .await;
+    let stopping = Instant::now();
+    let dir = server.stop_keeping_dir().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+
+    let server = Server::start_in(dir, Opts::default()).await;
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let s = server.stage(run.id, "s").await;
+    assert_eq!(s.stage.attempt, 2);
+    assert_eq!(server.log_lines(&s.stage, 0), ["once", "again"]);
+    server.stop().await;
+}
+
+/// SIGTERM with no grace: the runner cancels its stage and hands it back at once (an
+/// infrastructure error, retried elsewhere) instead of waiting for the lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_runner_hands_its_stage_back() {
+    let server = Server::start(Opts {
+        in_process: false,
+        heartbeat_secs: 30,
+        ..Opts::default()
+    })
+    .await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let token = server.runner_token("remote").await;
+    let marks = server.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mark = marks.join("ran-once");
+    let yaml = format!(
+        "stages:\n  s:\n    steps:\n      - run: |\n          if [ -e '{m}' ]; then echo again; else touch '{m}'; echo once; sleep 300; fi\n",
+        m = mark.display()
+    );
+    let mut first = spawn_runner(&server, &token, "first", &["--shutdown-grace", "0"]);
+    let run = server.run(&repo, &sha, &yaml, false).await;
+    let s = server.stage(run.id, "s").await;
+    server
+        .wait_for_log(&s.stage, 0, "once", Duration::from_secs(60))
+        .await;
+    Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut first, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    // Handed back well before the 30 s lease would have expired.
+    let requeued = server.state.store.get_stage(s.stage.id).await.unwrap();
+    assert_eq!(requeued.status, StageStatus::Queued, "{requeued:?}");
+    assert!(
+        requeued
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runner shut down"),
+        "{requeued:?}"
+    );
+    let mut second = spawn_runner(&server, &token, "second", &[]);
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+    server.stop().await;
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
