@@ -5,50 +5,14 @@
 
 mod support_hooks;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
 use server::config::Settings;
 use server::crypto::{generate_token, hash_token};
 use server::forge::ForgeKind;
 use server::state::forge_token_aad;
 use server::store::{RunStatus, TokenScope};
 use support_hooks::*;
-
-/// One request a stand-in forge received.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    headers: HeaderMap,
-    body: serde_json::Value,
-}
-
-/// A stand-in forge API on 127.0.0.1 that records status requests and answers 201.
-async fn fake_forge() -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let app = Router::new().fallback(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let record = record.clone();
-            async move {
-                assert_eq!(method, Method::POST);
-                record.lock().unwrap().push(Seen {
-                    path: uri.path().to_string(),
-                    headers,
-                    body: serde_json::from_slice(&body).unwrap_or_default(),
-                });
-                (axum::http::StatusCode::CREATED, "{}")
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), seen)
-}
 
 const E2E_PIPELINE: &str = "stages:
   build:

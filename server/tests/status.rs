@@ -1,48 +1,15 @@
 //! Run state changes reach each forge's commit status API as documented.
 
-use std::sync::{Arc, Mutex};
+mod support_hooks;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::Method;
 use server::config::{Config, Settings};
 use server::crypto::generate_webhook_secret;
 use server::serve::build_state;
 use server::state::{AppState, forge_token_aad};
 use server::status::Follower;
 use server::store::{Event, Forge, NewRepo, NewRun, Trigger};
-
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    headers: HeaderMap,
-    body: serde_json::Value,
-}
-
-/// A stand-in forge on 127.0.0.1 that records every request and answers 201.
-async fn fake_forge() -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let app = Router::new().fallback(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let record = record.clone();
-            async move {
-                record.lock().unwrap().push(Seen {
-                    method,
-                    path: uri.path().to_string(),
-                    headers,
-                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                });
-                (axum::http::StatusCode::CREATED, "{}")
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), seen)
-}
+use support_hooks::fake_forge;
 
 async fn state(dir: &std::path::Path) -> AppState {
     let settings = Settings {

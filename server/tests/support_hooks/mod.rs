@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use git2::{Oid, Repository, Signature, Time};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -387,3 +389,36 @@ pub const PIPELINE: &str = "stages:
       - name: unit
         run: echo test
 ";
+
+/// One request a stand-in forge received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// A stand-in forge API on 127.0.0.1 that records status requests and answers 201.
+pub async fn fake_forge() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(Seen {
+                    method,
+                    path: uri.path().to_string(),
+                    headers,
+                    body: serde_json::from_slice(&body).unwrap_or_default(),
+                });
+                (StatusCode::CREATED, "{}")
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
