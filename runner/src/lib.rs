@@ -21,6 +21,7 @@ pub mod log;
 pub mod mask;
 mod spec;
 mod stage;
+mod sweep;
 pub mod workspace;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -36,6 +37,7 @@ pub use local::LocalBackend;
 pub use mask::Masker;
 pub use spec::{Source, StageSpec, StepSpec};
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
+pub use sweep::SweepReport;
 
 #[cfg(any(test, feature = "conformance"))]
 pub use failing::{FailPoint, FailingBackend};

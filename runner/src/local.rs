@@ -6,7 +6,11 @@
 //! - `home/`, `tmp/` — `HOME` and `TMPDIR`, so tools do not write caches into the
 //!   runner user's real home or leave litter in the shared `/tmp`;
 //! - `scripts/` — each step's script, outside the workspace so that a step (or an
-//!   artifact glob like `**`) never sees or ships it.
+//!   artifact glob like `**`) never sees or ships it;
+//! - `owner.lock` — `flock`ed by the backend for the life of the stage, and
+//!   `pids/step-<n>` — a record of each running step's process group: together they
+//!   let [`LocalBackend::sweep`] find and kill the steps of a runner that crashed
+//!   (see the `sweep` module).
 //!
 //! Process handling: each step is `/bin/sh -e <script>` in its own process group,
 //! so that a timeout or a cancel can kill the whole tree (`make` → `cc` →
@@ -44,6 +48,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};
+use crate::sweep::{self, OWNER_LOCK, PIDS_DIR, STAGE_PREFIX, SweepReport};
 use crate::workspace;
 
 /// PATH for steps when the runner itself has none.
@@ -87,8 +92,11 @@ struct LocalStage {
     home: PathBuf,
     tmp: PathBuf,
     scripts: PathBuf,
+    pids: PathBuf,
     env: BTreeMap<String, String>,
     steps: Mutex<HashMap<String, Arc<LocalStep>>>,
+    /// Held for the life of the stage: a sweep never touches a locked stage.
+    _owner: nix::fcntl::Flock<std::fs::File>,
 }
 
 struct LocalStep {
@@ -126,7 +134,10 @@ impl LocalStep {
 
 impl LocalBackend {
     /// Workspaces go under `base_dir`, or the system temp dir when `None`.
+    /// A relative `base_dir` is made absolute against the current directory (steps
+    /// run in their workspace, so their script paths must not be relative).
     pub fn new(base_dir: Option<PathBuf>) -> Self {
+        let base_dir = base_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
         LocalBackend {
             inner: Arc::new(Inner {
                 base_dir,
@@ -148,6 +159,34 @@ impl LocalBackend {
         LocalBackend {
             inner: Arc::new(inner),
         }
+    }
+
+    fn base(&self) -> PathBuf {
+        self.inner
+            .base_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Cleans up after a runner that died without destroying its stages (SIGKILL,
+    /// power loss): kills the still-running steps recorded in stage directories under
+    /// the base directory whose owning backend is gone, then removes those
+    /// directories. Call it at start-up, before running anything: otherwise an
+    /// orphaned step could still be running when the server re-runs its stage.
+    ///
+    /// Safe with other live runners sharing the base directory (their stages are
+    /// locked and skipped) and against recycled pids (a process is only signalled if
+    /// its pid *and* start time match the record and it still looks like a step).
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let base = self.base();
+        let dir = base.clone();
+        tokio::task::spawn_blocking(move || sweep::sweep(&dir))
+            .await
+            .map_err(|e| Error::Backend {
+                op: "sweep",
+                message: e.to_string(),
+            })?
+            .map_err(io_err(format!("sweeping {}", base.display())))
     }
 
     fn stage(&self, handle: &StageHandle) -> Result<Arc<LocalStage>> {
@@ -219,6 +258,23 @@ fn sanitize(id: &str) -> String {
     if s.is_empty() { "stage".into() } else { s }
 }
 
+/// Creates `<root>/owner.lock`, locked: the lock is taken on a temporary name and
+/// the file renamed into place, so a concurrent sweep never sees it unlocked.
+fn lock_owner(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let tmp = root.join(format!("{OWNER_LOCK}.new"));
+    let file =
+        std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| Error::Backend {
+            op: "setup_stage",
+            message: format!("locking {}: {e}", tmp.display()),
+        },
+    )?;
+    std::fs::rename(&tmp, root.join(OWNER_LOCK))
+        .map_err(io_err(format!("renaming {}", tmp.display())))?;
+    Ok(lock)
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |e| Error::io(context, e)
@@ -232,15 +288,12 @@ impl Backend for LocalBackend {
 
     async fn setup_stage(&self, spec: &StageSpec) -> Result<StageHandle> {
         spec.validate()?;
-        let base = self
-            .inner
-            .base_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        let prefix = format!("slipway-{}-", sanitize(&spec.id));
+        let base = self.base();
+        let prefix = format!("{STAGE_PREFIX}{}-", sanitize(&spec.id));
         let source = spec.source.clone();
         // All blocking: directory creation, then clone or copy.
-        let root = tokio::task::spawn_blocking(move || -> Result<PathBuf> {
+        type Owner = nix::fcntl::Flock<std::fs::File>;
+        let (root, owner) = tokio::task::spawn_blocking(move || -> Result<(PathBuf, Owner)> {
             std::fs::create_dir_all(&base)
                 .map_err(io_err(format!("creating {}", base.display())))?;
             let root = tempfile::Builder::new()
@@ -255,14 +308,16 @@ impl Backend for LocalBackend {
                 )))?
                 .keep();
             let filled = (|| {
-                for sub in ["workspace", "home", "tmp", "scripts"] {
+                let owner = lock_owner(&root)?;
+                for sub in ["workspace", "home", "tmp", "scripts", PIDS_DIR] {
                     std::fs::create_dir(root.join(sub))
                         .map_err(io_err(format!("creating {}/{sub}", root.display())))?;
                 }
-                workspace::prepare(&source, &root.join("workspace"))
+                workspace::prepare(&source, &root.join("workspace"))?;
+                Ok(owner)
             })();
             match filled {
-                Ok(()) => Ok(root),
+                Ok(owner) => Ok((root, owner)),
                 Err(e) => {
                     // Leave nothing behind on failure (trait contract).
                     let _ = workspace::remove_tree(&root);
@@ -285,9 +340,11 @@ impl Backend for LocalBackend {
             home: root.join("home"),
             tmp: root.join("tmp"),
             scripts: root.join("scripts"),
+            pids: root.join(PIDS_DIR),
             root,
             env: spec.env.clone(),
             steps: Mutex::new(HashMap::new()),
+            _owner: owner,
         };
         let handle = StageHandle {
             stage: spec.id.clone(),
@@ -352,6 +409,14 @@ impl Backend for LocalBackend {
             message: "child exited before its pid was known".into(),
         })?;
         let pgid = Pid::from_raw(pid as i32);
+        // The record a start-up sweep uses to kill this step if the runner dies
+        // before the step ends. Written after the spawn: a runner killed in between
+        // leaves an unrecorded step behind (a window of microseconds).
+        let record = stage.pids.join(format!("step-{index}"));
+        if let Some(start) = sweep::start_time(pgid.as_raw()) {
+            std::fs::write(&record, format!("{pgid} {start}\n"))
+                .map_err(io_err(format!("writing {}", record.display())))?;
+        }
 
         let (tx, rx) = mpsc::channel(CHUNK_BUFFER);
         let mut readers = Vec::new();
@@ -389,6 +454,8 @@ impl Backend for LocalBackend {
                     let _ = killpg(pgid, Signal::SIGKILL);
                 }
                 *alive = false;
+                // Before reaping: a record must never name a pid that may be reused.
+                let _ = std::fs::remove_file(&record);
             }
             let result = match child.wait().await {
                 Ok(status) => Ok(StepExit {
@@ -579,6 +646,143 @@ mod tests {
         assert!(!root.exists());
         // Idempotent.
         backend.destroy_stage(&handle).await.unwrap();
+    }
+
+    fn alive(pid: i32) -> bool {
+        // Gone, or a zombie nobody reaped yet, counts as dead.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let rest = &stat[stat.rfind(')').unwrap() + 1..];
+                !rest.trim_start().starts_with('Z')
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn wait_for_file(path: &Path) -> String {
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(path)
+                && text.ends_with('\n')
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never written", path.display());
+    }
+
+    /// A runner that dies without destroying its stage: a new backend on the same
+    /// base dir kills the orphaned step (and its children) and removes the stage.
+    #[tokio::test]
+    async fn sweep_kills_the_steps_of_a_dead_backend() {
+        let base = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let pids = out.path().join("pids");
+        let crashed = LocalBackend::new(Some(base.path().to_path_buf()));
+        let stage = crashed.setup_stage(&StageSpec::new("s")).await.unwrap();
+        let mut spec = StepSpec::new("sleeper", "");
+        spec.script = format!("sleep 300 &\necho $$ $! > {}\nwait\n", pids.display());
+        let step = crashed.start_step(&stage, 0, &spec).await.unwrap();
+        let text = wait_for_file(&pids).await;
+        let (shell, child): (i32, i32) = {
+            let mut it = text.split_whitespace().map(|p| p.parse().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        };
+        assert!(alive(shell) && alive(child));
+        let root = stage
+            .workspace
+            .clone()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        assert!(root.join(PIDS_DIR).join("step-0").exists());
+
+        // A live owner's stage is left alone.
+        let other = LocalBackend::new(Some(base.path().to_path_buf()));
+        let report = other.sweep().await.unwrap();
+        assert_eq!(report.in_use, 1, "{report:?}");
+        assert!(report.killed.is_empty() && report.removed_stages.is_empty());
+        assert!(alive(shell) && alive(child));
+
+        // The crash: the backend goes away without destroy_step/destroy_stage.
+        drop((crashed, stage, step));
+        let report = other.sweep().await.unwrap();
+        assert_eq!(report.killed, vec![shell], "{report:?}");
+        assert_eq!(report.removed_stages, vec![root.clone()]);
+        assert!(
+            report.spared.is_empty() && report.errors.is_empty(),
+            "{report:?}"
+        );
+        assert!(!alive(shell), "the step shell survived the sweep");
+        assert!(
+            !alive(child),
+            "the step's background job survived the sweep"
+        );
+        assert!(!root.exists());
+        // Nothing left to do the second time.
+        assert!(other.sweep().await.unwrap().is_empty());
+    }
+
+    /// A record naming a process that is not ours (a reused pid) never gets it killed,
+    /// even with the right start time; nor with a wrong one.
+    #[tokio::test]
+    async fn sweep_spares_unrelated_processes() {
+        let base = tempfile::tempdir().unwrap();
+        use std::os::unix::process::CommandExt;
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = sweep::start_time(pid).unwrap();
+        for (name, recorded) in [("a", start), ("b", start + 1)] {
+            let root = base.path().join(format!("{STAGE_PREFIX}{name}"));
+            std::fs::create_dir_all(root.join(PIDS_DIR)).unwrap();
+            std::fs::write(root.join(OWNER_LOCK), "").unwrap();
+            std::fs::write(
+                root.join(PIDS_DIR).join("step-0"),
+                format!("{pid} {recorded}\n"),
+            )
+            .unwrap();
+        }
+        // Not a stage (no owner lock): never touched.
+        let foreign = base.path().join(format!("{STAGE_PREFIX}foreign"));
+        std::fs::create_dir(&foreign).unwrap();
+
+        let backend = LocalBackend::new(Some(base.path().to_path_buf()));
+        let report = backend.sweep().await.unwrap();
+        assert!(report.killed.is_empty(), "{report:?}");
+        assert_eq!(report.spared, vec![pid, pid]);
+        assert_eq!(report.removed_stages.len(), 2);
+        assert!(alive(pid), "an unrelated process was killed");
+        assert!(foreign.exists());
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn steps_are_recorded_while_they_run() {
+        let base = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(Some(base.path().to_path_buf()));
+        let stage = backend.setup_stage(&StageSpec::new("s")).await.unwrap();
+        let root = stage
+            .workspace
+            .clone()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let step = backend
+            .start_step(&stage, 0, &StepSpec::new("quick", "true"))
+            .await
+            .unwrap();
+        assert_eq!(backend.wait_step(&stage, &step).await.unwrap().exit_code, 0);
+        // The monitor removes the record before publishing the exit.
+        assert!(!root.join(PIDS_DIR).join("step-0").exists());
+        backend.destroy_stage(&stage).await.unwrap();
+        assert!(!root.exists());
     }
 
     #[tokio::test]

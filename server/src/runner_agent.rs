@@ -939,6 +939,28 @@ async fn mint_token(state: &AppState, name: &str) -> crate::store::Result<String
     Ok(token)
 }
 
+/// The start-up sweep of a local backend (see [`runner::LocalBackend::sweep`]),
+/// logged. A failed sweep is logged and the runner starts anyway.
+pub async fn sweep_local(backend: &runner::LocalBackend) {
+    match backend.sweep().await {
+        Ok(report) => {
+            if !report.is_empty() {
+                tracing::warn!(
+                    killed = ?report.killed,
+                    removed_stages = report.removed_stages.len(),
+                    spared = ?report.spared,
+                    in_use = report.in_use,
+                    "swept what a crashed runner left behind"
+                );
+            }
+            for error in &report.errors {
+                tracing::warn!(error = %error, "sweep problem");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "sweeping the local backend's work dir failed"),
+    }
+}
+
 /// The server's in-process runner: the local backend, workspaces under
 /// `<data dir>/work`, speaking the runner protocol to this server's own listener.
 /// Stops with the server; stages it was running are left to lease expiry.
@@ -957,7 +979,11 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
             tracing::error!(error = %e, dir = %work.display(), "cannot create the runner's work dir");
             return;
         }
-        let backend = Arc::new(runner::LocalBackend::new(Some(work.clone())));
+        let backend = runner::LocalBackend::new(Some(work.clone()));
+        // Before leasing anything: a previous server process killed mid-stage left
+        // its steps running; they must be dead before their stage runs again.
+        sweep_local(&backend).await;
+        let backend = Arc::new(backend);
         let agent = Agent::new(local_url(addr), token, name, backend)
             .with_capacity(state.config.runner_capacity)
             .with_labels(vec!["local".into()])

@@ -68,7 +68,8 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating work dir {}", dir.display()))?;
     }
-    let backend = Arc::new(runner::LocalBackend::new(args.work_dir.clone()));
+    let local = runner::LocalBackend::new(args.work_dir.clone());
+    let backend = Arc::new(local.clone());
     let mut agent = Agent::new(server, token, args.name.unwrap_or_else(hostname), backend)
         .with_capacity(args.capacity)
         .with_labels(args.labels)
@@ -78,6 +79,8 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        // Before leasing anything: kill the steps a crashed predecessor left running.
+        crate::runner_agent::sweep_local(&local).await;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         agent.run(shutdown).await
