@@ -24,4 +24,7 @@ DO $$ BEGIN
     CREATE ROLE slipway LOGIN PASSWORD 'slipway' CREATEDB;
   END IF;
 END $$;
+-- Tests drop their throw-away databases WITH (FORCE), which terminates leftover
+-- connections: that needs pg_signal_backend.
+GRANT pg_signal_backend TO slipway;
 SQL

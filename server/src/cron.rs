@@ -35,7 +35,8 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::git::Mirror;
-use crate::planner::{PARAM_CRON, PARAM_PIPELINE, lock_mirror};
+use crate::git::lock_mirror;
+use crate::planner::{PARAM_CRON, PARAM_PIPELINE};
 use crate::state::AppState;
 use crate::store::{self, Event, NewRun, Repo, RepoId, Run, Trigger};
 

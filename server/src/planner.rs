@@ -41,8 +41,8 @@
 //! planning the same run is harmless: the second `set_run_planned` is a `Conflict`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -480,7 +480,7 @@ async fn read_commit(state: &AppState, repo: &Repo, run: &Run) -> Result<Commit,
     let clone_url = repo.clone_url.clone();
     let credentials = credentials(state, repo);
     let run = run.clone();
-    let _guard = lock_mirror(&dir).await;
+    let _guard = crate::git::lock_mirror(&dir).await;
     tokio::task::spawn_blocking(move || read_commit_blocking(&dir, &clone_url, credentials, &run))
         .await
         .unwrap_or_else(|e| {
@@ -560,18 +560,6 @@ pub(crate) fn credentials(state: &AppState, repo: &Repo) -> Option<Arc<Credentia
             _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),
         }
     }))
-}
-
-/// One async mutex per mirror directory: fetches of one mirror must not overlap (they
-/// race on ref lock files), and the planner and the cron worker both fetch.
-pub(crate) async fn lock_mirror(dir: &Path) -> tokio::sync::OwnedMutexGuard<()> {
-    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
-        LazyLock::new(Default::default);
-    let lock = {
-        let mut map = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(dir.to_owned()).or_default().clone()
-    };
-    lock.lock_owned().await
 }
 
 #[cfg(test)]

@@ -327,6 +327,7 @@ async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiR
     let url = repo.clone_url.clone();
     let credentials = crate::repos::mirror_credentials(state, repo)?;
     let git_ref = git_ref.to_string();
+    let _guard = crate::git::lock_mirror(&dir).await;
     let head = tokio::task::spawn_blocking(move || -> crate::git::Result<Option<Head>> {
         let mut mirror = Mirror::open_or_init(&dir, &url)?;
         if let Some(c) = credentials {

@@ -30,9 +30,10 @@ mod archive;
 mod diff;
 mod pipeline;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use git2::{AutotagOption, ErrorClass, ErrorCode, FetchOptions, Oid, RemoteCallbacks, Repository};
 
@@ -405,6 +406,19 @@ pub fn redact_url(url: &str) -> String {
         ),
         None => url.to_owned(),
     }
+}
+
+/// One async mutex per mirror directory: fetches of one mirror must not overlap (they
+/// race on ref lock files), and the planner, the cron worker and manual triggers all
+/// fetch. Hold the guard around the blocking fetch.
+pub async fn lock_mirror(dir: &Path) -> tokio::sync::OwnedMutexGuard<()> {
+    type Locks = HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>;
+    static LOCKS: LazyLock<std::sync::Mutex<Locks>> = LazyLock::new(Default::default);
+    let lock = {
+        let mut map = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(dir.to_owned()).or_default().clone()
+    };
+    lock.lock_owned().await
 }
 
 #[cfg(test)]
