@@ -122,6 +122,8 @@ fn sweep_stage(root: &Path, report: &mut SweepReport) {
         return;
     };
     let mut killed = Vec::new();
+    // Group members killed with their leader: waited for, not reported separately.
+    let mut waited: Vec<(i32, u64)> = Vec::new();
     for record in records.flatten() {
         let Ok(text) = fs::read_to_string(record.path()) else {
             continue;
@@ -145,9 +147,18 @@ fn sweep_stage(root: &Path, report: &mut SweepReport) {
             }
             Some(st) if st.state != 'Z' => {
                 if st.pgrp == pid && looks_like_ours(pid, root) {
-                    // The whole group at once: the leader and all its children.
+                    // The whole group at once: the leader and all its children. Note
+                    // the members first, so the wait below covers them too (SIGKILL
+                    // is delivered asynchronously; a child can outlive its leader
+                    // by a moment).
+                    let members: Vec<(i32, u64)> = group_members(pid)
+                        .into_iter()
+                        .filter(|m| *m != pid)
+                        .filter_map(|m| proc_stat(m).map(|st| (m, st.start_time)))
+                        .collect();
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                     killed.push((pid, start));
+                    waited.extend(members);
                 } else {
                     report.spared.push(pid);
                 }
@@ -169,7 +180,7 @@ fn sweep_stage(root: &Path, report: &mut SweepReport) {
     // SIGKILL cannot be caught, but wait until they are really gone (or zombies
     // waiting for init), so that nothing of theirs runs once the sweep returns.
     let deadline = Instant::now() + DEATH_WAIT;
-    for &(pid, start) in &killed {
+    for &(pid, start) in killed.iter().chain(&waited) {
         while is_running(pid, start) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
