@@ -56,6 +56,7 @@ cases!(
     runners_register,
     events_record_the_life_of_a_run,
     reconcile_is_idempotent,
+    finish_report_names_the_call_that_ends_the_run,
 );
 
 // ---------------------------------------------------------------- harness
@@ -1622,4 +1623,44 @@ async fn reconcile_is_idempotent(store: Store) {
         store.reconcile_run(run.id + 1000).await,
         Err(Error::NotFound(_))
     ));
+}
+
+/// Exactly one `finish_stage_report` ends a run, and it says how; finishing any other
+/// stage, or re-queuing one, says nothing.
+async fn finish_report_names_the_call_that_ends_the_run(store: Store) {
+    let (_, run) = planned(
+        &store,
+        "team/app",
+        vec![
+            NewStage::new("a", &[], &["one"]),
+            NewStage::new("b", &[], &["two"]),
+        ],
+    )
+    .await;
+    let a = lease(&store).await;
+    let b = lease(&store).await;
+    let report = store
+        .finish_stage_report(
+            a.stage.id,
+            &a.token,
+            StageOutcome::new(StageStatus::Success),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.settled, Settled::Finished(StageStatus::Success));
+    assert_eq!(report.run_finished, None, "b is still running");
+    let report = store
+        .finish_stage_report(
+            b.stage.id,
+            &b.token,
+            StageOutcome::new(StageStatus::Failure),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.settled, Settled::Finished(StageStatus::Failure));
+    assert_eq!(report.run_finished, Some(RunStatus::Failure));
+    assert_eq!(
+        store.get_run(run.id).await.unwrap().status,
+        RunStatus::Failure
+    );
 }

@@ -569,10 +569,14 @@ async fn stage_finish(
     let reason = req
         .reason
         .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
-    let settled = state
+    let report = state
         .store
-        .finish_stage(id, &req.lease_token, StageOutcome { status, reason })
+        .finish_stage_report(id, &req.lease_token, StageOutcome { status, reason })
         .await?;
+    if let Some(run_status) = report.run_finished {
+        state.metrics.run_finished(run_status);
+    }
+    let settled = report.settled;
     // Stages that needed this one may be runnable now, and a slot is free.
     state.wake.queue.notify_waiters();
     let (settled, status) = match settled {
@@ -594,15 +598,6 @@ async fn stage_finish(
             })
             .await
             .map_err(ApiError::internal)?;
-            // The last stage to finish settles the run.
-            let run = state.store.get_run(stage.run_id).await?;
-            if run.status.is_final()
-                && run
-                    .finished_at
-                    .is_some_and(|t| t >= stage.finished_at.unwrap_or(0))
-            {
-                state.metrics.run_finished(run.status);
-            }
             ("finished", status)
         }
         Settled::Retrying { .. } => ("retrying", StageStatus::Queued),

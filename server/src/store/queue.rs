@@ -8,9 +8,9 @@ use sqlx::query;
 use super::row::{RowExt, STAGE_COLS, STEP_COLS, rows, stage as stage_row, step as step_row};
 use super::runs::{close_steps, emit};
 use super::{
-    Dialect, Error, Heartbeat, Lease, Limits, Result, Run, RunId, RunStatus, RunnerId, Settled,
-    Stage, StageId, StageOutcome, StageStatus, StageWithSteps, Step, StepId, StepStatus, Store, Tx,
-    affected, duration_ms, now_ms,
+    Dialect, Error, FinishReport, Heartbeat, Lease, Limits, Result, Run, RunId, RunStatus,
+    RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus, StageWithSteps, Step, StepId,
+    StepStatus, Store, Tx, affected, duration_ms, now_ms,
 };
 
 /// Key of the PostgreSQL advisory lock that makes "count running stages, then lease
@@ -206,6 +206,20 @@ impl Store {
         token: &str,
         outcome: StageOutcome,
     ) -> Result<Settled> {
+        Ok(self
+            .finish_stage_report(stage, token, outcome)
+            .await?
+            .settled)
+    }
+
+    /// [`Store::finish_stage`], also saying whether this call ended the run (and how):
+    /// exactly one call ends a run, so callers can count finished runs without races.
+    pub async fn finish_stage_report(
+        &self,
+        stage: StageId,
+        token: &str,
+        outcome: StageOutcome,
+    ) -> Result<FinishReport> {
         if !outcome.status.is_final() || outcome.status == StageStatus::Skipped {
             return Err(Error::Invalid(format!(
                 "a stage cannot finish as {}",
@@ -234,7 +248,7 @@ impl Store {
             return Err(Error::LeaseLost);
         };
         let stage = stage_row(&row)?;
-        let settled = self
+        let (settled, after) = self
             .settle(
                 &mut tx,
                 &run,
@@ -244,7 +258,15 @@ impl Store {
             )
             .await?;
         tx.commit().await?;
-        Ok(settled)
+        // The run row was locked since before the change: a final status now that was
+        // not final then was set by this call and no other.
+        let run_finished = after
+            .filter(|r| r.status.is_final() && !run.status.is_final())
+            .map(|r| r.status);
+        Ok(FinishReport {
+            settled,
+            run_finished,
+        })
     }
 
     /// Ends or re-queues a running stage (the run is locked by the caller).
@@ -255,7 +277,7 @@ impl Store {
         stage: &Stage,
         status: StageStatus,
         reason: Option<&str>,
-    ) -> Result<Settled> {
+    ) -> Result<(Settled, Option<Run>)> {
         let now = now_ms();
         let retryable = matches!(
             status,
@@ -302,7 +324,7 @@ impl Store {
             .execute(&mut **tx)
             .await?;
             emit(tx, run.id, Some(stage.id), "queued", now).await?;
-            return Ok(Settled::Retrying { attempt });
+            return Ok((Settled::Retrying { attempt }, None));
         }
         query(
             "UPDATE stages SET status = $2, reason = $3, finished_at = $4, lease_token = NULL, \
@@ -316,8 +338,8 @@ impl Store {
         .await?;
         close_steps(tx, stage.id, status, now).await?;
         emit(tx, run.id, Some(stage.id), status.as_str(), now).await?;
-        self.reconcile_tx(tx, run).await?;
-        Ok(Settled::Finished(status))
+        let after = self.reconcile_tx(tx, run).await?;
+        Ok((Settled::Finished(status), Some(after)))
     }
 
     /// Takes back stages whose lease expired before `now` (unix ms): each is queued

@@ -398,6 +398,14 @@ pub enum Settled {
     Retrying { attempt: i64 },
 }
 
+/// What [`Store::finish_stage_report`](super::Store::finish_stage_report) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishReport {
+    pub settled: Settled,
+    /// The run's final status, when this call is the one that ended the run.
+    pub run_finished: Option<RunStatus>,
+}
+
 /// A secret's metadata (never its value).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SecretMeta {
