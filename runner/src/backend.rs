@@ -11,8 +11,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::error::Result;
-use crate::spec::{StageSpec, StepSpec};
+use crate::spec::{ImageSpec, StageSpec, StepSpec};
 
 /// A prepared stage.
 ///
@@ -132,4 +133,31 @@ pub trait Backend: Send + Sync {
     /// Removes everything the stage created, killing steps that still run.
     /// Idempotent.
     async fn destroy_stage(&self, stage: &StageHandle) -> Result<()>;
+
+    /// Builds `image` from the stage's workspace and pushes it when `image.push` is
+    /// set. Build output goes to `log` as it arrives. Backends that cannot build
+    /// images keep this default, which refuses with a clear, non-retryable error.
+    async fn build_image(
+        &self,
+        stage: &StageHandle,
+        image: &ImageSpec,
+        log: tokio::sync::mpsc::UnboundedSender<LogChunk>,
+    ) -> Result<BuiltImage> {
+        let _ = (stage, image, log);
+        Err(Error::InvalidSpec(format!(
+            "kind `image` needs the docker or kubernetes backend; the {} backend cannot build images",
+            self.name()
+        )))
+    }
+}
+
+/// A built (and maybe pushed) image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// The engine's image id (`sha256:…`).
+    pub id: String,
+    /// The pushed reference (`registry/team/app:tag`), if pushed.
+    pub reference: Option<String>,
+    /// The registry's manifest digest (`sha256:…`), if pushed: what deploys use.
+    pub digest: Option<String>,
 }

@@ -16,6 +16,7 @@
 pub mod artifacts;
 mod backend;
 mod error;
+mod finding;
 mod local;
 pub mod log;
 pub mod mask;
@@ -30,12 +31,17 @@ pub mod conformance;
 pub mod failing;
 
 pub use backend::{
-    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+    Artifact, Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit,
+    StepHandle,
 };
 pub use error::{Error, Result};
+pub use finding::Finding;
 pub use local::LocalBackend;
 pub use mask::Masker;
-pub use spec::{Source, StageSpec, StepSpec};
+pub use spec::{
+    ContainerSettings, ImageSpec, RegistryAuth, ScanSpec, ServiceSpec, Severity, Source, StageKind,
+    StageSpec, StepSpec,
+};
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
 pub use sweep::SweepReport;
 

@@ -3,6 +3,7 @@
 //! a remote runner host only needs this small, stable shape.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,195 @@ pub struct StageSpec {
     /// Secret *values*, masked in all output. Injecting them into the environment is
     /// the caller's job (via `env`); the runner only needs to know what to hide.
     pub secrets: Vec<String>,
+    /// What the stage does after its steps succeeded (build an image, scan).
+    #[serde(default)]
+    pub kind: StageKind,
+    /// Containers reachable by name from the steps; ignored by the local backend.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    /// Settings for the step containers; ignored by the local backend.
+    #[serde(default)]
+    pub container: ContainerSettings,
+}
+
+/// What a stage does besides running its steps. The steps always run first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StageKind {
+    #[default]
+    Run,
+    /// After the steps: build an image from the workspace and push it
+    /// ([`crate::Backend::build_image`]).
+    Image(ImageSpec),
+    /// After the steps: the built-in secret scan of the workspace and the SARIF
+    /// reports the steps produced.
+    Scan(ScanSpec),
+}
+
+/// A container image to build from the workspace and push.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// Relative to the workspace.
+    pub dockerfile: String,
+    /// Build context directory, relative to the workspace.
+    pub context: String,
+    /// Multi-stage build target.
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    /// Labels put on the image (commit sha, run URL, …).
+    pub labels: BTreeMap<String, String>,
+    /// Full reference to tag and push (`registry/team/app:tag`); `None`: build only.
+    pub push: Option<String>,
+    /// Credentials for the push; never logged.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+impl fmt::Debug for ImageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageSpec")
+            .field("dockerfile", &self.dockerfile)
+            .field("context", &self.context)
+            .field("target", &self.target)
+            .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .field("push", &self.push)
+            .field("registry_auth", &self.registry_auth.is_some())
+            .finish()
+    }
+}
+
+/// Registry credentials. The secret named by `registry_secret` holds either
+/// `user:password` or a Docker `config.json` (`{"auths": {...}}`); see
+/// [`RegistryAuth::parse`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl RegistryAuth {
+    /// Reads a registry secret: `user:password`, or a Docker `config.json` whose
+    /// `auths` has an entry for `registry` (the host of the image reference) with
+    /// `auth` (base64 of `user:password`) or `username` + `password`.
+    pub fn parse(secret: &str, registry: &str) -> Result<RegistryAuth> {
+        let secret = secret.trim();
+        let bad = |why: &str| Error::InvalidSpec(format!("registry secret: {why}"));
+        if !secret.starts_with('{') {
+            let (user, password) = secret
+                .split_once(':')
+                .ok_or_else(|| bad("expected `user:password` or a Docker config.json"))?;
+            return Ok(RegistryAuth {
+                username: user.to_owned(),
+                password: password.to_owned(),
+            });
+        }
+        #[derive(Deserialize)]
+        struct Config {
+            auths: BTreeMap<String, Entry>,
+        }
+        #[derive(Deserialize)]
+        struct Entry {
+            auth: Option<String>,
+            username: Option<String>,
+            password: Option<String>,
+        }
+        // Never include serde's message: it may quote the secret.
+        let config: Config = serde_json::from_str(secret)
+            .map_err(|_| bad("not valid Docker config.json (expected {\"auths\": {…}})"))?;
+        let entry = config
+            .auths
+            .iter()
+            .find(|(host, _)| {
+                let host = host
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                host.split('/').next() == Some(registry)
+            })
+            .map(|(_, e)| e)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "config.json has no entry for registry `{registry}`"
+                ))
+            })?;
+        if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+            return Ok(RegistryAuth {
+                username: u.clone(),
+                password: p.clone(),
+            });
+        }
+        use base64::Engine as _;
+        let decoded = entry
+            .auth
+            .as_deref()
+            .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| bad(&format!("entry for `{registry}` has no usable `auth`")))?;
+        RegistryAuth::parse(&decoded, registry)
+    }
+}
+
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The built-in scan's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSpec {
+    /// Globs (relative to the workspace) of SARIF reports written by the steps.
+    pub sarif: Vec<String>,
+    /// The lowest severity that fails the stage; `None` never fails.
+    pub fail_on: Option<Severity>,
+}
+
+/// Finding severities, lowest first (SARIF `note` < … < `critical`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Note,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Note => "note",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A service container (database, cache) started before the steps, reachable from
+/// them by `name` on the stage's network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's command.
+    pub command: Option<Vec<String>>,
+}
+
+/// Settings for step containers, from pipeline YAML.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSettings {
+    /// `uid`, `uid:gid` or a user name known to the image.
+    pub user: Option<String>,
+    /// Working directory inside the workspace, relative to it.
+    pub workdir: Option<String>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a CPU.
+    pub cpu_millis: Option<u64>,
 }
 
 /// Where the workspace content comes from.
@@ -68,6 +258,9 @@ impl StageSpec {
             timeout: None,
             artifacts: Vec::new(),
             secrets: Vec::new(),
+            kind: StageKind::Run,
+            services: Vec::new(),
+            container: ContainerSettings::default(),
         }
     }
 
@@ -141,6 +334,28 @@ mod tests {
 
         assert!(StageSpec::new("").validate().is_err());
         assert!(StageSpec::new("ok").validate().is_ok());
+    }
+
+    #[test]
+    fn registry_auth_forms() {
+        let plain = RegistryAuth::parse("bob:pa:ss", "reg.local:5000").unwrap();
+        assert_eq!(
+            (plain.username.as_str(), plain.password.as_str()),
+            ("bob", "pa:ss")
+        );
+        let json = r#"{"auths":{"reg.local:5000":{"auth":"Ym9iOnNlY3JldA=="}}}"#;
+        let auth = RegistryAuth::parse(json, "reg.local:5000").unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("bob", "secret")
+        );
+        let err = RegistryAuth::parse(json, "other").unwrap_err().to_string();
+        assert!(err.contains("no entry for registry `other`"), "{err}");
+        let err = RegistryAuth::parse("{nope s3cr3t", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(format!("{auth:?}").find("secret").is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! per-stage timeouts, cancellation, line assembly and secret masking, artifacts on
 //! success, and `destroy_stage` on every path.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use crate::backend::{
     Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepHandle,
 };
 use crate::error::Error;
+use crate::finding::Finding;
 use crate::log::LineAssembler;
 use crate::mask::Masker;
 use crate::spec::{StageSpec, StepSpec};
@@ -117,6 +119,13 @@ pub struct StageOutcome {
     pub status: Status,
     pub steps: Vec<StepOutcome>,
     pub artifacts: Vec<Artifact>,
+    /// Values later stages read as `${{ stages.<name>.outputs.<key> }}` (an image
+    /// stage's `digest`, `image`).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// A scan stage's findings.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
     pub duration: Duration,
 }
 
@@ -181,6 +190,8 @@ impl<'a> Driver<'a> {
             status: Status::Success,
             steps: Vec::new(),
             artifacts: Vec::new(),
+            outputs: BTreeMap::new(),
+            findings: Vec::new(),
             duration: Duration::ZERO,
         };
         if let Err(e) = self.spec.validate() {
@@ -592,6 +603,15 @@ mod tests {
                 path: "out/a.txt".into(),
                 size: 5,
                 sha256: "00".into(),
+            }],
+            outputs: BTreeMap::from([("digest".into(), "sha256:00".into())]),
+            findings: vec![Finding {
+                tool: "slipway-secrets".into(),
+                rule: "github-token".into(),
+                severity: crate::Severity::High,
+                path: Some("src/config.rs".into()),
+                line: Some(3),
+                message: "GitHub token".into(),
             }],
             duration: Duration::from_secs(2),
         };

@@ -191,6 +191,8 @@ pub async fn execute(
                     status: Status::Error(format!("stage task failed: {e}")),
                     steps: Vec::new(),
                     artifacts: Vec::new(),
+                    outputs: Default::default(),
+                    findings: Vec::new(),
                     duration: Duration::ZERO,
                 }),
                 attempts: 1,
@@ -269,6 +271,7 @@ fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, 
         Err(SpecError::MissingSecret { stage, secret }) => {
             Err(Error::MissingSecret { stage, secret })
         }
+        Err(e @ SpecError::BadRegistrySecret { .. }) => Ok(Work::Unsupported(e.to_string())),
     }
 }
 

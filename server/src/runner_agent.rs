@@ -558,7 +558,7 @@ impl Agent {
         ) {
             Ok(spec) => spec,
             Err(SpecError::Unsupported(reason)) => return (WireStatus::Failure, Some(reason)),
-            Err(e @ SpecError::MissingSecret { .. }) => {
+            Err(e @ (SpecError::MissingSecret { .. } | SpecError::BadRegistrySecret { .. })) => {
                 return (WireStatus::Failure, Some(e.to_string()));
             }
         };

@@ -12,8 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use pipelines::{PlannedKind, PlannedStage};
-use runner::{Source, StageSpec, StepSpec};
+use pipelines::{PlannedKind, PlannedStage, ScanLevel};
+use runner::{
+    ContainerSettings, ImageSpec, RegistryAuth, ScanSpec, ServiceSpec, Severity, Source, StageKind,
+    StageSpec, StepSpec,
+};
 
 /// What to do when a referenced secret has no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,21 +34,105 @@ pub enum SpecError {
     Unsupported(String),
     #[error("stage `{stage}` needs secret `{secret}`, which has no value")]
     MissingSecret { stage: String, secret: String },
+    /// The registry secret is not in a usable form (the message never holds it).
+    #[error("stage `{stage}`: {message}")]
+    BadRegistrySecret { stage: String, message: String },
 }
 
-/// Why a stage of this kind cannot run on the local backend (`None`: it can).
+/// Why a stage of this kind cannot run on a runner at all (`None`: it can; whether the
+/// runner's backend can build images is the backend's to say, see
+/// [`runner::Backend::build_image`]).
 pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
     match kind {
-        PlannedKind::Run => None,
-        PlannedKind::Scan { .. } => Some(
-            "kind `scan` (built-in secret scan and SARIF analysis) is not supported by this runner yet",
-        ),
-        PlannedKind::Image { .. } => Some(
-            "kind `image` builds and pushes through the docker or kubernetes backend; the local backend cannot build images",
-        ),
+        PlannedKind::Run | PlannedKind::Scan { .. } | PlannedKind::Image { .. } => None,
         PlannedKind::Deploy { .. } => Some(
-            "kind `deploy` drives a canary rollout through the kubernetes backend; the local backend cannot deploy",
+            "kind `deploy` drives a canary rollout through the kubernetes backend, which this runner does not have",
         ),
+    }
+}
+
+/// OCI labels put on every image Slipway builds.
+pub const LABEL_REVISION: &str = "org.opencontainers.image.revision";
+pub const LABEL_RUN_URL: &str = "io.slipway.run-url";
+
+fn stage_kind(
+    stage: &PlannedStage,
+    id: &str,
+    env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+    on_missing: OnMissing,
+) -> Result<StageKind, SpecError> {
+    Ok(match &stage.kind {
+        PlannedKind::Run | PlannedKind::Deploy { .. } => StageKind::Run,
+        PlannedKind::Scan { sarif, fail_on } => StageKind::Scan(ScanSpec {
+            sarif: sarif.clone(),
+            fail_on: severity(*fail_on),
+        }),
+        PlannedKind::Image {
+            dockerfile,
+            context,
+            push,
+            registry_secret,
+            build_args,
+            target,
+        } => {
+            let mut labels = BTreeMap::new();
+            if let Some(sha) = env.get("SLIPWAY_COMMIT_SHA") {
+                labels.insert(LABEL_REVISION.to_string(), sha.clone());
+            }
+            if let Some(url) = env.get("SLIPWAY_RUN_URL").filter(|u| !u.is_empty()) {
+                labels.insert(LABEL_RUN_URL.to_string(), url.clone());
+            }
+            let registry_auth = match (registry_secret, push) {
+                (Some(name), Some(reference)) => match secrets.get(name) {
+                    Some(value) => Some(
+                        RegistryAuth::parse(value, registry_host(reference)).map_err(|e| {
+                            SpecError::BadRegistrySecret {
+                                stage: id.to_string(),
+                                message: e.to_string(),
+                            }
+                        })?,
+                    ),
+                    None if on_missing == OnMissing::Omit => None,
+                    None => {
+                        return Err(SpecError::MissingSecret {
+                            stage: id.to_string(),
+                            secret: name.clone(),
+                        });
+                    }
+                },
+                _ => None,
+            };
+            StageKind::Image(ImageSpec {
+                dockerfile: dockerfile.clone(),
+                context: context.clone(),
+                target: target.clone(),
+                build_args: build_args.clone(),
+                labels,
+                push: push.clone(),
+                registry_auth,
+            })
+        }
+    })
+}
+
+fn severity(level: ScanLevel) -> Option<Severity> {
+    match level {
+        ScanLevel::None => None,
+        ScanLevel::Note => Some(Severity::Note),
+        ScanLevel::Low => Some(Severity::Low),
+        ScanLevel::Medium => Some(Severity::Medium),
+        ScanLevel::High => Some(Severity::High),
+        ScanLevel::Critical => Some(Severity::Critical),
+    }
+}
+
+/// The registry host of an image reference, as Docker reads it: the first path
+/// component if it looks like a host (has `.` or `:`, or is `localhost`), else Docker Hub.
+pub fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
     }
 }
 
@@ -115,6 +202,17 @@ pub fn stage_spec(
             timeout: step.timeout_secs.map(Duration::from_secs),
         });
     }
+    let kind = stage_kind(stage, id, &env, secrets, on_missing)?;
+    let services = stage
+        .services
+        .iter()
+        .map(|(name, s)| ServiceSpec {
+            name: name.clone(),
+            image: s.image.clone(),
+            env: s.env.clone(),
+            command: s.command.clone(),
+        })
+        .collect();
     Ok(StageSpec {
         id: id.to_string(),
         image: stage.image.clone(),
@@ -124,6 +222,9 @@ pub fn stage_spec(
         timeout: stage.timeout_secs.map(Duration::from_secs),
         artifacts: stage.artifacts.clone(),
         secrets: secrets.values().cloned().collect(),
+        kind,
+        services,
+        container: ContainerSettings::default(),
     })
 }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner::{LocalBackend, RunOptions, Source, StageSpec, Status, StepSpec};
+use runner::{LocalBackend, RunOptions, StageSpec, Status, StepSpec};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -111,10 +111,6 @@ fn local_step_overhead(steps: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let backend = Arc::new(LocalBackend::new(None));
     let stage = |n: usize| StageSpec {
-        id: "bench".into(),
-        image: None,
-        source: Source::Empty,
-        env: BTreeMap::new(),
         steps: (0..n)
             .map(|i| StepSpec {
                 name: format!("s{i}"),
@@ -123,9 +119,8 @@ fn local_step_overhead(steps: usize) -> anyhow::Result<()> {
                 timeout: None,
             })
             .collect(),
-        timeout: None,
-        artifacts: Vec::new(),
         secrets: vec!["not-a-real-secret".into()],
+        ..StageSpec::new("bench")
     };
     let run = |spec: StageSpec| -> anyhow::Result<Duration> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
