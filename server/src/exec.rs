@@ -76,7 +76,7 @@ struct Node {
 }
 
 enum Work {
-    Run { spec: StageSpec, retries: u32 },
+    Run { spec: Box<StageSpec>, retries: u32 },
     Unsupported(String),
 }
 
@@ -163,7 +163,7 @@ pub async fn execute(
                     if let Work::Run { spec, retries } = node.work {
                         let handle = running.spawn(run_with_retries(
                             backend.clone(),
-                            spec,
+                            *spec,
                             retries,
                             opts.artifact_dir
                                 .as_ref()
@@ -264,7 +264,7 @@ fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, 
         OnMissing::Error,
     ) {
         Ok(spec) => Ok(Work::Run {
-            spec,
+            spec: Box::new(spec),
             retries: stage.retry,
         }),
         Err(SpecError::Unsupported(reason)) => Ok(Work::Unsupported(reason)),
