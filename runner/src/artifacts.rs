@@ -81,6 +81,20 @@ pub fn collect(root: &Path, globs: &[String], dest: &Path) -> Result<Vec<Artifac
     Ok(out)
 }
 
+/// The files under `root` matching `globs` (same rules as [`collect`]), as
+/// `(relative path, file to read)` sorted by path, without copying them. Blocking.
+pub(crate) fn matching_files(root: &Path, globs: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let set = build_globs(globs)?;
+    if globs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = fs::canonicalize(root)
+        .map_err(|e| Error::io(format!("resolving workspace {}", root.display()), e))?;
+    let mut found = BTreeMap::new();
+    walk(&root, &root, "", false, &set, &mut found)?;
+    Ok(found.into_iter().collect())
+}
+
 fn walk(
     root: &Path,
     dir: &Path,

@@ -45,6 +45,12 @@ pub enum Error {
     #[error("artifact `{path}`: {reason}")]
     Artifact { path: String, reason: String },
 
+    /// A scan stage's input was refused: a malformed SARIF report or allow-list entry
+    /// (`path` names the file, and the line where known). The pipeline's mistake, so
+    /// not retryable.
+    #[error("scan `{path}`: {reason}")]
+    Scan { path: String, reason: String },
+
     /// The handle does not name anything this backend knows (e.g. the stage was
     /// already destroyed, or the runner restarted and lost it).
     #[error("unknown {kind} `{id}`")]
@@ -87,6 +93,7 @@ impl Error {
             Error::InvalidSpec(_)
             | Error::CommitNotFound { .. }
             | Error::Artifact { .. }
+            | Error::Scan { .. }
             | Error::InvalidState(_) => false,
         }
     }

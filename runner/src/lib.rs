@@ -20,6 +20,7 @@ mod finding;
 mod local;
 pub mod log;
 pub mod mask;
+pub mod scan;
 mod spec;
 mod stage;
 mod sweep;
