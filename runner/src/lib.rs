@@ -40,8 +40,8 @@ pub use finding::Finding;
 pub use local::LocalBackend;
 pub use mask::Masker;
 pub use spec::{
-    ContainerSettings, ImageSpec, RegistryAuth, ScanSpec, ServiceSpec, Severity, Source, StageKind,
-    StageSpec, StepSpec,
+    ContainerSettings, IMAGE_STEP, ImageSpec, RegistryAuth, SCAN_STEP, ScanSpec, ServiceSpec,
+    Severity, Source, StageKind, StageSpec, StepSpec,
 };
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
 pub use sweep::SweepReport;

@@ -55,6 +55,22 @@ pub enum StageKind {
     Scan(ScanSpec),
 }
 
+impl StageKind {
+    /// The name of the step this kind adds after the stage's steps (`None`: none).
+    /// The server lists it among the stage's steps so that its log has a place.
+    pub fn step_name(&self) -> Option<&'static str> {
+        match self {
+            StageKind::Run => None,
+            StageKind::Image(_) => Some(IMAGE_STEP),
+            StageKind::Scan(_) => Some(SCAN_STEP),
+        }
+    }
+}
+
+/// Step names of the kinds' extra steps.
+pub const IMAGE_STEP: &str = "build image";
+pub const SCAN_STEP: &str = "scan";
+
 /// A container image to build from the workspace and push.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageSpec {

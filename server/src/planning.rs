@@ -35,7 +35,7 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 max_attempts: stage.retry.saturating_add(1),
                 skip: None,
                 succeeded: None,
-                steps: stage.steps.iter().map(|s| s.name.clone()).collect(),
+                steps: crate::stage_spec::step_names(stage),
             });
         }
         for skipped in &plan.skipped {

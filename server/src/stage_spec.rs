@@ -51,6 +51,19 @@ pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
     }
 }
 
+/// The stage's step names as the runner reports them: the plan's steps, then the step
+/// its kind adds (`build image`, `scan`; see [`runner::StageKind::step_name`]).
+pub fn step_names(stage: &PlannedStage) -> Vec<String> {
+    let mut names: Vec<String> = stage.steps.iter().map(|s| s.name.clone()).collect();
+    let extra = match stage.kind {
+        PlannedKind::Image { .. } => Some(runner::IMAGE_STEP),
+        PlannedKind::Scan { .. } => Some(runner::SCAN_STEP),
+        PlannedKind::Run | PlannedKind::Deploy { .. } => None,
+    };
+    names.extend(extra.map(String::from));
+    names
+}
+
 /// OCI labels put on every image Slipway builds.
 pub const LABEL_REVISION: &str = "org.opencontainers.image.revision";
 pub const LABEL_RUN_URL: &str = "io.slipway.run-url";
