@@ -405,9 +405,62 @@ fn the_mounted_configuration_is_one_slipway_accepts() {
             "{overlay}: listen {} is unreachable from the Service",
             config.listen
         );
-        // Until the Kubernetes backend runs builds in their own pods, steps must not
-        // run inside the server's pod (next to the key and the token).
-        assert!(!config.in_process_runner, "{overlay}");
+        // The in-process runner's only backend is local: it would run build steps inside
+        // the server's pod, next to the key and the token. (When the Kubernetes backend
+        // lands, check here that the in-process runner uses it instead.)
+        assert!(
+            !config.in_process_runner,
+            "{overlay}: in_process_runner would run builds in the server's pod"
+        );
+    }
+}
+
+/// The probes' paths answer on a real server started with the pod's configuration (its
+/// data dir moved into a temp dir; on SQLite for both overlays, the database URL being
+/// the one setting the ha-postgres pod adds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_answer_on_a_server_running_the_mounted_configuration() {
+    for overlay in OVERLAYS {
+        let (_, objects) = render(overlay);
+        let deployment = deployment(&objects, overlay);
+        let c = server_container(deployment);
+        let probes: Vec<String> = ["startupProbe", "livenessProbe", "readinessProbe"]
+            .iter()
+            .map(|p| {
+                c[*p]["httpGet"]["path"]
+                    .as_str()
+                    .expect("an HTTP probe")
+                    .to_string()
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = mounted_config(&objects, deployment);
+        let data_dir = dir.path().join("data");
+        config.database_url = format!("sqlite://{}/slipway.db?mode=rwc", data_dir.display());
+        config.secret_key_file = data_dir.join("secret.key");
+        config.data_dir = data_dir;
+        let state = server::serve::build_state(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(server::serve::run(listener, state.clone()));
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap();
+        for path in &probes {
+            let response = client
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{overlay}: GET {path}: {e}"));
+            assert_eq!(response.status(), 200, "{overlay}: GET {path}");
+        }
+        state.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), server)
+            .await
+            .expect("the server stops within 30 s")
+            .unwrap()
+            .unwrap();
     }
 }
 
