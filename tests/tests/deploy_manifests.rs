@@ -5,7 +5,9 @@
 //!   validated by `kubernetes-validate --strict` against Kubernetes 1.30 (unknown fields
 //!   fail), then checked here: least-privilege RBAC in the build namespace only, the
 //!   Slipway pod under the `restricted` Pod Security profile, the configuration it mounts
-//!   accepted by Slipway's own config loader;
+//!   accepted by Slipway's own config loader; the real server, started on that
+//!   configuration, answers the probes' paths, and ha-postgres's replicas start together
+//!   on one PostgreSQL database and one data dir;
 //! - the Dockerfile is checked structurally (no linter, and nothing can be pulled to
 //!   build it);
 //! - `docker-compose config` validates the compose file; `systemd-analyze verify` and
@@ -521,6 +523,106 @@ fn ha_postgres_runs_replicas_on_a_database_url_from_a_secret() {
         .expect("matchLabels")
     {
         assert_eq!(&template_labels(deployment)[key], value);
+    }
+}
+
+/// What the ha-postgres overlay relies on, with the real server: several replicas start
+/// at once on one PostgreSQL database (migrations serialised by the migrator's lock)
+/// and one shared data dir (the ReadWriteMany volume), and each becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_postgres_replicas_start_together_on_one_database_and_data_dir() {
+    use sqlx::{Connection, Executor};
+
+    let (_, objects) = render("ha-postgres");
+    let deployment = deployment(&objects, "ha-postgres");
+    let replicas = deployment["spec"]["replicas"].as_u64().unwrap() as usize;
+    let admin_url = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin_url} ({e}); start it with \
+                 `bash .ci/postgres.sh`"
+            )
+        });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("slipway_deploy_{}_{nanos}", std::process::id());
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+
+    let outcome = tokio::spawn(start_replicas(
+        mounted_config(&objects, deployment),
+        database_url(&admin_url, &name),
+        replicas,
+    ))
+    .await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn start_replicas(config: server::config::Config, database_url: String, replicas: usize) {
+    let shared = tempfile::tempdir().unwrap();
+    let mut config = config;
+    config.database_url = database_url;
+    config.data_dir = shared.path().join("data");
+    config.secret_key_file = config.data_dir.join("secret.key");
+    // All at once, as a Deployment's pods start.
+    let states = futures::future::join_all(
+        (0..replicas).map(|_| server::serve::build_state(config.clone())),
+    )
+    .await;
+    let mut servers = Vec::new();
+    for state in states {
+        let state = state.expect("a replica failed to start");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(server::serve::run(listener, state.clone()));
+        servers.push((state, addr, handle));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for (_, addr, _) in &servers {
+        let response = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "replica at {addr} is not ready");
+    }
+    for (state, _, handle) in servers {
+        state.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), handle)
+            .await
+            .expect("the replica stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// `postgres://u:p@host:port/db?x` with the database replaced by `name`.
+fn database_url(server: &str, name: &str) -> String {
+    let (base, query) = server.split_once('?').unwrap_or((server, ""));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(i) => &base[..authority_end + i],
+        None => base,
+    };
+    match query {
+        "" => format!("{base}/{name}"),
+        q => format!("{base}/{name}?{q}"),
     }
 }
 
