@@ -1,2 +1,5 @@
-//! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library is
-//! empty on purpose (shared test helpers go here when several suites need them).
+//! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library holds
+//! the helpers several suites share.
+
+pub mod pod_security;
+pub mod yaml_docs;
