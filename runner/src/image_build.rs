@@ -23,6 +23,7 @@
 //! Registry passwords never appear in logs or errors.
 
 use std::collections::HashMap;
+use std::io;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
@@ -31,7 +32,7 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, BuilderVersion, PushImageOptions, RemoveImageOptions, TagImageOptions,
 };
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -39,21 +40,33 @@ use crate::backend::{BuiltImage, LogChunk, LogStreamKind};
 use crate::error::{Error, Result};
 use crate::spec::ImageSpec;
 
-/// What the engine builds from.
-#[derive(Clone)]
+/// What the engine builds from: the context tar, in memory or streamed (e.g. straight
+/// from the engine's archive endpoint of a workspace volume, without buffering it).
 pub struct BuildContext {
-    /// An uncompressed tar of the context directory, entry names relative to it
-    /// (`Dockerfile`, `src/main.rs`).
-    tar: Bytes,
+    tar: ContextTar,
     /// The Dockerfile's content when it lies outside the context.
     outside_dockerfile: Option<Bytes>,
 }
 
+enum ContextTar {
+    Bytes(Bytes),
+    Stream(BoxStream<'static, io::Result<Bytes>>),
+}
+
 impl BuildContext {
-    /// `tar`: an uncompressed tar of the context directory, names relative to it.
+    /// `tar`: an uncompressed tar of the context directory, entry names relative to it
+    /// (`Dockerfile`, `./src/main.rs`).
     pub fn new(tar: impl Into<Bytes>) -> Self {
         BuildContext {
-            tar: tar.into(),
+            tar: ContextTar::Bytes(tar.into()),
+            outside_dockerfile: None,
+        }
+    }
+
+    /// The same tar as a stream of chunks; an `Err` item aborts the build (retryable).
+    pub fn from_stream(tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Self {
+        BuildContext {
+            tar: ContextTar::Stream(tar.boxed()),
             outside_dockerfile: None,
         }
     }
@@ -232,21 +245,31 @@ pub async fn build_and_push(
         .await
         .map_err(|e| engine_error("negotiate API version", e))?;
 
-    let (dockerfile, tar) = match location {
-        DockerfileLocation::InContext(path) => (path, context.tar),
+    let (dockerfile, first) = match location {
+        DockerfileLocation::InContext(path) => (path, None),
         DockerfileLocation::OutsideContext => {
-            let content = context.outside_dockerfile.ok_or_else(|| {
+            let content = context.outside_dockerfile.clone().ok_or_else(|| {
                 Error::InvalidState(format!(
                     "dockerfile `{}` is outside context `{}`: its content must be passed \
                      with BuildContext::with_dockerfile",
                     spec.dockerfile, spec.context
                 ))
             })?;
-            with_extra_dockerfile(&content, &context.tar)
+            let (name, entry) = dockerfile_entry(&content);
+            (name, Some(entry))
         }
     };
 
-    let id = build(docker, &dockerfile, tar, spec, reference.as_ref(), &out).await?;
+    let id = build(
+        docker,
+        &dockerfile,
+        context.tar,
+        first,
+        spec,
+        reference.as_ref(),
+        &out,
+    )
+    .await?;
     let Some(reference) = reference else {
         return Ok(BuiltImage {
             id,
@@ -305,7 +328,9 @@ impl Output {
 async fn build(
     docker: &Docker,
     dockerfile: &str,
-    tar: Bytes,
+    tar: ContextTar,
+    // A tar entry to put before the context's entries (a Dockerfile from outside).
+    first: Option<Bytes>,
     spec: &ImageSpec,
     reference: Option<&Reference>,
     out: &Output,
@@ -329,8 +354,21 @@ async fn build(
     let credentials = reference
         .and_then(|r| credentials(r, spec).map(|c| HashMap::from([(r.server_address(), c)])));
 
-    let mut stream =
-        docker.build_image(options.build(), credentials, Some(bollard::body_full(tar)));
+    // bollard's body type is private, hence the match in place.
+    let body = match (tar, first) {
+        (ContextTar::Bytes(tar), None) => bollard::body_full(tar),
+        (ContextTar::Bytes(tar), Some(first)) => {
+            let mut body = BytesMut::with_capacity(first.len() + tar.len());
+            body.extend_from_slice(&first);
+            body.extend_from_slice(&tar);
+            bollard::body_full(body.freeze())
+        }
+        (ContextTar::Stream(tar), None) => bollard::body_try_stream(tar),
+        (ContextTar::Stream(tar), Some(first)) => {
+            bollard::body_try_stream(stream::once(async { Ok(first) }).chain(tar))
+        }
+    };
+    let mut stream = docker.build_image(options.build(), credentials, Some(body));
     let mut id = None;
     // The last `Step n/m : INSTRUCTION` line, to say which instruction failed.
     let mut step: Option<String> = None;
@@ -553,11 +591,11 @@ async fn untag(docker: &Docker, id: &str, reference: &Reference) {
     }
 }
 
-/// Puts `dockerfile` into the context tar under a name of its own (the Docker CLI does
-/// the same for `-f` outside the context) and returns that name and the new tar. The
-/// entry goes first: a tar is a sequence of entries, so prepending one needs no
-/// rewriting of the rest.
-fn with_extra_dockerfile(dockerfile: &[u8], tar: &[u8]) -> (String, Bytes) {
+/// A tar entry holding `dockerfile` under a name of its own (the Docker CLI does the
+/// same for `-f` outside the context), to put before the context's entries: a tar is
+/// a sequence of entries, so prepending one needs no rewriting of the rest. Returns
+/// the name and the entry (header, content, padding to 512 bytes).
+fn dockerfile_entry(dockerfile: &[u8]) -> (String, Bytes) {
     let hash = hex::encode(Sha256::digest(dockerfile));
     let name = format!(".slipway-dockerfile-{}", &hash[..16]);
     let mut header = tar::Header::new_ustar();
@@ -570,20 +608,28 @@ fn with_extra_dockerfile(dockerfile: &[u8], tar: &[u8]) -> (String, Bytes) {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     let padding = (512 - dockerfile.len() % 512) % 512;
-    let mut out = BytesMut::with_capacity(512 + dockerfile.len() + padding + tar.len());
+    let mut out = BytesMut::with_capacity(512 + dockerfile.len() + padding);
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(dockerfile);
     out.extend_from_slice(&[0; 512][..padding]);
-    out.extend_from_slice(tar);
     (name, out.freeze())
 }
 
 /// Engine trouble that is not about the build's inputs: retryable.
 fn engine_error(op: &'static str, e: EngineError) -> Error {
-    Error::Backend {
-        op,
-        message: e.to_string(),
+    // bollard's transport errors say little at the top ("client error (SendRequest)");
+    // the cause chain says what broke.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
     }
+    Error::Backend { op, message }
 }
 
 #[cfg(test)]
@@ -700,7 +746,8 @@ mod tests {
             .unwrap();
         let tar = builder.into_inner().unwrap();
 
-        let (name, combined) = with_extra_dockerfile(b"FROM scratch\n", &tar);
+        let (name, entry) = dockerfile_entry(b"FROM scratch\n");
+        let combined = [&entry[..], &tar[..]].concat();
         assert!(name.starts_with(".slipway-dockerfile-"));
         let mut archive = tar::Archive::new(&combined[..]);
         let entries: Vec<(String, Vec<u8>)> = archive

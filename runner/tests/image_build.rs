@@ -170,9 +170,10 @@ async fn builds_a_target_with_args_and_labels_and_pushes_it_by_digest() {
          FROM base AS broken\n\
          RUN exit 9\n"
     );
+    // Named `./…` as in the tars the engine's archive endpoint makes of `<dir>/.`.
     let tar = context_tar(&[
-        ("Dockerfile", dockerfile.as_bytes(), 0o644),
-        ("busybox", &busybox(), 0o755),
+        ("./Dockerfile", dockerfile.as_bytes(), 0o644),
+        ("./busybox", &busybox(), 0o755),
     ]);
     let mut spec = spec("Dockerfile", ".");
     spec.target = Some("app".into());
@@ -234,7 +235,8 @@ async fn builds_a_target_with_args_and_labels_and_pushes_it_by_digest() {
 }
 
 #[tokio::test]
-async fn build_only_keeps_the_image_with_its_labels_and_reads_a_dockerfile_outside_the_context() {
+async fn build_only_keeps_the_image_with_its_labels_and_streams_a_context_with_an_outside_dockerfile()
+ {
     let docker = docker().await;
     let mut cleanup = Cleanup(vec![]);
     let dockerfile = format!("{BASE}COPY hello.txt /hello.txt\n");
@@ -248,7 +250,13 @@ async fn build_only_keeps_the_image_with_its_labels_and_reads_a_dockerfile_outsi
     spec.labels
         .insert("org.slipway.test".into(), marker.clone());
 
-    let context = BuildContext::new(tar).with_dockerfile(dockerfile.into_bytes());
+    // Streamed in odd-sized chunks, as it would come from the engine's archive endpoint.
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = tar
+        .chunks(7919)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let context = BuildContext::from_stream(futures::stream::iter(chunks))
+        .with_dockerfile(dockerfile.into_bytes());
     let (result, log) = run(&docker, context, &spec).await;
     let built = result.unwrap_or_else(|e| panic!("build failed: {e}\n{log}"));
     cleanup.0.push(built.id.clone());
@@ -381,4 +389,23 @@ fn built_id_from_log(log: &str) -> Option<String> {
     log.lines()
         .find_map(|l| l.strip_prefix("Successfully built "))
         .map(|id| id.trim().to_owned())
+}
+
+#[tokio::test]
+async fn a_context_stream_that_breaks_is_a_retryable_engine_error() {
+    let docker = docker().await;
+    let tar = context_tar(&[("Dockerfile", b"FROM scratch\n", 0o644)]);
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = vec![
+        Ok(bytes::Bytes::copy_from_slice(&tar[..512])),
+        Err(std::io::Error::other("the workspace volume went away")),
+    ];
+    let context = BuildContext::from_stream(futures::stream::iter(chunks));
+    let (result, _) = run(&docker, context, &spec("Dockerfile", ".")).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("the workspace volume went away"),
+        "{err}"
+    );
 }
