@@ -409,3 +409,28 @@ async fn a_context_stream_that_breaks_is_a_retryable_engine_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_push_without_credentials_is_refused_by_the_registry_not_the_engine() {
+    let registry = require_registry().await;
+    let docker = docker().await;
+    let mut cleanup = Cleanup(vec![]);
+    let reference = format!("{registry}/{}:v1", unique("anonymous"));
+    let mut spec = spec("Dockerfile", ".");
+    spec.push = Some(reference.clone());
+    spec.labels
+        .insert("org.slipway.test".into(), reference.clone());
+
+    let (result, log) = run(&docker, small_context(), &spec).await;
+    let err = result.unwrap_err();
+    if let Some(id) = built_id_from_log(&log) {
+        cleanup.0.push(id);
+    }
+    let message = err.to_string();
+    assert!(matches!(err, Error::ImagePush { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "{message}");
+    assert!(
+        message.contains("no basic auth credentials") || message.contains("unauthorized"),
+        "{message}"
+    );
+}
