@@ -186,10 +186,37 @@ impl Reference {
             return Err(bad("expected `[registry/]name[:tag]`"));
         }
         // Docker's rule: the first component is a registry host when it looks like one.
-        let registry = match repository.split_once('/') {
-            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
-            _ => "docker.io",
+        let (registry, path) = match repository.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first, rest)
+            }
+            _ => ("docker.io", repository),
         };
+        // Checked before building, so a typo fails in a second, not after the build.
+        let component_ok = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        };
+        if !path.split('/').all(component_ok) {
+            return Err(bad(
+                "the repository name may only use lower-case letters, digits and `._-` \
+                 between `/`, each part starting and ending with a letter or digit",
+            ));
+        }
+        let tag_ok = tag.len() <= 128
+            && tag.as_bytes()[0] != b'.'
+            && tag.as_bytes()[0] != b'-'
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !tag_ok {
+            return Err(bad(
+                "the tag may only use letters, digits and `_.-` (not first: `.-`), at most 128",
+            ));
+        }
         Ok(Reference {
             repository: repository.to_owned(),
             tag: tag.to_owned(),
@@ -248,7 +275,7 @@ pub async fn build_and_push(
     let (dockerfile, first) = match location {
         DockerfileLocation::InContext(path) => (path, None),
         DockerfileLocation::OutsideContext => {
-            let content = context.outside_dockerfile.clone().ok_or_else(|| {
+            let content = context.outside_dockerfile.ok_or_else(|| {
                 Error::InvalidState(format!(
                     "dockerfile `{}` is outside context `{}`: its content must be passed \
                      with BuildContext::with_dockerfile",
@@ -277,12 +304,14 @@ pub async fn build_and_push(
             digest: None,
         });
     };
-    let digest = push(docker, &id, &reference, spec, &out).await;
+    let pushed = push(docker, &id, &reference, spec, &out).await;
+    // Whether or not the push worked, the tag has done its job.
     untag(docker, &id, &reference).await;
+    let digest = pushed?;
     Ok(BuiltImage {
         id,
         reference: Some(reference.full()),
-        digest: Some(digest?),
+        digest: Some(digest),
     })
 }
 
@@ -465,7 +494,14 @@ async fn push(
             }),
         )
         .await
-        .map_err(|e| engine_error("tag image", e))?;
+        .map_err(|e| match e {
+            // The engine's reference grammar is the authority on what a name may be.
+            EngineError::DockerResponseServerError {
+                status_code: 400..=499,
+                message,
+            } => Error::InvalidSpec(format!("image push `{}`: {message}", reference.full())),
+            e => engine_error("tag image", e),
+        })?;
     out.send(
         LogStreamKind::Stdout,
         &format!("Pushing {}", reference.full()),
@@ -701,7 +737,19 @@ mod tests {
         assert_eq!(r.server_address(), "https://index.docker.io/v1/");
         let r = Reference::parse("localhost/app").unwrap();
         assert_eq!(r.registry, "localhost");
-        for bad in ["", "reg/app@sha256:abc", "reg/app:", "reg/", "a b", ":tag"] {
+        for bad in [
+            "",
+            "reg/app@sha256:abc",
+            "reg/app:",
+            "reg/",
+            "a b",
+            ":tag",
+            "127.0.0.1:5000/MyApp:v1",
+            "reg.io/team//app",
+            "reg.io/-app",
+            "reg.io/app:-v1",
+            "reg.io/app:v/1",
+        ] {
             let err = Reference::parse(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidSpec(_)), "{bad:?}: {err}");
         }
