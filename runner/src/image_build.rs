@@ -16,6 +16,14 @@
 //! workspace and passes its bytes with [`BuildContext::with_dockerfile`], and it is
 //! added to the tar under a name of its own, as the Docker CLI does.
 //!
+//! The context tar is sent as given: the engine's classic builder does not apply
+//! `.dockerignore` to it (the Docker CLI filters on the client side), so a caller that
+//! wants that must leave the excluded files out of the tar.
+//!
+//! Cancelling: drop the future. The engine stops the build when the connection
+//! closes and removes the `RUN` container (tested); a push in flight stops the same
+//! way, possibly leaving the local tag behind.
+//!
 //! Errors: a failing instruction or an unusable Dockerfile is [`Error::ImageBuild`]
 //! (not retryable) naming the failing step; a registry that cannot be reached is a
 //! retryable [`Error::ImagePush`], one that refuses the credentials or the image a

@@ -434,3 +434,53 @@ async fn a_push_without_credentials_is_refused_by_the_registry_not_the_engine() 
         "{message}"
     );
 }
+
+/// Cancelling a stage drops the build future; the engine must then stop the build and
+/// remove its `RUN` container (the classic builder cancels when the client goes away).
+#[tokio::test]
+async fn dropping_the_build_stops_it_and_leaves_no_container() {
+    let docker = docker().await;
+    let marker = unique("cancelled");
+    let dockerfile = format!("{BASE}RUN echo started && sleep 300\n");
+    let tar = context_tar(&[
+        ("Dockerfile", dockerfile.as_bytes(), 0o644),
+        ("busybox", &busybox(), 0o755),
+    ]);
+    let mut spec = spec("Dockerfile", ".");
+    spec.labels.insert("org.slipway.test".into(), marker);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<LogChunk>();
+    let build = tokio::spawn({
+        let docker = docker.clone();
+        async move { build_and_push(&docker, tar.into(), &spec, tx).await }
+    });
+    // The classic builder names the RUN container: `---> Running in <id>`.
+    let mut log = String::new();
+    let container = loop {
+        let chunk = rx
+            .recv()
+            .await
+            .expect("the build ended before its RUN step");
+        log.push_str(&String::from_utf8_lossy(&chunk.bytes));
+        let running = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("---> Running in "))
+            .map(str::to_owned);
+        if let (Some(id), true) = (running, log.contains("started")) {
+            break id;
+        }
+    };
+    assert!(docker.inspect_container(&container, None).await.is_ok());
+    build.abort();
+    assert!(build.await.unwrap_err().is_cancelled());
+
+    // Bounded wait for the engine to notice; not a timing assertion.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while docker.inspect_container(&container, None).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build container {container} still exists a minute after the build was dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
