@@ -65,6 +65,20 @@ pub enum Error {
     /// API server unreachable, injected failure, …).
     #[error("backend operation `{op}` failed: {message}")]
     Backend { op: &'static str, message: String },
+
+    /// Building an image failed: a Dockerfile instruction failed, or the Dockerfile or
+    /// its context is unusable. Not retryable: the same inputs fail the same way.
+    #[error("image build failed: {0}")]
+    ImageBuild(String),
+
+    /// Pushing an image failed. Retryable when the registry could not be reached;
+    /// not when it refused the credentials or the image. Never carries credentials.
+    #[error("push to {registry} failed: {message}")]
+    ImagePush {
+        registry: String,
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl Error {
@@ -90,11 +104,13 @@ impl Error {
             | Error::Io { .. }
             | Error::NotFound { .. }
             | Error::Backend { .. } => true,
+            Error::ImagePush { retryable, .. } => *retryable,
             Error::InvalidSpec(_)
             | Error::CommitNotFound { .. }
             | Error::Artifact { .. }
             | Error::Scan { .. }
-            | Error::InvalidState(_) => false,
+            | Error::InvalidState(_)
+            | Error::ImageBuild(_) => false,
         }
     }
 }

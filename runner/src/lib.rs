@@ -17,6 +17,7 @@ pub mod artifacts;
 mod backend;
 mod error;
 mod finding;
+pub mod image_build;
 mod local;
 pub mod log;
 pub mod mask;
