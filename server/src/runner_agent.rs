@@ -467,7 +467,12 @@ impl Agent {
             }
         });
 
-        let (mut status, mut reason) = self.execute(&ctx, &lease, cancel.clone()).await;
+        let Ended {
+            mut status,
+            mut reason,
+            outputs,
+            findings,
+        } = self.execute(&ctx, &lease, cancel.clone()).await;
 
         done.cancel();
         let _ = heartbeat.await;
@@ -488,6 +493,8 @@ impl Agent {
             lease_token: ctx.token.clone(),
             status,
             reason,
+            outputs,
+            findings,
         };
         match self
             .call_retrying::<_, serde_json::Value>(
@@ -511,13 +518,13 @@ impl Agent {
         }
     }
 
-    /// Downloads the source and runs the steps; the stage's status and reason.
+    /// Downloads the source and runs the steps; how the stage ended.
     async fn execute(
         &self,
         ctx: &Arc<StageCtx>,
         lease: &LeaseResponse,
         cancel: CancellationToken,
-    ) -> (WireStatus, Option<String>) {
+    ) -> Ended {
         let tmp = match &self.work_dir {
             Some(dir) => {
                 let _ = tokio::fs::create_dir_all(dir).await;
@@ -528,7 +535,7 @@ impl Agent {
         let tmp = match tmp {
             Ok(t) => t,
             Err(e) => {
-                return (
+                return Ended::early(
                     WireStatus::Error,
                     Some(format!("creating a temp dir for the source: {e}")),
                 );
@@ -538,13 +545,13 @@ impl Agent {
         let download = self.download_source(ctx, &src);
         let downloaded = tokio::select! {
             r = download => r,
-            _ = cancel.cancelled() => return (WireStatus::Cancelled, None),
+            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
         };
         if let Err(e) = downloaded {
             if matches!(e, CallError::LeaseLost) {
                 ctx.lost.store(true, Ordering::SeqCst);
             }
-            return (
+            return Ended::early(
                 WireStatus::Error,
                 Some(format!("downloading the source: {e}")),
             );
@@ -557,9 +564,11 @@ impl Agent {
             OnMissing::Omit,
         ) {
             Ok(spec) => spec,
-            Err(SpecError::Unsupported(reason)) => return (WireStatus::Failure, Some(reason)),
+            Err(SpecError::Unsupported(reason)) => {
+                return Ended::early(WireStatus::Failure, Some(reason));
+            }
             Err(e @ (SpecError::MissingSecret { .. } | SpecError::BadRegistrySecret { .. })) => {
-                return (WireStatus::Failure, Some(e.to_string()));
+                return Ended::early(WireStatus::Failure, Some(e.to_string()));
             }
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -570,6 +579,13 @@ impl Agent {
         let _ = forwarder.await;
         drop(tmp);
         let status = WireStatus::from_runner(&outcome.status);
+        // A scan stage that failed because of its findings says which.
+        let scan_reason = match (&spec.kind, &outcome.status) {
+            (runner::StageKind::Scan(scan), Status::Failure) => {
+                runner::scan::failure_reason(&outcome.findings, scan.fail_on)
+            }
+            _ => None,
+        };
         let reason = match &outcome.status {
             Status::Error(message) => Some(message.clone()),
             Status::Failure | Status::TimedOut => outcome
@@ -590,7 +606,12 @@ impl Agent {
                 .or_else(|| (outcome.status == Status::TimedOut).then(|| "stage timed out".into())),
             _ => None,
         };
-        (status, reason)
+        Ended {
+            status,
+            reason: scan_reason.or(reason),
+            outputs: outcome.outputs,
+            findings: outcome.findings,
+        }
     }
 
     /// Streams the stage's source tar to a temp file, then unpacks it into `dest`.
@@ -653,6 +674,26 @@ impl Agent {
             .await
             .map_err(|e| CallError::Transient(format!("writing the source: {e}")))?;
         Ok(())
+    }
+}
+
+/// How a stage ended on this runner: what its finish reports.
+struct Ended {
+    status: WireStatus,
+    reason: Option<String>,
+    outputs: std::collections::BTreeMap<String, String>,
+    findings: Vec<runner::Finding>,
+}
+
+impl Ended {
+    /// Ended before the steps ran: no results.
+    fn early(status: WireStatus, reason: Option<String>) -> Ended {
+        Ended {
+            status,
+            reason,
+            outputs: Default::default(),
+            findings: Vec::new(),
+        }
     }
 }
 

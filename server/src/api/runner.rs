@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use pipelines::PlannedStage;
+use pipelines::expr::Expr;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
@@ -41,7 +42,8 @@ use crate::protocol::{
 use crate::stage_spec::referenced_secrets;
 use crate::state::AppState;
 use crate::store::{
-    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus,
+    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults,
+    StageStatus,
 };
 
 /// While a lease request waits, how often it looks at the queue even without a nudge.
@@ -181,7 +183,7 @@ async fn prepare(
         state.wake.queue.notify_waiters();
         ApiResult::Ok(None)
     };
-    let planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
+    let mut planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
         Ok(p) => p,
         Err(e) => {
             return refuse(
@@ -191,6 +193,7 @@ async fn prepare(
             .await;
         }
     };
+    add_needed_outputs(state, stage, &mut planned).await?;
     let referenced = referenced_secrets(&planned);
     let mut secrets = BTreeMap::new();
     let mut withheld = 0usize;
@@ -272,6 +275,35 @@ async fn prepare(
         git_ref: run.git_ref.clone(),
         run_number: run.number,
     }))
+}
+
+/// Puts the outputs of the stages `stage` needs into its environment, as the variables
+/// `${{ stages.<name>.outputs.<key> }}` became in its scripts. `<name>` is the plan's
+/// stage name, so every expansion of a matrix stage answers to it; when expansions
+/// disagree on a value, the first expansion's (in plan order) wins.
+async fn add_needed_outputs(
+    state: &AppState,
+    stage: &Stage,
+    planned: &mut PlannedStage,
+) -> ApiResult<()> {
+    if stage.needs.is_empty() {
+        return Ok(());
+    }
+    for output in state.store.run_outputs(stage.run_id).await? {
+        if !stage.needs.contains(&output.stage_key) {
+            continue;
+        }
+        let Some(name) = output.stage_name else {
+            continue;
+        };
+        let var = Expr::StageOutput {
+            stage: name,
+            key: output.name,
+        }
+        .env_var();
+        planned.env.entry(var).or_insert(output.value);
+    }
+    Ok(())
 }
 
 fn step_key(stage: &Stage, idx: i64) -> StepKey {
@@ -566,12 +598,31 @@ async fn stage_finish(
         .status
         .stage_status()
         .ok_or_else(|| ApiError::bad_request("a stage cannot finish as skipped"))?;
-    let reason = req
+    let mut reason = req
         .reason
         .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+    let results = StageResults {
+        outputs: req.outputs,
+        findings: req.findings,
+    };
+    let (status, results) = match results.sanitized() {
+        Ok(results) => (status, results),
+        Err(why) => {
+            // The stage cannot be trusted to have done its work: end it as an
+            // infrastructure error (retried) rather than leave it running.
+            tracing::warn!(stage_id = id, reason = %why, "runner reported unusable results");
+            reason = Some(format!("the runner reported unusable results: {why}"));
+            (StageStatus::Error, StageResults::default())
+        }
+    };
     let report = state
         .store
-        .finish_stage_report(id, &req.lease_token, StageOutcome { status, reason })
+        .finish_stage_with(
+            id,
+            &req.lease_token,
+            StageOutcome { status, reason },
+            &results,
+        )
         .await?;
     if let Some(run_status) = report.run_finished {
         state.metrics.run_finished(run_status);
