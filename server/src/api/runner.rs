@@ -27,7 +27,6 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use pipelines::PlannedStage;
-use pipelines::expr::Expr;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
@@ -39,7 +38,7 @@ use crate::protocol::{
     HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseRequest, LeaseResponse, LeaseToken,
     LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished, StepFinish,
 };
-use crate::stage_spec::referenced_secrets;
+use crate::stage_spec::{add_stage_outputs, referenced_secrets};
 use crate::state::AppState;
 use crate::store::{
     Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults,
@@ -277,10 +276,8 @@ async fn prepare(
     }))
 }
 
-/// Puts the outputs of the stages `stage` needs into its environment, as the variables
-/// `${{ stages.<name>.outputs.<key> }}` became in its scripts. `<name>` is the plan's
-/// stage name, so every expansion of a matrix stage answers to it; when expansions
-/// disagree on a value, the first expansion's (in plan order) wins.
+/// Puts the outputs of the stages `stage` needs into its environment
+/// ([`add_stage_outputs`]; outputs come by stage id, which is plan order).
 async fn add_needed_outputs(
     state: &AppState,
     stage: &Stage,
@@ -289,20 +286,14 @@ async fn add_needed_outputs(
     if stage.needs.is_empty() {
         return Ok(());
     }
-    for output in state.store.run_outputs(stage.run_id).await? {
-        if !stage.needs.contains(&output.stage_key) {
-            continue;
-        }
-        let Some(name) = output.stage_name else {
-            continue;
-        };
-        let var = Expr::StageOutput {
-            stage: name,
-            key: output.name,
-        }
-        .env_var();
-        planned.env.entry(var).or_insert(output.value);
-    }
+    let outputs = state.store.run_outputs(stage.run_id).await?;
+    add_stage_outputs(
+        &mut planned.env,
+        outputs
+            .iter()
+            .filter(|o| stage.needs.contains(&o.stage_key))
+            .filter_map(|o| Some((o.stage_name.as_deref()?, o.name.as_str(), o.value.as_str()))),
+    );
     Ok(())
 }
 
