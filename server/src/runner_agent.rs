@@ -579,36 +579,10 @@ impl Agent {
         let _ = forwarder.await;
         drop(tmp);
         let status = WireStatus::from_runner(&outcome.status);
-        // A scan stage that failed because of its findings says which.
-        let scan_reason = match (&spec.kind, &outcome.status) {
-            (runner::StageKind::Scan(scan), Status::Failure) => {
-                runner::scan::failure_reason(&outcome.findings, scan.fail_on)
-            }
-            _ => None,
-        };
-        let reason = match &outcome.status {
-            Status::Error(message) => Some(message.clone()),
-            Status::Failure | Status::TimedOut => outcome
-                .steps
-                .iter()
-                .find(|s| s.status == outcome.status)
-                .map(|s| match (&s.status, s.exit_code) {
-                    (Status::TimedOut, _) => format!("step `{}` timed out", s.name),
-                    (_, Some(code)) if s.oom_killed => {
-                        format!(
-                            "step `{}` was killed (out of memory, exit code {code})",
-                            s.name
-                        )
-                    }
-                    (_, Some(code)) => format!("step `{}` exited with code {code}", s.name),
-                    (_, None) => format!("step `{}` failed", s.name),
-                })
-                .or_else(|| (outcome.status == Status::TimedOut).then(|| "stage timed out".into())),
-            _ => None,
-        };
+        let reason = stage_reason(&spec.kind, &outcome);
         Ended {
             status,
-            reason: scan_reason.or(reason),
+            reason,
             outputs: outcome.outputs,
             findings: outcome.findings,
         }
@@ -675,6 +649,39 @@ impl Agent {
             .map_err(|e| CallError::Transient(format!("writing the source: {e}")))?;
         Ok(())
     }
+}
+
+/// Why a stage that ran ended as it did: the findings that failed a scan stage, the
+/// step that failed or timed out, or the runner's error; `None` for success.
+fn stage_reason(kind: &runner::StageKind, outcome: &runner::StageOutcome) -> Option<String> {
+    // A scan stage that failed because of its findings says which.
+    let scan_reason = match (kind, &outcome.status) {
+        (runner::StageKind::Scan(scan), Status::Failure) => {
+            runner::scan::failure_reason(&outcome.findings, scan.fail_on)
+        }
+        _ => None,
+    };
+    let reason = match &outcome.status {
+        Status::Error(message) => Some(message.clone()),
+        Status::Failure | Status::TimedOut => outcome
+            .steps
+            .iter()
+            .find(|s| s.status == outcome.status)
+            .map(|s| match (&s.status, s.exit_code) {
+                (Status::TimedOut, _) => format!("step `{}` timed out", s.name),
+                (_, Some(code)) if s.oom_killed => {
+                    format!(
+                        "step `{}` was killed (out of memory, exit code {code})",
+                        s.name
+                    )
+                }
+                (_, Some(code)) => format!("step `{}` exited with code {code}", s.name),
+                (_, None) => format!("step `{}` failed", s.name),
+            })
+            .or_else(|| (outcome.status == Status::TimedOut).then(|| "stage timed out".into())),
+        _ => None,
+    };
+    scan_reason.or(reason)
 }
 
 /// How a stage ended on this runner: what its finish reports.
@@ -1038,6 +1045,57 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_stage_failed_by_its_findings_names_them() {
+        let finding = |severity, line| runner::Finding {
+            tool: runner::scan::TOOL.into(),
+            rule: "github-token".into(),
+            severity,
+            path: Some("src/config.rs".into()),
+            line: Some(line),
+            message: "GitHub personal access token (ghp_****)".into(),
+        };
+        let step = |status: Status, exit_code| runner::StepOutcome {
+            name: "scan".into(),
+            status,
+            exit_code,
+            oom_killed: false,
+            duration: Duration::ZERO,
+        };
+        let mut outcome = runner::StageOutcome {
+            id: "scan".into(),
+            status: Status::Failure,
+            steps: vec![step(Status::Success, Some(0)), step(Status::Failure, None)],
+            artifacts: Vec::new(),
+            outputs: Default::default(),
+            findings: vec![
+                finding(runner::Severity::Medium, 1),
+                finding(runner::Severity::High, 3),
+            ],
+            duration: Duration::ZERO,
+        };
+        let scan = runner::StageKind::Scan(runner::ScanSpec {
+            sarif: Vec::new(),
+            fail_on: Some(runner::Severity::High),
+        });
+        assert_eq!(
+            stage_reason(&scan, &outcome).as_deref(),
+            Some("scan found 1 finding at or above high: src/config.rs:3 github-token")
+        );
+        // Not a scan stage, or nothing at `fail_on`: the failing step is named.
+        assert_eq!(
+            stage_reason(&runner::StageKind::Run, &outcome).as_deref(),
+            Some("step `scan` failed")
+        );
+        outcome.findings.pop();
+        assert_eq!(
+            stage_reason(&scan, &outcome).as_deref(),
+            Some("step `scan` failed")
+        );
+        outcome.status = Status::Success;
+        assert_eq!(stage_reason(&scan, &outcome), None);
+    }
 
     #[test]
     fn local_url_reaches_the_listener() {

@@ -707,7 +707,20 @@ async fn rerun_of_failed_stages_only(store: Store) {
     };
     let (r, first) = planned(&store, "team/app", stages()).await;
     let build = lease(&store).await;
-    finish(&store, &build, StageStatus::Success).await;
+    let digest = format!("sha256:{}", "e".repeat(64));
+    let results = StageResults {
+        outputs: [("digest".to_string(), digest.clone())].into(),
+        findings: Vec::new(),
+    };
+    store
+        .finish_stage_with(
+            build.stage.id,
+            &build.token,
+            StageOutcome::new(StageStatus::Success),
+            &results,
+        )
+        .await
+        .unwrap();
     let test = lease(&store).await;
     finish(&store, &test, StageStatus::Failure).await;
     assert_eq!(
@@ -734,6 +747,17 @@ async fn rerun_of_failed_stages_only(store: Store) {
     let build = stage(&store, rerun.id, "build").await.stage;
     assert_eq!(build.status, StageStatus::Success);
     assert_eq!(build.reason.as_deref(), Some("succeeded in run #1"));
+    // Its outputs carry over for the stages that need them.
+    let outputs = store.run_outputs(rerun.id).await.unwrap();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        (
+            outputs[0].stage_id,
+            outputs[0].name.as_str(),
+            &outputs[0].value
+        ),
+        (build.id, "digest", &digest)
+    );
     assert_eq!(
         status_of(&store, rerun.id, "test").await,
         StageStatus::Queued
