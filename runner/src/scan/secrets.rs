@@ -319,15 +319,25 @@ fn scan_line(line: &str, line_no: u32, kind: FileKind, hits: &mut Vec<Hit>) {
     if lower.contains("data:") && lower.contains(";base64,") {
         return;
     }
-    for (start, end) in tokens(bytes, |b| {
-        b.is_ascii_alphanumeric() || b"+/=_-".contains(&b)
-    }) {
+    // Tokens of the base64 alphabet: `_`, `-`, `.` and `:` split them, as they separate
+    // the words of identifiers, paths and versions (base64url tokens long enough to be
+    // keys keep long runs between them).
+    for (start, end) in tokens(bytes, |b| b.is_ascii_alphanumeric() || b"+/".contains(&b)) {
         if overlaps(&taken, start, end) {
             continue;
         }
-        if is_random(&line[start..end], &line[..start]) {
+        // The context of a hash is what precedes the whole base64url run (`sha256=` of
+        // a wheel RECORD, before `…_…-…`), or the token itself (`sha512-` of SRI).
+        let wide = line[..start]
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"+/_-".contains(b))
+            .count();
+        if is_random(&line[start..end], &line[..start])
+            && is_random(&line[start..end], &line[..start - wide])
+        {
             taken.push((start, end));
-            let len = line[start..end].trim_end_matches('=').len();
+            let len = end - start;
             push(
                 hits,
                 "high-entropy-string",
@@ -454,7 +464,7 @@ fn secret_assignment<'a>(
             }
             // Unquoted: the rest of the line (up to a ` #` comment), in configuration
             // files only, where that is the value; in code it is an expression.
-            Some(_) if unquoted => {
+            Some(_) if unquoted && !is_comment(line) => {
                 let rest = &line[i..];
                 let rest = rest.find(" #").map_or(rest, |at| &rest[..at]).trim_end();
                 if rest.contains(['(', ')', '[', ']', '{', '}', ',', ';']) {
@@ -470,6 +480,13 @@ fn secret_assignment<'a>(
         }
     }
     None
+}
+
+/// A comment line of a configuration file: prose, where `key = a|b` documents a
+/// setting rather than sets it.
+fn is_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    ["#", ";", "//", "!"].iter().any(|c| t.starts_with(c))
 }
 
 fn looks_like_secret_value(v: &str) -> bool {
@@ -491,39 +508,68 @@ fn looks_like_secret_value(v: &str) -> bool {
 /// Whether a token looks like random data rather than a word, path, hash or id.
 /// `before` is the line up to the token (for context such as `h1:`).
 fn is_random(tok: &str, before: &str) -> bool {
-    let tok = tok.trim_end_matches('=');
-    let tok = tok.trim_matches(|c| c == '-' || c == '_' || c == '/');
+    let tok = tok.trim_matches('/');
     if tok.len() < MIN_ENTROPY_LEN || tok.len() > 1000 {
         return false;
     }
     let b = tok.as_bytes();
-    // Subresource Integrity (`sha512-…`) and go.sum (`h1:…`) hashes.
-    let lower_tok = tok.to_ascii_lowercase();
-    if ["sha1-", "sha256-", "sha384-", "sha512-"]
-        .iter()
-        .any(|p| lower_tok.starts_with(p))
-        || before.ends_with("h1:")
-        || before.ends_with("sha256:")
-        || before.ends_with("sha512:")
+    // Subresource Integrity (`sha512-…`), go.sum (`h1:…`) and wheel RECORD
+    // (`sha256=…`) hashes.
+    let before = before.to_ascii_lowercase();
+    if [
+        "sha1-", "sha256-", "sha384-", "sha512-", "h1:", "sha256:", "sha512:", "sha256=", "sha512=",
+    ]
+    .iter()
+    .any(|p| before.ends_with(p))
     {
         return false;
     }
-    // Hex (checksums, commit ids, UUIDs): never flagged on entropy alone.
-    if b.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-') {
+    // Hex (checksums, commit ids, UUIDs) never reaches here: it has no mix of cases.
+    if !mixed(tok) {
         return false;
     }
-    if !(mixed(tok)) {
-        return false;
-    }
-    // Identifiers and paths are made of words: long runs of lowercase letters.
-    let worded: usize = tokens(b, |c| c.is_ascii_lowercase())
-        .map(|(s, e)| e - s)
-        .filter(|n| *n >= 3)
-        .sum();
+    // Identifiers and paths are made of words: letter runs of one case (or capitalised)
+    // of four or more. Random base64 has few: over half the token is a word-made name.
+    let worded: usize = words(b).filter(|n| *n >= 4).sum();
     if worded * 2 > b.len() {
         return false;
     }
     shannon(b) >= entropy_threshold(b.len())
+}
+
+/// Lengths of the runs of letters that read as words: `[A-Z]?[a-z]+` or `[A-Z]+`.
+fn words(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() && !b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        if i >= b.len() {
+            return None;
+        }
+        let start = i;
+        if b[i].is_ascii_uppercase() {
+            i += 1;
+            if i < b.len() && b[i].is_ascii_lowercase() {
+                while i < b.len() && b[i].is_ascii_lowercase() {
+                    i += 1;
+                }
+            } else {
+                while i < b.len() && b[i].is_ascii_uppercase() {
+                    i += 1;
+                }
+                // `HTTPServer`: the last capital starts the next word.
+                if i < b.len() && b[i].is_ascii_lowercase() && i - start > 1 {
+                    i -= 1;
+                }
+            }
+        } else {
+            while i < b.len() && b[i].is_ascii_lowercase() {
+                i += 1;
+            }
+        }
+        Some(i - start)
+    })
 }
 
 /// Upper- and lowercase letters and digits, as random base64 of this length nearly
@@ -704,10 +750,21 @@ RTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYD\n\
         );
         let yaml = "db:\n  password: Tr0ub4dor&3x\n  token: ${{ secrets.T }}\n";
         assert_eq!(scan_text(yaml, FileKind::of("values.yaml")).len(), 1);
+        let documented = "# password = Tr0ub4dor&3x|none\n";
+        assert!(scan_text(documented, FileKind::Config).is_empty());
         let code = "password = user.Password2\ntoken = make_token(seed, 42)\n";
         assert!(scan_text(code, FileKind::of("app.py")).is_empty());
         assert_eq!(FileKind::of("Cargo.toml"), FileKind::Config);
         assert_eq!(FileKind::of("main.rs"), FileKind::Other);
+    }
+
+    #[test]
+    fn words_of_identifiers() {
+        let w = |s: &str| words(s.as_bytes()).collect::<Vec<_>>();
+        assert_eq!(w("HTTPServerConn2x"), [4, 6, 4, 1]);
+        assert_eq!(w("ThisIsA"), [4, 2, 1]);
+        assert_eq!(w("abc/DEF"), [3, 3]);
+        assert_eq!(w(""), Vec::<usize>::new());
     }
 
     #[test]
