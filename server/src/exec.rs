@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage_spec::{OnMissing, SpecError, stage_spec};
+use crate::stage_spec::{OnMissing, SpecError, add_stage_outputs, stage_spec};
 
 pub struct ExecOptions {
     /// How many stages may run at once (at least 1).
@@ -71,6 +71,8 @@ pub enum ExecEvent {
 /// A stage ready to be scheduled, with ids made unique across pipelines.
 struct Node {
     id: String,
+    /// The plan's stage name (`stages.<name>` in expressions).
+    stage: String,
     needs: Vec<String>,
     work: Work,
 }
@@ -112,6 +114,7 @@ pub async fn execute(
         for stage in &plan.stages {
             let id = qualify(&stage.id);
             pending.push(Node {
+                stage: stage.stage.clone(),
                 needs: stage.needs.iter().map(|n| qualify(n)).collect(),
                 work: work_for(stage, &id, opts)?,
                 id,
@@ -121,6 +124,10 @@ pub async fn execute(
 
     let jobs = opts.jobs.max(1);
     let mut finished: HashMap<String, bool> = HashMap::new();
+    // Node id → (plan stage name, outputs) of stages that ran, for the stages that
+    // need them.
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut outputs: HashMap<String, (String, BTreeMap<String, String>)> = HashMap::new();
     let mut running = JoinSet::new();
     let mut running_ids: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
@@ -160,7 +167,18 @@ pub async fn execute(
                     reports.push(report);
                 }
                 None => {
-                    if let Work::Run { spec, retries } = node.work {
+                    if let Work::Run { mut spec, retries } = node.work {
+                        add_stage_outputs(
+                            &mut spec.env,
+                            node.needs.iter().filter_map(|n| outputs.get(n)).flat_map(
+                                |(name, values)| {
+                                    values
+                                        .iter()
+                                        .map(|(k, v)| (name.as_str(), k.as_str(), v.as_str()))
+                                },
+                            ),
+                        );
+                        names.insert(node.id.clone(), node.stage.clone());
                         let handle = running.spawn(run_with_retries(
                             backend.clone(),
                             *spec,
@@ -199,6 +217,9 @@ pub async fn execute(
             },
         };
         finished.insert(report.id.clone(), report.result.succeeded());
+        if let (StageResult::Ran(o), Some(name)) = (&report.result, names.get(&report.id)) {
+            outputs.insert(report.id.clone(), (name.clone(), o.outputs.clone()));
+        }
         let _ = events.send(ExecEvent::StageFinished(report.clone()));
         reports.push(report);
     }

@@ -15,6 +15,10 @@
 //! | `POST /api/runner/stages/{id}/steps/{idx}/finish` | [`StepFinish`] | 204 |
 //! | `POST /api/runner/stages/{id}/finish` | [`StageFinish`] | [`StageFinished`] |
 //!
+//! A stage's finish carries its results (outputs, findings); the server stores them with
+//! the stage's end and hands the outputs to the stages that need it, as the environment
+//! variables `SLIPWAY_STAGE_<STAGE>_<KEY>` (see [`pipelines::expr::Expr::env_var`]).
+//!
 //! Retries are safe: log batches are idempotent by line number, and starting or
 //! finishing a step twice is acknowledged.
 
@@ -219,6 +223,13 @@ pub struct StageFinish {
     pub lease_token: String,
     pub status: WireStatus,
     pub reason: Option<String>,
+    /// Values later stages read as `${{ stages.<name>.outputs.<key> }}` (an image
+    /// stage's `image` and `digest`).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// A scan stage's findings.
+    #[serde(default)]
+    pub findings: Vec<runner::Finding>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -467,7 +467,12 @@ impl Agent {
             }
         });
 
-        let (mut status, mut reason) = self.execute(&ctx, &lease, cancel.clone()).await;
+        let Ended {
+            mut status,
+            mut reason,
+            outputs,
+            findings,
+        } = self.execute(&ctx, &lease, cancel.clone()).await;
 
         done.cancel();
         let _ = heartbeat.await;
@@ -488,6 +493,8 @@ impl Agent {
             lease_token: ctx.token.clone(),
             status,
             reason,
+            outputs,
+            findings,
         };
         match self
             .call_retrying::<_, serde_json::Value>(
@@ -511,13 +518,13 @@ impl Agent {
         }
     }
 
-    /// Downloads the source and runs the steps; the stage's status and reason.
+    /// Downloads the source and runs the steps; how the stage ended.
     async fn execute(
         &self,
         ctx: &Arc<StageCtx>,
         lease: &LeaseResponse,
         cancel: CancellationToken,
-    ) -> (WireStatus, Option<String>) {
+    ) -> Ended {
         let tmp = match &self.work_dir {
             Some(dir) => {
                 let _ = tokio::fs::create_dir_all(dir).await;
@@ -528,7 +535,7 @@ impl Agent {
         let tmp = match tmp {
             Ok(t) => t,
             Err(e) => {
-                return (
+                return Ended::early(
                     WireStatus::Error,
                     Some(format!("creating a temp dir for the source: {e}")),
                 );
@@ -538,13 +545,13 @@ impl Agent {
         let download = self.download_source(ctx, &src);
         let downloaded = tokio::select! {
             r = download => r,
-            _ = cancel.cancelled() => return (WireStatus::Cancelled, None),
+            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
         };
         if let Err(e) = downloaded {
             if matches!(e, CallError::LeaseLost) {
                 ctx.lost.store(true, Ordering::SeqCst);
             }
-            return (
+            return Ended::early(
                 WireStatus::Error,
                 Some(format!("downloading the source: {e}")),
             );
@@ -557,9 +564,11 @@ impl Agent {
             OnMissing::Omit,
         ) {
             Ok(spec) => spec,
-            Err(SpecError::Unsupported(reason)) => return (WireStatus::Failure, Some(reason)),
+            Err(SpecError::Unsupported(reason)) => {
+                return Ended::early(WireStatus::Failure, Some(reason));
+            }
             Err(e @ (SpecError::MissingSecret { .. } | SpecError::BadRegistrySecret { .. })) => {
-                return (WireStatus::Failure, Some(e.to_string()));
+                return Ended::early(WireStatus::Failure, Some(e.to_string()));
             }
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -570,27 +579,13 @@ impl Agent {
         let _ = forwarder.await;
         drop(tmp);
         let status = WireStatus::from_runner(&outcome.status);
-        let reason = match &outcome.status {
-            Status::Error(message) => Some(message.clone()),
-            Status::Failure | Status::TimedOut => outcome
-                .steps
-                .iter()
-                .find(|s| s.status == outcome.status)
-                .map(|s| match (&s.status, s.exit_code) {
-                    (Status::TimedOut, _) => format!("step `{}` timed out", s.name),
-                    (_, Some(code)) if s.oom_killed => {
-                        format!(
-                            "step `{}` was killed (out of memory, exit code {code})",
-                            s.name
-                        )
-                    }
-                    (_, Some(code)) => format!("step `{}` exited with code {code}", s.name),
-                    (_, None) => format!("step `{}` failed", s.name),
-                })
-                .or_else(|| (outcome.status == Status::TimedOut).then(|| "stage timed out".into())),
-            _ => None,
-        };
-        (status, reason)
+        let reason = stage_reason(&spec.kind, &outcome);
+        Ended {
+            status,
+            reason,
+            outputs: outcome.outputs,
+            findings: outcome.findings,
+        }
     }
 
     /// Streams the stage's source tar to a temp file, then unpacks it into `dest`.
@@ -653,6 +648,59 @@ impl Agent {
             .await
             .map_err(|e| CallError::Transient(format!("writing the source: {e}")))?;
         Ok(())
+    }
+}
+
+/// Why a stage that ran ended as it did: the findings that failed a scan stage, the
+/// step that failed or timed out, or the runner's error; `None` for success.
+fn stage_reason(kind: &runner::StageKind, outcome: &runner::StageOutcome) -> Option<String> {
+    // A scan stage that failed because of its findings says which.
+    let scan_reason = match (kind, &outcome.status) {
+        (runner::StageKind::Scan(scan), Status::Failure) => {
+            runner::scan::failure_reason(&outcome.findings, scan.fail_on)
+        }
+        _ => None,
+    };
+    let reason = match &outcome.status {
+        Status::Error(message) => Some(message.clone()),
+        Status::Failure | Status::TimedOut => outcome
+            .steps
+            .iter()
+            .find(|s| s.status == outcome.status)
+            .map(|s| match (&s.status, s.exit_code) {
+                (Status::TimedOut, _) => format!("step `{}` timed out", s.name),
+                (_, Some(code)) if s.oom_killed => {
+                    format!(
+                        "step `{}` was killed (out of memory, exit code {code})",
+                        s.name
+                    )
+                }
+                (_, Some(code)) => format!("step `{}` exited with code {code}", s.name),
+                (_, None) => format!("step `{}` failed", s.name),
+            })
+            .or_else(|| (outcome.status == Status::TimedOut).then(|| "stage timed out".into())),
+        _ => None,
+    };
+    scan_reason.or(reason)
+}
+
+/// How a stage ended on this runner: what its finish reports.
+struct Ended {
+    status: WireStatus,
+    reason: Option<String>,
+    outputs: std::collections::BTreeMap<String, String>,
+    findings: Vec<runner::Finding>,
+}
+
+impl Ended {
+    /// Ended before the steps ran: no results.
+    fn early(status: WireStatus, reason: Option<String>) -> Ended {
+        Ended {
+            status,
+            reason,
+            outputs: Default::default(),
+            findings: Vec::new(),
+        }
     }
 }
 
@@ -997,6 +1045,57 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_stage_failed_by_its_findings_names_them() {
+        let finding = |severity, line| runner::Finding {
+            tool: runner::scan::TOOL.into(),
+            rule: "github-token".into(),
+            severity,
+            path: Some("src/config.rs".into()),
+            line: Some(line),
+            message: "GitHub personal access token (ghp_****)".into(),
+        };
+        let step = |status: Status, exit_code| runner::StepOutcome {
+            name: "scan".into(),
+            status,
+            exit_code,
+            oom_killed: false,
+            duration: Duration::ZERO,
+        };
+        let mut outcome = runner::StageOutcome {
+            id: "scan".into(),
+            status: Status::Failure,
+            steps: vec![step(Status::Success, Some(0)), step(Status::Failure, None)],
+            artifacts: Vec::new(),
+            outputs: Default::default(),
+            findings: vec![
+                finding(runner::Severity::Medium, 1),
+                finding(runner::Severity::High, 3),
+            ],
+            duration: Duration::ZERO,
+        };
+        let scan = runner::StageKind::Scan(runner::ScanSpec {
+            sarif: Vec::new(),
+            fail_on: Some(runner::Severity::High),
+        });
+        assert_eq!(
+            stage_reason(&scan, &outcome).as_deref(),
+            Some("scan found 1 finding at or above high: src/config.rs:3 github-token")
+        );
+        // Not a scan stage, or nothing at `fail_on`: the failing step is named.
+        assert_eq!(
+            stage_reason(&runner::StageKind::Run, &outcome).as_deref(),
+            Some("step `scan` failed")
+        );
+        outcome.findings.pop();
+        assert_eq!(
+            stage_reason(&scan, &outcome).as_deref(),
+            Some("step `scan` failed")
+        );
+        outcome.status = Status::Success;
+        assert_eq!(stage_reason(&scan, &outcome), None);
+    }
 
     #[test]
     fn local_url_reaches_the_listener() {

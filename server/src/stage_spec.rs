@@ -166,6 +166,29 @@ pub fn referenced_secrets(stage: &PlannedStage) -> BTreeSet<String> {
     names
 }
 
+/// Adds the outputs of stages a stage needs to its environment, as the variables that
+/// `${{ stages.<name>.outputs.<key> }}` became in its scripts
+/// ([`pipelines::expr::Expr::env_var`]). `outputs` are `(stage name, key, value)` with
+/// the plan's stage name, so every expansion of a matrix stage answers to it; when
+/// expansions disagree, the first given wins (callers pass them in plan order). A
+/// variable the stage's env already has is replaced: the value is known only now.
+pub fn add_stage_outputs<'a>(
+    env: &mut BTreeMap<String, String>,
+    outputs: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) {
+    let mut set = BTreeSet::new();
+    for (stage, key, value) in outputs {
+        let var = pipelines::expr::Expr::StageOutput {
+            stage: stage.to_string(),
+            key: key.to_string(),
+        }
+        .env_var();
+        if set.insert(var.clone()) {
+            env.insert(var, value.to_string());
+        }
+    }
+}
+
 /// Maps `stage` onto a [`StageSpec`] with id `id` and workspace `source`. Secret values
 /// come from `secrets` (by secret name) and are injected as the environment variables
 /// the plan names; every value in `secrets` is also handed to the runner for masking,
@@ -277,6 +300,37 @@ mod tests {
             Some("s3cret")
         );
         assert_eq!(spec.secrets.len(), 2);
+    }
+
+    #[test]
+    fn stage_outputs_become_the_script_variables() {
+        let yaml = "stages:\n  build:\n    steps: [\"true\"]\n  deploy:\n    needs: [build]\n    steps:\n      - run: echo ${{ stages.build.outputs.digest }}\n";
+        let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid yaml");
+        let ctx = pipelines::EventContext {
+            branch: Some("main".into()),
+            sha: "0".repeat(40),
+            ..Default::default()
+        };
+        let plan = pipelines::plan(&pipeline, &ctx).expect("plan");
+        let deploy = &plan.stages[1];
+        let mut env = BTreeMap::from([("SLIPWAY_STAGE_BUILD_DIGEST".to_string(), "stale".into())]);
+        add_stage_outputs(
+            &mut env,
+            [
+                ("build", "digest", "sha256:1"),
+                ("build", "digest", "sha256:2"),
+                ("build", "image-ref", "r"),
+            ],
+        );
+        assert_eq!(env["SLIPWAY_STAGE_BUILD_DIGEST"], "sha256:1");
+        assert_eq!(env["SLIPWAY_STAGE_BUILD_IMAGE_REF"], "r");
+        assert!(
+            deploy.steps[0]
+                .script
+                .contains("${SLIPWAY_STAGE_BUILD_DIGEST}"),
+            "{}",
+            deploy.steps[0].script
+        );
     }
 
     #[test]

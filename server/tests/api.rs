@@ -226,6 +226,11 @@ fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
         ("GET", "/api/repos/team/app/runs".to_string(), None),
         ("GET", "/api/repos/team/app/runs/1".to_string(), None),
         (
+            "GET",
+            "/api/repos/team/app/runs/1/findings".to_string(),
+            None,
+        ),
+        (
             "POST",
             "/api/repos/team/app/runs/1/cancel".to_string(),
             None,
@@ -1720,6 +1725,7 @@ async fn openapi_lists_the_routes() {
         "Run",
         "RunDetail",
         "StageWithSteps",
+        "StoredFinding",
         "LogPage",
         "SecretMeta",
         "TokenCreated",

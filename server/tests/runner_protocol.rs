@@ -1322,3 +1322,247 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stage_results_are_stored_and_outputs_reach_later_stages() {
+    stage_results_case(Opts {
+        in_process: false,
+        ..Opts::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stage_results_are_stored_and_outputs_reach_later_stages_on_postgres() {
+    stage_results_case(Opts {
+        in_process: false,
+        ..postgres()
+    })
+    .await
+}
+
+/// Stage `build` is finished by hand through the protocol with outputs and findings;
+/// stage `deploy` (which needs it) then runs on a real runner agent with the local
+/// backend and prints the outputs it was given.
+async fn stage_results_case(opts: Opts) {
+    let server = Server::start(opts).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let token = server.runner_token("results runner").await;
+    let admin = server::crypto::generate_token("slp_");
+    server
+        .state
+        .store
+        .create_token(
+            "admin",
+            &server::crypto::hash_token(&admin),
+            TokenScope::Admin,
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = server.url();
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let reg: RegisterResponse = post(
+        REGISTER.into(),
+        serde_json::json!({"name": "by hand", "capacity": 1}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let lease = || async {
+        post(
+            LEASE.into(),
+            serde_json::json!({"runner_id": reg.runner_id}),
+        )
+        .await
+        .unwrap()
+        .json::<LeaseResponse>()
+        .await
+        .unwrap()
+    };
+
+    // Results that cannot be stored end the stage as an error (retried), saying why,
+    // and store nothing.
+    let run = server
+        .run(
+            &repo,
+            &sha,
+            "stages:\n  one:\n    steps:\n      - name: s\n        run: echo hi\n",
+            false,
+        )
+        .await;
+    let l = lease().await;
+    let r: StageFinished = post(
+        finish_path(l.stage_id),
+        serde_json::json!({
+            "lease_token": l.lease_token, "status": "success",
+            "outputs": {"image": "127.0.0.1:5000/team/app:1", "digest": "sha256:nope"},
+            "findings": [{"tool": "t", "rule": "r", "severity": "high", "path": null,
+                          "line": null, "message": "m"}],
+        }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(r.settled, "retrying");
+    let one = server.stage(run.id, "one").await;
+    assert!(
+        one.stage
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the runner reported unusable results: output `digest`"),
+        "{:?}",
+        one.stage.reason
+    );
+    assert!(one.outputs.is_empty());
+    assert!(
+        server
+            .state
+            .store
+            .list_findings(run.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let l = lease().await;
+    // A runner that predates results sends none: still accepted.
+    post(
+        finish_path(l.stage_id),
+        serde_json::json!({"lease_token": l.lease_token, "status": "success"}),
+    )
+    .await
+    .unwrap()
+    .error_for_status()
+    .unwrap();
+    server.wait_run(run.id, Duration::from_secs(10)).await;
+
+    let yaml = "stages:
+  build:
+    steps:
+      - name: s
+        run: echo build
+  deploy:
+    needs: [build]
+    steps:
+      - name: d
+        run: echo \"deploying ${{ stages.build.outputs.image }}@${{ stages.build.outputs.digest }}\"
+";
+    let run = server.run(&repo, &sha, yaml, false).await;
+    let l = lease().await;
+    assert_eq!(l.stage_key, "build");
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let done: StageFinished = post(
+        finish_path(l.stage_id),
+        serde_json::json!({
+            "lease_token": l.lease_token, "status": "success",
+            "outputs": {"image": "127.0.0.1:5000/team/app:1", "digest": digest},
+            "findings": [
+                {"tool": "slipway-secrets", "rule": "github-token", "severity": "high",
+                 "path": "src/config.rs", "line": 3,
+                 "message": "GitHub personal access token (ghp_****)"},
+                {"tool": "bandit", "rule": "B101", "severity": "note", "path": null,
+                 "line": null, "message": "assert used"}
+            ],
+        }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(done.status, StageStatus::Success);
+
+    // `deploy` runs on a real agent and sees `build`'s outputs in its environment.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let work = server.dir.path().join("agent-work");
+    let backend = std::sync::Arc::new(runner::LocalBackend::new(Some(work.clone())));
+    let agent = server::runner_agent::Agent::new(
+        reqwest::Url::parse(&base).unwrap(),
+        token.clone(),
+        "agent",
+        backend,
+    )
+    .with_work_dir(work);
+    let agent = tokio::spawn(agent.run(shutdown.clone()));
+    let finished = server.wait_run(run.id, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    assert_eq!(
+        finished.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(run.id).await
+    );
+    let deploy = server.stage(run.id, "deploy").await;
+    assert_eq!(
+        server.log_lines(&deploy.stage, 0),
+        [format!("deploying 127.0.0.1:5000/team/app:1@{digest}")]
+    );
+
+    // Through the API: the findings with their stage, the outputs in the run detail.
+    let get = |path: String| http.get(format!("{base}{path}")).bearer_auth(&admin).send();
+    let prefix = format!("/api/repos/{}/runs/{}", repo.name, run.number);
+    let r = get(format!("{prefix}/findings")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let findings: serde_json::Value = r.json().await.unwrap();
+    let view: Vec<_> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["stage_key"].as_str().unwrap().to_string(),
+                f["rule"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["path"].clone(),
+                f["line"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (
+                "build".to_string(),
+                "github-token".to_string(),
+                "high".to_string(),
+                serde_json::json!("src/config.rs"),
+                serde_json::json!(3)
+            ),
+            (
+                "build".to_string(),
+                "B101".to_string(),
+                "note".to_string(),
+                serde_json::Value::Null,
+                serde_json::Value::Null
+            ),
+        ]
+    );
+    let detail: serde_json::Value = get(prefix.clone()).await.unwrap().json().await.unwrap();
+    let build = detail["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "build")
+        .unwrap();
+    assert_eq!(build["outputs"]["digest"], digest.as_str());
+    assert_eq!(build["outputs"]["image"], "127.0.0.1:5000/team/app:1");
+    let images = server.state.store.list_images(run.id).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].digest, digest);
+    let r = get(format!("/api/repos/{}/runs/999/findings", repo.name))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}

@@ -57,6 +57,7 @@ cases!(
     events_record_the_life_of_a_run,
     reconcile_is_idempotent,
     finish_report_names_the_call_that_ends_the_run,
+    stage_results_are_stored_with_the_finish_and_replaced_by_a_retry,
 );
 
 // ---------------------------------------------------------------- harness
@@ -706,7 +707,20 @@ async fn rerun_of_failed_stages_only(store: Store) {
     };
     let (r, first) = planned(&store, "team/app", stages()).await;
     let build = lease(&store).await;
-    finish(&store, &build, StageStatus::Success).await;
+    let digest = format!("sha256:{}", "e".repeat(64));
+    let results = StageResults {
+        outputs: [("digest".to_string(), digest.clone())].into(),
+        findings: Vec::new(),
+    };
+    store
+        .finish_stage_with(
+            build.stage.id,
+            &build.token,
+            StageOutcome::new(StageStatus::Success),
+            &results,
+        )
+        .await
+        .unwrap();
     let test = lease(&store).await;
     finish(&store, &test, StageStatus::Failure).await;
     assert_eq!(
@@ -733,6 +747,17 @@ async fn rerun_of_failed_stages_only(store: Store) {
     let build = stage(&store, rerun.id, "build").await.stage;
     assert_eq!(build.status, StageStatus::Success);
     assert_eq!(build.reason.as_deref(), Some("succeeded in run #1"));
+    // Its outputs carry over for the stages that need them.
+    let outputs = store.run_outputs(rerun.id).await.unwrap();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        (
+            outputs[0].stage_id,
+            outputs[0].name.as_str(),
+            &outputs[0].value
+        ),
+        (build.id, "digest", &digest)
+    );
     assert_eq!(
         status_of(&store, rerun.id, "test").await,
         StageStatus::Queued
@@ -1662,5 +1687,192 @@ async fn finish_report_names_the_call_that_ends_the_run(store: Store) {
     assert_eq!(
         store.get_run(run.id).await.unwrap().status,
         RunStatus::Failure
+    );
+}
+
+fn finding(
+    rule: &str,
+    severity: runner::Severity,
+    path: Option<&str>,
+    line: Option<u32>,
+) -> runner::Finding {
+    runner::Finding {
+        tool: "slipway-secrets".into(),
+        rule: rule.into(),
+        severity,
+        path: path.map(str::to_string),
+        line,
+        message: format!("{rule} found"),
+    }
+}
+
+fn image_results(tag: &str, digest_byte: char, findings: Vec<runner::Finding>) -> StageResults {
+    StageResults {
+        outputs: [
+            (
+                OUTPUT_IMAGE.to_string(),
+                format!("127.0.0.1:5000/team/app:{tag}"),
+            ),
+            (
+                OUTPUT_DIGEST.to_string(),
+                format!("sha256:{}", digest_byte.to_string().repeat(64)),
+            ),
+        ]
+        .into(),
+        findings,
+    }
+}
+
+async fn stage_results_are_stored_with_the_finish_and_replaced_by_a_retry(store: Store) {
+    use runner::Severity::*;
+    let mut build = retried(1, &[], "build", 2);
+    build.spec = json!({"stage": "build"});
+    let mut other = NewStage::new("other", &["build"], &["s"]);
+    other.spec = json!({"stage": "other"});
+    let (_, run) = planned(&store, "team/results", vec![build, other]).await;
+    let l = lease(&store).await;
+    assert_eq!(l.stage.key, "build");
+
+    // Results that cannot be stored: nothing is written, the stage is still leased.
+    let mut bad = image_results("1", 'a', vec![finding("x", High, None, None)]);
+    bad.outputs
+        .insert(OUTPUT_DIGEST.into(), "sha256:nope".into());
+    let err = store
+        .finish_stage_with(
+            l.stage.id,
+            &l.token,
+            StageOutcome::new(StageStatus::Success),
+            &bad,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(
+        status_of(&store, run.id, "build").await,
+        StageStatus::Running
+    );
+    assert!(store.list_findings(run.id).await.unwrap().is_empty());
+    assert!(store.run_outputs(run.id).await.unwrap().is_empty());
+
+    // Attempt 1 fails with results: they are stored with the finish.
+    let first = image_results(
+        "1",
+        'a',
+        vec![
+            finding("github-token", High, Some("src/config.rs"), Some(3)),
+            finding("high-entropy-string", Medium, Some("a.txt"), Some(1)),
+        ],
+    );
+    let settled = store
+        .finish_stage_with(
+            l.stage.id,
+            &l.token,
+            StageOutcome::new(StageStatus::Failure),
+            &first,
+        )
+        .await
+        .unwrap()
+        .settled;
+    assert_eq!(settled, Settled::Retrying { attempt: 2 });
+    let found = store.list_findings(run.id).await.unwrap();
+    let view: Vec<_> = found
+        .iter()
+        .map(|f| {
+            (
+                f.stage_key.as_str(),
+                f.rule.as_str(),
+                f.severity,
+                f.path.as_deref(),
+                f.line,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (
+                "build",
+                "github-token",
+                High,
+                Some("src/config.rs"),
+                Some(3)
+            ),
+            (
+                "build",
+                "high-entropy-string",
+                Medium,
+                Some("a.txt"),
+                Some(1)
+            ),
+        ]
+    );
+    assert_eq!(found[0].message, "github-token found");
+    assert_eq!(found[0].tool, "slipway-secrets");
+    assert_eq!(found[0].run_id, run.id);
+    let images = store.list_images(run.id).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].reference, "127.0.0.1:5000/team/app:1");
+    assert_eq!(images[0].digest, format!("sha256:{}", "a".repeat(64)));
+
+    // Attempt 2 replaces them: its own findings, outputs and image, nothing of attempt 1.
+    let l2 = lease(&store).await;
+    assert_eq!((l2.stage.key.as_str(), l2.stage.attempt), ("build", 2));
+    let second = image_results("2", 'b', vec![finding("B608", Critical, None, None)]);
+    store
+        .finish_stage_with(
+            l2.stage.id,
+            &l2.token,
+            StageOutcome::new(StageStatus::Success),
+            &second,
+        )
+        .await
+        .unwrap();
+    let found = store.list_findings(run.id).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].rule.as_str(), found[0].severity),
+        ("B608", Critical)
+    );
+    assert_eq!((found[0].path.as_deref(), found[0].line), (None, None));
+    let outputs = store.run_outputs(run.id).await.unwrap();
+    let view: Vec<_> = outputs
+        .iter()
+        .map(|o| {
+            (
+                o.stage_key.as_str(),
+                o.stage_name.as_deref(),
+                o.name.as_str(),
+                o.value.as_str(),
+            )
+        })
+        .collect();
+    let digest_b = format!("sha256:{}", "b".repeat(64));
+    assert_eq!(
+        view,
+        [
+            ("build", Some("build"), "digest", digest_b.as_str()),
+            ("build", Some("build"), "image", "127.0.0.1:5000/team/app:2"),
+        ]
+    );
+    let images = store.list_images(run.id).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(
+        (images[0].reference.as_str(), images[0].digest.as_str()),
+        ("127.0.0.1:5000/team/app:2", digest_b.as_str())
+    );
+    // The run detail shows each stage's outputs.
+    let s = stage(&store, run.id, "build").await;
+    assert_eq!(s.outputs.get("digest"), Some(&digest_b));
+    assert!(stage(&store, run.id, "other").await.outputs.is_empty());
+
+    // A plain finish stores nothing for its stage.
+    let l3 = lease(&store).await;
+    assert_eq!(l3.stage.key, "other");
+    finish(&store, &l3, StageStatus::Success).await;
+    assert_eq!(store.list_findings(run.id).await.unwrap().len(), 1);
+    assert_eq!(store.run_outputs(run.id).await.unwrap().len(), 2);
+    assert_eq!(
+        store.get_run(run.id).await.unwrap().status,
+        RunStatus::Success
     );
 }

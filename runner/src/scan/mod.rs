@@ -204,7 +204,11 @@ fn scan_file(path: &Path) -> Result<Vec<secrets::Hit>> {
     if data[..data.len().min(BINARY_SNIFF)].contains(&0) {
         return Ok(Vec::new());
     }
-    Ok(secrets::scan_text(&String::from_utf8_lossy(&data)))
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    Ok(secrets::scan_text(
+        &String::from_utf8_lossy(&data),
+        secrets::FileKind::of(&name),
+    ))
 }
 
 #[cfg(test)]

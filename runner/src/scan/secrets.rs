@@ -4,7 +4,8 @@
 //! * **Known formats** (severity `high`): token prefixes with a fixed shape (GitHub,
 //!   GitLab, Slack, Stripe, Google, AWS key ids), AWS secret keys on a line that says
 //!   so, private key PEM headers, and `password|secret|token|api_key = "<value>"`
-//!   assignments whose value looks random.
+//!   assignments whose value looks random (unquoted values too in `.env`, YAML, TOML,
+//!   INI and properties files).
 //! * **High-entropy strings** (severity `medium`): base64-ish tokens of at least
 //!   [`MIN_ENTROPY_LEN`] characters whose Shannon entropy is close to that of random
 //!   text of the same length.
@@ -166,8 +167,41 @@ const SECRET_NAMES: &[&str] = &[
     "auth_key",
 ];
 
+/// What a file holds, by its name: in configuration files (`.env`, YAML, TOML, INI,
+/// properties) a value after `=` or `:` needs no quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Config,
+    Other,
+}
+
+impl FileKind {
+    pub(crate) fn of(file_name: &str) -> FileKind {
+        let name = file_name.to_ascii_lowercase();
+        let config = name == ".env"
+            || name.starts_with(".env.")
+            || [
+                ".env",
+                ".yml",
+                ".yaml",
+                ".toml",
+                ".ini",
+                ".cfg",
+                ".conf",
+                ".properties",
+            ]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+        if config {
+            FileKind::Config
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
 /// Scans one file's text; `hits` are in line order, at most one per rule and line.
-pub(crate) fn scan_text(text: &str) -> Vec<Hit> {
+pub(crate) fn scan_text(text: &str, kind: FileKind) -> Vec<Hit> {
     let mut hits = Vec::new();
     let mut pem: Option<PemBlock> = None;
     for (i, line) in text.lines().enumerate() {
@@ -206,7 +240,7 @@ pub(crate) fn scan_text(text: &str) -> Vec<Hit> {
             }
             continue;
         }
-        scan_line(line, line_no, &mut hits);
+        scan_line(line, line_no, kind, &mut hits);
     }
     hits.truncate(MAX_PER_FILE);
     hits
@@ -230,7 +264,7 @@ fn pem_begin(line: &str) -> Option<&str> {
         .then_some(kind.trim_end_matches(" BLOCK"))
 }
 
-fn scan_line(line: &str, line_no: u32, hits: &mut Vec<Hit>) {
+fn scan_line(line: &str, line_no: u32, kind: FileKind, hits: &mut Vec<Hit>) {
     let bytes = line.as_bytes();
     // Byte ranges already reported on this line, so the generic and entropy rules do
     // not report the same token again.
@@ -270,7 +304,7 @@ fn scan_line(line: &str, line_no: u32, hits: &mut Vec<Hit>) {
         }
     }
 
-    if let Some((name, (start, end))) = secret_assignment(line, &lower)
+    if let Some((name, (start, end))) = secret_assignment(line, &lower, kind == FileKind::Config)
         && !overlaps(&taken, start, end)
     {
         taken.push((start, end));
@@ -285,15 +319,25 @@ fn scan_line(line: &str, line_no: u32, hits: &mut Vec<Hit>) {
     if lower.contains("data:") && lower.contains(";base64,") {
         return;
     }
-    for (start, end) in tokens(bytes, |b| {
-        b.is_ascii_alphanumeric() || b"+/=_-".contains(&b)
-    }) {
+    // Tokens of the base64 alphabet: `_`, `-`, `.` and `:` split them, as they separate
+    // the words of identifiers, paths and versions (base64url tokens long enough to be
+    // keys keep long runs between them).
+    for (start, end) in tokens(bytes, |b| b.is_ascii_alphanumeric() || b"+/".contains(&b)) {
         if overlaps(&taken, start, end) {
             continue;
         }
-        if is_random(&line[start..end], &line[..start]) {
+        // The context of a hash is what precedes the whole base64url run (`sha256=` of
+        // a wheel RECORD, before `…_…-…`), or the token itself (`sha512-` of SRI).
+        let wide = line[..start]
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"+/_-".contains(b))
+            .count();
+        if is_random(&line[start..end], &line[..start])
+            && is_random(&line[start..end], &line[..start - wide])
+        {
             taken.push((start, end));
-            let len = line[start..end].trim_end_matches('=').len();
+            let len = end - start;
             push(
                 hits,
                 "high-entropy-string",
@@ -376,9 +420,14 @@ fn known_token(tok: &str) -> Option<(&'static str, String)> {
     None
 }
 
-/// `password = "…"`, `"api_key": "…"`, `token := '…'` with a value that looks random:
-/// the key name and the value's byte range.
-fn secret_assignment<'a>(line: &'a str, lower: &str) -> Option<(&'a str, (usize, usize))> {
+/// `password = "…"`, `"api_key": "…"`, `token := '…'` with a value that looks random
+/// (and, when `unquoted`, `PASSWORD=…` / `password: …` without quotes): the key name
+/// and the value's byte range.
+fn secret_assignment<'a>(
+    line: &'a str,
+    lower: &str,
+    unquoted: bool,
+) -> Option<(&'a str, (usize, usize))> {
     let bytes = line.as_bytes();
     for (ks, ke) in tokens(lower.as_bytes(), |b| {
         b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
@@ -405,12 +454,25 @@ fn secret_assignment<'a>(line: &'a str, lower: &str) -> Option<(&'a str, (usize,
         while i < bytes.len() && bytes[i] == b' ' {
             i += 1;
         }
-        let Some(&quote) = bytes.get(i).filter(|q| matches!(q, b'"' | b'\'')) else {
-            continue;
-        };
-        let start = i + 1;
-        let Some(len) = bytes[start..].iter().position(|&b| b == quote) else {
-            continue;
+        let (start, len) = match bytes.get(i) {
+            Some(&quote @ (b'"' | b'\'')) => {
+                let start = i + 1;
+                let Some(len) = bytes[start..].iter().position(|&b| b == quote) else {
+                    continue;
+                };
+                (start, len)
+            }
+            // Unquoted: the rest of the line (up to a ` #` comment), in configuration
+            // files only, where that is the value; in code it is an expression.
+            Some(_) if unquoted && !is_comment(line) => {
+                let rest = &line[i..];
+                let rest = rest.find(" #").map_or(rest, |at| &rest[..at]).trim_end();
+                if rest.contains(['(', ')', '[', ']', '{', '}', ',', ';']) {
+                    continue;
+                }
+                (i, rest.len())
+            }
+            _ => continue,
         };
         let value = &line[start..start + len];
         if looks_like_secret_value(value) {
@@ -418,6 +480,13 @@ fn secret_assignment<'a>(line: &'a str, lower: &str) -> Option<(&'a str, (usize,
         }
     }
     None
+}
+
+/// A comment line of a configuration file: prose, where `key = a|b` documents a
+/// setting rather than sets it.
+fn is_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    ["#", ";", "//", "!"].iter().any(|c| t.starts_with(c))
 }
 
 fn looks_like_secret_value(v: &str) -> bool {
@@ -439,39 +508,68 @@ fn looks_like_secret_value(v: &str) -> bool {
 /// Whether a token looks like random data rather than a word, path, hash or id.
 /// `before` is the line up to the token (for context such as `h1:`).
 fn is_random(tok: &str, before: &str) -> bool {
-    let tok = tok.trim_end_matches('=');
-    let tok = tok.trim_matches(|c| c == '-' || c == '_' || c == '/');
+    let tok = tok.trim_matches('/');
     if tok.len() < MIN_ENTROPY_LEN || tok.len() > 1000 {
         return false;
     }
     let b = tok.as_bytes();
-    // Subresource Integrity (`sha512-…`) and go.sum (`h1:…`) hashes.
-    let lower_tok = tok.to_ascii_lowercase();
-    if ["sha1-", "sha256-", "sha384-", "sha512-"]
-        .iter()
-        .any(|p| lower_tok.starts_with(p))
-        || before.ends_with("h1:")
-        || before.ends_with("sha256:")
-        || before.ends_with("sha512:")
+    // Subresource Integrity (`sha512-…`), go.sum (`h1:…`) and wheel RECORD
+    // (`sha256=…`) hashes.
+    let before = before.to_ascii_lowercase();
+    if [
+        "sha1-", "sha256-", "sha384-", "sha512-", "h1:", "sha256:", "sha512:", "sha256=", "sha512=",
+    ]
+    .iter()
+    .any(|p| before.ends_with(p))
     {
         return false;
     }
-    // Hex (checksums, commit ids, UUIDs): never flagged on entropy alone.
-    if b.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-') {
+    // Hex (checksums, commit ids, UUIDs) never reaches here: it has no mix of cases.
+    if !mixed(tok) {
         return false;
     }
-    if !(mixed(tok)) {
-        return false;
-    }
-    // Identifiers and paths are made of words: long runs of lowercase letters.
-    let worded: usize = tokens(b, |c| c.is_ascii_lowercase())
-        .map(|(s, e)| e - s)
-        .filter(|n| *n >= 3)
-        .sum();
+    // Identifiers and paths are made of words: letter runs of one case (or capitalised)
+    // of four or more. Random base64 has few: over half the token is a word-made name.
+    let worded: usize = words(b).filter(|n| *n >= 4).sum();
     if worded * 2 > b.len() {
         return false;
     }
     shannon(b) >= entropy_threshold(b.len())
+}
+
+/// Lengths of the runs of letters that read as words: `[A-Z]?[a-z]+` or `[A-Z]+`.
+fn words(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() && !b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        if i >= b.len() {
+            return None;
+        }
+        let start = i;
+        if b[i].is_ascii_uppercase() {
+            i += 1;
+            if i < b.len() && b[i].is_ascii_lowercase() {
+                while i < b.len() && b[i].is_ascii_lowercase() {
+                    i += 1;
+                }
+            } else {
+                while i < b.len() && b[i].is_ascii_uppercase() {
+                    i += 1;
+                }
+                // `HTTPServer`: the last capital starts the next word.
+                if i < b.len() && b[i].is_ascii_lowercase() && i - start > 1 {
+                    i -= 1;
+                }
+            }
+        } else {
+            while i < b.len() && b[i].is_ascii_lowercase() {
+                i += 1;
+            }
+        }
+        Some(i - start)
+    })
 }
 
 /// Upper- and lowercase letters and digits, as random base64 of this length nearly
@@ -516,7 +614,10 @@ mod tests {
     use super::*;
 
     fn rules(text: &str) -> Vec<(u32, &'static str)> {
-        scan_text(text).iter().map(|h| (h.line, h.rule)).collect()
+        scan_text(text, FileKind::Other)
+            .iter()
+            .map(|h| (h.line, h.rule))
+            .collect()
     }
 
     // Built at run time so this file holds no token-shaped literal of its own.
@@ -531,7 +632,7 @@ mod tests {
     #[test]
     fn known_formats_are_found_at_their_line() {
         let text = format!("fn main() {{}}\n// token below\nlet t = \"{}\";\n", gh());
-        let hits = scan_text(&text);
+        let hits = scan_text(&text, FileKind::Other);
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert_eq!((hits[0].line, hits[0].rule), (3, "github-token"));
         assert_eq!(hits[0].severity, Severity::High);
@@ -626,7 +727,7 @@ RTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYD\n\
 -----END CERTIFICATE-----\n";
         assert_eq!(rules(&cert), vec![]);
         let random = "x = \"Zq3Lw8Rt2Vn7Kp4Xm9Bc6Hj1\"\n";
-        let hits = scan_text(random);
+        let hits = scan_text(random, FileKind::Other);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].rule, "high-entropy-string");
         assert_eq!(hits[0].severity, Severity::Medium);
@@ -636,7 +737,34 @@ RTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYD\n\
     #[test]
     fn many_hits_are_capped_per_file() {
         let line = "v = Zq3Lw8Rt2Vn7Kp4Xm9Bc6Hj1\n".repeat(MAX_PER_FILE * 2);
-        assert_eq!(scan_text(&line).len(), MAX_PER_FILE);
+        assert_eq!(scan_text(&line, FileKind::Other).len(), MAX_PER_FILE);
+    }
+
+    #[test]
+    fn unquoted_values_count_in_configuration_files_only() {
+        let env = "DB_HOST=db\nDB_PASSWORD=s3cr3tP4ss!x # prod\nAPI_TOKEN=$FROM_CI\n";
+        let hits = scan_text(env, FileKind::of(".env.production"));
+        assert_eq!(
+            hits.iter().map(|h| (h.line, h.rule)).collect::<Vec<_>>(),
+            [(2, "generic-secret")]
+        );
+        let yaml = "db:\n  password: Tr0ub4dor&3x\n  token: ${{ secrets.T }}\n";
+        assert_eq!(scan_text(yaml, FileKind::of("values.yaml")).len(), 1);
+        let documented = "# password = Tr0ub4dor&3x|none\n";
+        assert!(scan_text(documented, FileKind::Config).is_empty());
+        let code = "password = user.Password2\ntoken = make_token(seed, 42)\n";
+        assert!(scan_text(code, FileKind::of("app.py")).is_empty());
+        assert_eq!(FileKind::of("Cargo.toml"), FileKind::Config);
+        assert_eq!(FileKind::of("main.rs"), FileKind::Other);
+    }
+
+    #[test]
+    fn words_of_identifiers() {
+        let w = |s: &str| words(s.as_bytes()).collect::<Vec<_>>();
+        assert_eq!(w("HTTPServerConn2x"), [4, 6, 4, 1]);
+        assert_eq!(w("ThisIsA"), [4, 2, 1]);
+        assert_eq!(w("abc/DEF"), [3, 3]);
+        assert_eq!(w(""), Vec::<usize>::new());
     }
 
     #[test]

@@ -143,6 +143,7 @@ fn no_false_positives_on_lock_files_and_ordinary_sources() {
     let mut yarn = String::from("# yarn lockfile v1\n\n");
     let mut gosum = String::new();
     let mut poetry = String::new();
+    let mut record = String::new();
     for i in 0..200 {
         let name = format!("pkg-{i}");
         let sha512 = b64.encode(Sha512::digest(name.as_bytes()));
@@ -162,6 +163,12 @@ fn no_false_positives_on_lock_files_and_ordinary_sources() {
         gosum.push_str(&format!(
             "github.com/example/mod{i} v0.{i}.1 h1:{h1}\ngithub.com/example/mod{i} v0.{i}.1/go.mod h1:{h1}\n"
         ));
+        record.push_str(&format!(
+            "{name}/__init__.py,sha256={},{}\n",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(Sha256::digest(name.as_bytes())),
+            100 + i
+        ));
         poetry.push_str(&format!(
             "{{file = \"{name}-1.0-py3-none-any.whl\", hash = \"sha256:{}\"}},\n",
             hex::encode(Sha256::digest(name.as_bytes()))
@@ -172,6 +179,7 @@ fn no_false_positives_on_lock_files_and_ordinary_sources() {
     write(root, "web/yarn.lock", yarn);
     write(root, "go.sum", gosum);
     write(root, "poetry.lock", poetry);
+    write(root, "site/app-1.0.dist-info/RECORD", record);
     // Some of this crate's own sources: identifiers, paths, UUID-like ids.
     write(root, "src/spec.rs", include_str!("../spec.rs"));
     write(root, "src/artifacts.rs", include_str!("../artifacts.rs"));

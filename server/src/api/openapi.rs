@@ -25,7 +25,7 @@ use crate::state::AppState;
     ),
     paths(
         repos::create, repos::list, repos::show, repos::update, repos::remove,
-        runs::list, runs::show, runs::cancel, runs::rerun, runs::trigger,
+        runs::list, runs::show, runs::findings, runs::cancel, runs::rerun, runs::trigger,
         logs::lines, logs::download, logs::follow, logs::events,
         secrets::set, secrets::list, secrets::remove,
         tokens::create, tokens::list, tokens::remove,

@@ -38,10 +38,11 @@ use crate::protocol::{
     HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseRequest, LeaseResponse, LeaseToken,
     LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished, StepFinish,
 };
-use crate::stage_spec::referenced_secrets;
+use crate::stage_spec::{add_stage_outputs, referenced_secrets};
 use crate::state::AppState;
 use crate::store::{
-    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus,
+    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults,
+    StageStatus,
 };
 
 /// While a lease request waits, how often it looks at the queue even without a nudge.
@@ -181,7 +182,7 @@ async fn prepare(
         state.wake.queue.notify_waiters();
         ApiResult::Ok(None)
     };
-    let planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
+    let mut planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
         Ok(p) => p,
         Err(e) => {
             return refuse(
@@ -191,6 +192,7 @@ async fn prepare(
             .await;
         }
     };
+    add_needed_outputs(state, stage, &mut planned).await?;
     let referenced = referenced_secrets(&planned);
     let mut secrets = BTreeMap::new();
     let mut withheld = 0usize;
@@ -272,6 +274,27 @@ async fn prepare(
         git_ref: run.git_ref.clone(),
         run_number: run.number,
     }))
+}
+
+/// Puts the outputs of the stages `stage` needs into its environment
+/// ([`add_stage_outputs`]; outputs come by stage id, which is plan order).
+async fn add_needed_outputs(
+    state: &AppState,
+    stage: &Stage,
+    planned: &mut PlannedStage,
+) -> ApiResult<()> {
+    if stage.needs.is_empty() {
+        return Ok(());
+    }
+    let outputs = state.store.run_outputs(stage.run_id).await?;
+    add_stage_outputs(
+        &mut planned.env,
+        outputs
+            .iter()
+            .filter(|o| stage.needs.contains(&o.stage_key))
+            .filter_map(|o| Some((o.stage_name.as_deref()?, o.name.as_str(), o.value.as_str()))),
+    );
+    Ok(())
 }
 
 fn step_key(stage: &Stage, idx: i64) -> StepKey {
@@ -566,12 +589,31 @@ async fn stage_finish(
         .status
         .stage_status()
         .ok_or_else(|| ApiError::bad_request("a stage cannot finish as skipped"))?;
-    let reason = req
+    let mut reason = req
         .reason
         .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+    let results = StageResults {
+        outputs: req.outputs,
+        findings: req.findings,
+    };
+    let (status, results) = match results.sanitized() {
+        Ok(results) => (status, results),
+        Err(why) => {
+            // The stage cannot be trusted to have done its work: end it as an
+            // infrastructure error (retried) rather than leave it running.
+            tracing::warn!(stage_id = id, reason = %why, "runner reported unusable results");
+            reason = Some(format!("the runner reported unusable results: {why}"));
+            (StageStatus::Error, StageResults::default())
+        }
+    };
     let report = state
         .store
-        .finish_stage_report(id, &req.lease_token, StageOutcome { status, reason })
+        .finish_stage_with(
+            id,
+            &req.lease_token,
+            StageOutcome { status, reason },
+            &results,
+        )
         .await?;
     if let Some(run_status) = report.run_finished {
         state.metrics.run_finished(run_status);

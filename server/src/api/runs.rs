@@ -21,7 +21,9 @@ use super::repos::{RepoPath, find_repo};
 use crate::git::Mirror;
 use crate::planning;
 use crate::state::AppState;
-use crate::store::{Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, Trigger};
+use crate::store::{
+    Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
+};
 use axum::Json;
 
 pub fn router() -> Router<AppState> {
@@ -33,6 +35,10 @@ pub fn router() -> Router<AppState> {
             post(cancel),
         )
         .route("/api/repos/{owner}/{name}/runs/{number}/rerun", post(rerun))
+        .route(
+            "/api/repos/{owner}/{name}/runs/{number}/findings",
+            get(findings),
+        )
         .route("/api/repos/{owner}/{name}/trigger", post(trigger))
 }
 
@@ -99,8 +105,9 @@ pub async fn list(
     Ok(Json(runs))
 }
 
-/// A run with its stages and their steps. For a run in state `error`, `run.error` says
-/// why and `run.diagnostics` holds the pipeline's validation diagnostics, if any.
+/// A run with its stages, their steps and outputs. For a run in state `error`,
+/// `run.error` says why and `run.diagnostics` holds the pipeline's validation
+/// diagnostics, if any. Findings of scan stages: `GET …/runs/{number}/findings`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunDetail {
     pub run: Run,
@@ -120,6 +127,25 @@ pub async fn show(
     let (_, run) = find_run(&state, &p).await?;
     let stages = state.store.list_stages(run.id).await?;
     Ok(Json(RunDetail { run, stages }))
+}
+
+#[utoipa::path(
+    get, path = "/api/repos/{owner}/{name}/runs/{number}/findings", tag = "runs", params(RunPath),
+    responses(
+        (status = 200, description = "What the run's scan stages found (the built-in secret scan \
+          and ingested SARIF reports), by stage; a retried stage's findings are its last attempt's. \
+          Never the secret itself: the message names the rule.", body = Vec<StoredFinding>),
+        (status = 401), (status = 403), (status = 404)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn findings(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(p): ApiPath<RunPath>,
+) -> ApiResult<Json<Vec<StoredFinding>>> {
+    let (_, run) = find_run(&state, &p).await?;
+    Ok(Json(state.store.list_findings(run.id).await?))
 }
 
 #[utoipa::path(

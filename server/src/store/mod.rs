@@ -37,11 +37,16 @@
 mod queue;
 mod records;
 mod repos;
+mod results;
 mod row;
 mod runs;
 mod types;
 
 pub use queue::RUNNER_LOST;
+pub use results::{
+    ImageRecord, MAX_FINDINGS, MAX_OUTPUT_BYTES, MAX_OUTPUTS, OUTPUT_DIGEST, OUTPUT_IMAGE,
+    RunOutput, StageResults, StoredFinding, digest_hex,
+};
 pub use types::*;
 
 use std::str::FromStr;

@@ -1,5 +1,6 @@
 //! Stages and steps: the durable queue runners lease from.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rand::Rng;
@@ -9,8 +10,8 @@ use super::row::{RowExt, STAGE_COLS, STEP_COLS, rows, stage as stage_row, step a
 use super::runs::{close_steps, emit};
 use super::{
     Dialect, Error, FinishReport, Heartbeat, Lease, Limits, Result, Run, RunId, RunStatus,
-    RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus, StageWithSteps, Step, StepId,
-    StepStatus, Store, Tx, affected, duration_ms, now_ms,
+    RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus, StageWithSteps,
+    Step, StepId, StepStatus, Store, Tx, affected, duration_ms, now_ms,
 };
 
 /// Key of the PostgreSQL advisory lock that makes "count running stages, then lease
@@ -48,12 +49,24 @@ impl Store {
             &query(&sql).bind(run).fetch_all(&self.read).await?,
             step_row,
         )?;
+        let mut outputs: HashMap<StageId, BTreeMap<String, String>> = HashMap::new();
+        for o in self.run_outputs(run).await? {
+            outputs
+                .entry(o.stage_id)
+                .or_default()
+                .insert(o.name, o.value);
+        }
         Ok(stages
             .into_iter()
             .map(|stage| {
                 let mine = steps.iter().take_while(|s| s.stage_id == stage.id).count();
                 let steps = steps.drain(..mine).collect();
-                StageWithSteps { stage, steps }
+                let outputs = outputs.remove(&stage.id).unwrap_or_default();
+                StageWithSteps {
+                    stage,
+                    steps,
+                    outputs,
+                }
             })
             .collect())
     }
@@ -220,6 +233,22 @@ impl Store {
         token: &str,
         outcome: StageOutcome,
     ) -> Result<FinishReport> {
+        self.finish_stage_with(stage, token, outcome, &StageResults::default())
+            .await
+    }
+
+    /// [`Store::finish_stage_report`] that also stores what the stage produced
+    /// (outputs, findings, the pushed image), replacing what an earlier attempt of the
+    /// stage stored, in the same transaction: a stage is never finished without its
+    /// results, nor results kept for a finish that did not happen. `Invalid` (nothing
+    /// written) for results [`StageResults::sanitized`] would refuse.
+    pub async fn finish_stage_with(
+        &self,
+        stage: StageId,
+        token: &str,
+        outcome: StageOutcome,
+        results: &StageResults,
+    ) -> Result<FinishReport> {
         if !outcome.status.is_final() || outcome.status == StageStatus::Skipped {
             return Err(Error::Invalid(format!(
                 "a stage cannot finish as {}",
@@ -248,6 +277,8 @@ impl Store {
             return Err(Error::LeaseLost);
         };
         let stage = stage_row(&row)?;
+        self.write_results_tx(&mut tx, run.id, stage.id, results)
+            .await?;
         let (settled, after) = self
             .settle(
                 &mut tx,

@@ -296,6 +296,20 @@ impl Store {
                 .await?,
                 "id",
             )?;
+            if let (Some(_), Some(orig)) = (&s.succeeded, run.rerun_of) {
+                // Succeeded in the run being re-run: its outputs still hold (an image
+                // stage's digest), and the stages that need it read them.
+                query(
+                    "INSERT INTO stage_outputs (stage_id, name, value) SELECT $1, o.name, \
+                     o.value FROM stage_outputs o JOIN stages p ON p.id = o.stage_id \
+                     WHERE p.run_id = $2 AND p.stage_key = $3",
+                )
+                .bind(id)
+                .bind(orig)
+                .bind(&s.key)
+                .execute(&mut **tx)
+                .await?;
+            }
             let step_status = if s.skip.is_some() || s.succeeded.is_some() {
                 "skipped"
             } else {

@@ -326,6 +326,9 @@ pub struct StageWithSteps {
     #[serde(flatten)]
     pub stage: Stage,
     pub steps: Vec<Step>,
+    /// What the stage's last attempt reported as outputs
+    /// (`${{ stages.<name>.outputs.<key> }}`), e.g. an image stage's `image` and `digest`.
+    pub outputs: std::collections::BTreeMap<String, String>,
 }
 
 /// Concurrency limits for [`Store::lease_stage`](super::Store::lease_stage): the
