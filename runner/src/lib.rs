@@ -20,6 +20,7 @@ mod finding;
 mod local;
 pub mod log;
 pub mod mask;
+pub mod safe_path;
 mod spec;
 mod stage;
 mod sweep;
