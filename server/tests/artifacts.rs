@@ -308,9 +308,10 @@ async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
     }
 
     // Over the per-artifact limit: 413 before the body is read.
-    let big = vec![1u8; 2000];
+    // Big enough that the refusal arrives while the client is still sending.
+    let big = vec![1u8; 8 * 1024 * 1024];
     let r = l
-        .upload("big.bin", &sha_hex(&big), 2000, big.clone())
+        .upload("big.bin", &sha_hex(&big), big.len() as u64, big.clone())
         .send()
         .await
         .unwrap();
@@ -568,6 +569,27 @@ stages:
             echo more > deps/sub/more
           fi
 "#;
+    // A fork's pull request runs without a cache and may not save one.
+    let fork = server.run(&repo, &sha, yaml, true).await;
+    let fork = server.wait_run(fork.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        fork.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(fork.id).await
+    );
+    let stage = server.stage(fork.id, "deps").await;
+    assert_eq!(server.log_lines(&stage.stage, 0), ["cache miss"]);
+    assert!(
+        server
+            .state
+            .store
+            .list_caches(repo.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     let first = server.run(&repo, &sha, yaml, false).await;
     let first = server.wait_run(first.id, Duration::from_secs(60)).await;
     assert_eq!(
