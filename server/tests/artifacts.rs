@@ -175,6 +175,85 @@ stages:
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rerun_of_failed_stages_gets_the_carried_over_stages_artifacts() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    // `test` fails until the flag file exists (outside the workspace: a local backend).
+    let flag = server.dir.path().join("let-it-pass");
+    let yaml = format!(
+        "
+stages:
+  build:
+    artifacts: [out/]
+    steps:
+      - name: make
+        run: mkdir out && echo from-run-1 > out/result.txt
+  test:
+    needs: [build]
+    steps:
+      - name: read
+        run: |
+          cat out/result.txt
+          test -f {}
+",
+        flag.display()
+    );
+    let first = server.run(&repo, &sha, &yaml, false).await;
+    let first = server.wait_run(first.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        first.status,
+        RunStatus::Failure,
+        "{}",
+        server.dump(first.id).await
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    let admin = admin_token(&server).await;
+    let rerun: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/api/repos/{}/runs/{}/rerun",
+            server.url(),
+            repo.name,
+            first.number
+        ))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"failed_only": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = rerun["id"].as_i64().unwrap();
+    server.state.wake.queue.notify_waiters();
+    let second = server.wait_run(id, Duration::from_secs(60)).await;
+    assert_eq!(
+        second.status,
+        RunStatus::Success,
+        "{}",
+        server.dump(id).await
+    );
+    // `build` did not run again, yet `test` read its file from run 1.
+    let build = server.stage(id, "build").await;
+    assert!(build.stage.started_at.is_none());
+    let test = server.stage(id, "test").await;
+    assert_eq!(server.log_lines(&test.stage, 0), ["from-run-1"]);
+    // The rerun lists the file as its own, with the same content.
+    let listed = server.state.store.list_run_artifacts(id).await.unwrap();
+    let original = server
+        .state
+        .store
+        .list_run_artifacts(first.id)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].stage_id, build.stage.id);
+    assert_eq!(listed[0].sha256, original[0].sha256);
+    assert_eq!(blob_files(&server).len(), 1);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------- the protocol directly
 
 /// A registered runner that leased the run's only stage.
@@ -247,6 +326,14 @@ impl Leased {
     }
 }
 
+/// The JSON body of a successful answer (else a panic showing the answer).
+async fn ok_json<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> T {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 /// (status, error code, message) of an answer.
 async fn refusal(r: reqwest::Response) -> (u16, String, String) {
     let status = r.status().as_u16();
@@ -268,6 +355,8 @@ async fn refusal(r: reqwest::Response) -> (u16, String, String) {
 async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
     let server = Server::start(Opts {
         in_process: false,
+        // Nobody heartbeats the stage these tests lease by hand.
+        heartbeat_secs: 600,
         settings: Settings {
             max_artifact_bytes: Some(1000),
             max_stage_artifact_bytes: Some(1500),
@@ -485,6 +574,8 @@ fn peak_rss() -> u64 {
 async fn a_one_gigabyte_artifact_round_trips() {
     let server = Server::start(Opts {
         in_process: false,
+        // Nobody heartbeats the stage this test leases by hand.
+        heartbeat_secs: 600,
         ..Opts::default()
     })
     .await;
@@ -501,7 +592,7 @@ async fn a_one_gigabyte_artifact_round_trips() {
     let digest = hex::encode(hasher.finalize());
     let rss_before = peak_rss();
 
-    let stored: ArtifactStored = l
+    let stored = l
         .upload(
             "big/one-gigabyte.bin",
             &digest,
@@ -511,10 +602,8 @@ async fn a_one_gigabyte_artifact_round_trips() {
         .timeout(Duration::from_secs(280))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let stored: ArtifactStored = ok_json(stored).await;
     assert_eq!(stored.size, GIB);
     let blob = server.state.blobs.path(&digest).unwrap();
     assert_eq!(std::fs::metadata(&blob).unwrap().len(), GIB);

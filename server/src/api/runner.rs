@@ -42,8 +42,7 @@ use crate::protocol::{
 use crate::stage_spec::referenced_secrets;
 use crate::state::AppState;
 use crate::store::{
-    ArtifactKind, Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome,
-    StageStatus,
+    Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageStatus,
 };
 
 /// While a lease request waits, how often it looks at the queue even without a nudge.
@@ -249,12 +248,9 @@ async fn prepare(
     // A new attempt starts without what an earlier one uploaded, and gets the
     // artifacts of the stages it needs.
     state.store.clear_stage_artifacts(stage.id).await?;
-    let artifacts: Vec<LeaseArtifact> = state
-        .store
-        .list_run_artifacts(run.id)
+    let artifacts: Vec<LeaseArtifact> = super::runner_files::needed_artifacts(state, &run, stage)
         .await?
         .into_iter()
-        .filter(|a| a.kind == ArtifactKind::File && stage.needs.contains(&a.stage_key))
         .map(|a| LeaseArtifact {
             path: crate::protocol::artifact_path(stage.id, a.id),
             id: a.id,

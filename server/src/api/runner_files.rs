@@ -20,7 +20,7 @@ use crate::protocol::{
     SHA256_HEADER,
 };
 use crate::state::AppState;
-use crate::store::{ArtifactKind, NewArtifact, StageId};
+use crate::store::{ArtifactKind, ArtifactRecord, NewArtifact, Run, Stage, StageId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,6 +33,88 @@ pub fn router() -> Router<AppState> {
             "/api/runner/stages/{id}/cache",
             get(get_cache).put(put_cache),
         )
+}
+
+/// How far back a chain of reruns is followed for a carried-over stage's artifacts.
+const MAX_RERUN_HOPS: usize = 20;
+
+/// The file artifacts of the stages `stage` needs, by stage then name.
+///
+/// A rerun of failed stages only carries the stages that succeeded over without running
+/// them again, so their artifacts live in the run that did run them: those records are
+/// copied onto the carried-over stage of this run (rows only; the blobs are shared), so
+/// this run lists them and its runners may download them.
+pub(crate) async fn needed_artifacts(
+    state: &AppState,
+    run: &Run,
+    stage: &Stage,
+) -> ApiResult<Vec<ArtifactRecord>> {
+    let needed =
+        |r: &ArtifactRecord| r.kind == ArtifactKind::File && stage.needs.contains(&r.stage_key);
+    let mut records: Vec<ArtifactRecord> = state
+        .store
+        .list_run_artifacts(run.id)
+        .await?
+        .into_iter()
+        .filter(needed)
+        .collect();
+    if run.rerun_of.is_none() || stage.needs.is_empty() {
+        return Ok(records);
+    }
+    let carried: Vec<Stage> = state
+        .store
+        .list_stages(run.id)
+        .await?
+        .into_iter()
+        .map(|s| s.stage)
+        .filter(|s| {
+            stage.needs.contains(&s.key)
+                && s.status == crate::store::StageStatus::Success
+                && s.started_at.is_none()
+                && !records.iter().any(|r| r.stage_key == s.key)
+        })
+        .collect();
+    let mut missing: Vec<&Stage> = carried.iter().collect();
+    let mut origin = run.rerun_of;
+    for _ in 0..MAX_RERUN_HOPS {
+        let Some(prev) = origin.filter(|_| !missing.is_empty()) else {
+            break;
+        };
+        let prev_run = match state.store.get_run(prev).await {
+            Ok(r) => r,
+            Err(crate::store::Error::NotFound(_)) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let found: Vec<ArtifactRecord> = state
+            .store
+            .list_run_artifacts(prev)
+            .await?
+            .into_iter()
+            .filter(needed)
+            .collect();
+        for here in &missing {
+            for rec in found.iter().filter(|r| r.stage_key == here.key) {
+                let copied = state
+                    .store
+                    .put_artifact(
+                        here.id,
+                        &NewArtifact {
+                            name: rec.name.clone(),
+                            kind: ArtifactKind::File,
+                            sha256: rec.sha256.clone(),
+                            size: rec.size,
+                            mode: rec.mode,
+                        },
+                    )
+                    .await?;
+                records.push(copied);
+            }
+        }
+        missing.retain(|s| !records.iter().any(|r| r.stage_key == s.key));
+        origin = prev_run.rerun_of;
+    }
+    records.sort_by(|a, b| (a.stage_id, &a.name).cmp(&(b.stage_id, &b.name)));
+    Ok(records)
 }
 
 /// Maps a refused or failed blob write onto the API's errors.

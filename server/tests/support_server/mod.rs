@@ -260,7 +260,8 @@ impl Server {
             .store
             .set_run_planned(
                 run.id,
-                &serde_json::to_value(&plan).unwrap(),
+                // Stored like the planner stores it: one plan per pipeline file.
+                &serde_json::to_value(vec![&plan]).unwrap(),
                 &plan.yaml_sha256,
                 stages,
             )
