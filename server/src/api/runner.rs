@@ -248,7 +248,7 @@ async fn prepare(
     // A new attempt starts without what an earlier one uploaded, and gets the
     // artifacts of the stages it needs.
     state.store.clear_stage_artifacts(stage.id).await?;
-    let artifacts: Vec<LeaseArtifact> = super::runner_files::needed_artifacts(state, &run, stage)
+    let artifacts: Vec<LeaseArtifact> = super::runner_files::needed_artifacts(state, run, stage)
         .await?
         .into_iter()
         .map(|a| LeaseArtifact {
