@@ -367,3 +367,73 @@ async fn stream_to(
         .map_err(|e| CallError::Transient(format!("writing: {e}")))?;
     Ok((hex::encode(hasher.finalize()), size))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// An agent pointed at a port nobody listens on: these refusals happen before any
+    /// request.
+    fn offline() -> (Arc<Agent>, StageCtx) {
+        let backend: Arc<dyn runner::Backend> = Arc::new(runner::LocalBackend::new(None));
+        let agent = Arc::new(Agent::new(
+            reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
+            "token".into(),
+            "offline",
+            backend,
+        ));
+        let ctx = StageCtx {
+            agent: agent.clone(),
+            stage_id: 1,
+            token: "lease".into(),
+            offsets: Vec::new(),
+            lost: AtomicBool::new(false),
+            give_up: Duration::from_secs(1),
+            shutdown: CancellationToken::new(),
+        };
+        (agent, ctx)
+    }
+
+    #[tokio::test]
+    async fn symlinks_are_never_uploaded() {
+        let (agent, ctx) = offline();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("leak.txt")).unwrap();
+        let artifact = runner::Artifact {
+            path: "leak.txt".into(),
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        match agent.upload_artifact(&ctx, dir.path(), &artifact).await {
+            Err(FilesError::Refused(m)) => assert!(m.contains("symlink"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn artifact_names_from_a_lease_cannot_escape() {
+        let (agent, ctx) = offline();
+        let src = tempfile::tempdir().unwrap();
+        for bad in ["../../etc/passwd", "/etc/passwd", "a//b"] {
+            let lease = [LeaseArtifact {
+                id: 1,
+                stage_key: "build".into(),
+                name: bad.into(),
+                sha256: "0".repeat(64),
+                size: 1,
+                mode: 0o644,
+                path: protocol::artifact_path(1, 1),
+            }];
+            match agent.place_artifacts(&ctx, &lease, src.path()).await {
+                Err(FilesError::Refused(m)) => assert!(m.contains("build"), "{m}"),
+                other => panic!("{bad}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(src.path()).unwrap().count(), 0);
+    }
+}
