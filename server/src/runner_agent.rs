@@ -12,7 +12,11 @@
 //! values before any line leaves this process; a forwarder posts step starts, log
 //! batches (every 100 ms or 500 lines) and step results in order, retrying failed
 //! posts with backoff (log batches are idempotent by line number, so a resend is
-//! harmless); finally the stage's outcome is reported.
+//! harmless); finally the stage's outcome is reported. Around the steps, `files`
+//! places the artifacts of needed stages and the stage's cache in the source
+//! directory, and afterwards uploads the stage's artifacts (before the outcome is
+//! reported, so a stage is `success` only with its artifacts stored) and saves its
+//! cache.
 //!
 //! On shutdown the runner stops leasing, lets running stages go on for
 //! `shutdown_grace`, then cancels them and reports them as `error` ("runner shut
@@ -551,10 +555,18 @@ impl Agent {
                 Some(format!("downloading the source: {e}")),
             );
         }
-        if let Err(e) = self.place_artifacts(ctx, &lease.artifacts, &src).await {
+        let placed = tokio::select! {
+            r = self.place_artifacts(ctx, &lease.artifacts, &src) => r,
+            _ = cancel.cancelled() => return (WireStatus::Cancelled, None),
+        };
+        if let Err(e) = placed {
             return files_failure(ctx, "placing the needed stages' artifacts", e);
         }
-        let cache = match self.prepare_cache(ctx, lease, &src, tmp.path()).await {
+        let cache = tokio::select! {
+            r = self.prepare_cache(ctx, lease, &src, tmp.path()) => r,
+            _ = cancel.cancelled() => return (WireStatus::Cancelled, None),
+        };
+        let cache = match cache {
             Ok(c) => c,
             Err(e) => return files_failure(ctx, "preparing the cache", e),
         };
