@@ -13,6 +13,8 @@ CREATE TABLE artifacts (
     kind       TEXT    NOT NULL DEFAULT 'file' CHECK (kind IN ('file', 'image')),
     sha256     TEXT    NOT NULL,
     size       BIGINT  NOT NULL,
+    -- Permission bits to restore on download (0o644 = 420; executables 0o755).
+    mode       BIGINT  NOT NULL DEFAULT 420,
     created_at BIGINT  NOT NULL,
     UNIQUE (stage_id, name)
 );

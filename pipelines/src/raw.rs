@@ -224,10 +224,17 @@ pub struct Stage {
     /// Side containers reachable by name (e.g. a database).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<BTreeMap<String, Service>>,
-    /// Globs of files to keep after the stage.
+    /// Globs of files to keep after the stage (relative to the workspace; a directory
+    /// keeps everything below it). They are stored with the run, and stages that
+    /// `needs` this one find them at the same paths in their workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<OneOrMany<String>>,
-    /// Paths restored before and saved after the stage.
+    /// Paths restored before and saved after the stage, per repository. The cache key
+    /// is the stage (with its matrix values), these paths, and the content of the lock
+    /// files in the workspace (Cargo.lock, package-lock.json, yarn.lock, go.sum,
+    /// poetry.lock, Gemfile.lock, requirements*.txt): changing a dependency starts a
+    /// fresh cache. A saved key is never overwritten; pull requests from forks read
+    /// caches but do not save them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<OneOrMany<String>>,
     /// Automatic retries on failure, 0 to 5.

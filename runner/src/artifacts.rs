@@ -60,6 +60,42 @@ fn build_globs(globs: &[String]) -> Result<GlobSet> {
     })
 }
 
+/// Checks artifact (or cache) globs without collecting anything: the same refusals
+/// as [`collect`] (`..`, absolute paths, empty or malformed globs).
+pub fn check_globs(globs: &[String]) -> Result<()> {
+    build_globs(globs).map(|_| ())
+}
+
+/// Which collected paths a set of globs selects, with [`collect`]'s semantics: a path
+/// is selected when it or one of its parent directories matches. Lets a caller that
+/// collected the union of several glob lists in one pass (artifacts and cache paths)
+/// tell the collected files apart again.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    set: GlobSet,
+}
+
+impl Matcher {
+    pub fn new(globs: &[String]) -> Result<Matcher> {
+        Ok(Matcher {
+            set: build_globs(globs)?,
+        })
+    }
+
+    /// `path` is relative and `/`-separated, as in [`Artifact::path`].
+    pub fn is_match(&self, path: &str) -> bool {
+        let mut end = 0;
+        for part in path.split('/') {
+            end += part.len();
+            if self.set.is_match(&path[..end]) {
+                return true;
+            }
+            end += 1;
+        }
+        false
+    }
+}
+
 /// Copies the files under `root` matching `globs` into `dest` (keeping relative
 /// paths and permission bits) and returns them sorted by path. Blocking.
 pub fn collect(root: &Path, globs: &[String], dest: &Path) -> Result<Vec<Artifact>> {
@@ -263,6 +299,22 @@ mod tests {
         symlink("/etc/hostname", ws.path().join("leak.txt")).unwrap();
         let err = collect(ws.path(), &["*.txt".into()], dest.path()).unwrap_err();
         assert!(err.to_string().contains("outside the workspace"), "{err}");
+    }
+
+    #[test]
+    fn matcher_selects_what_collect_collects() {
+        let ws = setup();
+        let dest = tempfile::tempdir().unwrap();
+        let globs: Vec<String> = vec!["out/*".into(), "*.log".into()];
+        let got = collect(ws.path(), &globs, dest.path()).unwrap();
+        let m = Matcher::new(&globs).unwrap();
+        for a in &got {
+            assert!(m.is_match(&a.path), "{}", a.path);
+        }
+        assert!(!m.is_match("dist/a/c.js"));
+        assert!(!m.is_match("skip.tmp"));
+        assert!(check_globs(&["../x".into()]).is_err());
+        assert!(check_globs(&["target/".into()]).is_ok());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod image_build;
 mod local;
 pub mod log;
 pub mod mask;
+pub mod safe_path;
 pub mod scan;
 mod spec;
 mod stage;

@@ -126,6 +126,10 @@ pub struct StageOutcome {
     /// A scan stage's findings.
     #[serde(default)]
     pub findings: Vec<Finding>,
+    /// For [`Status::Error`]: whether running the stage again could help
+    /// ([`Error::is_retryable`]); a refused artifact path or a missing commit cannot.
+    #[serde(default)]
+    pub retryable: bool,
     pub duration: Duration,
 }
 
@@ -152,9 +156,7 @@ pub async fn run_stage(
     };
     let (mut outcome, retryable) = driver.run(opts).await;
     outcome.duration = start.elapsed();
-    // `retryable` ([`Error::is_retryable`]) is only logged for now: `StageOutcome`'s
-    // fields are shared API. A missing commit or a refused artifact path is an
-    // `Error` that a retry will not fix.
+    outcome.retryable = retryable;
     tracing::info!(stage = %spec.id, status = ?outcome.status, retryable, duration = ?outcome.duration, "stage finished");
     outcome
 }
@@ -212,6 +214,7 @@ impl<'a> Driver<'a> {
             artifacts: Vec::new(),
             outputs: BTreeMap::new(),
             findings: Vec::new(),
+            retryable: false,
             duration: Duration::ZERO,
         };
         if let Err(e) = self.spec.validate() {
@@ -824,6 +827,7 @@ mod tests {
                 line: Some(3),
                 message: "GitHub token".into(),
             }],
+            retryable: false,
             duration: Duration::from_secs(2),
         };
         let json = serde_json::to_string(&outcome).unwrap();

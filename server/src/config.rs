@@ -52,6 +52,15 @@ pub struct Settings {
     /// Largest webhook body accepted, in bytes.
     #[arg(long, env = "SLIPWAY_MAX_WEBHOOK_BYTES")]
     pub max_webhook_bytes: Option<usize>,
+    /// Largest single artifact a runner may upload, in bytes (default 2 GiB).
+    #[arg(long, env = "SLIPWAY_MAX_ARTIFACT_BYTES")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Most bytes of artifacts one stage may store in total (default 10 GiB).
+    #[arg(long, env = "SLIPWAY_MAX_STAGE_ARTIFACT_BYTES")]
+    pub max_stage_artifact_bytes: Option<u64>,
+    /// Largest cache archive a runner may upload, in bytes (default 5 GiB).
+    #[arg(long, env = "SLIPWAY_MAX_CACHE_BYTES")]
+    pub max_cache_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -70,6 +79,11 @@ impl Settings {
             auto_cancel: self.auto_cancel.or(other.auto_cancel),
             heartbeat_timeout_secs: self.heartbeat_timeout_secs.or(other.heartbeat_timeout_secs),
             max_webhook_bytes: self.max_webhook_bytes.or(other.max_webhook_bytes),
+            max_artifact_bytes: self.max_artifact_bytes.or(other.max_artifact_bytes),
+            max_stage_artifact_bytes: self
+                .max_stage_artifact_bytes
+                .or(other.max_stage_artifact_bytes),
+            max_cache_bytes: self.max_cache_bytes.or(other.max_cache_bytes),
         }
     }
 }
@@ -89,6 +103,9 @@ pub struct Config {
     pub auto_cancel: bool,
     pub heartbeat_timeout: Duration,
     pub max_webhook_bytes: usize,
+    pub max_artifact_bytes: u64,
+    pub max_stage_artifact_bytes: u64,
+    pub max_cache_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +156,12 @@ impl Config {
             Some(n) => Ok(n),
             None => Ok(default),
         };
+        let bytes = |name: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        const GIB: u64 = 1024 * 1024 * 1024;
         Ok(Config {
             listen,
             secret_key_file: s
@@ -168,6 +191,13 @@ impl Config {
                 s.max_webhook_bytes,
                 25 * 1024 * 1024,
             )?,
+            max_artifact_bytes: bytes("max_artifact_bytes", s.max_artifact_bytes, 2 * GIB)?,
+            max_stage_artifact_bytes: bytes(
+                "max_stage_artifact_bytes",
+                s.max_stage_artifact_bytes,
+                10 * GIB,
+            )?,
+            max_cache_bytes: bytes("max_cache_bytes", s.max_cache_bytes, 5 * GIB)?,
             data_dir,
             database_url,
         })

@@ -211,6 +211,7 @@ pub async fn execute(
                     artifacts: Vec::new(),
                     outputs: Default::default(),
                     findings: Vec::new(),
+                    retryable: false,
                     duration: Duration::ZERO,
                 }),
                 attempts: 1,

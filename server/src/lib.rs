@@ -2,6 +2,8 @@
 //! the HTTP API, webhooks, scheduler and store.
 
 pub mod api;
+pub mod blobs;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod cron;

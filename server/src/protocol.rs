@@ -13,14 +13,25 @@
 //! | `POST /api/runner/stages/{id}/steps/{idx}/start` | [`LeaseToken`] | 204 |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/logs` | [`LogBatch`] | [`LogAck`] |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/finish` | [`StepFinish`] | 204 |
+//! | `PUT /api/runner/stages/{id}/artifacts?`[`ArtifactUpload`] | the file's bytes | [`ArtifactStored`] |
+//! | `GET /api/runner/stages/{id}/artifacts/{artifact_id}?lease_token=` | | the bytes of an artifact of a needed stage |
+//! | `GET /api/runner/stages/{id}/cache?`[`CacheLookup`] | | 200 the cache tar, or 404 `no_cache` |
+//! | `PUT /api/runner/stages/{id}/cache?`[`CacheUpload`] | the tar's bytes | [`CacheStored`] |
 //! | `POST /api/runner/stages/{id}/finish` | [`StageFinish`] | [`StageFinished`] |
 //!
 //! A stage's finish carries its results (outputs, findings); the server stores them with
 //! the stage's end and hands the outputs to the stages that need it, as the environment
 //! variables `SLIPWAY_STAGE_<STAGE>_<KEY>` (see [`pipelines::expr::Expr::env_var`]).
 //!
-//! Retries are safe: log batches are idempotent by line number, and starting or
-//! finishing a step twice is acknowledged.
+//! Retries are safe: log batches are idempotent by line number, starting or finishing a
+//! step twice is acknowledged, and uploading an artifact or a cache again stores nothing
+//! new (blobs are content-addressed; an artifact of the same name is replaced).
+//!
+//! Artifacts are uploaded after the steps and before the stage's finish call, so a
+//! stage is only `success` with its artifacts stored. Uploads stream: `size` and
+//! `sha256` are announced in the query and checked against the body; over the server's
+//! limits the answer is 413 before the body is read. Artifact names are relative
+//! `/`-separated paths ([`runner::safe_path::check_name`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,6 +57,18 @@ pub fn step_path(stage: i64, idx: usize, what: &str) -> String {
 pub fn finish_path(stage: i64) -> String {
     format!("/api/runner/stages/{stage}/finish")
 }
+pub fn artifacts_path(stage: i64) -> String {
+    format!("/api/runner/stages/{stage}/artifacts")
+}
+pub fn artifact_path(stage: i64, artifact: i64) -> String {
+    format!("/api/runner/stages/{stage}/artifacts/{artifact}")
+}
+pub fn cache_path(stage: i64) -> String {
+    format!("/api/runner/stages/{stage}/cache")
+}
+
+/// Header carrying a downloaded blob's sha256 (also sent as the `ETag`).
+pub const SHA256_HEADER: &str = "x-slipway-sha256";
 
 /// How long the server holds a lease request open when nothing is queued.
 pub const LONG_POLL_SECS: u64 = 25;
@@ -100,6 +123,77 @@ pub struct LeaseResponse {
     pub run_number: i64,
     /// Where people follow the run.
     pub run_url: String,
+    /// Artifacts of the stages this one `needs`, to place in the workspace before the
+    /// steps run (in plan order: a later stage's file of the same name wins).
+    #[serde(default)]
+    pub artifacts: Vec<LeaseArtifact>,
+    /// Whether the runner may save caches for this stage (not for a fork's pull request).
+    #[serde(default)]
+    pub cache_writable: bool,
+}
+
+/// An artifact a leased stage gets in its workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseArtifact {
+    pub id: i64,
+    /// The stage that produced it.
+    pub stage_key: String,
+    /// Relative path in the workspace.
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Where to GET it (with `?lease_token=`).
+    pub path: String,
+}
+
+/// Query of an artifact upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactUpload {
+    pub lease_token: String,
+    /// Relative `/`-separated path in the workspace.
+    pub name: String,
+    /// Of the body, lower-case hex.
+    pub sha256: String,
+    /// Of the body, in bytes.
+    pub size: u64,
+    /// Permission bits (default 0o644).
+    #[serde(default)]
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactStored {
+    pub id: i64,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    /// `false` when identical content was already stored.
+    pub new_blob: bool,
+}
+
+/// Query of a cache lookup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheLookup {
+    pub lease_token: String,
+    /// The cache key the runner computed ([`crate::cache::cache_key`]).
+    pub key: String,
+}
+
+/// Query of a cache upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheUpload {
+    pub lease_token: String,
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheStored {
+    /// `false` when the key already had an entry (the first save wins).
+    pub saved: bool,
 }
 
 /// Never prints secret values (tracing a lease must be safe).

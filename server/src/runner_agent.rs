@@ -12,7 +12,11 @@
 //! values before any line leaves this process; a forwarder posts step starts, log
 //! batches (every 100 ms or 500 lines) and step results in order, retrying failed
 //! posts with backoff (log batches are idempotent by line number, so a resend is
-//! harmless); finally the stage's outcome is reported.
+//! harmless); finally the stage's outcome is reported. Around the steps, `files`
+//! places the artifacts of needed stages and the stage's cache in the source
+//! directory, and afterwards uploads the stage's artifacts (before the outcome is
+//! reported, so a stage is `success` only with its artifacts stored) and saves its
+//! cache.
 //!
 //! On shutdown the runner stops leasing, lets running stages go on for
 //! `shutdown_grace`, then cancels them and reports them as `error` ("runner shut
@@ -42,6 +46,8 @@ use crate::protocol::{
 };
 use crate::stage_spec::{OnMissing, SpecError, stage_spec};
 use crate::state::AppState;
+
+mod files;
 
 /// Flush a log batch after this long…
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -556,7 +562,22 @@ impl Agent {
                 Some(format!("downloading the source: {e}")),
             );
         }
-        let spec = match stage_spec(
+        let placed = tokio::select! {
+            r = self.place_artifacts(ctx, &lease.artifacts, &src) => r,
+            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
+        };
+        if let Err(e) = placed {
+            return files_failure(ctx, "placing the needed stages' artifacts", e);
+        }
+        let cache = tokio::select! {
+            r = self.prepare_cache(ctx, lease, &src, tmp.path()) => r,
+            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
+        };
+        let cache = match cache {
+            Ok(c) => c,
+            Err(e) => return files_failure(ctx, "preparing the cache", e),
+        };
+        let mut spec = match stage_spec(
             &lease.spec,
             &lease.stage_key,
             Source::Directory(src),
@@ -571,14 +592,37 @@ impl Agent {
                 return Ended::early(WireStatus::Failure, Some(e.to_string()));
             }
         };
+        let declared = spec.artifacts.clone();
+        if let Some(c) = cache.as_ref().filter(|c| c.save) {
+            // The backend collects the cache paths with the artifacts: every backend
+            // can, whatever its workspace is.
+            spec.artifacts.extend(c.paths.iter().cloned());
+        }
+        let collected = tmp.path().join("collected");
+        let opts = RunOptions {
+            artifact_dir: (!spec.artifacts.is_empty()).then(|| collected.clone()),
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward(ctx.clone(), rx, cancel.clone()));
-        let outcome =
-            runner::run_stage(&*self.backend, &spec, RunOptions::default(), tx, cancel).await;
+        let outcome = runner::run_stage(&*self.backend, &spec, opts, tx, cancel.clone()).await;
         // run_stage dropped its sender: the forwarder drains what is left and ends.
         let _ = forwarder.await;
+        if outcome.status.is_success() {
+            let stored = tokio::select! {
+                r = self.store_outputs(ctx, &outcome.artifacts, &declared, cache.as_ref(), &collected, tmp.path()) => r,
+                _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
+            };
+            if let Err(e) = stored {
+                return files_failure(ctx, "storing the stage's artifacts", e);
+            }
+        }
         drop(tmp);
-        let status = WireStatus::from_runner(&outcome.status);
+        let status = match &outcome.status {
+            // A refused artifact path, a bad Dockerfile: running it again fails the
+            // same way, so it is the pipeline's failure, not a retryable error.
+            Status::Error(_) if !outcome.retryable => WireStatus::Failure,
+            other => WireStatus::from_runner(other),
+        };
         let reason = stage_reason(&spec.kind, &outcome);
         Ended {
             status,
@@ -586,6 +630,88 @@ impl Agent {
             outputs: outcome.outputs,
             findings: outcome.findings,
         }
+    }
+
+    /// The stage's cache, if it declares `cache:` paths: its key, restored into `src`
+    /// when saved before; `save` when it missed and this run may write caches.
+    async fn prepare_cache(
+        &self,
+        ctx: &StageCtx,
+        lease: &LeaseResponse,
+        src: &Path,
+        scratch: &Path,
+    ) -> Result<Option<StageCache>, files::FilesError> {
+        let paths = lease.spec.cache.clone();
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        if let Err(e) = runner::artifacts::check_globs(&paths) {
+            return Err(files::FilesError::Refused(format!("cache paths: {e}")));
+        }
+        let (stage_key, dir, key_paths) =
+            (lease.stage_key.clone(), src.to_path_buf(), paths.clone());
+        let key = match tokio::task::spawn_blocking(move || {
+            crate::cache::cache_key(&stage_key, &key_paths, &dir)
+        })
+        .await
+        {
+            Ok(Ok(key)) => key,
+            Ok(Err(e)) => {
+                tracing::warn!(stage_id = ctx.stage_id, error = %e, "cannot compute the cache key; running without a cache");
+                return Ok(None);
+            }
+            Err(e) => return Err(files::FilesError::Failed(e.to_string())),
+        };
+        let hit = self.restore_cache(ctx, &key, src, scratch).await?;
+        Ok(Some(StageCache {
+            save: !hit && lease.cache_writable,
+            key,
+            paths,
+        }))
+    }
+
+    /// Uploads the declared artifacts among `collected`, then saves the cache.
+    async fn store_outputs(
+        &self,
+        ctx: &StageCtx,
+        collected: &[runner::Artifact],
+        declared: &[String],
+        cache: Option<&StageCache>,
+        dir: &Path,
+        scratch: &Path,
+    ) -> Result<(), files::FilesError> {
+        let refused = |e: runner::Error| files::FilesError::Refused(e.to_string());
+        let artifacts = runner::artifacts::Matcher::new(declared).map_err(refused)?;
+        for a in collected.iter().filter(|a| artifacts.is_match(&a.path)) {
+            let stored = self.upload_artifact(ctx, dir, a).await?;
+            tracing::info!(stage_id = ctx.stage_id, artifact = %stored.name, size = stored.size, new_blob = stored.new_blob, "artifact uploaded");
+        }
+        let Some(cache) = cache.filter(|c| c.save) else {
+            return Ok(());
+        };
+        let matcher = runner::artifacts::Matcher::new(&cache.paths).map_err(refused)?;
+        let names: Vec<String> = collected
+            .iter()
+            .filter(|a| matcher.is_match(&a.path))
+            .map(|a| a.path.clone())
+            .collect();
+        if names.is_empty() {
+            tracing::info!(
+                stage_id = ctx.stage_id,
+                "the cache paths hold no files; nothing to save"
+            );
+            return Ok(());
+        }
+        match self.save_cache(ctx, &cache.key, dir, names, scratch).await {
+            Ok(saved) => {
+                tracing::info!(stage_id = ctx.stage_id, key = %cache.key, saved, "cache saved")
+            }
+            Err(files::FilesError::LeaseLost) => return Err(files::FilesError::LeaseLost),
+            Err(files::FilesError::Refused(e) | files::FilesError::Failed(e)) => {
+                tracing::warn!(stage_id = ctx.stage_id, error = %e, "saving the cache failed")
+            }
+        }
+        Ok(())
     }
 
     /// Streams the stage's source tar to a temp file, then unpacks it into `dest`.
@@ -700,6 +826,27 @@ impl Ended {
             reason,
             outputs: Default::default(),
             findings: Vec::new(),
+        }
+    }
+}
+
+/// A stage's cache: its key and paths, and whether to save it afterwards.
+struct StageCache {
+    key: String,
+    paths: Vec<String>,
+    save: bool,
+}
+
+/// The stage's status and reason when moving its files failed.
+fn files_failure(ctx: &StageCtx, doing: &str, e: files::FilesError) -> Ended {
+    match e {
+        files::FilesError::LeaseLost => {
+            ctx.lost.store(true, Ordering::SeqCst);
+            Ended::early(WireStatus::Error, Some(format!("{doing}: lease lost")))
+        }
+        files::FilesError::Refused(m) => Ended::early(WireStatus::Failure, Some(m)),
+        files::FilesError::Failed(m) => {
+            Ended::early(WireStatus::Error, Some(format!("{doing}: {m}")))
         }
     }
 }
@@ -1073,6 +1220,7 @@ mod tests {
                 finding(runner::Severity::Medium, 1),
                 finding(runner::Severity::High, 3),
             ],
+            retryable: false,
             duration: Duration::ZERO,
         };
         let scan = runner::StageKind::Scan(runner::ScanSpec {

@@ -35,6 +35,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         store,
         secret_box: SecretBox::new(&key),
         logs: LogStore::new(config.data_dir.join("logs")),
+        blobs: crate::blobs::BlobStore::new(&config.data_dir),
         status: StatusReporter::new(),
         wake: Wake::default(),
         metrics: crate::metrics::Metrics::new(),

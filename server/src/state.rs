@@ -22,6 +22,8 @@ pub struct Inner {
     /// Seals and opens secrets, webhook secrets and forge tokens at rest.
     pub secret_box: SecretBox,
     pub logs: LogStore,
+    /// Artifact and cache content, by sha256.
+    pub blobs: crate::blobs::BlobStore,
     pub status: StatusReporter,
     pub wake: Wake,
     /// Prometheus metrics, served at `/metrics`.

@@ -249,6 +249,8 @@ fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
         ("GET", format!("{step}/logs"), None),
         ("GET", format!("{step}/logs.txt"), None),
         ("GET", format!("{step}/logs/follow"), None),
+        ("GET", "/api/runs/1/artifacts".to_string(), None),
+        ("GET", "/api/artifacts/1/download".to_string(), None),
         (
             "PUT",
             "/api/repos/team/app/secrets/X".to_string(),
@@ -1703,7 +1705,9 @@ async fn openapi_lists_the_routes() {
             .replace("/stages/1", "/stages/{stage_id}")
             .replace("/steps/0", "/steps/{idx}")
             .replace("/secrets/X", "/secrets/{secret}")
-            .replace("/tokens/1", "/tokens/{id}");
+            .replace("/tokens/1", "/tokens/{id}")
+            .replace("/api/runs/{number}", "/api/runs/{id}")
+            .replace("/artifacts/1/", "/artifacts/{id}/");
         let op = &paths
             .get(&template)
             .unwrap_or_else(|| panic!("{template} not documented"))[method.to_lowercase()];

@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per resource, each with its own `router()`.
 
+pub mod artifacts;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod repos;
 pub mod runner;
+pub mod runner_files;
 pub mod runs;
 pub mod secrets;
 pub mod tokens;
@@ -32,6 +34,8 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(metrics::router())
         .merge(runner::router())
+        .merge(runner_files::router())
+        .merge(artifacts::router())
         // Keep this last: `route_layer` wraps only the routes added above it. It counts
         // requests by route template (known only to matched routes).
         .route_layer(axum::middleware::from_fn_with_state(

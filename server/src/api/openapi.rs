@@ -13,7 +13,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{logs, repos, runs, secrets, tokens};
+use super::{artifacts, logs, repos, runs, secrets, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::state::AppState;
         repos::create, repos::list, repos::show, repos::update, repos::remove,
         runs::list, runs::show, runs::findings, runs::cancel, runs::rerun, runs::trigger,
         logs::lines, logs::download, logs::follow, logs::events,
+        artifacts::list, artifacts::download,
         secrets::set, secrets::list, secrets::remove,
         tokens::create, tokens::list, tokens::remove,
         metrics_doc,
@@ -36,6 +37,7 @@ use crate::state::AppState;
         (name = "repos", description = "Repositories"),
         (name = "runs", description = "Runs, reruns, cancellation and manual triggers"),
         (name = "logs", description = "Step logs"),
+        (name = "artifacts", description = "Files stages produced (content-addressed, sha256)"),
         (name = "secrets", description = "Per-repository secrets (names only, never values)"),
         (name = "tokens", description = "API tokens"),
         (name = "ops", description = "Operations"),

@@ -35,8 +35,9 @@ use super::error::{ApiError, ApiResult};
 use crate::git::Mirror;
 use crate::logs::{NewLine, StepKey};
 use crate::protocol::{
-    HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseRequest, LeaseResponse, LeaseToken,
-    LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished, StepFinish,
+    HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseArtifact, LeaseRequest, LeaseResponse,
+    LeaseToken, LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished,
+    StepFinish,
 };
 use crate::stage_spec::{add_stage_outputs, referenced_secrets};
 use crate::state::AppState;
@@ -246,6 +247,22 @@ async fn prepare(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
+    // A new attempt starts without what an earlier one uploaded, and gets the
+    // artifacts of the stages it needs.
+    state.store.clear_stage_artifacts(stage.id).await?;
+    let artifacts: Vec<LeaseArtifact> = super::runner_files::needed_artifacts(state, run, stage)
+        .await?
+        .into_iter()
+        .map(|a| LeaseArtifact {
+            path: crate::protocol::artifact_path(stage.id, a.id),
+            id: a.id,
+            stage_key: a.stage_key,
+            name: a.name,
+            sha256: a.sha256,
+            size: u64::try_from(a.size).unwrap_or(0),
+            mode: u32::try_from(a.mode).unwrap_or(0o644) & 0o777,
+        })
+        .collect();
     tracing::info!(
         stage_id = stage.id,
         run_id = run.id,
@@ -253,6 +270,7 @@ async fn prepare(
         attempt = stage.attempt,
         secrets = secrets.len(),
         withheld,
+        artifacts = artifacts.len(),
         "stage leased"
     );
     Ok(Some(LeaseResponse {
@@ -273,6 +291,10 @@ async fn prepare(
         sha: run.sha.clone(),
         git_ref: run.git_ref.clone(),
         run_number: run.number,
+        artifacts,
+        // A fork's pull request may read caches but not write them: its content would
+        // otherwise be restored into trusted runs.
+        cache_writable: !run.fork,
     }))
 }
 
@@ -306,7 +328,7 @@ fn step_key(stage: &Stage, idx: i64) -> StepKey {
 }
 
 /// The stage, if `token` is its current lease (else `409 lease_lost`).
-async fn leased(state: &AppState, id: StageId, token: &str) -> ApiResult<Stage> {
+pub(crate) async fn leased(state: &AppState, id: StageId, token: &str) -> ApiResult<Stage> {
     let stage = state.store.get_stage(id).await?;
     let holds = stage.status == StageStatus::Running
         && stage

@@ -34,6 +34,7 @@
 //!   inside the transaction that inserts the run: the row lock makes numbers dense and
 //!   unique per repository.
 
+mod artifacts;
 mod queue;
 mod records;
 mod repos;

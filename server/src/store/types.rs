@@ -457,3 +457,48 @@ pub struct StoredEvent {
     pub status: String,
     pub created_at: i64,
 }
+
+str_enum!(
+    /// What an artifact record stands for: a file in the blob store, or an image an
+    /// image stage pushed (name = reference, sha256 = the manifest digest's hex).
+    ArtifactKind { File = "file", Image = "image" }
+);
+
+/// An artifact to record for a stage (the blob is already stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewArtifact {
+    /// Relative, `/`-separated path in the workspace (checked by the caller).
+    pub name: String,
+    pub kind: ArtifactKind,
+    /// Lower-case hex.
+    pub sha256: String,
+    pub size: i64,
+    /// Permission bits to restore on download.
+    pub mode: i64,
+}
+
+/// A stored artifact, with the key of the stage that produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ArtifactRecord {
+    pub id: i64,
+    pub run_id: RunId,
+    pub stage_id: StageId,
+    pub stage_key: String,
+    pub name: String,
+    pub kind: ArtifactKind,
+    pub sha256: String,
+    pub size: i64,
+    pub mode: i64,
+    pub created_at: i64,
+}
+
+/// A repository's cache entry: a tar blob saved under a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct CacheEntry {
+    pub repo_id: RepoId,
+    pub key: String,
+    pub sha256: String,
+    pub size: i64,
+    pub created_at: i64,
+    pub last_used_at: i64,
+}

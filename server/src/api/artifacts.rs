@@ -1,0 +1,64 @@
+//! A run's artifacts: list them, download one. Admin token, like the other run routes.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiPath;
+use super::runner_files::blob_response;
+use crate::state::AppState;
+use crate::store::{ArtifactKind, ArtifactRecord, RunId};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/runs/{id}/artifacts", get(list))
+        .route("/api/artifacts/{id}/download", get(download))
+}
+
+#[utoipa::path(
+    get, path = "/api/runs/{id}/artifacts", tag = "artifacts",
+    params(("id" = i64, Path, description = "The run's id (`run.id`, not its number)")),
+    responses(
+        (status = 200, description = "The run's artifacts by stage, then name; files download at `/api/artifacts/{id}/download`, `image` entries name a pushed image (sha256 = its manifest digest)", body = Vec<ArtifactRecord>),
+        (status = 401), (status = 403), (status = 404)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<RunId>,
+) -> ApiResult<Json<Vec<ArtifactRecord>>> {
+    // 404 for a run that does not exist, rather than an empty list.
+    state.store.get_run(id).await?;
+    Ok(Json(state.store.list_run_artifacts(id).await?))
+}
+
+#[utoipa::path(
+    get, path = "/api/artifacts/{id}/download", tag = "artifacts",
+    params(("id" = i64, Path, description = "The artifact's id")),
+    responses(
+        (status = 200, description = "The file, streamed; `ETag` is its sha256, `Content-Disposition` names it", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "An `image` artifact has no file: pull the image by digest"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn download(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Response> {
+    let record = state.store.get_artifact(id).await?;
+    if record.kind != ArtifactKind::File {
+        return Err(ApiError::conflict(format!(
+            "artifact {id} is an image ({}); pull it by digest",
+            record.name
+        )));
+    }
+    blob_response(&state, &record.sha256, Some(&record.name)).await
+}

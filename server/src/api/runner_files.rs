@@ -1,0 +1,348 @@
+//! The runner protocol's file routes (table in [`crate::protocol`]): artifact uploads
+//! and downloads, cache lookups and saves. Bodies stream straight into and out of the
+//! blob store ([`crate::blobs`]); nothing is held in memory whole.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+
+use super::auth::RunnerAuth;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiPath, ApiQuery};
+use super::runner::leased;
+use crate::blobs::{BlobError, is_sha256};
+use crate::protocol::{
+    ArtifactStored, ArtifactUpload, CacheLookup, CacheStored, CacheUpload, LeaseToken,
+    SHA256_HEADER,
+};
+use crate::state::AppState;
+use crate::store::{ArtifactKind, ArtifactRecord, NewArtifact, Run, Stage, StageId};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/runner/stages/{id}/artifacts", put(upload_artifact))
+        .route(
+            "/api/runner/stages/{id}/artifacts/{artifact_id}",
+            get(download_artifact),
+        )
+        .route(
+            "/api/runner/stages/{id}/cache",
+            get(get_cache).put(put_cache),
+        )
+}
+
+/// How far back a chain of reruns is followed for a carried-over stage's artifacts.
+const MAX_RERUN_HOPS: usize = 20;
+
+/// The file artifacts of the stages `stage` needs, by stage then name.
+///
+/// A rerun of failed stages only carries the stages that succeeded over without running
+/// them again, so their artifacts live in the run that did run them: those records are
+/// copied onto the carried-over stage of this run (rows only; the blobs are shared), so
+/// this run lists them and its runners may download them.
+pub(crate) async fn needed_artifacts(
+    state: &AppState,
+    run: &Run,
+    stage: &Stage,
+) -> ApiResult<Vec<ArtifactRecord>> {
+    let needed =
+        |r: &ArtifactRecord| r.kind == ArtifactKind::File && stage.needs.contains(&r.stage_key);
+    let mut records: Vec<ArtifactRecord> = state
+        .store
+        .list_run_artifacts(run.id)
+        .await?
+        .into_iter()
+        .filter(needed)
+        .collect();
+    if run.rerun_of.is_none() || stage.needs.is_empty() {
+        return Ok(records);
+    }
+    let carried: Vec<Stage> = state
+        .store
+        .list_stages(run.id)
+        .await?
+        .into_iter()
+        .map(|s| s.stage)
+        .filter(|s| {
+            stage.needs.contains(&s.key)
+                && s.status == crate::store::StageStatus::Success
+                && s.started_at.is_none()
+                && !records.iter().any(|r| r.stage_key == s.key)
+        })
+        .collect();
+    let mut missing: Vec<&Stage> = carried.iter().collect();
+    let mut origin = run.rerun_of;
+    for _ in 0..MAX_RERUN_HOPS {
+        let Some(prev) = origin.filter(|_| !missing.is_empty()) else {
+            break;
+        };
+        let prev_run = match state.store.get_run(prev).await {
+            Ok(r) => r,
+            Err(crate::store::Error::NotFound(_)) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let found: Vec<ArtifactRecord> = state
+            .store
+            .list_run_artifacts(prev)
+            .await?
+            .into_iter()
+            .filter(needed)
+            .collect();
+        for here in &missing {
+            for rec in found.iter().filter(|r| r.stage_key == here.key) {
+                let copied = state
+                    .store
+                    .put_artifact(
+                        here.id,
+                        &NewArtifact {
+                            name: rec.name.clone(),
+                            kind: ArtifactKind::File,
+                            sha256: rec.sha256.clone(),
+                            size: rec.size,
+                            mode: rec.mode,
+                        },
+                    )
+                    .await?;
+                records.push(copied);
+            }
+        }
+        missing.retain(|s| !records.iter().any(|r| r.stage_key == s.key));
+        origin = prev_run.rerun_of;
+    }
+    records.sort_by(|a, b| (a.stage_id, &a.name).cmp(&(b.stage_id, &b.name)));
+    Ok(records)
+}
+
+/// Maps a refused or failed blob write onto the API's errors.
+fn blob_error(what: &str, e: BlobError) -> ApiError {
+    match e {
+        BlobError::TooLarge { .. } => ApiError::too_large(format!("{what}: {e}")),
+        BlobError::BadDigest(_)
+        | BlobError::SizeMismatch { .. }
+        | BlobError::HashMismatch { .. } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upload",
+            format!("{what}: {e}"),
+        ),
+        // The client went away or sent a broken body; it may try again.
+        BlobError::Body(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upload",
+            format!("{what}: {e}"),
+        ),
+        BlobError::Io(e) => ApiError::internal(format!("{what}: {e}")),
+    }
+}
+
+fn check_digest(sha256: &str) -> ApiResult<()> {
+    if is_sha256(sha256) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "sha256 must be 64 lower-case hex digits, not {sha256:?}"
+        )))
+    }
+}
+
+async fn upload_artifact(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    ApiPath(id): ApiPath<StageId>,
+    ApiQuery(q): ApiQuery<ArtifactUpload>,
+    body: Body,
+) -> ApiResult<Json<ArtifactStored>> {
+    let stage = leased(&state, id, &q.lease_token).await?;
+    if let Err(why) = runner::safe_path::check_name(&q.name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_artifact_name",
+            format!("artifact name {:?} is refused: {why}", q.name),
+        ));
+    }
+    check_digest(&q.sha256)?;
+    let what = format!("artifact `{}`", q.name);
+    let limit = state.config.max_artifact_bytes;
+    if q.size > limit {
+        return Err(ApiError::too_large(format!(
+            "{what} is {} bytes; the limit is {limit} bytes (max_artifact_bytes)",
+            q.size
+        )));
+    }
+    let stored = state.store.stage_artifact_bytes(id, &q.name).await?;
+    let stage_limit = state.config.max_stage_artifact_bytes;
+    let total = u64::try_from(stored).unwrap_or(0).saturating_add(q.size);
+    if total > stage_limit {
+        return Err(ApiError::too_large(format!(
+            "{what} would bring the stage's artifacts to {total} bytes; the limit is \
+             {stage_limit} bytes (max_stage_artifact_bytes)"
+        )));
+    }
+    let blob = state
+        .blobs
+        .put(&q.sha256, q.size, limit, body.into_data_stream())
+        .await
+        .map_err(|e| blob_error(&what, e))?;
+    // The upload may have outlived the lease.
+    leased(&state, id, &q.lease_token).await?;
+    let record = state
+        .store
+        .put_artifact(
+            stage.id,
+            &NewArtifact {
+                name: q.name.clone(),
+                kind: ArtifactKind::File,
+                sha256: blob.sha256.clone(),
+                size: i64::try_from(blob.size).unwrap_or(i64::MAX),
+                mode: i64::from(q.mode.unwrap_or(0o644) & 0o777),
+            },
+        )
+        .await?;
+    tracing::info!(stage_id = id, artifact = %record.name, size = blob.size, new_blob = blob.new, "artifact stored");
+    Ok(Json(ArtifactStored {
+        id: record.id,
+        name: record.name,
+        sha256: blob.sha256,
+        size: blob.size,
+        new_blob: blob.new,
+    }))
+}
+
+async fn download_artifact(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    ApiPath((id, artifact_id)): ApiPath<(StageId, i64)>,
+    ApiQuery(q): ApiQuery<LeaseToken>,
+) -> ApiResult<Response> {
+    let stage = leased(&state, id, &q.lease_token).await?;
+    let record = state.store.get_artifact(artifact_id).await?;
+    // A runner sees the artifacts of its own run only.
+    if record.run_id != stage.run_id || record.kind != ArtifactKind::File {
+        return Err(ApiError::not_found(format!(
+            "artifact {artifact_id} of this run"
+        )));
+    }
+    blob_response(&state, &record.sha256, None).await
+}
+
+async fn get_cache(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    ApiPath(id): ApiPath<StageId>,
+    ApiQuery(q): ApiQuery<CacheLookup>,
+) -> ApiResult<Response> {
+    let stage = leased(&state, id, &q.lease_token).await?;
+    check_key(&q.key)?;
+    match state.store.use_cache(stage.repo_id, &q.key).await? {
+        Some(entry) => blob_response(&state, &entry.sha256, None).await,
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_cache",
+            "no cache is saved under this key",
+        )),
+    }
+}
+
+fn check_key(key: &str) -> ApiResult<()> {
+    if is_sha256(key) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "a cache key is 64 lower-case hex digits (a sha256)",
+        ))
+    }
+}
+
+async fn put_cache(
+    State(state): State<AppState>,
+    _auth: RunnerAuth,
+    ApiPath(id): ApiPath<StageId>,
+    ApiQuery(q): ApiQuery<CacheUpload>,
+    body: Body,
+) -> ApiResult<Json<CacheStored>> {
+    let stage = leased(&state, id, &q.lease_token).await?;
+    check_key(&q.key)?;
+    check_digest(&q.sha256)?;
+    let run = state.store.get_run(stage.run_id).await?;
+    if run.fork {
+        return Err(ApiError::forbidden(
+            "a pull request from a fork may not save caches",
+        ));
+    }
+    let blob = state
+        .blobs
+        .put(
+            &q.sha256,
+            q.size,
+            state.config.max_cache_bytes,
+            body.into_data_stream(),
+        )
+        .await
+        .map_err(|e| blob_error("the cache archive", e))?;
+    let saved = state
+        .store
+        .put_cache(
+            stage.repo_id,
+            &q.key,
+            &blob.sha256,
+            i64::try_from(blob.size).unwrap_or(i64::MAX),
+        )
+        .await?;
+    tracing::info!(stage_id = id, key = %q.key, size = blob.size, saved, "cache stored");
+    Ok(Json(CacheStored { saved }))
+}
+
+/// Streams the blob `sha256`: `Content-Length`, `ETag` (the sha256, quoted) and
+/// [`SHA256_HEADER`]; with `filename`, a `Content-Disposition: attachment`.
+pub(crate) async fn blob_response(
+    state: &AppState,
+    sha256: &str,
+    filename: Option<&str>,
+) -> ApiResult<Response> {
+    let (file, len) = state
+        .blobs
+        .open(sha256)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "blob {sha256} is recorded but missing from the store"
+            ))
+        })?;
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::ETAG, format!("\"{sha256}\"")),
+            (
+                header::HeaderName::from_static(SHA256_HEADER),
+                sha256.to_string(),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)),
+    )
+        .into_response();
+    if let Some(name) = filename {
+        // Only the last component, and nothing that could break out of the quotes.
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let safe: String = base
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if let Ok(v) = header::HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,299 @@
+//! The content-addressed blob store for artifacts and caches:
+//! `<data dir>/blobs/sha256/<first two hex digits>/<the other 62>`.
+//!
+//! A write streams the body into a temp file in the blob's own directory while hashing
+//! it, checks the size and the sha256 the uploader announced, fsyncs, and renames the
+//! file into place — so a blob path only ever holds complete, verified content, and
+//! identical content is stored once (an existing blob is left alone, never rewritten).
+//! Memory stays flat whatever the size: one chunk at a time. A write that fails, is
+//! refused or is abandoned half-way (the client went away and the future was dropped)
+//! removes its temp file.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Why a blob was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("`{0}` is not a sha256 (64 lower-case hex digits)")]
+    BadDigest(String),
+    #[error("{what} of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error("the body has {got} bytes but {expected} were announced")]
+    SizeMismatch { expected: u64, got: u64 },
+    #[error("the body's sha256 is {got} but {expected} was announced")]
+    HashMismatch { expected: String, got: String },
+    #[error("reading the upload failed: {0}")]
+    Body(String),
+    #[error("blob store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobError {
+    /// A retry of the same request could succeed (the connection broke, the disk hiccuped).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BlobError::Body(_) | BlobError::Io(_))
+    }
+}
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub sha256: String,
+    pub size: u64,
+    /// `false` when identical content was already there.
+    pub new: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    /// `<data dir>/blobs/sha256`.
+    root: PathBuf,
+}
+
+/// Lower-case hex sha256?
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl BlobStore {
+    pub fn new(data_dir: &Path) -> BlobStore {
+        BlobStore {
+            root: data_dir.join("blobs").join("sha256"),
+        }
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn path(&self, sha256: &str) -> Result<PathBuf, BlobError> {
+        if !is_sha256(sha256) {
+            return Err(BlobError::BadDigest(sha256.to_string()));
+        }
+        Ok(self.root.join(&sha256[..2]).join(&sha256[2..]))
+    }
+
+    /// The blob's file and its size, or `None` if it is not stored.
+    pub async fn open(&self, sha256: &str) -> Result<Option<(tokio::fs::File, u64)>, BlobError> {
+        let path = self.path(sha256)?;
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => {
+                let len = f.metadata().await?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores `body`, which must be exactly `size` bytes with digest `sha256`. `size`
+    /// over `limit` is refused before a byte is read.
+    pub async fn put<S, E>(
+        &self,
+        sha256: &str,
+        size: u64,
+        limit: u64,
+        body: S,
+    ) -> Result<Stored, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let dest = self.path(sha256)?;
+        if size > limit {
+            return Err(BlobError::TooLarge {
+                what: "an upload",
+                size,
+                limit,
+            });
+        }
+        let dir = dest
+            .parent()
+            .expect("blob paths have a parent")
+            .to_path_buf();
+        tokio::fs::create_dir_all(&dir).await?;
+        let tmp = TempFile::new(&dir).await?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut file = tokio::io::BufWriter::with_capacity(CHUNK, tmp.file().await?);
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            written += chunk.len() as u64;
+            if written > size {
+                // Announced one size, sent more: stop reading at once.
+                return Err(BlobError::SizeMismatch {
+                    expected: size,
+                    got: written,
+                });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        if written != size {
+            return Err(BlobError::SizeMismatch {
+                expected: size,
+                got: written,
+            });
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != sha256 {
+            return Err(BlobError::HashMismatch {
+                expected: sha256.to_string(),
+                got,
+            });
+        }
+        file.flush().await?;
+        let file = file.into_inner();
+        file.sync_all().await?;
+        drop(file);
+        let new = tmp.persist(&dest).await?;
+        Ok(Stored {
+            sha256: sha256.to_string(),
+            size,
+            new,
+        })
+    }
+}
+
+/// A temp file next to its destination, removed on drop unless persisted.
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl TempFile {
+    async fn new(dir: &Path) -> std::io::Result<TempFile> {
+        let name = format!(".upload-{:016x}", rand::random::<u64>());
+        let path = dir.join(name);
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(TempFile { path: Some(path) })
+    }
+
+    async fn file(&self) -> std::io::Result<tokio::fs::File> {
+        let path = self.path.as_ref().expect("not persisted yet");
+        tokio::fs::OpenOptions::new().write(true).open(path).await
+    }
+
+    /// Puts the file at `dest` unless a blob is already there; `true` if it did. A hard
+    /// link never replaces an existing file, so two uploads of the same content racing
+    /// each other leave exactly one of them in place, untouched afterwards.
+    async fn persist(mut self, dest: &Path) -> std::io::Result<bool> {
+        let path = self.path.take().expect("persisted once");
+        let linked = tokio::fs::hard_link(&path, dest).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // Make the new directory entry itself durable.
+        if let Some(dir) = dest.parent()
+            && let Ok(d) = tokio::fs::File::open(dir).await
+        {
+            let _ = d.sync_all().await;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + use<> {
+        let parts: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(7)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(parts)
+    }
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn stores_once_and_refuses_lies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path());
+        let data = b"hello, blob store".to_vec();
+        let digest = sha(&data);
+        let first = store
+            .put(&digest, data.len() as u64, 1000, chunks(&data))
+            .await
+            .unwrap();
+        assert!(first.new);
+        let again = store
+            .put(&digest, data.len() as u64, 1000, chunks(&data))
+            .await
+            .unwrap();
+        assert!(!again.new);
+        let path = store.path(&digest).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(path.starts_with(dir.path().join("blobs/sha256").join(&digest[..2])));
+
+        let other = b"other bytes".to_vec();
+        let err = store
+            .put(&sha(&other), other.len() as u64, 5, chunks(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { .. }), "{err}");
+        let err = store
+            .put(&sha(&other), 3, 1000, chunks(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::SizeMismatch { .. }), "{err}");
+        let err = store
+            .put(&sha(&other), other.len() as u64 + 1, 1000, chunks(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::SizeMismatch { .. }), "{err}");
+        let err = store
+            .put(&digest, other.len() as u64, 1000, chunks(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
+        let err = store
+            .put("../../etc/passwd", 1, 1000, chunks(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::BadDigest(_)), "{err}");
+        // Only the one good blob is left: no temp files, no refused content.
+        assert_eq!(files(dir.path()), vec![path]);
+    }
+}
