@@ -24,11 +24,17 @@ pub struct Owner {
     pub gid: u64,
 }
 
-/// Writes a tar of `src` (may be `None`: an empty workspace) to `out`, rooted at
-/// `.`, plus directory entries for `extra_dirs` (relative, e.g. the step working
-/// directory) so they exist and belong to `owner` before any step runs. Blocking.
+/// Writes a tar of `src` (may be `None`: an empty workspace) to `out`, every entry
+/// under the directory entry `root` (e.g. `workspace`), plus directory entries for
+/// `extra_dirs` (relative, e.g. the step working directory) so they exist and
+/// belong to `owner` before any step runs. Blocking.
+///
+/// The root is a named entry rather than `.` because the engine skips `.` when
+/// extracting: uploaded at `/` instead, `workspace/` gets the owner and mode like
+/// any other directory, so a non-root step can write the top of its workspace.
 pub fn tar_tree(
     src: Option<&Path>,
+    root: &Path,
     owner: Owner,
     extra_dirs: &[String],
     out: impl Write,
@@ -42,9 +48,9 @@ pub fn tar_tree(
             .mode(),
         None => 0o755,
     };
-    append_dir(&mut b, Path::new("."), root_mode, owner)?;
+    append_dir(&mut b, root, root_mode, owner)?;
     if let Some(src) = src {
-        walk(&mut b, src, Path::new(""), owner)?;
+        walk(&mut b, src, root, owner)?;
     }
     for dir in extra_dirs {
         let mut path = PathBuf::new();
@@ -52,7 +58,7 @@ pub fn tar_tree(
             if let Component::Normal(c) = c {
                 path.push(c);
                 if src.is_none_or(|s| !s.join(&path).exists()) {
-                    append_dir(&mut b, &path, 0o755, owner)?;
+                    append_dir(&mut b, &root.join(&path), 0o755, owner)?;
                 }
             }
         }
@@ -306,6 +312,7 @@ mod tests {
         let mut buf = Vec::new();
         tar_tree(
             Some(src.path()),
+            Path::new("ws"),
             Owner { uid: 7, gid: 8 },
             &["sub/dir".into()],
             &mut buf,
@@ -321,16 +328,17 @@ mod tests {
         }
         let dest = tempfile::tempdir().unwrap();
         extract_safe(&buf[..], dest.path()).unwrap();
-        let mode = fs::metadata(dest.path().join("bin/x.sh"))
+        let ws = dest.path().join("ws");
+        let mode = fs::metadata(ws.join("bin/x.sh"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o755);
         assert_eq!(
-            fs::read_link(dest.path().join("out")).unwrap(),
+            fs::read_link(ws.join("out")).unwrap(),
             Path::new("/etc/passwd")
         );
-        assert!(dest.path().join("sub/dir").is_dir());
+        assert!(ws.join("sub/dir").is_dir());
     }
 
     #[test]

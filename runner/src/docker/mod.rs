@@ -325,7 +325,7 @@ impl DockerBackend {
                         op: "setup_stage",
                         message: e.to_string(),
                     })??;
-            io.upload_file(docker, tar_file.path(), WORKSPACE).await
+            io.upload_file(docker, tar_file.path(), "/").await
         }
         .await;
         let removed = io.remove(docker).await;
@@ -346,6 +346,8 @@ fn prepare_archive(
     } else {
         vec![workdir]
     };
+    // Uploaded at `/`: entries land in the volume mounted at /workspace.
+    let root = Path::new(WORKSPACE.trim_start_matches('/'));
     let file = tempfile::NamedTempFile::new()
         .map_err(|e| Error::io("creating a temp file for the workspace archive", e))?;
     let out = std::io::BufWriter::new(
@@ -353,7 +355,7 @@ fn prepare_archive(
             .map_err(|e| Error::io("opening the workspace archive", e))?,
     );
     match source {
-        Source::Empty => archive::tar_tree(None, owner, &extra, out)?,
+        Source::Empty => archive::tar_tree(None, root, owner, &extra, out)?,
         Source::Directory(dir) => {
             let meta = std::fs::symlink_metadata(dir)
                 .map_err(|e| Error::io(format!("reading source directory {}", dir.display()), e))?;
@@ -363,13 +365,13 @@ fn prepare_archive(
                     dir.display()
                 )));
             }
-            archive::tar_tree(Some(dir), owner, &extra, out)?
+            archive::tar_tree(Some(dir), root, owner, &extra, out)?
         }
         Source::Git { .. } => {
             let checkout = tempfile::tempdir()
                 .map_err(|e| Error::io("creating a temp dir for the checkout", e))?;
             crate::workspace::prepare(source, checkout.path())?;
-            let r = archive::tar_tree(Some(checkout.path()), owner, &extra, out);
+            let r = archive::tar_tree(Some(checkout.path()), root, owner, &extra, out);
             // Git makes read-only object files; the helper removes them anyway.
             let _ = crate::workspace::remove_tree(checkout.path());
             r?

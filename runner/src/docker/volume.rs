@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -127,11 +127,19 @@ impl IoContainer {
 }
 
 /// The stage's volume mounted at `/workspace`. The volume is named like the stage.
+///
+/// `no_copy`: without it the engine copies the image's `/workspace` into a volume
+/// it finds empty on first start — and gives the volume root that directory's
+/// owner (root), undoing the ownership the upload set for a non-root step user.
 pub fn workspace_mount(stage: &str) -> Mount {
     Mount {
         target: Some(WORKSPACE.into()),
         source: Some(stage.to_owned()),
         typ: Some(MountType::VOLUME),
+        volume_options: Some(MountVolumeOptions {
+            no_copy: Some(true),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
