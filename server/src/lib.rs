@@ -2,6 +2,7 @@
 //! the HTTP API, webhooks, scheduler and store.
 
 pub mod api;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod cron;
