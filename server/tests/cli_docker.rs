@@ -2,8 +2,15 @@
 //! runs its stages as containers, with a service reachable by name, and leaves
 //! nothing on the engine. Needs a Docker engine and `bash .ci/images.sh`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// The binary under test; see `crash.rs` for why `SLIPWAY_TEST_BIN` exists.
+fn slipway_bin() -> PathBuf {
+    std::env::var_os("SLIPWAY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
+}
 
 fn docker_objects(label: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -71,7 +78,7 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
       - run: echo "second stage on $(hostname | wc -c) chars of container hostname"
 "#,
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+    let child = Command::new(slipway_bin())
         .args(["exec", ".", "--backend", "docker", "--branch", "main"])
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
@@ -102,7 +109,7 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
         ".slipway.yml",
         "stages:\n  bare:\n    steps:\n      - run: echo hi\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+    let out = Command::new(slipway_bin())
         .args(["exec", ".", "--backend", "docker"])
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
