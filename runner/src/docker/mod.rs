@@ -74,7 +74,7 @@ impl DockerOptions {
         DockerOptions {
             runner_name: runner_name.into(),
             host: None,
-            pull_timeout: Duration::from_secs(60),
+            pull_timeout: Duration::from_secs(30),
             kill_grace: Duration::from_secs(2),
             service_timeout: Duration::from_secs(120),
         }
@@ -201,15 +201,16 @@ impl DockerBackend {
             while let Some(chunk) = stream.next().await {
                 out.extend_from_slice(&chunk?);
             }
-            Ok::<(), Error>(())
+            Ok::<(), bollard::errors::Error>(())
         }
         .await;
         io.remove(docker).await?;
-        read.map_err(|e| match e {
-            Error::Backend { message, .. } if message.contains("HTTP 404") => {
+        read.map_err(|e| {
+            if engine::is_not_found(&e) {
                 Error::InvalidSpec(format!("workspace directory `{subdir}` does not exist"))
+            } else {
+                engine::err("download_from_container")(e)
             }
-            other => other,
         })?;
         Ok(out)
     }
@@ -581,7 +582,8 @@ impl Backend for DockerBackend {
                 .map_err(|e| Error::io(format!("creating {}", tar_path.display()), e))?;
             let mut stream = std::pin::pin!(io.download(docker, &format!("{WORKSPACE}/.")));
             while let Some(chunk) = stream.next().await {
-                file.write_all(&chunk?)
+                let chunk = chunk.map_err(engine::err("download_from_container"))?;
+                file.write_all(&chunk)
                     .await
                     .map_err(|e| Error::io(format!("writing {}", tar_path.display()), e))?;
             }

@@ -13,14 +13,15 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 
 use super::archive::Owner;
 use super::{WORKSPACE, engine, names};
 use crate::error::{Error, Result};
 
-/// A created-not-started container mounting a stage's volume; removed on drop of
-/// the guard through [`IoContainer::remove`] (async, so called explicitly).
+/// A created-not-started container mounting a stage's volume. Callers remove it
+/// with [`IoContainer::remove`] on every path (removal is async, so there is no
+/// `Drop`); one that survives a crash carries the stage's labels and is swept.
 pub struct IoContainer {
     pub name: String,
 }
@@ -68,18 +69,17 @@ impl IoContainer {
     }
 
     /// A tar of `path` in the container (`<dir>/.` for a directory's content
-    /// without the directory itself).
+    /// without the directory itself). Engine errors are left as they are, so that
+    /// callers can tell "no such path" (404) from a failure.
     pub fn download(
         &self,
         docker: &Docker,
         path: &str,
-    ) -> impl Stream<Item = Result<bytes::Bytes>> + use<> {
+    ) -> impl Stream<Item = std::result::Result<bytes::Bytes, bollard::errors::Error>> + use<> {
         let opts = DownloadFromContainerOptionsBuilder::new()
             .path(path)
             .build();
-        docker
-            .download_from_container(&self.name, Some(opts))
-            .map_err(engine::err("download_from_container"))
+        docker.download_from_container(&self.name, Some(opts))
     }
 
     /// Reads one small file of the image (e.g. `/etc/passwd`); `None` if absent.
@@ -97,10 +97,8 @@ impl IoContainer {
                         )));
                     }
                 }
-                Err(Error::Backend { message, .. }) if message.contains("HTTP 404") => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
+                Err(e) if engine::is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(engine::err("download_from_container")(e)),
             }
         }
         let mut ar = tar::Archive::new(&tar[..]);
