@@ -458,24 +458,16 @@ impl Backend for DockerBackend {
             settings: &stage.container,
         };
         let docker = &self.inner.docker;
-        match step::start(docker, &name, &cfg, &step.script).await {
-            Ok((rx, reader)) => {
-                stage.steps.lock().expect("lock poisoned").insert(
-                    name.clone(),
-                    Arc::new(DockerStep {
-                        container: name,
-                        logs: Mutex::new(Some(rx)),
-                        reader,
-                    }),
-                );
-                Ok(handle)
-            }
-            Err(e) => {
-                let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-                let _ = docker.remove_container(&name, Some(opts)).await;
-                Err(e)
-            }
-        }
+        let (rx, reader) = step::start(docker, &name, &cfg, &step.script).await?;
+        stage.steps.lock().expect("lock poisoned").insert(
+            name.clone(),
+            Arc::new(DockerStep {
+                container: name,
+                logs: Mutex::new(Some(rx)),
+                reader,
+            }),
+        );
+        Ok(handle)
     }
 
     async fn tail_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<LogStream> {

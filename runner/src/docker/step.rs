@@ -19,7 +19,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -48,8 +49,9 @@ pub struct StepConfig<'a> {
 }
 
 /// Creates the container, puts the script in, attaches, starts. Returns the
-/// output channel and the reader task's abort handle. On error the container is
-/// left for the caller (destroy_step / destroy_stage) to remove by name.
+/// output channel and the reader task's abort handle. On error nothing this call
+/// created is left: a container it created is removed (one it could not create,
+/// e.g. because the name is taken, is not touched).
 pub async fn start(
     docker: &Docker,
     name: &str,
@@ -99,7 +101,20 @@ pub async fn start(
         .create_container(Some(opts), body)
         .await
         .map_err(engine::err("create_container (step)"))?;
+    let started = run_created(docker, name, script).await;
+    if started.is_err() {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(name, Some(opts)).await;
+    }
+    started
+}
 
+/// The rest of [`start`] once the container exists.
+async fn run_created(
+    docker: &Docker,
+    name: &str,
+    script: &str,
+) -> Result<(mpsc::Receiver<Result<LogChunk>>, AbortHandle)> {
     let tar = archive::single_file(SCRIPT_DIR, SCRIPT_NAME, script.as_bytes(), 0o444)?;
     docker
         .upload_to_container(
