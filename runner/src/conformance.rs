@@ -187,47 +187,94 @@ pub async fn run_with(backend: &dyn Backend, spec: &StageSpec, opts: RunOptions)
     Run { outcome, events }
 }
 
-/// Whether a `sleep` process with this host pid is still running. Zombies count as
-/// dead: they are gone as far as resources go, and reaping them is the job of
-/// whatever PID 1 the test runs under.
-fn sleep_process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    if matches!(state, Some('Z') | Some('X')) {
-        return false;
-    }
-    // A reused pid running something else is not our grandchild.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    cmdline.windows(5).any(|w| w == b"sleep")
+/// How a step identifies a process it started: its pid as the step sees it, and
+/// the step's PID namespace (`pid:[4026531836]`). The pair names the process on
+/// any backend whose steps run on this host's kernel: the local backend (the
+/// namespace is the test's own) and containers (their own namespace, whose pids
+/// the host sees under other numbers). A step prints it with [`PRINT_GRANDCHILD`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub pid_ns: String,
 }
 
-/// Checks that the grandchild whose pid the step printed (`grandchild=<pid>`) is
-/// gone.
-///
-/// Only meaningful for the local backend: its pids are host pids. For container
-/// backends the pid is in the container's namespace and the whole namespace dies
-/// with the container, which their own "stage destroyed" checks cover.
-async fn assert_grandchild_gone(backend: &dyn Backend, run_lines: &[String]) {
-    if backend.name() != "local" {
-        return;
+/// Shell that prints the last background job as a [`ProcessRef`] line.
+pub const PRINT_GRANDCHILD: &str = "echo grandchild=$! $(readlink /proc/self/ns/pid)";
+
+impl ProcessRef {
+    /// Parses the `grandchild=<pid> <pid namespace>` line a step printed.
+    pub fn from_lines(lines: &[String]) -> ProcessRef {
+        let line = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("grandchild="))
+            .unwrap_or_else(|| panic!("step did not print its grandchild: {lines:?}"));
+        let (pid, ns) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("grandchild line without a namespace: {line:?}"));
+        ProcessRef {
+            pid: pid.trim().parse().expect("grandchild pid"),
+            pid_ns: ns.trim().to_owned(),
+        }
     }
-    let pid: u32 = run_lines
-        .iter()
-        .find_map(|l| l.strip_prefix("grandchild="))
-        .unwrap_or_else(|| panic!("step did not print its grandchild pid: {run_lines:?}"))
-        .trim()
-        .parse()
-        .expect("grandchild pid");
+
+    /// Whether the process still runs `sleep`. Zombies count as dead: they are
+    /// gone as far as resources go, and reaping them is the job of whatever PID 1
+    /// they have. Scans the host's /proc for a process in the namespace whose
+    /// innermost pid (the last `NSpid` field) matches.
+    pub fn sleep_alive(&self) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(host_pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let base = Path::new("/proc").join(host_pid);
+            let Ok(ns) = std::fs::read_link(base.join("ns/pid")) else {
+                continue;
+            };
+            if ns.to_string_lossy() != self.pid_ns {
+                continue;
+            }
+            let Ok(status) = std::fs::read_to_string(base.join("status")) else {
+                continue;
+            };
+            let inner = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last())
+                .and_then(|p| p.parse::<u32>().ok());
+            if inner != Some(self.pid) {
+                continue;
+            }
+            let state = status
+                .lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .and_then(|v| v.trim_start().chars().next());
+            if matches!(state, Some('Z') | Some('X')) {
+                return false;
+            }
+            // A reused pid running something else is not our grandchild.
+            let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
+            return cmdline.windows(5).any(|w| w == b"sleep");
+        }
+        false
+    }
+}
+
+/// Checks that the grandchild a step printed (see [`ProcessRef`]) is gone.
+async fn assert_grandchild_gone(run_lines: &[String]) {
+    let grandchild = ProcessRef::from_lines(run_lines);
     // SIGKILL delivery is asynchronous; give the kernel a moment.
     let until = Instant::now() + Duration::from_secs(20);
-    while sleep_process_alive(pid) {
+    while grandchild.sleep_alive() {
         assert!(
             Instant::now() < until,
-            "grandchild process {pid} survived the step"
+            "grandchild process {grandchild:?} survived the step"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -437,7 +484,10 @@ pub async fn step_timeout(backend: Arc<dyn Backend>, image: Option<String>) {
     let mut spec = stage(
         "step-timeout",
         &image,
-        &["sleep 300 &\necho grandchild=$!\nsleep 300", "echo never"],
+        &[
+            &format!("sleep 300 &\n{PRINT_GRANDCHILD}\nsleep 300"),
+            "echo never",
+        ],
     );
     spec.steps[0].timeout = Some(Duration::from_secs(1));
     let started = Instant::now();
@@ -449,7 +499,7 @@ pub async fn step_timeout(backend: Arc<dyn Backend>, image: Option<String>) {
     assert_eq!(r.outcome.status, Status::TimedOut, "{:?}", r.outcome);
     assert_eq!(r.statuses(), vec![Status::TimedOut, Status::Skipped]);
     assert_eq!(r.outcome.steps[0].exit_code, None);
-    assert_grandchild_gone(&*backend, &r.stdout(0)).await;
+    assert_grandchild_gone(&r.stdout(0)).await;
 }
 
 /// A step that ignores SIGTERM is still killed (SIGKILL after the grace period).
@@ -494,12 +544,13 @@ pub async fn cancel_kills_process_tree(backend: Arc<dyn Backend>, image: Option<
         "cancel",
         &image,
         &[
-            "sleep 300 &\necho grandchild=$!\necho ready\nwait",
+            &format!("sleep 300 &\n{PRINT_GRANDCHILD}\necho ready\nwait"),
             "echo never",
         ],
     );
     let cancel = CancellationToken::new();
     let mut cancelled_at = None;
+    let mut seen_alive = None;
     let mut events = Vec::new();
     let outcome = drive(
         &*backend,
@@ -511,6 +562,22 @@ pub async fn cancel_kills_process_tree(backend: Arc<dyn Backend>, image: Option<
                 && l.bytes == b"ready"
                 && cancelled_at.is_none()
             {
+                // The probe must see the grandchild while it runs, or "gone"
+                // afterwards would prove nothing. Bounded: `sleep` may still be
+                // between fork and exec.
+                let lines: Vec<String> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        StageEvent::Line(l) => Some(String::from_utf8_lossy(&l.bytes).into_owned()),
+                        _ => None,
+                    })
+                    .collect();
+                let grandchild = ProcessRef::from_lines(&lines);
+                let until = Instant::now() + Duration::from_secs(10);
+                while !grandchild.sleep_alive() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen_alive = Some(grandchild.sleep_alive());
                 cancel.cancel();
                 cancelled_at = Some(Instant::now());
             }
@@ -519,6 +586,11 @@ pub async fn cancel_kills_process_tree(backend: Arc<dyn Backend>, image: Option<
     )
     .await;
     let cancelled_at = cancelled_at.expect("the step never printed `ready`");
+    assert_eq!(
+        seen_alive,
+        Some(true),
+        "the running grandchild was not visible in /proc (is the backend on this host?)"
+    );
     assert!(
         cancelled_at.elapsed() < KILL_BOUND,
         "cancel did not take effect in time"
@@ -526,7 +598,7 @@ pub async fn cancel_kills_process_tree(backend: Arc<dyn Backend>, image: Option<
     let r = Run { outcome, events };
     assert_eq!(r.outcome.status, Status::Cancelled, "{:?}", r.outcome);
     assert_eq!(r.statuses(), vec![Status::Cancelled, Status::Skipped]);
-    assert_grandchild_gone(&*backend, &r.stdout(0)).await;
+    assert_grandchild_gone(&r.stdout(0)).await;
 }
 
 /// A step that leaves a background process behind still finishes when its main
@@ -535,7 +607,10 @@ pub async fn background_process_does_not_block(backend: Arc<dyn Backend>, image:
     let spec = stage(
         "background",
         &image,
-        &["sleep 300 &\necho grandchild=$!\necho done", "echo next"],
+        &[
+            &format!("sleep 300 &\n{PRINT_GRANDCHILD}\necho done"),
+            "echo next",
+        ],
     );
     let started = Instant::now();
     let r = run(&*backend, &spec).await;
@@ -545,7 +620,7 @@ pub async fn background_process_does_not_block(backend: Arc<dyn Backend>, image:
     );
     assert_eq!(r.outcome.status, Status::Success, "{:?}", r.outcome);
     assert_eq!(r.stdout(1), vec!["next"]);
-    assert_grandchild_gone(&*backend, &r.stdout(0)).await;
+    assert_grandchild_gone(&r.stdout(0)).await;
 }
 
 /// 20 MB on stdout and 5 MB on stderr at the same time arrive complete (no

@@ -61,6 +61,19 @@ pub enum Error {
     #[error("invalid state: {0}")]
     InvalidState(String),
 
+    /// A container image is not on the engine and pulling it failed (no registry
+    /// access, unknown name, no credentials). Not retryable: the stage would fail
+    /// the same way until someone makes the image available.
+    #[error(
+        "image `{image}` is not present on the Docker engine and could not be pulled: {reason}"
+    )]
+    ImageUnavailable { image: String, reason: String },
+
+    /// A service container exited or reported itself unhealthy before the steps
+    /// ran. Not retryable: the service's image, command or environment is wrong.
+    #[error("service `{service}` failed: {message}")]
+    ServiceFailed { service: String, message: String },
+
     /// Generic infrastructure failure of a backend operation (container engine or
     /// API server unreachable, injected failure, …).
     #[error("backend operation `{op}` failed: {message}")]
@@ -110,7 +123,9 @@ impl Error {
             | Error::Artifact { .. }
             | Error::Scan { .. }
             | Error::InvalidState(_)
-            | Error::ImageBuild(_) => false,
+            | Error::ImageBuild(_)
+            | Error::ImageUnavailable { .. }
+            | Error::ServiceFailed { .. } => false,
         }
     }
 }

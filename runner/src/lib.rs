@@ -15,6 +15,7 @@
 
 pub mod artifacts;
 mod backend;
+mod docker;
 mod error;
 mod finding;
 pub mod image_build;
@@ -37,6 +38,7 @@ pub use backend::{
     Artifact, Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit,
     StepHandle,
 };
+pub use docker::{DockerBackend, DockerOptions, DockerSweepReport};
 pub use error::{Error, Result};
 pub use finding::Finding;
 pub use local::LocalBackend;

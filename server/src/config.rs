@@ -37,6 +37,9 @@ pub struct Settings {
     /// How many stages the in-process runner runs at once.
     #[arg(long, env = "SLIPWAY_RUNNER_CAPACITY")]
     pub runner_capacity: Option<usize>,
+    /// The in-process runner's backend: `local` (host processes) or `docker`.
+    #[arg(long, value_enum, env = "SLIPWAY_RUNNER_BACKEND")]
+    pub runner_backend: Option<crate::backends::BackendKind>,
     /// Most stages running at once across all repositories.
     #[arg(long, env = "SLIPWAY_MAX_RUNNING")]
     pub max_running: Option<usize>,
@@ -74,6 +77,7 @@ impl Settings {
             public_url: self.public_url.or(other.public_url),
             in_process_runner: self.in_process_runner.or(other.in_process_runner),
             runner_capacity: self.runner_capacity.or(other.runner_capacity),
+            runner_backend: self.runner_backend.or(other.runner_backend),
             max_running: self.max_running.or(other.max_running),
             max_running_per_repo: self.max_running_per_repo.or(other.max_running_per_repo),
             auto_cancel: self.auto_cancel.or(other.auto_cancel),
@@ -98,6 +102,7 @@ pub struct Config {
     pub public_url: String,
     pub in_process_runner: bool,
     pub runner_capacity: usize,
+    pub runner_backend: crate::backends::BackendKind,
     pub max_running: usize,
     pub max_running_per_repo: usize,
     pub auto_cancel: bool,
@@ -174,6 +179,7 @@ impl Config {
                 .to_string(),
             in_process_runner: s.in_process_runner.unwrap_or(true),
             runner_capacity: positive("runner_capacity", s.runner_capacity, 2)?,
+            runner_backend: s.runner_backend.unwrap_or_default(),
             max_running: positive("max_running", s.max_running, 16)?,
             max_running_per_repo: positive("max_running_per_repo", s.max_running_per_repo, 4)?,
             auto_cancel: s.auto_cancel.unwrap_or(true),
@@ -279,6 +285,29 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/slipway"));
         assert_eq!(c.max_running, 3);
         assert_eq!(c.database_url, "sqlite:///srv/slipway/slipway.db?mode=rwc");
+    }
+
+    #[test]
+    fn runner_backend_from_file_and_flag() {
+        use crate::backends::BackendKind;
+        let c = Config::resolve(Settings::default(), None).unwrap();
+        assert_eq!(c.runner_backend, BackendKind::Local);
+        let (_dir, path) = file("runner_backend = \"docker\"\n");
+        let c = Config::resolve(Settings::default(), Some(&path)).unwrap();
+        assert_eq!(c.runner_backend, BackendKind::Docker);
+        let cli = Settings {
+            runner_backend: Some(BackendKind::Local),
+            ..Settings::default()
+        };
+        assert_eq!(
+            Config::resolve(cli, Some(&path)).unwrap().runner_backend,
+            BackendKind::Local
+        );
+        let (_dir, path) = file("runner_backend = \"kubernetes\"\n");
+        let text = Config::resolve(Settings::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("slipway.toml:1:18"), "{text}");
     }
 
     #[test]

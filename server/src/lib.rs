@@ -2,6 +2,7 @@
 //! the HTTP API, webhooks, scheduler and store.
 
 pub mod api;
+pub mod backends;
 pub mod blobs;
 pub mod cache;
 pub mod cli;

@@ -1156,7 +1156,8 @@ pub async fn sweep_local(backend: &runner::LocalBackend) {
     }
 }
 
-/// The server's in-process runner: the local backend, workspaces under
+/// The server's in-process runner: the configured backend (`runner_backend`,
+/// local by default), workspaces under
 /// `<data dir>/work`, speaking the runner protocol to this server's own listener.
 /// Stops with the server; stages it was running are left to lease expiry.
 pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
@@ -1174,14 +1175,23 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
             tracing::error!(error = %e, dir = %work.display(), "cannot create the runner's work dir");
             return;
         }
-        let backend = runner::LocalBackend::new(Some(work.clone()));
+        let kind = state.config.runner_backend;
+        let opened = match crate::backends::Opened::open(kind, &name, Some(work.clone())).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot open the in-process runner's backend; it will not run"
+                );
+                return;
+            }
+        };
         // Before leasing anything: a previous server process killed mid-stage left
         // its steps running; they must be dead before their stage runs again.
-        sweep_local(&backend).await;
-        let backend = Arc::new(backend);
-        let agent = Agent::new(local_url(addr), token, name, backend)
+        opened.sweep().await;
+        let agent = Agent::new(local_url(addr), token, name, opened.backend())
             .with_capacity(state.config.runner_capacity)
-            .with_labels(vec!["local".into()])
+            .with_labels(vec![kind.as_str().into()])
             .with_work_dir(work);
         if let Err(e) = agent.run(state.shutdown.clone()).await {
             tracing::error!(error = %e, "in-process runner stopped");

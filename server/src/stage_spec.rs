@@ -129,6 +129,20 @@ fn stage_kind(
     })
 }
 
+/// Every secret value, plus the registry password on its own: the secret holds
+/// `user:password` or a config.json, and a build log could show the password alone.
+fn mask_values(secrets: &BTreeMap<String, String>, kind: &StageKind) -> Vec<String> {
+    let mut values: Vec<String> = secrets.values().cloned().collect();
+    if let StageKind::Image(ImageSpec {
+        registry_auth: Some(auth),
+        ..
+    }) = kind
+    {
+        values.push(auth.password.clone());
+    }
+    values
+}
+
 fn severity(level: ScanLevel) -> Option<Severity> {
     match level {
         ScanLevel::None => None,
@@ -257,7 +271,7 @@ pub fn stage_spec(
         steps,
         timeout: stage.timeout_secs.map(Duration::from_secs),
         artifacts: stage.artifacts.clone(),
-        secrets: secrets.values().cloned().collect(),
+        secrets: mask_values(secrets, &kind),
         kind,
         services,
         container: ContainerSettings::default(),

@@ -1,5 +1,5 @@
 //! `slipway exec`: plan the repository's pipelines for an event and run them here on
-//! the local backend.
+//! the local or the Docker backend.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,11 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use pipelines::{Event, EventContext, PlanError};
-use runner::{LocalBackend, Source};
+use runner::Source;
 use tokio_util::sync::CancellationToken;
 
 use super::output::Output;
 use super::validate;
+use crate::backends::{BackendKind, Opened};
 use crate::exec::{ExecEvent, ExecOptions, execute};
 use crate::pipeline_files;
 
@@ -56,6 +57,9 @@ pub struct ExecArgs {
     /// Keep collected artifacts in this directory (default: discarded at exit).
     #[arg(long)]
     pub artifacts_dir: Option<PathBuf>,
+    /// Where steps run: host processes, or containers on the Docker engine.
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -147,7 +151,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         artifact_dir: Some(artifacts.path()),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let ok = runtime.block_on(run_plans(&plans, opts, colour))?;
+    let ok = runtime.block_on(run_plans(&plans, opts, args.backend, colour))?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -172,9 +176,17 @@ impl Artifacts {
 async fn run_plans(
     plans: &[pipelines::Plan],
     opts: ExecOptions,
+    backend: BackendKind,
     colour: bool,
 ) -> anyhow::Result<bool> {
-    let backend = Arc::new(LocalBackend::new(None));
+    // Unique per process: `exec` never sweeps, and two of them on one engine must
+    // not share a label.
+    let name = format!(
+        "exec-{}-{}",
+        crate::runner_agent::hostname(),
+        std::process::id()
+    );
+    let backend: Arc<dyn runner::Backend> = Opened::open(backend, &name, None).await?.backend();
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {

@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use crate::backends::{BackendKind, Opened};
 use crate::runner_agent::{Agent, hostname};
 
 /// The environment variable holding the runner token. Tokens are never taken from the
@@ -34,6 +34,10 @@ pub struct RunnerArgs {
     /// Labels describing this runner (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Where steps run: host processes, or containers on the Docker engine
+    /// (`DOCKER_HOST` or the local socket).
+    #[arg(long, value_enum, env = "SLIPWAY_RUNNER_BACKEND", default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
     /// Where workspaces and downloaded sources go (default: the system temp dir).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -68,19 +72,21 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating work dir {}", dir.display()))?;
     }
-    let local = runner::LocalBackend::new(args.work_dir.clone());
-    let backend = Arc::new(local.clone());
-    let mut agent = Agent::new(server, token, args.name.unwrap_or_else(hostname), backend)
+    // The name also labels this runner's Docker objects: stable across restarts, so
+    // the start-up sweep finds what a crashed predecessor left.
+    let name = args.name.unwrap_or_else(hostname);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let opened = runtime.block_on(Opened::open(args.backend, &name, args.work_dir.clone()))?;
+    let mut agent = Agent::new(server, token, name, opened.backend())
         .with_capacity(args.capacity)
         .with_labels(args.labels)
         .with_shutdown_grace(Duration::from_secs(args.shutdown_grace));
     if let Some(dir) = args.work_dir {
         agent = agent.with_work_dir(dir);
     }
-    let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         // Before leasing anything: kill the steps a crashed predecessor left running.
-        crate::runner_agent::sweep_local(&local).await;
+        opened.sweep().await;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         agent.run(shutdown).await
