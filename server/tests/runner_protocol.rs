@@ -245,6 +245,7 @@ impl Server {
                 skip: None,
                 succeeded: None,
                 steps: s.steps.iter().map(|st| st.name.clone()).collect(),
+                labels: server::routing::stage_labels(s),
             })
             .collect();
         for s in &plan.skipped {
