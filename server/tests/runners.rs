@@ -8,7 +8,8 @@
 //! The steps meet through marker files rather than timing: the two `alpha` stages each
 //! wait (bounded) for the other to have started, which only happens if the runner
 //! really runs two at once; `a1` also waits for the test to say `beta` was killed, so
-//! it is provably running across the kill.
+//! it is provably running across the kill, and `a2` waits for the test to have seen
+//! both running in the runners API.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -245,6 +246,7 @@ stages:
           pwd > \"$M/a2.pwd\"
           touch \"$M/a2.started\"
           {wait_a1}
+          {wait_checked}
           echo a2 done
   b:
     runs_on: [beta]
@@ -261,6 +263,7 @@ stages:
         wait_a2 = indent(wait_for("a2.started", "a2 never ran beside a1")),
         wait_a1 = indent(wait_for("a1.started", "a1 never ran beside a2")),
         wait_kill = indent(wait_for("beta.killed", "beta was never killed")),
+        wait_checked = indent(wait_for("runners.checked", "the test never saw a2 run")),
     )
 }
 
@@ -359,6 +362,28 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The runners API shows alpha full: its labels (with its backend), 2 of 2 running.
+    let runners: Value = client
+        .get(env.url("/api/runners"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alpha = &runners[0];
+    assert_eq!(runners.as_array().map(Vec::len), Some(1), "{runners:#}");
+    assert_eq!(alpha["name"], "alpha", "{runners:#}");
+    assert_eq!(
+        alpha["labels"],
+        serde_json::json!(["alpha", "linux", "backend:local"]),
+        "{runners:#}"
+    );
+    assert_eq!(alpha["capacity"], 2, "{runners:#}");
+    assert_eq!(alpha["running"], 2, "{runners:#}");
+    std::fs::write(markers.join("runners.checked"), "").unwrap();
 
     env.start_runner("beta", &runner_token, "beta", 1);
     let deadline = Instant::now() + Duration::from_secs(60);

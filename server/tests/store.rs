@@ -1801,6 +1801,11 @@ async fn runner_capacity_holds_under_concurrency(store: Store) {
         assert!(lease_key(&store, other).await.is_some());
     }
     assert_eq!(lease_key(&store, other).await, None, "capacity 3");
+    let running = store.running_per_runner().await.unwrap();
+    assert_eq!(
+        (running.get(&small), running.get(&other), running.len()),
+        (Some(&2), Some(&3), 2)
+    );
     // A finished stage frees a slot; a retried one too (it is queued again).
     finish(&store, &leases[0], StageStatus::Success).await;
     let third = store

@@ -13,7 +13,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{logs, repos, runs, secrets, tokens};
+use super::{logs, repos, runners, runs, secrets, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use crate::state::AppState;
         logs::lines, logs::download, logs::follow, logs::events,
         secrets::set, secrets::list, secrets::remove,
         tokens::create, tokens::list, tokens::remove,
+        runners::list,
         metrics_doc,
     ),
     modifiers(&BearerAuth),
@@ -38,6 +39,7 @@ use crate::state::AppState;
         (name = "logs", description = "Step logs"),
         (name = "secrets", description = "Per-repository secrets (names only, never values)"),
         (name = "tokens", description = "API tokens"),
+        (name = "runners", description = "Registered runners: labels, capacity, load"),
         (name = "ops", description = "Operations"),
     )
 )]
