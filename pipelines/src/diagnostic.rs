@@ -83,6 +83,9 @@ pub mod codes {
     pub const INVALID_DURATION: &str = "invalid-duration";
     pub const INVALID_ENV_NAME: &str = "invalid-env-name";
     pub const INVALID_RETRY: &str = "invalid-retry";
+    pub const INVALID_QUANTITY: &str = "invalid-quantity";
+    pub const INVALID_LABEL: &str = "invalid-label";
+    pub const INVALID_PATH: &str = "invalid-path";
     pub const INVALID_WEIGHT: &str = "invalid-weight";
     pub const INVALID_MATRIX: &str = "invalid-matrix";
     pub const MATRIX_TOO_LARGE: &str = "matrix-too-large";
@@ -113,6 +116,9 @@ pub mod codes {
         INVALID_DURATION,
         INVALID_ENV_NAME,
         INVALID_RETRY,
+        INVALID_QUANTITY,
+        INVALID_LABEL,
+        INVALID_PATH,
         INVALID_WEIGHT,
         INVALID_MATRIX,
         MATRIX_TOO_LARGE,

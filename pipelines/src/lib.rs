@@ -14,9 +14,11 @@ pub mod diagnostic;
 mod duration;
 pub mod event;
 pub mod expr;
+pub mod label;
 pub mod matrix;
 pub mod model;
 pub mod plan;
+mod quantity;
 pub mod raw;
 mod read;
 mod schema;
@@ -33,11 +35,13 @@ pub use crate::crontab::normalize_cron;
 pub use crate::diagnostic::{Diagnostic, Severity, codes};
 pub use crate::duration::parse_duration;
 pub use crate::event::{Event, EventContext};
+pub use crate::label::{BACKEND_LABEL_PREFIX, backend_label, check_label};
 pub use crate::matrix::MATRIX_LIMIT;
 pub use crate::model::*;
 pub use crate::plan::{
     Plan, PlanError, PlannedKind, PlannedService, PlannedStage, PlannedStep, SkippedStage, plan,
 };
+pub use crate::quantity::{parse_cpu, parse_memory};
 pub use crate::schema::json_schema;
 
 use crate::diagnostic::Pos;

@@ -104,6 +104,34 @@ pub struct Stage {
     pub retry: u32,
     pub timeout_secs: Option<u64>,
     pub env: BTreeMap<String, Template>,
+    /// Labels a runner must have (all of them) to run the stage; empty: any runner.
+    pub runs_on: Vec<Template>,
+    pub container: Container,
+}
+
+/// How a stage's steps run inside their containers (`user`, `workdir`, `resources`).
+/// Every field unset means the image's and the backend's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// `uid`, `uid:gid` or a user name known to the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory, relative to the workspace (normalised: no `.`, `..` or `/`
+    /// at either end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in thousandths of a CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+}
+
+impl Container {
+    pub fn is_default(&self) -> bool {
+        *self == Container::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

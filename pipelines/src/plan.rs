@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventContext};
 use crate::expr::{Expr, GitField, Template};
 use crate::matrix::{Combination, combination_id};
-use crate::model::{Approval, Canary, Pipeline, ScanLevel, Stage, StageKind, When};
+use crate::model::{Approval, Canary, Container, Pipeline, ScanLevel, Stage, StageKind, When};
 use crate::when::{describe, filter_rejects, paths_match};
 
 /// A run's blueprint. Stored with the run so it can be re-run exactly.
@@ -52,6 +52,13 @@ pub struct PlannedStage {
     /// Env var → secret name for every secret used anywhere in the stage. Values are
     /// never in a plan: the runner injects them when the stage starts.
     pub secrets: BTreeMap<String, String>,
+    /// Labels a runner must have (all of them) to run the stage; empty: any runner.
+    /// Plans stored before `runs_on` existed read back as empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs_on: Vec<String>,
+    /// User, working directory and resource limits of the steps' containers.
+    #[serde(default, skip_serializing_if = "Container::is_default")]
+    pub container: Container,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -575,5 +582,20 @@ fn plan_stage(
         retry: stage.retry,
         timeout_secs: stage.timeout_secs,
         secrets,
+        runs_on: runs_on(values, stage, &combo),
+        container: stage.container.clone(),
     }
+}
+
+/// The stage's runner labels with plan-time values filled in; a label that renders
+/// empty (an unset parameter) is dropped, and each label is kept once.
+fn runs_on(values: &Values<'_>, stage: &Stage, combo: &Combination) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in &stage.runs_on {
+        let label = values.text(t, combo).trim().to_string();
+        if !label.is_empty() && !out.contains(&label) {
+            out.push(label);
+        }
+    }
+    out
 }

@@ -247,6 +247,22 @@ pub struct Stage {
     /// Environment variables for this stage's steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Env>,
+    /// Labels a runner must have (all of them) to run this stage, e.g. `[linux, gpu]`.
+    /// Every runner also has `backend:<name>` (`backend:local`, `backend:docker`);
+    /// `kind: image` stages need `backend:docker` unless `runs_on` names a backend.
+    /// Plan-time expressions are allowed (`${{ matrix.arch }}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<OneOrMany<String>>,
+    /// User the steps run as in their containers: `uid`, `"uid:gid"` or a user name
+    /// known to the image (ignored by the local backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// Working directory of the steps, relative to the workspace (no `..`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Resource limits of each step's container (ignored by the local backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 
     /// scan: SARIF report globs produced by the steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +299,35 @@ pub struct Stage {
     /// deploy: progressive rollout with analysis and automatic rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+}
+
+/// A numeric uid, or `"uid:gid"` / a user name.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum User {
+    Id(u32),
+    Name(String),
+}
+
+/// Kubernetes-style resource limits.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory: `512Mi`, `2Gi` (powers of 1024), `500M`, `1G` (powers of 1000), or bytes.
+    /// At least `6Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// CPUs: `1`, `1.5`, `0.25`, or millicpus as `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+}
+
+/// A number, or a number with a unit suffix.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Quantity {
+    Number(f64),
+    Text(String),
 }
 
 /// `90s`, `10m`, `1h30m`, `2d`, or a number of seconds.

@@ -239,3 +239,25 @@ fn to_json(node: &marked_yaml::Node) -> serde_json::Value {
         ),
     }
 }
+
+/// Plans are stored with runs and read back for reruns: every blessed plan — most
+/// written before `runs_on` and `container` existed — still deserializes.
+#[test]
+fn stored_plans_read_back() {
+    let mut count = 0;
+    for e in fs::read_dir(data_dir()).expect("dir") {
+        let path = e.expect("entry").path();
+        if !path.to_string_lossy().ends_with(".plan.json") {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("read")).expect("json");
+        if value.get("error").is_some() {
+            continue;
+        }
+        let plan: Result<pipelines::Plan, _> = serde_json::from_value(value);
+        assert!(plan.is_ok(), "{}: {:?}", path.display(), plan.err());
+        count += 1;
+    }
+    assert!(count > 5, "too few plans found: {count}");
+}

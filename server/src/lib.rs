@@ -19,6 +19,7 @@ pub mod planner;
 pub mod planning;
 pub mod protocol;
 pub mod repos;
+pub mod routing;
 pub mod runner_agent;
 pub mod scheduler;
 pub mod serve;

@@ -36,6 +36,7 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 skip: None,
                 succeeded: None,
                 steps: crate::stage_spec::step_names(stage),
+                labels: crate::routing::stage_labels(stage),
             });
         }
         for skipped in &plan.skipped {
@@ -48,6 +49,7 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 skip: Some(skipped.reason.clone()),
                 succeeded: None,
                 steps: Vec::new(),
+                labels: Vec::new(),
             });
         }
     }
@@ -160,6 +162,34 @@ mod tests {
         assert_eq!(check.pipeline, "lint");
         let test = stages.iter().find(|s| s.key == "ci/test (os=mac)").unwrap();
         assert_eq!(test.needs, ["ci/build"]);
+    }
+
+    #[test]
+    fn stage_rows_carry_runner_labels() {
+        let yaml = "stages:
+  build: { runs_on: [linux, gpu], steps: [make] }
+  image: { kind: image, needs: [build] }
+  docs: { when: { branch: release }, runs_on: [linux], steps: [make] }
+";
+        let stages = stages_from_plans(&plans(&[(".slipway.yml", yaml)], &push_main()));
+        let labels: Vec<(&str, Vec<&str>)> = stages
+            .iter()
+            .map(|s| {
+                (
+                    s.key.as_str(),
+                    s.labels.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("build", vec!["linux", "gpu"]),
+                ("image", vec!["backend:docker"]),
+                // Skipped stages never reach a runner.
+                ("docs", vec![]),
+            ]
+        );
     }
 
     #[test]

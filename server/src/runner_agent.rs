@@ -182,6 +182,8 @@ impl Agent {
         self
     }
 
+    /// Labels stages may ask for in `runs_on`; `backend:<name>` is added for the
+    /// backend when registering.
     pub fn with_labels(mut self, labels: Vec<String>) -> Agent {
         self.labels = labels;
         self
@@ -230,7 +232,9 @@ impl Agent {
     async fn register(&self, shutdown: &CancellationToken) -> Result<Option<Session>, AgentError> {
         let req = RegisterRequest {
             name: self.name.clone(),
-            labels: self.labels.clone(),
+            // The backend label says what isolation this runner gives; only the
+            // backend may claim it, so a `backend:` label given by hand is dropped.
+            labels: crate::routing::runner_labels(&self.labels, self.backend.name()),
             capacity: u32::try_from(self.capacity).unwrap_or(u32::MAX),
         };
         let mut backoff = Backoff::new();

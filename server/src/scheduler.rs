@@ -8,7 +8,12 @@
 //! On start-up it first reconciles every active run, which settles what a crash left
 //! half-done (promotions, skips, final statuses) — idempotent, so several replicas
 //! doing it at once is harmless.
+//!
+//! The same round warns (once per stage) about queued stages that no registered runner
+//! can take because none has all their labels, so such a stage is not left waiting in
+//! silence; the run's API shows the reason too (`unroutable`).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -16,10 +21,14 @@ use tokio::task::JoinHandle;
 use crate::state::AppState;
 use crate::store::{StageId, now_ms};
 
+/// How many queued stages (oldest first) each round checks for a matching runner.
+const UNROUTABLE_SCAN: usize = 1000;
+
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         recover(&state).await;
         let period = (state.config.heartbeat_timeout / 3).max(Duration::from_millis(200));
+        let mut warned = HashSet::new();
         loop {
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
@@ -27,6 +36,9 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             }
             if let Err(e) = expire_once(&state).await {
                 tracing::warn!(error = %e, "expiring leases failed; retrying next round");
+            }
+            if let Err(e) = warn_unroutable(&state, &mut warned).await {
+                tracing::warn!(error = %e, "checking queued stages against runners failed");
             }
         }
     })
@@ -71,4 +83,38 @@ pub async fn expire_once(state: &AppState) -> crate::store::Result<Vec<StageId>>
         state.wake.queue.notify_waiters();
     }
     Ok(expired)
+}
+
+/// Warns about each queued stage that no registered runner can take, once per stage
+/// (`warned` remembers which; a stage leaves it when it becomes routable or leaves the
+/// queue). Returns the stages that are unroutable now.
+pub async fn warn_unroutable(
+    state: &AppState,
+    warned: &mut HashSet<StageId>,
+) -> crate::store::Result<Vec<StageId>> {
+    let queued = state.store.queued_stage_labels(UNROUTABLE_SCAN).await?;
+    if queued.is_empty() {
+        warned.clear();
+        return Ok(Vec::new());
+    }
+    let runners = state.store.list_runners().await?;
+    let mut now = Vec::new();
+    for q in queued {
+        let Some(reason) = crate::routing::unroutable_reason(&q.labels, &runners) else {
+            continue;
+        };
+        if warned.insert(q.stage_id) {
+            tracing::warn!(
+                stage_id = q.stage_id,
+                run_id = q.run_id,
+                stage = %q.key,
+                labels = %q.labels.join(","),
+                "queued stage cannot start: {reason}"
+            );
+        }
+        now.push(q.stage_id);
+    }
+    let current: HashSet<StageId> = now.iter().copied().collect();
+    warned.retain(|id| current.contains(id));
+    Ok(now)
 }

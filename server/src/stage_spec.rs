@@ -274,8 +274,18 @@ pub fn stage_spec(
         secrets: mask_values(secrets, &kind),
         kind,
         services,
-        container: ContainerSettings::default(),
+        container: container_settings(&stage.container),
     })
+}
+
+/// The YAML's `user`, `workdir` and `resources`, for the backend to apply.
+fn container_settings(c: &pipelines::Container) -> ContainerSettings {
+    ContainerSettings {
+        user: c.user.clone(),
+        workdir: c.workdir.clone(),
+        memory_bytes: c.memory_bytes,
+        cpu_millis: c.cpu_millis,
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +355,40 @@ mod tests {
             "{}",
             deploy.steps[0].script
         );
+    }
+
+    #[test]
+    fn container_settings_come_from_the_yaml() {
+        let stage = planned(
+            "stages:\n  build:\n    user: \"1000:1000\"\n    workdir: ./api/\n    resources: { memory: 512Mi, cpu: 500m }\n    steps: [make]\n",
+        );
+        let spec = stage_spec(
+            &stage,
+            "build",
+            Source::Empty,
+            &BTreeMap::new(),
+            OnMissing::Error,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.container,
+            ContainerSettings {
+                user: Some("1000:1000".into()),
+                workdir: Some("api".into()),
+                memory_bytes: Some(512 * 1024 * 1024),
+                cpu_millis: Some(500),
+            }
+        );
+        let plain = planned("stages:\n  build:\n    steps: [make]\n");
+        let spec = stage_spec(
+            &plain,
+            "build",
+            Source::Empty,
+            &BTreeMap::new(),
+            OnMissing::Error,
+        )
+        .unwrap();
+        assert_eq!(spec.container, ContainerSettings::default());
     }
 
     #[test]

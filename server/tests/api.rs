@@ -216,6 +216,7 @@ fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
             Some(json!({"name": "a/b", "forge": "github", "clone_url": "/x"})),
         ),
         ("GET", "/api/repos".to_string(), None),
+        ("GET", "/api/runners".to_string(), None),
         ("GET", "/api/repos/team/app".to_string(), None),
         (
             "PATCH",

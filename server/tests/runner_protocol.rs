@@ -244,7 +244,8 @@ impl Server {
                 max_attempts: 1 + s.retry,
                 skip: None,
                 succeeded: None,
-                steps: s.steps.iter().map(|st| st.name.clone()).collect(),
+                steps: server::stage_spec::step_names(s),
+                labels: server::routing::stage_labels(s),
             })
             .collect();
         for s in &plan.skipped {
@@ -813,6 +814,18 @@ async fn stale_lease_tokens_are_refused() {
     .unwrap();
     assert_eq!(r.status(), 401);
     assert!(server.state.store.list_runners().await.unwrap().is_empty());
+    // Labels must be plain words: a `,` or a space could never be asked for.
+    for labels in [serde_json::json!(["a,b"]), serde_json::json!(["two words"])] {
+        let r = post(
+            REGISTER.into(),
+            serde_json::json!({"name": "x", "labels": labels, "capacity": 1}),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 422, "{labels}");
+    }
+    assert!(server.state.store.list_runners().await.unwrap().is_empty());
 
     let reg: RegisterResponse = post(
         REGISTER.into(),
@@ -1111,6 +1124,31 @@ async fn a_runner_without_a_valid_token_exits_with_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.stop().await;
+}
+
+/// Labels are checked before the runner contacts anyone: a label that could never be
+/// asked for, or a `backend:` label the runner's backend did not set, is refused.
+#[test]
+fn a_runner_refuses_bad_labels() {
+    for (labels, complaint) in [
+        ("gpu,two words", "contains ' '"),
+        ("backend:docker", "adds `backend:<name>`"),
+    ] {
+        let out = Command::new(slipway_bin())
+            .args([
+                "runner",
+                "--server",
+                "http://127.0.0.1:9",
+                "--labels",
+                labels,
+            ])
+            .env("SLIPWAY_RUNNER_TOKEN", "slp_unused")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{labels}: {stderr}");
+        assert!(stderr.contains(complaint), "{labels}: {stderr}");
+    }
 }
 
 /// `kill -9` of a runner mid-step: within the heartbeat timeout the stage is queued

@@ -58,6 +58,8 @@ cases!(
     reconcile_is_idempotent,
     finish_report_names_the_call_that_ends_the_run,
     stage_results_are_stored_with_the_finish_and_replaced_by_a_retry,
+    labels_route_stages_to_runners,
+    runner_capacity_holds_under_concurrency,
 );
 
 // ---------------------------------------------------------------- harness
@@ -187,9 +189,15 @@ async fn planned(store: &Store, repo_name: &str, stages: Vec<NewStage>) -> (Repo
     (r, run)
 }
 
+/// A registered runner without labels that may run any number of stages; the same
+/// runner again for the same name.
+async fn runner_id(store: &Store, name: &str) -> RunnerId {
+    store.register_runner(name, &[], 10_000).await.unwrap().id
+}
+
 async fn lease(store: &Store) -> Lease {
     store
-        .lease_stage(1, LEASE, &Limits::UNLIMITED)
+        .lease_stage(runner_id(store, "r1").await, LEASE, &Limits::UNLIMITED)
         .await
         .unwrap()
         .expect("a queued stage")
@@ -580,7 +588,7 @@ async fn needs_promote_and_failures_skip(store: Store) {
     assert_eq!(build.steps[1].name, "package");
     assert!(
         store
-            .lease_stage(1, LEASE, &Limits::UNLIMITED)
+            .lease_stage(runner_id(&store, "r1").await, LEASE, &Limits::UNLIMITED)
             .await
             .unwrap()
             .is_none()
@@ -939,7 +947,7 @@ async fn retries_and_the_one_infra_retry(store: Store) {
     );
     assert!(
         store
-            .lease_stage(1, LEASE, &Limits::UNLIMITED)
+            .lease_stage(runner_id(&store, "r1").await, LEASE, &Limits::UNLIMITED)
             .await
             .unwrap()
             .is_none()
@@ -961,6 +969,7 @@ async fn lease_is_exclusive_under_concurrency(store: Store) {
         .map(|runner| {
             let store = store.clone();
             tokio::spawn(async move {
+                let runner = runner_id(&store, &format!("r{runner}")).await;
                 let mut got = Vec::new();
                 while let Some(l) = store
                     .lease_stage(runner, LEASE, &Limits::UNLIMITED)
@@ -1001,7 +1010,10 @@ async fn global_limit_holds_under_concurrency(store: Store) {
     let tasks: Vec<_> = (0..10)
         .map(|runner| {
             let store = store.clone();
-            tokio::spawn(async move { store.lease_stage(runner, LEASE, &limits).await.unwrap() })
+            tokio::spawn(async move {
+                let runner = runner_id(&store, &format!("r{runner}")).await;
+                store.lease_stage(runner, LEASE, &limits).await.unwrap()
+            })
         })
         .collect();
     let mut leases = Vec::new();
@@ -1011,7 +1023,7 @@ async fn global_limit_holds_under_concurrency(store: Store) {
     assert_eq!(leases.len(), 3, "global limit 3");
     assert!(
         store
-            .lease_stage(99, LEASE, &limits)
+            .lease_stage(runner_id(&store, "r99").await, LEASE, &limits)
             .await
             .unwrap()
             .is_none()
@@ -1019,7 +1031,7 @@ async fn global_limit_holds_under_concurrency(store: Store) {
     finish(&store, &leases[0], StageStatus::Success).await;
     assert!(
         store
-            .lease_stage(99, LEASE, &limits)
+            .lease_stage(runner_id(&store, "r99").await, LEASE, &limits)
             .await
             .unwrap()
             .is_some(),
@@ -1027,7 +1039,7 @@ async fn global_limit_holds_under_concurrency(store: Store) {
     );
     assert!(
         store
-            .lease_stage(99, LEASE, &limits)
+            .lease_stage(runner_id(&store, "r99").await, LEASE, &limits)
             .await
             .unwrap()
             .is_none()
@@ -1048,7 +1060,10 @@ async fn per_repo_limit(store: Store) {
     let tasks: Vec<_> = (0..8)
         .map(|runner| {
             let store = store.clone();
-            tokio::spawn(async move { store.lease_stage(runner, LEASE, &limits).await.unwrap() })
+            tokio::spawn(async move {
+                let runner = runner_id(&store, &format!("r{runner}")).await;
+                store.lease_stage(runner, LEASE, &limits).await.unwrap()
+            })
         })
         .collect();
     let mut per_repo = std::collections::HashMap::<RepoId, usize>::new();
@@ -1062,7 +1077,7 @@ async fn per_repo_limit(store: Store) {
     // Oldest first: with the per-repo limit lifted, repo a's remaining stages come first.
     let a = store.get_repo_by_name("team/a").await.unwrap();
     let next = store
-        .lease_stage(1, LEASE, &Limits::UNLIMITED)
+        .lease_stage(runner_id(&store, "r1").await, LEASE, &Limits::UNLIMITED)
         .await
         .unwrap()
         .unwrap();
@@ -1114,7 +1129,11 @@ async fn expired_lease_requeues_then_errors(store: Store) {
     )
     .await;
     let l = store
-        .lease_stage(1, Duration::from_millis(1), &Limits::UNLIMITED)
+        .lease_stage(
+            runner_id(&store, "r1").await,
+            Duration::from_millis(1),
+            &Limits::UNLIMITED,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -1157,7 +1176,11 @@ async fn expired_lease_requeues_then_errors(store: Store) {
     ));
 
     let l2 = store
-        .lease_stage(2, Duration::from_millis(1), &Limits::UNLIMITED)
+        .lease_stage(
+            runner_id(&store, "r2").await,
+            Duration::from_millis(1),
+            &Limits::UNLIMITED,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -1216,7 +1239,7 @@ async fn cancel_run_stops_everything(store: Store) {
     }
     assert!(
         store
-            .lease_stage(1, LEASE, &Limits::UNLIMITED)
+            .lease_stage(runner_id(&store, "r1").await, LEASE, &Limits::UNLIMITED)
             .await
             .unwrap()
             .is_none()
@@ -1874,5 +1897,160 @@ async fn stage_results_are_stored_with_the_finish_and_replaced_by_a_retry(store:
     assert_eq!(
         store.get_run(run.id).await.unwrap().status,
         RunStatus::Success
+    );
+}
+
+fn labelled(key: &str, labels: &[&str]) -> NewStage {
+    let mut s = NewStage::new(key, &[], &["x"]);
+    s.labels = labels.iter().map(|l| l.to_string()).collect();
+    s
+}
+
+async fn registered(store: &Store, name: &str, labels: &[&str], capacity: u32) -> RunnerId {
+    let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    store
+        .register_runner(name, &labels, capacity)
+        .await
+        .unwrap()
+        .id
+}
+
+async fn lease_key(store: &Store, runner: RunnerId) -> Option<String> {
+    store
+        .lease_stage(runner, LEASE, &Limits::UNLIMITED)
+        .await
+        .unwrap()
+        .map(|l| {
+            assert_eq!(l.stage.runner_id, Some(runner));
+            l.stage.key
+        })
+}
+
+async fn labels_route_stages_to_runners(store: Store) {
+    // Queue order: the unlabelled stage is the newest, so a runner that can only take
+    // it must skip the older ones rather than stop at the head of the queue.
+    let (_, run) = planned(
+        &store,
+        "team/app",
+        vec![
+            labelled("gpu", &["gpu"]),
+            labelled("gpu-linux", &["gpu", "linux"]),
+            labelled("docker", &["backend:docker"]),
+            labelled("any", &[]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        stage(&store, run.id, "gpu-linux").await.stage.labels,
+        ["gpu", "linux"]
+    );
+    let queued = store.queued_stage_labels(100).await.unwrap();
+    let seen: Vec<(&str, usize)> = queued
+        .iter()
+        .map(|q| (q.key.as_str(), q.labels.len()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("gpu", 1), ("gpu-linux", 2), ("docker", 1), ("any", 0)]
+    );
+    assert!(queued.iter().all(|q| q.run_id == run.id));
+
+    assert!(matches!(
+        store.lease_stage(12_345, LEASE, &Limits::UNLIMITED).await,
+        Err(Error::NotFound(_))
+    ));
+    // A label is matched whole: `gpu-large` is not `gpu`.
+    let large = registered(&store, "large", &["gpu-large", "backend:local"], 5).await;
+    let plain = registered(&store, "plain", &["backend:local"], 5).await;
+    let gpu = registered(&store, "gpu", &["gpu", "backend:local"], 5).await;
+    let big = registered(&store, "big", &["linux", "gpu", "backend:docker"], 5).await;
+    assert_eq!(lease_key(&store, large).await.as_deref(), Some("any"));
+    assert_eq!(lease_key(&store, large).await, None);
+    assert_eq!(lease_key(&store, plain).await, None);
+    assert_eq!(lease_key(&store, gpu).await.as_deref(), Some("gpu"));
+    assert_eq!(
+        lease_key(&store, gpu).await,
+        None,
+        "gpu-linux needs linux too"
+    );
+    // Registering again with more labels counts from the next lease on.
+    let again = registered(&store, "gpu", &["gpu", "linux", "backend:local"], 5).await;
+    assert_eq!(again, gpu);
+    assert_eq!(lease_key(&store, gpu).await.as_deref(), Some("gpu-linux"));
+    assert_eq!(lease_key(&store, gpu).await, None);
+    assert_eq!(lease_key(&store, big).await.as_deref(), Some("docker"));
+    assert_eq!(lease_key(&store, big).await, None);
+    assert!(store.queued_stage_labels(100).await.unwrap().is_empty());
+}
+
+async fn runner_capacity_holds_under_concurrency(store: Store) {
+    let stages = (0..6)
+        .map(|i| NewStage::new(&format!("s{i}"), &[], &["x"]))
+        .collect();
+    planned(&store, "team/app", stages).await;
+    let small = registered(&store, "small", &["backend:local"], 2).await;
+    // Many lease requests of one runner at once (e.g. a runner whose slots outnumber
+    // its registered capacity) never get it more than its capacity.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .lease_stage(small, LEASE, &Limits::UNLIMITED)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.extend(t.await.unwrap());
+    }
+    assert_eq!(leases.len(), 2, "capacity 2");
+    // Other runners are not held back by it.
+    let other = registered(&store, "other", &["backend:local"], 3).await;
+    for _ in 0..3 {
+        assert!(lease_key(&store, other).await.is_some());
+    }
+    assert_eq!(lease_key(&store, other).await, None, "capacity 3");
+    let running = store.running_per_runner().await.unwrap();
+    assert_eq!(
+        (running.get(&small), running.get(&other), running.len()),
+        (Some(&2), Some(&3), 2)
+    );
+    // A finished stage frees a slot; a retried one too (it is queued again).
+    finish(&store, &leases[0], StageStatus::Success).await;
+    let third = store
+        .lease_stage(small, LEASE, &Limits::UNLIMITED)
+        .await
+        .unwrap()
+        .expect("a slot freed");
+    assert_eq!(lease_key(&store, small).await, None);
+    // A larger capacity counts from the next lease on: a third stage at once.
+    registered(&store, "small", &["backend:local"], 3).await;
+    let (_, run) = planned(
+        &store,
+        "team/app",
+        vec![
+            NewStage::new("late", &[], &["x"]),
+            NewStage::new("later", &[], &["x"]),
+        ],
+    )
+    .await;
+    assert_eq!(lease_key(&store, small).await.as_deref(), Some("late"));
+    assert_eq!(
+        lease_key(&store, small).await,
+        None,
+        "capacity 3, with 3 running"
+    );
+    finish(&store, &third, StageStatus::Success).await;
+    assert_eq!(lease_key(&store, small).await.as_deref(), Some("later"));
+    assert_eq!(
+        status_of(&store, run.id, "late").await,
+        StageStatus::Running
+    );
+    assert_eq!(
+        status_of(&store, run.id, "later").await,
+        StageStatus::Running
     );
 }

@@ -23,6 +23,10 @@ pub const STAGE_COMMON: &[&str] = &[
     "retry",
     "timeout",
     "env",
+    "runs_on",
+    "user",
+    "workdir",
+    "resources",
 ];
 pub const STAGE_SCAN: &[&str] = &["sarif", "fail_on"];
 pub const STAGE_IMAGE: &[&str] = &[
@@ -39,6 +43,7 @@ pub const STAGE_KINDS: &[&str] = &["run", "scan", "image", "deploy"];
 pub const WHEN: &[&str] = &["branch", "tag", "event", "paths"];
 pub const STEP: &[&str] = &["name", "run", "env", "timeout"];
 pub const SERVICE: &[&str] = &["image", "env", "command"];
+pub const RESOURCES: &[&str] = &["memory", "cpu"];
 pub const APPROVAL: &[&str] = &["role", "count"];
 pub const CANARY: &[&str] = &["target", "traffic", "steps"];
 pub const CANARY_TARGET: &[&str] = &["deployment", "namespace"];
@@ -94,6 +99,7 @@ mod tests {
             ("When", super::WHEN.to_vec()),
             ("StepSpec", super::STEP.to_vec()),
             ("Service", super::SERVICE.to_vec()),
+            ("Resources", super::RESOURCES.to_vec()),
             ("Approval", super::APPROVAL.to_vec()),
             ("Canary", super::CANARY.to_vec()),
             ("CanaryTarget", super::CANARY_TARGET.to_vec()),

@@ -1,6 +1,7 @@
 //! Spanned YAML tree → validated model. Every reader reports problems into [`Ctx`] and
 //! carries on with what it can, so one pass finds every mistake in a file.
 
+mod container;
 mod deploy;
 pub(crate) mod keys;
 mod stage;

@@ -174,6 +174,11 @@ fn read_stage(
         .unwrap_or_default();
     let retry = fields.get("retry").map_or(0, |f| read_retry(ctx, f, &what));
     let timeout_secs = fields.get("timeout").and_then(|f| ctx.duration(f, &what));
+    let runs_on = fields
+        .get("runs_on")
+        .map(|f| super::container::read_runs_on(ctx, f, &what, &scope, kind_name.as_deref()))
+        .unwrap_or_default();
+    let container = super::container::read_container(ctx, &fields, &what);
 
     let kind = match kind_name.as_deref() {
         Some("scan") => read_scan(ctx, &fields, &what),
@@ -212,6 +217,8 @@ fn read_stage(
         retry,
         timeout_secs,
         env,
+        runs_on,
+        container,
     };
     Some((stage, needs))
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod repos;
 pub mod runner;
 pub mod runner_files;
+pub mod runners;
 pub mod runs;
 pub mod secrets;
 pub mod tokens;
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(runner::router())
         .merge(runner_files::router())
         .merge(artifacts::router())
+        .merge(runners::router())
         // Keep this last: `route_layer` wraps only the routes added above it. It counts
         // requests by route template (known only to matched routes).
         .route_layer(axum::middleware::from_fn_with_state(

@@ -13,7 +13,7 @@ use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{artifacts, logs, repos, runs, secrets, tokens};
+use super::{artifacts, logs, repos, runners, runs, secrets, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use crate::state::AppState;
         artifacts::list, artifacts::download,
         secrets::set, secrets::list, secrets::remove,
         tokens::create, tokens::list, tokens::remove,
+        runners::list,
         metrics_doc,
     ),
     modifiers(&BearerAuth),
@@ -40,6 +41,7 @@ use crate::state::AppState;
         (name = "artifacts", description = "Files stages produced (content-addressed, sha256)"),
         (name = "secrets", description = "Per-repository secrets (names only, never values)"),
         (name = "tokens", description = "API tokens"),
+        (name = "runners", description = "Registered runners: labels, capacity, load"),
         (name = "ops", description = "Operations"),
     )
 )]

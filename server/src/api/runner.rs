@@ -91,6 +91,16 @@ async fn register(
             "runner name must be 1 to 200 characters",
         ));
     }
+    if req.labels.len() > 100 {
+        return Err(ApiError::unprocessable(
+            "a runner may have at most 100 labels",
+        ));
+    }
+    for label in &req.labels {
+        if let Err(e) = pipelines::check_label(label) {
+            return Err(ApiError::unprocessable(e));
+        }
+    }
     if !(1..=10_000).contains(&req.capacity) {
         return Err(ApiError::unprocessable(
             "capacity must be between 1 and 10000",
@@ -101,7 +111,13 @@ async fn register(
         .register_runner(name, &req.labels, req.capacity)
         .await?;
     let timeout = state.config.heartbeat_timeout;
-    tracing::info!(runner_id = runner.id, name = %runner.name, capacity = req.capacity, "runner registered");
+    tracing::info!(
+        runner_id = runner.id,
+        name = %runner.name,
+        capacity = req.capacity,
+        labels = %runner.labels.join(","),
+        "runner registered"
+    );
     Ok(Json(RegisterResponse {
         runner_id: runner.id,
         heartbeat_secs: heartbeat_interval(timeout).as_secs().max(1),

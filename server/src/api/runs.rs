@@ -125,7 +125,15 @@ pub async fn show(
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<Json<RunDetail>> {
     let (_, run) = find_run(&state, &p).await?;
-    let stages = state.store.list_stages(run.id).await?;
+    let mut stages = state.store.list_stages(run.id).await?;
+    if stages.iter().any(|s| s.stage.status == StageStatus::Queued) {
+        let runners = state.store.list_runners().await?;
+        for s in &mut stages {
+            if s.stage.status == StageStatus::Queued {
+                s.unroutable = crate::routing::unroutable_reason(&s.stage.labels, &runners);
+            }
+        }
+    }
     Ok(Json(RunDetail { run, stages }))
 }
 

@@ -31,7 +31,8 @@ pub struct RunnerArgs {
     /// How many stages to run at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
-    /// Labels describing this runner (comma-separated or repeated).
+    /// Labels describing this runner (comma-separated or repeated). A stage runs here
+    /// only if all its `runs_on` labels are among these; `backend:<name>` is added.
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Where steps run: host processes, or containers on the Docker engine
@@ -51,6 +52,12 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing();
     if args.capacity == 0 {
         bail!("--capacity must be at least 1");
+    }
+    for label in &args.labels {
+        pipelines::check_label(label).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+        if label.starts_with(pipelines::BACKEND_LABEL_PREFIX) {
+            bail!("--labels: `{label}`: the runner adds `backend:<name>` for its backend itself");
+        }
     }
     let server = reqwest::Url::parse(&args.server)
         .with_context(|| format!("--server {:?} is not a URL", args.server))?;

@@ -6,12 +6,15 @@ use std::time::Duration;
 use rand::Rng;
 use sqlx::query;
 
-use super::row::{RowExt, STAGE_COLS, STEP_COLS, rows, stage as stage_row, step as step_row};
+use super::row::{
+    RUNNER_COLS, RowExt, STAGE_COLS, STEP_COLS, json_text, rows, runner as runner_row,
+    stage as stage_row, step as step_row,
+};
 use super::runs::{close_steps, emit};
 use super::{
-    Dialect, Error, FinishReport, Heartbeat, Lease, Limits, Result, Run, RunId, RunStatus,
-    RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus, StageWithSteps,
-    Step, StepId, StepStatus, Store, Tx, affected, duration_ms, now_ms,
+    Dialect, Error, FinishReport, Heartbeat, Lease, Limits, QueuedLabels, Result, Run, RunId,
+    RunStatus, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus,
+    StageWithSteps, Step, StepId, StepStatus, Store, Tx, affected, duration_ms, now_ms,
 };
 
 /// Key of the PostgreSQL advisory lock that makes "count running stages, then lease
@@ -66,6 +69,7 @@ impl Store {
                     stage,
                     steps,
                     outputs,
+                    unroutable: None,
                 }
             })
             .collect())
@@ -106,10 +110,12 @@ impl Store {
         )
     }
 
-    /// Leases the oldest `queued` stage of a running run, if the limits allow another
-    /// running stage in total and in its repository. The stage becomes `running` with a
-    /// fresh random token valid for `lease_for`. No two callers — tasks or server
-    /// replicas — ever get the same stage.
+    /// Leases to `runner` the oldest `queued` stage of a running run whose labels are
+    /// all among the runner's, if the limits allow another running stage in total, in
+    /// its repository and on this runner (its registered capacity). The stage becomes
+    /// `running` with a fresh random token valid for `lease_for`. No two callers —
+    /// tasks or server replicas — ever get the same stage. `NotFound` if the runner is
+    /// not registered.
     pub async fn lease_stage(
         &self,
         runner: RunnerId,
@@ -123,6 +129,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        let sql = format!("SELECT {RUNNER_COLS} FROM runners WHERE id = $1");
+        let me = match query(&sql).bind(runner).fetch_optional(&mut *tx).await? {
+            Some(row) => runner_row(&row)?,
+            None => return Err(Error::NotFound(format!("runner {runner}"))),
+        };
         let running = query("SELECT COUNT(*) AS n FROM stages WHERE status = 'running'")
             .fetch_one(&mut *tx)
             .await?
@@ -130,12 +141,25 @@ impl Store {
         if running >= cap(limits.global) {
             return Ok(None);
         }
+        // Counted under the same lock as the lease below, so a runner never holds more
+        // stages than it said it can run, however many lease requests it has open.
+        let mine =
+            query("SELECT COUNT(*) AS n FROM stages WHERE status = 'running' AND runner_id = $1")
+                .bind(runner)
+                .fetch_one(&mut *tx)
+                .await?
+                .int("n")?;
+        if mine >= me.capacity {
+            return Ok(None);
+        }
         let sql = format!(
             "SELECT s.id FROM stages s JOIN runs r ON r.id = s.run_id \
              WHERE s.status = 'queued' AND r.status = 'running' \
              AND (SELECT COUNT(*) FROM stages c WHERE c.status = 'running' \
                   AND c.repo_id = s.repo_id) < $1 \
+             AND {} \
              ORDER BY s.queued_at, s.id LIMIT 1{}",
+            self.labels_subset("s.labels", "$2"),
             match self.dialect {
                 Dialect::Postgres => " FOR UPDATE OF s SKIP LOCKED",
                 Dialect::Sqlite => "",
@@ -143,6 +167,7 @@ impl Store {
         );
         let Some(row) = query(&sql)
             .bind(cap(limits.per_repo))
+            .bind(json_text(&me.labels))
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -180,6 +205,38 @@ impl Store {
             steps,
             run,
         }))
+    }
+
+    /// SQL that is true when every label in the JSON array `stage` (a column) is in the
+    /// JSON array `runner` (a parameter): an empty array is in anything.
+    fn labels_subset(&self, stage: &str, runner: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("({stage})::jsonb <@ ({runner})::jsonb"),
+            Dialect::Sqlite => format!(
+                "NOT EXISTS (SELECT 1 FROM json_each({stage}) l \
+                 WHERE l.value NOT IN (SELECT value FROM json_each({runner})))"
+            ),
+        }
+    }
+
+    /// The labels of queued stages (the oldest `limit`), to find the ones no registered
+    /// runner can take.
+    pub async fn queued_stage_labels(&self, limit: usize) -> Result<Vec<QueuedLabels>> {
+        let rs = query(
+            "SELECT id, run_id, stage_key, labels FROM stages WHERE status = 'queued' \
+             ORDER BY queued_at, id LIMIT $1",
+        )
+        .bind(cap(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows(&rs, |r| {
+            Ok(QueuedLabels {
+                stage_id: r.int("id")?,
+                run_id: r.int("run_id")?,
+                key: r.text("stage_key")?,
+                labels: r.json("labels")?,
+            })
+        })
     }
 
     /// Extends a lease. [`Heartbeat::Cancel`] asks the runner to stop the stage (and

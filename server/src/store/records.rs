@@ -171,6 +171,19 @@ impl Store {
         }
     }
 
+    /// How many stages each runner is running now (runners running none are absent).
+    pub async fn running_per_runner(&self) -> Result<std::collections::HashMap<RunnerId, i64>> {
+        let rs = query(
+            "SELECT runner_id, COUNT(*) AS n FROM stages \
+             WHERE status = 'running' AND runner_id IS NOT NULL GROUP BY runner_id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rs.iter()
+            .map(|r| Ok((r.int("runner_id")?, r.int("n")?)))
+            .collect()
+    }
+
     pub async fn list_runners(&self) -> Result<Vec<Runner>> {
         let sql = format!("SELECT {RUNNER_COLS} FROM runners ORDER BY name");
         rows(&query(&sql).fetch_all(&self.read).await?, runner)

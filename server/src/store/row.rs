@@ -124,7 +124,7 @@ pub(crate) fn run(r: &AnyRow) -> Result<Run> {
 
 pub(crate) const STAGE_COLS: &str = "id, run_id, repo_id, stage_key, pipeline, status, needs, \
     spec, attempt, max_attempts, infra_retry_used, runner_id, lease_token, lease_expires_at, \
-    cancel_requested, reason, queued_at, started_at, finished_at, created_at";
+    cancel_requested, reason, queued_at, started_at, finished_at, created_at, labels";
 
 pub(crate) fn stage(r: &AnyRow) -> Result<Stage> {
     Ok(Stage {
@@ -148,6 +148,7 @@ pub(crate) fn stage(r: &AnyRow) -> Result<Stage> {
         started_at: r.opt_int("started_at")?,
         finished_at: r.opt_int("finished_at")?,
         created_at: r.int("created_at")?,
+        labels: r.json("labels")?,
     })
 }
 

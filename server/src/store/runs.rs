@@ -277,8 +277,9 @@ impl Store {
             let id: i64 = sqlx::Row::try_get(
                 &query(
                     "INSERT INTO stages (run_id, repo_id, stage_key, pipeline, status, needs, \
-                     spec, max_attempts, reason, queued_at, finished_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                     spec, max_attempts, reason, queued_at, finished_at, created_at, labels) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     RETURNING id",
                 )
                 .bind(run_id)
                 .bind(run.repo_id)
@@ -292,6 +293,7 @@ impl Store {
                 .bind(queued_at)
                 .bind(finished_at)
                 .bind(now)
+                .bind(json_text(&s.labels))
                 .fetch_one(&mut **tx)
                 .await?,
                 "id",

@@ -258,6 +258,8 @@ pub struct NewStage {
     pub succeeded: Option<String>,
     /// Step names, in order.
     pub steps: Vec<String>,
+    /// Labels a runner must have to lease the stage ([`crate::routing`]).
+    pub labels: Vec<String>,
 }
 
 impl NewStage {
@@ -271,6 +273,7 @@ impl NewStage {
             skip: None,
             succeeded: None,
             steps: steps.iter().map(|s| s.to_string()).collect(),
+            labels: Vec::new(),
         }
     }
 }
@@ -302,6 +305,8 @@ pub struct Stage {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub created_at: i64,
+    /// Labels a runner must have to lease the stage (empty: any runner).
+    pub labels: Vec<String>,
 }
 
 /// A step of a stage (the row describes the stage's latest attempt).
@@ -329,6 +334,19 @@ pub struct StageWithSteps {
     /// What the stage's last attempt reported as outputs
     /// (`${{ stages.<name>.outputs.<key> }}`), e.g. an image stage's `image` and `digest`.
     pub outputs: std::collections::BTreeMap<String, String>,
+    /// Set while the stage is queued and no registered runner has all its labels: why
+    /// it cannot start (it waits until such a runner registers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unroutable: Option<String>,
+}
+
+/// A queued stage's labels ([`Store::queued_stage_labels`](super::Store::queued_stage_labels)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedLabels {
+    pub stage_id: StageId,
+    pub run_id: RunId,
+    pub key: String,
+    pub labels: Vec<String>,
 }
 
 /// Concurrency limits for [`Store::lease_stage`](super::Store::lease_stage): the

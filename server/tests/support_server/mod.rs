@@ -247,7 +247,8 @@ impl Server {
                 max_attempts: 1 + s.retry,
                 skip: None,
                 succeeded: None,
-                steps: s.steps.iter().map(|st| st.name.clone()).collect(),
+                steps: server::stage_spec::step_names(s),
+                labels: server::routing::stage_labels(s),
             })
             .collect();
         for s in &plan.skipped {

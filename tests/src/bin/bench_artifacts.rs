@@ -119,7 +119,8 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
             max_attempts: 1,
             skip: None,
             succeeded: None,
-            steps: s.steps.iter().map(|st| st.name.clone()).collect(),
+            steps: server::stage_spec::step_names(s),
+            labels: server::routing::stage_labels(s),
         })
         .collect();
     state

@@ -1,0 +1,49 @@
+//! Registered runners, for operators: their labels (including `backend:<name>`),
+//! capacity, how many stages each runs now and when it was last seen. Admin only. With
+//! a run's `unroutable` stages this answers "why is my stage not starting?".
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::ApiResult;
+use crate::state::AppState;
+use crate::store::Runner;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/runners", get(list))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerInfo {
+    #[serde(flatten)]
+    pub runner: Runner,
+    /// Stages it is running now (at most `capacity`).
+    pub running: i64,
+}
+
+#[utoipa::path(
+    get, path = "/api/runners", tag = "runners",
+    responses((status = 200, body = [RunnerInfo]), (status = 401), (status = 403)),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<RunnerInfo>>> {
+    let running = state.store.running_per_runner().await?;
+    let runners = state.store.list_runners().await?;
+    Ok(Json(
+        runners
+            .into_iter()
+            .map(|runner| RunnerInfo {
+                running: running.get(&runner.id).copied().unwrap_or(0),
+                runner,
+            })
+            .collect(),
+    ))
+}

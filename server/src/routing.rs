@@ -1,0 +1,145 @@
+//! Which runner may run which stage.
+//!
+//! A stage carries labels (`stages.labels`): the YAML's `runs_on`, plus what its kind
+//! implies. A runner registers with labels: its `--labels`, plus `backend:<name>` for
+//! the backend it runs stages on. The queue hands a runner only stages whose labels are
+//! all among the runner's ([`Store::lease_stage`](crate::store::Store::lease_stage)); a
+//! stage without labels goes to any runner.
+//!
+//! The one implied requirement, kept deliberately small: a `kind: image` stage needs a
+//! container engine, so it requires `backend:docker` unless its `runs_on` already names
+//! a backend (`backend:kubernetes` once that backend builds images). Run stages with an
+//! `image:` are not restricted: the local backend runs their steps on the host, which
+//! is what `slipway exec` does too; `runs_on: [backend:docker]` asks for isolation.
+
+use pipelines::{BACKEND_LABEL_PREFIX, PlannedKind, PlannedStage, backend_label};
+
+use crate::store::Runner;
+
+/// The backend an image stage needs when its `runs_on` names none.
+pub const IMAGE_BACKEND: &str = "docker";
+
+/// The labels a runner must have to run `stage`.
+pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
+    let mut labels = stage.runs_on.clone();
+    let names_backend = labels.iter().any(|l| l.starts_with(BACKEND_LABEL_PREFIX));
+    if matches!(stage.kind, PlannedKind::Image { .. }) && !names_backend {
+        labels.push(backend_label(IMAGE_BACKEND));
+    }
+    labels
+}
+
+/// The labels a runner registers with: its own (without any `backend:` label, which
+/// only the backend itself may claim) and `backend:<backend>`. Each label once.
+pub fn runner_labels(own: &[String], backend: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in own {
+        if !l.starts_with(BACKEND_LABEL_PREFIX) && !out.contains(l) {
+            out.push(l.clone());
+        }
+    }
+    out.push(backend_label(backend));
+    out
+}
+
+/// Whether a runner with `runner` labels may run a stage that needs `stage` labels.
+pub fn can_take(runner: &[String], stage: &[String]) -> bool {
+    stage.iter().all(|l| runner.contains(l))
+}
+
+/// Why no registered runner can take a stage needing `labels` (`None`: one can).
+pub fn unroutable_reason(labels: &[String], runners: &[Runner]) -> Option<String> {
+    if runners.iter().any(|r| can_take(&r.labels, labels)) {
+        return None;
+    }
+    Some(if runners.is_empty() {
+        "no runner is registered".to_string()
+    } else if labels.is_empty() {
+        // Unreachable with registered runners (an empty set is always covered); kept
+        // so the function never says something false.
+        "no registered runner can take it".to_string()
+    } else {
+        format!(
+            "no registered runner has all of the labels {}",
+            labels.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(yaml: &str) -> PlannedStage {
+        let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid yaml");
+        let ctx = pipelines::EventContext {
+            branch: Some("main".into()),
+            sha: "0".repeat(40),
+            ..Default::default()
+        };
+        pipelines::plan(&pipeline, &ctx)
+            .expect("plan")
+            .stages
+            .remove(0)
+    }
+
+    fn runner(labels: &[&str]) -> Runner {
+        Runner {
+            id: 1,
+            name: "r".into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            capacity: 1,
+            created_at: 0,
+            last_seen_at: 0,
+        }
+    }
+
+    #[test]
+    fn image_stages_need_docker_unless_runs_on_names_a_backend() {
+        let run = planned("stages:\n  a:\n    runs_on: [gpu]\n    steps: [make]\n");
+        assert_eq!(stage_labels(&run), ["gpu"]);
+        let image = planned("stages:\n  a:\n    kind: image\n    runs_on: [fast]\n");
+        assert_eq!(stage_labels(&image), ["fast", "backend:docker"]);
+        let k8s = planned("stages:\n  a:\n    kind: image\n    runs_on: backend:kubernetes\n");
+        assert_eq!(stage_labels(&k8s), ["backend:kubernetes"]);
+        let plain = planned("stages:\n  a:\n    steps: [make]\n");
+        assert!(stage_labels(&plain).is_empty());
+    }
+
+    #[test]
+    fn runners_cannot_claim_a_backend() {
+        let own = vec!["gpu".to_string(), "backend:docker".into(), "gpu".into()];
+        assert_eq!(runner_labels(&own, "local"), ["gpu", "backend:local"]);
+    }
+
+    #[test]
+    fn matching_is_subset() {
+        let r = ["linux".to_string(), "gpu".into(), "backend:local".into()];
+        assert!(can_take(&r, &[]));
+        assert!(can_take(&r, &["gpu".into()]));
+        assert!(can_take(&r, &["gpu".into(), "linux".into()]));
+        assert!(!can_take(&r, &["gpu".into(), "arm64".into()]));
+        assert!(!can_take(&r, &["backend:docker".into()]));
+    }
+
+    #[test]
+    fn reasons() {
+        let gpu = vec!["gpu".to_string()];
+        assert_eq!(
+            unroutable_reason(&gpu, &[]).as_deref(),
+            Some("no runner is registered")
+        );
+        assert_eq!(
+            unroutable_reason(&[], &[]).as_deref(),
+            Some("no runner is registered")
+        );
+        let runners = [runner(&["linux"]), runner(&["gpu", "linux"])];
+        assert_eq!(unroutable_reason(&gpu, &runners), None);
+        assert_eq!(unroutable_reason(&[], &runners), None);
+        let arm = vec!["gpu".to_string(), "arm64".into()];
+        assert_eq!(
+            unroutable_reason(&arm, &runners).as_deref(),
+            Some("no registered runner has all of the labels gpu, arm64")
+        );
+    }
+}
