@@ -1,2 +1,4 @@
-//! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library is
-//! empty on purpose (shared test helpers go here when several suites need them).
+//! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library holds
+//! what several suites share: the Kubernetes API-server test double.
+
+pub mod kube_double;

@@ -1,0 +1,638 @@
+//! The Kubernetes API-server test double, driven by a real `kube::Client` over HTTP,
+//! with pods running on the real Docker engine (image `slipway-test/busybox:latest`,
+//! built by `bash .ci/images.sh`). Every wait is bounded; every test shuts its double
+//! down, which removes its containers and volumes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParams};
+use serde_json::json;
+use tests::kube_double::{self, KubeDouble, KubeDoubleOptions, POD_UID_LABEL};
+
+const IMAGE: &str = "slipway-test/busybox:latest";
+const NS: &str = "ci";
+/// Upper bound for any wait on a pod (the machine is shared and may be slow).
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn double() -> KubeDouble {
+    kube_double::start(KubeDoubleOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pod(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).expect("test pod JSON is a Pod")
+}
+
+/// Watches one pod until `done` holds for it (checking the current state first).
+async fn wait_for(api: &Api<Pod>, name: &str, what: &str, done: impl Fn(&Pod) -> bool) -> Pod {
+    let fut = async {
+        let fields = format!("metadata.name={name}");
+        loop {
+            let wp = WatchParams::default().fields(&fields).timeout(20);
+            let mut events = api.watch(&wp, "0").await.expect("watch").boxed();
+            while let Some(ev) = events.try_next().await.expect("watch event") {
+                match ev {
+                    WatchEvent::Added(p) | WatchEvent::Modified(p) if done(&p) => return p,
+                    WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| {
+        panic!(
+            "pod {name} never got {what}: {:#?}",
+            futures::executor::block_on(api.get(name))
+                .ok()
+                .and_then(|p| p.status)
+        )
+    })
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+fn statuses(p: &Pod) -> HashMap<String, ContainerStatus> {
+    let s = p.status.clone().unwrap_or_default();
+    s.init_container_statuses
+        .into_iter()
+        .flatten()
+        .chain(s.container_statuses.into_iter().flatten())
+        .map(|c| (c.name.clone(), c))
+        .collect()
+}
+
+fn exit_code(p: &Pod, container: &str) -> Option<i32> {
+    statuses(p)
+        .get(container)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+fn condition(p: &Pod, kind: &str) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+async fn log(api: &Api<Pod>, name: &str, container: &str) -> String {
+    let lp = LogParams {
+        container: Some(container.into()),
+        ..Default::default()
+    };
+    api.logs(name, &lp).await.expect("logs")
+}
+
+fn api_error(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn labelled(d: &KubeDouble, uid: &str) -> (usize, usize) {
+    let filter = HashMap::from([("label".to_owned(), vec![format!("{POD_UID_LABEL}={uid}")])]);
+    let containers = d
+        .docker()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    let volumes = d
+        .docker()
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filter).build(),
+        ))
+        .await
+        .unwrap();
+    (containers.len(), volumes.volumes.unwrap_or_default().len())
+}
+
+fn sh(name: &str, script: &str) -> serde_json::Value {
+    json!({
+        "name": name, "image": IMAGE, "command": ["sh", "-c", script],
+        "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_in_order_on_a_shared_empty_dir_with_separate_logs() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &pod(json!({
+                "metadata": {"name": "ordered", "labels": {"app": "slipway", "stage": "s1"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsUser": 65534, "runAsGroup": 65534, "runAsNonRoot": true},
+                    "volumes": [{"name": "work", "emptyDir": {}}],
+                    "initContainers": [
+                        sh("first", "echo one > /work/f; echo first-out; id -u"),
+                        sh("second", "cat /work/f; echo two >> /work/f; echo to-stderr >&2"),
+                    ],
+                    "containers": [sh("main", "cat /work/f; pwd")],
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(phase(&created), "Pending");
+    let rv0: u64 = created
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let done = wait_for(&api, "ordered", "Succeeded", |p| phase(p) == "Succeeded").await;
+    for c in ["first", "second", "main"] {
+        assert_eq!(
+            exit_code(&done, c),
+            Some(0),
+            "{c}: {:?}",
+            statuses(&done)[c]
+        );
+        let t = statuses(&done)[c]
+            .state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap();
+        assert_eq!(t.reason.as_deref(), Some("Completed"));
+        assert!(t.started_at.is_some() && t.finished_at.is_some());
+    }
+    assert_eq!(condition(&done, "Initialized").as_deref(), Some("True"));
+    assert_eq!(condition(&done, "Ready").as_deref(), Some("False"));
+    assert_eq!(condition(&done, "PodScheduled").as_deref(), Some("True"));
+    let rv1: u64 = done
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        rv1 > rv0 + 3,
+        "each transition is a new resourceVersion: {rv0} → {rv1}"
+    );
+
+    // Each container's log on its own; the second saw the first's file, the main
+    // container saw both, as the non-root user, in the image's working directory.
+    assert_eq!(log(&api, "ordered", "first").await, "first-out\n65534\n");
+    assert_eq!(log(&api, "ordered", "second").await, "one\nto-stderr\n");
+    assert_eq!(log(&api, "ordered", "main").await, "one\ntwo\n/\n");
+
+    // Listing by label.
+    let lp = kube::api::ListParams::default().labels("app=slipway,stage in (s1,s2)");
+    assert_eq!(api.list(&lp).await.unwrap().items.len(), 1);
+    let lp = kube::api::ListParams::default().labels("app=other");
+    assert!(api.list(&lp).await.unwrap().items.is_empty());
+
+    assert!(
+        d.requests()
+            .contains_key("POST /api/v1/namespaces/{ns}/pods")
+    );
+    assert_eq!(d.shutdown().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_init_container_fails_the_pod_with_its_exit_code() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "failing"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [sh("boom", "echo failing; exit 7"), sh("never", "true")],
+                "containers": [sh("main", "true")],
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for(&api, "failing", "Failed", |p| phase(p) == "Failed").await;
+    assert_eq!(exit_code(&failed, "boom"), Some(7));
+    let st = statuses(&failed);
+    let boom = st["boom"].state.clone().unwrap().terminated.unwrap();
+    assert_eq!(boom.reason.as_deref(), Some("Error"));
+    for c in ["never", "main"] {
+        let waiting = st[c].state.clone().unwrap().waiting;
+        assert_eq!(
+            waiting.and_then(|w| w.reason).as_deref(),
+            Some("PodInitializing"),
+            "{c}"
+        );
+    }
+    assert_eq!(condition(&failed, "Initialized").as_deref(), Some("False"));
+    assert_eq!(log(&api, "failing", "boom").await, "failing\n");
+    let (code, reason) = api_error(
+        api.logs(
+            "failing",
+            &LogParams {
+                container: Some("never".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_come_back_as_kubernetes_statuses() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    let p = pod(json!({
+        "metadata": {"name": "dup"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "300"]}]}
+    }));
+    api.create(&PostParams::default(), &p).await.unwrap();
+    let (code, reason) = api_error(api.create(&PostParams::default(), &p).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    let (code, reason) = api_error(api.get("nope").await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+
+    let mut bad = p.clone();
+    bad.metadata.name = Some("bad".into());
+    bad.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    let (code, reason) = api_error(api.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+    // Graceful deletion: the pod is returned with a deletionTimestamp, then goes.
+    let dp = DeleteParams::default().grace_period(1);
+    let deleting = api
+        .delete("dup", &dp)
+        .await
+        .unwrap()
+        .left()
+        .expect("pod deletion is graceful");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    let gone = async {
+        loop {
+            match api.get("dup").await {
+                Err(e) => return api_error(e),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    };
+    let (code, reason) = tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    let (code, _) = api_error(api.delete("dup", &dp).await.unwrap_err());
+    assert_eq!(code, 404);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_logs_stream_while_the_container_runs() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "follow"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                // Waits for the test to say "go" before its second line.
+                "containers": [sh("c", "echo line1; while [ ! -f /work/go ]; do sleep 0.1; done; echo line2")],
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let running = wait_for(&api, "follow", "Running", |p| phase(p) == "Running").await;
+    assert_eq!(condition(&running, "Ready").as_deref(), Some("True"));
+    let lp = LogParams {
+        container: Some("c".into()),
+        follow: true,
+        ..Default::default()
+    };
+    let mut lines = api.log_stream("follow", &lp).await.unwrap().lines();
+    let first = tokio::time::timeout(WAIT, lines.next())
+        .await
+        .expect("first line")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "line1");
+    // The container is still running (it waits for /work/go): the line was streamed.
+    assert_eq!(phase(&api.get("follow").await.unwrap()), "Running");
+
+    let id = statuses(&running)["c"].container_id.clone().unwrap();
+    let id = id.trim_start_matches("docker://");
+    let exec = d
+        .docker()
+        .create_exec(
+            id,
+            bollard::exec::CreateExecOptions {
+                cmd: Some(vec!["touch", "/work/go"]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    d.docker()
+        .start_exec(
+            &exec.id,
+            Some(bollard::exec::StartExecOptions {
+                detach: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+
+    let rest: Vec<String> = tokio::time::timeout(WAIT, lines.try_collect())
+        .await
+        .expect("the log ends when the container exits")
+        .unwrap();
+    assert_eq!(rest, vec!["line2".to_owned()]);
+    wait_for(&api, "follow", "Succeeded", |p| phase(p) == "Succeeded").await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_reported_as_err_image_pull_and_the_pod_stays_pending() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "noimage"},
+            "spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "c", "image": "slipway-test/does-not-exist:never"}]}
+        })),
+    )
+    .await
+    .unwrap();
+    let waiting = |p: &Pod| {
+        statuses(p)
+            .get("c")
+            .and_then(|c| c.state.clone()?.waiting)
+            .filter(|w| {
+                matches!(
+                    w.reason.as_deref(),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                )
+            })
+    };
+    let p = wait_for(&api, "noimage", "ErrImagePull", |p| waiting(p).is_some()).await;
+    assert_eq!(phase(&p), "Pending");
+    let w = waiting(&p).unwrap();
+    assert!(
+        w.message
+            .unwrap_or_default()
+            .contains("slipway-test/does-not-exist:never")
+    );
+    let backoff = wait_for(&api, "noimage", "ImagePullBackOff", |p| {
+        waiting(p).and_then(|w| w.reason).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(phase(&backoff), "Pending");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_env_waits_for_its_secret_and_the_secret_goes_with_the_pod() {
+    let d = double().await;
+    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
+    let secrets: Api<Secret> = Api::namespaced(d.client(), NS);
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod(json!({
+                "metadata": {"name": "withsecret"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "volumes": [{"name": "work", "emptyDir": {}}],
+                    "containers": [{
+                        "name": "c", "image": IMAGE,
+                        "command": ["sh", "-c", "echo \"token=$TOKEN\"; exec sleep 300"],
+                        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "stage-secrets", "key": "token"}}}],
+                        "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                        "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+                    }],
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let reason = |p: &Pod| {
+        statuses(p)
+            .get("c")
+            .and_then(|c| c.state.clone()?.waiting?.reason)
+    };
+    let p = wait_for(&pods, "withsecret", "CreateContainerConfigError", |p| {
+        reason(p).as_deref() == Some("CreateContainerConfigError")
+    })
+    .await;
+    assert_eq!(phase(&p), "Pending");
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "stage-secrets", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": "withsecret", "uid": uid, "controller": true,
+        }]},
+        "stringData": {"token": "s3cr3t"},
+    }))
+    .unwrap();
+    let stored = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_eq!(stored.data.unwrap()["token"].0, b"s3cr3t");
+    assert!(stored.string_data.is_none());
+
+    let running = wait_for(&pods, "withsecret", "Running", |p| phase(p) == "Running").await;
+    let wait_log = async {
+        loop {
+            let l = log(&pods, "withsecret", "c").await;
+            if !l.is_empty() {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        tokio::time::timeout(WAIT, wait_log).await.unwrap(),
+        "token=s3cr3t\n"
+    );
+    // Limits reached Docker.
+    let id = statuses(&running)["c"].container_id.clone().unwrap();
+    let inspect = d
+        .docker()
+        .inspect_container(id.trim_start_matches("docker://"), None)
+        .await
+        .unwrap();
+    let hc = inspect.host_config.unwrap();
+    assert_eq!(
+        (hc.memory, hc.nano_cpus),
+        (Some(64 << 20), Some(500_000_000))
+    );
+    let (containers, volumes) = labelled(&d, &uid).await;
+    assert_eq!(
+        (containers, volumes),
+        (2, 1),
+        "sandbox + container, one emptyDir"
+    );
+
+    pods.delete("withsecret", &DeleteParams::default().grace_period(1))
+        .await
+        .unwrap();
+    let gone = async {
+        while pods.get_opt("withsecret").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    // Owned secret collected; Docker objects gone with the pod.
+    let (code, _) = api_error(secrets.get("stage-secrets").await.unwrap_err());
+    assert_eq!(code, 404);
+    assert_eq!(labelled(&d, &uid).await, (0, 0));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadline_seconds_kills_the_pod() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "slow"},
+            "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "300"]}]}
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "slow", "DeadlineExceeded", |p| phase(p) == "Failed").await;
+    let status = p.status.clone().unwrap();
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(exit_code(&p, "c"), Some(137));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_are_reachable_over_localhost_and_stopped_at_the_end() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "sidecar"},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [{
+                    "name": "web", "image": IMAGE, "restartPolicy": "Always",
+                    "command": ["sh", "-c", "mkdir -p /tmp/www && echo hello > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+                }],
+                // Bounded retries while the sidecar comes up.
+                "containers": [sh("main", "for i in $(seq 100); do wget -q -O - http://localhost:8080/ && exit 0; sleep 0.1; done; exit 1")],
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "sidecar", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert_eq!(exit_code(&p, "main"), Some(0));
+    assert!(exit_code(&p, "web").is_some(), "the sidecar was stopped");
+    assert_eq!(log(&api, "sidecar", "main").await, "hello\n");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_from_a_resource_version_and_expire_beyond_the_history() {
+    let d = kube_double::start(KubeDoubleOptions {
+        watch_history: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let secrets: Api<Secret> = Api::namespaced(d.client(), NS);
+    let mk = |n: &str| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": n, "labels": {"set": "a"}}})).unwrap()
+    };
+    let first = secrets
+        .create(&PostParams::default(), &mk("s1"))
+        .await
+        .unwrap();
+    let rv1 = first.metadata.resource_version.clone().unwrap();
+    secrets
+        .create(&PostParams::default(), &mk("s2"))
+        .await
+        .unwrap();
+    secrets
+        .delete("s1", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let wp = WatchParams::default().labels("set=a").timeout(1);
+    let events: Vec<_> = secrets
+        .watch(&wp, &rv1)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Added(s) => format!("ADDED {}", s.metadata.name.clone().unwrap()),
+            WatchEvent::Deleted(s) => format!("DELETED {}", s.metadata.name.clone().unwrap()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["ADDED s2", "DELETED s1"]);
+
+    for n in ["s3", "s4", "s5"] {
+        secrets
+            .create(&PostParams::default(), &mk(n))
+            .await
+            .unwrap();
+    }
+    let events: Vec<_> = secrets
+        .watch(&wp, &rv1)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    match events.as_slice() {
+        [WatchEvent::Error(e)] => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected one 410 ERROR event, got {other:?}"),
+    }
+    d.shutdown().await;
+}
