@@ -636,3 +636,261 @@ async fn watches_resume_from_a_resource_version_and_expire_beyond_the_history() 
     }
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_failures_carry_the_kubelet_reasons() {
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "failures"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                // A 64 MiB buffer under a 16 MiB limit without swap.
+                {"name": "oom", "image": IMAGE, "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                 "resources": {"limits": {"memory": "16Mi"}}},
+                {"name": "nocmd", "image": IMAGE, "command": ["/does/not/exist"]},
+                {"name": "fails", "image": IMAGE, "command": ["sh", "-c", "exit 3"]},
+                {"name": "ok", "image": IMAGE, "command": ["true"]},
+            ]}
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "failures", "Failed", |p| phase(p) == "Failed").await;
+    let reason = |c: &str| {
+        let t = statuses(&p)[c].state.clone().unwrap().terminated.unwrap();
+        (t.exit_code, t.reason.unwrap())
+    };
+    assert_eq!(reason("oom"), (137, "OOMKilled".into()));
+    assert_eq!(reason("nocmd"), (128, "StartError".into()));
+    assert_eq!(reason("fails"), (3, "Error".into()));
+    assert_eq!(reason("ok"), (0, "Completed".into()));
+    assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("kube-double"));
+
+    // runAsNonRoot with an image that runs as root: the container never starts.
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "rootimage"},
+            "spec": {"restartPolicy": "Never", "securityContext": {"runAsNonRoot": true},
+                     "containers": [{"name": "c", "image": IMAGE, "command": ["true"]}]}
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "rootimage", "CreateContainerConfigError", |p| {
+        statuses(p)
+            .get("c")
+            .and_then(|c| c.state.clone()?.waiting?.reason)
+            .as_deref()
+            == Some("CreateContainerConfigError")
+    })
+    .await;
+    let w = statuses(&p)["c"].state.clone().unwrap().waiting.unwrap();
+    assert!(w.message.unwrap().contains("runAsNonRoot"));
+    assert_eq!(phase(&p), "Pending");
+
+    // Several containers: the log API wants to know which one.
+    let (code, _) = api_error(
+        api.logs("failures", &LogParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_volumes_env_from_and_orphaned_secrets() {
+    let d = double().await;
+    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
+    let secrets: Api<Secret> = Api::namespaced(d.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"},
+        "stringData": {"token": "t0k", "user": "bob"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod(json!({
+                "metadata": {"name": "mounts"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
+                    "volumes": [{"name": "creds", "secret": {"secretName": "creds", "items": [{"key": "token", "path": "tok"}]}}],
+                    "containers": [{
+                        "name": "c", "image": IMAGE,
+                        "command": ["sh", "-c", "cat /etc/creds/tok; echo; echo $S_user; ls /etc/creds; touch /etc/creds/x 2>/dev/null || echo read-only"],
+                        "envFrom": [{"prefix": "S_", "secretRef": {"name": "creds"}}],
+                        "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}],
+                    }],
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    wait_for(&pods, "mounts", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        log(&pods, "mounts", "c").await,
+        "t0k\nbob\ntok\nread-only\n"
+    );
+
+    // An owned secret survives its pod's deletion with propagationPolicy Orphan,
+    // without the owner reference.
+    let uid = created.metadata.uid.unwrap();
+    let owned: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "owned", "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "mounts", "uid": uid}]},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
+    pods.delete("mounts", &DeleteParams::orphan().grace_period(0))
+        .await
+        .unwrap();
+    let gone = async {
+        while pods.get_opt("mounts").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    let kept = secrets.get("owned").await.unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert!(secrets.get("creds").await.is_ok(), "unowned secrets stay");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pods_reach_the_hosts_loopback() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = kube_double::start(KubeDoubleOptions {
+        pod_network: kube_double::PodNetwork::Host,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A one-shot HTTP server on the host's 127.0.0.1 (as the Slipway server in tests).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nsource")
+            .await
+            .unwrap();
+    });
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "fetch"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c", "image": IMAGE, "command": ["wget", "-q", "-O", "-", format!("http://127.0.0.1:{port}/")]},
+            ]}
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "fetch", "a finished phase", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })
+    .await;
+    assert_eq!(phase(&p), "Succeeded");
+    assert_eq!(log(&api, "fetch", "c").await, "source");
+    server.await.unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_double_removes_its_docker_objects() {
+    let d = double().await;
+    let instance = d.instance.clone();
+    let docker = d.docker().clone();
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "left"},
+            "spec": {"restartPolicy": "Never", "volumes": [{"name": "work", "emptyDir": {}}],
+                     "containers": [sh("c", "exec sleep 300")]}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_for(&api, "left", "Running", |p| phase(p) == "Running").await;
+    let filter = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{}={instance}", kube_double::INSTANCE_LABEL)],
+    )]);
+    let count = |docker: bollard::Docker, filter: HashMap<String, Vec<String>>| async move {
+        let c = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .unwrap()
+            .len();
+        let v = docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&filter).build(),
+            ))
+            .await
+            .unwrap()
+            .volumes
+            .unwrap_or_default()
+            .len();
+        (c, v)
+    };
+    assert_eq!(count(docker.clone(), filter.clone()).await, (2, 1));
+    drop(d);
+    assert_eq!(count(docker, filter).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_under_strict_field_validation() {
+    let d = double().await;
+    let body = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "typo"},
+        "strngData": {"a": "b"},
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/namespaces/{NS}/secrets", d.base_url);
+    let strict = http
+        .post(format!("{url}?fieldValidation=Strict"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status().as_u16(), 400);
+    let status: serde_json::Value = strict.json().await.unwrap();
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"strngData\""),
+        "{status}"
+    );
+    // The API's default, Warn: stored, with a Warning header naming the field.
+    let warn = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(warn.status().as_u16(), 201);
+    let warning = warn.headers()["warning"].to_str().unwrap().to_owned();
+    assert!(warning.contains("strngData"), "{warning}");
+    d.shutdown().await;
+}
