@@ -23,7 +23,12 @@
 //!   `notin`, exists, `!`) and `fieldSelector` (metadata.name, metadata.namespace,
 //!   status.phase, …), watch, delete (graceful: 200 with `deletionTimestamp`, then
 //!   DELETED once the containers are stopped with `gracePeriodSeconds` and removed;
-//!   `propagationPolicy` Background/Foreground/Orphan).
+//!   `propagationPolicy` Background/Foreground/Orphan), `delete_collection` with
+//!   selectors, GET of the `status` subresource.
+//! - Scheduling onto the one node (the engine, named [`NODE_NAME`]): `spec.nodeName`
+//!   is set; a pod whose `nodeSelector` does not match [`KubeDoubleOptions::node_labels`]
+//!   or whose requests exceed the engine's CPUs/memory stays Pending with
+//!   `PodScheduled=False`, reason `Unschedulable` (see `scheduling`).
 //! - Watch: `watch=true`, `resourceVersion` (unset/"0": current objects as ADDED
 //!   first; N: every change after N), `labelSelector`, `fieldSelector`,
 //!   `timeoutSeconds`, `sendInitialEvents` (ADDED… then a BOOKMARK with
@@ -34,9 +39,11 @@
 //!   `Status`, as the API server's watch cache sends.
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
 //!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `limitBytes`; a container
-//!   that has not started is a 400 "is waiting to start: <reason>".
+//!   that has not started is a 400 "is waiting to start: `<reason>`".
 //! - Secrets: create (`stringData` merged into `data`, type defaults to Opaque),
-//!   get, list, watch, delete (200 Success `Status`). Garbage collection: when a
+//!   get, list, watch, delete (200 Success `Status`), `delete_collection`; typed
+//!   secrets checked (`kubernetes.io/dockerconfigjson` needs valid JSON under
+//!   `.dockerconfigjson`). Garbage collection: when a
 //!   pod is gone, secrets whose `ownerReferences` name its uid are deleted (or, for
 //!   Orphan, lose that reference); a secret created for an owner pod that does
 //!   not exist is deleted at once.
@@ -68,7 +75,8 @@
 //!   (or dropping the double) removes it all.
 //!
 //! # Deliberately not implemented
-//! Other resources and API groups; PUT/PATCH/`delete_collection` (405); `dryRun`,
+//! Other resources and API groups (no Events: failures are read from pod status);
+//! PUT/PATCH (405); `dryRun`,
 //! delete preconditions (400); pagination (`limit` gets the whole list and no
 //! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
 //! namespaces as objects (any namespace exists); admission (Pod Security is checked
@@ -78,8 +86,16 @@
 //! container is ready); `$(VAR)` expansion in command/args/env; `valueFrom` other
 //! than secretKeyRef, configMap volumes and every volume type but emptyDir and
 //! secret, `subPath`, `hostNetwork`/`hostPID`/`hostIPC` and `privileged` (422, so a
-//! backend generating them fails loudly); scheduling (nodeSelector, tolerations,
-//! affinity are stored and ignored); `previous` logs; emptyDir `medium`/`sizeLimit`.
+//! backend generating them fails loudly); scheduling beyond nodeSelector and
+//! requests (affinity and tolerations are stored and ignored, other pods' requests
+//! are not counted against the node); service accounts (no token is ever mounted);
+//! `previous` logs; emptyDir `medium`/`sizeLimit`; seccomp/AppArmor profiles
+//! (Docker's defaults apply).
+//!
+//! Reaching the host from a pod: with [`PodNetwork::Bridge`] (default) pods get
+//! `host.docker.internal` → the bridge gateway, so a server must listen there or on
+//! 0.0.0.0; with [`PodNetwork::Host`] pods share the host's network and reach its
+//! 127.0.0.1 (but pods then share ports).
 
 mod docker;
 mod logs;
@@ -87,6 +103,7 @@ mod pod_runtime;
 mod pod_status;
 mod quantity;
 mod routes;
+mod scheduling;
 mod selector;
 mod status;
 mod store;
@@ -107,6 +124,9 @@ use pod_runtime::Ctx;
 use routes::RequestCounts;
 use store::Store;
 
+/// The name of the double's one node (`spec.nodeName` of every scheduled pod).
+pub const NODE_NAME: &str = "kube-double";
+
 /// The test image the double's sandboxes use by default (built by `.ci/images.sh`).
 pub const DEFAULT_SANDBOX_IMAGE: &str = "slipway-test/busybox:latest";
 
@@ -120,6 +140,9 @@ pub struct KubeDoubleOptions {
     pub watch_history: usize,
     /// How often a waiting container (missing image, missing secret) is retried.
     pub retry_interval: Duration,
+    /// Labels of the one node (for `nodeSelector`); its allocatable CPU and memory
+    /// are the engine's.
+    pub node_labels: BTreeMap<String, String>,
 }
 
 impl Default for KubeDoubleOptions {
@@ -129,6 +152,14 @@ impl Default for KubeDoubleOptions {
             pod_network: PodNetwork::Bridge,
             watch_history: 10_000,
             retry_interval: Duration::from_millis(500),
+            node_labels: [
+                ("kubernetes.io/hostname", NODE_NAME),
+                ("kubernetes.io/os", "linux"),
+                ("kubernetes.io/arch", "amd64"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         }
     }
 }
@@ -171,12 +202,23 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
             KubeDoubleError::Docker(docker::message(&e))
         });
     }
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| KubeDoubleError::Docker(docker::message(&e)))?;
+    let node = scheduling::Node {
+        name: NODE_NAME.to_owned(),
+        labels: options.node_labels.clone(),
+        cpu_millis: info.ncpu.unwrap_or(1) * 1000,
+        memory_bytes: info.mem_total.unwrap_or(i64::MAX),
+    };
     let instance = format!("{:08x}", rand::random::<u32>());
     let ctx = Arc::new(Ctx {
         store: Store::new(options.watch_history),
         docker,
         instance: instance.clone(),
         options,
+        node,
         runtimes: Mutex::new(HashMap::new()),
         shutdown: CancellationToken::new(),
     });

@@ -30,6 +30,7 @@ pub struct Ctx {
     pub docker: Docker,
     pub instance: String,
     pub options: KubeDoubleOptions,
+    pub node: super::scheduling::Node,
     pub runtimes: Mutex<HashMap<String, Runtime>>,
     /// Ends watches and log streams at shutdown.
     pub shutdown: CancellationToken,

@@ -12,19 +12,16 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::{ByteString, DeepMerge};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Secret};
 use serde_json::{Value, json};
 
 use super::pod_runtime::Ctx;
 use super::status::{self, ApiError};
 use super::store::{Object, now};
-use super::{logs, validate, watch};
+use super::{logs, scheduling, validate, watch};
 
 type Q = Query<HashMap<String, String>>;
-
-/// The node every pod is bound to.
-pub const NODE_NAME: &str = "kube-double";
 
 /// Requests served, by `METHOD route` (`WATCH` for watches): what a backend costs
 /// the API server per stage.
@@ -41,11 +38,22 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
     let pods = "/api/v1/namespaces/{ns}/pods";
     let secrets = "/api/v1/namespaces/{ns}/secrets";
     Router::new()
-        .route(pods, get(list_ns::<Pod>).post(create_pod))
+        .route(
+            pods,
+            get(list_ns::<Pod>)
+                .post(create_pod)
+                .delete(delete_pods),
+        )
         .route(&format!("{pods}/{{name}}"), get(get_one::<Pod>).delete(delete_pod))
+        .route(&format!("{pods}/{{name}}/status"), get(get_one::<Pod>))
         .route(&format!("{pods}/{{name}}/log"), get(logs::pod_log))
         .route("/api/v1/pods", get(list_all::<Pod>))
-        .route(secrets, get(list_ns::<Secret>).post(create_secret))
+        .route(
+            secrets,
+            get(list_ns::<Secret>)
+                .post(create_secret)
+                .delete(delete_secrets),
+        )
         .route(&format!("{secrets}/{{name}}"), get(get_one::<Secret>).delete(delete_secret))
         .route("/api/v1/secrets", get(list_all::<Secret>))
         .route("/version", get(version))
@@ -261,11 +269,28 @@ async fn create_pod(
         let name = pod.metadata.name.clone().unwrap_or_default();
         return Err(ApiError::invalid("Pod", &name, &problems));
     }
-    // What the scheduler's binding would set: the one "node" is the Docker engine.
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.node_name.get_or_insert_with(|| NODE_NAME.to_owned());
+    if let Some(message) = scheduling::unschedulable(&ctx.node, &pod) {
+        // Never bound, never run: Pending until deleted, as the scheduler leaves it.
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some(message),
+                last_transition_time: Some(now()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let pod = ctx.store.create(&ns, pod)?;
+        return Ok(created(&pod, &unknown));
     }
-    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+    // What the scheduler's binding would set: the one node is the Docker engine.
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name.get_or_insert_with(|| ctx.node.name.clone());
+    }
+    pod.status = Some(PodStatus {
         phase: Some("Pending".into()),
         ..Default::default()
     });
@@ -367,12 +392,22 @@ async fn delete_pod(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let opts = delete_opts(&body, &q)?;
+    let pod = begin_pod_deletion(&ctx, &ns, &name, &opts)?;
+    Ok(axum::Json(pod).into_response())
+}
+
+fn begin_pod_deletion(
+    ctx: &Arc<Ctx>,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<Pod, ApiError> {
     let pod = ctx
         .store
-        .get::<Pod>(&ns, &name)
-        .ok_or_else(|| ApiError::not_found("pods", &name))?;
+        .get::<Pod>(ns, name)
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
     if pod.metadata.deletion_timestamp.is_some() {
-        return Ok(axum::Json(pod).into_response());
+        return Ok(pod);
     }
     let grace = opts
         .grace
@@ -384,21 +419,87 @@ async fn delete_pod(
         .max(0);
     let pod = ctx
         .store
-        .update::<Pod>(&ns, &name, |p| {
+        .update::<Pod>(ns, name, |p| {
             let mut at = now();
             at.0 += k8s_openapi::jiff::SignedDuration::from_secs(grace);
-            let mut meta = p.metadata.clone();
-            meta.merge_from(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                deletion_timestamp: Some(at),
-                deletion_grace_period_seconds: Some(grace),
-                ..Default::default()
-            });
-            p.metadata = meta;
+            p.metadata.deletion_timestamp = Some(at);
+            p.metadata.deletion_grace_period_seconds = Some(grace);
         })
-        .ok_or_else(|| ApiError::not_found("pods", &name))?;
+        .ok_or_else(|| ApiError::not_found("pods", name))?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    tokio::spawn(ctx.clone().finalize_pod(ns, name, uid, grace, opts.orphan));
-    Ok(axum::Json(pod).into_response())
+    tokio::spawn(
+        ctx.clone()
+            .finalize_pod(ns.to_owned(), name.to_owned(), uid, grace, opts.orphan),
+    );
+    Ok(pod)
+}
+
+/// The objects of a collection matching the request's selectors.
+fn selected<K: Object>(
+    ctx: &Ctx,
+    ns: &str,
+    q: &HashMap<String, String>,
+) -> Result<Vec<K>, ApiError> {
+    let labels =
+        super::selector::LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+    let fields = super::selector::FieldSelector::parse(
+        q.get("fieldSelector").map_or("", String::as_str),
+        K::FIELDS,
+    )?;
+    let (items, _) = ctx.store.list::<K>(Some(ns));
+    Ok(items
+        .into_iter()
+        .filter(|o| {
+            let v = serde_json::to_value(o).expect("objects serialize");
+            labels.matches(&v) && fields.matches(&v)
+        })
+        .collect())
+}
+
+fn list_response<K: Object>(ctx: &Ctx, items: Vec<K>) -> Response {
+    axum::Json(json!({
+        "kind": format!("{}List", K::KIND),
+        "apiVersion": K::API_VERSION,
+        "metadata": {"resourceVersion": ctx.store.resource_version().to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+/// `delete_collection`: every selected pod deleted as one DELETE would; the list
+/// of them (now terminating) is the answer.
+async fn delete_pods(
+    State(ctx): State<Arc<Ctx>>,
+    Path(ns): Path<String>,
+    Query(q): Q,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let opts = delete_opts(&body, &q)?;
+    let mut deleted = Vec::new();
+    for pod in selected::<Pod>(&ctx, &ns, &q)? {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match begin_pod_deletion(&ctx, &ns, &name, &opts) {
+            Ok(p) => deleted.push(p),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(list_response(&ctx, deleted))
+}
+
+async fn delete_secrets(
+    State(ctx): State<Arc<Ctx>>,
+    Path(ns): Path<String>,
+    Query(q): Q,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    delete_opts(&body, &q)?;
+    let mut deleted = Vec::new();
+    for secret in selected::<Secret>(&ctx, &ns, &q)? {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        deleted.extend(ctx.store.remove::<Secret>(&ns, &name));
+    }
+    Ok(list_response(&ctx, deleted))
 }
 
 async fn delete_secret(

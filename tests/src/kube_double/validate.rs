@@ -212,6 +212,41 @@ pub fn secret(secret: &Secret) -> Vec<String> {
         .iter()
         .flat_map(|d| d.keys())
         .chain(secret.string_data.iter().flat_map(|d| d.keys()));
+    // Typed secrets must carry their key, as the API server checks.
+    let has = |key: &str| {
+        secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+            || secret
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(key))
+    };
+    match secret.type_.as_deref() {
+        Some("kubernetes.io/dockerconfigjson") => {
+            let raw = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(".dockerconfigjson"))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(".dockerconfigjson"))
+                        .map(|s| s.clone().into_bytes())
+                });
+            match raw {
+                None => p.push("data[.dockerconfigjson]: Required value".into()),
+                Some(raw) if serde_json::from_slice::<serde_json::Value>(&raw).is_err() => {
+                    p.push("data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": invalid JSON".into())
+                }
+                Some(_) => {}
+            }
+        }
+        Some("kubernetes.io/basic-auth") if !has("username") && !has("password") => {
+            p.push("data[username]: Required value: either username or password must be set".into())
+        }
+        _ => {}
+    }
     for k in keys {
         let ok = !k.is_empty()
             && k.len() <= 253
