@@ -983,3 +983,78 @@ async fn unschedulable_pods_stay_pending_with_the_schedulers_reason() {
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_stdin_and_stdout_and_reports_the_exit_code() {
+    use kube::api::AttachParams;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = double().await;
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "execd"},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                     "volumes": [{"name": "work", "emptyDir": {}}],
+                     "containers": [sh("c", "exec sleep 300")]}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_for(&api, "execd", "Running", |p| phase(p) == "Running").await;
+    let run = async {
+        // Into the pod through stdin…
+        let ap = AttachParams::default()
+            .container("c")
+            .stdin(true)
+            .stdout(false)
+            .stderr(false);
+        let mut p = api
+            .exec("execd", ["sh", "-c", "cat > /work/in.txt"], &ap)
+            .await
+            .unwrap();
+        let status = p.take_status().unwrap();
+        let mut stdin = p.stdin().unwrap();
+        stdin.write_all(b"payload\n").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        drop(stdin);
+        let status = status.await.expect("a status");
+        assert_eq!(status.status.as_deref(), Some("Success"));
+        p.join().await.unwrap();
+
+        // …and out through stdout.
+        let ap = AttachParams::default()
+            .container("c")
+            .stdout(true)
+            .stderr(false);
+        let mut p = api
+            .exec("execd", ["cat", "/work/in.txt"], &ap)
+            .await
+            .unwrap();
+        let mut out = String::new();
+        p.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "payload\n");
+        p.join().await.unwrap();
+
+        // A failing command: the status carries its exit code.
+        let ap = AttachParams::default()
+            .container("c")
+            .stdout(true)
+            .stderr(false);
+        let mut p = api
+            .exec("execd", ["sh", "-c", "exit 4"], &ap)
+            .await
+            .unwrap();
+        let status = p.take_status().unwrap().await.expect("a status");
+        assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+        let cause = status.details.unwrap().causes.unwrap().remove(0);
+        assert_eq!(
+            (cause.reason.as_deref(), cause.message.as_deref()),
+            (Some("ExitCode"), Some("4"))
+        );
+    };
+    tokio::time::timeout(WAIT, run)
+        .await
+        .expect("exec finished");
+    d.shutdown().await;
+}

@@ -40,6 +40,11 @@
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
 //!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `limitBytes`; a container
 //!   that has not started is a 400 "is waiting to start: `<reason>`".
+//! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
+//!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
+//!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
+//!   `NonZeroExitCode` and an `ExitCode` cause — a Docker exec in the container,
+//!   enough for `tar` copies in and out of a pod as `kubectl cp` does.
 //! - Secrets: create (`stringData` merged into `data`, type defaults to Opaque),
 //!   get, list, watch, delete (200 Success `Status`), `delete_collection`; typed
 //!   secrets checked (`kubernetes.io/dockerconfigjson` needs valid JSON under
@@ -76,7 +81,7 @@
 //!
 //! # Deliberately not implemented
 //! Other resources and API groups (no Events: failures are read from pod status);
-//! PUT/PATCH (405); `dryRun`,
+//! PUT/PATCH (405); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
 //! delete preconditions (400); pagination (`limit` gets the whole list and no
 //! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
 //! namespaces as objects (any namespace exists); admission (Pod Security is checked
@@ -98,6 +103,7 @@
 //! 127.0.0.1 (but pods then share ports).
 
 mod docker;
+mod exec;
 mod logs;
 mod pod_runtime;
 mod pod_status;

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::pod_runtime::Ctx;
 use super::status::{self, ApiError};
 use super::store::{Object, now};
-use super::{logs, scheduling, validate, watch};
+use super::{exec, logs, scheduling, validate, watch};
 
 type Q = Query<HashMap<String, String>>;
 
@@ -46,6 +46,10 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
         )
         .route(&format!("{pods}/{{name}}"), get(get_one::<Pod>).delete(delete_pod))
         .route(&format!("{pods}/{{name}}/status"), get(get_one::<Pod>))
+        .route(
+            &format!("{pods}/{{name}}/exec"),
+            get(exec::pod_exec).post(exec::pod_exec),
+        )
         .route(&format!("{pods}/{{name}}/log"), get(logs::pod_log))
         .route("/api/v1/pods", get(list_all::<Pod>))
         .route(
