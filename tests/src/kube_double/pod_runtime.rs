@@ -85,9 +85,16 @@ impl Ctx {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let removed = docker::remove_labelled(&self.docker, docker::POD_UID_LABEL, &uid).await;
-        if !removed.errors.is_empty() {
-            tracing::warn!(pod = %name, errors = ?removed.errors, "kube double: pod cleanup");
+        // Two passes: an engine call abandoned when the runner was stopped (a
+        // create in flight) may still land just after the first.
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let removed = docker::remove_labelled(&self.docker, docker::POD_UID_LABEL, &uid).await;
+            if !removed.errors.is_empty() {
+                tracing::warn!(pod = %name, errors = ?removed.errors, "kube double: pod cleanup");
+            }
         }
         self.runtimes().remove(&uid);
         if self
