@@ -277,19 +277,20 @@ impl KubeDouble {
     /// removed (empty when all went).
     pub async fn shutdown(mut self) -> Vec<String> {
         self.cleaned = true;
-        stop(&self.ctx, self.server.take());
+        let in_flight = stop(&self.ctx, self.server.take());
+        Ctx::wait_engine_calls(in_flight).await;
         let removed =
             docker::remove_labelled(&self.ctx.docker, INSTANCE_LABEL, &self.instance).await;
         removed.errors
     }
 }
 
-fn stop(ctx: &Ctx, server: Option<JoinHandle<()>>) {
+fn stop(ctx: &Ctx, server: Option<JoinHandle<()>>) -> Vec<tokio_util::task::TaskTracker> {
     ctx.shutdown.cancel();
-    ctx.stop_all();
     if let Some(s) = server {
         s.abort();
     }
+    ctx.stop_all()
 }
 
 impl Drop for KubeDouble {
@@ -297,9 +298,12 @@ impl Drop for KubeDouble {
         if self.cleaned {
             return;
         }
-        stop(&self.ctx, self.server.take());
+        let in_flight = stop(&self.ctx, self.server.take());
         // Drop cannot await: clean up on a thread with its own runtime, and wait for
-        // it so a test's Docker objects are gone when the test ends.
+        // it so a test's Docker objects are gone when the test ends. Engine calls in
+        // flight run on the caller's runtime (which cannot progress while a
+        // single-threaded one is blocked here): a bounded wait for them, then a
+        // second pass after a pause catches a create the engine finished late.
         let instance = self.instance.clone();
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -307,7 +311,11 @@ impl Drop for KubeDouble {
                 .build()
                 .ok()?;
             rt.block_on(async {
+                let wait = Ctx::wait_engine_calls(in_flight);
+                let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
                 let docker = Docker::connect_with_local_defaults().ok()?;
+                docker::remove_labelled(&docker, INSTANCE_LABEL, &instance).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 Some(docker::remove_labelled(&docker, INSTANCE_LABEL, &instance).await)
             })
         });

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::docker::{self, PodNames, Waiting};
 use super::pod_status::{self, Exit, PodState};
@@ -41,7 +42,14 @@ pub struct Runtime {
     stop: CancellationToken,
     grace: Arc<AtomicI64>,
     task: Option<JoinHandle<()>>,
+    /// The pod's engine calls that create things. They run as their own tasks, so
+    /// stopping the runner never abandons a create half-way (the engine would
+    /// finish it after the cleanup); cleanup waits for them instead.
+    engine_calls: TaskTracker,
 }
+
+/// How long cleanup waits for engine calls in flight.
+const ENGINE_CALLS_WAIT: Duration = Duration::from_secs(60);
 
 impl Ctx {
     fn runtimes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Runtime>> {
@@ -53,7 +61,14 @@ impl Ctx {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let stop = CancellationToken::new();
         let grace = Arc::new(AtomicI64::new(0));
-        let run = Arc::new(PodRun::new(self.clone(), pod, stop.clone(), grace.clone()));
+        let engine_calls = TaskTracker::new();
+        let run = Arc::new(PodRun::new(
+            self.clone(),
+            pod,
+            stop.clone(),
+            grace.clone(),
+            engine_calls.clone(),
+        ));
         let mut runtimes = self.runtimes();
         let task = tokio::spawn(run.run());
         runtimes.insert(
@@ -62,6 +77,7 @@ impl Ctx {
                 stop,
                 grace,
                 task: Some(task),
+                engine_calls,
             },
         );
     }
@@ -77,24 +93,24 @@ impl Ctx {
         grace: i64,
         orphan: bool,
     ) {
-        let task = self.runtimes().get_mut(&uid).and_then(|r| {
-            r.grace.store(grace, Ordering::SeqCst);
-            r.stop.cancel();
-            r.task.take()
-        });
+        let (task, engine_calls) = match self.runtimes().get_mut(&uid) {
+            Some(r) => {
+                r.grace.store(grace, Ordering::SeqCst);
+                r.stop.cancel();
+                (r.task.take(), Some(r.engine_calls.clone()))
+            }
+            None => (None, None),
+        };
         if let Some(task) = task {
             let _ = task.await;
         }
-        // Two passes: an engine call abandoned when the runner was stopped (a
-        // create in flight) may still land just after the first.
-        for pass in 0..2 {
-            if pass > 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let removed = docker::remove_labelled(&self.docker, docker::POD_UID_LABEL, &uid).await;
-            if !removed.errors.is_empty() {
-                tracing::warn!(pod = %name, errors = ?removed.errors, "kube double: pod cleanup");
-            }
+        if let Some(calls) = engine_calls {
+            calls.close();
+            let _ = tokio::time::timeout(ENGINE_CALLS_WAIT, calls.wait()).await;
+        }
+        let removed = docker::remove_labelled(&self.docker, docker::POD_UID_LABEL, &uid).await;
+        if !removed.errors.is_empty() {
+            tracing::warn!(pod = %name, errors = ?removed.errors, "kube double: pod cleanup");
         }
         self.runtimes().remove(&uid);
         if self
@@ -134,14 +150,26 @@ impl Ctx {
         }
     }
 
-    /// Stops every pod runner (shutdown).
-    pub fn stop_all(&self) {
-        for r in self.runtimes().values_mut() {
-            r.stop.cancel();
-            if let Some(t) = r.task.take() {
-                t.abort();
-            }
-        }
+    /// Stops every pod runner (shutdown); returns their engine calls in flight,
+    /// to wait for before removing what they create.
+    pub fn stop_all(&self) -> Vec<TaskTracker> {
+        self.runtimes()
+            .values_mut()
+            .map(|r| {
+                r.stop.cancel();
+                if let Some(t) = r.task.take() {
+                    t.abort();
+                }
+                r.engine_calls.close();
+                r.engine_calls.clone()
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) for the engine calls returned by [`Ctx::stop_all`].
+    pub async fn wait_engine_calls(calls: Vec<TaskTracker>) {
+        let all = futures::future::join_all(calls.iter().map(|c| c.wait()));
+        let _ = tokio::time::timeout(ENGINE_CALLS_WAIT, all).await;
     }
 }
 
@@ -176,6 +204,7 @@ struct PodRun {
     started: Mutex<Vec<(Slot, String)>>,
     stop: CancellationToken,
     grace: Arc<AtomicI64>,
+    engine_calls: TaskTracker,
 }
 
 fn docker_time(s: Option<&str>) -> Option<Time> {
@@ -187,7 +216,13 @@ fn docker_time(s: Option<&str>) -> Option<Time> {
 }
 
 impl PodRun {
-    fn new(ctx: Arc<Ctx>, pod: Pod, stop: CancellationToken, grace: Arc<AtomicI64>) -> PodRun {
+    fn new(
+        ctx: Arc<Ctx>,
+        pod: Pod,
+        stop: CancellationToken,
+        grace: Arc<AtomicI64>,
+        engine_calls: TaskTracker,
+    ) -> PodRun {
         let spec = pod.spec.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let image = |c: &Container| c.image.clone().unwrap_or_default();
@@ -218,7 +253,20 @@ impl PodRun {
             pod,
             stop,
             grace,
+            engine_calls,
         }
+    }
+
+    /// Runs an engine call that creates something as its own tracked task: if the
+    /// runner is stopped meanwhile, the call still completes and cleanup waits for it.
+    async fn engine<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        self.engine_calls
+            .spawn(call)
+            .await
+            .expect("engine calls do not panic")
     }
 
     fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
@@ -301,22 +349,32 @@ impl PodRun {
 
     async fn execute(self: &Arc<Self>) -> Outcome {
         let docker = &self.ctx.docker;
-        if let Err(e) = docker::create_volumes(docker, &self.names, self.spec(), &self.labels).await
-        {
+        let (d, names, spec, labels) = (
+            docker.clone(),
+            self.names.clone(),
+            self.spec().clone(),
+            self.labels.clone(),
+        );
+        let created = self
+            .engine(async move { docker::create_volumes(&d, &names, &spec, &labels).await })
+            .await;
+        if let Err(e) = created {
             return Outcome::SandboxFailed(format!("creating volumes: {}", docker::message(&e)));
         }
         let network = self.ctx.options.pod_network;
-        let sandbox_image = &self.ctx.options.sandbox_image;
-        if let Err(e) = docker::start_sandbox(
-            docker,
-            &self.names,
-            sandbox_image,
-            &self.pod,
-            network,
-            &self.labels,
-        )
-        .await
-        {
+        let (d, names, image, pod, labels) = (
+            docker.clone(),
+            self.names.clone(),
+            self.ctx.options.sandbox_image.clone(),
+            self.pod.clone(),
+            self.labels.clone(),
+        );
+        let started = self
+            .engine(async move {
+                docker::start_sandbox(&d, &names, &image, &pod, network, &labels).await
+            })
+            .await;
+        if let Err(e) = started {
             return Outcome::SandboxFailed(format!(
                 "creating the pod sandbox: {}",
                 docker::message(&e)
@@ -462,12 +520,19 @@ impl PodRun {
                         &self.labels,
                     ) {
                         Ok(body) => {
-                            // A leftover from an earlier failed attempt.
-                            let _ = docker
-                                .remove_container(&name, Some(bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build()))
+                            let (d, name) = (docker.clone(), name.clone());
+                            let created = self
+                                .engine(async move {
+                                    // A leftover from an earlier failed attempt.
+                                    let force = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                                        .force(true)
+                                        .build();
+                                    let _ = d.remove_container(&name, Some(force)).await;
+                                    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+                                    d.create_container(Some(opts), body).await
+                                })
                                 .await;
-                            let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-                            match docker.create_container(Some(opts), body).await {
+                            match created {
                                 Ok(created) => break created.id,
                                 Err(e) => wait(Waiting {
                                     reason: "CreateContainerError",
@@ -485,7 +550,11 @@ impl PodRun {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((slot, body.clone()));
-        if let Err(e) = docker.start_container(&body, None).await {
+        let (d, id) = (docker.clone(), body.clone());
+        let started = self
+            .engine(async move { d.start_container(&id, None).await })
+            .await;
+        if let Err(e) = started {
             // As containerd reports a process that could not be started.
             let now = super::store::now();
             self.change_container(slot, |cs| {
