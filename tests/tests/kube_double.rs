@@ -30,6 +30,7 @@ fn pod(v: serde_json::Value) -> Pod {
 
 /// Watches one pod until `done` holds for it (checking the current state first).
 async fn wait_for(api: &Api<Pod>, name: &str, what: &str, done: impl Fn(&Pod) -> bool) -> Pod {
+    let last: std::sync::Mutex<Option<Pod>> = std::sync::Mutex::new(None);
     let fut = async {
         let fields = format!("metadata.name={name}");
         loop {
@@ -37,21 +38,25 @@ async fn wait_for(api: &Api<Pod>, name: &str, what: &str, done: impl Fn(&Pod) ->
             let mut events = api.watch(&wp, "0").await.expect("watch").boxed();
             while let Some(ev) = events.try_next().await.expect("watch event") {
                 match ev {
-                    WatchEvent::Added(p) | WatchEvent::Modified(p) if done(&p) => return p,
+                    WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                        if done(&p) {
+                            return p;
+                        }
+                        *last.lock().unwrap() = Some(p);
+                    }
                     WatchEvent::Error(e) => panic!("watch error: {e:?}"),
                     _ => {}
                 }
             }
         }
     };
-    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| {
-        panic!(
-            "pod {name} never got {what}: {:#?}",
-            futures::executor::block_on(api.get(name))
-                .ok()
-                .and_then(|p| p.status)
-        )
-    })
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(p) => p,
+        Err(_) => panic!(
+            "pod {name} never got {what}; last status: {:#?}",
+            last.lock().unwrap().as_ref().and_then(|p| p.status.clone())
+        ),
+    }
 }
 
 fn phase(p: &Pod) -> &str {
