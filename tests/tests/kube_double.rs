@@ -217,6 +217,22 @@ async fn init_containers_run_in_order_on_a_shared_empty_dir_with_separate_logs()
     assert_eq!(second, ["one", "to-stderr"]);
     assert_eq!(log(&api, "ordered", "main").await, "one\ntwo\n/\n");
 
+    let tail = LogParams {
+        container: Some("main".into()),
+        tail_lines: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(api.logs("ordered", &tail).await.unwrap(), "/\n");
+    // Nothing was logged after an hour from now.
+    let later = LogParams {
+        container: Some("main".into()),
+        since_time: Some(
+            k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(1),
+        ),
+        ..Default::default()
+    };
+    assert_eq!(api.logs("ordered", &later).await.unwrap(), "");
+
     // Listing by label.
     let lp = kube::api::ListParams::default().labels("app=slipway,stage in (s1,s2)");
     assert_eq!(api.list(&lp).await.unwrap().items.len(), 1);

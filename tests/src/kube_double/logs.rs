@@ -22,6 +22,32 @@ fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
 
+/// `sinceSeconds` or `sinceTime` (RFC 3339) as the engine's `since` (unix seconds;
+/// 0: from the start).
+fn since(q: &HashMap<String, String>) -> Result<i32, ApiError> {
+    use k8s_openapi::jiff::Timestamp;
+    let at = match (q.get("sinceSeconds"), q.get("sinceTime")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "at most one of sinceTime or sinceSeconds may be specified",
+            ));
+        }
+        (Some(secs), None) => {
+            let secs: i64 =
+                secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    ApiError::bad_request("sinceSeconds must be a positive integer")
+                })?;
+            Timestamp::now().as_second() - secs
+        }
+        (None, Some(time)) => time
+            .parse::<Timestamp>()
+            .map_err(|e| ApiError::bad_request(format!("sinceTime {time:?}: {e}")))?
+            .as_second(),
+        (None, None) => 0,
+    };
+    Ok(at.clamp(0, i32::MAX as i64) as i32)
+}
+
 pub async fn pod_log(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, name)): Path<(String, String)>,
@@ -89,12 +115,7 @@ pub async fn pod_log(
             .get("tailLines")
             .and_then(|t| t.parse::<u64>().ok())
             .map_or("all".to_owned(), |n| n.to_string()),
-        since: q
-            .get("sinceSeconds")
-            .and_then(|s| s.parse::<i64>().ok())
-            .map_or(0, |s| {
-                (k8s_openapi::jiff::Timestamp::now().as_second() - s).max(0) as i32
-            }),
+        since: since(&q)?,
         ..Default::default()
     };
     let mut remaining = q.get("limitBytes").and_then(|l| l.parse::<usize>().ok());

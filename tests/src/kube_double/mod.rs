@@ -38,8 +38,9 @@
 //!   version older than the bounded history gets an ERROR event with a 410 Expired
 //!   `Status`, as the API server's watch cache sends.
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
-//!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `limitBytes`; a container
-//!   that has not started is a 400 "is waiting to start: `<reason>`".
+//!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` (to the
+//!   second, as the engine takes them), `limitBytes`; a container that has not
+//!   started is a 400 "is waiting to start: `<reason>`".
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
 //!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
 //!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
