@@ -94,6 +94,8 @@ pub fn watch<K: Object>(
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
+        // 0 means "the server's default", as on the API server.
+        .filter(|t| *t > 0)
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
 
     let mut first: VecDeque<Bytes> = VecDeque::new();
