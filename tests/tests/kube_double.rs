@@ -843,6 +843,45 @@ async fn host_network_pods_reach_the_hosts_loopback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_pods_reach_the_host_as_host_docker_internal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = double().await;
+    // Listening on all interfaces: the pod comes in through the bridge gateway.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nsource")
+            .await
+            .unwrap();
+    });
+    let api: Api<Pod> = Api::namespaced(d.client(), NS);
+    let url = format!("http://host.docker.internal:{port}/");
+    api.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "bridge"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c", "image": IMAGE, "command": ["sh", "-c", format!("hostname; wget -q -O - {url}")]},
+            ]}
+        })),
+    )
+    .await
+    .unwrap();
+    let p = wait_for(&api, "bridge", "a finished phase", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })
+    .await;
+    assert_eq!(log(&api, "bridge", "c").await, "bridge\nsource");
+    assert_eq!(phase(&p), "Succeeded");
+    assert!(p.status.unwrap().pod_ip.is_some());
+    server.await.unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_double_removes_its_docker_objects() {
     let d = double().await;
     let instance = d.instance.clone();
