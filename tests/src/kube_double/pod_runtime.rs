@@ -607,7 +607,14 @@ impl PodRun {
             return None;
         }
         let code = state.exit_code.unwrap_or(0) as i32;
-        let reason = if state.oom_killed == Some(true) {
+        let limited = inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .is_some_and(|m| m > 0);
+        let oom = state.oom_killed == Some(true)
+            || (code == 137 && limited && self.oom_event(id, state.started_at.as_deref()).await);
+        let reason = if oom {
             "OOMKilled"
         } else if code == 0 {
             "Completed"
@@ -623,6 +630,37 @@ impl PodRun {
         };
         self.change_container(slot, |cs| pod_status::set_terminated(cs, Some(id), exit));
         Some(code)
+    }
+
+    /// Whether the engine reported an OOM kill for the container. The engine's
+    /// `State.OOMKilled` loses a race with the exit on cgroup v1 (the exit event
+    /// can overwrite it), while the `oom` event is always emitted — though possibly
+    /// a moment after the exit: a bounded look at the event log.
+    async fn oom_event(&self, id: &str, started_at: Option<&str>) -> bool {
+        use bollard::query_parameters::EventsOptionsBuilder;
+        let since = started_at
+            .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map_or(0, |t| t.as_second() - 1);
+        let filters = HashMap::from([
+            ("container".to_owned(), vec![id.to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+        ]);
+        for _ in 0..5 {
+            // `until` in the past or now: the engine answers from its log at once.
+            let until = k8s_openapi::jiff::Timestamp::now().as_second();
+            let opts = EventsOptionsBuilder::new()
+                .since(&since.to_string())
+                .until(&until.to_string())
+                .filters(&filters)
+                .build();
+            let events = self.ctx.docker.events(Some(opts));
+            let seen = tokio::time::timeout(Duration::from_secs(5), events.take(1).count()).await;
+            if seen.is_ok_and(|n| n > 0) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
     }
 
     /// Updates every started container that no longer runs (after a kill).
