@@ -1,5 +1,7 @@
 //! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library holds
-//! the helpers several suites share.
+//! what several suites share: the Kubernetes API-server test double, the `restricted`
+//! pod security check, multi-document YAML.
 
+pub mod kube_double;
 pub mod pod_security;
 pub mod yaml_docs;

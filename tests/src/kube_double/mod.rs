@@ -1,0 +1,325 @@
+//! A Kubernetes API-server test double that runs pods on the Docker engine.
+//!
+//! No cluster can run on the development machines, so the Kubernetes backend is
+//! tested against this: a plain-HTTP server on 127.0.0.1 speaking the real core/v1
+//! JSON API (k8s-openapi objects, `metav1.Status` errors) to a real `kube::Client`,
+//! and running each pod's containers as Docker containers. The watch logic, log
+//! streaming and error paths of the backend are thereby exercised for real.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let double = tests::kube_double::start(Default::default()).await.unwrap();
+//! let client = double.client();
+//! let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "ci");
+//! # double.shutdown().await;
+//! # }
+//! ```
+//!
+//! # Implemented
+//! - Pods (`/api/v1/namespaces/{ns}/pods[/{name}]`, and `/api/v1/pods`): create
+//!   (201; `generateName`; 409 AlreadyExists; 422 Invalid with field paths;
+//!   unknown fields per `fieldValidation`: Strict → 400, default → `Warning`
+//!   header), get (404 NotFound), list with `labelSelector` (`=`, `==`, `!=`, `in`,
+//!   `notin`, exists, `!`) and `fieldSelector` (metadata.name, metadata.namespace,
+//!   status.phase, …), watch, delete (graceful: 200 with `deletionTimestamp`, then
+//!   DELETED once the containers are stopped with `gracePeriodSeconds` and removed;
+//!   `propagationPolicy` Background/Foreground/Orphan), `delete_collection` with
+//!   selectors, GET of the `status` subresource.
+//! - Scheduling onto the one node (the engine, named [`NODE_NAME`]): `spec.nodeName`
+//!   is set; a pod whose `nodeSelector` does not match [`KubeDoubleOptions::node_labels`]
+//!   or whose requests exceed the engine's CPUs/memory stays Pending with
+//!   `PodScheduled=False`, reason `Unschedulable` (see `scheduling`).
+//! - Watch: `watch=true`, `resourceVersion` (unset/"0": current objects as ADDED
+//!   first; N: every change after N), `labelSelector`, `fieldSelector`,
+//!   `timeoutSeconds`, `sendInitialEvents` (ADDED… then a BOOKMARK with
+//!   `k8s.io/initial-events-end`). Events are ADDED/MODIFIED/DELETED, with objects
+//!   entering/leaving a selection turned into ADDED/DELETED. One global
+//!   `resourceVersion` counter, bumped per change (a no-op update is no change). A
+//!   version older than the bounded history gets an ERROR event with a 410 Expired
+//!   `Status`, as the API server's watch cache sends.
+//! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
+//!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` (to the
+//!   second, as the engine takes them), `limitBytes`; a container that has not
+//!   started is a 400 "is waiting to start: `<reason>`".
+//! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
+//!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
+//!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
+//!   `NonZeroExitCode` and an `ExitCode` cause — a Docker exec in the container,
+//!   enough for `tar` copies in and out of a pod as `kubectl cp` does.
+//! - Secrets: create (`stringData` merged into `data`, type defaults to Opaque),
+//!   get, list, watch, delete (200 Success `Status`), `delete_collection`; typed
+//!   secrets checked (`kubernetes.io/dockerconfigjson` needs valid JSON under
+//!   `.dockerconfigjson`). Garbage collection: when a
+//!   pod is gone, secrets whose `ownerReferences` name its uid are deleted (or, for
+//!   Orphan, lose that reference); a secret created for an owner pod that does
+//!   not exist is deleted at once.
+//! - Pod execution (see `pod_runtime`): emptyDir volumes (world-writable, as the
+//!   kubelet makes them) and secret volumes (`items`, `defaultMode`, read-only) as
+//!   Docker volumes; a sandbox container holding the pod's network namespace (all
+//!   containers reach each other on localhost); init containers in order, a
+//!   non-zero exit failing the pod; native sidecars (init containers with
+//!   `restartPolicy: Always`) started and stopped after the regular containers;
+//!   regular containers started together. Per container: `command`/`args`
+//!   (ENTRYPOINT/CMD semantics), `workingDir`, `env` (`value`,
+//!   `valueFrom.secretKeyRef`), `envFrom.secretRef`, `volumeMounts` (`readOnly`),
+//!   `securityContext` (runAsUser/runAsGroup → Docker user, runAsNonRoot checked
+//!   against the image user, capabilities add/drop, allowPrivilegeEscalation
+//!   false → no-new-privileges, readOnlyRootFilesystem; pod-level fsGroup and
+//!   supplementalGroups → extra groups), `resources.limits` memory/cpu (no swap on
+//!   top of the memory limit, so over the limit is OOMKilled).
+//! - Status as the kubelet reports it: phase Pending → Running → Succeeded/Failed;
+//!   conditions PodScheduled, Initialized, ContainersReady, Ready (with
+//!   lastTransitionTime kept while a status holds); `startTime`, `podIP`;
+//!   init/container statuses waiting (PodInitializing, ContainerCreating,
+//!   ErrImagePull ⇄ ImagePullBackOff for an image not on the engine — the double
+//!   never pulls —, CreateContainerConfigError for a missing secret or key or a
+//!   runAsNonRoot violation, retried until it resolves), running (startedAt) and
+//!   terminated (exitCode; reason Completed, Error, OOMKilled or StartError;
+//!   startedAt, finishedAt; containerID). `activeDeadlineSeconds` (counted from
+//!   `startTime`) stops the pod: phase Failed, reason DeadlineExceeded.
+//! - Everything created on Docker carries the instance label; [`KubeDouble::shutdown`]
+//!   (or dropping the double) removes it all.
+//!
+//! # Deliberately not implemented
+//! Other resources and API groups (no Events: failures are read from pod status);
+//! PUT/PATCH (405); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
+//! delete preconditions (400); pagination (`limit` gets the whole list and no
+//! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
+//! namespaces as objects (any namespace exists); admission (Pod Security is checked
+//! by the backend's own tests, not here); image pulls, `imagePullPolicy`,
+//! `imagePullSecrets` (accepted, ignored); `restartPolicy` other than Never (422:
+//! the API default is Always, so a backend must set it); probes (a running
+//! container is ready); `$(VAR)` expansion in command/args/env; `valueFrom` other
+//! than secretKeyRef, configMap volumes and every volume type but emptyDir and
+//! secret, `subPath`, `hostNetwork`/`hostPID`/`hostIPC` and `privileged` (422, so a
+//! backend generating them fails loudly); scheduling beyond nodeSelector and
+//! requests (affinity and tolerations are stored and ignored, other pods' requests
+//! are not counted against the node); service accounts (no token is ever mounted);
+//! `previous` logs; emptyDir `medium`/`sizeLimit`; seccomp/AppArmor profiles
+//! (Docker's defaults apply).
+//!
+//! Reaching the host from a pod: with [`PodNetwork::Bridge`] (default) pods get
+//! `host.docker.internal` → the bridge gateway, so a server must listen there or on
+//! 0.0.0.0; with [`PodNetwork::Host`] pods share the host's network and reach its
+//! 127.0.0.1 (but pods then share ports).
+
+mod docker;
+mod exec;
+mod logs;
+mod pod_runtime;
+mod pod_status;
+mod quantity;
+mod routes;
+mod scheduling;
+mod selector;
+mod status;
+mod store;
+mod validate;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
+
+use pod_runtime::Ctx;
+use routes::RequestCounts;
+use store::Store;
+
+/// The name of the double's one node (`spec.nodeName` of every scheduled pod).
+pub const NODE_NAME: &str = "kube-double";
+
+/// The test image the double's sandboxes use by default (built by `.ci/images.sh`).
+pub const DEFAULT_SANDBOX_IMAGE: &str = "slipway-test/busybox:latest";
+
+#[derive(Debug, Clone)]
+pub struct KubeDoubleOptions {
+    /// Image of each pod's sandbox container; it must provide `sleep`, `chmod`.
+    pub sandbox_image: String,
+    pub pod_network: PodNetwork,
+    /// Change events kept for watches from an older resourceVersion; a watch from
+    /// before them gets 410 Expired.
+    pub watch_history: usize,
+    /// How often a waiting container (missing image, missing secret) is retried.
+    pub retry_interval: Duration,
+    /// Labels of the one node (for `nodeSelector`); its allocatable CPU and memory
+    /// are the engine's.
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl Default for KubeDoubleOptions {
+    fn default() -> Self {
+        KubeDoubleOptions {
+            sandbox_image: DEFAULT_SANDBOX_IMAGE.to_owned(),
+            pod_network: PodNetwork::Bridge,
+            watch_history: 10_000,
+            retry_interval: Duration::from_millis(500),
+            node_labels: [
+                ("kubernetes.io/hostname", NODE_NAME),
+                ("kubernetes.io/os", "linux"),
+                ("kubernetes.io/arch", "amd64"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeDoubleError {
+    #[error("cannot reach the Docker engine: {0}")]
+    Docker(String),
+    #[error(
+        "the sandbox image {0} is not on the Docker engine (run `bash .ci/images.sh` to build the test images)"
+    )]
+    MissingSandboxImage(String),
+    #[error("cannot listen on 127.0.0.1: {0}")]
+    Listen(std::io::Error),
+}
+
+/// A running double. Dropping it stops the server and removes its Docker objects.
+pub struct KubeDouble {
+    /// `http://127.0.0.1:<port>`: the cluster URL for a `kube::Config`.
+    pub base_url: String,
+    /// The value of [`INSTANCE_LABEL`] on everything this double creates on Docker.
+    pub instance: String,
+    ctx: Arc<Ctx>,
+    counts: Arc<RequestCounts>,
+    server: Option<JoinHandle<()>>,
+    cleaned: bool,
+}
+
+/// Starts a double on 127.0.0.1 with a free port.
+pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleError> {
+    let docker = Docker::connect_with_local_defaults()
+        .map_err(|e| KubeDoubleError::Docker(e.to_string()))?
+        .negotiate_version()
+        .await
+        .map_err(|e| KubeDoubleError::Docker(e.to_string()))?;
+    if let Err(e) = docker.inspect_image(&options.sandbox_image).await {
+        return Err(if docker::is_not_found(&e) {
+            KubeDoubleError::MissingSandboxImage(options.sandbox_image.clone())
+        } else {
+            KubeDoubleError::Docker(docker::message(&e))
+        });
+    }
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| KubeDoubleError::Docker(docker::message(&e)))?;
+    let node = scheduling::Node {
+        name: NODE_NAME.to_owned(),
+        labels: options.node_labels.clone(),
+        cpu_millis: info.ncpu.unwrap_or(1) * 1000,
+        memory_bytes: info.mem_total.unwrap_or(i64::MAX),
+    };
+    let instance = format!("{:08x}", rand::random::<u32>());
+    let ctx = Arc::new(Ctx {
+        store: Store::new(options.watch_history),
+        docker,
+        instance: instance.clone(),
+        options,
+        node,
+        runtimes: Mutex::new(HashMap::new()),
+        shutdown: CancellationToken::new(),
+    });
+    let counts = Arc::new(RequestCounts::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(KubeDoubleError::Listen)?;
+    let addr = listener.local_addr().map_err(KubeDoubleError::Listen)?;
+    let app = routes::router(ctx.clone(), counts.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("kube double server: {e}");
+        }
+    });
+    Ok(KubeDouble {
+        base_url: format!("http://{addr}"),
+        instance,
+        ctx,
+        counts,
+        server: Some(server),
+        cleaned: false,
+    })
+}
+
+impl KubeDouble {
+    /// A client for this double: no TLS, no auth, default namespace `default`.
+    pub fn client(&self) -> kube::Client {
+        let url = self.base_url.parse().expect("base_url is a valid URI");
+        let config = kube::Config::new(url);
+        kube::Client::try_from(config).expect("a plain-HTTP config always builds a client")
+    }
+
+    /// The Docker engine the pods run on (same connection as the double's).
+    pub fn docker(&self) -> &Docker {
+        &self.ctx.docker
+    }
+
+    /// Requests served so far, by `METHOD route` (`WATCH` for watches).
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.counts.snapshot()
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.ctx.store.resource_version()
+    }
+
+    /// Stops serving, ends every watch and log stream, kills the pods and removes
+    /// every container and volume this double created. Returns what could not be
+    /// removed (empty when all went).
+    pub async fn shutdown(mut self) -> Vec<String> {
+        self.cleaned = true;
+        let in_flight = stop(&self.ctx, self.server.take());
+        Ctx::wait_engine_calls(in_flight).await;
+        let removed =
+            docker::remove_labelled(&self.ctx.docker, INSTANCE_LABEL, &self.instance).await;
+        removed.errors
+    }
+}
+
+fn stop(ctx: &Ctx, server: Option<JoinHandle<()>>) -> Vec<tokio_util::task::TaskTracker> {
+    ctx.shutdown.cancel();
+    if let Some(s) = server {
+        s.abort();
+    }
+    ctx.stop_all()
+}
+
+impl Drop for KubeDouble {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let in_flight = stop(&self.ctx, self.server.take());
+        // Drop cannot await: clean up on a thread with its own runtime, and wait for
+        // it so a test's Docker objects are gone when the test ends. Engine calls in
+        // flight run on the caller's runtime (which cannot progress while a
+        // single-threaded one is blocked here): a bounded wait for them, then a
+        // second pass after a pause catches a create the engine finished late.
+        let instance = self.instance.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let wait = Ctx::wait_engine_calls(in_flight);
+                let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+                let docker = Docker::connect_with_local_defaults().ok()?;
+                docker::remove_labelled(&docker, INSTANCE_LABEL, &instance).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Some(docker::remove_labelled(&docker, INSTANCE_LABEL, &instance).await)
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
