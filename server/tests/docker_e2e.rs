@@ -234,7 +234,10 @@ fn manifest_digest(reference: &str) -> (String, String) {
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let body = resp.bytes().unwrap();
-    (header, format!("sha256:{}", hex::encode(Sha256::digest(&body))))
+    (
+        header,
+        format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+    )
 }
 
 #[test]
@@ -258,7 +261,10 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
         ],
         None,
     );
-    server.cli(&["secret", "set", REPO, "REGISTRY_AUTH"], Some(REGISTRY_AUTH));
+    server.cli(
+        &["secret", "set", REPO, "REGISTRY_AUTH"],
+        Some(REGISTRY_AUTH),
+    );
     let hook_token = server
         .cli(&["token", "create", "hook", "--scope", "hook"], None)
         .trim()
@@ -277,8 +283,7 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let api = Api {
         base: server.base.clone(),
         token: admin,
