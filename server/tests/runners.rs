@@ -157,8 +157,20 @@ impl Env {
     }
 
     fn start_runner(&mut self, name: &str, token: &str, labels: &str, capacity: u32) {
+        self.start_runner_on(name, token, labels, capacity, "local");
+    }
+
+    fn start_runner_on(
+        &mut self,
+        name: &str,
+        token: &str,
+        labels: &str,
+        capacity: u32,
+        backend: &str,
+    ) {
         let mut cmd = self.command();
-        cmd.args(["runner", "--server", &self.url("/"), "--name", name])
+        cmd.args(["runner", "--backend", backend]);
+        cmd.args(["--server", &self.url("/"), "--name", name])
             .args(["--labels", labels, "--capacity", &capacity.to_string()])
             .arg("--work-dir")
             .arg(self.work_dir(name))
@@ -168,13 +180,20 @@ impl Env {
     }
 
     fn logs(&self) -> String {
-        ["server", "alpha", "beta"]
-            .iter()
-            .map(|n| {
-                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
-                format!("--- {n} log:\n{text}")
-            })
-            .collect()
+        let port = self.port;
+        [
+            "server".to_string(),
+            "alpha".into(),
+            "beta".into(),
+            format!("alpha-{port}"),
+            format!("beta-{port}"),
+        ]
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+            format!("--- {n} log:\n{text}")
+        })
+        .collect()
     }
 }
 
@@ -496,4 +515,209 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
         "the orphaned step outlived beta's restart\n{dump}"
     );
     assert!(lines(&markers.join("b.dones")).is_empty(), "{dump}");
+}
+
+/// Removes whatever the named runners left on the Docker engine when a test fails
+/// half-way (on success there is nothing left to remove; the test checks that).
+struct DockerLeftovers(Vec<String>);
+
+impl Drop for DockerLeftovers {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let filter = format!("label=io.slipway.runner={name}");
+            for (list, remove) in [
+                (vec!["ps", "-aq"], vec!["rm", "-f"]),
+                (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+                (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+            ] {
+                let Ok(out) = Command::new("docker")
+                    .args(&list)
+                    .args(["--filter", &filter])
+                    .output()
+                else {
+                    continue;
+                };
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(&remove)
+                        .args(&ids)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+/// Containers of the Docker engine labelled as belonging to runner `name`.
+fn runner_containers(name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.slipway.runner={name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker ps failed; is the engine running?"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The same on the Docker backend: two `slipway runner --backend docker` processes; one
+/// is SIGKILLed mid-step, leaving its step container running as an orphan. Its stage is
+/// taken back within the heartbeat timeout while the other runner's stage finishes on
+/// its first attempt; the restarted runner's start-up sweep removes the orphan
+/// container before it runs attempt 2, and nothing of either runner is left after.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_runners_a_killed_one_leaves_no_orphan_containers_after_restart() {
+    let mut env = Env::new();
+    let (alpha, beta) = (format!("alpha-{}", env.port), format!("beta-{}", env.port));
+    let _leftovers = DockerLeftovers(vec![alpha.clone(), beta.clone()]);
+    let source = env.dir.path().join("repo");
+    std::fs::create_dir_all(&source).unwrap();
+    let pipeline = "\
+stages:
+  a:
+    runs_on: [alpha]
+    image: slipway-test/busybox:latest
+    steps:
+      - run: sleep 6 && echo a done
+  b:
+    runs_on: [beta]
+    image: slipway-test/busybox:latest
+    steps:
+      - run: sleep 5 && echo b done
+";
+    let sha = commit(&source, &[(".slipway.yml", pipeline)]);
+    env.start_server().await;
+    env.cli(&[
+        "repo",
+        "add",
+        "team/app",
+        "--forge",
+        "git",
+        "--clone-url",
+        source.to_str().unwrap(),
+    ]);
+    let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
+    let runner_token = env.cli(&["token", "create", "runners", "--scope", "runner"]);
+    env.start_runner_on(&alpha, &runner_token, "alpha", 1, "docker");
+    env.start_runner_on(&beta, &runner_token, "beta", 1, "docker");
+
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({
+        "updates": [{ "old": "0".repeat(40), "new": sha, "ref": "refs/heads/main" }]
+    });
+    let r = client
+        .post(env.url("/hooks/git/team/app"))
+        .bearer_auth(&hook_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "hook: {}", r.status());
+    let detail_url = env.url("/api/repos/team/app/runs/1");
+    let detail = || {
+        let (client, url, token) = (client.clone(), detail_url.clone(), admin_token.clone());
+        async move {
+            let r = client.get(url).bearer_auth(token).send().await.unwrap();
+            if !r.status().is_success() {
+                return Value::Null;
+            }
+            r.json::<Value>().await.unwrap()
+        }
+    };
+
+    // Both run; beta's step container is up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let orphans = loop {
+        let d = detail().await;
+        let running = |k: &str| {
+            d["stages"].as_array().is_some_and(|stages| {
+                stages
+                    .iter()
+                    .any(|s| s["key"] == k && s["steps"][0]["status"] == "running")
+            })
+        };
+        let containers = runner_containers(&beta);
+        if running("a") && running("b") && !containers.is_empty() {
+            break containers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a and b never both ran: {d:#}\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    env.kill(&beta);
+
+    // Taken back within the heartbeat timeout (3 s), as "runner lost"; the orphan
+    // container is still there, since nobody removed it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = detail().await;
+        let b = stage(&d, "b");
+        if b["status"] == "queued" && b["attempt"] == 2 {
+            assert!(
+                b["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("runner lost"),
+                "{d:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b was not taken back: {d:#}\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        orphans.iter().any(|c| runner_containers(&beta).contains(c)),
+        "the killed runner's step container should be an orphan now"
+    );
+
+    // Beta restarts: the sweep removes the orphan, then attempt 2 runs to the end.
+    env.start_runner_on(&beta, &runner_token, "beta", 1, "docker");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let d = loop {
+        let d = detail().await;
+        let status = d["run"]["status"].as_str().unwrap_or_default().to_string();
+        if !matches!(status.as_str(), "pending" | "running") {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run still {status}: {d:#}\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let dump = format!("{d:#}\n{}", env.logs());
+    assert_eq!(d["run"]["status"], "success", "{dump}");
+    assert_eq!(stage(&d, "a")["attempt"], 1, "{dump}");
+    assert_eq!(stage(&d, "b")["attempt"], 2, "{dump}");
+    let left = runner_containers(&beta);
+    assert!(
+        orphans.iter().all(|c| !left.contains(c)),
+        "the orphan outlived beta's restart: {left:?}\n{dump}"
+    );
+    assert!(left.is_empty(), "{left:?}\n{dump}");
+    assert!(runner_containers(&alpha).is_empty(), "{dump}");
 }
