@@ -95,6 +95,13 @@ pub mod codes {
     pub const INVALID_EXPRESSION: &str = "invalid-expression";
     pub const UNKNOWN_EXPRESSION: &str = "unknown-expression";
     pub const EXPRESSION_NOT_ALLOWED: &str = "expression-not-allowed";
+    /// A pod setting outside the allow-list (`privileged`, `hostPath`, …).
+    pub const POD_SETTING_NOT_ALLOWED: &str = "pod-setting-not-allowed";
+    /// A malformed `kubernetes:` setting (label, toleration, service account name).
+    pub const INVALID_POD_SETTING: &str = "invalid-pod-setting";
+    /// `kubernetes.service_account` in a run that is not trusted (reported by the
+    /// server when it plans the run, not by `parse`).
+    pub const UNTRUSTED_SERVICE_ACCOUNT: &str = "untrusted-service-account";
 
     /// Every code, for documentation and for tests that check coverage.
     pub const ALL: &[&str] = &[
@@ -128,6 +135,9 @@ pub mod codes {
         INVALID_EXPRESSION,
         UNKNOWN_EXPRESSION,
         EXPRESSION_NOT_ALLOWED,
+        POD_SETTING_NOT_ALLOWED,
+        INVALID_POD_SETTING,
+        UNTRUSTED_SERVICE_ACCOUNT,
     ];
 }
 

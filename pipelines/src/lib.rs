@@ -40,6 +40,7 @@ pub use crate::matrix::MATRIX_LIMIT;
 pub use crate::model::*;
 pub use crate::plan::{
     Plan, PlanError, PlannedKind, PlannedService, PlannedStage, PlannedStep, SkippedStage, plan,
+    untrusted_service_accounts,
 };
 pub use crate::quantity::{parse_cpu, parse_memory};
 pub use crate::schema::json_schema;

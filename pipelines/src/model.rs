@@ -107,6 +107,8 @@ pub struct Stage {
     /// Labels a runner must have (all of them) to run the stage; empty: any runner.
     pub runs_on: Vec<Template>,
     pub container: Container,
+    /// `kubernetes:`: node selector, tolerations, service account.
+    pub kubernetes: KubernetesSettings,
 }
 
 /// How a stage's steps run inside their containers (`user`, `workdir`, `resources`).
@@ -131,6 +133,92 @@ pub struct Container {
 impl Container {
     pub fn is_default(&self) -> bool {
         *self == Container::default()
+    }
+}
+
+/// The pod settings a stage chose from the allow-list (`kubernetes:`); only the
+/// Kubernetes backend reads them. Everything else about a pod is Slipway's to set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesSettings {
+    /// Label key → value the node must have. Keys and values are valid Kubernetes
+    /// label keys and values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Only for trusted runs: the server refuses to plan a run that is not trusted with
+    /// a stage that has one (see [`crate::plan::untrusted_service_accounts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccount>,
+}
+
+impl KubernetesSettings {
+    pub fn is_default(&self) -> bool {
+        *self == KubernetesSettings::default()
+    }
+}
+
+/// `kubernetes.service_account`, with the position of its key in the pipeline file:
+/// the trust check happens after parsing (when the server plans a run, or re-runs a
+/// stored plan) and must still point at the line that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    /// A DNS-1123 subdomain.
+    pub name: String,
+    /// 1-based line of the `service_account` key.
+    pub line: usize,
+    /// 1-based column of the `service_account` key.
+    pub column: usize,
+}
+
+/// A toleration, checked: `Exists` has no value, a toleration without a key is
+/// `Exists`, and `toleration_seconds` comes only with `NoExecute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub operator: TolerationOperator,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `None`: every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<u64>,
+}
+
+/// Spelled as in the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TolerationOperator {
+    Exists,
+    #[default]
+    Equal,
+}
+
+impl TolerationOperator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TolerationOperator::Exists => "Exists",
+            TolerationOperator::Equal => "Equal",
+        }
+    }
+}
+
+/// Spelled as in the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
     }
 }
 

@@ -248,8 +248,9 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Env>,
     /// Labels a runner must have (all of them) to run this stage, e.g. `[linux, gpu]`.
-    /// Every runner also has `backend:<name>` (`backend:local`, `backend:docker`);
-    /// `kind: image` stages need `backend:docker` unless `runs_on` names a backend.
+    /// Every runner also has `backend:<name>` (`backend:local`, `backend:docker`,
+    /// `backend:kubernetes`); `kind: image` stages need `backend:docker` and
+    /// `kind: deploy` stages `backend:kubernetes`, unless `runs_on` names a backend.
     /// Plan-time expressions are allowed (`${{ matrix.arch }}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<OneOrMany<String>>,
@@ -263,6 +264,11 @@ pub struct Stage {
     /// Resource limits of each step's container (ignored by the local backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Pod settings for the Kubernetes backend (ignored by the others). Only these keys
+    /// exist: pods run under the `restricted` Pod Security Standard, so `privileged`,
+    /// `hostPath`, `hostNetwork`, `securityContext`, `volumes` and the like are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
 
     /// scan: SARIF report globs produced by the steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,6 +326,65 @@ pub struct Resources {
     /// CPUs: `1`, `1.5`, `0.25`, or millicpus as `500m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
+}
+
+/// The pod settings a pipeline may choose on the Kubernetes backend: this is the whole
+/// allow-list (with the stage's `resources`). Everything else about the pod is fixed by
+/// Slipway: non-root, no privilege escalation, every capability dropped, no host
+/// namespaces, paths or extra volumes (the `restricted` Pod Security Standard).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// Node labels the pod's node must have (`spec.nodeSelector`), e.g.
+    /// `{ kubernetes.io/arch: arm64 }`. Keys and values are Kubernetes label keys and
+    /// values; no expressions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pod tolerates (`spec.tolerations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Service account the pod runs as (`spec.serviceAccountName`): a DNS-1123 subdomain
+    /// such as `deployer`. Only for repositories marked trusted; a run that is not trusted
+    /// (every pull request from a fork) is refused when it is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+/// A Kubernetes toleration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    /// Taint key (a label key). Without it, `operator: Exists` tolerates every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (default): the taint's value must be `value`; `Exists`: any value (then
+    /// no `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<TolerationOperator>,
+    /// Taint value (a label value), with `operator: Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Taint effect tolerated; without it, every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// With `effect: NoExecute` only: how long the pod stays on a node after the taint
+    /// appears (default: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub toleration_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub enum TolerationOperator {
+    Exists,
+    Equal,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
 }
 
 /// A number, or a number with a unit suffix.

@@ -99,6 +99,13 @@ pub trait Backend: Send + Sync {
     /// Short name (`local`, `docker`, `kubernetes`), for logs and metrics.
     fn name(&self) -> &'static str;
 
+    /// Whether step output keeps stdout and stderr apart. The Kubernetes pod log
+    /// API merges a container's two streams (as `kubectl logs` shows them), so that
+    /// backend reports every line as stdout, in order.
+    fn separates_streams(&self) -> bool {
+        true
+    }
+
     /// Creates the stage's workspace (from `spec.source`) and whatever else the stage
     /// needs (network, volume, pod). On error, nothing must be left behind.
     async fn setup_stage(&self, spec: &StageSpec) -> Result<StageHandle>;

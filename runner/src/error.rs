@@ -69,6 +69,17 @@ pub enum Error {
     )]
     ImageUnavailable { image: String, reason: String },
 
+    /// A pod's container image cannot be pulled (Kubernetes: `ErrImagePull`,
+    /// `ImagePullBackOff`, …, read from the pod's status). Not retryable, like
+    /// [`Error::ImageUnavailable`].
+    #[error("image `{image}` cannot be pulled: {reason}")]
+    ImagePull { image: String, reason: String },
+
+    /// No node can take the stage's pod (node selector, tolerations, resources).
+    /// Not retryable: the pipeline asks for something the cluster does not have.
+    #[error("the stage's pod cannot be scheduled: {0}")]
+    Unschedulable(String),
+
     /// A service container exited or reported itself unhealthy before the steps
     /// ran. Not retryable: the service's image, command or environment is wrong.
     #[error("service `{service}` failed: {message}")]
@@ -125,6 +136,8 @@ impl Error {
             | Error::InvalidState(_)
             | Error::ImageBuild(_)
             | Error::ImageUnavailable { .. }
+            | Error::ImagePull { .. }
+            | Error::Unschedulable(_)
             | Error::ServiceFailed { .. } => false,
         }
     }

@@ -206,6 +206,7 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let opts = RunOptions {
             artifact_dir: Some(f.artifacts.path().to_path_buf()),
+            ..Default::default()
         };
         let started = Instant::now();
         let outcome = run_stage(&*f.backend, spec, opts, tx, CancellationToken::new()).await;

@@ -13,12 +13,14 @@
 //! This crate does not depend on `pipelines`: the server maps a planned stage onto
 //! [`StageSpec`], which keeps a remote runner's dependencies small.
 
+mod archive;
 pub mod artifacts;
 mod backend;
 mod docker;
 mod error;
 mod finding;
 pub mod image_build;
+pub mod kubernetes;
 mod local;
 pub mod log;
 pub mod mask;
@@ -41,11 +43,12 @@ pub use backend::{
 pub use docker::{DockerBackend, DockerOptions, DockerSweepReport};
 pub use error::{Error, Result};
 pub use finding::Finding;
+pub use kubernetes::{KubernetesBackend, KubernetesOptions};
 pub use local::LocalBackend;
 pub use mask::Masker;
 pub use spec::{
-    ContainerSettings, IMAGE_STEP, ImageSpec, RegistryAuth, SCAN_STEP, ScanSpec, ServiceSpec,
-    Severity, Source, StageKind, StageSpec, StepSpec,
+    ContainerSettings, IMAGE_STEP, ImageSpec, PodSettings, RegistryAuth, SCAN_STEP, ScanSpec,
+    ServiceSpec, Severity, Source, StageKind, StageSpec, StepSpec, Toleration,
 };
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
 pub use sweep::SweepReport;

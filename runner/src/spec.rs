@@ -39,6 +39,19 @@ pub struct StageSpec {
     /// Settings for the step containers; ignored by the local backend.
     #[serde(default)]
     pub container: ContainerSettings,
+    /// Pod settings from the YAML's allow-list; only the Kubernetes backend reads them.
+    #[serde(default)]
+    pub pod: PodSettings,
+    /// What the stage belongs to (`repo`, `run`, `stage`, …), for backends that tag
+    /// what they create (Kubernetes labels). Not secret, not used for behaviour.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Opaque data a backend that can hand a stage to a restarted runner keeps with
+    /// the stage, and gives back with it (Kubernetes: in the stage's Secret, see
+    /// `KubernetesBackend::adoptable`). The runner agent keeps its lease there. May
+    /// hold secrets: never logged.
+    #[serde(default, skip_serializing)]
+    pub adoption: Option<String>,
 }
 
 /// What a stage does besides running its steps. The steps always run first.
@@ -237,6 +250,37 @@ pub struct ContainerSettings {
     pub cpu_millis: Option<u64>,
 }
 
+/// The pod settings a pipeline may choose (`kubernetes:` in a stage). This is the
+/// whole allow-list: everything else about a stage's pod (security context, volumes,
+/// host namespaces) is fixed by the backend. Other backends ignore it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSettings {
+    /// `spec.nodeSelector`.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// `spec.tolerations`.
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// `spec.serviceAccountName`; the server only lets trusted repositories set it.
+    /// Its API token is never mounted (`automountServiceAccountToken: false` on the
+    /// pod); cloud workload identity bound to the account still applies.
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+/// A Kubernetes toleration (`core/v1 Toleration`), field for field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toleration {
+    pub key: Option<String>,
+    /// `Exists` or `Equal` (the API's default).
+    pub operator: Option<String>,
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; `None`: all effects.
+    pub effect: Option<String>,
+    /// Only with `NoExecute`.
+    pub toleration_seconds: Option<i64>,
+}
+
 /// Where the workspace content comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -277,6 +321,9 @@ impl StageSpec {
             kind: StageKind::Run,
             services: Vec::new(),
             container: ContainerSettings::default(),
+            pod: PodSettings::default(),
+            labels: BTreeMap::new(),
+            adoption: None,
         }
     }
 

@@ -41,6 +41,11 @@ pub struct RunOptions {
     /// Where to copy the stage's artifacts after all steps succeeded. `None`: do
     /// not collect.
     pub artifact_dir: Option<PathBuf>,
+    /// A stage an earlier runner process set up and left running (a restart), to
+    /// take over instead of setting one up: steps that already ran report their
+    /// exit and their whole log again, the running one is followed to its end.
+    /// Backends that support it say how to get one (Kubernetes: `adoptable`).
+    pub adopt: Option<StageHandle>,
 }
 
 /// Progress of a stage, sent while it runs.
@@ -224,7 +229,12 @@ impl<'a> Driver<'a> {
             return self.abort_before_steps(outcome, Status::Cancelled, false);
         }
 
-        let setup = self.backend.setup_stage(self.spec);
+        let setup = async {
+            match &opts.adopt {
+                Some(h) => Ok(h.clone()),
+                None => self.backend.setup_stage(self.spec).await,
+            }
+        };
         let mut setup = pin!(setup);
         let handle = match self.race(setup.as_mut(), self.stage_deadline).await {
             Raced::Done(Ok(h)) => h,

@@ -1,12 +1,22 @@
-//! Choosing the runner backend — `--backend local|docker` for `slipway exec` and
-//! `slipway runner`, `runner_backend` for the server's in-process runner — and the
-//! start-up sweep that goes with it.
+//! Choosing the runner backend — `--backend local|docker|kubernetes` for `slipway
+//! exec` and `slipway runner`, `runner_backend` for the server's in-process runner —
+//! and the start-up sweep that goes with it.
+//!
+//! The Kubernetes backend connects like kubectl (in-cluster service account, else
+//! `KUBECONFIG` / `~/.kube/config`); its settings ([`KubeSettings`]) are the
+//! server's `kube_*` settings, and `SLIPWAY_KUBE_NAMESPACE` (where stage pods go;
+//! default `slipway-builds`, as in `deploy/`), `SLIPWAY_KUBE_HELPER_IMAGE` (the
+//! image with `sh` and `tar` that moves files in and out of pods) and
+//! `SLIPWAY_KUBE_IMAGE_PULL_SECRETS` (comma-separated Secret names) for `slipway
+//! runner` and `slipway exec`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use runner::{Backend, DockerBackend, DockerOptions, LocalBackend};
+use runner::{
+    Backend, DockerBackend, DockerOptions, KubernetesBackend, KubernetesOptions, LocalBackend,
+};
 use serde::Deserialize;
 
 /// Which backend runs the stages.
@@ -18,6 +28,8 @@ pub enum BackendKind {
     Local,
     /// Steps are containers on the Docker engine (`DOCKER_HOST` or the local socket).
     Docker,
+    /// Each stage is a pod in a Kubernetes namespace (see the module docs).
+    Kubernetes,
 }
 
 impl BackendKind {
@@ -25,6 +37,7 @@ impl BackendKind {
         match self {
             BackendKind::Local => "local",
             BackendKind::Docker => "docker",
+            BackendKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -34,6 +47,7 @@ impl BackendKind {
 pub enum Opened {
     Local(LocalBackend),
     Docker(DockerBackend),
+    Kubernetes(KubernetesBackend),
 }
 
 impl Opened {
@@ -44,6 +58,7 @@ impl Opened {
         kind: BackendKind,
         runner_name: &str,
         work_dir: Option<PathBuf>,
+        kube: &KubeSettings,
     ) -> anyhow::Result<Opened> {
         Ok(match kind {
             BackendKind::Local => Opened::Local(LocalBackend::new(work_dir)),
@@ -52,6 +67,11 @@ impl Opened {
                     .await
                     .context("opening the docker backend")?,
             ),
+            BackendKind::Kubernetes => Opened::Kubernetes(
+                KubernetesBackend::connect(kube.options(runner_name))
+                    .await
+                    .context("opening the kubernetes backend")?,
+            ),
         })
     }
 
@@ -59,7 +79,42 @@ impl Opened {
         match self {
             Opened::Local(b) => Arc::new(b.clone()),
             Opened::Docker(b) => Arc::new(b.clone()),
+            Opened::Kubernetes(b) => Arc::new(b.clone()),
         }
+    }
+
+    /// What a crashed predecessor left: stages this backend can take over (the
+    /// Kubernetes pods that kept the agent's lease, as `(handle, lease)`), after
+    /// removing everything else ([`Opened::sweep`]). Call before leasing anything.
+    pub async fn recover(&self) -> Vec<(runner::StageHandle, String)> {
+        let Opened::Kubernetes(b) = self else {
+            self.sweep().await;
+            return Vec::new();
+        };
+        let found = match b.adoptable().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "listing the pods a crashed runner left failed");
+                return Vec::new();
+            }
+        };
+        let mut adopted = Vec::new();
+        for a in found {
+            let taken = match &a.data {
+                Some(data) => b.adopt(&a.handle).await.map(|()| data.clone()),
+                None => Err(runner::Error::InvalidState("it kept no lease".into())),
+            };
+            match taken {
+                Ok(data) => adopted.push((a.handle, data)),
+                Err(e) => {
+                    tracing::warn!(pod = %a.handle.id, reason = %e, "removing a pod a crashed runner left");
+                    if let Err(e) = b.remove(&a.handle).await {
+                        tracing::error!(pod = %a.handle.id, error = %e, "cannot remove it");
+                    }
+                }
+            }
+        }
+        adopted
     }
 
     /// Removes what a crashed predecessor left behind (local: orphaned steps and
@@ -85,6 +140,72 @@ impl Opened {
                 }
                 Err(e) => tracing::error!(error = %e, "sweeping the Docker engine failed"),
             },
+            Opened::Kubernetes(b) => match b.sweep().await {
+                Ok(pods) if !pods.is_empty() => {
+                    tracing::warn!(?pods, "deleted the pods a crashed runner left")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "sweeping the build namespace failed"),
+            },
         }
+    }
+}
+
+/// The Kubernetes backend's settings, as configured (`None`: the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeSettings {
+    pub namespace: Option<String>,
+    pub helper_image: Option<String>,
+    /// Comma-separated Secret names.
+    pub image_pull_secrets: Option<String>,
+}
+
+impl KubeSettings {
+    /// From `SLIPWAY_KUBE_*` (read through `env`), for `slipway runner` and `exec`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> KubeSettings {
+        KubeSettings {
+            namespace: env("SLIPWAY_KUBE_NAMESPACE"),
+            helper_image: env("SLIPWAY_KUBE_HELPER_IMAGE"),
+            image_pull_secrets: env("SLIPWAY_KUBE_IMAGE_PULL_SECRETS"),
+        }
+    }
+
+    pub fn options(&self, runner_name: &str) -> KubernetesOptions {
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "slipway-builds".into());
+        let mut options = KubernetesOptions::new(runner_name, namespace);
+        if let Some(image) = &self.helper_image {
+            options.helper_image = image.clone();
+        }
+        if let Some(secrets) = &self.image_pull_secrets {
+            options.image_pull_secrets = secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_options_come_from_the_settings_or_the_environment() {
+        let env = |k: &str| match k {
+            "SLIPWAY_KUBE_NAMESPACE" => Some("ci".to_owned()),
+            "SLIPWAY_KUBE_IMAGE_PULL_SECRETS" => Some("reg-a, reg-b,".to_owned()),
+            _ => None,
+        };
+        let o = KubeSettings::from_env(env).options("r1");
+        assert_eq!((o.namespace.as_str(), o.runner_name.as_str()), ("ci", "r1"));
+        assert_eq!(o.image_pull_secrets, vec!["reg-a", "reg-b"]);
+        let o = KubeSettings::default().options("r1");
+        assert_eq!(o.namespace, "slipway-builds");
     }
 }

@@ -37,7 +37,8 @@ pub struct Settings {
     /// How many stages the in-process runner runs at once.
     #[arg(long, env = "SLIPWAY_RUNNER_CAPACITY")]
     pub runner_capacity: Option<usize>,
-    /// The in-process runner's backend: `local` (host processes) or `docker`.
+    /// The in-process runner's backend: `local` (host processes), `docker` or
+    /// `kubernetes` (settings from `SLIPWAY_KUBE_*`, see `backends`).
     #[arg(long, value_enum, env = "SLIPWAY_RUNNER_BACKEND")]
     pub runner_backend: Option<crate::backends::BackendKind>,
     /// Most stages running at once across all repositories.
@@ -64,6 +65,17 @@ pub struct Settings {
     /// Largest cache archive a runner may upload, in bytes (default 5 GiB).
     #[arg(long, env = "SLIPWAY_MAX_CACHE_BYTES")]
     pub max_cache_bytes: Option<u64>,
+    /// Kubernetes backend: the namespace of the stage pods (default `slipway-builds`).
+    #[arg(long, env = "SLIPWAY_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// Kubernetes backend: the image of the pods' helper containers, which need `sh`,
+    /// `tar` and `sleep` (default `docker.io/library/busybox:1.37`).
+    #[arg(long, env = "SLIPWAY_KUBE_HELPER_IMAGE")]
+    pub kube_helper_image: Option<String>,
+    /// Kubernetes backend: Secrets (comma-separated names) for pulling from private
+    /// registries.
+    #[arg(long, env = "SLIPWAY_KUBE_IMAGE_PULL_SECRETS")]
+    pub kube_image_pull_secrets: Option<String>,
 }
 
 impl Settings {
@@ -88,6 +100,11 @@ impl Settings {
                 .max_stage_artifact_bytes
                 .or(other.max_stage_artifact_bytes),
             max_cache_bytes: self.max_cache_bytes.or(other.max_cache_bytes),
+            kube_namespace: self.kube_namespace.or(other.kube_namespace),
+            kube_helper_image: self.kube_helper_image.or(other.kube_helper_image),
+            kube_image_pull_secrets: self
+                .kube_image_pull_secrets
+                .or(other.kube_image_pull_secrets),
         }
     }
 }
@@ -103,6 +120,8 @@ pub struct Config {
     pub in_process_runner: bool,
     pub runner_capacity: usize,
     pub runner_backend: crate::backends::BackendKind,
+    /// The Kubernetes backend's settings (`kube_*`).
+    pub kube: crate::backends::KubeSettings,
     pub max_running: usize,
     pub max_running_per_repo: usize,
     pub auto_cancel: bool,
@@ -180,6 +199,11 @@ impl Config {
             in_process_runner: s.in_process_runner.unwrap_or(true),
             runner_capacity: positive("runner_capacity", s.runner_capacity, 2)?,
             runner_backend: s.runner_backend.unwrap_or_default(),
+            kube: crate::backends::KubeSettings {
+                namespace: s.kube_namespace.clone(),
+                helper_image: s.kube_helper_image.clone(),
+                image_pull_secrets: s.kube_image_pull_secrets.clone(),
+            },
             max_running: positive("max_running", s.max_running, 16)?,
             max_running_per_repo: positive("max_running_per_repo", s.max_running_per_repo, 4)?,
             auto_cancel: s.auto_cancel.unwrap_or(true),
@@ -303,7 +327,7 @@ mod tests {
             Config::resolve(cli, Some(&path)).unwrap().runner_backend,
             BackendKind::Local
         );
-        let (_dir, path) = file("runner_backend = \"kubernetes\"\n");
+        let (_dir, path) = file("runner_backend = \"kubernetez\"\n");
         let text = Config::resolve(Settings::default(), Some(&path))
             .unwrap_err()
             .to_string();

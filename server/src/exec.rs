@@ -254,6 +254,7 @@ async fn run_with_retries(
         });
         let opts = RunOptions {
             artifact_dir: artifact_dir.clone(),
+            ..Default::default()
         };
         let outcome = runner::run_stage(&*backend, &spec, opts, tx.clone(), cancel.clone()).await;
         let again = match &outcome.status {

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod exec;
 pub mod forge;
 pub mod git;
+pub mod kube_orphans;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline_files;

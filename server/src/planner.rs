@@ -14,8 +14,10 @@
 //!   `error` column via [`Store::set_run_note`](crate::store::Store::set_run_note), so the
 //!   API can answer "why didn't my pipeline run?". A push is never silently dropped.
 //! * **Error run** (`error` status, reason in `error`, diagnostics for validation
-//!   failures): no pipeline file, invalid YAML, a parameter error, a commit that cannot
-//!   be found, a permanent git error.
+//!   failures): no pipeline file, invalid YAML, a parameter error, a stage asking for a
+//!   service account in a run that is not trusted
+//!   ([`check_trust`](crate::planning::check_trust)), a commit that cannot be found, a
+//!   permanent git error.
 //! * **Deferred**: a transient git error (network, a locked ref) leaves the run
 //!   `pending`; the worker retries it with exponential backoff (2 s, 4 s, … up to 5 min) and turns it
 //!   into an error run after [`MAX_GIT_ATTEMPTS`].
@@ -316,6 +318,9 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
         && !pipelines.iter().any(|p| &p.name == o)
     {
         not_triggered.push(format!("no pipeline named `{o}` at {}", commit.sha));
+    }
+    if let Err(diags) = crate::planning::check_trust(&plans, run.trusted) {
+        return fail(state, run, crate::planning::UNTRUSTED_REASON, Some(diags)).await;
     }
     let stages = crate::planning::stages_from_plans(&plans);
     let runnable = stages.iter().any(|s| s.skip.is_none());

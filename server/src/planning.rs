@@ -56,6 +56,27 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
     out
 }
 
+/// The `error` of a run refused by [`check_trust`] (its diagnostics say where).
+pub const UNTRUSTED_REASON: &str =
+    "pipeline validation failed: a stage asks for a service account and the run is not trusted";
+
+/// Settings only trusted runs may use, checked on the plans a run would execute: the
+/// planner checks a fresh plan and a rerun checks the stored one, so neither path lets
+/// an untrusted run through. `Err` holds the diagnostics for the error run (as stored in
+/// `runs.diagnostics`). Today that is `kubernetes.service_account`
+/// ([`pipelines::untrusted_service_accounts`]).
+pub fn check_trust(plans: &[Plan], trusted: bool) -> Result<(), Value> {
+    if trusted {
+        return Ok(());
+    }
+    let diags = pipelines::untrusted_service_accounts(plans);
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(serde_json::to_value(&diags).unwrap_or(Value::Null))
+    }
+}
+
 /// Reads a run's stored plan (`run.plan`, the JSON of `Vec<Plan>`) back, e.g. to re-run it.
 pub fn plans_of(plan: &Value) -> Result<Vec<Plan>, serde_json::Error> {
     serde_json::from_value(plan.clone())
@@ -190,6 +211,47 @@ mod tests {
                 ("docs", vec![]),
             ]
         );
+    }
+
+    #[test]
+    fn service_accounts_need_a_trusted_run() {
+        let yaml = "stages:
+  test:
+    matrix: { arch: [amd64, arm64] }
+    kubernetes:
+      service_account: tester
+    steps: [make]
+  deploy:
+    needs: test
+    kind: deploy
+    environment: prod
+    when: { branch: release }
+    kubernetes: { service_account: deployer }
+";
+        let planned = plans(&[(".slipway/ci.yml", yaml)], &push_main());
+        assert_eq!(check_trust(&planned, true), Ok(()));
+        let diags = check_trust(&planned, false).unwrap_err();
+        // One diagnostic for the matrix stage's key; the skipped deploy stage never
+        // gets a pod, so it does not count.
+        let diags = diags.as_array().unwrap();
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(d["file"], ".slipway/ci.yml");
+        assert_eq!(
+            (d["line"].as_u64(), d["column"].as_u64()),
+            (Some(5), Some(7))
+        );
+        assert_eq!(d["code"], "untrusted-service-account");
+        let message = d["message"].as_str().unwrap();
+        assert!(
+            message.contains("`service_account: tester`")
+                && message.contains("must be marked trusted")
+                && message.contains("forks never get one"),
+            "{message}"
+        );
+        // Nothing to refuse without service accounts.
+        let plain = plans(&[(".slipway.yml", CI)], &push_main());
+        assert_eq!(check_trust(&plain, false), Ok(()));
     }
 
     #[test]

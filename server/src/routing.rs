@@ -6,11 +6,14 @@
 //! all among the runner's ([`Store::lease_stage`](crate::store::Store::lease_stage)); a
 //! stage without labels goes to any runner.
 //!
-//! The one implied requirement, kept deliberately small: a `kind: image` stage needs a
-//! container engine, so it requires `backend:docker` unless its `runs_on` already names
-//! a backend (`backend:kubernetes` once that backend builds images). Run stages with an
-//! `image:` are not restricted: the local backend runs their steps on the host, which
-//! is what `slipway exec` does too; `runs_on: [backend:docker]` asks for isolation.
+//! The implied requirements, kept deliberately small: a `kind: image` stage needs a
+//! container engine, so it requires `backend:docker`, and a `kind: deploy` stage drives
+//! a rollout in a cluster, so it requires `backend:kubernetes` — each unless its
+//! `runs_on` already names a backend (`backend:kubernetes` for an image stage once that
+//! backend builds images; the YAML reader refuses a deploy stage that names another).
+//! Run stages with an `image:` are not restricted: the local backend runs their steps
+//! on the host, which is what `slipway exec` does too; `runs_on: [backend:docker]` asks
+//! for isolation.
 
 use pipelines::{BACKEND_LABEL_PREFIX, PlannedKind, PlannedStage, backend_label};
 
@@ -18,13 +21,22 @@ use crate::store::Runner;
 
 /// The backend an image stage needs when its `runs_on` names none.
 pub const IMAGE_BACKEND: &str = "docker";
+/// The backend a deploy stage needs when its `runs_on` names none.
+pub const DEPLOY_BACKEND: &str = "kubernetes";
 
 /// The labels a runner must have to run `stage`.
 pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
     let mut labels = stage.runs_on.clone();
     let names_backend = labels.iter().any(|l| l.starts_with(BACKEND_LABEL_PREFIX));
-    if matches!(stage.kind, PlannedKind::Image { .. }) && !names_backend {
-        labels.push(backend_label(IMAGE_BACKEND));
+    let implied = match stage.kind {
+        PlannedKind::Image { .. } => Some(IMAGE_BACKEND),
+        PlannedKind::Deploy { .. } => Some(DEPLOY_BACKEND),
+        PlannedKind::Run | PlannedKind::Scan { .. } => None,
+    };
+    if let Some(backend) = implied
+        && !names_backend
+    {
+        labels.push(backend_label(backend));
     }
     labels
 }
@@ -104,6 +116,33 @@ mod tests {
         assert_eq!(stage_labels(&k8s), ["backend:kubernetes"]);
         let plain = planned("stages:\n  a:\n    steps: [make]\n");
         assert!(stage_labels(&plain).is_empty());
+    }
+
+    #[test]
+    fn deploy_stages_need_kubernetes_unless_runs_on_names_a_backend() {
+        let deploy = planned(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [prod-cluster]\n",
+        );
+        assert_eq!(
+            stage_labels(&deploy),
+            ["prod-cluster", "backend:kubernetes"]
+        );
+        let bare = planned("stages:\n  a:\n    kind: deploy\n    environment: staging\n");
+        assert_eq!(stage_labels(&bare), ["backend:kubernetes"]);
+        let named = planned(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [backend:kubernetes, eu]\n",
+        );
+        assert_eq!(stage_labels(&named), ["backend:kubernetes", "eu"]);
+        // Pod settings alone do not pick a backend: other backends ignore them.
+        let run = planned(
+            "stages:\n  a:\n    kubernetes: { node_selector: { pool: ci } }\n    steps: [make]\n",
+        );
+        assert!(stage_labels(&run).is_empty());
+        // Only the kubernetes backend can run a deploy stage.
+        let k8s = ["backend:kubernetes".to_string()];
+        let docker = ["backend:docker".to_string()];
+        assert!(can_take(&k8s, &stage_labels(&bare)));
+        assert!(!can_take(&docker, &stage_labels(&bare)));
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Agent {
     /// Where sources are downloaded and unpacked (default: the system temp dir).
     work_dir: Option<PathBuf>,
     shutdown_grace: Duration,
+    /// Stages a predecessor left running, with the lease it kept beside each.
+    adopted: Vec<(runner::StageHandle, String)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -173,6 +175,7 @@ impl Agent {
             backend,
             work_dir: None,
             shutdown_grace: Duration::ZERO,
+            adopted: Vec::new(),
         }
     }
 
@@ -191,6 +194,13 @@ impl Agent {
 
     pub fn with_work_dir(mut self, dir: PathBuf) -> Agent {
         self.work_dir = Some(dir);
+        self
+    }
+
+    /// Stages to take over once registered (from `Opened::recover`): each runs on
+    /// with its original lease, as long as the server still holds it for us.
+    pub fn with_adopted(mut self, adopted: Vec<(runner::StageHandle, String)>) -> Agent {
+        self.adopted = adopted;
         self
     }
 
@@ -216,6 +226,23 @@ impl Agent {
             "runner registered"
         );
         let mut slots = JoinSet::new();
+        for (handle, data) in &me.adopted {
+            let (me, session, shutdown) = (me.clone(), session.clone(), shutdown.clone());
+            let handle = handle.clone();
+            let lease = serde_json::from_str::<LeaseResponse>(data);
+            slots.spawn(async move {
+                match lease {
+                    Ok(lease) => {
+                        tracing::info!(stage_id = lease.stage_id, pod = %handle.id, "resuming a stage left running");
+                        me.run_leased(lease, &session, &shutdown, Some(handle)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %handle.id, error = %e, "a stage left running has no usable lease; removing it");
+                        let _ = me.backend.destroy_stage(&handle).await;
+                    }
+                }
+            });
+        }
         for _ in 0..me.capacity {
             slots.spawn(me.clone().slot(session.clone(), shutdown.clone()));
         }
@@ -301,7 +328,7 @@ impl Agent {
             let wait = match result {
                 Ok(Some(lease)) => {
                     backoff.reset();
-                    self.run_leased(lease, &session, &shutdown).await;
+                    self.run_leased(lease, &session, &shutdown, None).await;
                     continue;
                 }
                 Ok(None) => {
@@ -422,11 +449,14 @@ impl Agent {
     }
 
     /// Runs one leased stage to the end and reports it.
+    /// Runs a leased stage and reports its end; `adopt`: a stage a predecessor
+    /// process set up (and left running), taken over rather than set up again.
     async fn run_leased(
         self: &Arc<Self>,
         lease: LeaseResponse,
         session: &Session,
         shutdown: &CancellationToken,
+        adopt: Option<runner::StageHandle>,
     ) {
         tracing::info!(
             stage_id = lease.stage_id,
@@ -482,7 +512,7 @@ impl Agent {
             mut reason,
             outputs,
             findings,
-        } = self.execute(&ctx, &lease, cancel.clone()).await;
+        } = self.execute(&ctx, &lease, cancel.clone(), adopt).await;
 
         done.cancel();
         let _ = heartbeat.await;
@@ -534,6 +564,7 @@ impl Agent {
         ctx: &Arc<StageCtx>,
         lease: &LeaseResponse,
         cancel: CancellationToken,
+        adopt: Option<runner::StageHandle>,
     ) -> Ended {
         let tmp = match &self.work_dir {
             Some(dir) => {
@@ -552,34 +583,16 @@ impl Agent {
             }
         };
         let src = tmp.path().join("src");
-        let download = self.download_source(ctx, &src);
-        let downloaded = tokio::select! {
-            r = download => r,
-            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
-        };
-        if let Err(e) = downloaded {
-            if matches!(e, CallError::LeaseLost) {
-                ctx.lost.store(true, Ordering::SeqCst);
-            }
-            return Ended::early(
-                WireStatus::Error,
-                Some(format!("downloading the source: {e}")),
-            );
-        }
-        let placed = tokio::select! {
-            r = self.place_artifacts(ctx, &lease.artifacts, &src) => r,
-            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
-        };
-        if let Err(e) = placed {
-            return files_failure(ctx, "placing the needed stages' artifacts", e);
-        }
-        let cache = tokio::select! {
-            r = self.prepare_cache(ctx, lease, &src, tmp.path()) => r,
-            _ = cancel.cancelled() => return Ended::early(WireStatus::Cancelled, None),
-        };
-        let cache = match cache {
-            Ok(c) => c,
-            Err(e) => return files_failure(ctx, "preparing the cache", e),
+        let cache = match &adopt {
+            // The workspace is in the adopted stage already.
+            Some(_) => None,
+            None => match self
+                .prepare_workspace(ctx, lease, &src, tmp.path(), &cancel)
+                .await
+            {
+                Ok(cache) => cache,
+                Err(ended) => return ended,
+            },
         };
         let mut spec = match stage_spec(
             &lease.spec,
@@ -596,6 +609,19 @@ impl Agent {
                 return Ended::early(WireStatus::Failure, Some(e.to_string()));
             }
         };
+        // What the backend tags its objects with (Kubernetes pod labels).
+        spec.labels = std::collections::BTreeMap::from([
+            ("repo".to_owned(), lease.repo.clone()),
+            ("run".to_owned(), lease.run_number.to_string()),
+            ("stage".to_owned(), lease.stage_key.clone()),
+            ("attempt".to_owned(), lease.attempt.to_string()),
+            // What the server's orphan sweep checks a pod against (kube_orphans).
+            ("stage-id".to_owned(), lease.stage_id.to_string()),
+        ]);
+        if self.backend.name() == "kubernetes" {
+            // Kept in the stage's Secret: a restarted runner resumes the stage with it.
+            spec.adoption = serde_json::to_string(lease).ok();
+        }
         let declared = spec.artifacts.clone();
         if let Some(c) = cache.as_ref().filter(|c| c.save) {
             // The backend collects the cache paths with the artifacts: every backend
@@ -605,6 +631,7 @@ impl Agent {
         let collected = tmp.path().join("collected");
         let opts = RunOptions {
             artifact_dir: (!spec.artifacts.is_empty()).then(|| collected.clone()),
+            adopt,
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward(ctx.clone(), rx, cancel.clone()));
@@ -634,6 +661,48 @@ impl Agent {
             outputs: outcome.outputs,
             findings: outcome.findings,
         }
+    }
+
+    /// The source, the needed stages' artifacts and the cache, into `src`; the
+    /// stage's cache settings. `Err`: how the stage ended instead.
+    async fn prepare_workspace(
+        &self,
+        ctx: &Arc<StageCtx>,
+        lease: &LeaseResponse,
+        src: &Path,
+        scratch: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Option<StageCache>, Ended> {
+        let download = self.download_source(ctx, src);
+        let downloaded = tokio::select! {
+            r = download => r,
+            _ = cancel.cancelled() => return Err(Ended::early(WireStatus::Cancelled, None)),
+        };
+        if let Err(e) = downloaded {
+            if matches!(e, CallError::LeaseLost) {
+                ctx.lost.store(true, Ordering::SeqCst);
+            }
+            return Err(Ended::early(
+                WireStatus::Error,
+                Some(format!("downloading the source: {e}")),
+            ));
+        }
+        let placed = tokio::select! {
+            r = self.place_artifacts(ctx, &lease.artifacts, src) => r,
+            _ = cancel.cancelled() => return Err(Ended::early(WireStatus::Cancelled, None)),
+        };
+        if let Err(e) = placed {
+            return Err(files_failure(
+                ctx,
+                "placing the needed stages' artifacts",
+                e,
+            ));
+        }
+        let cache = tokio::select! {
+            r = self.prepare_cache(ctx, lease, src, scratch) => r,
+            _ = cancel.cancelled() => return Err(Ended::early(WireStatus::Cancelled, None)),
+        };
+        cache.map_err(|e| files_failure(ctx, "preparing the cache", e))
     }
 
     /// The stage's cache, if it declares `cache:` paths: its key, restored into `src`
@@ -1180,7 +1249,14 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
             return;
         }
         let kind = state.config.runner_backend;
-        let opened = match crate::backends::Opened::open(kind, &name, Some(work.clone())).await {
+        let opened = match crate::backends::Opened::open(
+            kind,
+            &name,
+            Some(work.clone()),
+            &state.config.kube,
+        )
+        .await
+        {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(
@@ -1191,12 +1267,17 @@ pub fn spawn_in_process(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
             }
         };
         // Before leasing anything: a previous server process killed mid-stage left
-        // its steps running; they must be dead before their stage runs again.
-        opened.sweep().await;
+        // its steps running; they must be dead before their stage runs again —
+        // unless the backend can hand them over (Kubernetes), then they go on.
+        let adopted = opened.recover().await;
+        if let crate::backends::Opened::Kubernetes(k) = &opened {
+            crate::kube_orphans::spawn(state.clone(), k.clone());
+        }
         let agent = Agent::new(local_url(addr), token, name, opened.backend())
             .with_capacity(state.config.runner_capacity)
             .with_labels(vec![kind.as_str().into()])
-            .with_work_dir(work);
+            .with_work_dir(work)
+            .with_adopted(adopted);
         if let Err(e) = agent.run(state.shutdown.clone()).await {
             tracing::error!(error = %e, "in-process runner stopped");
         }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use pipelines::{PlannedKind, PlannedStage, ScanLevel};
 use runner::{
-    ContainerSettings, ImageSpec, RegistryAuth, ScanSpec, ServiceSpec, Severity, Source, StageKind,
-    StageSpec, StepSpec,
+    ContainerSettings, ImageSpec, PodSettings, RegistryAuth, ScanSpec, ServiceSpec, Severity,
+    Source, StageKind, StageSpec, StepSpec, Toleration,
 };
 
 /// What to do when a referenced secret has no value.
@@ -275,7 +275,35 @@ pub fn stage_spec(
         kind,
         services,
         container: container_settings(&stage.container),
+        pod: pod_settings(&stage.kubernetes),
+        // Set by the runner agent from its lease (repo, run, stage, attempt).
+        labels: Default::default(),
+        adoption: None,
     })
+}
+
+/// The YAML's `kubernetes:` block (already checked by `pipelines`: valid labels,
+/// consistent tolerations; the service account only reaches a plan the server let
+/// through, see [`pipelines::untrusted_service_accounts`]).
+fn pod_settings(k: &pipelines::KubernetesSettings) -> PodSettings {
+    PodSettings {
+        node_selector: k.node_selector.clone(),
+        tolerations: k
+            .tolerations
+            .iter()
+            .map(|t| Toleration {
+                key: t.key.clone(),
+                operator: Some(t.operator.as_str().to_string()),
+                value: t.value.clone(),
+                effect: t.effect.map(|e| e.as_str().to_string()),
+                // Checked to fit when the YAML was read.
+                toleration_seconds: t
+                    .toleration_seconds
+                    .map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+            })
+            .collect(),
+        service_account: k.service_account.as_ref().map(|sa| sa.name.clone()),
+    }
 }
 
 /// The YAML's `user`, `workdir` and `resources`, for the backend to apply.
@@ -389,6 +417,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.container, ContainerSettings::default());
+    }
+
+    #[test]
+    fn pod_settings_come_from_the_kubernetes_block() {
+        let stage = planned(
+            "stages:
+  deploy:
+    kubernetes:
+      node_selector: { kubernetes.io/arch: arm64, pool: ci }
+      tolerations:
+        - { key: dedicated, value: ci, effect: NoSchedule }
+        - { key: spot, operator: Exists, effect: NoExecute, toleration_seconds: 300 }
+        - { operator: Exists }
+      service_account: deployer
+    steps: [make]
+",
+        );
+        let spec = stage_spec(
+            &stage,
+            "deploy",
+            Source::Empty,
+            &BTreeMap::new(),
+            OnMissing::Error,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.pod,
+            PodSettings {
+                node_selector: BTreeMap::from([
+                    ("kubernetes.io/arch".to_string(), "arm64".to_string()),
+                    ("pool".to_string(), "ci".to_string()),
+                ]),
+                tolerations: vec![
+                    Toleration {
+                        key: Some("dedicated".into()),
+                        operator: Some("Equal".into()),
+                        value: Some("ci".into()),
+                        effect: Some("NoSchedule".into()),
+                        toleration_seconds: None,
+                    },
+                    Toleration {
+                        key: Some("spot".into()),
+                        operator: Some("Exists".into()),
+                        value: None,
+                        effect: Some("NoExecute".into()),
+                        toleration_seconds: Some(300),
+                    },
+                    Toleration {
+                        key: None,
+                        operator: Some("Exists".into()),
+                        value: None,
+                        effect: None,
+                        toleration_seconds: None,
+                    },
+                ],
+                service_account: Some("deployer".into()),
+            }
+        );
+        let plain = planned("stages:\n  build:\n    steps: [make]\n");
+        let spec = stage_spec(
+            &plain,
+            "build",
+            Source::Empty,
+            &BTreeMap::new(),
+            OnMissing::Error,
+        )
+        .unwrap();
+        assert_eq!(spec.pod, PodSettings::default());
     }
 
     #[test]

@@ -660,3 +660,224 @@ async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
         .unwrap()
         .unwrap();
 }
+
+/// A stage with pod settings for the Kubernetes backend, service account included:
+/// `service_account` is at line 10, column 7.
+const SERVICE_ACCOUNT: &str = "on:
+  push: {}
+  pull_request: {}
+stages:
+  deploy:
+    kubernetes:
+      node_selector: { pool: deploy }
+      tolerations:
+        - { key: dedicated, value: deploy, effect: NoSchedule }
+      service_account: deployer
+    steps: [\"kubectl apply -f k8s/\"]
+";
+
+/// A signed delivery of `fixture` (re-pointed at a commit holding `files`) to a new
+/// repository `name` registered with `trusted`; returns the repository and its run.
+async fn delivered(
+    state: &server::state::AppState,
+    git: &mut GitForge,
+    name: &str,
+    trusted: bool,
+    (event, fixture): (&str, &str),
+) -> (store::Repo, store::Run) {
+    let files = [(".slipway.yml", SERVICE_ACCOUNT)];
+    let d = adapt_fixture(git, ForgeKind::Github, event, fixture, &files, &files);
+    let repo = register(
+        state,
+        name,
+        store::Forge::Github,
+        &git.url(),
+        "main",
+        trusted,
+    )
+    .await;
+    let (status, body) = deliver(state, ForgeKind::Github, name, event, "d1", &d.body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let number = body["run"].as_i64().unwrap();
+    let run = state
+        .store
+        .get_run_by_number(repo.id, number)
+        .await
+        .unwrap();
+    (repo, run)
+}
+
+/// The error run the planner (or a rerun) makes of [`SERVICE_ACCOUNT`] when the run is
+/// not trusted: one diagnostic, at the `service_account` key, saying why.
+async fn assert_refused_service_account(state: &server::state::AppState, run: &store::Run) {
+    let run = state.store.get_run(run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Error, "{:?}", run.error);
+    assert_eq!(
+        run.error.as_deref(),
+        Some(server::planning::UNTRUSTED_REASON)
+    );
+    let diags = run.diagnostics.expect("diagnostics are stored");
+    let diags = diags.as_array().unwrap();
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    let d = &diags[0];
+    assert_eq!(
+        (
+            &d["file"],
+            &d["line"],
+            &d["column"],
+            &d["severity"],
+            &d["code"]
+        ),
+        (
+            &json!(".slipway.yml"),
+            &json!(10),
+            &json!(7),
+            &json!("error"),
+            &json!("untrusted-service-account")
+        ),
+        "{d}"
+    );
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message.contains("service_account: deployer")
+            && message.contains("repository must be marked trusted")
+            && message.contains("pull requests from forks never get one"),
+        "{message}"
+    );
+    assert!(state.store.list_stages(run.id).await.unwrap().is_empty());
+    assert!(run.plan.is_none());
+}
+
+#[tokio::test]
+async fn a_service_account_is_refused_for_an_untrusted_repository_and_for_fork_pull_requests() {
+    let env = env().await;
+    let state = &env.state;
+    let mut git = GitForge::new();
+    let (_, push) = delivered(
+        state,
+        &mut git,
+        "o/untrusted",
+        false,
+        ("push", "github/push.json"),
+    )
+    .await;
+    assert!(!push.trusted);
+    let mut fork_git = GitForge::new();
+    let (_, fork) = delivered(
+        state,
+        &mut fork_git,
+        "o/trusted",
+        true,
+        ("pull_request", "github/pull_request_synchronize_fork.json"),
+    )
+    .await;
+    assert!(fork.fork && !fork.trusted);
+    let report = planner::plan_pending(state).await.unwrap();
+    assert_eq!(report.errored, 2, "{report:?}");
+    assert_refused_service_account(state, &push).await;
+    assert_refused_service_account(state, &fork).await;
+
+    // A rerun of a run that never planned goes back to the planner, which refuses it
+    // the same way.
+    let (_, admin) =
+        server::api::tokens::create_token(&state.store, "root", server::store::TokenScope::Admin)
+            .await
+            .unwrap();
+    let (status, body) = rerun(state, "o/untrusted", push.number, &admin).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "pending");
+    planner::plan_pending(state).await.unwrap();
+    let again = state
+        .store
+        .get_run(body["id"].as_i64().unwrap())
+        .await
+        .unwrap();
+    assert!(!again.trusted);
+    assert_refused_service_account(state, &again).await;
+}
+
+#[tokio::test]
+async fn a_trusted_repository_gets_its_service_account_until_trust_is_taken_away() {
+    let env = env().await;
+    let state = &env.state;
+    let mut git = GitForge::new();
+    let (repo, run) = delivered(state, &mut git, "o/r", true, ("push", "github/push.json")).await;
+    assert!(run.trusted);
+    let report = planner::plan_pending(state).await.unwrap();
+    assert_eq!(report.planned, 1, "{report:?}");
+    let run = state.store.get_run(run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Running, "{:?}", run.error);
+    let stages = state.store.list_stages(run.id).await.unwrap();
+    assert_eq!(
+        stage_keys(&stages),
+        [("deploy".into(), StageStatus::Queued)]
+    );
+    // The stored spec holds the pod settings, and the runner gets them as PodSettings.
+    let spec = &stages[0].stage.spec;
+    assert_eq!(
+        spec["kubernetes"]["service_account"],
+        json!({ "name": "deployer", "line": 10, "column": 7 })
+    );
+    let planned: pipelines::PlannedStage = serde_json::from_value(spec.clone()).unwrap();
+    let runnable = server::stage_spec::stage_spec(
+        &planned,
+        "deploy",
+        runner::Source::Empty,
+        &Default::default(),
+        server::stage_spec::OnMissing::Error,
+    )
+    .unwrap();
+    assert_eq!(runnable.pod.service_account.as_deref(), Some("deployer"));
+    assert_eq!(runnable.pod.node_selector["pool"], "deploy");
+    assert_eq!(runnable.pod.tolerations.len(), 1);
+
+    let (_, admin) =
+        server::api::tokens::create_token(&state.store, "root", server::store::TokenScope::Admin)
+            .await
+            .unwrap();
+    // While the repository is trusted, a rerun repeats the plan, service account and all.
+    assert!(state.store.cancel_run(run.id, "test").await.unwrap());
+    let (status, body) = rerun(state, "o/r", run.number, &admin).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (&body["status"], &body["trusted"]),
+        (&json!("running"), &json!(true))
+    );
+    let second = body["id"].as_i64().unwrap();
+    let stages = state.store.list_stages(second).await.unwrap();
+    assert_eq!(
+        stages[0].stage.spec["kubernetes"]["service_account"]["name"],
+        "deployer"
+    );
+    assert!(state.store.cancel_run(second, "test").await.unwrap());
+
+    // Trust taken away: a rerun of the same stored plan is an error run, never stages.
+    let mut untrusted = repo.clone();
+    untrusted.trusted = false;
+    state.store.update_repo(&untrusted).await.unwrap();
+    let (status, body) = rerun(state, "o/r", run.number, &admin).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["trusted"], false);
+    let refused = state
+        .store
+        .get_run(body["id"].as_i64().unwrap())
+        .await
+        .unwrap();
+    assert_refused_service_account(state, &refused).await;
+    // Created finished: the planner has nothing to pick up.
+    assert!(state.store.pending_runs(10).await.unwrap().is_empty());
+}
+
+/// `POST …/runs/{number}/rerun` through the app, as an admin.
+async fn rerun(
+    state: &server::state::AppState,
+    repo: &str,
+    number: i64,
+    admin: &str,
+) -> (StatusCode, Value) {
+    let req = axum::http::Request::post(format!("/api/repos/{repo}/runs/{number}/rerun"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    send(state, req).await
+}

@@ -271,6 +271,34 @@ stages:
     server.stop().await;
 }
 
+/// The planner never plans a service account into an untrusted run
+/// (`tests/planner.rs`); a stage that got there anyway (here: planned directly, as a
+/// fork's pull request) is refused when leased, before any pod could be asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_stage_of_an_untrusted_run_is_refused_at_lease() {
+    let server = Server::start(Opts::default()).await;
+    let (repo, sha, _) = server.repo(FILES).await;
+    let yaml = "\
+stages:
+  deploy:
+    kubernetes: { service_account: deployer }
+    steps:
+      - run: echo never
+";
+    let run = server.run(&repo, &sha, yaml, true).await;
+    assert!(!run.trusted);
+    let run = server.wait_run(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.status, RunStatus::Failure);
+    let deploy = server.stage(run.id, "deploy").await;
+    assert_eq!(deploy.stage.status, StageStatus::Failure);
+    assert_eq!(
+        deploy.stage.reason.as_deref(),
+        Some("the stage asks for service account `deployer`, but the run is not trusted")
+    );
+    assert_eq!(deploy.steps[0].status, StepStatus::Skipped);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_step_fails_the_stage_and_skips_dependents() {
     let server = Server::start(Opts::default()).await;

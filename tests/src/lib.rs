@@ -1,7 +1,9 @@
 //! End-to-end tests and benchmarks live in `tests/` and `src/bin/`; this library holds
-//! what several suites share: the Kubernetes API-server test double, the `restricted`
-//! pod security check, multi-document YAML.
+//! what several suites share: the Kubernetes API-server test double, the external
+//! Kubernetes tools (kubernetes-validate), the `restricted` pod security check,
+//! multi-document YAML.
 
+pub mod k8s_tools;
 pub mod kube_double;
 pub mod pod_security;
 pub mod yaml_docs;

@@ -21,16 +21,13 @@ use std::process::{Command, Output};
 
 use clap::CommandFactory;
 use serde_json::Value;
+use tests::k8s_tools::{KUBERNETES_VERSION, kubernetes_validate_strict, run, text};
 use tests::pod_security::restricted_violations;
 use tests::yaml_docs::{parse_document, parse_documents};
 
-/// The Kubernetes version the manifests are validated against.
-const KUBERNETES_VERSION: &str = "1.30.0";
 const OVERLAYS: &[&str] = &["single-sqlite", "ha-postgres"];
 const SERVER_NAMESPACE: &str = "slipway";
 const BUILD_NAMESPACE: &str = "slipway-builds";
-const INSTALL_HINT: &str = "run `bash .ci/k8s-tools.sh` (installs kubectl, kubernetes-validate, \
-                            docker-compose and systemd-analyze)";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,22 +42,6 @@ fn deploy(path: &str) -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Runs a tool; a tool that is not installed fails the test with the install hint.
-fn run(cmd: &mut Command) -> Output {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    match cmd.output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{program}` is not installed: {INSTALL_HINT}")
-        }
-        Err(e) => panic!("running `{program}`: {e}"),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -145,29 +126,9 @@ fn every_object_of_every_overlay_passes_kubernetes_validate_strict() {
         let (yaml, objects) = render(overlay);
         let file = dir.path().join(format!("{overlay}.yaml"));
         std::fs::write(&file, &yaml).unwrap();
-        // One call per overlay with all its objects: the schemas load once.
-        let out = run(Command::new("python3")
-            .args(["-m", "kubernetes_validate", "--strict", "-k"])
-            .arg(KUBERNETES_VERSION)
-            .arg(&file));
-        let stdout = text(&out.stdout);
-        let stderr = text(&out.stderr);
-        assert!(
-            !stderr.contains("No module named kubernetes_validate"),
-            "kubernetes-validate is not installed for python3: {INSTALL_HINT}"
-        );
-        assert!(
-            out.status.success(),
-            "{overlay} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{stdout}{stderr}"
-        );
-        // Every object was checked, none was skipped as an unknown kind.
-        let passed = stdout.matches(" passed for resource ").count();
-        assert_eq!(
-            passed,
-            objects.len(),
-            "{overlay}: {} objects, {passed} validated:\n{stdout}{stderr}",
-            objects.len()
-        );
+        if let Err(e) = kubernetes_validate_strict(&file, KUBERNETES_VERSION, objects.len()) {
+            panic!("{overlay}: {e}");
+        }
     }
 }
 
@@ -176,6 +137,7 @@ fn slipway_may_only_manage_pods_logs_and_secrets_in_the_build_namespace() {
     let expected: BTreeSet<(String, String, String)> = [
         ("pods", &["create", "get", "list", "watch", "delete"][..]),
         ("pods/log", &["get"][..]),
+        ("pods/exec", &["create", "get"][..]),
         ("secrets", &["create", "get", "delete", "list"][..]),
     ]
     .iter()
@@ -407,12 +369,12 @@ fn the_mounted_configuration_is_one_slipway_accepts() {
             "{overlay}: listen {} is unreachable from the Service",
             config.listen
         );
-        // The in-process runner's only backend is local: it would run build steps inside
-        // the server's pod, next to the key and the token. (When the Kubernetes backend
-        // lands, check here that the in-process runner uses it instead.)
+        // Builds never run inside the server's pod, next to the key and the token:
+        // the in-process runner, when on, uses the Kubernetes backend.
         assert!(
-            !config.in_process_runner,
-            "{overlay}: in_process_runner would run builds in the server's pod"
+            !config.in_process_runner
+                || config.runner_backend == server::backends::BackendKind::Kubernetes,
+            "{overlay}: the in-process runner would run builds in the server's pod"
         );
     }
 }

@@ -107,3 +107,49 @@ fn the_rust_example_plans_its_release_path_on_main() {
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(skipped, ["image", "staging", "production"], "{plan:#?}");
 }
+
+#[test]
+fn the_kubernetes_example_chooses_its_nodes_and_keeps_its_service_account_off_pull_requests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
+    let text = std::fs::read_to_string(root.join(".slipway.yml")).unwrap();
+    let pipeline = pipelines::parse(".slipway.yml", &text).unwrap();
+    let push = pipelines::EventContext {
+        event: pipelines::Event::Push,
+        branch: Some("main".into()),
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        ..Default::default()
+    };
+    let plan = pipelines::plan(&pipeline, &push).unwrap();
+    let test = &plan.stages[0];
+    assert_eq!(test.kubernetes.node_selector["kubernetes.io/arch"], "arm64");
+    assert_eq!(test.kubernetes.tolerations.len(), 2);
+    assert_eq!(
+        test.kubernetes.tolerations[1].toleration_seconds,
+        Some(60),
+        "{test:#?}"
+    );
+    let deploy = &plan.stages[1];
+    assert_eq!(
+        deploy
+            .kubernetes
+            .service_account
+            .as_ref()
+            .map(|s| s.name.as_str()),
+        Some("deployer")
+    );
+    // A push needs a trusted run for the deploy's service account…
+    assert_eq!(
+        pipelines::untrusted_service_accounts(std::slice::from_ref(&plan)).len(),
+        1
+    );
+    // …a pull request skips the deploy, so an untrusted one still runs its tests.
+    let pull_request = pipelines::EventContext {
+        event: pipelines::Event::PullRequest,
+        source_branch: Some("feature/x".into()),
+        fork: true,
+        ..push
+    };
+    let plan = pipelines::plan(&pipeline, &pull_request).unwrap();
+    assert_eq!(plan.skipped.len(), 1, "{plan:#?}");
+    assert!(pipelines::untrusted_service_accounts(&[plan]).is_empty());
+}

@@ -92,6 +92,19 @@ pub(crate) fn read_runs_on(
                     );
                     continue;
                 }
+                if backend != "kubernetes" && kind == Some("deploy") {
+                    ctx.error(
+                        codes::INVALID_LABEL,
+                        pos,
+                        format!(
+                            "{what} deploys, which only the kubernetes backend can do (`{label}`)"
+                        ),
+                        Some(format!(
+                            "remove `{label}`: deploy stages go to `backend:kubernetes` runners"
+                        )),
+                    );
+                    continue;
+                }
             }
             out.push(Template::literal(label));
         } else {

@@ -27,6 +27,7 @@ pub const STAGE_COMMON: &[&str] = &[
     "user",
     "workdir",
     "resources",
+    "kubernetes",
 ];
 pub const STAGE_SCAN: &[&str] = &["sarif", "fail_on"];
 pub const STAGE_IMAGE: &[&str] = &[
@@ -44,6 +45,10 @@ pub const WHEN: &[&str] = &["branch", "tag", "event", "paths"];
 pub const STEP: &[&str] = &["name", "run", "env", "timeout"];
 pub const SERVICE: &[&str] = &["image", "env", "command"];
 pub const RESOURCES: &[&str] = &["memory", "cpu"];
+pub const KUBERNETES: &[&str] = &["node_selector", "tolerations", "service_account"];
+pub const TOLERATION: &[&str] = &["key", "operator", "value", "effect", "toleration_seconds"];
+pub const TOLERATION_OPERATORS: &[&str] = &["Exists", "Equal"];
+pub const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
 pub const APPROVAL: &[&str] = &["role", "count"];
 pub const CANARY: &[&str] = &["target", "traffic", "steps"];
 pub const CANARY_TARGET: &[&str] = &["deployment", "namespace"];
@@ -100,6 +105,8 @@ mod tests {
             ("StepSpec", super::STEP.to_vec()),
             ("Service", super::SERVICE.to_vec()),
             ("Resources", super::RESOURCES.to_vec()),
+            ("Kubernetes", super::KUBERNETES.to_vec()),
+            ("Toleration", super::TOLERATION.to_vec()),
             ("Approval", super::APPROVAL.to_vec()),
             ("Canary", super::CANARY.to_vec()),
             ("CanaryTarget", super::CANARY_TARGET.to_vec()),
@@ -118,5 +125,15 @@ mod tests {
             .flat_map(|d| props(&schema, d))
             .collect();
         assert_eq!(step_keys, set(super::CANARY_STEP));
+        let names = |def: &str| -> Vec<String> {
+            schema["$defs"][def]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no enum for {def}"))
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(names("TolerationOperator"), super::TOLERATION_OPERATORS);
+        assert_eq!(names("TaintEffect"), super::TAINT_EFFECTS);
     }
 }

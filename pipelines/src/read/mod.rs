@@ -4,6 +4,7 @@
 mod container;
 mod deploy;
 pub(crate) mod keys;
+mod kubernetes;
 mod stage;
 mod triggers;
 

@@ -85,7 +85,7 @@ fn read_stage(
     let mut allowed: Vec<&str> = keys::STAGE_COMMON.to_vec();
     allowed.extend_from_slice(kind_keys);
     let mut kept = Vec::new();
-    for f in list {
+    for f in super::kubernetes::without_restricted(ctx, list, &what) {
         let other_kind = [
             ("scan", keys::STAGE_SCAN),
             ("image", keys::STAGE_IMAGE),
@@ -179,6 +179,10 @@ fn read_stage(
         .map(|f| super::container::read_runs_on(ctx, f, &what, &scope, kind_name.as_deref()))
         .unwrap_or_default();
     let container = super::container::read_container(ctx, &fields, &what);
+    let kubernetes = fields
+        .get("kubernetes")
+        .map(|f| super::kubernetes::read_kubernetes(ctx, f, &what))
+        .unwrap_or_default();
 
     let kind = match kind_name.as_deref() {
         Some("scan") => read_scan(ctx, &fields, &what),
@@ -219,6 +223,7 @@ fn read_stage(
         env,
         runs_on,
         container,
+        kubernetes,
     };
     Some((stage, needs))
 }
@@ -411,9 +416,12 @@ fn read_services(
             continue;
         }
         let swhat = format!("service `{}` of {what}", e.key);
-        let Some(sf) = ctx.object(e, what, keys::SERVICE) else {
+        let Some(list) = ctx.mapping(e.value, e.value_pos(), &format!("`{}` in {what}", e.key))
+        else {
             continue;
         };
+        let list = super::kubernetes::without_restricted(ctx, list, &swhat);
+        let sf = ctx.known(list, e.pos, what, keys::SERVICE);
         let env = sf
             .get("env")
             .map(|ef| ctx.env_map(ef, &swhat, scope, Allow::Text))

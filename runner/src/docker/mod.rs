@@ -12,7 +12,6 @@
 //! extracted safely), [`services`] (start and readiness), [`step`] (step
 //! containers and their output), [`cleanup`] (removal by label).
 
-mod archive;
 mod cleanup;
 mod engine;
 mod image;
@@ -22,7 +21,7 @@ mod step;
 mod volume;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use tokio::task::AbortHandle;
 
 pub use cleanup::DockerSweepReport;
 
+use crate::archive;
 use crate::backend::{
     Artifact, Backend, BuiltImage, LogChunk, LogStream, StageHandle, StepExit, StepHandle,
 };
@@ -357,29 +357,9 @@ fn prepare_archive(
         file.reopen()
             .map_err(|e| Error::io("opening the workspace archive", e))?,
     );
-    match source {
-        Source::Empty => archive::tar_tree(None, root, owner, &extra, out)?,
-        Source::Directory(dir) => {
-            let meta = std::fs::symlink_metadata(dir)
-                .map_err(|e| Error::io(format!("reading source directory {}", dir.display()), e))?;
-            if !meta.is_dir() {
-                return Err(Error::InvalidSpec(format!(
-                    "source {} is not a directory",
-                    dir.display()
-                )));
-            }
-            archive::tar_tree(Some(dir), root, owner, &extra, out)?
-        }
-        Source::Git { .. } => {
-            let checkout = tempfile::tempdir()
-                .map_err(|e| Error::io("creating a temp dir for the checkout", e))?;
-            crate::workspace::prepare(source, checkout.path())?;
-            let r = archive::tar_tree(Some(checkout.path()), root, owner, &extra, out);
-            // Git makes read-only object files; the helper removes them anyway.
-            let _ = crate::workspace::remove_tree(checkout.path());
-            r?
-        }
-    }
+    archive::with_source_dir(source, |dir| {
+        archive::tar_tree(dir, root, owner, &extra, out)
+    })?;
     Ok(file)
 }
 
@@ -589,24 +569,7 @@ impl Backend for DockerBackend {
         io.remove(docker).await?;
         downloaded?;
 
-        let globs = globs.to_vec();
-        let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Artifact>> {
-            let root: PathBuf = scratch.path().join("workspace");
-            std::fs::create_dir(&root)
-                .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-            let file = std::fs::File::open(&tar_path)
-                .map_err(|e| Error::io(format!("opening {}", tar_path.display()), e))?;
-            archive::extract_safe(std::io::BufReader::new(file), &root)?;
-            let r = crate::artifacts::collect(&root, &globs, &dest);
-            let _ = crate::workspace::remove_tree(scratch.path());
-            r
-        })
-        .await
-        .map_err(|e| Error::Backend {
-            op: "collect_artifacts",
-            message: e.to_string(),
-        })?
+        archive::collect_from_tar(scratch, tar_path, globs, dest).await
     }
 
     async fn destroy_stage(&self, handle: &StageHandle) -> Result<()> {

@@ -26,7 +26,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{WORKSPACE, archive, engine, names, volume};
+use super::{WORKSPACE, engine, names, volume};
+use crate::archive;
 use crate::backend::{LogChunk, LogStreamKind};
 use crate::error::Result;
 use crate::spec::ContainerSettings;

@@ -15,8 +15,8 @@ use bollard::query_parameters::{
 };
 use futures::{Stream, StreamExt};
 
-use super::archive::Owner;
 use super::{WORKSPACE, engine, names};
+use crate::archive::Owner;
 use crate::error::{Error, Result};
 
 /// A created-not-started container mounting a stage's volume. Callers remove it

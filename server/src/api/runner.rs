@@ -10,8 +10,10 @@
 //! references are decrypted and sent. For a pull request from a fork (`run.fork`), a
 //! secret is withheld unless it is marked `allow_pull_requests` — `fork` is the
 //! forge's fact about where the code comes from; `run.trusted` is left for privileged
-//! settings. A referenced secret that is not defined fails the stage at once with a
-//! reason saying so, instead of running steps with an empty variable.
+//! settings: a stage with a `kubernetes.service_account` is refused here if its run is
+//! not trusted (the planner already refuses such runs; this is the last check before
+//! a pod would be asked for). A referenced secret that is not defined fails the stage
+//! at once with a reason saying so, instead of running steps with an empty variable.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -209,6 +211,20 @@ async fn prepare(
             .await;
         }
     };
+    // The planner and reruns never plan such a stage for an untrusted run
+    // (`planning::check_trust`); this is the last line, where the pod would be asked for.
+    if let Some(sa) = &planned.kubernetes.service_account
+        && !run.trusted
+    {
+        return refuse(
+            StageStatus::Failure,
+            format!(
+                "the stage asks for service account `{}`, but the run is not trusted",
+                sa.name
+            ),
+        )
+        .await;
+    }
     add_needed_outputs(state, stage, &mut planned).await?;
     let referenced = referenced_secrets(&planned);
     let mut secrets = BTreeMap::new();

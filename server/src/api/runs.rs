@@ -198,7 +198,7 @@ pub struct RerunRequest {
     post, path = "/api/repos/{owner}/{name}/runs/{number}/rerun", tag = "runs", params(RunPath),
     request_body(content = Option<RerunRequest>, description = "Optional; default: the whole run"),
     responses(
-        (status = 201, description = "The new run (trigger `rerun`, `rerun_of` set), planned from the stored plan", body = Run),
+        (status = 201, description = "The new run (trigger `rerun`, `rerun_of` set), planned from the stored plan; an `error` run with diagnostics if that plan needs a trusted run and the repository is no longer trusted", body = Run),
         (status = 401), (status = 403), (status = 404),
         (status = 409, description = "The run has not finished, or (failed_only) nothing failed or there is no plan"),
     ),
@@ -229,7 +229,9 @@ pub async fn rerun(
         pr_number: orig.pr_number,
         source_branch: orig.source_branch.clone(),
         fork: orig.fork,
-        trusted: orig.trusted,
+        // A rerun is trusted no more than the repository is now: trust taken away since
+        // the original run is not given back.
+        trusted: orig.trusted && repo.trusted,
         message: orig.message.clone(),
         author: orig.author.clone(),
         params: orig.params.clone(),
@@ -252,6 +254,17 @@ pub async fn rerun(
     };
     let plans = planning::plans_of(plan)
         .map_err(|e| ApiError::internal(format!("stored plan of run {}: {e}", orig.id)))?;
+    if let Err(diags) = planning::check_trust(&plans, new.trusted) {
+        // The stored plan asks for what this run may no longer have: an error run, as
+        // the planner would make of the same YAML, never stages.
+        let run = state
+            .store
+            .create_run_error(repo.id, new, planning::UNTRUSTED_REASON, Some(diags))
+            .await?;
+        state.metrics.run_finished(RunStatus::Error);
+        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun refused: not trusted");
+        return Ok((StatusCode::CREATED, Json(run)));
+    }
     let mut stages = planning::stages_from_plans(&plans);
     if req.failed_only {
         let old = state.store.list_stages(orig.id).await?;

@@ -186,7 +186,14 @@ async fn run_plans(
         crate::runner_agent::hostname(),
         std::process::id()
     );
-    let backend: Arc<dyn runner::Backend> = Opened::open(backend, &name, None).await?.backend();
+    let backend: Arc<dyn runner::Backend> = Opened::open(
+        backend,
+        &name,
+        None,
+        &crate::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+    )
+    .await?
+    .backend();
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {

@@ -35,8 +35,10 @@ pub struct RunnerArgs {
     /// only if all its `runs_on` labels are among these; `backend:<name>` is added.
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// Where steps run: host processes, or containers on the Docker engine
-    /// (`DOCKER_HOST` or the local socket).
+    /// Where steps run: host processes, containers on the Docker engine
+    /// (`DOCKER_HOST` or the local socket), or pods in a Kubernetes namespace
+    /// (`SLIPWAY_KUBE_NAMESPACE`, `SLIPWAY_KUBE_HELPER_IMAGE`,
+    /// `SLIPWAY_KUBE_IMAGE_PULL_SECRETS`; cluster access as kubectl finds it).
     #[arg(long, value_enum, env = "SLIPWAY_RUNNER_BACKEND", default_value_t = BackendKind::Local)]
     pub backend: BackendKind,
     /// Where workspaces and downloaded sources go (default: the system temp dir).
@@ -83,7 +85,12 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     // the start-up sweep finds what a crashed predecessor left.
     let name = args.name.unwrap_or_else(hostname);
     let runtime = tokio::runtime::Runtime::new()?;
-    let opened = runtime.block_on(Opened::open(args.backend, &name, args.work_dir.clone()))?;
+    let opened = runtime.block_on(Opened::open(
+        args.backend,
+        &name,
+        args.work_dir.clone(),
+        &crate::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+    ))?;
     let mut agent = Agent::new(server, token, name, opened.backend())
         .with_capacity(args.capacity)
         .with_labels(args.labels)
@@ -92,8 +99,9 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         agent = agent.with_work_dir(dir);
     }
     runtime.block_on(async move {
-        // Before leasing anything: kill the steps a crashed predecessor left running.
-        opened.sweep().await;
+        // Before leasing anything: kill the steps a crashed predecessor left running
+        // (or, on Kubernetes, take its stages over).
+        let agent = agent.with_adopted(opened.recover().await);
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         agent.run(shutdown).await

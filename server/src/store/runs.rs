@@ -165,7 +165,36 @@ impl Store {
         diagnostics: Option<Value>,
     ) -> Result<Run> {
         let mut tx = self.begin().await?;
-        let run = self.lock_run(&mut tx, run_id).await?;
+        let run = self.error_tx(&mut tx, run_id, error, diagnostics).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// Creates a run that is an error from the start (a rerun whose stored plan the run
+    /// may not use), in one transaction, so that no planner ever sees it `pending`.
+    pub async fn create_run_error(
+        &self,
+        repo: RepoId,
+        new: NewRun,
+        error: &str,
+        diagnostics: Option<Value>,
+    ) -> Result<Run> {
+        let mut tx = self.begin().await?;
+        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.error_tx(&mut tx, run.id, error, diagnostics).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    /// The body of [`Store::set_run_error`] inside `tx`.
+    async fn error_tx(
+        &self,
+        tx: &mut Tx,
+        run_id: RunId,
+        error: &str,
+        diagnostics: Option<Value>,
+    ) -> Result<Run> {
+        let run = self.lock_run(tx, run_id).await?;
         if run.status.is_final() {
             return Err(Error::Conflict(format!(
                 "run {run_id} already finished ({})",
@@ -182,12 +211,11 @@ impl Store {
             .bind(error)
             .bind(diagnostics.map(|d| json_text(&d)))
             .bind(now)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
         let run = run_row(&row)?;
-        emit(&mut tx, run_id, None, RunStatus::Error.as_str(), now).await?;
-        self.reconcile_tx(&mut tx, &run).await?;
-        tx.commit().await?;
+        emit(tx, run_id, None, RunStatus::Error.as_str(), now).await?;
+        self.reconcile_tx(tx, &run).await?;
         Ok(run)
     }
 

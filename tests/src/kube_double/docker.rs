@@ -170,8 +170,7 @@ pub async fn start_sandbox(
                 }
                 .into(),
             ),
-            extra_hosts: (network == PodNetwork::Bridge)
-                .then(|| vec!["host.docker.internal:host-gateway".into()]),
+            extra_hosts: Some(extra_hosts(spec, network)),
             ..Default::default()
         }),
         ..Default::default()
@@ -194,6 +193,26 @@ pub async fn start_sandbox(
         exec(docker, &names.sandbox(), cmd).await?;
     }
     Ok(())
+}
+
+/// `/etc/hosts` entries of the sandbox (shared by the pod's containers): the
+/// pod's `hostAliases`, and `host.docker.internal` on the bridge network.
+fn extra_hosts(spec: &k8s_openapi::api::core::v1::PodSpec, network: PodNetwork) -> Vec<String> {
+    let mut hosts: Vec<String> = spec
+        .host_aliases
+        .iter()
+        .flatten()
+        .flat_map(|a| {
+            a.hostnames
+                .iter()
+                .flatten()
+                .map(move |h| format!("{h}:{}", a.ip))
+        })
+        .collect();
+    if network == PodNetwork::Bridge {
+        hosts.push("host.docker.internal:host-gateway".into());
+    }
+    hosts
 }
 
 /// Runs a command in a running container and fails unless it exits 0.
@@ -450,6 +469,13 @@ pub fn container_body(
             source: Some(names.volume(&m.name)),
             target: Some(m.mount_path.clone()),
             read_only: Some(m.read_only == Some(true) || secret_volumes.contains(&m.name.as_str())),
+            // No copy-up: an empty volume mounted over an image directory (or the
+            // working directory the engine creates) would otherwise take that
+            // directory's owner and mode, where a kubelet's emptyDir stays 0777.
+            volume_options: Some(bollard::models::MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -491,9 +517,11 @@ pub fn container_body(
                 .then(|| vec!["no-new-privileges".into()]),
             readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem),
             group_add: (!groups.is_empty()).then_some(groups),
-            // The pod log API reads the engine's copy of the output.
+            // The pod log API reads the engine's copy of the output; the `local`
+            // driver keeps bytes as written (json-file would replace invalid
+            // UTF-8), as the kubelet's CRI log files do.
             log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
+                typ: Some("local".into()),
                 config: None,
             }),
             ..Default::default()

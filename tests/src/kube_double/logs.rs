@@ -119,30 +119,89 @@ pub async fn pod_log(
         ..Default::default()
     };
     let mut remaining = q.get("limitBytes").and_then(|l| l.parse::<usize>().ok());
-    let shutdown = ctx.shutdown.clone();
-    let logs = ctx.docker.logs(&docker_name, Some(opts));
-    let logs = logs.take_until(async move { shutdown.cancelled().await });
-    let body = logs
-        .map(|item| item.map(|out| out.into_bytes()))
-        // The engine's stream ends with an error if the container is removed
-        // mid-follow (pod deleted): the log simply ends, as on a cluster.
-        .take_while(|item| std::future::ready(item.is_ok()))
-        .filter_map(move |item| {
-            let bytes = item.ok();
-            let out = match (bytes, remaining.as_mut()) {
-                (None, _) => None,
-                (Some(b), None) => Some(b),
-                (Some(_), Some(0)) => None,
-                (Some(b), Some(left)) => {
-                    let b = b.slice(..b.len().min(*left));
-                    *left -= b.len();
-                    Some(b)
-                }
-            };
-            std::future::ready(out.map(Ok::<_, std::convert::Infallible>))
-        });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let plain = !opts.timestamps && opts.tail == "all" && opts.since == 0;
+    if !(plain && ctx.captures.stream(&docker_name, opts.follow, tx.clone())) {
+        tokio::spawn(read_log(ctx.clone(), docker_name, opts, tx));
+    }
+    let logs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let body = logs.filter_map(move |b| {
+        let out = match remaining.as_mut() {
+            None => Some(b),
+            Some(0) => None,
+            Some(left) => {
+                let b = b.slice(..b.len().min(*left));
+                *left -= b.len();
+                Some(b)
+            }
+        };
+        std::future::ready(out.map(Ok::<_, std::convert::Infallible>))
+    });
     Ok(Response::builder()
         .header("content-type", "text/plain")
         .body(Body::from_stream(body))
         .expect("static headers are valid"))
+}
+
+/// Sends a container's log to `tx`. The engine's `follow` can end when the
+/// container stops before everything written was read (seen with fast writers on
+/// both the json-file and local drivers), so once the follow ends and the
+/// container has stopped, the whole log is read again and what the follow missed
+/// is sent: the kubelet serves a complete log, and so must the double.
+async fn read_log(
+    ctx: Arc<Ctx>,
+    container: String,
+    opts: LogsOptions,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) {
+    let shutdown = ctx.shutdown.clone();
+    let follow = opts.follow;
+    let mut sent = 0usize;
+    let read = async {
+        let mut logs = ctx.docker.logs(&container, Some(opts.clone()));
+        // The engine's stream ends with an error if the container is removed
+        // mid-follow (pod deleted): the log simply ends, as on a cluster.
+        while let Some(Ok(out)) = logs.next().await {
+            let b = out.into_bytes();
+            sent += b.len();
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        for _ in 0..200 {
+            match ctx.docker.inspect_container(&container, None).await {
+                Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok(_) => break,
+                // Removed: nothing more to read.
+                Err(_) => return,
+            }
+        }
+        let mut skip = sent;
+        let all = LogsOptions {
+            follow: false,
+            ..opts
+        };
+        let mut logs = ctx.docker.logs(&container, Some(all));
+        while let Some(Ok(out)) = logs.next().await {
+            let b = out.into_bytes();
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            let b = b.slice(skip..);
+            skip = 0;
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = shutdown.cancelled() => {}
+    }
 }

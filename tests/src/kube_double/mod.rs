@@ -64,7 +64,8 @@
 //!   `valueFrom.secretKeyRef`), `envFrom.secretRef`, `volumeMounts` (`readOnly`),
 //!   `securityContext` (runAsUser/runAsGroup → Docker user, runAsNonRoot checked
 //!   against the image user, capabilities add/drop, allowPrivilegeEscalation
-//!   false → no-new-privileges, readOnlyRootFilesystem; pod-level fsGroup and
+//!   false → no-new-privileges, readOnlyRootFilesystem; pod-level `hostAliases`
+//!   (entries in the pod's shared /etc/hosts), fsGroup and
 //!   supplementalGroups → extra groups), `resources.limits` memory/cpu (no swap on
 //!   top of the memory limit, so over the limit is OOMKilled).
 //! - Status as the kubelet reports it: phase Pending → Running → Succeeded/Failed;
@@ -103,6 +104,7 @@
 //! 0.0.0.0; with [`PodNetwork::Host`] pods share the host's network and reach its
 //! 127.0.0.1 (but pods then share ports).
 
+mod capture;
 mod docker;
 mod exec;
 mod logs;
@@ -228,6 +230,8 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         node,
         runtimes: Mutex::new(HashMap::new()),
         shutdown: CancellationToken::new(),
+        captures: capture::Captures::new()
+            .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
     });
     let counts = Arc::new(RequestCounts::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -35,6 +35,8 @@ pub struct Ctx {
     pub runtimes: Mutex<HashMap<String, Runtime>>,
     /// Ends watches and log streams at shutdown.
     pub shutdown: CancellationToken,
+    /// Containers' output, as the pod log API serves it.
+    pub captures: super::capture::Captures,
 }
 
 /// A running pod's controls, by pod uid.
@@ -550,6 +552,10 @@ impl PodRun {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((slot, body.clone()));
+        // Before the start, so no output is missed.
+        if let Err(e) = self.ctx.captures.attach(docker, &name).await {
+            tracing::warn!(container = %name, error = %docker::message(&e), "cannot capture output; the log falls back to the engine's");
+        }
         let (d, id) = (docker.clone(), body.clone());
         let started = self
             .engine(async move { d.start_container(&id, None).await })

@@ -39,18 +39,48 @@ pub fn tar_tree(
     extra_dirs: &[String],
     out: impl Write,
 ) -> Result<()> {
+    let mut b = builder(out);
+    append_tree(&mut b, src, root, true, owner, extra_dirs)?;
+    finish(b)
+}
+
+/// A tar builder that stores symlinks as symlinks.
+pub fn builder<W: Write>(out: W) -> tar::Builder<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
-    let root_mode = match src {
-        Some(src) => fs::symlink_metadata(src)
-            .map_err(|e| Error::io(format!("stat {}", src.display()), e))?
-            .permissions()
-            .mode(),
-        None => 0o755,
-    };
-    append_dir(&mut b, root, root_mode, owner)?;
+    b
+}
+
+/// Ends the archive and flushes `out`.
+pub fn finish<W: Write>(b: tar::Builder<W>) -> Result<()> {
+    b.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| Error::io("writing workspace archive", e))
+}
+
+/// [`tar_tree`]'s entries, appended to `b`. Without `root_entry` the directory
+/// `root` itself gets no entry: for extracting by an unprivileged `tar` into a
+/// directory it does not own (a pod's emptyDir), which could not chmod it.
+pub fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    src: Option<&Path>,
+    root: &Path,
+    root_entry: bool,
+    owner: Owner,
+    extra_dirs: &[String],
+) -> Result<()> {
+    if root_entry {
+        let root_mode = match src {
+            Some(src) => fs::symlink_metadata(src)
+                .map_err(|e| Error::io(format!("stat {}", src.display()), e))?
+                .permissions()
+                .mode(),
+            None => 0o755,
+        };
+        append_dir(b, root, root_mode, owner)?;
+    }
     if let Some(src) = src {
-        walk(&mut b, src, root, owner)?;
+        walk(b, src, root, owner)?;
     }
     for dir in extra_dirs {
         let mut path = PathBuf::new();
@@ -58,14 +88,59 @@ pub fn tar_tree(
             if let Component::Normal(c) = c {
                 path.push(c);
                 if src.is_none_or(|s| !s.join(&path).exists()) {
-                    append_dir(&mut b, &root.join(&path), 0o755, owner)?;
+                    append_dir(b, &root.join(&path), 0o755, owner)?;
                 }
             }
         }
     }
-    b.into_inner()
-        .and_then(|mut w| w.flush())
-        .map_err(|e| Error::io("writing workspace archive", e))
+    Ok(())
+}
+
+/// Appends one regular file with `content`.
+pub fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Owner,
+) -> Result<()> {
+    let mut h = header(tar::EntryType::Regular, mode, owner);
+    h.set_size(content.len() as u64);
+    b.append_data(&mut h, path, content)
+        .map_err(|e| Error::io(format!("archiving {}", path.display()), e))
+}
+
+/// Calls `f` with the directory holding `source`'s files (`None` for an empty
+/// source): the directory itself, or a fresh checkout of a git source, removed
+/// afterwards. Blocking.
+pub fn with_source_dir<T>(
+    source: &crate::spec::Source,
+    f: impl FnOnce(Option<&Path>) -> Result<T>,
+) -> Result<T> {
+    use crate::spec::Source;
+    match source {
+        Source::Empty => f(None),
+        Source::Directory(dir) => {
+            let meta = fs::symlink_metadata(dir)
+                .map_err(|e| Error::io(format!("reading source directory {}", dir.display()), e))?;
+            if !meta.is_dir() {
+                return Err(Error::InvalidSpec(format!(
+                    "source {} is not a directory",
+                    dir.display()
+                )));
+            }
+            f(Some(dir))
+        }
+        Source::Git { .. } => {
+            let checkout = tempfile::tempdir()
+                .map_err(|e| Error::io("creating a temp dir for the checkout", e))?;
+            crate::workspace::prepare(source, checkout.path())?;
+            let r = f(Some(checkout.path()));
+            // Git makes read-only object files; the helper removes them anyway.
+            let _ = crate::workspace::remove_tree(checkout.path());
+            r
+        }
+    }
 }
 
 fn append_dir<W: Write>(
@@ -273,6 +348,35 @@ fn refused(path: &Path, reason: &str) -> Error {
         path: path.display().to_string(),
         reason: format!("refused while extracting the workspace: {reason}"),
     }
+}
+
+/// Extracts a workspace tar (at `tar_path`, inside `scratch`) safely and copies the
+/// files matching `globs` into `dest`: how container backends collect artifacts
+/// once they have the workspace as a tar. Runs off the async runtime; removes
+/// `scratch` afterwards.
+pub async fn collect_from_tar(
+    scratch: tempfile::TempDir,
+    tar_path: PathBuf,
+    globs: &[String],
+    dest: &Path,
+) -> Result<Vec<crate::backend::Artifact>> {
+    let globs = globs.to_vec();
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let root: PathBuf = scratch.path().join("workspace");
+        fs::create_dir(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let file = fs::File::open(&tar_path)
+            .map_err(|e| Error::io(format!("opening {}", tar_path.display()), e))?;
+        extract_safe(io::BufReader::new(file), &root)?;
+        let r = crate::artifacts::collect(&root, &globs, &dest);
+        let _ = crate::workspace::remove_tree(scratch.path());
+        r
+    })
+    .await
+    .map_err(|e| Error::Backend {
+        op: "collect_artifacts",
+        message: e.to_string(),
+    })?
 }
 
 #[cfg(test)]
