@@ -489,7 +489,7 @@ pub async fn step_timeout(backend: Arc<dyn Backend>, image: Option<String>) {
             "echo never",
         ],
     );
-    spec.steps[0].timeout = Some(Duration::from_secs(1));
+    spec.steps[0].timeout = Some(Duration::from_secs(2));
     let started = Instant::now();
     let r = run(&*backend, &spec).await;
     assert!(
@@ -509,7 +509,7 @@ pub async fn term_ignored_still_killed(backend: Arc<dyn Backend>, image: Option<
         &image,
         &["trap '' TERM\necho ready\nwhile true; do sleep 1; done"],
     );
-    spec.steps[0].timeout = Some(Duration::from_secs(1));
+    spec.steps[0].timeout = Some(Duration::from_secs(2));
     let started = Instant::now();
     let r = run(&*backend, &spec).await;
     assert!(

@@ -46,6 +46,8 @@ pub struct FailingBackend {
     inner: Arc<dyn Backend>,
     points: Mutex<HashSet<FailPoint>>,
     calls: Mutex<Vec<Call>>,
+    /// How long `start_step` takes before delegating: a slow image pull or a busy node.
+    start_delay: Mutex<std::time::Duration>,
 }
 
 impl std::fmt::Debug for FailingBackend {
@@ -63,7 +65,14 @@ impl FailingBackend {
             inner,
             points: Mutex::new(HashSet::new()),
             calls: Mutex::new(Vec::new()),
+            start_delay: Mutex::new(std::time::Duration::ZERO),
         }
+    }
+
+    /// Makes every `start_step` take `delay` before it delegates.
+    pub fn slow_start(self, delay: std::time::Duration) -> Self {
+        *self.start_delay.lock().expect("lock poisoned") = delay;
+        self
     }
 
     /// Builder form of [`FailingBackend::set`].
@@ -128,6 +137,8 @@ impl Backend for FailingBackend {
     ) -> Result<StepHandle> {
         self.record(Call::StartStep(index));
         self.check(FailPoint::StartStep(index), "start_step")?;
+        let delay = *self.start_delay.lock().expect("lock poisoned");
+        tokio::time::sleep(delay).await;
         self.inner.start_step(stage, index, step).await
     }
 
@@ -287,6 +298,31 @@ mod tests {
         assert_retryable_error(&outcome, FailPoint::CollectArtifacts);
         assert!(outcome.steps.iter().all(|s| s.status == Status::Success));
         assert_eq!(f.backend.count(&Call::DestroyStage), 1);
+        assert_cleaned(&f);
+    }
+
+    #[tokio::test]
+    async fn a_step_timeout_counts_from_when_the_step_runs_and_the_stage_timeout_bounds_starting() {
+        let base = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalBackend::new(Some(base.path().to_path_buf())));
+        let f = Fixture {
+            base,
+            artifacts: tempfile::tempdir().unwrap(),
+            backend: Arc::new(FailingBackend::new(local).slow_start(Duration::from_millis(1500))),
+        };
+        // Starting takes longer than the step may run; the step itself is quick.
+        let mut spec = StageSpec::new("slow-start");
+        let mut step = StepSpec::new("quick", "echo ran");
+        step.timeout = Some(Duration::from_secs(1));
+        spec.steps = vec![step];
+        let outcome = run(&f, &spec).await;
+        assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+
+        // A stage deadline that passes while a step is still starting times it out.
+        spec.timeout = Some(Duration::from_secs(1));
+        let outcome = run(&f, &spec).await;
+        assert_eq!(outcome.steps[0].status, Status::TimedOut, "{outcome:?}");
+        assert_eq!(outcome.status, Status::TimedOut, "{outcome:?}");
         assert_cleaned(&f);
     }
 

@@ -303,6 +303,8 @@ pub struct StepSpec {
     pub script: String,
     /// Step-level environment; wins over the stage's.
     pub env: BTreeMap<String, String>,
+    /// Limit for the step's commands, counted from when the backend has started it
+    /// (image pulls and container start-up count against the stage's timeout only).
     pub timeout: Option<Duration>,
 }
 

@@ -557,17 +557,26 @@ impl<'a> Driver<'a> {
             index,
             name: step.name.clone(),
         });
-        let deadline = match (self.stage_deadline, step.timeout.map(|t| started + t)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let mut lines = StepLines::new(self.spec.id.clone(), index, &self.masker, &self.events);
 
+        // Starting is bounded by the stage deadline (and the backend's own pull and
+        // scheduling limits); the step's timeout counts from when it runs, as in Tekton,
+        // so that pulling or starting its container on a busy node does not use it up.
         let (status, exit, retryable) = match self
-            .race(self.backend.start_step(stage, index, step), deadline)
+            .race(
+                self.backend.start_step(stage, index, step),
+                self.stage_deadline,
+            )
             .await
         {
             Raced::Done(Ok(handle)) => {
+                let deadline = match (
+                    self.stage_deadline,
+                    step.timeout.map(|t| Instant::now() + t),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let r = self.supervise(stage, &handle, deadline, &mut lines).await;
                 // Always release the step (kills stragglers, removes containers).
                 // A failure here after the step finished is cleanup, not result.

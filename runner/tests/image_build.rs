@@ -72,10 +72,22 @@ fn context_tar(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// A base stage with busybox as `/bin/sh` and friends.
+/// A base stage with busybox as `/bin/sh` and friends, shared through the build cache
+/// by the tests that remove no image.
 const BASE: &str = "FROM scratch AS base\n\
                     COPY busybox /bin/busybox\n\
                     RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+/// [`BASE`] with a label that makes every layer after it this test's own, for the
+/// tests that remove their image: removing an image prunes its untagged parents,
+/// which must not pull a cached layer from under a parallel test's build.
+fn own_base() -> String {
+    BASE.replacen(
+        "\n",
+        &format!("\nLABEL org.slipway.test.case={}\n", unique("case")),
+        1,
+    )
+}
 
 fn spec(dockerfile: &str, context: &str) -> ImageSpec {
     ImageSpec {
@@ -166,13 +178,14 @@ async fn builds_a_target_with_args_and_labels_and_pushes_it_by_digest() {
 
     // `broken` comes after the target: the build only succeeds if `target` is honoured.
     let dockerfile = format!(
-        "{BASE}\
+        "{}\
          FROM base AS app\n\
          ARG GREETING\n\
          RUN test \"$GREETING\" = \"hello from slipway\" && echo \"greeting: $GREETING\" && echo \"$GREETING\" > /greeting\n\
          LABEL greeting=\"$GREETING\"\n\
          FROM base AS broken\n\
-         RUN exit 9\n"
+         RUN exit 9\n",
+        own_base()
     );
     // Named `./…` as in the tars the engine's archive endpoint makes of `<dir>/.`.
     let tar = context_tar(&[
@@ -243,7 +256,7 @@ async fn build_only_keeps_the_image_with_its_labels_and_streams_a_context_with_a
  {
     let docker = docker().await;
     let mut cleanup = Cleanup(vec![]);
-    let dockerfile = format!("{BASE}COPY hello.txt /hello.txt\n");
+    let dockerfile = format!("{}COPY hello.txt /hello.txt\n", own_base());
     // The context is `app/`; the Dockerfile is `docker/Dockerfile`, outside it.
     let tar = context_tar(&[
         ("hello.txt", b"hello\n", 0o644),
@@ -316,12 +329,14 @@ async fn a_missing_dockerfile_is_a_build_error() {
     );
 }
 
-/// A tiny image to push in the push-failure tests.
-fn small_context() -> BuildContext {
+/// A tiny image to push in the push-failure tests. `unique` goes into its only layer,
+/// so that no two tests share a cached layer: removing one test's image (which
+/// prunes its untagged parents) must not pull a layer from under a parallel build.
+fn small_context(unique: &str) -> BuildContext {
     let dockerfile = "FROM scratch\nCOPY hello.txt /hello.txt\n";
     context_tar(&[
         ("Dockerfile", dockerfile.as_bytes(), 0o644),
-        ("hello.txt", b"hello\n", 0o644),
+        ("hello.txt", format!("hello {unique}\n").as_bytes(), 0o644),
     ])
     .into()
 }
@@ -336,12 +351,12 @@ async fn a_wrong_password_is_a_clear_auth_error_that_never_shows_the_password() 
     let mut spec = spec("Dockerfile", ".");
     spec.push = Some(reference.clone());
     spec.registry_auth = auth(wrong);
-    // A label of its own makes the image this test's alone (not shared through the
-    // build cache with a parallel test), so removing it cannot disturb another test.
+    // A label of its own (and content of its own, see `small_context`) makes the image
+    // this test's alone, so removing it cannot disturb another test.
     spec.labels
         .insert("org.slipway.test".into(), reference.clone());
 
-    let (result, log) = run(&docker, small_context(), &spec).await;
+    let (result, log) = run(&docker, small_context(&reference), &spec).await;
     let err = result.unwrap_err();
     if let Some(id) = built_id_from_log(&log) {
         cleanup.0.push(id);
@@ -376,9 +391,10 @@ async fn an_unreachable_registry_is_retryable() {
     let mut spec = spec("Dockerfile", ".");
     spec.push = Some(reference.clone());
     spec.registry_auth = auth(PASSWORD);
-    spec.labels.insert("org.slipway.test".into(), reference);
+    spec.labels
+        .insert("org.slipway.test".into(), reference.clone());
 
-    let (result, log) = run(&docker, small_context(), &spec).await;
+    let (result, log) = run(&docker, small_context(&reference), &spec).await;
     let err = result.unwrap_err();
     if let Some(id) = built_id_from_log(&log) {
         cleanup.0.push(id);
@@ -425,7 +441,7 @@ async fn a_push_without_credentials_is_refused_by_the_registry_not_the_engine() 
     spec.labels
         .insert("org.slipway.test".into(), reference.clone());
 
-    let (result, log) = run(&docker, small_context(), &spec).await;
+    let (result, log) = run(&docker, small_context(&reference), &spec).await;
     let err = result.unwrap_err();
     if let Some(id) = built_id_from_log(&log) {
         cleanup.0.push(id);
