@@ -35,6 +35,7 @@
 //!   unique per repository.
 
 mod artifacts;
+mod migrations;
 mod queue;
 mod records;
 mod repos;
@@ -162,9 +163,6 @@ pub struct Store {
 
 pub(crate) type Tx = Transaction<'static, Any>;
 
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-
 impl Store {
     /// Connects to `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -231,11 +229,11 @@ impl Store {
 
     /// Applies the embedded migrations of this dialect; applying them again is a no-op.
     pub async fn migrate(&self) -> Result<()> {
-        let migrator = match self.dialect {
-            Dialect::Sqlite => &SQLITE_MIGRATOR,
-            Dialect::Postgres => &POSTGRES_MIGRATOR,
+        let files = match self.dialect {
+            Dialect::Sqlite => migrations::SQLITE,
+            Dialect::Postgres => migrations::POSTGRES,
         };
-        migrator.run(&self.write).await?;
+        migrations::migrator(files).await?.run(&self.write).await?;
         Ok(())
     }
 
