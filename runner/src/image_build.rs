@@ -156,16 +156,16 @@ fn workspace_path<'a>(path: &'a str, what: &str) -> Result<Vec<&'a str>> {
 
 /// A push reference split the way the engine's push API wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Reference {
+pub(crate) struct Reference {
     /// `registry/team/app` (everything before the tag).
-    repository: String,
-    tag: String,
+    pub(crate) repository: String,
+    pub(crate) tag: String,
     /// The registry host credentials are for (`docker.io` when none is named).
-    registry: String,
+    pub(crate) registry: String,
 }
 
 impl Reference {
-    fn parse(reference: &str) -> Result<Reference> {
+    pub(crate) fn parse(reference: &str) -> Result<Reference> {
         let bad = |why: &str| Error::InvalidSpec(format!("image push `{reference}`: {why}"));
         if reference.is_empty() {
             return Err(bad("is empty"));
@@ -232,12 +232,12 @@ impl Reference {
         })
     }
 
-    fn full(&self) -> String {
+    pub(crate) fn full(&self) -> String {
         format!("{}:{}", self.repository, self.tag)
     }
 
     /// The `serveraddress` the engine matches credentials against.
-    fn server_address(&self) -> String {
+    pub(crate) fn server_address(&self) -> String {
         if self.registry == "docker.io" {
             "https://index.docker.io/v1/".to_owned()
         } else {
@@ -596,7 +596,7 @@ fn digest_in_status(status: &str) -> Option<&str> {
 
 /// Refusals (credentials, permissions, a bad name or manifest) fail again on retry;
 /// everything else (connection refused, DNS, timeouts, 5xx) may not.
-fn push_error_is_retryable(message: &str) -> bool {
+pub(crate) fn push_error_is_retryable(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     ![
         "unauthorized",

@@ -20,7 +20,9 @@
 //! create/get/list/watch/delete, pods/log get, pods/exec create and get, secrets
 //! create/get/list/delete (`deploy/kubernetes/base/rbac.yaml`).
 
+pub mod builder;
 mod copy;
+mod image;
 pub mod names;
 pub mod pod;
 mod status;
@@ -83,6 +85,49 @@ pub struct KubernetesOptions {
     pub config_error_grace: Duration,
     /// `activeDeadlineSeconds` for stages without a timeout.
     pub max_stage_duration: Duration,
+    /// Where and with what `kind: image` stages build; `None`: they are refused.
+    pub builder: Option<BuilderOptions>,
+}
+
+/// Settings of the builder pods that run `kind: image` stages ([`builder`]).
+#[derive(Debug, Clone)]
+pub struct BuilderOptions {
+    /// An image with `sh` and a rootless `buildah` for uid/gid [`Self::run_as`]
+    /// (`newuidmap`/`newgidmap` with file capabilities, subordinate ids), e.g.
+    /// `quay.io/buildah/stable`.
+    pub image: String,
+    /// Namespace of the builder pods and their registry Secrets: Pod Security
+    /// `privileged` (see [`builder`]), holding nothing else.
+    pub namespace: String,
+    /// Registries (`host[:port]`) reached over plain HTTP or without a trusted
+    /// certificate.
+    pub insecure_registries: Vec<String>,
+    /// `kubernetes.io/dockerconfigjson` Secrets in the builder namespace, for pulling
+    /// the builder image.
+    pub image_pull_secrets: Vec<String>,
+    pub run_as: RunAs,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// `activeDeadlineSeconds` of a builder pod.
+    pub max_duration: Duration,
+}
+
+impl BuilderOptions {
+    pub fn new(image: impl Into<String>, namespace: impl Into<String>) -> Self {
+        BuilderOptions {
+            image: image.into(),
+            namespace: namespace.into(),
+            insecure_registries: Vec::new(),
+            image_pull_secrets: Vec::new(),
+            run_as: RunAs {
+                uid: 1000,
+                gid: 1000,
+            },
+            cpu_millis: 2000,
+            memory_bytes: 4 * 1024 * 1024 * 1024,
+            max_duration: Duration::from_secs(2 * 3600),
+        }
+    }
 }
 
 impl KubernetesOptions {
@@ -104,6 +149,7 @@ impl KubernetesOptions {
             schedule_timeout: Duration::from_secs(120),
             config_error_grace: Duration::from_secs(10),
             max_stage_duration: Duration::from_secs(6 * 3600),
+            builder: None,
         }
     }
 }
@@ -123,6 +169,7 @@ pub struct KubernetesBackend {
 }
 
 struct Inner {
+    client: kube::Client,
     pods: Api<Pod>,
     secrets: Api<Secret>,
     options: KubernetesOptions,
@@ -177,7 +224,8 @@ impl KubernetesBackend {
         Ok(KubernetesBackend {
             inner: Arc::new(Inner {
                 pods: Api::namespaced(client.clone(), &options.namespace),
-                secrets: Api::namespaced(client, &options.namespace),
+                secrets: Api::namespaced(client.clone(), &options.namespace),
+                client,
                 options,
                 stages: Mutex::new(HashMap::new()),
             }),
@@ -236,6 +284,7 @@ impl KubernetesBackend {
                 .map_err(api_err("delete secret"))?;
             }
         }
+        deleted.extend(self.sweep_builders().await?);
         Ok(deleted)
     }
 
@@ -825,13 +874,12 @@ impl Backend for KubernetesBackend {
         image: &crate::spec::ImageSpec,
         log: tokio::sync::mpsc::UnboundedSender<LogChunk>,
     ) -> Result<crate::backend::BuiltImage> {
-        let _ = (stage, image, log);
-        Err(Error::InvalidSpec(
-            "the kubernetes backend does not build images yet; run `kind: image` stages on a docker runner (`runs_on: backend:docker`, the default for image stages)".into(),
-        ))
+        self.build_in_pod(stage, image, log).await
     }
 
     async fn destroy_stage(&self, handle: &StageHandle) -> Result<()> {
+        // A build cut short by a cancel or a timeout leaves its builder pod.
+        self.delete_builders_of(&handle.id).await?;
         self.delete_objects(&handle.id).await?;
         let stage = self
             .inner

@@ -128,12 +128,17 @@ pub fn stage_objects(
     name: &str,
     options: &KubernetesOptions,
 ) -> Result<StageObjects> {
-    let image = spec.image.clone().ok_or_else(|| {
-        Error::InvalidSpec(format!(
-            "stage `{}` has no image; the kubernetes backend runs steps in containers",
-            spec.id
-        ))
-    })?;
+    // An image stage has no steps: its pod only holds the workspace for the builder.
+    let image = match (&spec.image, spec.steps.is_empty()) {
+        (Some(image), _) => image.clone(),
+        (None, true) => options.helper_image.clone(),
+        (None, false) => {
+            return Err(Error::InvalidSpec(format!(
+                "stage `{}` has no image; the kubernetes backend runs steps in containers",
+                spec.id
+            )));
+        }
+    };
     let run_as = run_as(spec, options)?;
     let workdir = workdir(spec)?;
     let labels = names::labels(&options.runner_name, &spec.id, &spec.labels);
@@ -386,6 +391,21 @@ fn step_env(spec: &StageSpec, step: &StepSpec) -> BTreeMap<String, String> {
     env
 }
 
+/// Resources of a helper container (`source`, `workspace`).
+pub fn helper_resources() -> ResourceRequirements {
+    resources(HELPER_CPU, HELPER_MEMORY)
+}
+
+/// Requested and limited resources of `cpu_millis` thousandths and `memory_bytes`.
+pub fn resources_of(cpu_millis: u64, memory_bytes: u64) -> ResourceRequirements {
+    resources(&cpu_quantity(cpu_millis), &memory_quantity(memory_bytes))
+}
+
+/// A container's part of the `restricted` profile (the pod sets the rest).
+pub fn restricted_container() -> SecurityContext {
+    container_security()
+}
+
 fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
@@ -467,7 +487,9 @@ mod tests {
 
     #[test]
     fn a_stage_without_image_or_with_an_escaping_workdir_is_refused() {
-        let e = stage_objects(&StageSpec::new("a"), "p", &options()).unwrap_err();
+        let mut no_image = StageSpec::new("a");
+        no_image.steps = vec![StepSpec::new("s", "true")];
+        let e = stage_objects(&no_image, "p", &options()).unwrap_err();
         assert!(e.to_string().contains("has no image"), "{e}");
         let mut s = StageSpec::new("a");
         s.image = Some("busybox".into());

@@ -48,6 +48,25 @@ impl Captures {
         })
     }
 
+    /// A fresh, empty, world-writable file for container `name`'s termination
+    /// message, to bind-mount at its `terminationMessagePath` (the kubelet makes one
+    /// per container the same way, so a non-root process can write it).
+    pub fn termination_file(&self, name: &str) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(format!("{name}.termination-log"));
+        std::fs::write(&path, b"")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok(path)
+    }
+
+    /// What container `name` wrote to its termination message file: at most the
+    /// kubelet's 4096 bytes, `None` when empty or unreadable.
+    pub fn termination_message(&self, name: &str) -> Option<String> {
+        let bytes = std::fs::read(self.dir.path().join(format!("{name}.termination-log"))).ok()?;
+        let bytes = &bytes[..bytes.len().min(4096)];
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
+    }
+
     /// Attaches to the created, not yet started container `name` and copies its
     /// output to a fresh file until it stops.
     pub async fn attach(&self, docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {

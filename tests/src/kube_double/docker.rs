@@ -346,6 +346,7 @@ pub fn container_body(
     store: &Store,
     names: &PodNames,
     labels: &HashMap<String, String>,
+    termination_file: Option<&std::path::Path>,
 ) -> Result<ContainerCreateBody, Waiting> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let spec = pod.spec.as_ref().expect("validated pods have a spec");
@@ -460,7 +461,7 @@ pub fn container_body(
         .filter(|v| v.secret.is_some())
         .map(|v| v.name.as_str())
         .collect();
-    let mounts = c
+    let mut mounts: Vec<Mount> = c
         .volume_mounts
         .iter()
         .flatten()
@@ -479,6 +480,18 @@ pub fn container_body(
             ..Default::default()
         })
         .collect();
+    if let Some(file) = termination_file {
+        mounts.push(Mount {
+            typ: Some(MountType::BIND),
+            source: Some(file.to_string_lossy().into_owned()),
+            target: Some(
+                c.termination_message_path
+                    .clone()
+                    .unwrap_or_else(|| "/dev/termination-log".into()),
+            ),
+            ..Default::default()
+        });
+    }
 
     let limits: BTreeMap<String, String> = c
         .resources
@@ -513,8 +526,7 @@ pub fn container_body(
             nano_cpus,
             cap_add: caps.and_then(|c| c.add.clone()),
             cap_drop: caps.and_then(|c| c.drop.clone()),
-            security_opt: (sc.and_then(|s| s.allow_privilege_escalation) == Some(false))
-                .then(|| vec!["no-new-privileges".into()]),
+            security_opt: Some(security_opt(spec, sc)).filter(|o| !o.is_empty()),
             readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem),
             group_add: (!groups.is_empty()).then_some(groups),
             // The pod log API reads the engine's copy of the output; the `local`
@@ -528,6 +540,35 @@ pub fn container_body(
         }),
         ..Default::default()
     })
+}
+
+/// Engine security options for a container: no-new-privileges for
+/// `allowPrivilegeEscalation: false`; `Unconfined` seccomp and AppArmor profiles
+/// (container level, else pod level) lift the engine's default profiles, as an
+/// image builder's pod asks. `RuntimeDefault` keeps them; `Localhost` is refused at
+/// validation.
+fn security_opt(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    sc: Option<&k8s_openapi::api::core::v1::SecurityContext>,
+) -> Vec<String> {
+    let pod = spec.security_context.as_ref();
+    let mut opts = Vec::new();
+    if sc.and_then(|s| s.allow_privilege_escalation) == Some(false) {
+        opts.push("no-new-privileges".into());
+    }
+    let seccomp = sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or_else(|| pod.and_then(|p| p.seccomp_profile.as_ref()));
+    if seccomp.is_some_and(|p| p.type_ == "Unconfined") {
+        opts.push("seccomp=unconfined".into());
+    }
+    let apparmor = sc
+        .and_then(|s| s.app_armor_profile.as_ref())
+        .or_else(|| pod.and_then(|p| p.app_armor_profile.as_ref()));
+    if apparmor.is_some_and(|p| p.type_ == "Unconfined") {
+        opts.push("apparmor=unconfined".into());
+    }
+    opts
 }
 
 /// What [`remove_labelled`] removed.

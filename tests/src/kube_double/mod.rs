@@ -64,7 +64,10 @@
 //!   `valueFrom.secretKeyRef`), `envFrom.secretRef`, `volumeMounts` (`readOnly`),
 //!   `securityContext` (runAsUser/runAsGroup → Docker user, runAsNonRoot checked
 //!   against the image user, capabilities add/drop, allowPrivilegeEscalation
-//!   false → no-new-privileges, readOnlyRootFilesystem; pod-level `hostAliases`
+//!   false → no-new-privileges, `Unconfined` seccomp/AppArmor profiles → the
+//!   engine's `seccomp=unconfined`/`apparmor=unconfined`, readOnlyRootFilesystem,
+//!   the termination message file at `terminationMessagePath` (a bind-mounted file,
+//!   read into `terminated.message`, 4096 bytes at most); pod-level `hostAliases`
 //!   (entries in the pod's shared /etc/hosts), fsGroup and
 //!   supplementalGroups → extra groups), `resources.limits` memory/cpu (no swap on
 //!   top of the memory limit, so over the limit is OOMKilled).
@@ -96,8 +99,8 @@
 //! backend generating them fails loudly); scheduling beyond nodeSelector and
 //! requests (affinity and tolerations are stored and ignored, other pods' requests
 //! are not counted against the node); service accounts (no token is ever mounted);
-//! `previous` logs; emptyDir `medium`/`sizeLimit`; seccomp/AppArmor profiles
-//! (Docker's defaults apply).
+//! `previous` logs; emptyDir `medium`/`sizeLimit`; `Localhost` seccomp/AppArmor
+//! profiles (422); `terminationMessagePolicy: FallbackToLogsOnError` (the file only).
 //!
 //! Reaching the host from a pod: with [`PodNetwork::Bridge`] (default) pods get
 //! `host.docker.internal` → the bridge gateway, so a server must listen there or on

@@ -513,6 +513,10 @@ impl PodRun {
                     wait(Waiting { reason, message });
                 }
                 Ok(user) => {
+                    let termination_file = self.ctx.captures.termination_file(&name);
+                    if let Err(e) = &termination_file {
+                        tracing::warn!(container = %name, error = %e, "no termination message file");
+                    }
                     match docker::container_body(
                         &self.pod,
                         c,
@@ -520,6 +524,7 @@ impl PodRun {
                         &self.ctx.store,
                         &self.names,
                         &self.labels,
+                        termination_file.ok().as_deref(),
                     ) {
                         Ok(body) => {
                             let (d, name) = (docker.clone(), name.clone());
@@ -627,10 +632,15 @@ impl PodRun {
         } else {
             "Error"
         };
+        let name = inspect
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/');
         let exit = Exit {
             code,
             reason,
-            message: None,
+            message: self.ctx.captures.termination_message(name),
             started: docker_time(state.started_at.as_deref()),
             finished: docker_time(state.finished_at.as_deref()),
         };

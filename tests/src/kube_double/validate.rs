@@ -198,6 +198,27 @@ fn container(c: &Container, at: &str, init: bool, volumes: &HashSet<&str>, p: &m
             "{at}.securityContext.privileged: Forbidden: {UNSUPPORTED}"
         ));
     }
+    let sc = c.security_context.as_ref();
+    let profiles = [
+        (
+            "seccompProfile",
+            sc.and_then(|s| s.seccomp_profile.as_ref())
+                .map(|p| &p.type_),
+        ),
+        (
+            "appArmorProfile",
+            sc.and_then(|s| s.app_armor_profile.as_ref())
+                .map(|p| &p.type_),
+        ),
+    ];
+    for (field, kind) in profiles {
+        // The engine has no node-local profiles to load.
+        if kind.is_some_and(|k| k == "Localhost") {
+            p.push(format!(
+                "{at}.securityContext.{field}.type: Unsupported value: \"Localhost\": {UNSUPPORTED}"
+            ));
+        }
+    }
 }
 
 pub fn secret(secret: &Secret) -> Vec<String> {
