@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use runner::kubernetes::{names, pod};
+use runner::kubernetes::{BuilderOptions, builder, names, pod};
 use runner::{
     ContainerSettings, KubernetesOptions, PodSettings, ServiceSpec, StageSpec, StepSpec, Toleration,
 };
@@ -238,6 +238,39 @@ fn generated() -> Vec<Generated> {
     cases().into_iter().map(generate).collect()
 }
 
+const REGISTRY_PASSWORD: &str = "registry-pw-5b1c";
+
+/// The builder pod and registry Secret of an image stage that pushes with
+/// credentials, builds a target with args and labels, from a context whose
+/// Dockerfile lies outside it ([`runner::kubernetes::builder`]).
+fn builder_generated() -> (Value, Value) {
+    let image = runner::ImageSpec {
+        dockerfile: "docker/app.Dockerfile".into(),
+        context: "./services/app".into(),
+        target: Some("runtime".into()),
+        build_args: env(&[("VERSION", "1.4.2")]),
+        labels: env(&[("org.opencontainers.image.revision", "0123abcd")]),
+        push: Some("registry.example.com:5000/team/app:1.4.2".into()),
+        registry_auth: Some(runner::RegistryAuth {
+            username: "ci".into(),
+            password: REGISTRY_PASSWORD.into(),
+        }),
+    };
+    let name = fixed_pod_name("image-build");
+    let paths = builder::BuildPaths::of(&image).unwrap();
+    let mut b = BuilderOptions::new("quay.io/buildah/stable:v1.38", "builders");
+    b.insecure_registries = vec!["registry.example.com:5000".into()];
+    let labels = names::labels(RUNNER, "run-7.image-build", &BTreeMap::new());
+    let (pod, secret) =
+        builder::builder_objects(&image, &name, &paths, labels, &options(), &b).unwrap();
+    let mut secret = secret.expect("a push with credentials has a Secret");
+    secret.metadata.owner_references = Some(vec![pod::owned_by_pod(&name, POD_UID)]);
+    (
+        serde_json::to_value(&pod).unwrap(),
+        serde_json::to_value(&secret).unwrap(),
+    )
+}
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/kube")
 }
@@ -302,6 +335,12 @@ fn pods_and_secrets_match_the_golden_files() {
             }
         }
     }
+    let (builder_pod, builder_secret) = builder_generated();
+    for (kind, object) in [("pod", &builder_pod), ("secret", &builder_secret)] {
+        let file = format!("image_build.{kind}.json");
+        failures.extend(check_golden(&dir.join(&file), Some(object)));
+        expected_files.push(file);
+    }
     // No golden file without a case (a renamed case leaves its old files behind).
     for entry in std::fs::read_dir(&dir).expect("tests/golden/kube exists") {
         let file = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -337,6 +376,13 @@ fn every_object_passes_kubernetes_validate_strict() {
             count += 1;
         }
     }
+    let (builder_pod, builder_secret) = builder_generated();
+    for object in [&builder_pod, &builder_secret] {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_json::to_string_pretty(object).unwrap());
+        yaml.push('\n');
+        count += 1;
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stage-objects.yaml");
     std::fs::write(&file, &yaml).unwrap();
@@ -353,6 +399,62 @@ fn every_pod_meets_the_restricted_pod_security_profile() {
         let violations = restricted_violations(&g.pod);
         assert!(violations.is_empty(), "{}: {violations:#?}", g.name);
     }
+}
+
+/// A builder pod departs from `restricted` exactly where rootless buildah needs it
+/// (so it belongs in a namespace of its own), and only in its `build` container;
+/// the registry password is only in its Secret.
+#[test]
+fn the_builder_pod_lifts_only_what_rootless_buildah_needs() {
+    let (pod, secret) = builder_generated();
+    let mut violations = restricted_violations(&pod);
+    violations.sort();
+    assert_eq!(violations.len(), 5, "{violations:#?}");
+    for v in &violations {
+        assert!(v.contains("build"), "only the build container: {v}");
+    }
+    let joined = violations.join("\n");
+    for needed in ["allowPrivilegeEscalation", "SETUID", "seccomp", "AppArmor"] {
+        assert!(
+            joined.to_lowercase().contains(&needed.to_lowercase()),
+            "{needed}: {joined}"
+        );
+    }
+    let build = container(&pod, builder::BUILD_CONTAINER);
+    assert_eq!(build["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["metadata"]["namespace"], "builders");
+
+    let pod_text = serde_json::to_string(&pod).unwrap();
+    assert!(!pod_text.contains(REGISTRY_PASSWORD));
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config = b64
+        .decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+        .unwrap();
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    let auth = b64
+        .decode(
+            config["auths"]["registry.example.com:5000"]["auth"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(auth, format!("ci:{REGISTRY_PASSWORD}").into_bytes());
+    // Arguments reach buildah as argv, after the script: never through a shell parser.
+    let command: Vec<&str> = build["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&command[..2], ["sh", "-c"]);
+    let args = &command[4..];
+    assert!(args.contains(&"VERSION=1.4.2"), "{args:?}");
+    assert!(args.contains(&"--tls-verify=false"), "{args:?}");
+    assert_eq!(args.last(), Some(&"/slipway/workspace/services/app"));
 }
 
 /// Every container of a pod: init containers (helpers, services, steps) and the
