@@ -158,6 +158,12 @@ pub struct KubeSettings {
     pub helper_image: Option<String>,
     /// Comma-separated Secret names.
     pub image_pull_secrets: Option<String>,
+    /// Builder pods for `kind: image` ([`runner::kubernetes::BuilderOptions`]): on
+    /// when an image is set.
+    pub builder_image: Option<String>,
+    pub builder_namespace: Option<String>,
+    /// Comma-separated `host[:port]`s.
+    pub insecure_registries: Option<String>,
 }
 
 impl KubeSettings {
@@ -167,6 +173,9 @@ impl KubeSettings {
             namespace: env("SLIPWAY_KUBE_NAMESPACE"),
             helper_image: env("SLIPWAY_KUBE_HELPER_IMAGE"),
             image_pull_secrets: env("SLIPWAY_KUBE_IMAGE_PULL_SECRETS"),
+            builder_image: env("SLIPWAY_KUBE_BUILDER_IMAGE"),
+            builder_namespace: env("SLIPWAY_KUBE_BUILDER_NAMESPACE"),
+            insecure_registries: env("SLIPWAY_KUBE_INSECURE_REGISTRIES"),
         }
     }
 
@@ -180,15 +189,33 @@ impl KubeSettings {
             options.helper_image = image.clone();
         }
         if let Some(secrets) = &self.image_pull_secrets {
-            options.image_pull_secrets = secrets
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            options.image_pull_secrets = list(secrets);
+        }
+        if let Some(image) = &self.builder_image {
+            let namespace = self
+                .builder_namespace
+                .clone()
+                .unwrap_or_else(|| "slipway-builders".into());
+            let mut builder = runner::kubernetes::BuilderOptions::new(image.clone(), namespace);
+            builder.insecure_registries = self
+                .insecure_registries
+                .as_deref()
+                .map(list)
+                .unwrap_or_default();
+            options.builder = Some(builder);
         }
         options
     }
+}
+
+/// `a, b,` → `["a", "b"]`.
+fn list(comma_separated: &str) -> Vec<String> {
+    comma_separated
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -207,5 +234,16 @@ mod tests {
         assert_eq!(o.image_pull_secrets, vec!["reg-a", "reg-b"]);
         let o = KubeSettings::default().options("r1");
         assert_eq!(o.namespace, "slipway-builds");
+        assert!(o.builder.is_none(), "no builder unless an image is set");
+
+        let env = |k: &str| match k {
+            "SLIPWAY_KUBE_BUILDER_IMAGE" => Some("quay.io/buildah/stable:v1.38".to_owned()),
+            "SLIPWAY_KUBE_INSECURE_REGISTRIES" => Some("registry.lan:5000".to_owned()),
+            _ => None,
+        };
+        let b = KubeSettings::from_env(env).options("r1").builder.unwrap();
+        assert_eq!(b.image, "quay.io/buildah/stable:v1.38");
+        assert_eq!(b.namespace, "slipway-builders");
+        assert_eq!(b.insecure_registries, vec!["registry.lan:5000"]);
     }
 }

@@ -76,6 +76,19 @@ pub struct Settings {
     /// registries.
     #[arg(long, env = "SLIPWAY_KUBE_IMAGE_PULL_SECRETS")]
     pub kube_image_pull_secrets: Option<String>,
+    /// Kubernetes backend: the image builder pods run `kind: image` stages in, with
+    /// `sh` and rootless `buildah` (e.g. `quay.io/buildah/stable`); unset: image
+    /// stages are refused on Kubernetes.
+    #[arg(long, env = "SLIPWAY_KUBE_BUILDER_IMAGE")]
+    pub kube_builder_image: Option<String>,
+    /// Kubernetes backend: the namespace of builder pods, at Pod Security
+    /// `privileged` and holding nothing else (default `slipway-builders`).
+    #[arg(long, env = "SLIPWAY_KUBE_BUILDER_NAMESPACE")]
+    pub kube_builder_namespace: Option<String>,
+    /// Kubernetes backend: registries (comma-separated `host[:port]`) builder pods
+    /// reach over plain HTTP or without a trusted certificate.
+    #[arg(long, env = "SLIPWAY_KUBE_INSECURE_REGISTRIES")]
+    pub kube_insecure_registries: Option<String>,
 }
 
 impl Settings {
@@ -105,6 +118,11 @@ impl Settings {
             kube_image_pull_secrets: self
                 .kube_image_pull_secrets
                 .or(other.kube_image_pull_secrets),
+            kube_builder_image: self.kube_builder_image.or(other.kube_builder_image),
+            kube_builder_namespace: self.kube_builder_namespace.or(other.kube_builder_namespace),
+            kube_insecure_registries: self
+                .kube_insecure_registries
+                .or(other.kube_insecure_registries),
         }
     }
 }
@@ -203,6 +221,9 @@ impl Config {
                 namespace: s.kube_namespace.clone(),
                 helper_image: s.kube_helper_image.clone(),
                 image_pull_secrets: s.kube_image_pull_secrets.clone(),
+                builder_image: s.kube_builder_image.clone(),
+                builder_namespace: s.kube_builder_namespace.clone(),
+                insecure_registries: s.kube_insecure_registries.clone(),
             },
             max_running: positive("max_running", s.max_running, 16)?,
             max_running_per_repo: positive("max_running_per_repo", s.max_running_per_repo, 4)?,

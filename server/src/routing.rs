@@ -9,8 +9,9 @@
 //! The implied requirements, kept deliberately small: a `kind: image` stage needs a
 //! container engine, so it requires `backend:docker`, and a `kind: deploy` stage drives
 //! a rollout in a cluster, so it requires `backend:kubernetes` — each unless its
-//! `runs_on` already names a backend (`backend:kubernetes` for an image stage once that
-//! backend builds images; the YAML reader refuses a deploy stage that names another).
+//! `runs_on` already names a backend (`backend:kubernetes` for an image stage built in
+//! a builder pod, on runners configured with a builder image; the YAML reader refuses a
+//! deploy stage that names another).
 //! Run stages with an `image:` are not restricted: the local backend runs their steps
 //! on the host, which is what `slipway exec` does too; `runs_on: [backend:docker]` asks
 //! for isolation.

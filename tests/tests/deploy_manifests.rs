@@ -28,6 +28,8 @@ use tests::yaml_docs::{parse_document, parse_documents};
 const OVERLAYS: &[&str] = &["single-sqlite", "ha-postgres"];
 const SERVER_NAMESPACE: &str = "slipway";
 const BUILD_NAMESPACE: &str = "slipway-builds";
+/// Builder pods of `kind: image` stages: Pod Security `privileged`, nothing else there.
+const BUILDER_NAMESPACE: &str = "slipway-builders";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -133,7 +135,7 @@ fn every_object_of_every_overlay_passes_kubernetes_validate_strict() {
 }
 
 #[test]
-fn slipway_may_only_manage_pods_logs_and_secrets_in_the_build_namespace() {
+fn slipway_may_only_manage_pods_logs_and_secrets_in_the_build_and_builder_namespaces() {
     let expected: BTreeSet<(String, String, String)> = [
         ("pods", &["create", "get", "list", "watch", "delete"][..]),
         ("pods/log", &["get"][..]),
@@ -157,41 +159,62 @@ fn slipway_may_only_manage_pods_logs_and_secrets_in_the_build_namespace() {
             );
         }
 
-        let role = the_one(&objects, "Role", overlay);
-        assert_eq!(role["metadata"]["namespace"], BUILD_NAMESPACE, "{overlay}");
-        let mut granted = BTreeSet::new();
-        for rule in role["rules"].as_array().expect("rules") {
-            assert!(
-                rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
-                "{overlay}: unexpected rule {rule}"
-            );
-            for group in rule["apiGroups"].as_array().expect("apiGroups") {
-                for resource in rule["resources"].as_array().expect("resources") {
-                    for verb in rule["verbs"].as_array().expect("verbs") {
-                        let s = |v: &Value| v.as_str().expect("a string").to_string();
-                        granted.insert((s(group), s(resource), s(verb)));
+        let roles = of_kind(&objects, "Role");
+        let bindings = of_kind(&objects, "RoleBinding");
+        let role_namespaces: BTreeSet<&str> = roles
+            .iter()
+            .filter_map(|r| r["metadata"]["namespace"].as_str())
+            .collect();
+        assert_eq!(roles.len(), 2, "{overlay}: one Role per namespace");
+        assert_eq!(
+            bindings.len(),
+            2,
+            "{overlay}: one RoleBinding per namespace"
+        );
+        assert_eq!(
+            role_namespaces,
+            BTreeSet::from([BUILD_NAMESPACE, BUILDER_NAMESPACE]),
+            "{overlay}"
+        );
+        for role in roles {
+            let namespace = role["metadata"]["namespace"].as_str().unwrap();
+            let mut granted = BTreeSet::new();
+            for rule in role["rules"].as_array().expect("rules") {
+                assert!(
+                    rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
+                    "{overlay}: unexpected rule {rule}"
+                );
+                for group in rule["apiGroups"].as_array().expect("apiGroups") {
+                    for resource in rule["resources"].as_array().expect("resources") {
+                        for verb in rule["verbs"].as_array().expect("verbs") {
+                            let s = |v: &Value| v.as_str().expect("a string").to_string();
+                            granted.insert((s(group), s(resource), s(verb)));
+                        }
                     }
                 }
             }
-        }
-        assert_eq!(
-            granted, expected,
-            "{overlay}: the Role grants other than this"
-        );
+            assert_eq!(
+                granted, expected,
+                "{overlay}: the Role grants other than this"
+            );
 
-        let binding = the_one(&objects, "RoleBinding", overlay);
-        assert_eq!(binding["metadata"]["namespace"], BUILD_NAMESPACE);
-        assert_eq!(binding["roleRef"]["kind"], "Role");
-        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-        let subjects = binding["subjects"].as_array().expect("subjects");
-        assert_eq!(subjects.len(), 1, "{overlay}: {subjects:?}");
-        assert_eq!(subjects[0]["kind"], "ServiceAccount");
-        assert_eq!(subjects[0]["namespace"], SERVER_NAMESPACE);
+            let binding = bindings
+                .iter()
+                .find(|b| b["metadata"]["namespace"] == namespace)
+                .unwrap_or_else(|| panic!("{overlay}: no RoleBinding in {namespace}"));
+            assert_eq!(binding["roleRef"]["kind"], "Role");
+            assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+            let subjects = binding["subjects"].as_array().expect("subjects");
+            assert_eq!(subjects.len(), 1, "{overlay}: {subjects:?}");
+            assert_eq!(subjects[0]["kind"], "ServiceAccount");
+            assert_eq!(subjects[0]["namespace"], SERVER_NAMESPACE);
+            assert_eq!(subjects[0]["name"], "slipway");
+        }
 
         // The bound account is the one the Slipway pod runs as, and only that pod gets
         // its token.
         let account = the_one(&objects, "ServiceAccount", overlay);
-        assert_eq!(account["metadata"]["name"], subjects[0]["name"]);
+        assert_eq!(account["metadata"]["name"], "slipway");
         assert_eq!(account["metadata"]["namespace"], SERVER_NAMESPACE);
         assert_eq!(account["automountServiceAccountToken"], false);
         let pod = &deployment(&objects, overlay)["spec"]["template"]["spec"];
@@ -214,30 +237,38 @@ fn namespaces_enforce_restricted_and_every_object_names_its_own() {
             .collect();
         assert_eq!(
             names,
-            BTreeSet::from([SERVER_NAMESPACE, BUILD_NAMESPACE]),
+            BTreeSet::from([SERVER_NAMESPACE, BUILD_NAMESPACE, BUILDER_NAMESPACE]),
             "{overlay}"
         );
         for ns in &namespaces {
+            // Only the builder namespace may hold pods below `restricted` (see
+            // namespaces.yaml: rootless buildah needs a user namespace).
+            let want = if ns["metadata"]["name"] == BUILDER_NAMESPACE {
+                "privileged"
+            } else {
+                "restricted"
+            };
             assert_eq!(
-                ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted",
+                ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], want,
                 "{overlay}: {ns}"
             );
         }
         // No object may fall into whatever namespace kubectl's context points at; only
-        // the RBAC objects live in the build namespace.
+        // the RBAC objects live in the build and builder namespaces.
         for o in &objects {
             let kind = o["kind"].as_str().unwrap_or("");
             if kind == "Namespace" {
                 continue;
             }
-            let want = if matches!(kind, "Role" | "RoleBinding") {
-                BUILD_NAMESPACE
+            let namespace = o["metadata"]["namespace"].as_str().unwrap_or("<none>");
+            let allowed: &[&str] = if matches!(kind, "Role" | "RoleBinding") {
+                &[BUILD_NAMESPACE, BUILDER_NAMESPACE]
             } else {
-                SERVER_NAMESPACE
+                &[SERVER_NAMESPACE]
             };
-            assert_eq!(
-                o["metadata"]["namespace"], want,
-                "{overlay}: {kind} {}",
+            assert!(
+                allowed.contains(&namespace),
+                "{overlay}: {kind} {} in {namespace}",
                 o["metadata"]["name"]
             );
         }
