@@ -91,6 +91,10 @@ impl Opened {
             self.sweep().await;
             return Vec::new();
         };
+        // A build cut short is not adopted (its stage builds again): its builder pod goes.
+        if let Err(e) = b.sweep_builders().await {
+            tracing::error!(error = %e, "removing the builder pods a crashed runner left failed");
+        }
         let found = match b.adoptable().await {
             Ok(found) => found,
             Err(e) => {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::ListParams;
-use runner::conformance::{Run, run, stage};
+use runner::conformance::{Run, drive, run, stage};
 use runner::kubernetes::{BuilderOptions, names};
 use runner::{ImageSpec, KubernetesBackend, RegistryAuth, Source, StageKind, Status};
 use sha2::{Digest, Sha256};
@@ -242,4 +242,70 @@ async fn without_a_builder_image_stages_are_refused_with_what_to_set() {
     let all = format!("{:?}\n{}", r.outcome, log(&r));
     assert_eq!(r.outcome.status, Status::Failure, "{all}");
     assert!(all.contains("kube_builder_image"), "{all}");
+}
+
+async fn builder_pods(d: &KubeDouble, runner: &str) -> usize {
+    let lp = ListParams::default().labels(&format!(
+        "{}={}",
+        names::RUNNER_LABEL,
+        names::label_value(runner)
+    ));
+    let pods: Api<Pod> = Api::namespaced(d.client(), BUILDER_NAMESPACE);
+    pods.list(&lp).await.unwrap().items.len()
+}
+
+/// Waits (bounded) until this runner has a builder pod.
+async fn until_a_builder_pod(d: &KubeDouble, runner: &str) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while builder_pods(d, runner).await == 0 {
+        assert!(Instant::now() < until, "no builder pod appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const SLOW_DOCKERFILE: &str = "FROM scratch\n\
+     COPY busybox /bin/busybox\n\
+     RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo building; sleep 300\"]\n";
+
+/// Cancelling a stage mid-build removes its builder pod and Secret; a build whose
+/// runner died is removed by the restarted runner's builder sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_or_abandoned_build_leaves_no_builder_pod() {
+    let d = double().await;
+    let runner = unique_runner("image-cancel");
+    let backend = std::sync::Arc::new(backend(&d, &runner));
+    let dir = workspace(SLOW_DOCKERFILE);
+    let reference = format!("{}/{}:v1", registry(), unique_repo("cancelled"));
+    let spec = image_stage("cancelled", &dir, Some(reference.clone()), PASSWORD);
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cancelled = {
+        let (backend, spec, cancel) = (backend.clone(), spec.clone(), cancel.clone());
+        tokio::spawn(
+            async move { drive(&*backend, &spec, Default::default(), cancel, |_| {}).await },
+        )
+    };
+    until_a_builder_pod(&d, &runner).await;
+    cancel.cancel();
+    let outcome = cancelled.await.unwrap();
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:#?}");
+    assert_eq!(builder_objects_left(&d, &runner).await, 0);
+
+    // The runner dies mid-build (its task is dropped): a restarted one sweeps.
+    let abandoned = {
+        let (backend, spec) = (backend.clone(), spec.clone());
+        tokio::spawn(async move { run(&*backend, &spec).await })
+    };
+    until_a_builder_pod(&d, &runner).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(
+        builder_pods(&d, &runner).await,
+        1,
+        "the abandoned build's pod is left"
+    );
+    let restarted = self::backend(&d, &runner);
+    let swept = restarted.sweep_builders().await.unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(builder_objects_left(&d, &runner).await, 0);
 }

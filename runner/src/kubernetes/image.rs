@@ -313,8 +313,11 @@ impl KubernetesBackend {
         Ok(())
     }
 
-    /// This runner's builder pods and Secrets, whatever stage they were for.
-    pub(super) async fn sweep_builders(&self) -> Result<Vec<String>> {
+    /// Deletes this runner's builder pods and Secrets, whatever stage they were for:
+    /// what a crashed runner left. Builds are not adopted — an adopted image stage
+    /// builds again — so a restarted runner calls this before adopting
+    /// ([`KubernetesBackend::sweep`] does too).
+    pub async fn sweep_builders(&self) -> Result<Vec<String>> {
         let Some(b) = &self.inner.options.builder else {
             return Ok(Vec::new());
         };
