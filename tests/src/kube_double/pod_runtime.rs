@@ -608,10 +608,12 @@ impl PodRun {
         let mut wait = self.ctx.docker.wait_container(id, None);
         // The stream ends (or errors, for a non-zero exit) when the container stops.
         let _ = wait.next().await;
-        self.record_exit(slot, id).await.unwrap_or(137)
+        self.record_exit(slot, id, false).await.unwrap_or(137)
     }
 
-    async fn record_exit(&self, slot: Slot, id: &str) -> Option<i32> {
+    /// `killed`: the double stopped it (pod deleted, deadline), so an exit 137 is
+    /// that kill, not an OOM kill worth looking up.
+    async fn record_exit(&self, slot: Slot, id: &str, killed: bool) -> Option<i32> {
         let inspect = self.ctx.docker.inspect_container(id, None).await.ok()?;
         let state = inspect.state?;
         if state.running == Some(true) {
@@ -624,7 +626,10 @@ impl PodRun {
             .and_then(|h| h.memory)
             .is_some_and(|m| m > 0);
         let oom = state.oom_killed == Some(true)
-            || (code == 137 && limited && self.oom_event(id, state.started_at.as_deref()).await);
+            || (code == 137
+                && limited
+                && !killed
+                && self.oom_event(id, state.started_at.as_deref()).await);
         let reason = if oom {
             "OOMKilled"
         } else if code == 0 {
@@ -662,11 +667,13 @@ impl PodRun {
             ("event".to_owned(), vec!["oom".to_owned()]),
         ]);
         for _ in 0..5 {
-            // `until` in the past or now: the engine answers from its log at once.
-            let until = k8s_openapi::jiff::Timestamp::now().as_second();
+            // `until` in the past or now: the engine answers from its log at once. With
+            // its fraction: whole seconds would leave out an event of this second.
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let until = format!("{}.{:09}", now.as_second(), now.subsec_nanosecond());
             let opts = EventsOptionsBuilder::new()
                 .since(&since.to_string())
-                .until(&until.to_string())
+                .until(&until)
                 .filters(&filters)
                 .build();
             let events = self.ctx.docker.events(Some(opts));
@@ -695,7 +702,7 @@ impl PodRun {
                 }
             };
             if running {
-                self.record_exit(slot, &id).await;
+                self.record_exit(slot, &id, true).await;
             }
         }
     }
