@@ -18,7 +18,8 @@
 //! Needs Kubernetes 1.29 or later (native sidecars for services). The runner's
 //! Role needs, in the build namespace only: pods
 //! create/get/list/watch/delete, pods/log get, pods/exec create and get, secrets
-//! create/get/list/delete (`deploy/kubernetes/base/rbac.yaml`).
+//! create/get/list/delete (`deploy/kubernetes/base/rbac.yaml`); the same again in the
+//! builder namespace when `kind: image` stages build in builder pods ([`builder`]).
 
 pub mod builder;
 mod copy;
