@@ -128,6 +128,13 @@ fn the_kubernetes_example_chooses_its_nodes_and_keeps_its_service_account_off_pu
         Some(60),
         "{test:#?}"
     );
+    // The image builds in a builder pod: its runs_on keeps it off docker runners.
+    let image = plan.stages.iter().find(|s| s.id == "image").unwrap();
+    assert_eq!(
+        server::routing::stage_labels(image),
+        ["backend:kubernetes"],
+        "{image:#?}"
+    );
     let deploy = &plan.stages[1];
     assert_eq!(
         deploy
@@ -150,6 +157,6 @@ fn the_kubernetes_example_chooses_its_nodes_and_keeps_its_service_account_off_pu
         ..push
     };
     let plan = pipelines::plan(&pipeline, &pull_request).unwrap();
-    assert_eq!(plan.skipped.len(), 1, "{plan:#?}");
+    assert_eq!(plan.skipped.len(), 2, "{plan:#?}");
     assert!(pipelines::untrusted_service_accounts(&[plan]).is_empty());
 }
