@@ -44,6 +44,8 @@ pub async fn sweep_once(
             removed.push(handle.id);
         }
     }
+    // Builder pods of `kind: image` stages go with their stage pod.
+    removed.extend(backend.sweep_orphan_builders().await?);
     Ok(removed)
 }
 

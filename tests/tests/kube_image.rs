@@ -308,4 +308,25 @@ async fn a_cancelled_or_abandoned_build_leaves_no_builder_pod() {
     let swept = restarted.sweep_builders().await.unwrap();
     assert_eq!(swept.len(), 1, "{swept:?}");
     assert_eq!(builder_objects_left(&d, &runner).await, 0);
+
+    // A runner that never comes back: the server's orphan sweep deletes the stage pod,
+    // and with it goes the builder pod (whichever runner made it).
+    let abandoned = {
+        let (backend, spec) = (backend.clone(), spec.clone());
+        tokio::spawn(async move { run(&*backend, &spec).await })
+    };
+    until_a_builder_pod(&d, &runner).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    let sweeper = self::backend(&d, &unique_runner("server"));
+    assert!(
+        sweeper.sweep_orphan_builders().await.unwrap().is_empty(),
+        "its stage pod is still there"
+    );
+    for (handle, _) in sweeper.stage_pods().await.unwrap() {
+        sweeper.remove(&handle).await.unwrap();
+    }
+    let swept = sweeper.sweep_orphan_builders().await.unwrap();
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert_eq!(builder_objects_left(&d, &runner).await, 0);
 }

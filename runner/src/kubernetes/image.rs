@@ -356,6 +356,54 @@ impl KubernetesBackend {
     }
 }
 
+impl KubernetesBackend {
+    /// Deletes every builder pod (whichever runner made it) whose stage pod is gone
+    /// or going: the server's orphan sweep calls this after removing stage pods, so a
+    /// build whose runner never came back does not run on to its deadline.
+    pub async fn sweep_orphan_builders(&self) -> Result<Vec<String>> {
+        let Some(b) = &self.inner.options.builder else {
+            return Ok(Vec::new());
+        };
+        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &b.namespace);
+        let secrets: Api<Secret> = Api::namespaced(self.inner.client.clone(), &b.namespace);
+        let lp = ListParams::default().labels(&format!(
+            "{}={},{BUILDER_OF_LABEL}",
+            names::MANAGED_BY_LABEL,
+            names::MANAGED_BY
+        ));
+        let mut deleted = Vec::new();
+        for p in pods
+            .list(&lp)
+            .await
+            .map_err(api_err("list builder pods"))?
+            .items
+        {
+            let (Some(name), Some(stage_pod)) = (
+                p.metadata.name.clone(),
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(BUILDER_OF_LABEL))
+                    .cloned(),
+            ) else {
+                continue;
+            };
+            let stage = self
+                .inner
+                .pods
+                .get_opt(&stage_pod)
+                .await
+                .map_err(api_err("get pod"))?;
+            if stage.is_none_or(|s| s.metadata.deletion_timestamp.is_some()) {
+                tracing::warn!(pod = %name, stage_pod = %stage_pod, "deleting a builder pod whose stage is gone");
+                delete_builder(&pods, &secrets, &name, &self.inner.options).await?;
+                deleted.push(name);
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 async fn delete_builder(
     pods: &Api<Pod>,
     secrets: &Api<Secret>,
