@@ -1,5 +1,5 @@
 //! The runner protocol's wire types: JSON over HTTP between the server
-//! (`api::runner`) and a runner (`runner_agent`), whether the runner is the server's
+//! (`api::protocol`) and a runner (`agent`), whether the runner is the server's
 //! own in-process one or `slipway runner` on another host. Every request carries a
 //! runner-scoped bearer token; every request about a leased stage also carries the
 //! stage's lease token, and a stale one is answered `409 {"error":{"code":"lease_lost"}}`.
@@ -42,29 +42,55 @@ use serde::{Deserialize, Serialize};
 use crate::logs::Stream;
 use crate::store::{StageStatus, StepStatus};
 
-pub const REGISTER: &str = "/api/runner/register";
-pub const LEASE: &str = "/api/runner/lease";
+/// Route templates (axum syntax): the one source of the server's runner routes and of
+/// the runner's request paths (`*_path` fill them in).
+pub mod routes {
+    macro_rules! stage_route {
+        ($tail:literal) => {
+            concat!("/api/runner/stages/{id}", $tail)
+        };
+    }
+    pub(super) use stage_route;
 
+    pub const REGISTER: &str = "/api/runner/register";
+    pub const LEASE: &str = "/api/runner/lease";
+    pub const SOURCE: &str = stage_route!("/source");
+    pub const HEARTBEAT: &str = stage_route!("/heartbeat");
+    pub const STEP_START: &str = stage_route!("/steps/{idx}/start");
+    pub const STEP_LOGS: &str = stage_route!("/steps/{idx}/logs");
+    pub const STEP_FINISH: &str = stage_route!("/steps/{idx}/finish");
+    pub const STAGE_FINISH: &str = stage_route!("/finish");
+    pub const ARTIFACTS: &str = stage_route!("/artifacts");
+    pub const ARTIFACT: &str = stage_route!("/artifacts/{artifact_id}");
+    pub const CACHE: &str = stage_route!("/cache");
+}
+pub use routes::{LEASE, REGISTER};
+
+fn stage_path(template: &str, stage: i64) -> String {
+    template.replace("{id}", &stage.to_string())
+}
 pub fn source_path(stage: i64) -> String {
-    format!("/api/runner/stages/{stage}/source")
+    stage_path(routes::SOURCE, stage)
 }
 pub fn heartbeat_path(stage: i64) -> String {
-    format!("/api/runner/stages/{stage}/heartbeat")
+    stage_path(routes::HEARTBEAT, stage)
 }
+/// `what`: `start`, `logs` or `finish` ([`routes::STEP_START`] …).
 pub fn step_path(stage: i64, idx: usize, what: &str) -> String {
-    format!("/api/runner/stages/{stage}/steps/{idx}/{what}")
+    let step = stage_path(routes::stage_route!("/steps/{idx}"), stage);
+    format!("{}/{what}", step.replace("{idx}", &idx.to_string()))
 }
 pub fn finish_path(stage: i64) -> String {
-    format!("/api/runner/stages/{stage}/finish")
+    stage_path(routes::STAGE_FINISH, stage)
 }
 pub fn artifacts_path(stage: i64) -> String {
-    format!("/api/runner/stages/{stage}/artifacts")
+    stage_path(routes::ARTIFACTS, stage)
 }
 pub fn artifact_path(stage: i64, artifact: i64) -> String {
-    format!("/api/runner/stages/{stage}/artifacts/{artifact}")
+    stage_path(routes::ARTIFACT, stage).replace("{artifact_id}", &artifact.to_string())
 }
 pub fn cache_path(stage: i64) -> String {
-    format!("/api/runner/stages/{stage}/cache")
+    stage_path(routes::CACHE, stage)
 }
 
 /// Header carrying a downloaded blob's sha256 (also sent as the `ETag`).
@@ -177,7 +203,7 @@ pub struct ArtifactStored {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheLookup {
     pub lease_token: String,
-    /// The cache key the runner computed ([`crate::cache::cache_key`]).
+    /// The cache key the runner computed ([`crate::agent::cache::cache_key`]).
     pub key: String,
 }
 

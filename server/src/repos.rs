@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::state::{self, AppState};
+use crate::daemon::state::{self, AppState};
 use crate::store::{self, Forge, NewRepo, Repo};
 
 /// Longest repository name accepted.

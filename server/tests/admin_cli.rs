@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use server::config::{Config, Settings};
+use server::daemon::config::{Config, Settings};
 use server::store::*;
 
 fn slipway(data: &Path, args: &[&str]) -> Command {
@@ -48,7 +48,7 @@ fn all_output(out: &Output) -> String {
     )
 }
 
-async fn open_state(data: &Path) -> server::state::AppState {
+async fn open_state(data: &Path) -> server::daemon::state::AppState {
     let config = Config::resolve(
         Settings {
             data_dir: Some(data.to_path_buf()),
@@ -57,7 +57,7 @@ async fn open_state(data: &Path) -> server::state::AppState {
         None,
     )
     .unwrap();
-    server::serve::build_state(config).await.unwrap()
+    server::daemon::serve::build_state(config).await.unwrap()
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn repo_add_prints_the_webhook_secret_once_and_list_shows_repos() {
         .secret_box
         .open(
             &repo.webhook_secret_enc,
-            &server::state::webhook_secret_aad("team/app"),
+            &server::daemon::state::webhook_secret_aad("team/app"),
         )
         .unwrap();
     assert_eq!(&opened[..], secret.as_bytes());
@@ -371,8 +371,8 @@ async fn run_trigger_talks_to_a_real_server_which_still_shuts_down_with_open_str
         None,
     )
     .unwrap();
-    let state = server::serve::build_state(config).await.unwrap();
-    let server = tokio::spawn(server::serve::run(listener, state.clone()));
+    let state = server::daemon::serve::build_state(config).await.unwrap();
+    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
 
     let url = format!("http://{addr}");
     let d = data.clone();

@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use server::config::{Config, Settings};
+use server::daemon::config::{Config, Settings};
+use server::daemon::state::AppState;
 use server::logs::{NewLine, StepKey, Stream};
-use server::state::AppState;
 use server::store::*;
 use tower::ServiceExt;
 
@@ -60,7 +60,7 @@ impl Ctx {
             None,
         )
         .unwrap();
-        let state = server::serve::build_state(config).await.unwrap();
+        let state = server::daemon::serve::build_state(config).await.unwrap();
         let (_, admin) = server::api::tokens::create_token(&state.store, "root", TokenScope::Admin)
             .await
             .unwrap();
@@ -347,7 +347,7 @@ async fn registration_shows_the_webhook_secret_once() {
         .secret_box
         .open(
             &stored.webhook_secret_enc,
-            &server::state::webhook_secret_aad("team/app"),
+            &server::daemon::state::webhook_secret_aad("team/app"),
         )
         .unwrap();
     assert_eq!(&opened[..], secret.as_bytes());
@@ -356,7 +356,7 @@ async fn registration_shows_the_webhook_secret_once() {
         .secret_box
         .open(
             stored.forge_token_enc.as_ref().unwrap(),
-            &server::state::forge_token_aad("team/app"),
+            &server::daemon::state::forge_token_aad("team/app"),
         )
         .unwrap();
     assert_eq!(&token[..], b"glpat-forge-token-value");
@@ -757,7 +757,7 @@ async fn planned_run(ctx: &Ctx, repo: &str) -> Run {
             run.id,
             &serde_json::to_value(&plans).unwrap(),
             &plans[0].yaml_sha256,
-            server::planning::stages_from_plans(&plans),
+            server::runs::from_plan::stages_from_plans(&plans),
         )
         .await
         .unwrap()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
-use server::config::Settings;
+use server::daemon::config::Settings;
 use server::protocol::*;
 use server::store::*;
 use sha2::{Digest, Sha256};

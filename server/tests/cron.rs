@@ -5,9 +5,9 @@
 mod support_hooks;
 
 use chrono::{DateTime, TimeZone, Utc};
-use server::cron::Cron;
-use server::planner;
 use server::store::{self, Event, RunStatus, Trigger};
+use server::workers::cron::Cron;
+use server::workers::planner;
 use support_hooks::*;
 
 fn t(day: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {

@@ -188,7 +188,9 @@ fn in_process_runner_on_docker_sweeps_at_server_start() {
         .local_addr()
         .unwrap()
         .port();
-    let name = server::runner_agent::in_process_name(format!("127.0.0.1:{port}").parse().unwrap());
+    let name = server::workers::in_process_runner::in_process_name(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    );
     let mut guard = Guard {
         runners: vec![name.clone()],
         child: None,

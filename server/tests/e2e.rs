@@ -7,10 +7,10 @@ mod support_hooks;
 
 use std::time::Duration;
 
-use server::config::Settings;
 use server::crypto::{generate_token, hash_token};
+use server::daemon::config::Settings;
+use server::daemon::state::forge_token_aad;
 use server::forge::ForgeKind;
-use server::state::forge_token_aad;
 use server::store::{RunStatus, TokenScope};
 use support_hooks::*;
 
@@ -80,7 +80,7 @@ async fn every_forge(env: Env) {
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(server::serve::run(listener, state.clone()));
+    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
     let http = reqwest::Client::new();
 
     for (i, case) in CASES.iter().enumerate() {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use server::config::Settings;
 use server::crypto::{generate_token, hash_token};
+use server::daemon::config::Settings;
 use server::forge::ForgeKind;
 use server::store::{self, Event, RunStatus, StageStatus, TokenScope, Trigger};
 use support_hooks::*;
@@ -172,7 +172,7 @@ async fn each_forge(env: Env) {
             assert_eq!(run.tag, d.event.tag);
         }
 
-        let report = server::planner::plan_pending(state).await.unwrap();
+        let report = server::workers::planner::plan_pending(state).await.unwrap();
         assert_eq!(report.planned, 1, "{}: {report:?}", case.fixture);
         let run = state.store.get_run(run.id).await.unwrap();
         assert_eq!(
@@ -486,7 +486,7 @@ async fn fork_pull_requests_are_untrusted() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let run = state.store.get_run_by_number(repo.id, 1).await.unwrap();
     assert!(run.fork && !run.trusted);
-    server::planner::plan_pending(state).await.unwrap();
+    server::workers::planner::plan_pending(state).await.unwrap();
     let run = state.store.get_run(run.id).await.unwrap();
     assert_eq!(run.status, RunStatus::Running, "{:?}", run.error);
     assert_eq!(run.plan.unwrap()[0]["event"]["fork"], true);
@@ -738,7 +738,7 @@ async fn thousand_copies(env: Env) {
 
 // ------------------------------------------------------------ plain git
 
-async fn hook_token(state: &server::state::AppState, scope: TokenScope) -> String {
+async fn hook_token(state: &server::daemon::state::AppState, scope: TokenScope) -> String {
     let token = generate_token("slw");
     state
         .store
@@ -749,7 +749,7 @@ async fn hook_token(state: &server::state::AppState, scope: TokenScope) -> Strin
 }
 
 async fn post_git(
-    state: &server::state::AppState,
+    state: &server::daemon::state::AppState,
     repo: &str,
     token: Option<&str>,
     body: Value,
@@ -861,7 +861,7 @@ async fn plain_git_hook_creates_one_run_per_ref() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Both runs plan from the real repository.
-    let report = server::planner::plan_pending(state).await.unwrap();
+    let report = server::workers::planner::plan_pending(state).await.unwrap();
     assert_eq!(report.planned, 2, "{report:?}");
 }
 

@@ -6,10 +6,10 @@ mod support_hooks;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use server::config::Settings;
+use server::daemon::config::Settings;
 use server::forge::ForgeKind;
-use server::planner::{self, Planner};
 use server::store::{self, Event, NewRun, RunStatus, StageStatus, Trigger};
+use server::workers::planner::{self, Planner};
 use support_hooks::*;
 
 fn stage_keys(stages: &[store::StageWithSteps]) -> Vec<(String, StageStatus)> {
@@ -200,7 +200,7 @@ async fn unreachable_remotes_are_retried_with_backoff() {
 }
 
 async fn push(
-    state: &server::state::AppState,
+    state: &server::daemon::state::AppState,
     repo: &store::Repo,
     branch: &str,
     before: Option<git2::Oid>,
@@ -611,7 +611,7 @@ async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(server::serve::run(listener, state.clone()));
+    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
 
     eventually("the left-over run to be planned", || async {
         state.store.get_run(left_over.id).await.unwrap().status != RunStatus::Pending
@@ -679,7 +679,7 @@ stages:
 /// A signed delivery of `fixture` (re-pointed at a commit holding `files`) to a new
 /// repository `name` registered with `trusted`; returns the repository and its run.
 async fn delivered(
-    state: &server::state::AppState,
+    state: &server::daemon::state::AppState,
     git: &mut GitForge,
     name: &str,
     trusted: bool,
@@ -709,12 +709,12 @@ async fn delivered(
 
 /// The error run the planner (or a rerun) makes of [`SERVICE_ACCOUNT`] when the run is
 /// not trusted: one diagnostic, at the `service_account` key, saying why.
-async fn assert_refused_service_account(state: &server::state::AppState, run: &store::Run) {
+async fn assert_refused_service_account(state: &server::daemon::state::AppState, run: &store::Run) {
     let run = state.store.get_run(run.id).await.unwrap();
     assert_eq!(run.status, RunStatus::Error, "{:?}", run.error);
     assert_eq!(
         run.error.as_deref(),
-        Some(server::planning::UNTRUSTED_REASON)
+        Some(server::runs::from_plan::UNTRUSTED_REASON)
     );
     let diags = run.diagnostics.expect("diagnostics are stored");
     let diags = diags.as_array().unwrap();
@@ -819,12 +819,12 @@ async fn a_trusted_repository_gets_its_service_account_until_trust_is_taken_away
         json!({ "name": "deployer", "line": 10, "column": 7 })
     );
     let planned: pipelines::PlannedStage = serde_json::from_value(spec.clone()).unwrap();
-    let runnable = server::stage_spec::stage_spec(
+    let runnable = server::agent::stage_spec::stage_spec(
         &planned,
         "deploy",
         runner::Source::Empty,
         &Default::default(),
-        server::stage_spec::OnMissing::Error,
+        server::agent::stage_spec::OnMissing::Error,
     )
     .unwrap();
     assert_eq!(runnable.pod.service_account.as_deref(), Some("deployer"));
@@ -870,7 +870,7 @@ async fn a_trusted_repository_gets_its_service_account_until_trust_is_taken_away
 
 /// `POST …/runs/{number}/rerun` through the app, as an admin.
 async fn rerun(
-    state: &server::state::AppState,
+    state: &server::daemon::state::AppState,
     repo: &str,
     number: i64,
     admin: &str,

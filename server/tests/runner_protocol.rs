@@ -1151,7 +1151,7 @@ async fn stage_results_case(opts: Opts) {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let work = server.dir.path().join("agent-work");
     let backend = std::sync::Arc::new(runner::LocalBackend::new(Some(work.clone())));
-    let agent = server::runner_agent::Agent::new(
+    let agent = server::agent::Agent::new(
         reqwest::Url::parse(&base).unwrap(),
         token.clone(),
         "agent",

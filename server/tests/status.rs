@@ -3,12 +3,12 @@
 mod support_hooks;
 
 use axum::http::Method;
-use server::config::{Config, Settings};
 use server::crypto::generate_webhook_secret;
-use server::serve::build_state;
-use server::state::{AppState, forge_token_aad};
-use server::status::Follower;
+use server::daemon::config::{Config, Settings};
+use server::daemon::serve::build_state;
+use server::daemon::state::{AppState, forge_token_aad};
 use server::store::{Event, Forge, NewRepo, NewRun, Trigger};
+use server::workers::commit_status::Follower;
 use support_hooks::fake_forge;
 
 async fn state(dir: &std::path::Path) -> AppState {
@@ -35,7 +35,7 @@ async fn report(forge: Forge, base: &str, dir: &std::path::Path) -> (String, i64
             default_branch: "main".into(),
             webhook_secret_enc: state.secret_box.seal(
                 generate_webhook_secret().as_bytes(),
-                &server::state::webhook_secret_aad(name),
+                &server::daemon::state::webhook_secret_aad(name),
             ),
             forge_token_enc: Some(
                 state
@@ -154,9 +154,13 @@ async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
         )
         .await
         .unwrap();
-    let sent = server::status::report_run(&state, run.id, server::store::RunStatus::Running)
-        .await
-        .unwrap();
+    let sent = server::workers::commit_status::report_run(
+        &state,
+        run.id,
+        server::store::RunStatus::Running,
+    )
+    .await
+    .unwrap();
     assert!(sent);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(

@@ -348,7 +348,7 @@ fn template_labels(deployment: &Value) -> &Value {
 
 /// The TOML the Deployment mounts (through SLIPWAY_CONFIG), loaded by Slipway's own
 /// config loader, as the server would at start.
-fn mounted_config(objects: &[Value], deployment: &Value) -> server::config::Config {
+fn mounted_config(objects: &[Value], deployment: &Value) -> server::daemon::config::Config {
     let c = server_container(deployment);
     let path = env_var(c, "SLIPWAY_CONFIG").expect("SLIPWAY_CONFIG")["value"]
         .as_str()
@@ -368,14 +368,17 @@ fn mounted_config(objects: &[Value], deployment: &Value) -> server::config::Conf
     let toml = map["data"][key]
         .as_str()
         .unwrap_or_else(|| panic!("ConfigMap {map_name} has no {key}"));
-    load_config(toml, server::config::Settings::default())
+    load_config(toml, server::daemon::config::Settings::default())
 }
 
-fn load_config(toml: &str, over: server::config::Settings) -> server::config::Config {
+fn load_config(
+    toml: &str,
+    over: server::daemon::config::Settings,
+) -> server::daemon::config::Config {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("slipway.toml");
     std::fs::write(&file, toml).unwrap();
-    server::config::Config::resolve(over, Some(&file))
+    server::daemon::config::Config::resolve(over, Some(&file))
         .unwrap_or_else(|e| panic!("Slipway refuses this configuration: {e}\n{toml}"))
 }
 
@@ -404,7 +407,7 @@ fn the_mounted_configuration_is_one_slipway_accepts() {
         // the in-process runner, when on, uses the Kubernetes backend.
         assert!(
             !config.in_process_runner
-                || config.runner_backend == server::backends::BackendKind::Kubernetes,
+                || config.runner_backend == server::agent::backends::BackendKind::Kubernetes,
             "{overlay}: the in-process runner would run builds in the server's pod"
         );
     }
@@ -434,10 +437,10 @@ async fn the_probes_answer_on_a_server_running_the_mounted_configuration() {
         config.database_url = format!("sqlite://{}/slipway.db?mode=rwc", data_dir.display());
         config.secret_key_file = data_dir.join("secret.key");
         config.data_dir = data_dir;
-        let state = server::serve::build_state(config).await.unwrap();
+        let state = server::daemon::serve::build_state(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(server::serve::run(listener, state.clone()));
+        let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -564,7 +567,11 @@ async fn ha_postgres_replicas_start_together_on_one_database_and_data_dir() {
     }
 }
 
-async fn start_replicas(config: server::config::Config, database_url: String, replicas: usize) {
+async fn start_replicas(
+    config: server::daemon::config::Config,
+    database_url: String,
+    replicas: usize,
+) {
     let shared = tempfile::tempdir().unwrap();
     let mut config = config;
     config.database_url = database_url;
@@ -572,7 +579,7 @@ async fn start_replicas(config: server::config::Config, database_url: String, re
     config.secret_key_file = config.data_dir.join("secret.key");
     // All at once, as a Deployment's pods start.
     let states = futures::future::join_all(
-        (0..replicas).map(|_| server::serve::build_state(config.clone())),
+        (0..replicas).map(|_| server::daemon::serve::build_state(config.clone())),
     )
     .await;
     let mut servers = Vec::new();
@@ -580,7 +587,7 @@ async fn start_replicas(config: server::config::Config, database_url: String, re
         let state = state.expect("a replica failed to start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let handle = tokio::spawn(server::serve::run(listener, state.clone()));
+        let handle = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
         servers.push((state, addr, handle));
     }
     let client = reqwest::Client::builder()
@@ -866,7 +873,7 @@ fn the_dockerfile_builds_slipway_and_runs_it_as_a_non_root_server() {
     );
     let config = load_config(
         &read(&deploy("slipway.toml")),
-        server::config::Settings::default(),
+        server::daemon::config::Settings::default(),
     );
     let volumes = exec_form(&last("VOLUME"));
     assert!(
@@ -956,7 +963,7 @@ fn the_compose_file_validates_and_confines_the_server() {
 
     // The environment it gives the server is a configuration Slipway accepts.
     let env = &slipway["environment"];
-    let settings = server::config::Settings {
+    let settings = server::daemon::config::Settings {
         database_url: env["SLIPWAY_DATABASE_URL"].as_str().map(String::from),
         public_url: env["SLIPWAY_PUBLIC_URL"].as_str().map(String::from),
         ..Default::default()

@@ -131,7 +131,7 @@ fn the_kubernetes_example_chooses_its_nodes_and_keeps_its_service_account_off_pu
     // The image builds in a builder pod: its runs_on keeps it off docker runners.
     let image = plan.stages.iter().find(|s| s.id == "image").unwrap();
     assert_eq!(
-        server::routing::stage_labels(image),
+        server::runs::routing::stage_labels(image),
         ["backend:kubernetes"],
         "{image:#?}"
     );

@@ -17,8 +17,8 @@ use kube::Api;
 use kube::api::{AttachParams, ListParams};
 use runner::KubernetesBackend;
 use runner::kubernetes::names;
-use server::backends::Opened;
-use server::runner_agent::Agent;
+use server::agent::Agent;
+use server::agent::backends::Opened;
 use server::store::RunStatus;
 use support_server::{Opts, Server};
 use tokio_util::sync::CancellationToken;
@@ -112,7 +112,7 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
 
     // The server's orphan sweep keeps the pod of a stage that runs.
     let k = KubernetesBackend::new(d.client(), kube_support::options("sweeper")).unwrap();
-    let swept = server::kube_orphans::sweep_once(&server.state, &k)
+    let swept = server::workers::kube_orphans::sweep_once(&server.state, &k)
         .await
         .unwrap();
     assert!(swept.is_empty(), "{swept:?}");
@@ -203,7 +203,7 @@ async fn the_orphan_sweep_deletes_pods_whose_lease_is_gone() {
         .unwrap();
     let unlabelled = backend.setup_stage(&pod(&[])).await.unwrap();
 
-    let mut swept = server::kube_orphans::sweep_once(&server.state, &backend)
+    let mut swept = server::workers::kube_orphans::sweep_once(&server.state, &backend)
         .await
         .unwrap();
     swept.sort();

@@ -9,8 +9,8 @@ use axum::routing::get;
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiPath;
-use super::runner_files::blob_response;
-use crate::state::AppState;
+use super::protocol::files::blob_response;
+use crate::daemon::state::AppState;
 use crate::store::{ArtifactKind, ArtifactRecord, RunId};
 
 pub fn router() -> Router<AppState> {

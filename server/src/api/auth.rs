@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::crypto::hash_token;
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::{ApiToken, TokenScope};
 
 /// Looks up the bearer token of a request and checks it grants `scope` (an admin token

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

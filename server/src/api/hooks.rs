@@ -3,7 +3,7 @@
 //!
 //! The handler's whole job is to decide, cheaply and safely, whether a delivery becomes
 //! a `pending` run, and to say so within milliseconds; the planner worker does the git
-//! and YAML work afterwards ([`crate::planner`]). The order of the checks is the point:
+//! and YAML work afterwards ([`crate::workers::planner`]). The order of the checks is the point:
 //!
 //! 1. **Repository and forge** from the path (unknown → 404, nothing read or stored).
 //! 2. **Size**: a `Content-Length` over `max_webhook_bytes` is refused at once (413);
@@ -35,8 +35,8 @@ use serde_json::json;
 
 use super::auth::HookAuth;
 use super::error::{ApiError, ApiResult};
+use crate::daemon::state::{self, AppState};
 use crate::forge::{self, EventKind, ForgeEvent, ForgeKind, Parsed};
-use crate::state::{self, AppState};
 use crate::store::{self, Event, NewRun, Repo, Trigger};
 
 pub fn router() -> Router<AppState> {

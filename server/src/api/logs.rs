@@ -27,8 +27,8 @@ use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
 use super::runs::{RunPath, find_run};
+use crate::daemon::state::AppState;
 use crate::logs::{Line, StepKey, Stream as LogStream};
-use crate::state::AppState;
 use crate::store::{Run, RunId, Stage, StageId, Step, StoredEvent};
 
 pub fn router() -> Router<AppState> {

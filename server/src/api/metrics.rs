@@ -1,13 +1,16 @@
-//! `GET /metrics` for Prometheus. No token: the output holds only counts labelled with
-//! route templates, forge kinds, outcomes and statuses (see `crate::metrics`).
+//! `GET /metrics` for Prometheus, and the middleware that counts every request. No token: the output holds only counts labelled with
+//! route templates, forge kinds, outcomes and statuses (see `crate::daemon::metrics`).
+
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(scrape))
@@ -20,7 +23,26 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => tracing::warn!(error = %e, "metrics: counting stages failed"),
     }
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE)],
         state.metrics.encode(),
     )
+}
+
+/// Middleware (installed with `route_layer`, so the route template is known) counting
+/// every request by method, route template and status.
+pub async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(req).await;
+    state.metrics.http(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }

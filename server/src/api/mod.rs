@@ -9,9 +9,8 @@ pub mod hooks;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod protocol;
 pub mod repos;
-pub mod runner;
-pub mod runner_files;
 pub mod runners;
 pub mod runs;
 pub mod secrets;
@@ -19,7 +18,7 @@ pub mod tokens;
 
 use axum::Router;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the
 /// server binds it to a socket.
@@ -34,15 +33,14 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(openapi::router())
         .merge(metrics::router())
-        .merge(runner::router())
-        .merge(runner_files::router())
+        .merge(protocol::router())
         .merge(artifacts::router())
         .merge(runners::router())
         // Keep this last: `route_layer` wraps only the routes added above it. It counts
         // requests by route template (known only to matched routes).
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::metrics::track_http,
+            metrics::track_http,
         ))
         .with_state(state)
 }

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{artifacts, logs, repos, runners, runs, secrets, tokens};
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

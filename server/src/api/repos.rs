@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
+use crate::daemon::state::AppState;
 use crate::repos::{self, RepoView};
-use crate::state::AppState;
 use crate::store::{Forge, Repo};
 
 pub fn router() -> Router<AppState> {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::ApiResult;
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::Runner;
 
 pub fn router() -> Router<AppState> {

@@ -18,9 +18,9 @@ use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
 use super::repos::{RepoPath, find_repo};
+use crate::daemon::state::AppState;
 use crate::git::Mirror;
-use crate::planning;
-use crate::state::AppState;
+use crate::runs::from_plan;
 use crate::store::{
     Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
 };
@@ -130,7 +130,7 @@ pub async fn show(
         let runners = state.store.list_runners().await?;
         for s in &mut stages {
             if s.stage.status == StageStatus::Queued {
-                s.unroutable = crate::routing::unroutable_reason(&s.stage.labels, &runners);
+                s.unroutable = crate::runs::routing::unroutable_reason(&s.stage.labels, &runners);
             }
         }
     }
@@ -252,20 +252,20 @@ pub async fn rerun(
         tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun (re-plan)");
         return Ok((StatusCode::CREATED, Json(run)));
     };
-    let plans = planning::plans_of(plan)
+    let plans = from_plan::plans_of(plan)
         .map_err(|e| ApiError::internal(format!("stored plan of run {}: {e}", orig.id)))?;
-    if let Err(diags) = planning::check_trust(&plans, new.trusted) {
+    if let Err(diags) = from_plan::check_trust(&plans, new.trusted) {
         // The stored plan asks for what this run may no longer have: an error run, as
         // the planner would make of the same YAML, never stages.
         let run = state
             .store
-            .create_run_error(repo.id, new, planning::UNTRUSTED_REASON, Some(diags))
+            .create_run_error(repo.id, new, from_plan::UNTRUSTED_REASON, Some(diags))
             .await?;
         state.metrics.run_finished(RunStatus::Error);
         tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun refused: not trusted");
         return Ok((StatusCode::CREATED, Json(run)));
     }
-    let mut stages = planning::stages_from_plans(&plans);
+    let mut stages = from_plan::stages_from_plans(&plans);
     if req.failed_only {
         let old = state.store.list_stages(orig.id).await?;
         let succeeded: HashSet<&str> = old
@@ -430,7 +430,7 @@ pub async fn trigger(
             return Err(ApiError::unprocessable("invalid pipeline name"));
         }
         // The planner plans only the pipeline named here (see `planner::PARAM_PIPELINE`).
-        params[crate::planner::PARAM_PIPELINE] = Value::String(pipeline);
+        params[crate::workers::planner::PARAM_PIPELINE] = Value::String(pipeline);
     }
     let git_ref = format!("refs/heads/{branch}");
     let head = fetch_branch_head(&state, &repo, &git_ref).await?;

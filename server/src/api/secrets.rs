@@ -17,7 +17,7 @@ use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::repos::{RepoPath, find_repo};
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::SecretMeta;
 
 pub fn router() -> Router<AppState> {

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::{ApiToken, Store, TokenScope};
 
 pub fn router() -> Router<AppState> {

@@ -15,8 +15,8 @@ use clap::Subcommand;
 use zeroize::Zeroizing;
 
 use super::ServerArgs;
+use crate::daemon::state::AppState;
 use crate::repos::{self, Registration, RepoView};
-use crate::state::AppState;
 use crate::store::{Forge, TokenScope};
 
 fn parse_forge(s: &str) -> Result<Forge, String> {
@@ -134,7 +134,7 @@ fn with_state<T>(
 ) -> anyhow::Result<T> {
     let config = server.resolve()?;
     tokio::runtime::Runtime::new()?.block_on(async {
-        let state = crate::serve::build_state(config).await?;
+        let state = crate::daemon::serve::build_state(config).await?;
         let out = f(&state).await;
         state.store.close().await;
         out

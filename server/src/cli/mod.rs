@@ -5,6 +5,7 @@ mod diagnostics;
 mod exec;
 pub mod hook;
 mod output;
+mod pipeline_files;
 mod runner;
 mod validate;
 
@@ -61,12 +62,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SLIPWAY_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: crate::config::Settings,
+    pub settings: crate::daemon::config::Settings,
 }
 
 impl ServerArgs {
-    fn resolve(self) -> anyhow::Result<crate::config::Config> {
-        Ok(crate::config::Config::resolve(
+    fn resolve(self) -> anyhow::Result<crate::daemon::config::Config> {
+        Ok(crate::daemon::config::Config::resolve(
             self.settings,
             self.config.as_deref(),
         )?)
@@ -99,7 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => {
             init_tracing();
             let config = args.resolve()?;
-            tokio::runtime::Runtime::new()?.block_on(crate::serve::serve(config))?;
+            tokio::runtime::Runtime::new()?.block_on(crate::daemon::serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Hook(args) => hook::run(args),

@@ -10,7 +10,7 @@ use console::Style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runner::{StageEvent, Status};
 
-use crate::exec::{ExecEvent, StageReport, StageResult};
+use crate::cli::exec::engine::{ExecEvent, StageReport, StageResult};
 
 const PALETTE: [fn(Style) -> Style; 6] = [
     Style::cyan,

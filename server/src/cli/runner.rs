@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::{BackendKind, Opened};
-use crate::runner_agent::{Agent, hostname};
+use crate::agent::backends::{BackendKind, Opened};
+use crate::agent::{Agent, hostname};
 
 /// The environment variable holding the runner token. Tokens are never taken from the
 /// command line, where `ps` and shell history would show them.
@@ -89,7 +89,7 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         args.backend,
         &name,
         args.work_dir.clone(),
-        &crate::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+        &crate::agent::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
     ))?;
     let mut agent = Agent::new(server, token, name, opened.backend())
         .with_capacity(args.capacity)

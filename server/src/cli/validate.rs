@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::pipeline_files;
+use crate::cli::pipeline_files;
 
 use super::diagnostics;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ForgeKind, gitea, github, gitlab};
+use super::ForgeKind;
 
 /// What kind of change triggered a run. Matches the pipeline YAML's `on:` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,21 +107,6 @@ pub enum PayloadError {
     },
     #[error("`{0}` has no webhook payload format (plain git uses `slipway hook`)")]
     Unsupported(ForgeKind),
-}
-
-/// Parse a **verified** delivery into a normalized event.
-///
-/// `event_name` is the forge's event header ([`super::event_name`]). Never panics, on
-/// any input: payloads are untrusted even after verification (a leaked secret, a buggy
-/// forge), and a panic in the handler would turn a bad payload into a 500.
-pub fn parse(kind: ForgeKind, event_name: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
-    let event_name = event_name.trim();
-    match kind {
-        ForgeKind::Github => github::parse(event_name, body),
-        ForgeKind::Gitlab => gitlab::parse(event_name, body),
-        ForgeKind::Gitea | ForgeKind::Forgejo => gitea::parse(kind, event_name, body),
-        ForgeKind::Git => Err(PayloadError::Unsupported(kind)),
-    }
 }
 
 // ---- helpers shared by the per-forge parsers ----

@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use event::{EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, parse};
+pub use event::{EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest};
 pub use status::{
     CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for,
     description_limit, repo_path_for,
@@ -94,5 +94,20 @@ impl FromStr for ForgeKind {
                 // Bound what we echo back: the input may be an arbitrary URL segment.
                 UnknownForge(s.chars().take(32).collect())
             })
+    }
+}
+
+/// Parse a **verified** delivery into a normalized event.
+///
+/// `event_name` is the forge's event header ([`event_name`]). Never panics, on
+/// any input: payloads are untrusted even after verification (a leaked secret, a buggy
+/// forge), and a panic in the handler would turn a bad payload into a 500.
+pub fn parse(kind: ForgeKind, event_name: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
+    let event_name = event_name.trim();
+    match kind {
+        ForgeKind::Github => github::parse(event_name, body),
+        ForgeKind::Gitlab => gitlab::parse(event_name, body),
+        ForgeKind::Gitea | ForgeKind::Forgejo => gitea::parse(kind, event_name, body),
+        ForgeKind::Git => Err(PayloadError::Unsupported(kind)),
     }
 }

@@ -35,6 +35,7 @@
 //!   unique per repository.
 
 mod artifacts;
+pub mod blobs;
 mod migrations;
 mod queue;
 mod records;

@@ -258,7 +258,7 @@ pub struct NewStage {
     pub succeeded: Option<String>,
     /// Step names, in order.
     pub steps: Vec<String>,
-    /// Labels a runner must have to lease the stage ([`crate::routing`]).
+    /// Labels a runner must have to lease the stage ([`crate::runs::routing`]).
     pub labels: Vec<String>,
 }
 

@@ -14,9 +14,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use git2::{Oid, Repository, Signature, Time};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
-use server::config::{Config, Settings};
+use server::daemon::config::{Config, Settings};
+use server::daemon::state::{self, AppState};
 use server::forge::{self, ForgeEvent, ForgeKind, Parsed};
-use server::state::{self, AppState};
 use server::store::{self, NewRepo, Repo, Run};
 use sha2::Sha256;
 use tower::ServiceExt;
@@ -36,7 +36,7 @@ pub async fn env_with(mut settings: Settings) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     settings.data_dir = Some(tmp.path().join("data"));
     let config = Config::resolve(settings, None).unwrap();
-    let state = server::serve::build_state(config).await.unwrap();
+    let state = server::daemon::serve::build_state(config).await.unwrap();
     Env { tmp, state }
 }
 

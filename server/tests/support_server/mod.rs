@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use git2::{Repository, Signature};
-use server::config::{Config, Settings};
+use server::daemon::config::{Config, Settings};
+use server::daemon::state::AppState;
 use server::logs::StepKey;
-use server::state::AppState;
 use server::store::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -114,10 +114,10 @@ impl Server {
             ..opts.settings
         };
         let config = Config::resolve(settings, None).unwrap();
-        let state = server::serve::build_state(config).await.unwrap();
+        let state = server::daemon::serve::build_state(config).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let handle = tokio::spawn(server::serve::run(listener, state.clone()));
+        let handle = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
         Server {
             state,
             addr,
@@ -247,8 +247,8 @@ impl Server {
                 max_attempts: 1 + s.retry,
                 skip: None,
                 succeeded: None,
-                steps: server::stage_spec::step_names(s),
-                labels: server::routing::stage_labels(s),
+                steps: server::agent::stage_spec::step_names(s),
+                labels: server::runs::routing::stage_labels(s),
             })
             .collect();
         for s in &plan.skipped {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use server::config::{Config, Settings};
+use server::daemon::config::{Config, Settings};
 use server::protocol::{
     ArtifactStored, LEASE, LeaseRequest, LeaseResponse, REGISTER, RegisterResponse, artifacts_path,
 };
@@ -73,10 +73,10 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
         heartbeat_timeout_secs: Some(600),
         ..Settings::default()
     };
-    let state = server::serve::build_state(Config::resolve(settings, None)?).await?;
+    let state = server::daemon::serve::build_state(Config::resolve(settings, None)?).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(server::serve::run(listener, state.clone()));
+    let serving = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
 
     // One run with one stage, leased by a runner speaking the protocol.
     let forge = dir.path().join("forge");
@@ -119,8 +119,8 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
             max_attempts: 1,
             skip: None,
             succeeded: None,
-            steps: server::stage_spec::step_names(s),
-            labels: server::routing::stage_labels(s),
+            steps: server::agent::stage_spec::step_names(s),
+            labels: server::runs::routing::stage_labels(s),
         })
         .collect();
     state

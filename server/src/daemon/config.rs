@@ -40,7 +40,7 @@ pub struct Settings {
     /// The in-process runner's backend: `local` (host processes), `docker` or
     /// `kubernetes` (settings from `SLIPWAY_KUBE_*`, see `backends`).
     #[arg(long, value_enum, env = "SLIPWAY_RUNNER_BACKEND")]
-    pub runner_backend: Option<crate::backends::BackendKind>,
+    pub runner_backend: Option<crate::agent::backends::BackendKind>,
     /// Most stages running at once across all repositories.
     #[arg(long, env = "SLIPWAY_MAX_RUNNING")]
     pub max_running: Option<usize>,
@@ -137,9 +137,9 @@ pub struct Config {
     pub public_url: String,
     pub in_process_runner: bool,
     pub runner_capacity: usize,
-    pub runner_backend: crate::backends::BackendKind,
+    pub runner_backend: crate::agent::backends::BackendKind,
     /// The Kubernetes backend's settings (`kube_*`).
-    pub kube: crate::backends::KubeSettings,
+    pub kube: crate::agent::backends::KubeSettings,
     pub max_running: usize,
     pub max_running_per_repo: usize,
     pub auto_cancel: bool,
@@ -217,7 +217,7 @@ impl Config {
             in_process_runner: s.in_process_runner.unwrap_or(true),
             runner_capacity: positive("runner_capacity", s.runner_capacity, 2)?,
             runner_backend: s.runner_backend.unwrap_or_default(),
-            kube: crate::backends::KubeSettings {
+            kube: crate::agent::backends::KubeSettings {
                 namespace: s.kube_namespace.clone(),
                 helper_image: s.kube_helper_image.clone(),
                 image_pull_secrets: s.kube_image_pull_secrets.clone(),
@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn runner_backend_from_file_and_flag() {
-        use crate::backends::BackendKind;
+        use crate::agent::backends::BackendKind;
         let c = Config::resolve(Settings::default(), None).unwrap();
         assert_eq!(c.runner_backend, BackendKind::Local);
         let (_dir, path) = file("runner_backend = \"docker\"\n");

@@ -5,7 +5,14 @@ use std::net::SocketAddr;
 
 use tokio::task::JoinHandle;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
+
+pub mod commit_status;
+pub mod cron;
+pub mod in_process_runner;
+pub mod kube_orphans;
+pub mod lease_expiry;
+pub mod planner;
 
 #[allow(
     clippy::vec_init_then_push,
@@ -13,12 +20,12 @@ use crate::state::AppState;
 )]
 pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
     let mut workers = Vec::new();
-    workers.push(crate::planner::spawn(state.clone()));
-    workers.push(crate::cron::spawn(state.clone()));
-    workers.push(crate::status::spawn(state.clone()));
-    workers.push(crate::scheduler::spawn(state.clone()));
+    workers.push(planner::spawn(state.clone()));
+    workers.push(cron::spawn(state.clone()));
+    workers.push(commit_status::spawn(state.clone()));
+    workers.push(lease_expiry::spawn(state.clone()));
     if state.config.in_process_runner {
-        workers.push(crate::runner_agent::spawn_in_process(state.clone(), addr));
+        workers.push(in_process_runner::spawn(state.clone(), addr));
     }
     workers
 }

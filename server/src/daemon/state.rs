@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::crypto::SecretBox;
+use crate::daemon::config::Config;
 use crate::forge::StatusReporter;
 use crate::logs::LogStore;
 use crate::store::Store;
@@ -23,11 +23,11 @@ pub struct Inner {
     pub secret_box: SecretBox,
     pub logs: LogStore,
     /// Artifact and cache content, by sha256.
-    pub blobs: crate::blobs::BlobStore,
+    pub blobs: crate::store::blobs::BlobStore,
     pub status: StatusReporter,
     pub wake: Wake,
     /// Prometheus metrics, served at `/metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::daemon::metrics::Metrics,
     /// Cancelled when the server shuts down; workers stop at their next await.
     pub shutdown: CancellationToken,
 }

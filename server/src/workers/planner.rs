@@ -16,7 +16,7 @@
 //! * **Error run** (`error` status, reason in `error`, diagnostics for validation
 //!   failures): no pipeline file, invalid YAML, a parameter error, a stage asking for a
 //!   service account in a run that is not trusted
-//!   ([`check_trust`](crate::planning::check_trust)), a commit that cannot be found, a
+//!   ([`check_trust`](crate::runs::from_plan::check_trust)), a commit that cannot be found, a
 //!   permanent git error.
 //! * **Deferred**: a transient git error (network, a locked ref) leaves the run
 //!   `pending`; the worker retries it with exponential backoff (2 s, 4 s, … up to 5 min) and turns it
@@ -52,8 +52,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+use crate::daemon::state::{self, AppState};
 use crate::git::{CredentialsFn, GitError, Mirror};
-use crate::state::{self, AppState};
 use crate::store::{self, Event, Repo, RepoId, Run, RunId};
 
 /// Params key naming the cron schedule that created a run.
@@ -319,10 +319,16 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
     {
         not_triggered.push(format!("no pipeline named `{o}` at {}", commit.sha));
     }
-    if let Err(diags) = crate::planning::check_trust(&plans, run.trusted) {
-        return fail(state, run, crate::planning::UNTRUSTED_REASON, Some(diags)).await;
+    if let Err(diags) = crate::runs::from_plan::check_trust(&plans, run.trusted) {
+        return fail(
+            state,
+            run,
+            crate::runs::from_plan::UNTRUSTED_REASON,
+            Some(diags),
+        )
+        .await;
     }
-    let stages = crate::planning::stages_from_plans(&plans);
+    let stages = crate::runs::from_plan::stages_from_plans(&plans);
     let runnable = stages.iter().any(|s| s.skip.is_none());
     let plan_json = serde_json::to_value(&plans).unwrap_or(Value::Null);
     let yaml_sha256 = yaml_digest(&commit.files);

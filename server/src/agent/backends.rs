@@ -127,7 +127,7 @@ impl Opened {
     /// and the runner starts anyway.
     pub async fn sweep(&self) {
         match self {
-            Opened::Local(b) => crate::runner_agent::sweep_local(b).await,
+            Opened::Local(b) => sweep_local(b).await,
             Opened::Docker(b) => match b.sweep().await {
                 Ok(report) => {
                     if !report.is_empty() {
@@ -220,6 +220,28 @@ fn list(comma_separated: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The start-up sweep of a local backend (see [`runner::LocalBackend::sweep`]),
+/// logged. A failed sweep is logged and the runner starts anyway.
+async fn sweep_local(backend: &runner::LocalBackend) {
+    match backend.sweep().await {
+        Ok(report) => {
+            if !report.is_empty() {
+                tracing::warn!(
+                    killed = ?report.killed,
+                    removed_stages = report.removed_stages.len(),
+                    spared = ?report.spared,
+                    in_use = report.in_use,
+                    "swept what a crashed runner left behind"
+                );
+            }
+            for error in &report.errors {
+                tracing::warn!(error = %error, "sweep problem");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "sweeping the local backend's work dir failed"),
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!    [`Store::claim_cron`](crate::store::Store::claim_cron) — true for exactly one
 //!    caller per instant across replicas — and create a `cron` run on the default
 //!    branch's head (fetched right then, so the run builds the current commit), with
-//!    the schedule in params (see [`crate::planner::PARAM_CRON`]); then wake the planner.
+//!    the schedule in params (see [`crate::workers::planner::PARAM_CRON`]); then wake the planner.
 //!
 //! Rules, and why:
 //! * **No catch-up bursts.** Only the most recent due instant is considered, so a server
@@ -34,11 +34,11 @@ use chrono::{DateTime, Timelike, Utc};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use crate::daemon::state::AppState;
 use crate::git::Mirror;
 use crate::git::lock_mirror;
-use crate::planner::{PARAM_CRON, PARAM_PIPELINE};
-use crate::state::AppState;
 use crate::store::{self, Event, NewRun, Repo, RepoId, Run, Trigger};
+use crate::workers::planner::{PARAM_CRON, PARAM_PIPELINE};
 
 /// How often schedules are checked. Cron has minute resolution in practice; 15 s keeps
 /// a run within a quarter of a minute of its time.
@@ -273,7 +273,7 @@ async fn read_head(
     let dir = state.mirror_dir(repo.id);
     let url = repo.clone_url.clone();
     let branch = format!("refs/heads/{}", repo.default_branch);
-    let credentials = crate::planner::credentials(state, repo);
+    let credentials = crate::workers::planner::credentials(state, repo);
     let _guard = lock_mirror(&dir).await;
     tokio::task::spawn_blocking(move || read_head_blocking(&dir, &url, &branch, credentials, fetch))
         .await

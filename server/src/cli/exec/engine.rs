@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage_spec::{OnMissing, SpecError, add_stage_outputs, stage_spec};
+use crate::agent::stage_spec::{OnMissing, SpecError, add_stage_outputs, stage_spec};
 
 pub struct ExecOptions {
     /// How many stages may run at once (at least 1).

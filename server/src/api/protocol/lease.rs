@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
+use super::leased;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -29,20 +30,19 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use pipelines::PlannedStage;
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
-use super::auth::RunnerAuth;
-use super::error::{ApiError, ApiResult};
+use crate::agent::stage_spec::{add_stage_outputs, referenced_secrets};
+use crate::api::auth::RunnerAuth;
+use crate::api::error::{ApiError, ApiResult};
+use crate::daemon::state::AppState;
 use crate::git::Mirror;
 use crate::logs::{NewLine, StepKey};
 use crate::protocol::{
     HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseArtifact, LeaseRequest, LeaseResponse,
     LeaseToken, LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished,
-    StepFinish,
+    StepFinish, routes,
 };
-use crate::stage_spec::{add_stage_outputs, referenced_secrets};
-use crate::state::AppState;
 use crate::store::{
     Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults,
     StageStatus,
@@ -53,22 +53,16 @@ const LEASE_POLL: Duration = Duration::from_secs(2);
 /// Longest reason stored for a stage (runner-supplied text).
 const MAX_REASON_CHARS: usize = 2000;
 
-pub fn router() -> Router<AppState> {
+pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route(crate::protocol::REGISTER, post(register))
-        .route(crate::protocol::LEASE, post(lease))
-        .route("/api/runner/stages/{id}/source", get(source))
-        .route("/api/runner/stages/{id}/heartbeat", post(heartbeat))
-        .route(
-            "/api/runner/stages/{id}/steps/{idx}/start",
-            post(step_start),
-        )
-        .route("/api/runner/stages/{id}/steps/{idx}/logs", post(step_logs))
-        .route(
-            "/api/runner/stages/{id}/steps/{idx}/finish",
-            post(step_finish),
-        )
-        .route("/api/runner/stages/{id}/finish", post(stage_finish))
+        .route(routes::REGISTER, post(register))
+        .route(routes::LEASE, post(lease))
+        .route(routes::SOURCE, get(source))
+        .route(routes::HEARTBEAT, post(heartbeat))
+        .route(routes::STEP_START, post(step_start))
+        .route(routes::STEP_LOGS, post(step_logs))
+        .route(routes::STEP_FINISH, post(step_finish))
+        .route(routes::STAGE_FINISH, post(stage_finish))
 }
 
 /// How often runners heartbeat: three chances before the lease runs out.
@@ -212,7 +206,7 @@ async fn prepare(
         }
     };
     // The planner and reruns never plan such a stage for an untrusted run
-    // (`planning::check_trust`); this is the last line, where the pod would be asked for.
+    // (`runs::from_plan::check_trust`); this is the last line, where the pod would be asked for.
     if let Some(sa) = &planned.kubernetes.service_account
         && !run.trusted
     {
@@ -282,7 +276,7 @@ async fn prepare(
     // A new attempt starts without what an earlier one uploaded, and gets the
     // artifacts of the stages it needs.
     state.store.clear_stage_artifacts(stage.id).await?;
-    let artifacts: Vec<LeaseArtifact> = super::runner_files::needed_artifacts(state, run, stage)
+    let artifacts: Vec<LeaseArtifact> = super::files::needed_artifacts(state, run, stage)
         .await?
         .into_iter()
         .map(|a| LeaseArtifact {
@@ -356,21 +350,6 @@ fn step_key(stage: &Stage, idx: i64) -> StepKey {
         run: stage.run_id,
         stage: stage.id,
         step: u32::try_from(idx).unwrap_or(u32::MAX),
-    }
-}
-
-/// The stage, if `token` is its current lease (else `409 lease_lost`).
-pub(crate) async fn leased(state: &AppState, id: StageId, token: &str) -> ApiResult<Stage> {
-    let stage = state.store.get_stage(id).await?;
-    let holds = stage.status == StageStatus::Running
-        && stage
-            .lease_token
-            .as_deref()
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())));
-    if holds {
-        Ok(stage)
-    } else {
-        Err(crate::store::Error::LeaseLost.into())
     }
 }
 

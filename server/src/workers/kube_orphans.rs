@@ -15,7 +15,7 @@ use std::time::Duration;
 use runner::KubernetesBackend;
 use tokio::task::JoinHandle;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::StageStatus;
 
 /// Deletes the orphaned stage pods once; returns their names.

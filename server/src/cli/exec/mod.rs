@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+pub(crate) mod engine;
+
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use pipelines::{Event, EventContext, PlanError};
@@ -14,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::Output;
 use super::validate;
-use crate::backends::{BackendKind, Opened};
-use crate::exec::{ExecEvent, ExecOptions, execute};
-use crate::pipeline_files;
+use crate::agent::backends::{BackendKind, Opened};
+use crate::cli::pipeline_files;
+use engine::{ExecEvent, ExecOptions, execute};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -181,16 +183,12 @@ async fn run_plans(
 ) -> anyhow::Result<bool> {
     // Unique per process: `exec` never sweeps, and two of them on one engine must
     // not share a label.
-    let name = format!(
-        "exec-{}-{}",
-        crate::runner_agent::hostname(),
-        std::process::id()
-    );
+    let name = format!("exec-{}-{}", crate::agent::hostname(), std::process::id());
     let backend: Arc<dyn runner::Backend> = Opened::open(
         backend,
         &name,
         None,
-        &crate::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+        &crate::agent::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
     )
     .await?
     .backend();

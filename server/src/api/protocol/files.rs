@@ -1,6 +1,6 @@
 //! The runner protocol's file routes (table in [`crate::protocol`]): artifact uploads
 //! and downloads, cache lookups and saves. Bodies stream straight into and out of the
-//! blob store ([`crate::blobs`]); nothing is held in memory whole.
+//! blob store ([`crate::store::blobs`]); nothing is held in memory whole.
 
 use axum::Json;
 use axum::Router;
@@ -10,29 +10,23 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 
-use super::auth::RunnerAuth;
-use super::error::{ApiError, ApiResult};
-use super::extract::{ApiPath, ApiQuery};
-use super::runner::leased;
-use crate::blobs::{BlobError, is_sha256};
+use super::leased;
+use crate::api::auth::RunnerAuth;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{ApiPath, ApiQuery};
+use crate::daemon::state::AppState;
 use crate::protocol::{
     ArtifactStored, ArtifactUpload, CacheLookup, CacheStored, CacheUpload, LeaseToken,
-    SHA256_HEADER,
+    SHA256_HEADER, routes,
 };
-use crate::state::AppState;
+use crate::store::blobs::{BlobError, is_sha256};
 use crate::store::{ArtifactKind, ArtifactRecord, NewArtifact, Run, Stage, StageId};
 
-pub fn router() -> Router<AppState> {
+pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/runner/stages/{id}/artifacts", put(upload_artifact))
-        .route(
-            "/api/runner/stages/{id}/artifacts/{artifact_id}",
-            get(download_artifact),
-        )
-        .route(
-            "/api/runner/stages/{id}/cache",
-            get(get_cache).put(put_cache),
-        )
+        .route(routes::ARTIFACTS, put(upload_artifact))
+        .route(routes::ARTIFACT, get(download_artifact))
+        .route(routes::CACHE, get(get_cache).put(put_cache))
 }
 
 /// How far back a chain of reruns is followed for a carried-over stage's artifacts.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::state::AppState;
+use crate::daemon::state::AppState;
 use crate::store::{StageId, now_ms};
 
 /// How many queued stages (oldest first) each round checks for a matching runner.
@@ -100,7 +100,7 @@ pub async fn warn_unroutable(
     let runners = state.store.list_runners().await?;
     let mut now = Vec::new();
     for q in queued {
-        let Some(reason) = crate::routing::unroutable_reason(&q.labels, &runners) else {
+        let Some(reason) = crate::runs::routing::unroutable_reason(&q.labels, &runners) else {
             continue;
         };
         if warned.insert(q.stage_id) {

@@ -3,7 +3,7 @@
 //! Before a stage: the artifacts of the stages it needs are downloaded into the
 //! unpacked source directory (which every backend copies into its workspace), each
 //! written through [`runner::safe_path`] and checked against its sha256; then, for a
-//! stage with `cache:` paths, the cache saved under its key ([`crate::cache`]) is
+//! stage with `cache:` paths, the cache saved under its key ([`crate::agent::cache`]) is
 //! restored into the same directory. After a successful stage: the collected
 //! artifacts are uploaded (a symlink is refused, never followed), then — if the cache
 //! missed — the cache paths, collected by the backend alongside the artifacts, are
@@ -17,7 +17,8 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{Agent, Backoff, CallError, DOWNLOAD_IDLE, StageCtx, check, describe};
+use super::client::{Backoff, CallError, Client, DOWNLOAD_IDLE, check, describe};
+use super::forward::StageCtx;
 use crate::protocol::{self, ArtifactStored, CacheStored, LeaseArtifact, SHA256_HEADER};
 
 /// Attempts per transfer before a transient failure counts.
@@ -51,7 +52,7 @@ fn transfer_timeout(size: u64) -> Duration {
     Duration::from_secs(120 + size / 1_000_000)
 }
 
-impl Agent {
+impl Client {
     fn stage_url(
         &self,
         ctx: &StageCtx,
@@ -126,9 +127,7 @@ impl Agent {
     ) -> Result<(), CallError> {
         let url = self.stage_url(ctx, &a.path, &[])?;
         let resp = self
-            .client
-            .get(url)
-            .bearer_auth(&self.token)
+            .request(Method::GET, url)
             .timeout(transfer_timeout(a.size))
             .send()
             .await
@@ -217,9 +216,7 @@ impl Agent {
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024));
         let resp = self
-            .client
             .request(Method::PUT, url)
-            .bearer_auth(&self.token)
             .timeout(transfer_timeout(size))
             .header(reqwest::header::CONTENT_LENGTH, size)
             .body(body)
@@ -255,7 +252,8 @@ impl Agent {
             }
         }
         let (tar, dest) = (tar_path.clone(), src.to_path_buf());
-        let unpacked = tokio::task::spawn_blocking(move || crate::cache::unpack(&tar, &dest)).await;
+        let unpacked =
+            tokio::task::spawn_blocking(move || crate::agent::cache::unpack(&tar, &dest)).await;
         let _ = tokio::fs::remove_file(&tar_path).await;
         match unpacked {
             Ok(Ok(files)) => {
@@ -281,9 +279,7 @@ impl Agent {
     ) -> Result<bool, CallError> {
         let url = self.stage_url(ctx, &protocol::cache_path(ctx.stage_id), &[("key", key)])?;
         let resp = self
-            .client
-            .get(url)
-            .bearer_auth(&self.token)
+            .request(Method::GET, url)
             .send()
             .await
             .map_err(|e| CallError::Transient(describe(&e)))?;
@@ -321,7 +317,7 @@ impl Agent {
         let tar_path: PathBuf = scratch.join("cache-out.tar");
         let (root, out) = (dir.to_path_buf(), tar_path.clone());
         let (sha, size) =
-            tokio::task::spawn_blocking(move || crate::cache::pack(&root, &names, &out))
+            tokio::task::spawn_blocking(move || crate::agent::cache::pack(&root, &names, &out))
                 .await
                 .map_err(|e| FilesError::Failed(e.to_string()))?
                 .map_err(|e| FilesError::Failed(format!("packing the cache: {e}")))?;
@@ -339,6 +335,70 @@ impl Agent {
             .await;
         let _ = tokio::fs::remove_file(&tar_path).await;
         Ok(stored.map_err(FilesError::from)?.saved)
+    }
+
+    /// Streams the stage's source tar to a temp file, then unpacks it into `dest`.
+    pub(super) async fn download_source(
+        &self,
+        ctx: &StageCtx,
+        dest: &Path,
+    ) -> Result<(), CallError> {
+        let tar_path = dest.with_extension("tar");
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.download_once(ctx, &tar_path).await {
+                Ok(()) => break,
+                Err(CallError::Transient(e)) if attempts < 4 => {
+                    tracing::warn!(stage_id = ctx.stage_id, error = %e, "source download failed; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dest)?;
+            let file = std::fs::File::open(&tar_path)?;
+            let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+            // `unpack` refuses entries that would land outside `dest` (`..`, absolute
+            // paths, writes through symlinks); modes keep their 0o777 bits only.
+            archive.set_preserve_mtime(true);
+            archive.unpack(&dest)?;
+            std::fs::remove_file(&tar_path)
+        })
+        .await
+        .map_err(|e| CallError::Transient(e.to_string()))?
+        .map_err(|e| CallError::Transient(format!("unpacking the source: {e}")))
+    }
+
+    async fn download_once(&self, ctx: &StageCtx, tar_path: &Path) -> Result<(), CallError> {
+        let mut url = self.url(&protocol::source_path(ctx.stage_id))?;
+        url.query_pairs_mut().append_pair("lease_token", &ctx.token);
+        let resp = self
+            .request(Method::GET, url)
+            .send()
+            .await
+            .map_err(|e| CallError::Transient(describe(&e)))?;
+        let mut resp = check(resp).await?;
+        let mut file = tokio::fs::File::create(tar_path)
+            .await
+            .map_err(|e| CallError::Transient(format!("creating {}: {e}", tar_path.display())))?;
+        loop {
+            let chunk = tokio::time::timeout(DOWNLOAD_IDLE, resp.chunk())
+                .await
+                .map_err(|_| CallError::Transient("source download stalled".into()))?
+                .map_err(|e| CallError::Transient(describe(&e)))?;
+            let Some(chunk) = chunk else { break };
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| CallError::Transient(format!("writing the source: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| CallError::Transient(format!("writing the source: {e}")))?;
+        Ok(())
     }
 }
 
@@ -377,18 +437,15 @@ mod tests {
 
     use super::*;
 
-    /// An agent pointed at a port nobody listens on: these refusals happen before any
+    /// A client pointed at a port nobody listens on: these refusals happen before any
     /// request.
-    fn offline() -> (Arc<Agent>, StageCtx) {
-        let backend: Arc<dyn runner::Backend> = Arc::new(runner::LocalBackend::new(None));
-        let agent = Arc::new(Agent::new(
+    fn offline() -> (Arc<Client>, StageCtx) {
+        let client = Arc::new(Client::new(
             reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
             "token".into(),
-            "offline",
-            backend,
         ));
         let ctx = StageCtx {
-            agent: agent.clone(),
+            client: client.clone(),
             stage_id: 1,
             token: "lease".into(),
             offsets: Vec::new(),
@@ -396,7 +453,7 @@ mod tests {
             give_up: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
         };
-        (agent, ctx)
+        (client, ctx)
     }
 
     #[tokio::test]

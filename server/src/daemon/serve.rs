@@ -7,11 +7,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, redact_url};
 use crate::crypto::{SecretBox, SecretKey};
+use crate::daemon::config::{Config, redact_url};
+use crate::daemon::state::{AppState, Inner, Wake};
 use crate::forge::StatusReporter;
 use crate::logs::LogStore;
-use crate::state::{AppState, Inner, Wake};
 use crate::store::Store;
 
 /// Opens (and migrates) the database and assembles the shared state.
@@ -35,10 +35,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         store,
         secret_box: SecretBox::new(&key),
         logs: LogStore::new(config.data_dir.join("logs")),
-        blobs: crate::blobs::BlobStore::new(&config.data_dir),
+        blobs: crate::store::blobs::BlobStore::new(&config.data_dir),
         status: StatusReporter::new(),
         wake: Wake::default(),
-        metrics: crate::metrics::Metrics::new(),
+        metrics: crate::daemon::metrics::Metrics::new(),
         shutdown: CancellationToken::new(),
         config,
     }))

@@ -7,7 +7,7 @@
 //! scrape output).
 //!
 //! Who records what:
-//! - HTTP requests: the middleware [`track_http`], on every matched route.
+//! - HTTP requests: the middleware [`crate::api::metrics::track_http`], on every matched route.
 //! - Webhook deliveries: the webhook handler calls [`Metrics::webhook`].
 //! - Finished runs: whoever moves a run to a final state calls [`Metrics::run_finished`]
 //!   (the API does for cancellations; the scheduler for the rest).
@@ -16,19 +16,13 @@
 
 use std::fmt::Display;
 use std::sync::atomic::AtomicI64;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::state::AppState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HttpLabels {
@@ -182,7 +176,7 @@ impl Metrics {
         self.stages_running.set(running);
     }
 
-    fn http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub(crate) fn http(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 method: method.to_string(),
@@ -208,22 +202,3 @@ impl Metrics {
 
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Middleware (installed with `route_layer`, so the route template is known) counting
-/// every request by method, route template and status.
-pub async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(req).await;
-    state.metrics.http(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
-}

@@ -35,8 +35,8 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 max_attempts: stage.retry.saturating_add(1),
                 skip: None,
                 succeeded: None,
-                steps: crate::stage_spec::step_names(stage),
-                labels: crate::routing::stage_labels(stage),
+                steps: crate::agent::stage_spec::step_names(stage),
+                labels: crate::runs::routing::stage_labels(stage),
             });
         }
         for skipped in &plan.skipped {

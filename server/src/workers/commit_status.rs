@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::daemon::state::{AppState, forge_token_aad};
 use crate::forge::{self, CommitStatus, ForgeKind, State, StatusTarget};
-use crate::state::{AppState, forge_token_aad};
 use crate::store::{Forge, Run, RunId, RunStatus};
 
 /// How far behind the newest event id to re-read: on PostgreSQL, ids are assigned at

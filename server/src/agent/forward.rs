@@ -1,0 +1,229 @@
+//! What runs beside a leased stage's steps: the heartbeat that keeps its lease (and
+//! hears the server's cancel), and the forwarder that posts step starts, log batches
+//! (every 100 ms or 500 lines) and step results in order. Posts retry with backoff;
+//! log batches are idempotent by line number, so a resend is harmless.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+use runner::{LogStreamKind, StageEvent};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{CallError, Client, REQUEST_TIMEOUT};
+use crate::logs::Stream;
+use crate::protocol::{
+    self, HeartbeatAction, HeartbeatResponse, LeaseToken, LogAck, LogBatch, StepFinish, WireLine,
+    WireStatus,
+};
+
+/// Flush a log batch after this long…
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// …or at this many lines…
+const BATCH_LINES: usize = 500;
+/// …or this many bytes (well under the server's default 2 MB JSON body limit once
+/// base64-encoded).
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// What the tasks working on one leased stage share.
+pub(super) struct StageCtx {
+    pub(super) client: Arc<Client>,
+    pub(super) stage_id: i64,
+    pub(super) token: String,
+    pub(super) offsets: Vec<u64>,
+    /// Set once the lease is gone (or the server stayed unreachable past it): post
+    /// nothing more.
+    pub(super) lost: AtomicBool,
+    pub(super) give_up: Duration,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl StageCtx {
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Posts with retries; on `lease_lost` (or when the server stays unreachable past
+    /// the lease) marks the stage lost and cancels it.
+    pub(super) async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        cancel: &CancellationToken,
+    ) -> Option<R> {
+        if self.is_lost() {
+            return None;
+        }
+        match self
+            .client
+            .call_retrying(path, body, self.give_up, &self.shutdown)
+            .await
+        {
+            Ok(r) => r,
+            Err(CallError::Refused { status, message }) => {
+                // A bug on one side; dropping this one update beats killing the stage.
+                tracing::warn!(stage_id = self.stage_id, path, %status, message, "request refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(stage_id = self.stage_id, path, error = %e, "giving up on the stage");
+                self.lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                None
+            }
+        }
+    }
+}
+
+pub(super) async fn heartbeat_loop(
+    ctx: Arc<StageCtx>,
+    every: Duration,
+    cancel: CancellationToken,
+    done: CancellationToken,
+) {
+    let body = LeaseToken {
+        lease_token: ctx.token.clone(),
+    };
+    let path = protocol::heartbeat_path(ctx.stage_id);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let timeout = every.min(REQUEST_TIMEOUT);
+        match ctx
+            .client
+            .call::<_, HeartbeatResponse>(reqwest::Method::POST, &path, &body, timeout)
+            .await
+        {
+            Ok(Some(HeartbeatResponse {
+                action: HeartbeatAction::Cancel,
+            })) => {
+                if !cancel.is_cancelled() {
+                    tracing::info!(stage_id = ctx.stage_id, "cancel requested by the server");
+                    cancel.cancel();
+                }
+            }
+            Ok(_) => {}
+            Err(CallError::LeaseLost) => {
+                ctx.lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            // The next beat tries again; the lease outlives two missed beats.
+            Err(e) => tracing::warn!(stage_id = ctx.stage_id, error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Lines of one step waiting to be posted.
+#[derive(Default)]
+struct Batch {
+    step: usize,
+    first: u64,
+    lines: Vec<WireLine>,
+    bytes: usize,
+}
+
+/// Posts the stage's events in order: step starts, log batches, step results.
+pub(super) async fn forward(
+    ctx: Arc<StageCtx>,
+    mut events: UnboundedReceiver<StageEvent>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Batch::default();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let token = || LeaseToken {
+        lease_token: ctx.token.clone(),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = tick.tick() => {
+                flush(&ctx, &mut batch, &cancel).await;
+                continue;
+            }
+        };
+        match event {
+            None => {
+                flush(&ctx, &mut batch, &cancel).await;
+                return;
+            }
+            Some(StageEvent::StepStarted { index, .. }) => {
+                flush(&ctx, &mut batch, &cancel).await;
+                ctx.post::<_, serde_json::Value>(
+                    &protocol::step_path(ctx.stage_id, index, "start"),
+                    &token(),
+                    &cancel,
+                )
+                .await;
+            }
+            Some(StageEvent::Line(line)) => {
+                if !batch.lines.is_empty() && batch.step != line.step {
+                    flush(&ctx, &mut batch, &cancel).await;
+                }
+                if batch.lines.is_empty() {
+                    batch.step = line.step;
+                    batch.first =
+                        ctx.offsets.get(line.step).copied().unwrap_or(0) + line.number.max(1);
+                }
+                batch.bytes += line.bytes.len();
+                batch.lines.push(WireLine {
+                    time_ms: line
+                        .time
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
+                    stream: match line.stream {
+                        LogStreamKind::Stdout => Stream::Stdout,
+                        LogStreamKind::Stderr => Stream::Stderr,
+                    },
+                    data_b64: b64.encode(&line.bytes),
+                });
+                if batch.lines.len() >= BATCH_LINES || batch.bytes >= BATCH_BYTES {
+                    flush(&ctx, &mut batch, &cancel).await;
+                }
+            }
+            Some(StageEvent::StepFinished { index, outcome, .. }) => {
+                flush(&ctx, &mut batch, &cancel).await;
+                let body = StepFinish {
+                    lease_token: ctx.token.clone(),
+                    status: WireStatus::from_runner(&outcome.status),
+                    exit_code: outcome.exit_code,
+                    oom_killed: outcome.oom_killed,
+                };
+                ctx.post::<_, serde_json::Value>(
+                    &protocol::step_path(ctx.stage_id, index, "finish"),
+                    &body,
+                    &cancel,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn flush(ctx: &StageCtx, batch: &mut Batch, cancel: &CancellationToken) {
+    if batch.lines.is_empty() {
+        return;
+    }
+    let lines = std::mem::take(&mut batch.lines);
+    let body = LogBatch {
+        lease_token: ctx.token.clone(),
+        first_line: batch.first,
+        lines,
+    };
+    batch.bytes = 0;
+    ctx.post::<_, LogAck>(
+        &protocol::step_path(ctx.stage_id, batch.step, "logs"),
+        &body,
+        cancel,
+    )
+    .await;
+}
