@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::backend::{Artifact, Backend, LogStream, StageHandle, StepExit, StepHandle};
+use crate::artifacts::Artifact;
+use crate::backend::{Backend, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};
 

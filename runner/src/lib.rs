@@ -36,9 +36,9 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod failing;
 
+pub use artifacts::Artifact;
 pub use backend::{
-    Artifact, Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit,
-    StepHandle,
+    Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
 };
 pub use docker::{DockerBackend, DockerOptions, DockerSweepReport};
 pub use error::{Error, Result};

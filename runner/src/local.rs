@@ -43,8 +43,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::artifacts::Artifact;
 use crate::backend::{
-    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
 };
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};

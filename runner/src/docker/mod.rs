@@ -39,9 +39,8 @@ use tokio::task::AbortHandle;
 pub use cleanup::DockerSweepReport;
 
 use crate::archive;
-use crate::backend::{
-    Artifact, Backend, BuiltImage, LogChunk, LogStream, StageHandle, StepExit, StepHandle,
-};
+use crate::artifacts::Artifact;
+use crate::backend::{Backend, BuiltImage, LogChunk, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
 use crate::spec::{ContainerSettings, ImageSpec, Source, StageSpec, StepSpec};
 

@@ -43,8 +43,9 @@ use kube::api::{DeleteParams, ListParams, LogParams, PostParams, PropagationPoli
 use tokio::task::AbortHandle;
 
 use crate::archive;
+use crate::artifacts::Artifact;
 use crate::backend::{
-    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
 };
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};
