@@ -28,7 +28,6 @@ pub mod safe_path;
 pub mod scan;
 mod spec;
 mod stage;
-mod sweep;
 pub mod workspace;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -45,13 +44,13 @@ pub use error::{Error, Result};
 pub use finding::Finding;
 pub use kubernetes::{KubernetesBackend, KubernetesOptions};
 pub use local::LocalBackend;
+pub use local::SweepReport;
 pub use mask::Masker;
 pub use spec::{
     ContainerSettings, IMAGE_STEP, ImageSpec, PodSettings, RegistryAuth, SCAN_STEP, ScanSpec,
     ServiceSpec, Severity, Source, StageKind, StageSpec, StepSpec, Toleration,
 };
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
-pub use sweep::SweepReport;
 
 #[cfg(any(test, feature = "conformance"))]
 pub use failing::{FailPoint, FailingBackend};

@@ -24,6 +24,8 @@
 //! `oom_killed` is always false here: without a per-step cgroup the runner cannot
 //! tell an OOM kill from any other SIGKILL (the exit code shows `137` either way).
 
+mod sweep;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -49,8 +51,10 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};
-use crate::sweep::{self, OWNER_LOCK, PIDS_DIR, STAGE_PREFIX, SweepReport};
 use crate::workspace;
+use sweep::{OWNER_LOCK, PIDS_DIR, STAGE_PREFIX};
+
+pub use sweep::SweepReport;
 
 /// PATH for steps when the runner itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
