@@ -24,51 +24,26 @@
 //! `oom_killed` is always false here: without a per-step cgroup the runner cannot
 //! tell an OOM kill from any other SIGKILL (the exit code shows `137` either way).
 
+mod stage_dir;
+mod step;
 mod sweep;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, waitid};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
 
 use crate::artifacts::Artifact;
-use crate::backend::{
-    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
-};
+use crate::backend::{Backend, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
 use crate::spec::{StageSpec, StepSpec};
 use crate::workspace;
-use sweep::{OWNER_LOCK, PIDS_DIR, STAGE_PREFIX};
+use stage_dir::StageDir;
+use step::LocalStep;
 
 pub use sweep::SweepReport;
-
-/// PATH for steps when the runner itself has none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Size of one pipe read.
-const READ_CHUNK: usize = 64 * 1024;
-/// Chunks buffered between the pipe readers and the log consumer. Bounded so that
-/// a step printing faster than the consumer keeps is slowed down (back-pressure)
-/// instead of filling the runner's memory.
-const CHUNK_BUFFER: usize = 16;
-/// How long pipe readers may keep going after a step was destroyed before they are
-/// aborted (only matters when a process escaped the group and holds a pipe).
-const READER_GRACE: Duration = Duration::from_secs(30);
-/// How long to wait for the process to be reaped after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs steps as local processes. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -92,49 +67,9 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 struct LocalStage {
-    root: PathBuf,
-    workspace: PathBuf,
-    home: PathBuf,
-    tmp: PathBuf,
-    scripts: PathBuf,
-    pids: PathBuf,
+    dir: StageDir,
     env: BTreeMap<String, String>,
     steps: Mutex<HashMap<String, Arc<LocalStep>>>,
-    /// Held for the life of the stage: a sweep never touches a locked stage.
-    _owner: nix::fcntl::Flock<std::fs::File>,
-}
-
-struct LocalStep {
-    pgid: Pid,
-    /// True while signalling `pgid` is safe. Set to false (under the lock) once the
-    /// leader has exited and the group has been killed, *before* the leader is
-    /// reaped: after reaping, the pid (= pgid) may be reused by an unrelated process.
-    group_alive: Arc<Mutex<bool>>,
-    exit: watch::Receiver<Option<std::result::Result<StepExit, String>>>,
-    logs: Mutex<Option<mpsc::Receiver<Result<LogChunk>>>>,
-    readers: Vec<AbortHandle>,
-}
-
-impl LocalStep {
-    fn signal(&self, sig: Signal) {
-        let alive = self.group_alive.lock().expect("lock poisoned");
-        if *alive {
-            // ESRCH (already gone) is fine.
-            let _ = killpg(self.pgid, sig);
-        }
-    }
-
-    fn exited(&self) -> bool {
-        self.exit.borrow().is_some()
-    }
-
-    async fn wait_exit(&self, limit: Duration) -> bool {
-        let mut rx = self.exit.clone();
-        matches!(
-            tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())).await,
-            Ok(Ok(_))
-        )
-    }
 }
 
 impl LocalBackend {
@@ -191,7 +126,7 @@ impl LocalBackend {
                 op: "sweep",
                 message: e.to_string(),
             })?
-            .map_err(io_err(format!("sweeping {}", base.display())))
+            .map_err(Error::io_with(format!("sweeping {}", base.display())))
     }
 
     fn stage(&self, handle: &StageHandle) -> Result<Arc<LocalStage>> {
@@ -219,70 +154,6 @@ impl LocalBackend {
                 id: handle.id.clone(),
             })
     }
-
-    /// SIGTERM, grace period, SIGKILL; returns once the main process is reaped.
-    async fn kill_step(&self, step: &LocalStep) -> Result<()> {
-        if !step.exited() {
-            step.signal(Signal::SIGTERM);
-            if !step.wait_exit(self.inner.kill_grace).await {
-                step.signal(Signal::SIGKILL);
-                if !step.wait_exit(KILL_WAIT).await {
-                    return Err(Error::Backend {
-                        op: "destroy_step",
-                        message: format!("process group {} did not exit after SIGKILL", step.pgid),
-                    });
-                }
-            }
-        }
-        // The group was killed by the exit monitor; readers end at EOF. Abort them
-        // later in case an escaped process holds a pipe open.
-        let readers = step.readers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(READER_GRACE).await;
-            for r in readers {
-                r.abort();
-            }
-        });
-        Ok(())
-    }
-}
-
-/// Turns a stage id into something safe for a directory name.
-fn sanitize(id: &str) -> String {
-    let s: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    if s.is_empty() { "stage".into() } else { s }
-}
-
-/// Creates `<root>/owner.lock`, locked: the lock is taken on a temporary name and
-/// the file renamed into place, so a concurrent sweep never sees it unlocked.
-fn lock_owner(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let tmp = root.join(format!("{OWNER_LOCK}.new"));
-    let file =
-        std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, e)| Error::Backend {
-            op: "setup_stage",
-            message: format!("locking {}: {e}", tmp.display()),
-        },
-    )?;
-    std::fs::rename(&tmp, root.join(OWNER_LOCK))
-        .map_err(io_err(format!("renaming {}", tmp.display())))?;
-    Ok(lock)
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |e| Error::io(context, e)
 }
 
 #[async_trait]
@@ -294,67 +165,24 @@ impl Backend for LocalBackend {
     async fn setup_stage(&self, spec: &StageSpec) -> Result<StageHandle> {
         spec.validate()?;
         let base = self.base();
-        let prefix = format!("{STAGE_PREFIX}{}-", sanitize(&spec.id));
-        let source = spec.source.clone();
+        let (id, source) = (spec.id.clone(), spec.source.clone());
         // All blocking: directory creation, then clone or copy.
-        type Owner = nix::fcntl::Flock<std::fs::File>;
-        let (root, owner) = tokio::task::spawn_blocking(move || -> Result<(PathBuf, Owner)> {
-            std::fs::create_dir_all(&base)
-                .map_err(io_err(format!("creating {}", base.display())))?;
-            let root = tempfile::Builder::new()
-                .prefix(&prefix)
-                // Private to the runner's user: the workspace may hold checked-out
-                // code and the scripts may embed resolved values.
-                .permissions(std::fs::Permissions::from_mode(0o700))
-                .tempdir_in(&base)
-                .map_err(io_err(format!(
-                    "creating stage directory in {}",
-                    base.display()
-                )))?
-                .keep();
-            let filled = (|| {
-                let owner = lock_owner(&root)?;
-                for sub in ["workspace", "home", "tmp", "scripts", PIDS_DIR] {
-                    std::fs::create_dir(root.join(sub))
-                        .map_err(io_err(format!("creating {}/{sub}", root.display())))?;
-                }
-                workspace::prepare(&source, &root.join("workspace"))?;
-                Ok(owner)
-            })();
-            match filled {
-                Ok(owner) => Ok((root, owner)),
-                Err(e) => {
-                    // Leave nothing behind on failure (trait contract).
-                    let _ = workspace::remove_tree(&root);
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(|e| Error::Backend {
-            op: "setup_stage",
-            message: e.to_string(),
-        })??;
-
-        let id = root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let stage = LocalStage {
-            workspace: root.join("workspace"),
-            home: root.join("home"),
-            tmp: root.join("tmp"),
-            scripts: root.join("scripts"),
-            pids: root.join(PIDS_DIR),
-            root,
-            env: spec.env.clone(),
-            steps: Mutex::new(HashMap::new()),
-            _owner: owner,
-        };
+        let dir = tokio::task::spawn_blocking(move || StageDir::create(&base, &id, &source))
+            .await
+            .map_err(|e| Error::Backend {
+                op: "setup_stage",
+                message: e.to_string(),
+            })??;
+        let id = dir.id();
         let handle = StageHandle {
             stage: spec.id.clone(),
             id: id.clone(),
-            workspace: Some(stage.workspace.clone()),
+            workspace: Some(dir.workspace.clone()),
+        };
+        let stage = LocalStage {
+            dir,
+            env: spec.env.clone(),
+            steps: Mutex::new(HashMap::new()),
         };
         self.inner
             .stages
@@ -371,121 +199,11 @@ impl Backend for LocalBackend {
         step: &StepSpec,
     ) -> Result<StepHandle> {
         let stage = self.stage(stage_handle)?;
-        let script = stage.scripts.join(format!("step-{index}.sh"));
-        tokio::fs::write(&script, step.script.as_bytes())
-            .await
-            .map_err(io_err(format!("writing {}", script.display())))?;
-        tokio::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(io_err(format!("chmod {}", script.display())))?;
-
-        let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-e")
-            .arg(&script)
-            .current_dir(&stage.workspace)
-            // Start from an empty environment: the runner's own variables (database
-            // URLs, forge tokens, signing keys) must never leak into user scripts.
-            // Only what a shell needs to work is added back, then the stage's and
-            // the step's variables (the step wins, being more specific).
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH")
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| OsString::from(DEFAULT_PATH)),
-            )
-            .env("HOME", &stage.home)
-            .env("LANG", "C.UTF-8")
-            .env("TMPDIR", &stage.tmp)
-            .envs(&stage.env)
-            .envs(&step.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Own process group, so the whole tree can be signalled at once.
-            .process_group(0)
-            // Backstop if the monitor task is dropped (runtime shutdown).
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(io_err(format!("spawning step {index} ({})", step.name)))?;
-        let pid = child.id().ok_or_else(|| Error::Backend {
-            op: "start_step",
-            message: "child exited before its pid was known".into(),
-        })?;
-        let pgid = Pid::from_raw(pid as i32);
-        // The record a start-up sweep uses to kill this step if the runner dies
-        // before the step ends. Written after the spawn: a runner killed in between
-        // leaves an unrecorded step behind (a window of microseconds).
-        let record = stage.pids.join(format!("step-{index}"));
-        if let Some(start) = sweep::start_time(pgid.as_raw()) {
-            std::fs::write(&record, format!("{pgid} {start}\n"))
-                .map_err(io_err(format!("writing {}", record.display())))?;
-        }
-
-        let (tx, rx) = mpsc::channel(CHUNK_BUFFER);
-        let mut readers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            readers.push(
-                tokio::spawn(read_pipe(out, LogStreamKind::Stdout, tx.clone())).abort_handle(),
-            );
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(
-                tokio::spawn(read_pipe(err, LogStreamKind::Stderr, tx.clone())).abort_handle(),
-            );
-        }
-        drop(tx);
-
-        let group_alive = Arc::new(Mutex::new(true));
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let alive = group_alive.clone();
-        tokio::spawn(async move {
-            // Wait for the leader to exit WITHOUT reaping it (WNOWAIT): while it is
-            // a zombie its pid cannot be reused, so killing its group is safe.
-            let waited = tokio::task::spawn_blocking(move || {
-                loop {
-                    match waitid(Id::Pid(pgid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                        Err(Errno::EINTR) => continue,
-                        other => return other,
-                    }
-                }
-            })
-            .await;
-            {
-                let mut alive = alive.lock().expect("lock poisoned");
-                if matches!(waited, Ok(Ok(_))) {
-                    // Background jobs left behind would hold the pipes open.
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                *alive = false;
-                // Before reaping: a record must never name a pid that may be reused.
-                let _ = std::fs::remove_file(&record);
-            }
-            let result = match child.wait().await {
-                Ok(status) => Ok(StepExit {
-                    exit_code: status
-                        .code()
-                        .or_else(|| status.signal().map(|s| 128 + s))
-                        .unwrap_or(-1),
-                    oom_killed: false,
-                }),
-                Err(e) => Err(format!("waiting for step process: {e}")),
-            };
-            let _ = exit_tx.send(Some(result));
-        });
-
+        let local = LocalStep::spawn(&stage.dir, &stage.env, index, step).await?;
         let handle = StepHandle {
             id: format!("{}/{index}", stage_handle.id),
             index,
             name: step.name.clone(),
-        };
-        let local = LocalStep {
-            pgid,
-            group_alive,
-            exit: exit_rx,
-            logs: Mutex::new(Some(rx)),
-            readers,
         };
         stage
             .steps
@@ -497,15 +215,9 @@ impl Backend for LocalBackend {
 
     async fn tail_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<LogStream> {
         let stage = self.stage(stage)?;
-        let local = self.step(&stage, step)?;
-        let mut rx = local
-            .logs
-            .lock()
-            .expect("lock poisoned")
-            .take()
-            .ok_or_else(|| {
-                Error::InvalidState(format!("step {} is already being tailed", step.id))
-            })?;
+        let mut rx = self.step(&stage, step)?.take_logs().ok_or_else(|| {
+            Error::InvalidState(format!("step {} is already being tailed", step.id))
+        })?;
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
@@ -513,24 +225,7 @@ impl Backend for LocalBackend {
 
     async fn wait_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<StepExit> {
         let stage = self.stage(stage)?;
-        let local = self.step(&stage, step)?;
-        let mut rx = local.exit.clone();
-        let value = rx
-            .wait_for(|v| v.is_some())
-            .await
-            .map_err(|_| Error::Backend {
-                op: "wait_step",
-                message: "step monitor ended without an exit status".into(),
-            })?
-            .clone();
-        match value {
-            Some(Ok(exit)) => Ok(exit),
-            Some(Err(message)) => Err(Error::Backend {
-                op: "wait_step",
-                message,
-            }),
-            None => unreachable!("wait_for returned on Some"),
-        }
+        self.step(&stage, step)?.wait().await
     }
 
     async fn destroy_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<()> {
@@ -540,7 +235,7 @@ impl Backend for LocalBackend {
         let Ok(local) = self.step(&stage, step) else {
             return Ok(());
         };
-        self.kill_step(&local).await?;
+        local.kill(self.inner.kill_grace).await?;
         stage.steps.lock().expect("lock poisoned").remove(&step.id);
         Ok(())
     }
@@ -552,7 +247,7 @@ impl Backend for LocalBackend {
         dest: &Path,
     ) -> Result<Vec<Artifact>> {
         let stage = self.stage(stage)?;
-        let root = stage.workspace.clone();
+        let root = stage.dir.workspace.clone();
         let globs = globs.to_vec();
         let dest = dest.to_path_buf();
         tokio::task::spawn_blocking(move || crate::artifacts::collect(&root, &globs, &dest))
@@ -575,17 +270,20 @@ impl Backend for LocalBackend {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (id, step) in steps {
-            self.kill_step(&step).await?;
+            step.kill(self.inner.kill_grace).await?;
             stage.steps.lock().expect("lock poisoned").remove(&id);
         }
-        let root = stage.root.clone();
+        let root = stage.dir.root.clone();
         tokio::task::spawn_blocking(move || workspace::remove_tree(&root))
             .await
             .map_err(|e| Error::Backend {
                 op: "destroy_stage",
                 message: e.to_string(),
             })?
-            .map_err(io_err(format!("removing {}", stage.root.display())))?;
+            .map_err(Error::io_with(format!(
+                "removing {}",
+                stage.dir.root.display()
+            )))?;
         // Forget the stage only once its directory is gone, so a failed removal
         // can be retried by calling destroy_stage again.
         self.inner
@@ -597,46 +295,12 @@ impl Backend for LocalBackend {
     }
 }
 
-async fn read_pipe(
-    mut pipe: impl AsyncRead + Unpin,
-    stream: LogStreamKind,
-    tx: mpsc::Sender<Result<LogChunk>>,
-) {
-    loop {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match pipe.read_buf(&mut buf).await {
-            Ok(0) => return,
-            Ok(_) => {
-                let chunk = LogChunk {
-                    stream,
-                    bytes: buf.freeze(),
-                };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    // Nobody tails any more; stop reading (the step gets SIGPIPE).
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Error::io(format!("reading step {stream:?}"), e)))
-                    .await;
-                return;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn sanitize_makes_directory_names() {
-        assert_eq!(sanitize("test (features=full)"), "test--features-full-");
-        assert_eq!(sanitize(""), "stage");
-        assert_eq!(sanitize(&"x".repeat(100)).len(), 40);
-    }
+    use super::stage_dir::{OWNER_LOCK, PIDS_DIR, STAGE_PREFIX};
+    use super::*;
 
     #[tokio::test]
     async fn stage_directory_is_private_and_removed() {
