@@ -28,9 +28,9 @@ mod stage_dir;
 mod step;
 mod sweep;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use crate::artifacts::Artifact;
 use crate::backend::{Backend, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::spec::{StageSpec, StepSpec};
 use crate::workspace;
 use stage_dir::StageDir;
@@ -54,7 +55,7 @@ pub struct LocalBackend {
 struct Inner {
     base_dir: Option<PathBuf>,
     kill_grace: Duration,
-    stages: Mutex<HashMap<String, Arc<LocalStage>>>,
+    stages: Registry<LocalStage>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for LocalBackend {
         f.debug_struct("LocalBackend")
             .field("base_dir", &self.inner.base_dir)
             .field("kill_grace", &self.inner.kill_grace)
+            .field("stages", &self.inner.stages)
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +71,7 @@ impl std::fmt::Debug for LocalBackend {
 struct LocalStage {
     dir: StageDir,
     env: BTreeMap<String, String>,
-    steps: Mutex<HashMap<String, Arc<LocalStep>>>,
+    steps: Registry<LocalStep>,
 }
 
 impl LocalBackend {
@@ -82,7 +84,7 @@ impl LocalBackend {
             inner: Arc::new(Inner {
                 base_dir,
                 kill_grace: Duration::from_secs(2),
-                stages: Mutex::new(HashMap::new()),
+                stages: Registry::new("stage"),
             }),
         }
     }
@@ -94,7 +96,7 @@ impl LocalBackend {
         let inner = Inner {
             base_dir: self.inner.base_dir.clone(),
             kill_grace: grace,
-            stages: Mutex::new(HashMap::new()),
+            stages: Registry::new("stage"),
         };
         LocalBackend {
             inner: Arc::new(inner),
@@ -130,29 +132,7 @@ impl LocalBackend {
     }
 
     fn stage(&self, handle: &StageHandle) -> Result<Arc<LocalStage>> {
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .get(&handle.id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "stage",
-                id: handle.id.clone(),
-            })
-    }
-
-    fn step(&self, stage: &LocalStage, handle: &StepHandle) -> Result<Arc<LocalStep>> {
-        stage
-            .steps
-            .lock()
-            .expect("lock poisoned")
-            .get(&handle.id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "step",
-                id: handle.id.clone(),
-            })
+        self.inner.stages.get(&handle.id)
     }
 }
 
@@ -182,13 +162,9 @@ impl Backend for LocalBackend {
         let stage = LocalStage {
             dir,
             env: spec.env.clone(),
-            steps: Mutex::new(HashMap::new()),
+            steps: Registry::new("step"),
         };
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .insert(id, Arc::new(stage));
+        self.inner.stages.insert(id, stage);
         Ok(handle)
     }
 
@@ -205,17 +181,13 @@ impl Backend for LocalBackend {
             index,
             name: step.name.clone(),
         };
-        stage
-            .steps
-            .lock()
-            .expect("lock poisoned")
-            .insert(handle.id.clone(), Arc::new(local));
+        stage.steps.insert(handle.id.clone(), local);
         Ok(handle)
     }
 
     async fn tail_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<LogStream> {
         let stage = self.stage(stage)?;
-        let mut rx = self.step(&stage, step)?.take_logs().ok_or_else(|| {
+        let mut rx = stage.steps.get(&step.id)?.take_logs().ok_or_else(|| {
             Error::InvalidState(format!("step {} is already being tailed", step.id))
         })?;
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
@@ -225,18 +197,18 @@ impl Backend for LocalBackend {
 
     async fn wait_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<StepExit> {
         let stage = self.stage(stage)?;
-        self.step(&stage, step)?.wait().await
+        stage.steps.get(&step.id)?.wait().await
     }
 
     async fn destroy_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<()> {
         let Ok(stage) = self.stage(stage) else {
             return Ok(());
         };
-        let Ok(local) = self.step(&stage, step) else {
+        let Ok(local) = stage.steps.get(&step.id) else {
             return Ok(());
         };
         local.kill(self.inner.kill_grace).await?;
-        stage.steps.lock().expect("lock poisoned").remove(&step.id);
+        stage.steps.remove(&step.id);
         Ok(())
     }
 
@@ -262,16 +234,10 @@ impl Backend for LocalBackend {
         let Ok(stage) = self.stage(handle) else {
             return Ok(());
         };
-        let steps: Vec<(String, Arc<LocalStep>)> = stage
-            .steps
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (id, step) in steps {
+        // Each step leaves the registry once killed: a failed kill can be retried.
+        for (id, step) in stage.steps.entries() {
             step.kill(self.inner.kill_grace).await?;
-            stage.steps.lock().expect("lock poisoned").remove(&id);
+            stage.steps.remove(&id);
         }
         let root = stage.dir.root.clone();
         tokio::task::spawn_blocking(move || workspace::remove_tree(&root))
@@ -286,11 +252,7 @@ impl Backend for LocalBackend {
             )))?;
         // Forget the stage only once its directory is gone, so a failed removal
         // can be retried by calling destroy_stage again.
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .remove(&handle.id);
+        self.inner.stages.remove(&handle.id);
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use super::stage_dir::StageDir;
 use super::sweep;
 use crate::backend::{LogChunk, LogStreamKind, StepExit};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::spec::StepSpec;
 
 /// PATH for steps when the runner itself has none.
@@ -144,7 +145,7 @@ impl LocalStep {
             })
             .await;
             {
-                let mut alive = alive.lock().expect("lock poisoned");
+                let mut alive = lock(&alive);
                 if matches!(waited, Ok(Ok(_))) {
                     // Background jobs left behind would hold the pipes open.
                     let _ = killpg(pgid, Signal::SIGKILL);
@@ -177,7 +178,7 @@ impl LocalStep {
 
     /// The step's output; `None` once it was taken.
     pub(super) fn take_logs(&self) -> Option<mpsc::Receiver<Result<LogChunk>>> {
-        self.logs.lock().expect("lock poisoned").take()
+        lock(&self.logs).take()
     }
 
     /// Waits for the main process to be reaped.
@@ -228,7 +229,7 @@ impl LocalStep {
     }
 
     fn signal(&self, sig: Signal) {
-        let alive = self.group_alive.lock().expect("lock poisoned");
+        let alive = lock(&self.group_alive);
         if *alive {
             // ESRCH (already gone) is fine.
             let _ = killpg(self.pgid, sig);
