@@ -359,7 +359,7 @@ pub async fn collect_from_tar(
     tar_path: PathBuf,
     globs: &[String],
     dest: &Path,
-) -> Result<Vec<crate::backend::Artifact>> {
+) -> Result<Vec<crate::artifacts::Artifact>> {
     let globs = globs.to_vec();
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {

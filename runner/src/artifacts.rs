@@ -14,10 +14,20 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::Artifact;
 use crate::error::{Error, Result};
+
+/// A collected artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Relative to the workspace (and to the destination directory), `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+}
 
 /// Refuses globs that could name something outside the workspace.
 pub(crate) fn check_glob(glob: &str) -> Result<()> {

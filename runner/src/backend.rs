@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-use crate::error::Result;
+use crate::artifacts::Artifact;
+use crate::error::{Error, Result};
 use crate::spec::{ImageSpec, StageSpec, StepSpec};
 
 /// A prepared stage.
@@ -71,16 +71,6 @@ pub struct LogChunk {
 /// A step's output. It ends when the step's output is closed (the step and anything
 /// it left behind are gone). Items are `Err` when the log transport broke.
 pub type LogStream = BoxStream<'static, Result<LogChunk>>;
-
-/// A collected artifact.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Artifact {
-    /// Relative to the workspace (and to the destination directory), `/`-separated.
-    pub path: String,
-    pub size: u64,
-    /// Lower-case hex.
-    pub sha256: String,
-}
 
 /// An execution backend. Implementations: [`crate::LocalBackend`] (Docker and
 /// Kubernetes follow behind the same trait). Every implementation must pass the

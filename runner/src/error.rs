@@ -113,6 +113,12 @@ impl Error {
         }
     }
 
+    /// [`Error::io`] as a `map_err` adapter: `.map_err(Error::io_with("reading x"))`.
+    pub(crate) fn io_with(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::io(context, source)
+    }
+
     pub(crate) fn git(context: impl Into<String>, source: git2::Error) -> Self {
         Error::Git {
             context: context.into(),

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::backend::{Artifact, Backend, LogStream, StageHandle, StepExit, StepHandle};
+use crate::artifacts::Artifact;
+use crate::backend::{Backend, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::spec::{StageSpec, StepSpec};
 
 /// Where to inject a failure.
@@ -71,7 +73,7 @@ impl FailingBackend {
 
     /// Makes every `start_step` take `delay` before it delegates.
     pub fn slow_start(self, delay: std::time::Duration) -> Self {
-        *self.start_delay.lock().expect("lock poisoned") = delay;
+        *lock(&self.start_delay) = delay;
         self
     }
 
@@ -82,16 +84,16 @@ impl FailingBackend {
     }
 
     pub fn set(&self, point: FailPoint) {
-        self.points.lock().expect("lock poisoned").insert(point);
+        lock(&self.points).insert(point);
     }
 
     pub fn clear(&self, point: FailPoint) {
-        self.points.lock().expect("lock poisoned").remove(&point);
+        lock(&self.points).remove(&point);
     }
 
     /// Every call received so far, in order.
     pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().expect("lock poisoned").clone()
+        lock(&self.calls).clone()
     }
 
     /// How many times `call` was received.
@@ -100,13 +102,13 @@ impl FailingBackend {
     }
 
     fn record(&self, call: Call) {
-        self.calls.lock().expect("lock poisoned").push(call);
+        lock(&self.calls).push(call);
     }
 
     /// Injected failures are [`Error::Backend`], which is retryable like any
     /// infrastructure failure.
     fn check(&self, point: FailPoint, op: &'static str) -> Result<()> {
-        if self.points.lock().expect("lock poisoned").contains(&point) {
+        if lock(&self.points).contains(&point) {
             Err(Error::Backend {
                 op,
                 message: format!("injected failure at {point:?}"),
@@ -137,7 +139,7 @@ impl Backend for FailingBackend {
     ) -> Result<StepHandle> {
         self.record(Call::StartStep(index));
         self.check(FailPoint::StartStep(index), "start_step")?;
-        let delay = *self.start_delay.lock().expect("lock poisoned");
+        let delay = *lock(&self.start_delay);
         tokio::time::sleep(delay).await;
         self.inner.start_step(stage, index, step).await
     }

@@ -22,13 +22,14 @@ mod finding;
 pub mod image_build;
 pub mod kubernetes;
 mod local;
+mod lock;
 pub mod log;
 pub mod mask;
+mod registry;
 pub mod safe_path;
 pub mod scan;
 mod spec;
 mod stage;
-mod sweep;
 pub mod workspace;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -36,22 +37,22 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod failing;
 
+pub use artifacts::Artifact;
 pub use backend::{
-    Artifact, Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit,
-    StepHandle,
+    Backend, BuiltImage, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
 };
 pub use docker::{DockerBackend, DockerOptions, DockerSweepReport};
 pub use error::{Error, Result};
 pub use finding::Finding;
 pub use kubernetes::{KubernetesBackend, KubernetesOptions};
 pub use local::LocalBackend;
+pub use local::SweepReport;
 pub use mask::Masker;
 pub use spec::{
     ContainerSettings, IMAGE_STEP, ImageSpec, PodSettings, RegistryAuth, SCAN_STEP, ScanSpec,
     ServiceSpec, Severity, Source, StageKind, StageSpec, StepSpec, Toleration,
 };
 pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
-pub use sweep::SweepReport;
 
 #[cfg(any(test, feature = "conformance"))]
 pub use failing::{FailPoint, FailingBackend};

@@ -15,6 +15,14 @@ use crate::mask::{self, Masker};
 /// Longest line emitted as one [`crate::LogLine`] (counted in raw bytes).
 pub const MAX_LINE: usize = 64 * 1024;
 
+// Defined here, not in `mask`, so that the masker does not depend on line assembly.
+impl Masker {
+    /// A streaming line assembler that masks with this masker; use one per stream.
+    pub fn lines(&self) -> LineAssembler {
+        LineAssembler::new(self.clone())
+    }
+}
+
 /// Streaming line splitter + masker for one output stream.
 #[derive(Debug, Clone)]
 pub struct LineAssembler {

@@ -33,8 +33,6 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
-use crate::log::LineAssembler;
-
 /// What a masked secret is replaced with.
 pub const REPLACEMENT: &[u8] = b"********";
 
@@ -144,11 +142,6 @@ impl Masker {
             // match boundaries are char boundaries; lossy conversion is only a guard.
             Cow::Owned(v) => String::from_utf8_lossy(&v).into_owned(),
         }
-    }
-
-    /// A streaming line assembler that masks with this masker; use one per stream.
-    pub fn lines(&self) -> LineAssembler {
-        LineAssembler::new(self.clone())
     }
 }
 

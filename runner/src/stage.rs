@@ -16,9 +16,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{
-    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepHandle,
-};
+use crate::artifacts::Artifact;
+use crate::backend::{Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepHandle};
 use crate::error::Error;
 use crate::finding::Finding;
 use crate::log::LineAssembler;

@@ -20,7 +20,7 @@ mod services;
 mod step;
 mod volume;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,10 +39,11 @@ use tokio::task::AbortHandle;
 pub use cleanup::DockerSweepReport;
 
 use crate::archive;
-use crate::backend::{
-    Artifact, Backend, BuiltImage, LogChunk, LogStream, StageHandle, StepExit, StepHandle,
-};
+use crate::artifacts::Artifact;
+use crate::backend::{Backend, BuiltImage, LogChunk, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::registry::Registry;
 use crate::spec::{ContainerSettings, ImageSpec, Source, StageSpec, StepSpec};
 
 /// Where the workspace volume is mounted in every container.
@@ -92,13 +93,14 @@ pub struct DockerBackend {
 struct Inner {
     docker: Docker,
     options: DockerOptions,
-    stages: Mutex<HashMap<String, Arc<DockerStage>>>,
+    stages: Registry<DockerStage>,
 }
 
 impl std::fmt::Debug for DockerBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerBackend")
             .field("options", &self.inner.options)
+            .field("stages", &self.inner.stages)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +110,7 @@ struct DockerStage {
     env: BTreeMap<String, String>,
     container: ContainerSettings,
     workdir: String,
-    steps: Mutex<HashMap<String, Arc<DockerStep>>>,
+    steps: Registry<DockerStep>,
 }
 
 struct DockerStep {
@@ -152,7 +154,7 @@ impl DockerBackend {
             inner: Arc::new(Inner {
                 docker,
                 options,
-                stages: Mutex::new(HashMap::new()),
+                stages: Registry::new("stage"),
             }),
         })
     }
@@ -218,29 +220,7 @@ impl DockerBackend {
     }
 
     fn stage(&self, handle: &StageHandle) -> Result<Arc<DockerStage>> {
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .get(&handle.id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "stage",
-                id: handle.id.clone(),
-            })
-    }
-
-    fn step(&self, stage: &DockerStage, handle: &StepHandle) -> Result<Arc<DockerStep>> {
-        stage
-            .steps
-            .lock()
-            .expect("lock poisoned")
-            .get(&handle.id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "step",
-                id: handle.id.clone(),
-            })
+        self.inner.stages.get(&handle.id)
     }
 
     /// Everything of `setup_stage` after the name was chosen; on error the caller
@@ -286,7 +266,7 @@ impl DockerBackend {
             env: spec.env.clone(),
             container: spec.container.clone(),
             workdir,
-            steps: Mutex::new(HashMap::new()),
+            steps: Registry::new("step"),
         })
     }
 
@@ -393,11 +373,7 @@ impl Backend for DockerBackend {
         let id = names::stage_name(&spec.id);
         match self.create_stage(spec, &id, &image).await {
             Ok(stage) => {
-                self.inner
-                    .stages
-                    .lock()
-                    .expect("lock poisoned")
-                    .insert(id.clone(), Arc::new(stage));
+                self.inner.stages.insert(id.clone(), stage);
                 Ok(StageHandle {
                     stage: spec.id.clone(),
                     id,
@@ -441,28 +417,23 @@ impl Backend for DockerBackend {
         };
         let docker = &self.inner.docker;
         let (rx, reader) = step::start(docker, &name, &cfg, &step.script).await?;
-        stage.steps.lock().expect("lock poisoned").insert(
+        stage.steps.insert(
             name.clone(),
-            Arc::new(DockerStep {
+            DockerStep {
                 container: name,
                 logs: Mutex::new(Some(rx)),
                 reader,
-            }),
+            },
         );
         Ok(handle)
     }
 
     async fn tail_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<LogStream> {
         let stage = self.stage(stage)?;
-        let st = self.step(&stage, step)?;
-        let mut rx = st
-            .logs
-            .lock()
-            .expect("lock poisoned")
-            .take()
-            .ok_or_else(|| {
-                Error::InvalidState(format!("step {} is already being tailed", step.id))
-            })?;
+        let st = stage.steps.get(&step.id)?;
+        let mut rx = lock(&st.logs).take().ok_or_else(|| {
+            Error::InvalidState(format!("step {} is already being tailed", step.id))
+        })?;
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
@@ -470,7 +441,7 @@ impl Backend for DockerBackend {
 
     async fn wait_step(&self, stage: &StageHandle, step: &StepHandle) -> Result<StepExit> {
         let stage = self.stage(stage)?;
-        let st = self.step(&stage, step)?;
+        let st = stage.steps.get(&step.id)?;
         let docker = &self.inner.docker;
         let opts = WaitContainerOptionsBuilder::new()
             .condition("not-running")
@@ -503,7 +474,7 @@ impl Backend for DockerBackend {
         let Ok(st) = self.stage(stage) else {
             return Ok(());
         };
-        let Ok(s) = self.step(&st, step) else {
+        let Ok(s) = st.steps.get(&step.id) else {
             return Ok(());
         };
         let docker = &self.inner.docker;
@@ -528,7 +499,7 @@ impl Backend for DockerBackend {
             tokio::time::sleep(Duration::from_secs(30)).await;
             reader.abort();
         });
-        st.steps.lock().expect("lock poisoned").remove(&step.id);
+        st.steps.remove(&step.id);
         Ok(())
     }
 
@@ -581,14 +552,8 @@ impl Backend for DockerBackend {
                 message: format!("{first} ({} problem(s) in all)", report.errors.len()),
             });
         }
-        let removed = self
-            .inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .remove(&handle.id);
-        if let Some(stage) = removed {
-            for (_, s) in stage.steps.lock().expect("lock poisoned").drain() {
+        if let Some(stage) = self.inner.stages.remove(&handle.id) {
+            for (_, s) in stage.steps.drain() {
                 s.reader.abort();
             }
         }

@@ -29,7 +29,7 @@ pub mod pod;
 mod status;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,10 +43,13 @@ use kube::api::{DeleteParams, ListParams, LogParams, PostParams, PropagationPoli
 use tokio::task::AbortHandle;
 
 use crate::archive;
+use crate::artifacts::Artifact;
 use crate::backend::{
-    Artifact, Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
 };
 use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::registry::Registry;
 use crate::spec::{StageSpec, StepSpec};
 
 pub use pod::RunAs;
@@ -174,13 +177,14 @@ struct Inner {
     pods: Api<Pod>,
     secrets: Api<Secret>,
     options: KubernetesOptions,
-    stages: Mutex<HashMap<String, Arc<KubeStage>>>,
+    stages: Registry<KubeStage>,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubernetesBackend")
             .field("options", &self.inner.options)
+            .field("stages", &self.inner.stages)
             .finish_non_exhaustive()
     }
 }
@@ -228,7 +232,7 @@ impl KubernetesBackend {
                 secrets: Api::namespaced(client.clone(), &options.namespace),
                 client,
                 options,
-                stages: Mutex::new(HashMap::new()),
+                stages: Registry::new("stage"),
             }),
         })
     }
@@ -393,25 +397,12 @@ impl KubernetesBackend {
             finished: Mutex::new(HashSet::new()),
             tailed: Mutex::new(HashSet::new()),
         });
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .insert(handle.id.clone(), stage);
+        self.inner.stages.insert(handle.id.clone(), stage);
         Ok(())
     }
 
     fn stage(&self, handle: &StageHandle) -> Result<Arc<KubeStage>> {
-        self.inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .get(&handle.id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                kind: "stage",
-                id: handle.id.clone(),
-            })
+        self.inner.stages.get(&handle.id)
     }
 
     /// Deletes the pod (graceful, `kill_grace`) and its Secret; absent is fine.
@@ -674,11 +665,7 @@ impl Backend for KubernetesBackend {
             .await
         {
             Ok(stage) => {
-                self.inner
-                    .stages
-                    .lock()
-                    .expect("lock poisoned")
-                    .insert(name.clone(), stage);
+                self.inner.stages.insert(name.clone(), stage);
                 Ok(StageHandle {
                     stage: spec.id.clone(),
                     id: name,
@@ -730,12 +717,7 @@ impl Backend for KubernetesBackend {
 
     async fn tail_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<LogStream> {
         let stage = self.stage(stage_handle)?;
-        if !stage
-            .tailed
-            .lock()
-            .expect("lock poisoned")
-            .insert(step.index)
-        {
+        if !lock(&stage.tailed).insert(step.index) {
             return Err(Error::InvalidState(format!(
                 "step {} is already being tailed",
                 step.id
@@ -787,11 +769,7 @@ impl Backend for KubernetesBackend {
                 },
             )
             .await?;
-        stage
-            .finished
-            .lock()
-            .expect("lock poisoned")
-            .insert(step.index);
+        lock(&stage.finished).insert(step.index);
         Ok(exit)
     }
 
@@ -799,12 +777,7 @@ impl Backend for KubernetesBackend {
         let Ok(stage) = self.stage(stage_handle) else {
             return Ok(());
         };
-        if stage
-            .finished
-            .lock()
-            .expect("lock poisoned")
-            .contains(&step.index)
-        {
+        if lock(&stage.finished).contains(&step.index) {
             return Ok(());
         }
         let container = names::step_container(step.index);
@@ -882,13 +855,7 @@ impl Backend for KubernetesBackend {
         // A build cut short by a cancel or a timeout leaves its builder pod.
         self.delete_builders_of(&handle.id).await?;
         self.delete_objects(&handle.id).await?;
-        let stage = self
-            .inner
-            .stages
-            .lock()
-            .expect("lock poisoned")
-            .remove(&handle.id);
-        if let Some(stage) = stage {
+        if let Some(stage) = self.inner.stages.remove(&handle.id) {
             // Return once the pod is gone: no step of this stage runs any more.
             let bound = self.inner.options.kill_grace + Duration::from_secs(30);
             let mut view = stage.view.clone();

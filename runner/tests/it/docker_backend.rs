@@ -3,21 +3,20 @@
 //! OOM kills, user and workdir, missing images, the start-up sweep, workspace
 //! archives. Needs a Docker engine and `bash .ci/images.sh`.
 
-mod docker_support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
 };
-use docker_support::{HTTPD_IMAGE, IMAGE, backend_named, unique_runner};
 use runner::conformance::{run, stage};
 use runner::{
     Backend, DockerBackend, DockerOptions, RunOptions, ServiceSpec, Source, StageEvent, StageSpec,
     Status, StepSpec,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{HTTPD_IMAGE, IMAGE, backend_named, unique_runner};
 
 fn image() -> Option<String> {
     Some(IMAGE.to_owned())

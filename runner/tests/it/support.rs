@@ -1,5 +1,6 @@
-//! Shared set-up of the Docker backend tests.
-#![allow(dead_code)]
+//! Shared set-up of the Docker tests, and polling with a bound.
+
+use std::time::{Duration, Instant};
 
 use runner::{DockerBackend, DockerOptions};
 
@@ -42,4 +43,21 @@ pub async fn backend_named(runner: &str) -> DockerBackend {
 
 pub async fn backend() -> DockerBackend {
     backend_named(&unique_runner("conformance")).await
+}
+
+/// Polls `check` every 200 ms until it gives a value; fails the test after 60 s.
+/// A bound on waiting for something the engine does in the background, not a
+/// timing assertion.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after 60 s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

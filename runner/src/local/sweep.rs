@@ -29,14 +29,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+use super::stage_dir::{OWNER_LOCK, PIDS_DIR, STAGE_PREFIX};
 use crate::workspace;
 
-/// Name prefix of stage directories under the base directory.
-pub(crate) const STAGE_PREFIX: &str = "slipway-";
-/// Lock file in a stage directory, held by the owning backend.
-pub(crate) const OWNER_LOCK: &str = "owner.lock";
-/// Directory of a stage holding one record per running step.
-pub(crate) const PIDS_DIR: &str = "pids";
 /// How long the sweep waits for killed processes to die.
 const DEATH_WAIT: Duration = Duration::from_secs(10);
 

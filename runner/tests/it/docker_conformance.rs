@@ -2,9 +2,9 @@
 //! expectations as the local backend, steps in `slipway-test/busybox:latest`
 //! (built by `bash .ci/images.sh`). Needs a Docker engine on this host.
 
-mod docker_support;
+use crate::support;
 
 runner::conformance_tests!(
-    std::sync::Arc::new(docker_support::backend().await),
-    Some(docker_support::image())
+    std::sync::Arc::new(support::backend().await),
+    Some(support::image())
 );

@@ -14,6 +14,8 @@ use runner::{BuiltImage, Error, ImageSpec, LogChunk, RegistryAuth};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::support::eventually;
+
 const USER: &str = "slipway";
 const PASSWORD: &str = "slipway-test";
 
@@ -494,13 +496,15 @@ async fn dropping_the_build_stops_it_and_leaves_no_container() {
     build.abort();
     assert!(build.await.unwrap_err().is_cancelled());
 
-    // Bounded wait for the engine to notice; not a timing assertion.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while docker.inspect_container(&container, None).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "build container {container} still exists a minute after the build was dropped"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    eventually(
+        &format!("build container {container} to go after the build was dropped"),
+        async || {
+            docker
+                .inspect_container(&container, None)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
 }
