@@ -41,6 +41,25 @@ impl Event {
     }
 }
 
+impl std::str::FromStr for Event {
+    type Err = UnknownEvent;
+    fn from_str(s: &str) -> Result<Event, UnknownEvent> {
+        Event::from_name(s).ok_or_else(|| UnknownEvent(s.to_owned()))
+    }
+}
+
+/// A name that is not one of [`Event::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEvent(pub String);
+
+impl std::fmt::Display for UnknownEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown event {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownEvent {}
+
 impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

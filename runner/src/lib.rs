@@ -3,7 +3,7 @@
 //! [`run_stage`] drives a [`Backend`] through one stage of a pipeline: prepare the
 //! workspace, run the steps in order, stream masked log lines, enforce timeouts and
 //! cancellation, collect artifacts, and clean up. The backend only knows how to run
-//! things (local processes today; Docker and Kubernetes behind the same trait).
+//! things (local processes, Docker containers, Kubernetes pods, behind one trait).
 //!
 //! Every backend must pass the conformance suite (module `conformance`, behind the
 //! `conformance` feature): `runner::conformance_tests!(make_backend, image);` in an

@@ -40,7 +40,6 @@ use pipelines::PlannedStage;
 use serde::{Deserialize, Serialize};
 
 use crate::logs::Stream;
-use crate::store::{StageStatus, StepStatus};
 
 /// Route templates (axum syntax): the one source of the server's runner routes and of
 /// the runner's request paths (`*_path` fill them in).
@@ -304,29 +303,6 @@ impl WireStatus {
             runner::Status::Skipped => WireStatus::Skipped,
         }
     }
-
-    pub fn step_status(self) -> StepStatus {
-        match self {
-            WireStatus::Success => StepStatus::Success,
-            WireStatus::Failure => StepStatus::Failure,
-            WireStatus::TimedOut => StepStatus::TimedOut,
-            WireStatus::Cancelled => StepStatus::Cancelled,
-            WireStatus::Error => StepStatus::Error,
-            WireStatus::Skipped => StepStatus::Skipped,
-        }
-    }
-
-    /// `None` for `skipped`, which a stage run by a runner cannot end as.
-    pub fn stage_status(self) -> Option<StageStatus> {
-        Some(match self {
-            WireStatus::Success => StageStatus::Success,
-            WireStatus::Failure => StageStatus::Failure,
-            WireStatus::TimedOut => StageStatus::TimedOut,
-            WireStatus::Cancelled => StageStatus::Cancelled,
-            WireStatus::Error => StageStatus::Error,
-            WireStatus::Skipped => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,32 +332,6 @@ pub struct StageFinish {
 pub struct StageFinished {
     /// `finished`, or `retrying` when the stage was queued for another attempt.
     pub settled: String,
-    /// The stage's status now (`queued` when retrying).
-    pub status: StageStatus,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_map_one_to_one() {
-        use runner::Status as R;
-        let cases = [
-            (R::Success, "success"),
-            (R::Failure, "failure"),
-            (R::TimedOut, "timed_out"),
-            (R::Cancelled, "cancelled"),
-            (R::Error("disk full".into()), "error"),
-        ];
-        for (status, name) in cases {
-            let wire = WireStatus::from_runner(&status);
-            assert_eq!(wire.stage_status().unwrap().as_str(), name);
-            assert_eq!(wire.step_status().as_str(), name);
-            assert_eq!(serde_json::to_value(wire).unwrap(), name);
-        }
-        let skipped = WireStatus::from_runner(&R::Skipped);
-        assert_eq!(skipped.step_status(), StepStatus::Skipped);
-        assert_eq!(skipped.stage_status(), None);
-    }
+    /// The stage's status now, by name (`queued` when retrying).
+    pub status: String,
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::daemon::state::{self, AppState};
-use crate::store::{self, Forge, NewRepo, Repo};
+use crate::store::{self, ForgeKind, NewRepo, Repo};
 
 /// Longest repository name accepted.
 pub const MAX_NAME_LEN: usize = 200;
@@ -40,7 +40,7 @@ impl From<Error> for crate::api::error::ApiError {
 /// What `register` needs.
 pub struct Registration {
     pub name: String,
-    pub forge: Forge,
+    pub forge: ForgeKind,
     pub clone_url: String,
     /// `None`: `main`.
     pub default_branch: Option<String>,
@@ -74,7 +74,7 @@ pub struct RepoView {
     pub id: i64,
     /// `owner/name`.
     pub name: String,
-    pub forge: Forge,
+    pub forge: ForgeKind,
     pub clone_url: String,
     pub default_branch: String,
     pub trusted: bool,
@@ -102,7 +102,7 @@ impl RepoView {
 }
 
 /// `{public_url}/hooks/{forge}/{owner}/{name}`.
-pub fn webhook_url(public_url: &str, forge: Forge, name: &str) -> String {
+pub fn webhook_url(public_url: &str, forge: ForgeKind, name: &str) -> String {
     format!("{}/hooks/{forge}/{name}", public_url.trim_end_matches('/'))
 }
 
@@ -335,7 +335,7 @@ pub fn mirror_credentials(
         .map_err(|e| Error::Internal(format!("forge token of {}: {e}", repo.name)))?;
     let token = Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
     let user = match repo.forge {
-        Forge::Github => "x-access-token",
+        ForgeKind::Github => "x-access-token",
         _ => "oauth2",
     };
     Ok(Some(Arc::new(
@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn webhook_urls() {
         assert_eq!(
-            webhook_url("http://ci.example/", Forge::Gitlab, "team/app"),
+            webhook_url("http://ci.example/", ForgeKind::Gitlab, "team/app"),
             "http://ci.example/hooks/gitlab/team/app"
         );
     }

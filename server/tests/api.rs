@@ -1734,7 +1734,7 @@ async fn openapi_lists_the_routes() {
         "LogPage",
         "SecretMeta",
         "TokenCreated",
-        "Forge",
+        "ForgeKind",
         "RunStatus",
     ] {
         assert!(

@@ -41,7 +41,15 @@ async fn a_due_schedule_fires_once_and_is_planned() {
     let mut git = GitForge::new();
     let files = [(".slipway/nightly.yml", NIGHTLY), ("README", "x")];
     let head = git.commit("refs/heads/main", &[], &files, "init");
-    let repo = register(state, "o/r", store::Forge::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
 
     // First sight at midnight: registered, nothing fires (not even yesterday's 03:00).
@@ -114,7 +122,15 @@ async fn downtime_fires_only_the_latest_missed_instant() {
         &[(".slipway/nightly.yml", NIGHTLY)],
         "init",
     );
-    let repo = register(state, "o/r", store::Forge::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
     assert!(cron.tick(state, t(1, 12, 0, 0)).await.unwrap().is_empty());
     // Down from the 1st at noon to the 5th at noon: four 03:00s were missed, one fires.
@@ -153,7 +169,15 @@ async fn a_schedule_belongs_to_its_pipeline() {
         ],
         "init",
     );
-    let repo = register(state, "o/r", store::Forge::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
     cron.tick(state, t(1, 0, 0, 0)).await.unwrap();
     let fired = cron.tick(state, t(1, 3, 0, 0)).await.unwrap();
@@ -191,7 +215,7 @@ async fn repositories_without_schedules_or_branch_fire_nothing() {
     let plain = register(
         state,
         "o/plain",
-        store::Forge::Github,
+        store::ForgeKind::Github,
         &git.url(),
         "main",
         true,
@@ -201,7 +225,7 @@ async fn repositories_without_schedules_or_branch_fire_nothing() {
     let nobranch = register(
         state,
         "o/empty",
-        store::Forge::Github,
+        store::ForgeKind::Github,
         &empty.url(),
         "main",
         true,
@@ -210,7 +234,7 @@ async fn repositories_without_schedules_or_branch_fire_nothing() {
     let unreachable = register(
         state,
         "o/down",
-        store::Forge::Github,
+        store::ForgeKind::Github,
         "http://127.0.0.1:9/x.git",
         "main",
         true,

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use server::forge::{
-    self, CommitStatus, EventKind, ForgeEvent, ForgeKind, Parsed, PayloadError, PrAction, State,
+    self, CommitStatus, Event, ForgeEvent, ForgeKind, Parsed, PayloadError, PrAction, State,
     StatusError, StatusReporter, StatusTarget, VerifyError,
 };
 use sha2::Sha256;
@@ -357,7 +357,7 @@ fn delivery_ids_and_event_names_come_from_each_forges_headers() {
 #[test]
 fn github_push_to_a_branch() {
     let e = event(ForgeKind::Github, "push", &fixture("github/push.json"));
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     assert_eq!(e.git_ref, "refs/heads/main");
     assert_eq!(e.branch.as_deref(), Some("main"));
     assert_eq!(e.tag, None);
@@ -383,7 +383,7 @@ fn github_push_creating_a_branch_has_no_before() {
         "push",
         &fixture("github/push_new_branch.json"),
     );
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     assert_eq!(e.branch.as_deref(), Some("feature/login"));
     assert_eq!(e.before, None);
     assert_eq!(e.after, "a3c5e9b0f7d2c4e6a8b0c2d4e6f8a0b2c4d6e8f0");
@@ -393,7 +393,7 @@ fn github_push_creating_a_branch_has_no_before() {
 #[test]
 fn github_tag_push_becomes_a_tag_event_on_the_tagged_commit() {
     let e = event(ForgeKind::Github, "push", &fixture("github/push_tag.json"));
-    assert_eq!(e.kind, EventKind::Tag);
+    assert_eq!(e.kind, Event::Tag);
     assert_eq!(e.git_ref, "refs/tags/v1.4.0");
     assert_eq!(e.tag.as_deref(), Some("v1.4.0"));
     assert_eq!(e.branch, None);
@@ -410,7 +410,7 @@ fn github_pull_request_opened_from_the_same_repository() {
         "pull_request",
         &fixture("github/pull_request_opened.json"),
     );
-    assert_eq!(e.kind, EventKind::PullRequest);
+    assert_eq!(e.kind, Event::PullRequest);
     assert_eq!(e.git_ref, "refs/pull/42/head");
     assert_eq!(e.branch.as_deref(), Some("main"));
     assert_eq!(e.after, "a3c5e9b0f7d2c4e6a8b0c2d4e6f8a0b2c4d6e8f0");
@@ -442,7 +442,7 @@ fn github_pull_request_synchronize_from_a_fork() {
         "pull_request",
         &fixture("github/pull_request_synchronize_fork.json"),
     );
-    assert_eq!(e.kind, EventKind::PullRequest);
+    assert_eq!(e.kind, Event::PullRequest);
     assert_eq!(e.git_ref, "refs/pull/57/head");
     assert_eq!(
         e.before.as_deref(),
@@ -537,7 +537,7 @@ fn github_ping_create_deletions_and_unknown_events() {
 #[test]
 fn gitlab_push_hook() {
     let e = event(ForgeKind::Gitlab, "Push Hook", &fixture("gitlab/push.json"));
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     assert_eq!(e.git_ref, "refs/heads/master");
     assert_eq!(e.branch.as_deref(), Some("master"));
     assert_eq!(
@@ -557,7 +557,7 @@ fn gitlab_tag_push_hook_builds_the_checkout_sha() {
         "Tag Push Hook",
         &fixture("gitlab/tag_push.json"),
     );
-    assert_eq!(e.kind, EventKind::Tag);
+    assert_eq!(e.kind, Event::Tag);
     assert_eq!(e.tag.as_deref(), Some("v1.0.0"));
     assert_eq!(e.branch, None);
     assert_eq!(e.before, None);
@@ -580,7 +580,7 @@ fn gitlab_merge_request_opened() {
         "Merge Request Hook",
         &fixture("gitlab/merge_request_open.json"),
     );
-    assert_eq!(e.kind, EventKind::PullRequest);
+    assert_eq!(e.kind, Event::PullRequest);
     assert_eq!(e.git_ref, "refs/merge-requests/1/head");
     assert_eq!(e.branch.as_deref(), Some("master"));
     assert_eq!(e.after, "da1560886d4f094c3e6c9ef40349f7d38b5d27d7");
@@ -654,13 +654,13 @@ fn gitlab_system_hook_dispatches_on_object_kind_and_unknown_hooks_are_ignored() 
         "System Hook",
         &fixture("gitlab/push.json"),
     );
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     let e = event(
         ForgeKind::Gitlab,
         "System Hook",
         &fixture("gitlab/merge_request_open.json"),
     );
-    assert_eq!(e.kind, EventKind::PullRequest);
+    assert_eq!(e.kind, Event::PullRequest);
     ignored(
         ForgeKind::Gitlab,
         "System Hook",
@@ -688,7 +688,7 @@ fn gitlab_branch_deletion_is_ignored() {
 #[test]
 fn gitea_push() {
     let e = event(ForgeKind::Gitea, "push", &fixture("gitea/push.json"));
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     assert_eq!(e.branch.as_deref(), Some("develop"));
     assert_eq!(
         e.before.as_deref(),
@@ -703,7 +703,7 @@ fn gitea_push() {
 #[test]
 fn gitea_tag_push_builds_the_head_commit() {
     let e = event(ForgeKind::Gitea, "push", &fixture("gitea/push_tag.json"));
-    assert_eq!(e.kind, EventKind::Tag);
+    assert_eq!(e.kind, Event::Tag);
     assert_eq!(e.tag.as_deref(), Some("v2.0.0"));
     assert_eq!(e.after, "bffeb74224043ba2feb48d137756c8a9331c449a");
     assert_eq!(e.before, None);
@@ -716,7 +716,7 @@ fn gitea_pull_requests() {
         "pull_request",
         &fixture("gitea/pull_request_opened.json"),
     );
-    assert_eq!(e.kind, EventKind::PullRequest);
+    assert_eq!(e.kind, Event::PullRequest);
     assert_eq!(e.git_ref, "refs/pull/3/head");
     assert_eq!(e.branch.as_deref(), Some("main"));
     assert_eq!(e.after, "bffeb74224043ba2feb48d137756c8a9331c449a");
@@ -788,7 +788,7 @@ fn gitea_create_delete_deletions_and_unknown_events_are_ignored() {
 #[test]
 fn forgejo_uses_the_gitea_payloads() {
     let e = event(ForgeKind::Forgejo, "push", &fixture("forgejo/push.json"));
-    assert_eq!(e.kind, EventKind::Push);
+    assert_eq!(e.kind, Event::Push);
     assert_eq!(
         e.clone_url,
         "https://codeberg.example.org/gitea/webhooks.git"

@@ -23,19 +23,19 @@ fn files(entries: &[(&str, &str)]) -> Files {
 }
 
 /// A forge repository (non-bare, with a working tree, like a developer's clone).
-struct Forge {
+struct ForgeKind {
     _dir: tempfile::TempDir,
     path: PathBuf,
     repo: Repository,
     clock: i64,
 }
 
-impl Forge {
-    fn new() -> Forge {
+impl ForgeKind {
+    fn new() -> ForgeKind {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("forge");
         let repo = Repository::init(&path).unwrap();
-        Forge {
+        ForgeKind {
             _dir: dir,
             path,
             repo,
@@ -128,7 +128,7 @@ fn first_files() -> Files {
 /// main: c1 → c2 (edit, rename, pipeline change) → c5; feature: c1 → c3 → c4;
 /// tag v1 (annotated) on c2; refs/pull/7/head = c4.
 struct History {
-    forge: Forge,
+    forge: ForgeKind,
     c1: Oid,
     c2: Oid,
     c3: Oid,
@@ -138,7 +138,7 @@ struct History {
 }
 
 fn history() -> History {
-    let mut forge = Forge::new();
+    let mut forge = ForgeKind::new();
     let f1 = first_files();
     let c1 = forge.commit("refs/heads/main", &[], &f1, "c1");
 
@@ -184,7 +184,7 @@ fn history() -> History {
 
 #[test]
 fn open_or_init_is_idempotent_and_follows_url_changes() {
-    let forge = Forge::new();
+    let forge = ForgeKind::new();
     let (_tmp, dir) = mirror_dir();
     let m = Mirror::open_or_init(&dir, &forge.url()).unwrap();
     assert!(m.repository().is_bare());
@@ -245,7 +245,7 @@ fn mirror_is_send() {
 
 #[test]
 fn fetch_is_incremental_and_force_updates() {
-    let mut forge = Forge::new();
+    let mut forge = ForgeKind::new();
     let f1 = first_files();
     let c1 = forge.commit("refs/heads/main", &[], &f1, "c1");
     let (_tmp, dir) = mirror_dir();
@@ -486,7 +486,7 @@ fn pipeline_files_come_from_the_commit_tree() {
 
 #[test]
 fn pipeline_file_edge_cases() {
-    let mut forge = Forge::new();
+    let mut forge = ForgeKind::new();
     let none = forge.commit(
         "refs/heads/none",
         &[],

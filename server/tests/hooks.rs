@@ -225,7 +225,7 @@ async fn github_repo(env: &Env) -> (GitForge, store::Repo, Delivery) {
     let repo = register(
         &env.state,
         "octo-org/hello-world",
-        store::Forge::Github,
+        store::ForgeKind::Github,
         &git.url(),
         "main",
         true,
@@ -295,7 +295,7 @@ async fn gitlab_token_and_gitea_signature_are_checked() {
     let gl = register(
         state,
         "g/lab",
-        store::Forge::Gitlab,
+        store::ForgeKind::Gitlab,
         &git.url(),
         "master",
         true,
@@ -304,7 +304,7 @@ async fn gitlab_token_and_gitea_signature_are_checked() {
     let gt = register(
         state,
         "g/tea",
-        store::Forge::Gitea,
+        store::ForgeKind::Gitea,
         &git.url(),
         "main",
         true,
@@ -473,7 +473,15 @@ async fn fork_pull_requests_are_untrusted() {
         &[(".slipway.yml", PIPELINE)],
     );
     assert!(d.event.pr.as_ref().unwrap().fork);
-    let repo = register(state, "o/r", store::Forge::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let (status, _) = deliver(
         state,
         ForgeKind::Github,
@@ -787,7 +795,7 @@ async fn plain_git_hook_creates_one_run_per_ref() {
     let repo = register(
         state,
         "team/app",
-        store::Forge::Git,
+        store::ForgeKind::Git,
         &git.url(),
         "main",
         true,
@@ -851,7 +859,7 @@ async fn plain_git_hook_creates_one_run_per_ref() {
     register(
         state,
         "gh/app",
-        store::Forge::Github,
+        store::ForgeKind::Github,
         &git.url(),
         "main",
         true,
@@ -885,7 +893,7 @@ async fn slipway_hook_posts_the_post_receive_lines() {
     let repo = register(
         state,
         "team/app",
-        store::Forge::Git,
+        store::ForgeKind::Git,
         &git.url(),
         "main",
         true,

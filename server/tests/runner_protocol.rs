@@ -656,7 +656,7 @@ async fn stale_lease_tokens_are_refused() {
     .json()
     .await
     .unwrap();
-    assert_eq!(done.status, StageStatus::Success);
+    assert_eq!(done.status, StageStatus::Success.as_str());
     let run = server.wait_run(run.id, Duration::from_secs(5)).await;
     assert_eq!(run.status, RunStatus::Success);
 
@@ -1145,7 +1145,7 @@ async fn stage_results_case(opts: Opts) {
     .json()
     .await
     .unwrap();
-    assert_eq!(done.status, StageStatus::Success);
+    assert_eq!(done.status, StageStatus::Success.as_str());
 
     // `deploy` runs on a real agent and sees `build`'s outputs in its environment.
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -7,7 +7,7 @@ use server::crypto::generate_webhook_secret;
 use server::daemon::config::{Config, Settings};
 use server::daemon::serve::build_state;
 use server::daemon::state::{AppState, forge_token_aad};
-use server::store::{Event, Forge, NewRepo, NewRun, Trigger};
+use server::store::{Event, ForgeKind, NewRepo, NewRun, Trigger};
 use server::workers::commit_status::Follower;
 use support_hooks::fake_forge;
 
@@ -23,7 +23,7 @@ async fn state(dir: &std::path::Path) -> AppState {
 
 /// Registers a repo on `forge`, creates a run and settles it with no stages (the store
 /// marks it success), then lets a follower report what happened.
-async fn report(forge: Forge, base: &str, dir: &std::path::Path) -> (String, i64) {
+async fn report(forge: ForgeKind, base: &str, dir: &std::path::Path) -> (String, i64) {
     let state = state(dir).await;
     let name = "team/app";
     let repo = state
@@ -72,7 +72,7 @@ async fn report(forge: Forge, base: &str, dir: &std::path::Path) -> (String, i64
 async fn gitea_gets_token_auth_and_its_state_names() {
     let (base, seen) = fake_forge().await;
     let dir = tempfile::tempdir().unwrap();
-    let (sha, sent) = report(Forge::Gitea, &base, dir.path()).await;
+    let (sha, sent) = report(ForgeKind::Gitea, &base, dir.path()).await;
     assert_eq!(sent, 1);
     let seen = seen.lock().unwrap().clone();
     let last = seen.last().expect("a status request");
@@ -93,7 +93,7 @@ async fn gitea_gets_token_auth_and_its_state_names() {
 async fn github_gets_bearer_auth() {
     let (base, seen) = fake_forge().await;
     let dir = tempfile::tempdir().unwrap();
-    let (sha, _) = report(Forge::Github, &base, dir.path()).await;
+    let (sha, _) = report(ForgeKind::Github, &base, dir.path()).await;
     let seen = seen.lock().unwrap().clone();
     let last = seen.last().expect("a status request");
     assert_eq!(last.path, format!("/api/v3/repos/team/app/statuses/{sha}"));
@@ -105,7 +105,7 @@ async fn github_gets_bearer_auth() {
 async fn gitlab_gets_private_token_and_an_encoded_project_path() {
     let (base, seen) = fake_forge().await;
     let dir = tempfile::tempdir().unwrap();
-    let (sha, _) = report(Forge::Gitlab, &base, dir.path()).await;
+    let (sha, _) = report(ForgeKind::Gitlab, &base, dir.path()).await;
     let seen = seen.lock().unwrap().clone();
     let last = seen.last().expect("a status request");
     assert_eq!(
@@ -127,7 +127,7 @@ async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
         .store
         .create_repo(NewRepo {
             name: "team/app".into(),
-            forge: Forge::Gitea,
+            forge: ForgeKind::Gitea,
             clone_url: "/srv/git/team/app.git".into(),
             default_branch: "main".into(),
             webhook_secret_enc: Vec::new(),
@@ -177,7 +177,7 @@ async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
 async fn plain_git_repositories_report_nothing() {
     let (base, seen) = fake_forge().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_, sent) = report(Forge::Git, &base, dir.path()).await;
+    let (_, sent) = report(ForgeKind::Git, &base, dir.path()).await;
     assert_eq!(sent, 0);
     assert!(seen.lock().unwrap().is_empty());
 }

@@ -148,7 +148,7 @@ const LEASE: Duration = Duration::from_secs(60);
 fn new_repo(name: &str) -> NewRepo {
     NewRepo {
         name: name.to_string(),
-        forge: Forge::Github,
+        forge: ForgeKind::Github,
         clone_url: format!("https://example.com/{name}.git"),
         default_branch: "main".into(),
         webhook_secret_enc: vec![1, 2, 3, 0, 255],
@@ -299,7 +299,7 @@ async fn repo_crud(store: Store) {
     new.trusted = true;
     let a = store.create_repo(new).await.unwrap();
     assert_eq!(a.name, "team/app");
-    assert_eq!(a.forge, Forge::Github);
+    assert_eq!(a.forge, ForgeKind::Github);
     assert_eq!(a.webhook_secret_enc, vec![1, 2, 3, 0, 255]);
     assert_eq!(a.forge_token_enc, Some(vec![9; 40]));
     assert!(a.trusted);
@@ -336,7 +336,7 @@ async fn repo_crud(store: Store) {
     ));
 
     let mut changed = a.clone();
-    changed.forge = Forge::Forgejo;
+    changed.forge = ForgeKind::Forgejo;
     changed.clone_url = "ssh://git@forge/team/app.git".into();
     changed.default_branch = "trunk".into();
     changed.forge_token_enc = None;

@@ -839,9 +839,9 @@ impl Backend for KubernetesBackend {
         archive::collect_from_tar(scratch, tar_path, globs, dest).await
     }
 
-    /// Not yet: a builder pod (rootless BuildKit or Kaniko) needs a namespace that
-    /// relaxes the `restricted` profile, and no builder image can be tried here.
-    /// Image stages go to Docker runners (`backend:docker`) by default.
+    /// In a builder pod of its own (rootless buildah, in the builder namespace: see
+    /// `image`). Image stages still go to Docker runners (`backend:docker`) unless the
+    /// stage asks for `backend:kubernetes`.
     async fn build_image(
         &self,
         stage: &StageHandle,

@@ -36,7 +36,7 @@ use serde_json::json;
 use super::auth::HookAuth;
 use super::error::{ApiError, ApiResult};
 use crate::daemon::state::{self, AppState};
-use crate::forge::{self, EventKind, ForgeEvent, ForgeKind, Parsed};
+use crate::forge::{self, ForgeEvent, ForgeKind, Parsed};
 use crate::store::{self, Event, NewRun, Repo, Trigger};
 
 pub fn router() -> Router<AppState> {
@@ -44,17 +44,6 @@ pub fn router() -> Router<AppState> {
         // The static `git` segment wins over `{forge}` (matchit prefers static routes).
         .route("/hooks/git/{*repo}", post(git_hook))
         .route("/hooks/{forge}/{*repo}", post(forge_hook))
-}
-
-/// The forge kind a stored repository was registered with (both enums share names).
-pub fn forge_kind(f: store::Forge) -> ForgeKind {
-    match f {
-        store::Forge::Github => ForgeKind::Github,
-        store::Forge::Gitlab => ForgeKind::Gitlab,
-        store::Forge::Gitea => ForgeKind::Gitea,
-        store::Forge::Forgejo => ForgeKind::Forgejo,
-        store::Forge::Git => ForgeKind::Git,
-    }
 }
 
 /// The repository named in the path, if it is registered with this forge kind. A forge
@@ -67,7 +56,7 @@ async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<R
         Err(store::Error::NotFound(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),
     };
-    if forge_kind(repo.forge) != kind {
+    if repo.forge != kind {
         return Err(not_found());
     }
     Ok(repo)
@@ -200,12 +189,7 @@ async fn handle_forge_hook(
 
 /// What a verified forge event becomes: a `pending` run for the planner.
 pub fn new_run_from_event(repo: &Repo, ev: ForgeEvent) -> NewRun {
-    let event = match ev.kind {
-        EventKind::Push => Event::Push,
-        EventKind::PullRequest => Event::PullRequest,
-        EventKind::Tag => Event::Tag,
-    };
-    let mut new = NewRun::new(Trigger::Webhook, event, &ev.git_ref, &ev.after);
+    let mut new = NewRun::new(Trigger::Webhook, ev.kind, &ev.git_ref, &ev.after);
     new.branch = ev.branch;
     new.tag = ev.tag;
     new.before_sha = ev.before;

@@ -18,7 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use crate::daemon::state::AppState;
 use crate::repos::{self, RepoView};
-use crate::store::{Forge, Repo};
+use crate::store::{ForgeKind, Repo};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -58,12 +58,12 @@ pub(crate) async fn find_repo(state: &AppState, owner: &str, name: &str) -> ApiR
 pub struct CreateRepo {
     /// `owner/name`, segments of `[A-Za-z0-9._-]`.
     pub name: String,
-    pub forge: Forge,
+    pub forge: ForgeKind,
     pub clone_url: String,
     /// Default: `main`.
     #[serde(default)]
     pub default_branch: Option<String>,
-    /// Forge API token for commit statuses (stored encrypted, never shown again).
+    /// ForgeKind API token for commit statuses (stored encrypted, never shown again).
     #[serde(default)]
     pub forge_token: Option<String>,
     /// Whether runs may see secrets and privileged settings by default. Default: false.

@@ -17,10 +17,10 @@ use zeroize::Zeroizing;
 use super::ServerArgs;
 use crate::daemon::state::AppState;
 use crate::repos::{self, Registration, RepoView};
-use crate::store::{Forge, TokenScope};
+use crate::store::{ForgeKind, TokenScope};
 
-fn parse_forge(s: &str) -> Result<Forge, String> {
-    s.parse::<Forge>()
+fn parse_forge(s: &str) -> Result<ForgeKind, String> {
+    s.parse::<ForgeKind>()
         .map_err(|_| "expected one of github, gitlab, gitea, forgejo, git".to_string())
 }
 
@@ -37,7 +37,7 @@ pub enum RepoCommand {
         name: String,
         /// github, gitlab, gitea, forgejo or git.
         #[arg(long, value_parser = parse_forge)]
-        forge: Forge,
+        forge: ForgeKind,
         #[arg(long)]
         clone_url: String,
         #[arg(long, default_value = "main")]

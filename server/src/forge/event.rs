@@ -2,16 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ForgeKind;
-
-/// What kind of change triggered a run. Matches the pipeline YAML's `on:` keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Push,
-    PullRequest,
-    Tag,
-}
+use super::{Event, ForgeKind};
 
 /// The pull-request actions that start a run. Everything else (closed, labeled,
 /// edited, approved, …) is [`Parsed::Ignored`], so this enum is exhaustive.
@@ -49,7 +40,8 @@ pub struct PullRequest {
 /// One normalized trigger, whatever forge it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgeEvent {
-    pub kind: EventKind,
+    /// `push`, `pull_request` or `tag`: a forge never sends the others.
+    pub kind: Event,
     /// Full ref to fetch. Pushes: `refs/heads/…` / `refs/tags/…`. Pull requests: the
     /// forge's PR head ref in the *base* repository (`refs/pull/N/head`, GitLab
     /// `refs/merge-requests/N/head`), which also works for forks.
@@ -219,9 +211,9 @@ pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
     };
     check_ref_name(p.event, "ref", p.git_ref)?;
     let (kind, branch, tag, after) = match target {
-        RefTarget::Branch(b) => (EventKind::Push, Some(b), None, p.after),
+        RefTarget::Branch(b) => (Event::Push, Some(b), None, p.after),
         RefTarget::Tag(t) => (
-            EventKind::Tag,
+            Event::Tag,
             None,
             Some(t),
             p.tag_commit.filter(|c| !c.is_empty()).unwrap_or(p.after),

@@ -7,11 +7,11 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::ForgeKind;
 use super::event::{
-    EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, check_branch,
-    check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
+    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, check_branch, check_sha,
+    from_json, ignored, missing, printable, push_event, unknown_event,
 };
+use super::{Event, ForgeKind};
 
 #[derive(Deserialize)]
 struct Repo {
@@ -151,7 +151,7 @@ fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, Pay
         .map_or(e.repository.clone_url.as_str(), |r| r.clone_url.as_str())
         .to_owned();
     Ok(Parsed::Event(ForgeEvent {
-        kind: EventKind::PullRequest,
+        kind: Event::PullRequest,
         // Gitea and Forgejo keep every PR head at `refs/pull/N/head` in the base repo.
         git_ref: format!("refs/pull/{}/head", e.number),
         branch: Some(pr.base.git_ref.clone()),

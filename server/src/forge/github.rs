@@ -6,11 +6,11 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::ForgeKind;
 use super::event::{
-    EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of,
-    check_branch, check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
+    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
+    check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
 };
+use super::{Event, ForgeKind};
 
 #[derive(Deserialize)]
 struct Repo {
@@ -157,7 +157,7 @@ fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         _ => None,
     };
     Ok(Parsed::Event(ForgeEvent {
-        kind: EventKind::PullRequest,
+        kind: Event::PullRequest,
         git_ref: format!("refs/pull/{}/head", e.number),
         branch: Some(pr.base.git_ref.clone()),
         tag: None,

@@ -5,11 +5,11 @@
 
 use serde::Deserialize;
 
-use super::ForgeKind;
 use super::event::{
-    EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of,
-    check_branch, check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
+    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
+    check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
 };
+use super::{Event, ForgeKind};
 
 #[derive(Deserialize)]
 struct Project {
@@ -164,7 +164,7 @@ fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         .to_owned();
     let head_sha = a.last_commit.id.to_ascii_lowercase();
     Ok(Parsed::Event(ForgeEvent {
-        kind: EventKind::PullRequest,
+        kind: Event::PullRequest,
         // GitLab keeps every MR head at this ref in the target project, forks included.
         git_ref: format!("refs/merge-requests/{}/head", a.iid),
         branch: Some(a.target_branch.clone()),

@@ -30,7 +30,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use event::{EventKind, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest};
+pub use event::{ForgeEvent, Parsed, PayloadError, PrAction, PullRequest};
+pub use pipelines::Event;
 pub use status::{
     CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for,
     description_limit, repo_path_for,
@@ -39,7 +40,7 @@ pub use verify::{VerifyError, delivery_id, event_name, verify};
 
 /// Which kind of forge a repository lives on. Stored with the repository and used in
 /// the webhook URL (`/hooks/{forge}/{repo}`), hence the lowercase serde form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ForgeKind {
     Github,

@@ -169,8 +169,8 @@ impl StatusReporter {
         }
         let response = builder.send().await.map_err(|e| StatusError::Network {
             forge,
-            // `without_url`: the URL is not secret today, but an API base configured
-            // with userinfo would be.
+            // `without_url`: an API base configured with userinfo would put a credential
+            // in the message.
             message: e.without_url().to_string(),
         })?;
         let code = response.status();

@@ -63,7 +63,7 @@ pub const UNTRUSTED_REASON: &str =
 /// Settings only trusted runs may use, checked on the plans a run would execute: the
 /// planner checks a fresh plan and a rerun checks the stored one, so neither path lets
 /// an untrusted run through. `Err` holds the diagnostics for the error run (as stored in
-/// `runs.diagnostics`). Today that is `kubernetes.service_account`
+/// `runs.diagnostics`): `kubernetes.service_account`
 /// ([`pipelines::untrusted_service_accounts`]).
 pub fn check_trust(plans: &[Plan], trusted: bool) -> Result<(), Value> {
     if trusted {

@@ -3,6 +3,22 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The event a run is for: the pipelines' own type, so the planner, the forge
+/// adapters and the store speak one vocabulary.
+pub use pipelines::Event;
+
+/// The kind of forge a repository lives on (stored by its lowercase name).
+pub use crate::forge::ForgeKind;
+
+/// [`Event`]'s OpenAPI schema: a string, one of its names (`pipelines` stays free of
+/// the OpenAPI crate).
+fn event_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(Event::ALL.iter().map(|e| e.as_str())))
+        .build()
+}
+
 pub type RepoId = i64;
 pub type RunId = i64;
 pub type StageId = i64;
@@ -47,10 +63,6 @@ macro_rules! str_enum {
 }
 
 str_enum!(
-    /// The kind of forge a repository lives on.
-    Forge { Github = "github", Gitlab = "gitlab", Gitea = "gitea", Forgejo = "forgejo", Git = "git" }
-);
-str_enum!(
     /// A run's state; the last four are final.
     RunStatus {
         Pending = "pending",
@@ -64,10 +76,6 @@ str_enum!(
 str_enum!(
     /// What created a run.
     Trigger { Webhook = "webhook", Hook = "hook", Cron = "cron", Manual = "manual", Rerun = "rerun" }
-);
-str_enum!(
-    /// The event a run is for (pipelines filter on it).
-    Event { Push = "push", PullRequest = "pull_request", Tag = "tag", Cron = "cron", Manual = "manual" }
 );
 str_enum!(
     /// A stage's state. `waiting` → `queued` → `running` → one of the final states.
@@ -126,7 +134,7 @@ impl StepStatus {
 #[derive(Debug, Clone)]
 pub struct NewRepo {
     pub name: String,
-    pub forge: Forge,
+    pub forge: ForgeKind,
     pub clone_url: String,
     pub default_branch: String,
     /// Encrypted by the caller.
@@ -141,7 +149,7 @@ pub struct NewRepo {
 pub struct Repo {
     pub id: RepoId,
     pub name: String,
-    pub forge: Forge,
+    pub forge: ForgeKind,
     pub clone_url: String,
     pub default_branch: String,
     #[serde(skip)]
@@ -212,6 +220,7 @@ pub struct Run {
     pub number: i64,
     pub status: RunStatus,
     pub trigger: Trigger,
+    #[schema(schema_with = event_schema)]
     pub event: Event,
     pub git_ref: String,
     pub branch: Option<String>,

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::daemon::state::{AppState, forge_token_aad};
 use crate::forge::{self, CommitStatus, ForgeKind, State, StatusTarget};
-use crate::store::{Forge, Run, RunId, RunStatus};
+use crate::store::{Run, RunId, RunStatus};
 
 /// How far behind the newest event id to re-read: on PostgreSQL, ids are assigned at
 /// insert but transactions commit out of order, so a late commit can appear below the
@@ -95,7 +95,10 @@ pub async fn report_run(
 ) -> anyhow::Result<bool> {
     let run = state.store.get_run(run_id).await?;
     let repo = state.store.get_repo(run.repo_id).await?;
-    let (Some(kind), Some(token_enc)) = (forge_kind(repo.forge), &repo.forge_token_enc) else {
+    let (Some(kind), Some(token_enc)) = (
+        (repo.forge != ForgeKind::Git).then_some(repo.forge),
+        &repo.forge_token_enc,
+    ) else {
         return Ok(false);
     };
     let token = state
@@ -147,16 +150,6 @@ pub async fn report_run(
         }
     }
     Ok(false)
-}
-
-fn forge_kind(forge: Forge) -> Option<ForgeKind> {
-    match forge {
-        Forge::Github => Some(ForgeKind::Github),
-        Forge::Gitlab => Some(ForgeKind::Gitlab),
-        Forge::Gitea => Some(ForgeKind::Gitea),
-        Forge::Forgejo => Some(ForgeKind::Forgejo),
-        Forge::Git => None,
-    }
 }
 
 fn forge_state(status: RunStatus) -> State {

@@ -452,15 +452,8 @@ fn event_context(
             }
         }
     }
-    let event = match run.event {
-        Event::Push => pipelines::Event::Push,
-        Event::PullRequest => pipelines::Event::PullRequest,
-        Event::Tag => pipelines::Event::Tag,
-        Event::Cron => pipelines::Event::Cron,
-        Event::Manual => pipelines::Event::Manual,
-    };
     let ctx = pipelines::EventContext {
-        event,
+        event: run.event,
         branch: run.branch.clone(),
         source_branch: run.source_branch.clone(),
         tag: run.tag.clone(),
@@ -562,10 +555,10 @@ pub(crate) fn credentials(state: &AppState, repo: &Repo) -> Option<Arc<Credentia
     Some(Arc::new(move |_url: &str, user: Option<&str>, _allowed| {
         match forge {
             // Gitea/Forgejo accept the token as the user name.
-            store::Forge::Gitea | store::Forge::Forgejo => {
+            store::ForgeKind::Gitea | store::ForgeKind::Forgejo => {
                 git2::Cred::userpass_plaintext(&token, "x-oauth-basic")
             }
-            store::Forge::Gitlab => {
+            store::ForgeKind::Gitlab => {
                 git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token)
             }
             _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),

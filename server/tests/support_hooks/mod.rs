@@ -166,7 +166,7 @@ impl GitForge {
 pub async fn register(
     state: &AppState,
     name: &str,
-    forge: store::Forge,
+    forge: store::ForgeKind,
     clone_url: &str,
     default_branch: &str,
     trusted: bool,
@@ -199,7 +199,7 @@ pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-pub fn store_forge(kind: ForgeKind) -> store::Forge {
+pub fn store_forge(kind: ForgeKind) -> store::ForgeKind {
     kind.as_str().parse().unwrap()
 }
 

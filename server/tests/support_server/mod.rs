@@ -181,7 +181,7 @@ impl Server {
             .store
             .create_repo(NewRepo {
                 name: format!("team/app-{n}"),
-                forge: Forge::Git,
+                forge: ForgeKind::Git,
                 clone_url: forge.display().to_string(),
                 default_branch: "main".into(),
                 webhook_secret_enc: Vec::new(),

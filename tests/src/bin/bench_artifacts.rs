@@ -85,7 +85,7 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
         .store
         .create_repo(NewRepo {
             name: "bench/artifacts".into(),
-            forge: server::store::Forge::Git,
+            forge: server::store::ForgeKind::Git,
             clone_url: forge.display().to_string(),
             default_branch: "main".into(),
             webhook_secret_enc: Vec::new(),

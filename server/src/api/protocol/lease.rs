@@ -41,11 +41,11 @@ use crate::logs::{NewLine, StepKey};
 use crate::protocol::{
     HeartbeatAction, HeartbeatResponse, LONG_POLL_SECS, LeaseArtifact, LeaseRequest, LeaseResponse,
     LeaseToken, LogAck, LogBatch, RegisterRequest, RegisterResponse, StageFinish, StageFinished,
-    StepFinish, routes,
+    StepFinish, WireStatus, routes,
 };
 use crate::store::{
     Heartbeat, Lease, Limits, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults,
-    StageStatus,
+    StageStatus, StepStatus,
 };
 
 /// While a lease request waits, how often it looks at the queue even without a nudge.
@@ -590,7 +590,7 @@ async fn step_finish(
             id,
             &req.lease_token,
             i64::from(idx),
-            req.status.step_status(),
+            step_status(req.status),
             req.exit_code,
             req.oom_killed,
         )
@@ -618,9 +618,7 @@ async fn stage_finish(
     body: Result<Json<StageFinish>, JsonRejection>,
 ) -> ApiResult<Json<StageFinished>> {
     let req = json(body)?;
-    let status = req
-        .status
-        .stage_status()
+    let status = stage_status(req.status)
         .ok_or_else(|| ApiError::bad_request("a stage cannot finish as skipped"))?;
     let mut reason = req
         .reason
@@ -680,6 +678,57 @@ async fn stage_finish(
     tracing::info!(stage_id = id, settled, status = %status, "stage reported");
     Ok(Json(StageFinished {
         settled: settled.to_string(),
-        status,
+        status: status.as_str().to_string(),
     }))
+}
+
+/// A step's row status for what a runner reported.
+fn step_status(status: WireStatus) -> StepStatus {
+    match status {
+        WireStatus::Success => StepStatus::Success,
+        WireStatus::Failure => StepStatus::Failure,
+        WireStatus::TimedOut => StepStatus::TimedOut,
+        WireStatus::Cancelled => StepStatus::Cancelled,
+        WireStatus::Error => StepStatus::Error,
+        WireStatus::Skipped => StepStatus::Skipped,
+    }
+}
+
+/// A stage's row status for what a runner reported; `None` for `skipped`, which a
+/// stage run by a runner cannot end as.
+fn stage_status(status: WireStatus) -> Option<StageStatus> {
+    Some(match status {
+        WireStatus::Success => StageStatus::Success,
+        WireStatus::Failure => StageStatus::Failure,
+        WireStatus::TimedOut => StageStatus::TimedOut,
+        WireStatus::Cancelled => StageStatus::Cancelled,
+        WireStatus::Error => StageStatus::Error,
+        WireStatus::Skipped => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_one_to_one() {
+        use runner::Status as R;
+        let cases = [
+            (R::Success, "success"),
+            (R::Failure, "failure"),
+            (R::TimedOut, "timed_out"),
+            (R::Cancelled, "cancelled"),
+            (R::Error("disk full".into()), "error"),
+        ];
+        for (status, name) in cases {
+            let wire = WireStatus::from_runner(&status);
+            assert_eq!(stage_status(wire).unwrap().as_str(), name);
+            assert_eq!(step_status(wire).as_str(), name);
+            assert_eq!(serde_json::to_value(wire).unwrap(), name);
+        }
+        let skipped = WireStatus::from_runner(&R::Skipped);
+        assert_eq!(step_status(skipped), StepStatus::Skipped);
+        assert_eq!(stage_status(skipped), None);
+    }
 }
