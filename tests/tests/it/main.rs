@@ -11,6 +11,7 @@ mod kube_objects;
 mod kube_runner;
 mod kube_support;
 mod purity;
+mod validate_agrees;
 
 /// The server harness of `server/tests`, shared by path.
 #[path = "../../../server/tests/support_server/mod.rs"]
