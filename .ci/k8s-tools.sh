@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the tools tests/tests/deploy_manifests.rs checks deploy/ with. Idempotent:
+# Installs the tools tests/tests/it/deploy_manifests.rs checks deploy/ with. Idempotent:
 # installs only what is missing (or at another version).
 #   kubectl                  renders the kustomize overlays (Debian's kubernetes-client,
 #                            kubectl 1.20; an existing kubectl is kept: the manifests

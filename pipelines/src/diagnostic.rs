@@ -86,6 +86,8 @@ pub mod codes {
     pub const INVALID_QUANTITY: &str = "invalid-quantity";
     pub const INVALID_LABEL: &str = "invalid-label";
     pub const INVALID_PATH: &str = "invalid-path";
+    /// An image reference the runner would refuse to push to (`push:`).
+    pub const INVALID_IMAGE_REF: &str = "invalid-image-ref";
     pub const INVALID_WEIGHT: &str = "invalid-weight";
     pub const INVALID_MATRIX: &str = "invalid-matrix";
     pub const MATRIX_TOO_LARGE: &str = "matrix-too-large";
@@ -126,6 +128,7 @@ pub mod codes {
         INVALID_QUANTITY,
         INVALID_LABEL,
         INVALID_PATH,
+        INVALID_IMAGE_REF,
         INVALID_WEIGHT,
         INVALID_MATRIX,
         MATRIX_TOO_LARGE,

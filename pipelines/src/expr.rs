@@ -315,8 +315,14 @@ fn parse_expr(inner: &str) -> Result<Expr, ParseErr> {
         ["matrix", k] => Ok(Expr::Matrix(k.to_string())),
         ["params", p] => Ok(Expr::Param(p.to_string())),
         ["secrets", s] => {
-            if is_env_name(s) {
+            if is_secret_name(s) {
                 Ok(Expr::Secret(s.to_string()))
+            } else if is_env_name(s) {
+                Err((
+                    codes::INVALID_EXPRESSION,
+                    format!("secret name `{s}` is longer than {MAX_SECRET_NAME_LEN} characters"),
+                    Some("the server stores no longer secret names; shorten it".into()),
+                ))
             } else {
                 Err((
                     codes::INVALID_EXPRESSION,
@@ -355,6 +361,15 @@ fn parse_expr(inner: &str) -> Result<Expr, ParseErr> {
 }
 
 /// A valid shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+/// Longest secret name the server stores (`slipway secret set` refuses longer ones).
+pub const MAX_SECRET_NAME_LEN: usize = 128;
+
+/// A name a secret can have: an environment variable name of at most
+/// [`MAX_SECRET_NAME_LEN`] characters.
+pub fn is_secret_name(s: &str) -> bool {
+    s.len() <= MAX_SECRET_NAME_LEN && is_env_name(s)
+}
+
 pub fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -439,5 +454,7 @@ mod tests {
         assert!(!is_env_name("1X"));
         assert!(!is_env_name("A-B"));
         assert!(!is_env_name(""));
+        assert!(is_secret_name(&"S".repeat(MAX_SECRET_NAME_LEN)));
+        assert!(!is_secret_name(&"S".repeat(MAX_SECRET_NAME_LEN + 1)));
     }
 }

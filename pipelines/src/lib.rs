@@ -14,6 +14,7 @@ pub mod diagnostic;
 mod duration;
 pub mod event;
 pub mod expr;
+mod image_ref;
 pub mod label;
 pub mod matrix;
 pub mod model;

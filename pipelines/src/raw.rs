@@ -224,12 +224,13 @@ pub struct Stage {
     /// Side containers reachable by name (e.g. a database).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<BTreeMap<String, Service>>,
-    /// Globs of files to keep after the stage (relative to the workspace; a directory
-    /// keeps everything below it). They are stored with the run, and stages that
+    /// Globs of files to keep after the stage (relative to the workspace, no `..`; a
+    /// directory keeps everything below it). They are stored with the run, and stages that
     /// `needs` this one find them at the same paths in their workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<OneOrMany<String>>,
-    /// Paths restored before and saved after the stage, per repository. The cache key
+    /// Paths (globs) restored before and saved after the stage, per repository:
+    /// relative to the workspace, no `..`. The cache key
     /// is the stage (with its matrix values), these paths, and the content of the lock
     /// files in the workspace (Cargo.lock, package-lock.json, yarn.lock, go.sum,
     /// poetry.lock, Gemfile.lock, requirements*.txt): changing a dependency starts a
@@ -250,12 +251,14 @@ pub struct Stage {
     /// Labels a runner must have (all of them) to run this stage, e.g. `[linux, gpu]`.
     /// Every runner also has `backend:<name>` (`backend:local`, `backend:docker`,
     /// `backend:kubernetes`); `kind: image` stages need `backend:docker` and
-    /// `kind: deploy` stages `backend:kubernetes`, unless `runs_on` names a backend.
+    /// `kind: deploy` stages `backend:kubernetes`, unless `runs_on` names a backend
+    /// (at most one: a runner has exactly one).
     /// Plan-time expressions are allowed (`${{ matrix.arch }}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<OneOrMany<String>>,
     /// User the steps run as in their containers: `uid`, `"uid:gid"` or a user name
-    /// known to the image (ignored by the local backend).
+    /// known to the image (ignored by the local backend; the kubernetes backend takes
+    /// only a non-root `uid` or `"uid:gid"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
     /// Working directory of the steps, relative to the workspace (no `..`).
@@ -270,20 +273,21 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<Kubernetes>,
 
-    /// scan: SARIF report globs produced by the steps.
+    /// scan: SARIF report globs produced by the steps (relative to the workspace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sarif: Option<OneOrMany<String>>,
     /// scan: lowest finding severity that fails the stage (default `high`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_on: Option<ScanLevel>,
 
-    /// image: Dockerfile path (default `Dockerfile`).
+    /// image: Dockerfile path, relative to the workspace (default `Dockerfile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<String>,
-    /// image: build context (default `.`).
+    /// image: build context directory, relative to the workspace (default `.`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
-    /// image: reference to push to, e.g. `registry.example.com/app:${{ git.sha }}`.
+    /// image: reference to push to, `[registry/]name[:tag]` (no digest), e.g.
+    /// `registry.example.com/app:${{ git.sha }}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<String>,
     /// image: name of the secret holding registry credentials.

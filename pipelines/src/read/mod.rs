@@ -1,10 +1,16 @@
 //! Spanned YAML tree → validated model. Every reader reports problems into [`Ctx`] and
 //! carries on with what it can, so one pass finds every mistake in a file.
 
+mod backend;
 mod container;
 mod deploy;
+mod image;
 pub(crate) mod keys;
 mod kubernetes;
+mod nul_bytes;
+mod paths;
+mod render;
+mod runs_on;
 mod stage;
 mod triggers;
 
@@ -565,6 +571,7 @@ pub(crate) fn read_pipeline(
         );
         return None;
     };
+    nul_bytes::report_nul_bytes(ctx, root);
     let list = ctx.entries(map);
     if list.is_empty() {
         ctx.error(

@@ -4,14 +4,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use marked_yaml::Node;
 
+use super::backend::check_backend;
+use super::image::read_image;
+use super::paths::workspace_globs;
+use super::runs_on::read_runs_on;
 use super::{Allow, Ctx, Field, Scope, check_name, is_null, keys};
 use crate::diagnostic::{Pos, codes, did_you_mean};
 use crate::event::Event;
-use crate::expr::{Template, is_env_name};
 use crate::matrix::{Combination, MATRIX_LIMIT, MatrixSpec, expand};
 use crate::model::{ScanLevel, Service, Stage, StageKind, Step, When};
 use crate::validate::check_needs;
-use crate::when::check_glob;
 use crate::yaml::node_pos;
 
 pub(crate) fn read_stages(
@@ -165,18 +167,24 @@ fn read_stage(
         .unwrap_or_default();
     let artifacts = fields
         .get("artifacts")
-        .map(|f| globs(ctx, f, &what))
+        .map(|f| workspace_globs(ctx, f, &what))
         .unwrap_or_default();
     let cache = fields
         .get("cache")
-        .and_then(|f| ctx.strings(f, &what))
-        .map(|v| v.into_iter().map(|(s, _)| s).collect())
+        .map(|f| workspace_globs(ctx, f, &what))
         .unwrap_or_default();
     let retry = fields.get("retry").map_or(0, |f| read_retry(ctx, f, &what));
     let timeout_secs = fields.get("timeout").and_then(|f| ctx.duration(f, &what));
+    // One empty combination for a stage without a matrix; none for a broken one.
+    let no_matrix = [Combination::new()];
+    let combos: Option<&[Combination]> = match (&matrix, broken_matrix) {
+        (Some(m), _) => Some(m),
+        (None, false) => Some(&no_matrix),
+        (None, true) => None,
+    };
     let runs_on = fields
         .get("runs_on")
-        .map(|f| super::container::read_runs_on(ctx, f, &what, &scope, kind_name.as_deref()))
+        .map(|f| read_runs_on(ctx, f, &what, &scope, kind_name.as_deref(), combos))
         .unwrap_or_default();
     let container = super::container::read_container(ctx, &fields, &what);
     let kubernetes = fields
@@ -186,7 +194,7 @@ fn read_stage(
 
     let kind = match kind_name.as_deref() {
         Some("scan") => read_scan(ctx, &fields, &what),
-        Some("image") => read_image(ctx, &fields, &what, &scope),
+        Some("image") => read_image(ctx, &fields, &what, &scope, combos),
         Some("deploy") => super::deploy::read_deploy(ctx, &fields, &what),
         _ => StageKind::Run,
     };
@@ -225,6 +233,7 @@ fn read_stage(
         container,
         kubernetes,
     };
+    check_backend(ctx, &stage, &fields, e.pos, &what);
     Some((stage, needs))
 }
 
@@ -245,22 +254,6 @@ fn read_retry(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> u32 {
             0
         }
     }
-}
-
-fn globs(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for (g, pos) in ctx.strings(f, what).unwrap_or_default() {
-        match check_glob(&g) {
-            Ok(()) => out.push(g),
-            Err(e) => ctx.error(
-                codes::INVALID_GLOB,
-                pos,
-                format!("invalid glob `{g}` in `{}` of {what}: {e}", f.key),
-                None,
-            ),
-        }
-    }
-    out
 }
 
 fn read_when(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> When {
@@ -662,7 +655,7 @@ fn read_combinations(
 fn read_scan(ctx: &mut Ctx<'_>, fields: &super::Fields<'_>, what: &str) -> StageKind {
     let sarif = fields
         .get("sarif")
-        .map(|f| globs(ctx, f, what))
+        .map(|f| workspace_globs(ctx, f, what))
         .unwrap_or_default();
     let fail_on = match fields.get("fail_on") {
         None => ScanLevel::default(),
@@ -691,56 +684,4 @@ fn read_scan(ctx: &mut Ctx<'_>, fields: &super::Fields<'_>, what: &str) -> Stage
         }
     };
     StageKind::Scan { sarif, fail_on }
-}
-
-fn read_image(
-    ctx: &mut Ctx<'_>,
-    fields: &super::Fields<'_>,
-    what: &str,
-    scope: &Scope<'_>,
-) -> StageKind {
-    let mut text = |key: &str, default: &str| -> String {
-        fields
-            .get(key)
-            .and_then(|f| ctx.string(f, what))
-            .unwrap_or_else(|| default.to_string())
-    };
-    let dockerfile = text("dockerfile", "Dockerfile");
-    let context = text("context", ".");
-    let target = fields.get("target").and_then(|f| ctx.string(f, what));
-    let registry_secret = fields.get("registry_secret").and_then(|f| {
-        let s = ctx.string(f, what)?;
-        if is_env_name(&s) {
-            Some(s)
-        } else {
-            ctx.error(
-                codes::INVALID_VALUE,
-                f.value_pos(),
-                format!("invalid secret name `{s}` for `registry_secret` in {what}"),
-                Some("secret names look like `REGISTRY_AUTH` (letters, digits, `_`)".into()),
-            );
-            None
-        }
-    });
-    let push: Option<Template> = fields.get("push").and_then(|f| {
-        ctx.template(
-            f.value,
-            f.value_pos(),
-            &format!("`push` in {what}"),
-            scope,
-            Allow::Text,
-        )
-    });
-    let build_args = fields
-        .get("build_args")
-        .map(|f| ctx.env_map(f, what, scope, Allow::Text))
-        .unwrap_or_default();
-    StageKind::Image {
-        dockerfile,
-        context,
-        push,
-        registry_secret,
-        build_args,
-        target,
-    }
 }

@@ -5,13 +5,10 @@
 //! no step run twice, no log line stored twice. Real server (SQLite), real runner
 //! agent, the API-server test double.
 
-#[path = "../../server/tests/support_server/mod.rs"]
-mod support_server;
+use std::time::Duration;
 
-mod kube_support;
-
-use std::time::{Duration, Instant};
-
+use crate::kube_support::{self, Poll, poll_until};
+use crate::support_server::{Opts, Server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{AttachParams, ListParams};
@@ -20,7 +17,6 @@ use runner::kubernetes::names;
 use server::agent::Agent;
 use server::agent::backends::Opened;
 use server::store::RunStatus;
-use support_server::{Opts, Server};
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "stages:
@@ -78,13 +74,12 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
     assert_eq!(adopted, 0);
     let pods: Api<Pod> = Api::namespaced(d.client(), kube_support::NAMESPACE);
     let selector = format!("{}={}", names::RUNNER_LABEL, names::label_value(&name));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let pod = loop {
+    let step_1_runs = async || {
         let list = pods
             .list(&ListParams::default().labels(&selector))
             .await
             .unwrap();
-        let running = list.items.into_iter().find(|p| {
+        list.items.into_iter().find(|p| {
             p.status
                 .as_ref()
                 .and_then(|s| s.init_container_statuses.as_ref())
@@ -93,16 +88,11 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
                         c.name == "step-1" && c.state.as_ref().is_some_and(|s| s.running.is_some())
                     })
                 })
-        });
-        if let Some(p) = running {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "step 1 never ran: {}",
-            server.dump(run.id).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+    };
+    let pod = match poll_until(Poll::within(Duration::from_secs(90)), step_1_runs).await {
+        Some(pod) => pod,
+        None => panic!("step 1 never ran: {}", server.dump(run.id).await),
     };
     let pod_name = pod.metadata.name.clone().unwrap();
     // The repository, run and stage are on the pod.

@@ -4,10 +4,8 @@
 //! test double. Pods share the host's network here so the builder reaches the
 //! registry on 127.0.0.1.
 
-mod kube_support;
-
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
@@ -18,7 +16,7 @@ use runner::{ImageSpec, KubernetesBackend, RegistryAuth, Source, StageKind, Stat
 use sha2::{Digest, Sha256};
 use tests::kube_double::{self, KubeDouble, KubeDoubleOptions, PodNetwork};
 
-use kube_support::{options, unique_runner};
+use crate::kube_support::{Poll, eventually, options, poll_until, unique_runner};
 
 const BUILDER_IMAGE: &str = "slipway-test/buildah:latest";
 const BUILDER_NAMESPACE: &str = "builders";
@@ -101,6 +99,8 @@ const DOCKERFILE: &str = "FROM scratch\n\
      RUN echo \"greeting: $GREETING\" && echo \"$GREETING\" > /built-by-run\n\
      LABEL greeting=\"$GREETING\"\n";
 
+/// How many builder pods and Secrets this runner still has: none, or as many as are
+/// left after 30 s.
 async fn builder_objects_left(d: &KubeDouble, runner: &str) -> usize {
     let lp = ListParams::default().labels(&format!(
         "{}={}",
@@ -109,14 +109,13 @@ async fn builder_objects_left(d: &KubeDouble, runner: &str) -> usize {
     ));
     let pods: Api<Pod> = Api::namespaced(d.client(), BUILDER_NAMESPACE);
     let secrets: Api<Secret> = Api::namespaced(d.client(), BUILDER_NAMESPACE);
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = pods.list(&lp).await.unwrap().items.len()
-            + secrets.list(&lp).await.unwrap().items.len();
-        if n == 0 || Instant::now() >= until {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = async || {
+        pods.list(&lp).await.unwrap().items.len() + secrets.list(&lp).await.unwrap().items.len()
+    };
+    let poll = Poll::within(Duration::from_secs(30)).every(Duration::from_millis(200));
+    match poll_until(poll, async || (left().await == 0).then_some(0)).await {
+        Some(none) => none,
+        None => left().await,
     }
 }
 
@@ -256,11 +255,11 @@ async fn builder_pods(d: &KubeDouble, runner: &str) -> usize {
 
 /// Waits (bounded) until this runner has a builder pod.
 async fn until_a_builder_pod(d: &KubeDouble, runner: &str) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while builder_pods(d, runner).await == 0 {
-        assert!(Instant::now() < until, "no builder pod appeared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let poll = Poll::within(Duration::from_secs(60));
+    eventually("a builder pod", poll, async || {
+        (builder_pods(d, runner).await > 0).then_some(())
+    })
+    .await;
 }
 
 const SLOW_DOCKERFILE: &str = "FROM scratch\n\

@@ -1,7 +1,10 @@
 //! A Kubernetes backend talking to a fresh API-server test double (pods run on
-//! the Docker engine, images from `bash .ci/images.sh`).
+//! the Docker engine, images from `bash .ci/images.sh`), and [`eventually`]: every
+//! wait for what the double does in the background, bounded.
 
 #![allow(dead_code)]
+
+mod poll;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use std::time::Duration;
 use runner::conformance::WithGuard;
 use runner::{KubernetesBackend, KubernetesOptions};
 use tests::kube_double::{self, KubeDouble, KubeDoubleOptions};
+
+pub use poll::{Poll, eventually, poll_until};
 
 pub const IMAGE: &str = "slipway-test/busybox:latest";
 pub const NAMESPACE: &str = "builds";

@@ -2,8 +2,6 @@
 //! API-server test double: failures read from pod status, services, cancel,
 //! adoption after a runner restart. Objects are checked through the API.
 
-mod kube_support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use runner::kubernetes::names;
 use runner::{Backend, KubernetesBackend, RunOptions, ServiceSpec, StageEvent, Status};
 use tokio_util::sync::CancellationToken;
 
-use kube_support::{NAMESPACE, image, options, unique_runner};
+use crate::kube_support::{self, NAMESPACE, Poll, eventually, image, options, unique_runner};
 
 fn pods(d: &tests::kube_double::KubeDouble) -> Api<Pod> {
     Api::namespaced(d.client(), NAMESPACE)
@@ -35,17 +33,8 @@ async fn runner_pods(d: &tests::kube_double::KubeDouble, runner: &str) -> Vec<Po
     pods(d).list(&lp).await.unwrap().items
 }
 
-/// Polls `check` every 100 ms for at most 60 s.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long a test waits for a pod to get somewhere.
+const WAIT: Poll = Poll::within(Duration::from_secs(60));
 
 /// An image that is not on the engine fails the stage with the kubelet's reason
 /// within seconds — not after the stage's one-hour timeout — and leaves no pod.
@@ -168,7 +157,7 @@ async fn cancel_removes_the_pod_and_its_secret() {
             (outcome, lines)
         })
     };
-    let pod = eventually("the step to run", async || {
+    let pod = eventually("the step to run", WAIT, async || {
         let p = runner_pods(&d, &runner).await.into_iter().next()?;
         let running = p
             .status
@@ -226,7 +215,7 @@ async fn a_restarted_runner_adopts_the_pod_and_finishes_the_stage() {
         let (first, spec) = (first.clone(), spec.clone());
         tokio::spawn(async move { run(&*first, &spec).await })
     };
-    let pod = eventually("step 1 to run", async || {
+    let pod = eventually("step 1 to run", WAIT, async || {
         let p = runner_pods(&d, &runner).await.into_iter().next()?;
         let running = p
             .status
@@ -298,7 +287,7 @@ async fn sweep_removes_only_this_runners_pods() {
         .await
         .unwrap();
     assert_eq!(swept, vec![ha.id.clone()]);
-    eventually("the swept pod to go", async || {
+    eventually("the swept pod to go", WAIT, async || {
         pods(&d)
             .get_opt(&ha.id)
             .await

@@ -13,10 +13,14 @@ use kube::api::{Api, DeleteParams, LogParams, PostParams, WatchEvent, WatchParam
 use serde_json::json;
 use tests::kube_double::{self, KubeDouble, KubeDoubleOptions, POD_UID_LABEL};
 
+use crate::kube_support::{Poll, eventually};
+
 const IMAGE: &str = "slipway-test/busybox:latest";
 const NS: &str = "ci";
 /// Upper bound for any wait on a pod (the machine is shared and may be slow).
 const WAIT: Duration = Duration::from_secs(60);
+/// Polling for what a watch does not tell, bounded by [`WAIT`].
+const POLL: Poll = Poll::within(WAIT);
 
 async fn double() -> KubeDouble {
     kube_double::start(KubeDoubleOptions::default())
@@ -325,15 +329,10 @@ async fn api_errors_come_back_as_kubernetes_statuses() {
         .left()
         .expect("pod deletion is graceful");
     assert!(deleting.metadata.deletion_timestamp.is_some());
-    let gone = async {
-        loop {
-            match api.get("dup").await {
-                Err(e) => return api_error(e),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    };
-    let (code, reason) = tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    let (code, reason) = eventually("pod deleted", POLL, async || {
+        api.get("dup").await.err().map(api_error)
+    })
+    .await;
     assert_eq!((code, reason.as_str()), (404, "NotFound"));
     let (code, _) = api_error(api.delete("dup", &dp).await.unwrap_err());
     assert_eq!(code, 404);
@@ -502,19 +501,11 @@ async fn a_secret_env_waits_for_its_secret_and_the_secret_goes_with_the_pod() {
     assert!(stored.string_data.is_none());
 
     let running = wait_for(&pods, "withsecret", "Running", |p| phase(p) == "Running").await;
-    let wait_log = async {
-        loop {
-            let l = log(&pods, "withsecret", "c").await;
-            if !l.is_empty() {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    assert_eq!(
-        tokio::time::timeout(WAIT, wait_log).await.unwrap(),
-        "token=s3cr3t\n"
-    );
+    let logged = eventually("the container's log", POLL, async || {
+        Some(log(&pods, "withsecret", "c").await).filter(|l| !l.is_empty())
+    })
+    .await;
+    assert_eq!(logged, "token=s3cr3t\n");
     // Limits reached Docker.
     let id = statuses(&running)["c"].container_id.clone().unwrap();
     let inspect = d
@@ -537,12 +528,14 @@ async fn a_secret_env_waits_for_its_secret_and_the_secret_goes_with_the_pod() {
     pods.delete("withsecret", &DeleteParams::default().grace_period(1))
         .await
         .unwrap();
-    let gone = async {
-        while pods.get_opt("withsecret").await.unwrap().is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    eventually("pod deleted", POLL, async || {
+        pods.get_opt("withsecret")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     // Owned secret collected; Docker objects gone with the pod.
     let (code, _) = api_error(secrets.get("stage-secrets").await.unwrap_err());
     assert_eq!(code, 404);
@@ -783,12 +776,14 @@ async fn secret_volumes_env_from_and_orphaned_secrets() {
     pods.delete("mounts", &DeleteParams::orphan().grace_period(0))
         .await
         .unwrap();
-    let gone = async {
-        while pods.get_opt("mounts").await.unwrap().is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, gone).await.expect("pod deleted");
+    eventually("pod deleted", POLL, async || {
+        pods.get_opt("mounts")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     let kept = secrets.get("owned").await.unwrap();
     assert!(
         kept.metadata
@@ -1018,14 +1013,10 @@ async fn unschedulable_pods_stay_pending_with_the_schedulers_reason() {
             .len(),
         2
     );
-    let gone = async {
-        while !api.list(&lp).await.unwrap().items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, gone)
-        .await
-        .expect("pods deleted");
+    eventually("pods deleted", POLL, async || {
+        api.list(&lp).await.unwrap().items.is_empty().then_some(())
+    })
+    .await;
 
     // Typed secrets are checked as the API server checks them.
     let secrets: Api<Secret> = Api::namespaced(d.client(), NS);

@@ -1,0 +1,5 @@
+//! The integration tests of `pipelines`, one binary: one link instead of one per file.
+
+mod data_driven;
+mod injection;
+mod no_panic;
