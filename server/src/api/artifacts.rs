@@ -1,22 +1,22 @@
 //! A run's artifacts: list them, download one. Admin token, like the other run routes.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiPath;
 use super::protocol::files::blob_response;
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::store::{ArtifactKind, ArtifactRecord, RunId};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/runs/{id}/artifacts", get(list))
-        .route("/api/artifacts/{id}/download", get(download))
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(list))
+        .add(Access::Admin, routes!(download))
 }
 
 #[utoipa::path(
@@ -25,8 +25,7 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "The run's artifacts by stage, then name; files download at `/api/artifacts/{id}/download`, `image` entries name a pushed image (sha256 = its manifest digest)", body = Vec<ArtifactRecord>),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn list(
     _admin: Admin,
@@ -45,8 +44,7 @@ pub async fn list(
         (status = 200, description = "The file, streamed; `ETag` is its sha256, `Content-Disposition` names it", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 401), (status = 403), (status = 404),
         (status = 409, description = "An `image` artifact has no file: pull the image by digest"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn download(
     _admin: Admin,

@@ -1,5 +1,8 @@
 //! Bearer-token authentication. Tokens are random and high-entropy, so the store keeps
 //! only their SHA-256 and a lookup by hash is both fast and safe.
+//!
+//! A handler takes the extractor of the access its route declares in the route table
+//! ([`super::route_table::Access`]); `api::tests` checks every route against it.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;

@@ -23,27 +23,29 @@
 //! id is `hook:<ref>:<new sha>`, so a re-sent hook is de-duplicated the same way.
 
 use axum::Json;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::routes;
 
 use super::auth::HookAuth;
 use super::error::{ApiError, ApiResult};
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::{self, AppState};
 use crate::forge::{self, ForgeEvent, ForgeKind, Parsed};
 use crate::store::{self, Event, NewRun, Repo, Trigger};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        // The static `git` segment wins over `{forge}` (matchit prefers static routes).
-        .route("/hooks/git/{*repo}", post(git_hook))
-        .route("/hooks/{forge}/{*repo}", post(forge_hook))
+pub fn routes() -> RouteTable {
+    // The static `git` segment wins over `{forge}` (matchit prefers static routes).
+    RouteTable::new()
+        .add(Access::Hook, routes!(git_hook))
+        // Public: forges send no token; the handler checks the delivery's signature (or
+        // GitLab's token) against the repository's webhook secret before reading it.
+        .add(Access::Public, routes!(forge_hook))
 }
 
 /// The repository named in the path, if it is registered with this forge kind. A forge
@@ -94,6 +96,26 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> ApiRe
 
 /// Counts every delivery in `slipway_webhook_deliveries_total{forge, outcome}`. The forge
 /// label is a known kind or `unknown`, never the raw path segment (bounded label values).
+#[utoipa::path(
+    post, path = "/hooks/{forge}/{*repo}", tag = "hooks",
+    summary = "A forge's webhook delivery",
+    description = "Verified against the repository's webhook secret (GitHub, Gitea and Forgejo: \
+        HMAC-SHA256 signature; GitLab: the token header) on the raw body, then a `pending` run \
+        is created for a push, tag or pull request.",
+    params(
+        ("forge" = String, Path, description = "`github`, `gitlab`, `gitea` or `forgejo`"),
+        ("repo" = String, Path, description = "The repository's `owner/name`"),
+    ),
+    request_body(content = Object, description = "The forge's event payload"),
+    responses(
+        (status = 202, description = "Accepted: a run was created"),
+        (status = 200, description = "A ping, an ignored event or a repeated delivery"),
+        (status = 400, description = "No delivery id, or a malformed payload"),
+        (status = 401, description = "Bad or missing signature"),
+        (status = 404, description = "Unknown forge or repository"),
+        (status = 413, description = "Larger than `max_webhook_bytes`"),
+    )
+)]
 async fn forge_hook(
     State(state): State<AppState>,
     Path((forge_name, repo_name)): Path<(String, String)>,
@@ -268,6 +290,19 @@ const MAX_HOOK_BYTES: usize = 1024 * 1024;
 
 /// Counted like [`forge_hook`] with forge `git` (requests refused by the token check
 /// before the handler runs are not counted).
+#[utoipa::path(
+    post, path = "/hooks/git/{*repo}", tag = "hooks",
+    summary = "A plain git server's post-receive hook (`slipway hook`)",
+    description = "Each updated branch or tag becomes a `pending` run; a repeated hook is \
+        de-duplicated per ref and new commit.",
+    params(("repo" = String, Path, description = "The repository's `owner/name`")),
+    request_body(content = Object, description = "`{\"updates\": [{\"old\", \"new\", \"ref\"}]}`"),
+    responses(
+        (status = 202, description = "Runs created; `results` says per ref", body = Object),
+        (status = 200, description = "Nothing new (deletions, repeated hooks)", body = Object),
+        (status = 401), (status = 403), (status = 404),
+    )
+)]
 async fn git_hook(
     State(state): State<AppState>,
     HookAuth(token): HookAuth,

@@ -11,36 +11,32 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
+use super::route_table::{Access, RouteTable};
 use super::runs::{RunPath, find_run};
 use crate::daemon::state::AppState;
 use crate::logs::{Line, StepKey, Stream as LogStream};
 use crate::store::{Run, RunId, Stage, StageId, Step, StoredEvent};
 
-pub fn router() -> Router<AppState> {
-    const STEP: &str = "/api/repos/{owner}/{name}/runs/{number}/stages/{stage_id}/steps/{idx}";
-    Router::new()
-        .route(&format!("{STEP}/logs"), get(lines))
-        .route(&format!("{STEP}/logs.txt"), get(download))
-        .route(&format!("{STEP}/logs/follow"), get(follow))
-        .route(
-            "/api/repos/{owner}/{name}/runs/{number}/events",
-            get(events),
-        )
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(lines))
+        .add(Access::Admin, routes!(download))
+        .add(Access::Admin, routes!(follow))
+        .add(Access::Admin, routes!(events))
 }
 
 /// Most lines one request returns.
@@ -175,8 +171,7 @@ pub struct LinesQuery {
         (status = 200, body = LogPage),
         (status = 400, description = "`tail` together with `from`"),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn lines(
     _admin: Admin,
@@ -222,8 +217,7 @@ pub async fn lines(
     responses(
         (status = 200, description = "The raw log, streamed", content_type = "text/plain", body = String),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn download(
     _admin: Admin,
@@ -303,8 +297,7 @@ pub struct FollowQuery {
     responses(
         (status = 200, content_type = "text/event-stream", description = "`event: line` (data: a LogLine, id: its number) for every line from `from` on, live; then `event: end` (data: {\"lines\": N}) when the step has finished"),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn follow(
     _admin: Admin,
@@ -452,8 +445,7 @@ pub struct EventsQuery {
     responses(
         (status = 200, content_type = "text/event-stream", description = "`event: run` or `event: stage` (data: a RunEvent, id: its id) for every status change, oldest first; `event: end` (data: the final run) once the run and all its stages have finished"),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn events(
     _admin: Admin,

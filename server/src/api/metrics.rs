@@ -1,21 +1,29 @@
-//! `GET /metrics` for Prometheus, and the middleware that counts every request. No token: the output holds only counts labelled with
-//! route templates, forge kinds, outcomes and statuses (see `crate::daemon::metrics`).
+//! `GET /metrics` for Prometheus, and the middleware that counts every request.
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::routes;
 
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+pub fn routes() -> RouteTable {
+    // Public: Prometheus scrapes without a token, and the output holds only counts
+    // labelled with route templates, forge kinds, outcomes and statuses (see
+    // `crate::daemon::metrics`).
+    RouteTable::new().add(Access::Public, routes!(scrape))
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text", body = String),
+    )
+)]
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     // The queue depth is read at scrape time: one indexed count, and always current.
     match state.store.stage_counts().await {

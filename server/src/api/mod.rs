@@ -1,4 +1,5 @@
-//! The HTTP surface: one module per resource, each with its own `router()`.
+//! The HTTP surface: one module per resource, each with its own `routes()`, registered
+//! in the route table ([`route_table`]) with the access each route needs.
 
 pub mod artifacts;
 pub mod auth;
@@ -11,36 +12,47 @@ pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod repos;
+pub mod route_table;
 pub mod runners;
 pub mod runs;
 pub mod secrets;
 pub mod tokens;
 
-use axum::Router;
+#[cfg(test)]
+mod tests;
+
+use axum::{Extension, Router};
 
 use crate::daemon::state::AppState;
+use route_table::RouteTable;
+
+/// Every route the server serves, with the access each needs.
+pub fn routes() -> RouteTable {
+    health::routes()
+        .merge(hooks::routes())
+        .merge(repos::routes())
+        .merge(runs::routes())
+        .merge(logs::routes())
+        .merge(secrets::routes())
+        .merge(tokens::routes())
+        .merge(openapi::routes())
+        .merge(metrics::routes())
+        .merge(protocol::routes())
+        .merge(artifacts::routes())
+        .merge(runners::routes())
+}
 
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the
 /// server binds it to a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(health::router())
-        .merge(hooks::router())
-        .merge(repos::router())
-        .merge(runs::router())
-        .merge(logs::router())
-        .merge(secrets::router())
-        .merge(tokens::router())
-        .merge(openapi::router())
-        .merge(metrics::router())
-        .merge(protocol::router())
-        .merge(artifacts::router())
-        .merge(runners::router())
-        // Keep this last: `route_layer` wraps only the routes added above it. It counts
-        // requests by route template (known only to matched routes).
+    let (router, paths) = routes().into_parts();
+    router
+        // A route layer, not a layer: it counts requests by route template, which only
+        // matched routes know.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track_http,
         ))
+        .layer(Extension(openapi::Document::new(paths)))
         .with_state(state)
 }

@@ -1,37 +1,28 @@
-//! The OpenAPI document, served at `GET /api/openapi.json` (no token needed: it
-//! describes the API, it holds no data).
+//! The OpenAPI document, served at `GET /api/openapi.json`.
 //!
-//! To document a route: annotate its handler with `#[utoipa::path(...)]` (see the
-//! handlers in `api::repos`) and add the handler to `paths(...)` below; request and
-//! response types derive `utoipa::ToSchema` and are collected from the paths.
+//! Its paths come from the route table ([`super::route_table`]): a route registered
+//! with `routes!(handler)` is documented by the handler's `#[utoipa::path(...)]`, and
+//! its security by the access it is registered with. Request and response types derive
+//! `utoipa::ToSchema` and are collected from the paths. This module adds the rest:
+//! title, tags and the bearer scheme.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
-use axum::Router;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::routes;
 
-use super::{artifacts, logs, repos, runners, runs, secrets, tokens};
-use crate::daemon::state::AppState;
+use super::route_table::{Access, RouteTable};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Slipway",
-        description = "Self-hosted CI/CD. Every `/api` route needs `Authorization: Bearer <token>`; \
+        description = "Self-hosted CI/CD. Routes with `bearer` security need `Authorization: Bearer <token>`; \
                        errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."
-    ),
-    paths(
-        repos::create, repos::list, repos::show, repos::update, repos::remove,
-        runs::list, runs::show, runs::findings, runs::cancel, runs::rerun, runs::trigger,
-        logs::lines, logs::download, logs::follow, logs::events,
-        artifacts::list, artifacts::download,
-        secrets::set, secrets::list, secrets::remove,
-        tokens::create, tokens::list, tokens::remove,
-        runners::list,
-        metrics_doc,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -42,10 +33,12 @@ use crate::daemon::state::AppState;
         (name = "secrets", description = "Per-repository secrets (names only, never values)"),
         (name = "tokens", description = "API tokens"),
         (name = "runners", description = "Registered runners: labels, capacity, load"),
+        (name = "hooks", description = "Webhooks from forges and plain git servers"),
+        (name = "runner", description = "The runner protocol (runner tokens; stage routes need the stage's lease token)"),
         (name = "ops", description = "Operations"),
     )
 )]
-pub struct ApiDoc;
+struct ApiDoc;
 
 struct BearerAuth;
 
@@ -59,20 +52,29 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Documents `GET /metrics` (served by `api::metrics`).
-#[utoipa::path(
-    get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text", body = String))
-)]
-#[allow(dead_code)]
-fn metrics_doc() {}
+/// The served document: the route table's paths and schemas with the parts above.
+#[derive(Clone)]
+pub struct Document(Arc<utoipa::openapi::OpenApi>);
 
-/// The document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(ApiDoc::openapi)
+impl Document {
+    pub fn new(paths: utoipa::openapi::OpenApi) -> Self {
+        let mut doc = ApiDoc::openapi();
+        doc.merge(paths);
+        Document(Arc::new(doc))
+    }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/openapi.json", get(|| async { Json(document()) }))
+pub fn routes() -> RouteTable {
+    // Public: it describes the API and holds no data.
+    RouteTable::new().add(Access::Public, routes!(serve))
+}
+
+// `api::app` provides the document as an extension: it is built from the whole route
+// table, this route included.
+#[utoipa::path(
+    get, path = "/api/openapi.json", tag = "ops",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object))
+)]
+async fn serve(Extension(Document(doc)): Extension<Document>) -> Response {
+    Json(&*doc).into_response()
 }

@@ -4,29 +4,29 @@
 //! move to a read scope when there is one). Sealed fields never leave the server, and
 //! the webhook secret is returned once, in the answer to the registration.
 
-use axum::Router;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, routing::post};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::repos::{self, RepoView};
 use crate::store::{ForgeKind, Repo};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/repos", post(create).get(list))
-        .route(
-            "/api/repos/{owner}/{name}",
-            get(show).patch(update).delete(remove),
-        )
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(create))
+        .add(Access::Admin, routes!(list))
+        .add(Access::Admin, routes!(show))
+        .add(Access::Admin, routes!(update))
+        .add(Access::Admin, routes!(remove))
 }
 
 /// A repository in the URL: `/api/repos/{owner}/{name}/…`.
@@ -89,8 +89,7 @@ pub struct RepoCreated {
         (status = 403, description = "Not an admin token"),
         (status = 409, description = "The name is taken"),
         (status = 422, description = "Invalid name, forge, branch or URL"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn create(
     _admin: Admin,
@@ -121,8 +120,7 @@ pub async fn create(
 
 #[utoipa::path(
     get, path = "/api/repos", tag = "repos",
-    responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403)),
-    security(("bearer" = []))
+    responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403))
 )]
 pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<RepoView>>> {
     let repos = state.store.list_repos().await?;
@@ -136,8 +134,7 @@ pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Jso
 
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
-    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404)),
-    security(("bearer" = []))
+    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn show(
     _admin: Admin,
@@ -171,8 +168,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[utoipa::path(
     patch, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
     request_body = UpdateRepo,
-    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404), (status = 422)),
-    security(("bearer" = []))
+    responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404), (status = 422))
 )]
 pub async fn update(
     _admin: Admin,
@@ -199,8 +195,7 @@ pub async fn update(
     responses(
         (status = 204, description = "Deleted with its runs, secrets and git mirror"),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn remove(
     _admin: Admin,

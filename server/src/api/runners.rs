@@ -3,19 +3,19 @@
 //! a run's `unroutable` stages this answers "why is my stage not starting?".
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::ApiResult;
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::store::Runner;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/runners", get(list))
+pub fn routes() -> RouteTable {
+    RouteTable::new().add(Access::Admin, routes!(list))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,8 +28,7 @@ pub struct RunnerInfo {
 
 #[utoipa::path(
     get, path = "/api/runners", tag = "runners",
-    responses((status = 200, body = [RunnerInfo]), (status = 401), (status = 403)),
-    security(("bearer" = []))
+    responses((status = 200, body = [RunnerInfo]), (status = 401), (status = 403))
 )]
 pub async fn list(
     _admin: Admin,

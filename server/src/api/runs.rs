@@ -4,20 +4,20 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
 use super::repos::{RepoPath, find_repo};
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::git::Mirror;
 use crate::runs::from_plan;
@@ -26,20 +26,14 @@ use crate::store::{
 };
 use axum::Json;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/repos/{owner}/{name}/runs", get(list))
-        .route("/api/repos/{owner}/{name}/runs/{number}", get(show))
-        .route(
-            "/api/repos/{owner}/{name}/runs/{number}/cancel",
-            post(cancel),
-        )
-        .route("/api/repos/{owner}/{name}/runs/{number}/rerun", post(rerun))
-        .route(
-            "/api/repos/{owner}/{name}/runs/{number}/findings",
-            get(findings),
-        )
-        .route("/api/repos/{owner}/{name}/trigger", post(trigger))
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(list))
+        .add(Access::Admin, routes!(show))
+        .add(Access::Admin, routes!(findings))
+        .add(Access::Admin, routes!(cancel))
+        .add(Access::Admin, routes!(rerun))
+        .add(Access::Admin, routes!(trigger))
 }
 
 /// A run in the URL: `/api/repos/{owner}/{name}/runs/{number}/…`.
@@ -86,8 +80,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "Newest first; `plan` is left out of list entries (see the run itself)", body = Vec<Run>),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn list(
     _admin: Admin,
@@ -116,8 +109,7 @@ pub struct RunDetail {
 
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}", tag = "runs", params(RunPath),
-    responses((status = 200, body = RunDetail), (status = 401), (status = 403), (status = 404)),
-    security(("bearer" = []))
+    responses((status = 200, body = RunDetail), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn show(
     _admin: Admin,
@@ -144,8 +136,7 @@ pub async fn show(
           and ingested SARIF reports), by stage; a retried stage's findings are its last attempt's. \
           Never the secret itself: the message names the rule.", body = Vec<StoredFinding>),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn findings(
     _admin: Admin,
@@ -162,8 +153,7 @@ pub async fn findings(
         (status = 200, description = "Cancelled: waiting stages are cancelled, running ones are told to stop", body = Run),
         (status = 401), (status = 403), (status = 404),
         (status = 409, description = "The run has already finished"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn cancel(
     Admin(token): Admin,
@@ -201,8 +191,7 @@ pub struct RerunRequest {
         (status = 201, description = "The new run (trigger `rerun`, `rerun_of` set), planned from the stored plan; an `error` run with diagnostics if that plan needs a trusted run and the repository is no longer trusted", body = Run),
         (status = 401), (status = 403), (status = 404),
         (status = 409, description = "The run has not finished, or (failed_only) nothing failed or there is no plan"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn rerun(
     Admin(token): Admin,
@@ -411,8 +400,7 @@ async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiR
         (status = 401), (status = 403), (status = 404),
         (status = 422, description = "Invalid branch or parameters, or the branch does not exist"),
         (status = 502, description = "The repository could not be fetched"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn trigger(
     Admin(token): Admin,

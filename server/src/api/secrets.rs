@@ -5,28 +5,26 @@
 //! Every route needs an admin token.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::repos::{RepoPath, find_repo};
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::store::SecretMeta;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/repos/{owner}/{name}/secrets", get(list))
-        .route(
-            "/api/repos/{owner}/{name}/secrets/{secret}",
-            put(set).delete(remove),
-        )
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(set))
+        .add(Access::Admin, routes!(list))
+        .add(Access::Admin, routes!(remove))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -65,8 +63,7 @@ impl std::fmt::Debug for SetSecret {
         (status = 200, description = "Replaced (metadata only)", body = SecretMeta),
         (status = 401), (status = 403), (status = 404),
         (status = 422, description = "Invalid name, or an empty or too large value"),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn set(
     _admin: Admin,
@@ -104,8 +101,7 @@ pub async fn set(
     responses(
         (status = 200, description = "Names and settings, by name; never values", body = Vec<SecretMeta>),
         (status = 401), (status = 403), (status = 404)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn list(
     _admin: Admin,
@@ -119,8 +115,7 @@ pub async fn list(
 #[utoipa::path(
     delete, path = "/api/repos/{owner}/{name}/secrets/{secret}", tag = "secrets",
     params(SecretPath),
-    responses((status = 204), (status = 401), (status = 403), (status = 404)),
-    security(("bearer" = []))
+    responses((status = 204), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn remove(
     _admin: Admin,

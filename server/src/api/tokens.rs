@@ -4,24 +4,25 @@
 //! (`crypto::hash_token`), so a database leak yields nothing that authenticates.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
+use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::store::{ApiToken, Store, TokenScope};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tokens", post(create).get(list))
-        .route("/api/tokens/{id}", delete(remove))
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Admin, routes!(create))
+        .add(Access::Admin, routes!(list))
+        .add(Access::Admin, routes!(remove))
 }
 
 /// The prefix of every token, so secret scanners can recognise leaked ones.
@@ -68,8 +69,7 @@ pub struct TokenCreated {
     responses(
         (status = 201, description = "Created; the token is shown only here", body = TokenCreated),
         (status = 401), (status = 403), (status = 422)
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub async fn create(
     _admin: Admin,
@@ -88,8 +88,7 @@ pub async fn create(
 
 #[utoipa::path(
     get, path = "/api/tokens", tag = "tokens",
-    responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<ApiToken>), (status = 401), (status = 403)),
-    security(("bearer" = []))
+    responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<ApiToken>), (status = 401), (status = 403))
 )]
 pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<ApiToken>>> {
     Ok(Json(state.store.list_tokens().await?))
@@ -103,8 +102,7 @@ pub struct TokenPath {
 
 #[utoipa::path(
     delete, path = "/api/tokens/{id}", tag = "tokens", params(TokenPath),
-    responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404)),
-    security(("bearer" = []))
+    responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn remove(
     Admin(by): Admin,

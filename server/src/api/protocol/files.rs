@@ -3,17 +3,17 @@
 //! blob store ([`crate::store::blobs`]); nothing is held in memory whole.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use utoipa_axum::routes;
 
 use super::leased;
 use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{ApiPath, ApiQuery};
+use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::protocol::{
     ArtifactStored, ArtifactUpload, CacheLookup, CacheStored, CacheUpload, LeaseToken,
@@ -22,11 +22,12 @@ use crate::protocol::{
 use crate::store::blobs::{BlobError, is_sha256};
 use crate::store::{ArtifactKind, ArtifactRecord, NewArtifact, Run, Stage, StageId};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route(routes::ARTIFACTS, put(upload_artifact))
-        .route(routes::ARTIFACT, get(download_artifact))
-        .route(routes::CACHE, get(get_cache).put(put_cache))
+pub(super) fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Runner, routes!(upload_artifact))
+        .add(Access::Runner, routes!(download_artifact))
+        .add(Access::Runner, routes!(get_cache))
+        .add(Access::Runner, routes!(put_cache))
 }
 
 /// How far back a chain of reruns is followed for a carried-over stage's artifacts.
@@ -142,6 +143,21 @@ fn check_digest(sha256: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    put, path = routes::ARTIFACTS, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("name" = String, Query, description = "Relative `/`-separated path in the workspace"),
+        ("sha256" = String, Query, description = "Of the body, lower-case hex"),
+        ("size" = u64, Query, description = "Of the body, in bytes"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file, streamed"),
+    responses(
+        (status = 200, description = "`ArtifactStored`", body = Object),
+        (status = 400, description = "A refused name, or a size or digest mismatch"),
+        (status = 401), (status = 403), (status = 409, description = "`lease_lost`"), (status = 413)
+    )
+)]
 async fn upload_artifact(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -205,6 +221,17 @@ async fn upload_artifact(
     }))
 }
 
+#[utoipa::path(
+    get, path = routes::ARTIFACT, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("artifact_id" = i64, Path, description = "An artifact of the same run"),
+    ),
+    responses(
+        (status = 200, description = "The file, streamed", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401), (status = 403), (status = 404), (status = 409, description = "`lease_lost`")
+    )
+)]
 async fn download_artifact(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -222,6 +249,17 @@ async fn download_artifact(
     blob_response(&state, &record.sha256, None).await
 }
 
+#[utoipa::path(
+    get, path = routes::CACHE, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("key" = String, Query, description = "The cache key (a sha256)"),
+    ),
+    responses(
+        (status = 200, description = "The cache tar, streamed", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400), (status = 401), (status = 403), (status = 404, description = "`no_cache`"), (status = 409, description = "`lease_lost`")
+    )
+)]
 async fn get_cache(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -250,6 +288,22 @@ fn check_key(key: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    put, path = routes::CACHE, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("key" = String, Query, description = "The cache key (a sha256)"),
+        ("sha256" = String, Query, description = "Of the body, lower-case hex"),
+        ("size" = u64, Query, description = "Of the body, in bytes"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The cache tar, streamed"),
+    responses(
+        (status = 200, description = "`CacheStored`", body = Object),
+        (status = 400, description = "A bad key, or a size or digest mismatch"), (status = 401),
+        (status = 403, description = "A fork's pull request never saves a cache"),
+        (status = 409, description = "`lease_lost`"), (status = 413)
+    )
+)]
 async fn put_cache(
     State(state): State<AppState>,
     _auth: RunnerAuth,

@@ -20,21 +20,22 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::leased;
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use pipelines::PlannedStage;
 use tokio::time::Instant;
+use utoipa_axum::routes;
 
 use crate::agent::stage_spec::{add_stage_outputs, referenced_secrets};
 use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
+use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::git::Mirror;
 use crate::logs::{NewLine, StepKey};
@@ -53,16 +54,16 @@ const LEASE_POLL: Duration = Duration::from_secs(2);
 /// Longest reason stored for a stage (runner-supplied text).
 const MAX_REASON_CHARS: usize = 2000;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route(routes::REGISTER, post(register))
-        .route(routes::LEASE, post(lease))
-        .route(routes::SOURCE, get(source))
-        .route(routes::HEARTBEAT, post(heartbeat))
-        .route(routes::STEP_START, post(step_start))
-        .route(routes::STEP_LOGS, post(step_logs))
-        .route(routes::STEP_FINISH, post(step_finish))
-        .route(routes::STAGE_FINISH, post(stage_finish))
+pub(super) fn routes() -> RouteTable {
+    RouteTable::new()
+        .add(Access::Runner, routes!(register))
+        .add(Access::Runner, routes!(lease))
+        .add(Access::Runner, routes!(source))
+        .add(Access::Runner, routes!(heartbeat))
+        .add(Access::Runner, routes!(step_start))
+        .add(Access::Runner, routes!(step_logs))
+        .add(Access::Runner, routes!(step_finish))
+        .add(Access::Runner, routes!(stage_finish))
 }
 
 /// How often runners heartbeat: three chances before the lease runs out.
@@ -75,6 +76,14 @@ fn json<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+#[utoipa::path(
+    post, path = routes::REGISTER, tag = "runner",
+    request_body(content = Object, description = "`RegisterRequest`: name, labels, capacity"),
+    responses(
+        (status = 200, description = "`RegisterResponse`: the runner id and its heartbeat and lease periods", body = Object),
+        (status = 401), (status = 403), (status = 422)
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -122,6 +131,15 @@ async fn register(
 }
 
 /// Hands out the oldest runnable stage, waiting up to [`LONG_POLL_SECS`] for one.
+#[utoipa::path(
+    post, path = routes::LEASE, tag = "runner",
+    request_body(content = Object, description = "`LeaseRequest`: the runner id"),
+    responses(
+        (status = 200, description = "`LeaseResponse`: the stage, its lease token and resolved secrets", body = Object),
+        (status = 204, description = "Nothing to run within the long poll"),
+        (status = 401), (status = 403), (status = 404, description = "Unknown runner: register again")
+    )
+)]
 async fn lease(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -356,6 +374,15 @@ fn step_key(stage: &Stage, idx: i64) -> StepKey {
 /// Streams a tar of the run's commit, straight from the mirror: a blocking task writes
 /// the archive into a small bounded channel that the response body drains, so memory
 /// stays flat whatever the repository's size.
+#[utoipa::path(
+    get, path = routes::SOURCE, tag = "runner",
+    summary = "The source of the stage's commit", description = "A tar, streamed from the mirror.",
+    params(("id" = i64, Path, description = "The stage's id")),
+    responses(
+        (status = 200, description = "A tar of the run's commit, streamed", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 401), (status = 403), (status = 409, description = "`lease_lost`")
+    )
+)]
 async fn source(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -455,6 +482,15 @@ impl Drop for ChannelWriter {
     }
 }
 
+#[utoipa::path(
+    post, path = routes::HEARTBEAT, tag = "runner",
+    params(("id" = i64, Path, description = "The stage's id")),
+    request_body(content = Object, description = "`LeaseToken`"),
+    responses(
+        (status = 200, description = "`HeartbeatResponse`: continue or cancel", body = Object),
+        (status = 401), (status = 403), (status = 409, description = "`lease_lost`")
+    )
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -474,6 +510,18 @@ async fn heartbeat(
     Ok(Json(HeartbeatResponse { action }))
 }
 
+#[utoipa::path(
+    post, path = routes::STEP_START, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("idx" = u32, Path, description = "The step's index in the stage"),
+    ),
+    request_body(content = Object, description = "`LeaseToken`"),
+    responses(
+        (status = 204), (status = 401), (status = 403),
+        (status = 409, description = "`lease_lost`"),
+    )
+)]
 async fn step_start(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -507,6 +555,18 @@ fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
     &LOG_LOCKS[(h % LOG_LOCKS.len() as u64) as usize]
 }
 
+#[utoipa::path(
+    post, path = routes::STEP_LOGS, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("idx" = u32, Path, description = "The step's index in the stage"),
+    ),
+    request_body(content = Object, description = "`LogBatch`: masked lines from `first_line` on"),
+    responses(
+        (status = 200, description = "`LogAck`: the lines stored so far", body = Object),
+        (status = 400), (status = 401), (status = 403), (status = 409, description = "`lease_lost`, or a gap in the lines")
+    )
+)]
 async fn step_logs(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -577,6 +637,18 @@ async fn step_logs(
     Ok(Json(LogAck { lines: total }))
 }
 
+#[utoipa::path(
+    post, path = routes::STEP_FINISH, tag = "runner",
+    params(
+        ("id" = i64, Path, description = "The stage's id"),
+        ("idx" = u32, Path, description = "The step's index in the stage"),
+    ),
+    request_body(content = Object, description = "`StepFinish`: status and exit code"),
+    responses(
+        (status = 204), (status = 401), (status = 403),
+        (status = 409, description = "`lease_lost`"),
+    )
+)]
 async fn step_finish(
     State(state): State<AppState>,
     _auth: RunnerAuth,
@@ -611,6 +683,15 @@ async fn step_finish(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post, path = routes::STAGE_FINISH, tag = "runner",
+    params(("id" = i64, Path, description = "The stage's id")),
+    request_body(content = Object, description = "`StageFinish`: status, reason, outputs, findings"),
+    responses(
+        (status = 200, description = "`StageFinished`", body = Object),
+        (status = 401), (status = 403), (status = 409, description = "`lease_lost`")
+    )
+)]
 async fn stage_finish(
     State(state): State<AppState>,
     _auth: RunnerAuth,

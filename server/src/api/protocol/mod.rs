@@ -5,15 +5,15 @@
 pub mod files;
 pub mod lease;
 
-use axum::Router;
 use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiResult;
+use crate::api::route_table::RouteTable;
 use crate::daemon::state::AppState;
 use crate::store::{Stage, StageId, StageStatus};
 
-pub fn router() -> Router<AppState> {
-    Router::new().merge(lease::router()).merge(files::router())
+pub fn routes() -> RouteTable {
+    lease::routes().merge(files::routes())
 }
 
 /// The stage, if `token` is its current lease (else `409 lease_lost`).
