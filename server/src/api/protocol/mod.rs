@@ -1,19 +1,29 @@
-//! The runner protocol, server side (wire types and the route table:
-//! [`crate::protocol`]): `lease` (register, lease, source, heartbeat, logs, results)
-//! and `files` (artifacts and caches). Both check a stage's lease with [`leased`].
+//! The runner protocol, server side (wire types and route templates:
+//! [`crate::protocol`]): `lease` (register, lease: secrets resolved here), `source`
+//! (the commit's tar), `report` (heartbeat, steps, logs, the stage's finish) and `files`
+//! (artifacts and caches). Every stage-scoped request presents the stage's current
+//! lease token ([`leased`]); a stale one gets `409 lease_lost`.
 
 pub mod files;
 pub mod lease;
+pub mod report;
+pub mod source;
 
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use subtle::ConstantTimeEq;
 
-use crate::api::error::ApiResult;
+use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::RouteTable;
 use crate::daemon::state::AppState;
+use crate::logs::StepKey;
 use crate::store::{Stage, StageId, StageStatus};
 
 pub fn routes() -> RouteTable {
-    lease::routes().merge(files::routes())
+    lease::routes()
+        .merge(source::routes())
+        .merge(report::routes())
+        .merge(files::routes())
 }
 
 /// The stage, if `token` is its current lease (else `409 lease_lost`).
@@ -28,5 +38,20 @@ pub(crate) async fn leased(state: &AppState, id: StageId, token: &str) -> ApiRes
         Ok(stage)
     } else {
         Err(crate::store::Error::LeaseLost.into())
+    }
+}
+
+/// A JSON body, or `400` with what was wrong with it.
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// The log key of step `idx` of `stage`.
+pub(super) fn step_key(stage: &Stage, idx: i64) -> StepKey {
+    StepKey {
+        run: stage.run_id,
+        stage: stage.id,
+        step: u32::try_from(idx).unwrap_or(u32::MAX),
     }
 }
