@@ -8,7 +8,7 @@ use sqlx::query;
 use super::row::{RUN_COLS, json_text, rows, run as run_row};
 use super::{
     Error, NewRun, NewStage, RepoId, Result, Run, RunId, RunStatus, Stage, StageStatus, Store, Tx,
-    affected, now_ms,
+    affected,
 };
 
 impl Store {
@@ -22,7 +22,7 @@ impl Store {
         new: NewRun,
     ) -> Result<Option<Run>> {
         let mut tx = self.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         if !insert_delivery(&mut tx, repo, delivery_id, now).await? {
             return Ok(None);
         }
@@ -41,7 +41,7 @@ impl Store {
     /// was seen before.
     pub async fn record_delivery(&self, repo: RepoId, delivery_id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let fresh = insert_delivery(&mut tx, repo, delivery_id, now_ms()).await?;
+        let fresh = insert_delivery(&mut tx, repo, delivery_id, self.now_ms()).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -49,7 +49,7 @@ impl Store {
     /// Creates a `pending` run without a delivery (cron, manual, rerun, `slipway hook`).
     pub async fn create_run(&self, repo: RepoId, new: NewRun) -> Result<Run> {
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -180,7 +180,7 @@ impl Store {
         diagnostics: Option<Value>,
     ) -> Result<Run> {
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         let run = self.error_tx(&mut tx, run.id, error, diagnostics).await?;
         tx.commit().await?;
         Ok(run)
@@ -201,7 +201,7 @@ impl Store {
                 run.status
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'error', error = $2, diagnostics = $3, finished_at = $4 \
              WHERE id = $1 RETURNING {RUN_COLS}"
@@ -254,7 +254,7 @@ impl Store {
     ) -> Result<Run> {
         check_dag(&stages)?;
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         let run = self
             .plan_tx(&mut tx, run.id, plan, yaml_sha256, stages)
             .await?;
@@ -278,7 +278,7 @@ impl Store {
                 run.status
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'running', plan = $2, yaml_sha256 = $3, started_at = $4 \
              WHERE id = $1 RETURNING {RUN_COLS}"
@@ -375,7 +375,7 @@ impl Store {
         if run.status.is_final() {
             return Ok(false);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'cancelled', error = $2, finished_at = $3 WHERE id = $1 \
              RETURNING {RUN_COLS}"
@@ -456,7 +456,7 @@ impl Store {
     /// run its final status once no stage is left unfinished. Idempotent.
     pub(crate) async fn reconcile_tx(&self, tx: &mut Tx, run: &Run) -> Result<Run> {
         let stages = self.stages_tx(tx, run.id).await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut status: HashMap<&str, StageStatus> =
             stages.iter().map(|s| (s.key.as_str(), s.status)).collect();
         let mut changes: Vec<(&Stage, StageStatus, Option<String>)> = Vec::new();
