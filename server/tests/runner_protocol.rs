@@ -398,8 +398,10 @@ stages:
 /// The protocol spoken directly: auth, stale tokens, idempotent logs and steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_lease_tokens_are_refused() {
+    let clock = std::sync::Arc::new(server::clock::ManualClock::new());
     let server = Server::start(Opts {
         in_process: false,
+        clock: Some(clock.clone()),
         ..Opts::default()
     })
     .await;
@@ -594,8 +596,9 @@ async fn stale_lease_tokens_are_refused() {
     assert_eq!(steps[0].log_lines, 4);
     assert_eq!(steps[0].log_bytes, 8);
 
-    // The lease runs out (no heartbeat for 3 s): the stage is queued again and the
-    // old token is refused everywhere.
+    // The lease runs out (no heartbeat for 3 s, stepped on the server's clock, plus one
+    // expiry period): the stage is queued again and the old token is refused everywhere.
+    clock.advance(Duration::from_secs(3 + 1));
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let s = server.state.store.get_stage(id).await.unwrap();
@@ -782,9 +785,11 @@ fn a_runner_refuses_bad_labels() {
 /// again and a second runner completes it; nothing stays `running`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_runner_is_replaced_within_the_heartbeat_timeout() {
+    let clock = std::sync::Arc::new(server::clock::ManualClock::new());
     let server = Server::start(Opts {
         in_process: false,
         heartbeat_secs: 3,
+        clock: Some(clock.clone()),
         ..Opts::default()
     })
     .await;
@@ -828,7 +833,9 @@ stages:
         .args(["-KILL", "--", &format!("-{}", pid.trim())])
         .status();
 
-    // Re-queued within the timeout (3 s) plus one expiry period (1 s), with slack.
+    // Re-queued within the timeout (3 s) plus one expiry period (1 s), stepped on the
+    // server's clock.
+    clock.advance(Duration::from_secs(3 + 1));
     let deadline = Instant::now() + Duration::from_secs(15);
     let requeued = loop {
         let s = server.state.store.get_stage(flaky.stage.id).await.unwrap();

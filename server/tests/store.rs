@@ -47,6 +47,7 @@ cases!(
     per_repo_limit,
     heartbeat_ok_cancel_lost,
     expired_lease_requeues_then_errors,
+    lease_deadlines_follow_the_store_clock,
     cancel_run_stops_everything,
     supersede_cancels_older_runs_of_branch,
     step_bookkeeping,
@@ -1210,6 +1211,39 @@ async fn expired_lease_requeues_then_errors(store: Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Lease deadlines, heartbeats and expiry read the store's clock: stepping a manual
+/// clock expires a lease, without waiting for it.
+async fn lease_deadlines_follow_the_store_clock(store: Store) {
+    let clock = std::sync::Arc::new(server::clock::ManualClock::starting_at(1_000_000));
+    let store = store.with_clock(clock.clone());
+    let (_, run) = planned(&store, "team/app", vec![NewStage::new("a", &[], &["x"])]).await;
+    let l = lease(&store).await;
+    assert_eq!(l.expires_at, 1_000_000 + 60_000);
+    assert_eq!(l.stage.started_at, Some(1_000_000));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        store.heartbeat(l.stage.id, &l.token, LEASE).await.unwrap(),
+        Heartbeat::Ok
+    );
+    clock.advance(LEASE);
+    assert!(
+        store
+            .expire_leases(store.now_ms())
+            .await
+            .unwrap()
+            .is_empty(),
+        "the heartbeat moved the deadline to now + the lease"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        store.expire_leases(store.now_ms()).await.unwrap(),
+        vec![l.stage.id]
+    );
+    let s = stage(&store, run.id, "a").await;
+    assert_eq!(s.stage.status, StageStatus::Queued);
+    assert_eq!(s.stage.queued_at, Some(1_000_000 + 90_001));
 }
 
 async fn cancel_run_stops_everything(store: Store) {

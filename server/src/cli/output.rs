@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runner::{StageEvent, Status};
 
 use crate::cli::exec::engine::{ExecEvent, StageReport, StageResult};
+use crate::store::RunStatus;
 
 const PALETTE: [fn(Style) -> Style; 6] = [
     Style::cyan,
@@ -148,7 +149,8 @@ impl Output {
             .to_string()
     }
 
-    pub fn summary(&mut self, reports: &[StageReport]) {
+    /// The table of stages and the verdict: the run's status (see `engine::execute`).
+    pub fn summary(&mut self, reports: &[StageReport], status: RunStatus) {
         if let Some(bars) = &self.bars {
             let _ = bars.clear();
         }
@@ -243,7 +245,7 @@ impl Output {
             .iter()
             .filter(|r| matches!(r.result, StageResult::Ran(_)))
             .count();
-        let verdict = if failed == 0 {
+        let verdict = if status == RunStatus::Success {
             Style::new()
                 .green()
                 .bold()

@@ -1,12 +1,14 @@
 //! `slipway server`: open the store, start the background workers and serve HTTP until
 //! SIGTERM or Ctrl-C, then drain.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, SystemClock};
 use crate::crypto::{SecretBox, SecretKey};
 use crate::daemon::config::{Config, redact_url};
 use crate::daemon::state::{AppState, Inner, Wake};
@@ -16,6 +18,14 @@ use crate::store::Store;
 
 /// Opens (and migrates) the database and assembles the shared state.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    build_state_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`build_state`] on another clock than the system's (tests step a manual one).
+pub async fn build_state_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     // The data dir holds logs, mirrors and the database: private to the server's user.
@@ -27,7 +37,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     }
     let store = Store::connect(&config.database_url)
         .await
-        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?
+        .with_clock(clock);
     store.migrate().await.context("applying migrations")?;
     let key = SecretKey::from_env_or_file(&config.secret_key_file)?;
     tracing::info!(key = %key.fingerprint(), "secret key loaded");

@@ -6,7 +6,7 @@ use sqlx::query;
 
 use super::row::{RowExt, rows};
 use super::{
-    ArtifactRecord, CacheEntry, Error, NewArtifact, RepoId, Result, RunId, StageId, Store, now_ms,
+    ArtifactRecord, CacheEntry, Error, NewArtifact, RepoId, Result, RunId, StageId, Store,
 };
 
 const ARTIFACT_COLS: &str = "a.id, a.run_id, a.stage_id, s.stage_key, a.name, a.kind, a.sha256, \
@@ -65,7 +65,7 @@ impl Store {
         .bind(&new.sha256)
         .bind(new.size)
         .bind(new.mode)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_one(&mut *tx)
         .await?;
         let id = row.int("id")?;
@@ -133,7 +133,7 @@ impl Store {
         )
         .bind(repo)
         .bind(key)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_optional(&self.write)
         .await?;
         row.as_ref().map(cache).transpose()
@@ -149,7 +149,7 @@ impl Store {
         sha256: &str,
         size: i64,
     ) -> Result<bool> {
-        let now = now_ms();
+        let now = self.now_ms();
         let r = query(
             "INSERT INTO caches (repo_id, cache_key, sha256, size, created_at, last_used_at) \
              VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (repo_id, cache_key) DO NOTHING",

@@ -53,10 +53,14 @@ pub use results::{
 pub use types::*;
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::{Any, AnyPool, Executor, Transaction};
+
+pub(crate) use crate::clock::duration_ms;
+use crate::clock::{Clock, SystemClock};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +164,8 @@ pub struct Store {
     /// Write transactions (one connection for SQLite, the same pool for PostgreSQL).
     write: AnyPool,
     dialect: Dialect,
+    /// Stamps every row and sets and checks lease deadlines.
+    clock: Arc<dyn Clock>,
 }
 
 pub(crate) type Tx = Transaction<'static, Any>;
@@ -182,6 +188,7 @@ impl Store {
                 read: pool.clone(),
                 write: pool,
                 dialect: Dialect::Postgres,
+                clock: Arc::new(SystemClock),
             });
         }
         if !url.starts_with("sqlite:") {
@@ -214,6 +221,7 @@ impl Store {
                 read: pool.clone(),
                 write: pool,
                 dialect: Dialect::Sqlite,
+                clock: Arc::new(SystemClock),
             });
         }
         let write = sqlite.clone().max_connections(1).connect(url).await?;
@@ -225,7 +233,23 @@ impl Store {
             read,
             write,
             dialect: Dialect::Sqlite,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same store on another clock (tests step a manual one past lease deadlines).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Store {
+        Store { clock, ..self }
+    }
+
+    /// The clock this store stamps rows and checks leases with.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Now on the store's clock, in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Applies the embedded migrations of this dialect; applying them again is a no-op.
@@ -267,16 +291,10 @@ impl Store {
     }
 }
 
-/// Current time as unix milliseconds.
+/// The system time as unix milliseconds (a [`Store`] reads its own clock instead:
+/// [`Store::now_ms`]).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    SystemClock.now_ms()
 }
 
 pub(crate) fn parse_enum<T: FromStr>(s: &str) -> Result<T> {

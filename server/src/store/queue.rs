@@ -14,7 +14,7 @@ use super::runs::{close_steps, emit};
 use super::{
     Dialect, Error, FinishReport, Heartbeat, Lease, Limits, QueuedLabels, Result, Run, RunId,
     RunStatus, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus,
-    StageWithSteps, Step, StepId, StepStatus, Store, Tx, affected, duration_ms, now_ms,
+    StageWithSteps, Step, StepId, StepStatus, Store, Tx, affected, duration_ms,
 };
 
 /// Key of the PostgreSQL advisory lock that makes "count running stages, then lease
@@ -175,7 +175,7 @@ impl Store {
         };
         let id = row.int("id")?;
         let token = format!("{:032x}", rand::thread_rng().r#gen::<u128>());
-        let now = now_ms();
+        let now = self.now_ms();
         let expires_at = now.saturating_add(duration_ms(lease_for));
         let sql = format!(
             "UPDATE stages SET status = 'running', runner_id = $2, lease_token = $3, \
@@ -255,7 +255,7 @@ impl Store {
         )
         .bind(stage)
         .bind(token)
-        .bind(now_ms().saturating_add(duration_ms(lease_for)))
+        .bind(self.now_ms().saturating_add(duration_ms(lease_for)))
         .fetch_optional(&self.write)
         .await?;
         Ok(match row {
@@ -366,7 +366,7 @@ impl Store {
         status: StageStatus,
         reason: Option<&str>,
     ) -> Result<(Settled, Option<Run>)> {
-        let now = now_ms();
+        let now = self.now_ms();
         let retryable = matches!(
             status,
             StageStatus::Failure | StageStatus::TimedOut | StageStatus::Error
@@ -487,7 +487,7 @@ impl Store {
             .bind(stage)
             .bind(token)
             .bind(idx)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_optional(&self.write)
             .await?;
         match row {
@@ -523,7 +523,7 @@ impl Store {
             .bind(status.as_str())
             .bind(exit_code.map(i64::from))
             .bind(oom_killed)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_optional(&self.write)
             .await?;
         match row {

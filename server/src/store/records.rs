@@ -5,7 +5,7 @@ use sqlx::query;
 use super::row::{RUNNER_COLS, RowExt, TOKEN_COLS, json_text, rows, runner, token};
 use super::{
     ApiToken, Error, RepoId, Result, Runner, RunnerId, SecretMeta, SecretValue, Store, StoredEvent,
-    TokenId, TokenScope, affected, now_ms,
+    TokenId, TokenScope, affected,
 };
 
 impl Store {
@@ -17,7 +17,7 @@ impl Store {
         value_enc: &[u8],
         allow_pull_requests: bool,
     ) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         query(
             "INSERT INTO secrets (repo_id, name, value_enc, allow_pull_requests, created_at, \
              updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
@@ -101,7 +101,7 @@ impl Store {
             .bind(name)
             .bind(token_hash)
             .bind(scope.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_one(&self.write)
             .await?;
         token(&row)
@@ -114,7 +114,7 @@ impl Store {
         );
         let row = query(&sql)
             .bind(token_hash)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_optional(&self.write)
             .await?;
         row.as_ref().map(token).transpose()
@@ -152,7 +152,7 @@ impl Store {
             .bind(name)
             .bind(json_text(&labels))
             .bind(i64::from(capacity))
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_one(&self.write)
             .await?;
         runner(&row)
@@ -162,7 +162,7 @@ impl Store {
     pub async fn touch_runner(&self, id: RunnerId) -> Result<()> {
         let r = query("UPDATE runners SET last_seen_at = $2 WHERE id = $1")
             .bind(id)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .execute(&self.write)
             .await?;
         match affected(r) {

@@ -3,7 +3,7 @@
 use sqlx::query;
 
 use super::row::{REPO_COLS, repo, rows};
-use super::{Error, NewRepo, Repo, RepoId, Result, Store, affected, now_ms};
+use super::{Error, NewRepo, Repo, RepoId, Result, Store, affected};
 
 impl Store {
     /// Registers a repository; `Conflict` if the name is taken.
@@ -21,7 +21,7 @@ impl Store {
             .bind(new.webhook_secret_enc)
             .bind(new.forge_token_enc)
             .bind(new.trusted)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_one(&self.write)
             .await
             .map_err(|e| match Error::from(e) {

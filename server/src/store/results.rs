@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::query;
 
 use super::row::{RowExt, rows};
-use super::{Error, Result, RunId, StageId, Store, Tx, now_ms};
+use super::{Error, Result, RunId, StageId, Store, Tx};
 
 /// An image stage's output naming the pushed reference.
 pub const OUTPUT_IMAGE: &str = "image";
@@ -148,7 +148,7 @@ impl Store {
         stage: StageId,
         results: &StageResults,
     ) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         for table in [
             "DELETE FROM findings WHERE stage_id = $1",
             "DELETE FROM stage_outputs WHERE stage_id = $1",

@@ -1,15 +1,16 @@
 //! Deliveries and runs: creating, planning, failing and cancelling runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::Value;
 use sqlx::query;
 
 use super::row::{RUN_COLS, json_text, rows, run as run_row};
 use super::{
-    Error, NewRun, NewStage, RepoId, Result, Run, RunId, RunStatus, Stage, StageStatus, Store, Tx,
-    affected, now_ms,
+    Error, NewRun, NewStage, RepoId, Result, Run, RunId, RunStatus, StageStatus, Store, Tx,
+    affected,
 };
+use crate::runs::reconcile::{StageView, reconcile};
 
 impl Store {
     /// Records webhook delivery `delivery_id` and creates its `pending` run, in one
@@ -22,7 +23,7 @@ impl Store {
         new: NewRun,
     ) -> Result<Option<Run>> {
         let mut tx = self.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         if !insert_delivery(&mut tx, repo, delivery_id, now).await? {
             return Ok(None);
         }
@@ -41,7 +42,7 @@ impl Store {
     /// was seen before.
     pub async fn record_delivery(&self, repo: RepoId, delivery_id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let fresh = insert_delivery(&mut tx, repo, delivery_id, now_ms()).await?;
+        let fresh = insert_delivery(&mut tx, repo, delivery_id, self.now_ms()).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -49,7 +50,7 @@ impl Store {
     /// Creates a `pending` run without a delivery (cron, manual, rerun, `slipway hook`).
     pub async fn create_run(&self, repo: RepoId, new: NewRun) -> Result<Run> {
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -180,7 +181,7 @@ impl Store {
         diagnostics: Option<Value>,
     ) -> Result<Run> {
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         let run = self.error_tx(&mut tx, run.id, error, diagnostics).await?;
         tx.commit().await?;
         Ok(run)
@@ -201,7 +202,7 @@ impl Store {
                 run.status
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'error', error = $2, diagnostics = $3, finished_at = $4 \
              WHERE id = $1 RETURNING {RUN_COLS}"
@@ -254,7 +255,7 @@ impl Store {
     ) -> Result<Run> {
         check_dag(&stages)?;
         let mut tx = self.begin().await?;
-        let run = self.insert_run(&mut tx, repo, &new, now_ms()).await?;
+        let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
         let run = self
             .plan_tx(&mut tx, run.id, plan, yaml_sha256, stages)
             .await?;
@@ -278,7 +279,7 @@ impl Store {
                 run.status
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'running', plan = $2, yaml_sha256 = $3, started_at = $4 \
              WHERE id = $1 RETURNING {RUN_COLS}"
@@ -375,7 +376,7 @@ impl Store {
         if run.status.is_final() {
             return Ok(false);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE runs SET status = 'cancelled', error = $2, finished_at = $3 WHERE id = $1 \
              RETURNING {RUN_COLS}"
@@ -450,132 +451,85 @@ impl Store {
         }
     }
 
-    /// Re-derives what follows from the stages' states inside `tx` (the run is locked):
-    /// promotes `waiting` stages whose needs all succeeded, skips those whose needs
-    /// ended otherwise, closes unstarted stages of a finished run, and gives a `running`
-    /// run its final status once no stage is left unfinished. Idempotent.
+    /// Applies [`reconcile`] to the run's stages inside `tx` (the run is locked):
+    /// promotions and skips, cancelling the unstarted stages of a finished run and
+    /// flagging its running ones, and the final status of a run with nothing left
+    /// unfinished. Idempotent.
     pub(crate) async fn reconcile_tx(&self, tx: &mut Tx, run: &Run) -> Result<Run> {
-        let stages = self.stages_tx(tx, run.id).await?;
-        let now = now_ms();
-        let mut status: HashMap<&str, StageStatus> =
-            stages.iter().map(|s| (s.key.as_str(), s.status)).collect();
-        let mut changes: Vec<(&Stage, StageStatus, Option<String>)> = Vec::new();
-        if run.status == RunStatus::Running {
-            // Skips cascade (a skipped stage skips what needs it): repeat to a fixpoint.
-            loop {
-                let mut changed = false;
-                for s in &stages {
-                    if status[s.key.as_str()] != StageStatus::Waiting {
-                        continue;
-                    }
-                    let needs: Vec<(&str, Option<StageStatus>)> = s
-                        .needs
-                        .iter()
-                        .map(|n| (n.as_str(), status.get(n.as_str()).copied()))
-                        .collect();
-                    let failed = needs.iter().find(|(_, st)| {
-                        st.is_none_or(|st| st.is_final() && st != StageStatus::Success)
-                    });
-                    let next = if let Some((n, st)) = failed {
-                        let ended = st.map_or("missing".to_string(), |st| st.to_string());
-                        Some((
-                            StageStatus::Skipped,
-                            Some(format!("needs `{n}`, which is {ended}")),
-                        ))
-                    } else if needs
-                        .iter()
-                        .all(|(_, st)| *st == Some(StageStatus::Success))
-                    {
-                        Some((StageStatus::Queued, None))
-                    } else {
-                        None
-                    };
-                    if let Some((st, reason)) = next {
-                        status.insert(s.key.as_str(), st);
-                        changes.push((s, st, reason));
-                        changed = true;
-                    }
+        // A pass whose guarded update missed (on PostgreSQL a concurrent lease took a
+        // queued stage of a run that is finishing) derives again from the rows as they
+        // are now. Leases only move queued stages on, so this ends within one pass per
+        // stage.
+        let mut passes = 0;
+        loop {
+            let stages = self.stages_tx(tx, run.id).await?;
+            passes += 1;
+            let views: Vec<StageView> = stages
+                .iter()
+                .map(|s| StageView {
+                    key: &s.key,
+                    status: s.status,
+                    needs: &s.needs,
+                })
+                .collect();
+            let changes = reconcile(run.status, &views);
+            let now = self.now_ms();
+            let mut missed = false;
+            for c in &changes.stages {
+                let s = &stages[c.stage];
+                // `status = $5`: only if nobody changed the stage since we read it.
+                let n = affected(
+                    query(
+                        "UPDATE stages SET status = $2, reason = COALESCE($3, reason), \
+                         queued_at = CASE WHEN $2 = 'queued' THEN $4 ELSE queued_at END, \
+                         finished_at = CASE WHEN $2 = 'queued' THEN finished_at ELSE $4 END \
+                         WHERE id = $1 AND status = $5",
+                    )
+                    .bind(s.id)
+                    .bind(c.status.as_str())
+                    .bind(&c.reason)
+                    .bind(now)
+                    .bind(s.status.as_str())
+                    .execute(&mut **tx)
+                    .await?,
+                );
+                if n == 0 {
+                    missed = true;
+                    continue;
                 }
-                if !changed {
-                    break;
+                if c.status.is_final() {
+                    close_steps(tx, s.id, c.status, now).await?;
                 }
+                emit(tx, run.id, Some(s.id), c.status.as_str(), now).await?;
             }
-        } else if run.status.is_final() {
-            let reason = format!("run {}", run.status);
-            for s in &stages {
-                if matches!(s.status, StageStatus::Waiting | StageStatus::Queued) {
-                    status.insert(s.key.as_str(), StageStatus::Cancelled);
-                    changes.push((s, StageStatus::Cancelled, Some(reason.clone())));
-                }
-            }
-        }
-        for (s, st, reason) in &changes {
-            // `status = $5`: only if nobody changed the stage since we read it (on
-            // PostgreSQL a concurrent lease may have taken a queued stage meanwhile).
-            let n = affected(
+            for &i in &changes.stop {
                 query(
-                    "UPDATE stages SET status = $2, reason = COALESCE($3, reason), \
-                     queued_at = CASE WHEN $2 = 'queued' THEN $4 ELSE queued_at END, \
-                     finished_at = CASE WHEN $2 = 'queued' THEN finished_at ELSE $4 END \
-                     WHERE id = $1 AND status = $5",
+                    "UPDATE stages SET cancel_requested = TRUE \
+                     WHERE id = $1 AND status = 'running' AND cancel_requested = FALSE",
                 )
-                .bind(s.id)
-                .bind(st.as_str())
-                .bind(reason)
-                .bind(now)
-                .bind(s.status.as_str())
+                .bind(stages[i].id)
                 .execute(&mut **tx)
-                .await?,
-            );
-            if n == 0 {
+                .await?;
+            }
+            if missed && passes <= stages.len() {
                 continue;
             }
-            if st.is_final() {
-                close_steps(tx, s.id, *st, now).await?;
-            }
-            emit(tx, run.id, Some(s.id), st.as_str(), now).await?;
+            let Some(final_status) = changes.run.filter(|_| !missed) else {
+                return Ok(run.clone());
+            };
+            let sql = format!(
+                "UPDATE runs SET status = $2, finished_at = $3 WHERE id = $1 \
+                 AND status = 'running' RETURNING {RUN_COLS}"
+            );
+            let row = query(&sql)
+                .bind(run.id)
+                .bind(final_status.as_str())
+                .bind(now)
+                .fetch_one(&mut **tx)
+                .await?;
+            emit(tx, run.id, None, final_status.as_str(), now).await?;
+            return run_row(&row);
         }
-        if run.status.is_final() {
-            // Running stages of a finished run: ask their runners to stop. This comes
-            // after the updates above so that it also catches a stage leased meanwhile.
-            query(
-                "UPDATE stages SET cancel_requested = TRUE \
-                 WHERE run_id = $1 AND status = 'running' AND cancel_requested = FALSE",
-            )
-            .bind(run.id)
-            .execute(&mut **tx)
-            .await?;
-            return Ok(run.clone());
-        }
-        if run.status != RunStatus::Running {
-            return Ok(run.clone());
-        }
-        let stages = self.stages_tx(tx, run.id).await?;
-        if stages.iter().any(|s| !s.status.is_final()) {
-            return Ok(run.clone());
-        }
-        let has = |st: StageStatus| stages.iter().any(|s| s.status == st);
-        let final_status = if has(StageStatus::Failure) || has(StageStatus::TimedOut) {
-            RunStatus::Failure
-        } else if has(StageStatus::Error) {
-            RunStatus::Error
-        } else if has(StageStatus::Cancelled) {
-            RunStatus::Cancelled
-        } else {
-            RunStatus::Success
-        };
-        let sql = format!(
-            "UPDATE runs SET status = $2, finished_at = $3 WHERE id = $1 AND status = 'running' \
-             RETURNING {RUN_COLS}"
-        );
-        let row = query(&sql)
-            .bind(run.id)
-            .bind(final_status.as_str())
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?;
-        emit(tx, run.id, None, final_status.as_str(), now).await?;
-        run_row(&row)
     }
 
     /// Re-derives promotions, skips and the final status of a run (after a crash, or

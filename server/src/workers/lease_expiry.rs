@@ -1,8 +1,8 @@
 //! Lease expiry: the worker that makes sure no stage stays `running` after its runner
 //! (or the server hosting it) died.
 //!
-//! Every `heartbeat_timeout / 3` it takes back the stages whose lease was not renewed
-//! in time ([`Store::expire_leases`](crate::store::Store::expire_leases)): each is
+//! Every `heartbeat_timeout / 3` on the store's clock it takes back the stages whose
+//! lease was not renewed in time ([`Store::expire_leases`](crate::store::Store::expire_leases)): each is
 //! queued again while it has attempts left, else it ends `error` with "runner lost".
 //! So a lost stage is re-dispatched or failed within about 1⅓ heartbeat timeouts.
 //! On start-up it first reconciles every active run, which settles what a crash left
@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::clock::Ticker;
 use crate::daemon::state::AppState;
-use crate::store::{StageId, now_ms};
+use crate::store::StageId;
 
 /// How many queued stages (oldest first) each round checks for a matching runner.
 const UNROUTABLE_SCAN: usize = 1000;
@@ -28,11 +29,12 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         recover(&state).await;
         let period = (state.config.heartbeat_timeout / 3).max(Duration::from_millis(200));
+        let mut rounds = Ticker::new(state.store.clock(), period);
         let mut warned = HashSet::new();
         loop {
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(period) => {}
+                _ = rounds.tick() => {}
             }
             if let Err(e) = expire_once(&state).await {
                 tracing::warn!(error = %e, "expiring leases failed; retrying next round");
@@ -66,7 +68,7 @@ pub async fn recover(state: &AppState) {
 
 /// Takes back the stages whose lease has expired; returns them.
 pub async fn expire_once(state: &AppState) -> crate::store::Result<Vec<StageId>> {
-    let expired = state.store.expire_leases(now_ms()).await?;
+    let expired = state.store.expire_leases(state.store.now_ms()).await?;
     for &id in &expired {
         match state.store.get_stage(id).await {
             Ok(stage) => tracing::warn!(

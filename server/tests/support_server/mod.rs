@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use git2::{Repository, Signature};
@@ -34,6 +35,8 @@ pub struct Opts {
     pub postgres: bool,
     /// Overrides for the server's settings (limits …).
     pub settings: Settings,
+    /// The store's and the lease-expiry worker's clock (default: the system's).
+    pub clock: Option<Arc<dyn server::clock::Clock>>,
 }
 
 impl Default for Opts {
@@ -43,6 +46,7 @@ impl Default for Opts {
             heartbeat_secs: 3,
             postgres: false,
             settings: Settings::default(),
+            clock: None,
         }
     }
 }
@@ -114,7 +118,11 @@ impl Server {
             ..opts.settings
         };
         let config = Config::resolve(settings, None).unwrap();
-        let state = server::daemon::serve::build_state(config).await.unwrap();
+        let state = match opts.clock {
+            Some(clock) => server::daemon::serve::build_state_with_clock(config, clock).await,
+            None => server::daemon::serve::build_state(config).await,
+        }
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handle = tokio::spawn(server::daemon::serve::run(listener, state.clone()));

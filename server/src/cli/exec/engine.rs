@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::stage_spec::{OnMissing, SpecError, add_stage_outputs, stage_spec};
+use crate::runs::reconcile::{StageView, reconcile};
+use crate::store::{RunStatus, StageStatus};
 
 pub struct ExecOptions {
     /// How many stages may run at once (at least 1).
@@ -38,17 +40,15 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub enum StageResult {
     Ran(StageOutcome),
-    /// Not run: filtered by `when`, or a stage it needs did not succeed.
+    /// Not run: filtered by `when`, a stage it needs did not succeed, or the run was
+    /// cancelled first.
     Skipped(String),
     /// Not run: its kind needs a backend or service that `exec` does not have.
     Unsupported(String),
 }
 
 impl StageResult {
-    pub fn succeeded(&self) -> bool {
-        matches!(self, StageResult::Ran(o) if o.status == Status::Success)
-    }
-    /// True when this result should make the whole run fail.
+    /// True when the stage ran and did not succeed.
     pub fn failed(&self) -> bool {
         matches!(self, StageResult::Ran(o) if o.status != Status::Success)
     }
@@ -68,13 +68,15 @@ pub enum ExecEvent {
     StageFinished(StageReport),
 }
 
-/// A stage ready to be scheduled, with ids made unique across pipelines.
+/// A stage of the run, with ids made unique across pipelines.
 struct Node {
     id: String,
     /// The plan's stage name (`stages.<name>` in expressions).
     stage: String,
     needs: Vec<String>,
-    work: Work,
+    /// Taken when the stage starts.
+    work: Option<Work>,
+    status: StageStatus,
 }
 
 enum Work {
@@ -82,18 +84,30 @@ enum Work {
     Unsupported(String),
 }
 
-/// Runs every plan; returns one report per stage (skipped ones included), in the order
-/// they finished.
+/// What [`execute`] did: one report per stage, and the run's status from them.
+#[derive(Debug)]
+pub struct Executed {
+    /// In the order the stages finished (skipped ones included).
+    pub reports: Vec<StageReport>,
+    pub status: RunStatus,
+}
+
+/// Runs every plan. Which stage may start, which is skipped and how the run ends
+/// follow [`reconcile`], the rules the server applies to its stage rows.
 pub async fn execute(
     backend: Arc<dyn Backend>,
     plans: &[Plan],
     opts: &ExecOptions,
     events: UnboundedSender<ExecEvent>,
     cancel: CancellationToken,
-) -> Result<Vec<StageReport>, Error> {
+) -> Result<Executed, Error> {
     let prefix_ids = plans.len() > 1;
-    let mut pending = Vec::new();
+    let mut nodes = Vec::new();
     let mut reports = Vec::new();
+    let mut report = |report: StageReport| {
+        let _ = events.send(ExecEvent::StageFinished(report.clone()));
+        reports.push(report);
+    };
     for plan in plans {
         let qualify = |id: &str| {
             if prefix_ids {
@@ -103,71 +117,70 @@ pub async fn execute(
             }
         };
         for skipped in &plan.skipped {
-            let report = StageReport {
+            report(StageReport {
                 id: qualify(&skipped.id),
                 result: StageResult::Skipped(skipped.reason.clone()),
                 attempts: 0,
-            };
-            let _ = events.send(ExecEvent::StageFinished(report.clone()));
-            reports.push(report);
+            });
         }
         for stage in &plan.stages {
             let id = qualify(&stage.id);
-            pending.push(Node {
+            nodes.push(Node {
                 stage: stage.stage.clone(),
                 needs: stage.needs.iter().map(|n| qualify(n)).collect(),
-                work: work_for(stage, &id, opts)?,
+                work: Some(work_for(stage, &id, opts)?),
                 id,
+                status: StageStatus::Waiting,
             });
         }
     }
 
     let jobs = opts.jobs.max(1);
-    let mut finished: HashMap<String, bool> = HashMap::new();
     // Node id → (plan stage name, outputs) of stages that ran, for the stages that
     // need them.
-    let mut names: HashMap<String, String> = HashMap::new();
     let mut outputs: HashMap<String, (String, BTreeMap<String, String>)> = HashMap::new();
     let mut running = JoinSet::new();
-    let mut running_ids: HashMap<tokio::task::Id, String> = HashMap::new();
+    // Task → node index.
+    let mut running_nodes: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut run_status = None;
     loop {
-        // Start whatever is ready, resolving stages whose needs failed as skipped.
-        let mut i = 0;
-        while i < pending.len() {
-            let node = &pending[i];
-            if !node.needs.iter().all(|n| finished.contains_key(n)) {
-                i += 1;
-                continue;
-            }
-            let blocked = node.needs.iter().find(|n| finished.get(*n) != Some(&true));
-            let result = if let Some(need) = blocked {
-                Some(StageResult::Skipped(format!(
-                    "needs `{need}`, which did not succeed"
-                )))
-            } else if cancel.is_cancelled() {
-                Some(StageResult::Skipped("the run was cancelled".into()))
-            } else if let Work::Unsupported(reason) = &node.work {
-                Some(StageResult::Unsupported(reason.clone()))
-            } else if running.len() >= jobs {
-                i += 1;
-                continue;
+        // Apply the rules until they derive nothing more, starting queued stages as
+        // jobs allow; a stage whose kind `exec` cannot run ends at once.
+        loop {
+            let run = if cancel.is_cancelled() {
+                RunStatus::Cancelled
             } else {
-                None
+                RunStatus::Running
             };
-            let node = pending.remove(i);
-            match result {
-                Some(result) => {
-                    let report = StageReport {
+            let changes = reconcile(run, &views(&nodes));
+            run_status = changes.run.or(run_status);
+            let mut settled = changes.stages.is_empty();
+            for c in changes.stages {
+                let node = &mut nodes[c.stage];
+                node.status = c.status;
+                if c.status.is_final() {
+                    report(StageReport {
                         id: node.id.clone(),
-                        result,
+                        result: StageResult::Skipped(c.reason.unwrap_or_default()),
                         attempts: 0,
-                    };
-                    finished.insert(node.id, false);
-                    let _ = events.send(ExecEvent::StageFinished(report.clone()));
-                    reports.push(report);
+                    });
                 }
-                None => {
-                    if let Work::Run { mut spec, retries } = node.work {
+            }
+            for (i, node) in nodes.iter_mut().enumerate() {
+                if node.status != StageStatus::Queued {
+                    continue;
+                }
+                match node.work.take() {
+                    Some(Work::Unsupported(reason)) => {
+                        node.status = StageStatus::Skipped;
+                        settled = false;
+                        report(StageReport {
+                            id: node.id.clone(),
+                            result: StageResult::Unsupported(reason),
+                            attempts: 0,
+                        });
+                    }
+                    Some(Work::Run { mut spec, retries }) if running.len() < jobs => {
                         add_stage_outputs(
                             &mut spec.env,
                             node.needs.iter().filter_map(|n| outputs.get(n)).flat_map(
@@ -178,7 +191,6 @@ pub async fn execute(
                                 },
                             ),
                         );
-                        names.insert(node.id.clone(), node.stage.clone());
                         let handle = running.spawn(run_with_retries(
                             backend.clone(),
                             *spec,
@@ -189,42 +201,78 @@ pub async fn execute(
                             events.clone(),
                             cancel.clone(),
                         ));
-                        running_ids.insert(handle.id(), node.id);
+                        running_nodes.insert(handle.id(), i);
+                        node.status = StageStatus::Running;
                     }
+                    work => node.work = work,
                 }
             }
-            // Restart the scan: finishing a node may have unblocked an earlier one.
-            i = 0;
+            if settled {
+                break;
+            }
         }
         let Some(joined) = running.join_next_with_id().await else {
             break;
         };
-        let report = match joined {
-            Ok((_, report)) => report,
+        let (i, result) = match joined {
+            Ok((task, report)) => (running_nodes[&task], report),
             // A panicking stage task is a bug; report it rather than hang the run.
-            Err(e) => StageReport {
-                id: running_ids.get(&e.id()).cloned().unwrap_or_default(),
-                result: StageResult::Ran(StageOutcome {
-                    id: running_ids.get(&e.id()).cloned().unwrap_or_default(),
-                    status: Status::Error(format!("stage task failed: {e}")),
-                    steps: Vec::new(),
-                    artifacts: Vec::new(),
-                    outputs: Default::default(),
-                    findings: Vec::new(),
-                    retryable: false,
-                    duration: Duration::ZERO,
-                }),
-                attempts: 1,
-            },
+            Err(e) => {
+                let i = running_nodes[&e.id()];
+                let id = nodes[i].id.clone();
+                let result = StageReport {
+                    id: id.clone(),
+                    result: StageResult::Ran(StageOutcome {
+                        id,
+                        status: Status::Error(format!("stage task failed: {e}")),
+                        steps: Vec::new(),
+                        artifacts: Vec::new(),
+                        outputs: Default::default(),
+                        findings: Vec::new(),
+                        retryable: false,
+                        duration: Duration::ZERO,
+                    }),
+                    attempts: 1,
+                };
+                (i, result)
+            }
         };
-        finished.insert(report.id.clone(), report.result.succeeded());
-        if let (StageResult::Ran(o), Some(name)) = (&report.result, names.get(&report.id)) {
-            outputs.insert(report.id.clone(), (name.clone(), o.outputs.clone()));
+        let node = &mut nodes[i];
+        node.status = stage_status(&result.result);
+        if let StageResult::Ran(o) = &result.result {
+            outputs.insert(node.id.clone(), (node.stage.clone(), o.outputs.clone()));
         }
-        let _ = events.send(ExecEvent::StageFinished(report.clone()));
-        reports.push(report);
+        report(result);
     }
-    Ok(reports)
+    // Without a final status from the rules the run was cancelled before it ended.
+    let status = run_status.unwrap_or(RunStatus::Cancelled);
+    Ok(Executed { reports, status })
+}
+
+fn views(nodes: &[Node]) -> Vec<StageView<'_>> {
+    nodes
+        .iter()
+        .map(|n| StageView {
+            key: &n.id,
+            status: n.status,
+            needs: &n.needs,
+        })
+        .collect()
+}
+
+/// How a finished stage counts for the rules.
+fn stage_status(result: &StageResult) -> StageStatus {
+    match result {
+        StageResult::Ran(o) => match o.status {
+            Status::Success => StageStatus::Success,
+            Status::Failure => StageStatus::Failure,
+            Status::TimedOut => StageStatus::TimedOut,
+            Status::Cancelled => StageStatus::Cancelled,
+            // A stage that ran never ends skipped; if it did, it did not succeed.
+            Status::Error(_) | Status::Skipped => StageStatus::Error,
+        },
+        StageResult::Skipped(_) | StageResult::Unsupported(_) => StageStatus::Skipped,
+    }
 }
 
 /// Runs a stage, then again while it fails and retries remain. Infrastructure errors
@@ -309,4 +357,118 @@ fn safe_dir(id: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pipelines::EventContext;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+
+    fn plan(yaml: &str) -> Plan {
+        let pipeline = pipelines::parse(".slipway.yml", yaml).unwrap();
+        let ctx = EventContext {
+            branch: Some("main".into()),
+            ..EventContext::default()
+        };
+        pipelines::plan(&pipeline, &ctx).unwrap()
+    }
+
+    /// Starts `execute` on the local backend, in work dirs under `dir`.
+    fn start(
+        yaml: &str,
+        dir: &Path,
+        cancel: CancellationToken,
+    ) -> (
+        tokio::task::JoinHandle<Result<Executed, Error>>,
+        UnboundedReceiver<ExecEvent>,
+    ) {
+        let plans = [plan(yaml)];
+        let source = dir.join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        let opts = ExecOptions {
+            jobs: 4,
+            source: Source::Directory(source),
+            secrets: BTreeMap::new(),
+            artifact_dir: None,
+        };
+        let backend: Arc<dyn Backend> = Arc::new(runner::LocalBackend::new(Some(dir.join("work"))));
+        let (tx, rx) = unbounded_channel();
+        let run = tokio::spawn(async move { execute(backend, &plans, &opts, tx, cancel).await });
+        (run, rx)
+    }
+
+    fn report<'a>(executed: &'a Executed, id: &str) -> &'a StageReport {
+        executed.reports.iter().find(|r| r.id == id).unwrap()
+    }
+
+    fn reason(report: &StageReport) -> &str {
+        match &report.result {
+            StageResult::Skipped(why) => why,
+            other => panic!("{} not skipped: {other:?}", report.id),
+        }
+    }
+
+    /// `after` needs a stage that fails and one that only ends once `after` has been
+    /// reported: the skip must not wait for every need to finish.
+    #[tokio::test]
+    async fn a_stage_is_skipped_as_soon_as_a_need_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        let yaml = format!(
+            "stages:\n  broken:\n    steps: [ {{ run: exit 3 }} ]\n  slow:\n    steps:\n      \
+             - run: while [ ! -f '{}' ]; do sleep 0.05; done\n  after:\n    needs: [broken, slow]\n    \
+             steps: [ {{ run: echo never }} ]\n",
+            go.display()
+        );
+        let (run, mut events) = start(&yaml, dir.path(), CancellationToken::new());
+        let seen = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(event) = events.recv().await {
+                if let ExecEvent::StageFinished(r) = event {
+                    assert_ne!(r.id, "slow", "`after` was not skipped before `slow` ended");
+                    if r.id == "after" {
+                        std::fs::write(&go, "").unwrap();
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "`after` waited for `slow`");
+        let executed = run.await.unwrap().unwrap();
+        assert_eq!(
+            reason(report(&executed, "after")),
+            "needs `broken`, which is failure"
+        );
+        assert!(!report(&executed, "slow").result.failed());
+        assert_eq!(executed.status, RunStatus::Failure);
+    }
+
+    /// Cancelling the run cancels at once what has not started, even a stage whose
+    /// need is still running, and the run ends `cancelled`.
+    #[tokio::test]
+    async fn a_cancelled_run_cancels_what_has_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "stages:\n  slow:\n    steps: [ { run: sleep 60 } ]\n  after:\n    \
+                    needs: [slow]\n    steps: [ { run: echo never } ]\n";
+        let cancel = CancellationToken::new();
+        let (run, mut events) = start(yaml, dir.path(), cancel.clone());
+        while let Some(event) = events.recv().await {
+            if let ExecEvent::Runner(runner::StageEvent::StepStarted { .. }) = event {
+                cancel.cancel();
+                break;
+            }
+        }
+        let executed = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the run ends once cancelled")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reason(report(&executed, "after")), "run cancelled");
+        assert!(report(&executed, "slow").result.failed());
+        assert_eq!(executed.status, RunStatus::Cancelled);
+    }
 }

@@ -18,6 +18,7 @@ use super::output::Output;
 use super::validate;
 use crate::agent::backends::{BackendKind, Opened};
 use crate::cli::pipeline_files;
+use crate::store::RunStatus;
 use engine::{ExecEvent, ExecOptions, execute};
 
 #[derive(Debug, Args)]
@@ -216,19 +217,22 @@ async fn run_plans(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ExecEvent>();
     let run = execute(backend, plans, &opts, tx, cancel);
     tokio::pin!(run);
-    let mut reports = None;
+    let mut executed = None;
     loop {
         tokio::select! {
             event = rx.recv() => match event {
                 Some(event) => output.event(event),
                 None => break,
             },
-            result = &mut run, if reports.is_none() => reports = Some(result?),
+            result = &mut run, if executed.is_none() => executed = Some(result?),
         }
     }
-    let reports = reports.unwrap_or_default();
-    output.summary(&reports);
-    Ok(!reports.iter().any(|r| r.result.failed()))
+    let (reports, status) = match executed {
+        Some(e) => (e.reports, e.status),
+        None => (Vec::new(), RunStatus::Success),
+    };
+    output.summary(&reports, status);
+    Ok(status == RunStatus::Success)
 }
 
 fn parse_pairs(pairs: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
