@@ -5,7 +5,7 @@
 //! no step run twice, no log line stored twice. Real server (SQLite), real runner
 //! agent, the API-server test double.
 
-#[path = "../../server/tests/support_server/mod.rs"]
+#[path = "../../server/tests/it/support_server.rs"]
 mod support_server;
 
 mod kube_support;

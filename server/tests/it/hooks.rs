@@ -2,14 +2,13 @@
 //! `oneshot`) and over real sockets, with deliveries made from the forge fixtures and
 //! re-pointed at commits of a real bare repository.
 
-mod support_hooks;
-
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support_hooks::*;
 use axum::http::StatusCode;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -17,7 +16,6 @@ use server::config::Settings;
 use server::crypto::{generate_token, hash_token};
 use server::forge::ForgeKind;
 use server::store::{self, Event, RunStatus, StageStatus, TokenScope, Trigger};
-use support_hooks::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ------------------------------------------------------------ every forge, end to end

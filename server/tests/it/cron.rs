@@ -2,13 +2,11 @@
 //! repository fire once per due instant, never for instants before they were first
 //! seen, and at most once for a stretch of downtime.
 
-mod support_hooks;
-
+use crate::support_hooks::*;
 use chrono::{DateTime, TimeZone, Utc};
 use server::cron::Cron;
 use server::planner;
 use server::store::{self, Event, RunStatus, Trigger};
-use support_hooks::*;
 
 fn t(day: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, day, h, m, s).unwrap()

@@ -2,15 +2,13 @@
 //! endpoint or the store, planned by `planner::plan_pending` (and once by the spawned
 //! worker inside a real server).
 
-mod support_hooks;
-
+use crate::support_hooks::*;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use server::config::Settings;
 use server::forge::ForgeKind;
 use server::planner::{self, Planner};
 use server::store::{self, Event, NewRun, RunStatus, StageStatus, Trigger};
-use support_hooks::*;
 
 fn stage_keys(stages: &[store::StageWithSteps]) -> Vec<(String, StageStatus)> {
     stages

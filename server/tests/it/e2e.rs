@@ -3,16 +3,14 @@
 //! runner on the local backend, logs through the API, and commit statuses sent to a
 //! stand-in forge. The same suite runs on SQLite and on PostgreSQL.
 
-mod support_hooks;
-
 use std::time::Duration;
 
+use crate::support_hooks::*;
 use server::config::Settings;
 use server::crypto::{generate_token, hash_token};
 use server::forge::ForgeKind;
 use server::state::forge_token_aad;
 use server::store::{RunStatus, TokenScope};
-use support_hooks::*;
 
 const E2E_PIPELINE: &str = "stages:
   build:

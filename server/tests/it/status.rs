@@ -1,7 +1,6 @@
 //! Run state changes reach each forge's commit status API as documented.
 
-mod support_hooks;
-
+use crate::support_hooks::fake_forge;
 use axum::http::Method;
 use server::config::{Config, Settings};
 use server::crypto::generate_webhook_secret;
@@ -9,7 +8,6 @@ use server::serve::build_state;
 use server::state::{AppState, forge_token_aad};
 use server::status::Follower;
 use server::store::{Event, Forge, NewRepo, NewRun, Trigger};
-use support_hooks::fake_forge;
 
 async fn state(dir: &std::path::Path) -> AppState {
     let settings = Settings {

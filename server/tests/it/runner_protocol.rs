@@ -2,16 +2,14 @@
 //! repository, runs planned from YAML, executed by the in-process runner or by the real
 //! `slipway runner` binary.
 
-mod support_server;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support_server::*;
 use base64::Engine;
 use server::protocol::*;
 use server::store::*;
-use support_server::*;
 
 /// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
 /// target directory shared between branches, another build can replace the binary

@@ -2,18 +2,16 @@
 //! in-process runner on the local backend, the runner protocol spoken directly where a
 //! test needs to send what a well-behaved runner never would, and the public API.
 
-mod support_server;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support_server::{Opts, Server, postgres};
 use futures::StreamExt;
 use serde_json::Value;
 use server::config::Settings;
 use server::protocol::*;
 use server::store::*;
 use sha2::{Digest, Sha256};
-use support_server::{Opts, Server, postgres};
 
 const FILES: &[(&str, &str)] = &[
     ("README.md", "hello from the repository\n"),
