@@ -5,8 +5,19 @@
 //! no step run twice, no log line stored twice. Real server (SQLite), real runner
 //! agent, the API-server test double.
 
-#[path = "../../server/tests/it/support_server.rs"]
-mod support_server;
+// The server's test harness (`server/tests/it/support`), the parts this test uses.
+#[path = "../../server/tests/it/support/db.rs"]
+#[allow(unused)]
+mod db;
+#[path = "../../server/tests/it/support/git.rs"]
+#[allow(unused)]
+mod git;
+#[path = "../../server/tests/it/support/poll.rs"]
+#[allow(unused)]
+mod poll;
+#[path = "../../server/tests/it/support/test_server.rs"]
+#[allow(unused)]
+mod test_server;
 
 mod kube_support;
 
@@ -20,7 +31,7 @@ use runner::kubernetes::names;
 use server::backends::Opened;
 use server::runner_agent::Agent;
 use server::store::RunStatus;
-use support_server::{Opts, Server};
+use test_server::TestServer;
 use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "stages:
@@ -36,7 +47,7 @@ const PIPELINE: &str = "stages:
 /// then run) on a fresh backend; the returned task is the runner's whole life.
 async fn start_runner(
     d: &tests::kube_double::KubeDouble,
-    server: &Server,
+    server: &TestServer,
     name: &str,
     token: &str,
 ) -> (tokio::task::JoinHandle<()>, usize) {
@@ -63,15 +74,14 @@ async fn start_runner(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
     let d = kube_support::double().await;
-    let server = Server::start(Opts {
-        in_process: false,
-        heartbeat_secs: 10,
-        ..Opts::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(10)
+        .start()
+        .await;
     let name = kube_support::unique_runner("agent");
     let token = server.runner_token(&name).await;
-    let (repo, sha, _) = server.repo(&[("hello.txt", "hello from git\n")]).await;
+    let (repo, sha) = server.repo(&[("hello.txt", "hello from git\n")]).await;
     let run = server.run(&repo, &sha, PIPELINE, false).await;
 
     let (first, adopted) = start_runner(&d, &server, &name, &token).await;
@@ -163,12 +173,12 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
 async fn the_orphan_sweep_deletes_pods_whose_lease_is_gone() {
     use runner::{Backend, StageSpec, StepSpec};
     let d = kube_support::double().await;
-    let server = Server::start(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(&[("a.txt", "a\n")]).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(&[("a.txt", "a\n")]).await;
     // A stage that is queued (no runner): not running, so no pod may be for it.
     let run = server.run(&repo, &sha, PIPELINE, false).await;
     let queued = server.stage(run.id, "build").await.stage;

@@ -2,11 +2,14 @@
 //! repository fire once per due instant, never for instants before they were first
 //! seen, and at most once for a stretch of downtime.
 
-use crate::support_hooks::*;
 use chrono::{DateTime, TimeZone, Utc};
 use server::cron::Cron;
 use server::planner;
 use server::store::{self, Event, RunStatus, Trigger};
+
+use crate::support::forge::{PIPELINE, register, runs};
+use crate::support::git::GitRepo;
+use crate::support::test_server::TestServer;
 
 fn t(day: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, day, h, m, s).unwrap()
@@ -34,9 +37,9 @@ stages:
 
 #[tokio::test]
 async fn a_due_schedule_fires_once_and_is_planned() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let files = [(".slipway/nightly.yml", NIGHTLY), ("README", "x")];
     let head = git.commit("refs/heads/main", &[], &files, "init");
     let repo = register(state, "o/r", store::Forge::Github, &git.url(), "main", true).await;
@@ -103,9 +106,9 @@ async fn a_due_schedule_fires_once_and_is_planned() {
 
 #[tokio::test]
 async fn downtime_fires_only_the_latest_missed_instant() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
@@ -139,9 +142,9 @@ async fn downtime_fires_only_the_latest_missed_instant() {
 
 #[tokio::test]
 async fn a_schedule_belongs_to_its_pipeline() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
@@ -177,9 +180,9 @@ async fn a_schedule_belongs_to_its_pipeline() {
 
 #[tokio::test]
 async fn repositories_without_schedules_or_branch_fire_nothing() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
@@ -195,7 +198,7 @@ async fn repositories_without_schedules_or_branch_fire_nothing() {
         true,
     )
     .await;
-    let empty = GitForge::new();
+    let empty = GitRepo::bare();
     let nobranch = register(
         state,
         "o/empty",

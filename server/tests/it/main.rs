@@ -1,8 +1,7 @@
 //! The server's integration tests in one binary (one link of the server instead of one
-//! per file): a module per area.
+//! per file): a module per area, on the harness in `support`.
 
-mod support_hooks;
-mod support_server;
+mod support;
 
 mod admin_cli;
 mod api;
