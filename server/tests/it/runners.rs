@@ -12,36 +12,30 @@
 //! both running in the runners API.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use git2::{Repository, Signature};
 use serde_json::Value;
 
-/// The `slipway` binary under test (`SLIPWAY_TEST_BIN` overrides Cargo's path, for
-/// target directories shared between branches).
-fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
+use crate::support::docker::{Leftovers, containers};
+use crate::support::git::commit;
+use crate::support::process::Processes;
+
+/// A server without an in-process runner, and runners whose lost stages come back
+/// within 3 s.
+fn processes() -> Processes {
+    Processes::new()
+        .env("SLIPWAY_HEARTBEAT_TIMEOUT", "3")
+        .env("SLIPWAY_IN_PROCESS_RUNNER", "false")
 }
 
-/// The test's temp dir, its server port, and every process it started (killed on drop,
-/// with the step groups recorded in `b.starts`, so a failing test leaves nothing).
-struct Env {
-    dir: tempfile::TempDir,
-    port: u16,
-    children: Vec<(String, Child)>,
-}
+/// Kills the step process groups recorded in `b.starts` when dropped, so a failing test
+/// leaves no step behind (the step runs as its own process group; the pid leads it).
+struct StepGroups(PathBuf);
 
-impl Drop for Env {
+impl Drop for StepGroups {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for pid in lines(&self.markers().join("b.starts")) {
-            // The step ran as its own process group; the pid leads it.
+        for pid in lines(&self.0.join("b.starts")) {
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
                 .stderr(Stdio::null())
@@ -50,168 +44,30 @@ impl Drop for Env {
     }
 }
 
-impl Env {
-    fn new() -> Env {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-            port,
-            children: Vec::new(),
-        };
-        std::fs::create_dir_all(env.markers()).unwrap();
-        env
-    }
-
-    fn markers(&self) -> PathBuf {
-        self.dir.path().join("markers")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(slipway_bin());
-        cmd.env("SLIPWAY_DATA_DIR", self.dir.path().join("data"))
-            .env("SLIPWAY_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("SLIPWAY_HEARTBEAT_TIMEOUT", "3")
-            .env("SLIPWAY_IN_PROCESS_RUNNER", "false")
-            .env("RUST_LOG", "info")
-            .env_remove("SLIPWAY_DATABASE_URL")
-            .env_remove("SLIPWAY_SERVER")
-            .env_remove("SLIPWAY_RUNNER_NAME")
-            .env_remove("SLIPWAY_RUNNER_TOKEN")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "slipway {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// Starts a process whose output goes to `<name>.log` (appended, so a restart
-    /// keeps the first run's log).
-    fn spawn(&mut self, name: &str, mut cmd: Command) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(name))
-            .unwrap();
-        let child = cmd
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push((name.to_string(), child));
-    }
-
-    /// SIGKILLs the process started as `name`.
-    fn kill(&mut self, name: &str) {
-        let i = self
-            .children
-            .iter()
-            .position(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no process {name}"));
-        let (_, mut child) = self.children.remove(i);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    async fn start_server(&mut self) {
-        let mut cmd = self.command();
-        cmd.arg("server");
-        self.spawn("server", cmd);
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !client
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "server never ready\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn work_dir(&self, runner: &str) -> PathBuf {
-        self.dir.path().join(format!("work-{runner}"))
-    }
-
-    fn start_runner(&mut self, name: &str, token: &str, labels: &str, capacity: u32) {
-        self.start_runner_on(name, token, labels, capacity, "local");
-    }
-
-    fn start_runner_on(
-        &mut self,
-        name: &str,
-        token: &str,
-        labels: &str,
-        capacity: u32,
-        backend: &str,
-    ) {
-        let mut cmd = self.command();
-        cmd.args(["runner", "--backend", backend]);
-        cmd.args(["--server", &self.url("/"), "--name", name])
-            .args(["--labels", labels, "--capacity", &capacity.to_string()])
-            .arg("--work-dir")
-            .arg(self.work_dir(name))
-            .args(["--shutdown-grace", "1"])
-            .env("SLIPWAY_RUNNER_TOKEN", token);
-        self.spawn(name, cmd);
-    }
-
-    fn logs(&self) -> String {
-        let port = self.port;
-        [
-            "server".to_string(),
-            "alpha".into(),
-            "beta".into(),
-            format!("alpha-{port}"),
-            format!("beta-{port}"),
-        ]
-        .iter()
-        .map(|n| {
-            let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
-            format!("--- {n} log:\n{text}")
-        })
-        .collect()
-    }
-}
-
-fn commit(path: &Path, files: &[(&str, &str)]) -> String {
-    let repo = Repository::init(path).unwrap();
-    for (name, text) in files {
-        std::fs::write(path.join(name), text).unwrap();
-    }
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = Signature::now("Dev", "dev@example.com").unwrap();
-    repo.commit(Some("refs/heads/main"), &sig, &sig, "first", &tree, &[])
-        .unwrap()
-        .to_string()
+/// `slipway runner` as `name` on `backend` with these labels and capacity.
+fn start_runner(
+    env: &mut Processes,
+    name: &str,
+    token: &str,
+    labels: &str,
+    capacity: u32,
+    backend: &str,
+) {
+    let capacity = capacity.to_string();
+    env.start_runner(
+        name,
+        token,
+        &[
+            "--backend",
+            backend,
+            "--labels",
+            labels,
+            "--capacity",
+            &capacity,
+            "--shutdown-grace",
+            "1",
+        ],
+    );
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -286,6 +142,14 @@ stages:
     )
 }
 
+/// The run detail if the run is final, else what it says.
+fn finished(detail: Value) -> Result<Value, String> {
+    match detail["run"]["status"].as_str().unwrap_or_default() {
+        "pending" | "running" => Err(format!("{detail:#}")),
+        _ => Ok(detail),
+    }
+}
+
 fn stage<'a>(detail: &'a Value, key: &str) -> &'a Value {
     detail["stages"]
         .as_array()
@@ -297,13 +161,15 @@ fn stage<'a>(detail: &'a Value, key: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_stage() {
-    let mut env = Env::new();
-    let markers = env.markers();
+    let mut env = processes();
+    let markers = env.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let _steps = StepGroups(markers.clone());
     let source = env.dir.path().join("repo");
     std::fs::create_dir_all(&source).unwrap();
     let sha = commit(&source, &[(".slipway.yml", &pipeline(&markers))]);
 
-    env.start_server().await;
+    env.start_server("server");
     env.cli(&[
         "repo",
         "add",
@@ -316,7 +182,7 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
     let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let runner_token = env.cli(&["token", "create", "runners", "--scope", "runner"]);
-    env.start_runner("alpha", &runner_token, "alpha,linux", 2);
+    start_runner(&mut env, "alpha", &runner_token, "alpha,linux", 2, "local");
 
     let client = reqwest::Client::new();
     let body = serde_json::json!({
@@ -347,40 +213,47 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
     };
 
     // `b` needs `beta`, which no runner has yet: it says so, in the API and the log.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let detail = run_detail().await;
-        let server_log = std::fs::read_to_string(env.log_path("server")).unwrap_or_default();
-        let warned = server_log
-            .contains("queued stage cannot start: no registered runner has all of the labels beta");
-        let planned = detail["stages"].as_array().is_some_and(|s| !s.is_empty());
-        if planned && stage(&detail, "b")["status"] == "queued" && warned {
-            assert_eq!(
-                stage(&detail, "b")["unroutable"],
-                "no registered runner has all of the labels beta",
-                "{detail:#}"
-            );
-            assert!(stage(&detail, "b")["labels"] == serde_json::json!(["beta"]));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`b` never reported unroutable: {detail:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let detail = env
+        .wait(
+            "`b` to report unroutable",
+            Duration::from_secs(60),
+            || async {
+                let detail = run_detail().await;
+                let server_log =
+                    std::fs::read_to_string(env.log_path("server")).unwrap_or_default();
+                let warned = server_log.contains(
+                    "queued stage cannot start: no registered runner has all of the labels beta",
+                );
+                let planned = detail["stages"].as_array().is_some_and(|s| !s.is_empty());
+                if planned && stage(&detail, "b")["status"] == "queued" && warned {
+                    Ok(detail)
+                } else {
+                    Err(format!("{detail:#}"))
+                }
+            },
+        )
+        .await;
+    assert_eq!(
+        stage(&detail, "b")["unroutable"],
+        "no registered runner has all of the labels beta",
+        "{detail:#}"
+    );
+    assert!(stage(&detail, "b")["labels"] == serde_json::json!(["beta"]));
 
     // Both alpha stages run at once on alpha (capacity 2), meeting through markers.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(markers.join("a1.started").exists() && markers.join("a2.started").exists()) {
-        assert!(
-            Instant::now() < deadline,
-            "alpha never ran a1 and a2\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait(
+        "alpha to run a1 and a2",
+        Duration::from_secs(60),
+        || async {
+            let started = ["a1.started", "a2.started"].map(|m| markers.join(m).exists());
+            if started == [true, true] {
+                Ok(())
+            } else {
+                Err(format!("a1, a2 started: {started:?}"))
+            }
+        },
+    )
+    .await;
 
     // The runners API shows alpha full: its labels (with its backend), 2 of 2 running.
     let runners: Value = client
@@ -404,16 +277,15 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
     assert_eq!(alpha["running"], 2, "{runners:#}");
     std::fs::write(markers.join("runners.checked"), "").unwrap();
 
-    env.start_runner("beta", &runner_token, "beta", 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines(&markers.join("b.starts")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "beta never started b\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_runner(&mut env, "beta", &runner_token, "beta", 1, "local");
+    env.wait("beta to start b", Duration::from_secs(60), || async {
+        if lines(&markers.join("b.starts")).is_empty() {
+            Err("no start of b yet")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let detail = run_detail().await;
     assert!(stage(&detail, "b")["unroutable"].is_null(), "{detail:#}");
     assert_eq!(stage(&detail, "a1")["status"], "running", "{detail:#}");
@@ -429,25 +301,25 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
 
     // The lease expires (heartbeat timeout 3 s): `b` is queued again for attempt 2,
     // as an infrastructure failure ("runner lost"); alpha's work is not disturbed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let detail = loop {
-        let detail = run_detail().await;
-        let b = stage(&detail, "b");
-        if b["status"] == "queued" && b["attempt"] == 2 {
-            break detail;
-        }
-        assert!(
-            b["status"] == "running" && b["attempt"] == 1,
-            "b should stay running until its lease expires, then be queued: {detail:#}\n{}",
-            env.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "b was not taken back from the killed runner: {detail:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let detail = env
+        .wait(
+            "b to be taken back from the killed runner",
+            Duration::from_secs(30),
+            || async {
+                let detail = run_detail().await;
+                let b = stage(&detail, "b");
+                if b["status"] == "queued" && b["attempt"] == 2 {
+                    return Ok(detail);
+                }
+                assert!(
+                    b["status"] == "running" && b["attempt"] == 1,
+                    "b should stay running until its lease expires, then be queued: {detail:#}\n{}",
+                    env.logs()
+                );
+                Err(format!("{detail:#}"))
+            },
+        )
+        .await;
     let b = stage(&detail, "b");
     assert!(
         b["reason"]
@@ -458,24 +330,12 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
     );
 
     // Beta comes back: its start-up sweep kills the orphan, then it runs attempt 2.
-    env.start_runner("beta", &runner_token, "beta", 1);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let detail = loop {
-        let detail = run_detail().await;
-        let status = detail["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if !matches!(status.as_str(), "pending" | "running") {
-            break detail;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run still {status}: {detail:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    start_runner(&mut env, "beta", &runner_token, "beta", 1, "local");
+    let detail = env
+        .wait("the run to finish", Duration::from_secs(90), || async {
+            finished(run_detail().await)
+        })
+        .await;
     let dump = format!("{detail:#}\n{}", env.logs());
     assert_eq!(detail["run"]["status"], "success", "{dump}");
 
@@ -517,64 +377,6 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
     assert!(lines(&markers.join("b.dones")).is_empty(), "{dump}");
 }
 
-/// Removes whatever the named runners left on the Docker engine when a test fails
-/// half-way (on success there is nothing left to remove; the test checks that).
-struct DockerLeftovers(Vec<String>);
-
-impl Drop for DockerLeftovers {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let filter = format!("label=io.slipway.runner={name}");
-            for (list, remove) in [
-                (vec!["ps", "-aq"], vec!["rm", "-f"]),
-                (vec!["network", "ls", "-q"], vec!["network", "rm"]),
-                (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
-            ] {
-                let Ok(out) = Command::new("docker")
-                    .args(&list)
-                    .args(["--filter", &filter])
-                    .output()
-                else {
-                    continue;
-                };
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect();
-                if !ids.is_empty() {
-                    let _ = Command::new("docker")
-                        .args(&remove)
-                        .args(&ids)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-        }
-    }
-}
-
-/// Containers of the Docker engine labelled as belonging to runner `name`.
-fn runner_containers(name: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=io.slipway.runner={name}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker ps failed; is the engine running?"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// The same on the Docker backend: two `slipway runner --backend docker` processes; one
 /// is SIGKILLed mid-step, leaving its step container running as an orphan. Its stage is
 /// taken back within the heartbeat timeout while the other runner's stage finishes on
@@ -582,9 +384,9 @@ fn runner_containers(name: &str) -> Vec<String> {
 /// container before it runs attempt 2, and nothing of either runner is left after.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_runners_a_killed_one_leaves_no_orphan_containers_after_restart() {
-    let mut env = Env::new();
+    let mut env = processes();
     let (alpha, beta) = (format!("alpha-{}", env.port), format!("beta-{}", env.port));
-    let _leftovers = DockerLeftovers(vec![alpha.clone(), beta.clone()]);
+    let _leftovers = Leftovers(vec![alpha.clone(), beta.clone()]);
     let source = env.dir.path().join("repo");
     std::fs::create_dir_all(&source).unwrap();
     let pipeline = "\
@@ -601,7 +403,7 @@ stages:
       - run: sleep 5 && echo b done
 ";
     let sha = commit(&source, &[(".slipway.yml", pipeline)]);
-    env.start_server().await;
+    env.start_server("server");
     env.cli(&[
         "repo",
         "add",
@@ -614,8 +416,8 @@ stages:
     let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let runner_token = env.cli(&["token", "create", "runners", "--scope", "runner"]);
-    env.start_runner_on(&alpha, &runner_token, "alpha", 1, "docker");
-    env.start_runner_on(&beta, &runner_token, "beta", 1, "docker");
+    start_runner(&mut env, &alpha, &runner_token, "alpha", 1, "docker");
+    start_runner(&mut env, &beta, &runner_token, "beta", 1, "docker");
 
     let client = reqwest::Client::new();
     let body = serde_json::json!({
@@ -642,82 +444,67 @@ stages:
     };
 
     // Both run; beta's step container is up.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let orphans = loop {
-        let d = detail().await;
-        let running = |k: &str| {
-            d["stages"].as_array().is_some_and(|stages| {
-                stages
-                    .iter()
-                    .any(|s| s["key"] == k && s["steps"][0]["status"] == "running")
-            })
-        };
-        let containers = runner_containers(&beta);
-        if running("a") && running("b") && !containers.is_empty() {
-            break containers;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a and b never both ran: {d:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let orphans = env
+        .wait("a and b to run both", Duration::from_secs(60), || async {
+            let d = detail().await;
+            let running = |k: &str| {
+                d["stages"].as_array().is_some_and(|stages| {
+                    stages
+                        .iter()
+                        .any(|s| s["key"] == k && s["steps"][0]["status"] == "running")
+                })
+            };
+            let containers = containers(&beta);
+            if running("a") && running("b") && !containers.is_empty() {
+                Ok(containers)
+            } else {
+                Err(format!("{d:#}"))
+            }
+        })
+        .await;
     env.kill(&beta);
 
     // Taken back within the heartbeat timeout (3 s), as "runner lost"; the orphan
     // container is still there, since nobody removed it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = detail().await;
-        let b = stage(&d, "b");
-        if b["status"] == "queued" && b["attempt"] == 2 {
-            assert!(
-                b["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("runner lost"),
-                "{d:#}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "b was not taken back: {d:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let d = env
+        .wait("b to be taken back", Duration::from_secs(20), || async {
+            let d = detail().await;
+            let b = stage(&d, "b");
+            if b["status"] == "queued" && b["attempt"] == 2 {
+                Ok(d)
+            } else {
+                Err(format!("{d:#}"))
+            }
+        })
+        .await;
     assert!(
-        orphans.iter().any(|c| runner_containers(&beta).contains(c)),
+        stage(&d, "b")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("runner lost"),
+        "{d:#}"
+    );
+    assert!(
+        orphans.iter().any(|c| containers(&beta).contains(c)),
         "the killed runner's step container should be an orphan now"
     );
 
     // Beta restarts: the sweep removes the orphan, then attempt 2 runs to the end.
-    env.start_runner_on(&beta, &runner_token, "beta", 1, "docker");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let d = loop {
-        let d = detail().await;
-        let status = d["run"]["status"].as_str().unwrap_or_default().to_string();
-        if !matches!(status.as_str(), "pending" | "running") {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run still {status}: {d:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    start_runner(&mut env, &beta, &runner_token, "beta", 1, "docker");
+    let d = env
+        .wait("the run to finish", Duration::from_secs(90), || async {
+            finished(detail().await)
+        })
+        .await;
     let dump = format!("{d:#}\n{}", env.logs());
     assert_eq!(d["run"]["status"], "success", "{dump}");
     assert_eq!(stage(&d, "a")["attempt"], 1, "{dump}");
     assert_eq!(stage(&d, "b")["attempt"], 2, "{dump}");
-    let left = runner_containers(&beta);
+    let left = containers(&beta);
     assert!(
         orphans.iter().all(|c| !left.contains(c)),
         "the orphan outlived beta's restart: {left:?}\n{dump}"
     );
     assert!(left.is_empty(), "{left:?}\n{dump}");
-    assert!(runner_containers(&alpha).is_empty(), "{dump}");
+    assert!(containers(&alpha).is_empty(), "{dump}");
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use git2::{Oid, Repository, Signature, Time};
 
@@ -152,4 +153,20 @@ pub fn commit(path: &Path, files: &[(&str, &str)]) -> String {
     GitRepo::init(path)
         .commit("refs/heads/main", &[], files, "first")
         .to_string()
+}
+
+/// The git command line in `dir` (as a developer would push), asserting success.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
