@@ -1,5 +1,5 @@
 //! The server's integration tests in one binary (one link of the server instead of one
-//! per file): a module per area, on the harness in `support`.
+//! per file): a module per area, all on the harness in `support`.
 
 mod support;
 
@@ -16,6 +16,7 @@ mod docker_sweep;
 mod e2e;
 mod forge;
 mod git_mirror;
+mod harness;
 mod hooks;
 mod logs;
 mod planner;

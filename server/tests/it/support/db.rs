@@ -38,10 +38,15 @@ pub struct PgDatabase {
     pub url: String,
 }
 
+/// The PostgreSQL server tests create their databases on (the URL of a database there,
+/// whose role may `CREATE DATABASE`).
+pub fn pg_server() -> String {
+    std::env::var("SLIPWAY_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.into())
+}
+
 impl PgDatabase {
     pub async fn create() -> PgDatabase {
-        let server =
-            std::env::var("SLIPWAY_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_SERVER.into());
+        let server = pg_server();
         let mut admin = sqlx::PgConnection::connect(&server)
             .await
             .unwrap_or_else(|e| {
