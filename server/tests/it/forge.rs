@@ -11,6 +11,7 @@ use server::forge::{
 };
 
 use crate::support::forge::{FakeForge, fixture, hmac_hex, parse_event as event};
+use crate::support::process::free_port;
 
 // ---------------------------------------------------------------- helpers
 
@@ -1345,11 +1346,8 @@ async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token()
 
 #[tokio::test]
 async fn unreachable_forges_are_retryable_network_errors() {
-    // Bind and drop a listener to get a port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port that was free: nothing listens on it.
+    let port = free_port();
     let target = StatusTarget {
         kind: ForgeKind::Gitea,
         api_base: format!("http://127.0.0.1:{port}/api/v1"),
