@@ -5,17 +5,18 @@
 //! no step run twice, no log line stored twice. Real server (SQLite), real runner
 //! agent, the API-server test double.
 
+use crate::kube_support::{self, Poll, poll_until};
+use crate::test_server::TestServer;
+
 use std::time::Duration;
 
-use crate::kube_support::{self, Poll, poll_until};
-use crate::support_server::{Opts, Server};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{AttachParams, ListParams};
 use runner::KubernetesBackend;
 use runner::kubernetes::names;
-use server::agent::Agent;
 use server::agent::backends::Opened;
+use server::agent::Agent;
 use server::store::RunStatus;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,7 @@ const PIPELINE: &str = "stages:
 /// then run) on a fresh backend; the returned task is the runner's whole life.
 async fn start_runner(
     d: &tests::kube_double::KubeDouble,
-    server: &Server,
+    server: &TestServer,
     name: &str,
     token: &str,
 ) -> (tokio::task::JoinHandle<()>, usize) {
@@ -59,15 +60,14 @@ async fn start_runner(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
     let d = kube_support::double().await;
-    let server = Server::start(Opts {
-        in_process: false,
-        heartbeat_secs: 10,
-        ..Opts::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(10)
+        .start()
+        .await;
     let name = kube_support::unique_runner("agent");
     let token = server.runner_token(&name).await;
-    let (repo, sha, _) = server.repo(&[("hello.txt", "hello from git\n")]).await;
+    let (repo, sha) = server.repo(&[("hello.txt", "hello from git\n")]).await;
     let run = server.run(&repo, &sha, PIPELINE, false).await;
 
     let (first, adopted) = start_runner(&d, &server, &name, &token).await;
@@ -153,12 +153,12 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
 async fn the_orphan_sweep_deletes_pods_whose_lease_is_gone() {
     use runner::{Backend, StageSpec, StepSpec};
     let d = kube_support::double().await;
-    let server = Server::start(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(&[("a.txt", "a\n")]).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(&[("a.txt", "a\n")]).await;
     // A stage that is queued (no runner): not running, so no pod may be for it.
     let run = server.run(&repo, &sha, PIPELINE, false).await;
     let queued = server.stage(run.id, "build").await.stage;

@@ -13,6 +13,16 @@ mod kube_support;
 mod purity;
 mod validate_agrees;
 
-/// The server harness of `server/tests`, shared by path.
-#[path = "../../../server/tests/support_server/mod.rs"]
-mod support_server;
+// The server's test harness (`server/tests/it/support`), the parts kube_runner uses.
+#[path = "../../../server/tests/it/support/db.rs"]
+#[allow(unused)]
+mod db;
+#[path = "../../../server/tests/it/support/git.rs"]
+#[allow(unused)]
+mod git;
+#[path = "../../../server/tests/it/support/poll.rs"]
+#[allow(unused)]
+mod poll;
+#[path = "../../../server/tests/it/support/test_server.rs"]
+#[allow(unused)]
+mod test_server;

@@ -2,13 +2,14 @@
 //! repository fire once per due instant, never for instants before they were first
 //! seen, and at most once for a stretch of downtime.
 
-mod support_hooks;
-
 use chrono::{DateTime, TimeZone, Utc};
-use server::store::{self, Event, RunStatus, Trigger};
 use server::workers::cron::Cron;
 use server::workers::planner;
-use support_hooks::*;
+use server::store::{self, Event, RunStatus, Trigger};
+
+use crate::support::forge::{PIPELINE, register, runs};
+use crate::support::git::GitRepo;
+use crate::support::test_server::TestServer;
 
 fn t(day: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, day, h, m, s).unwrap()
@@ -36,20 +37,12 @@ stages:
 
 #[tokio::test]
 async fn a_due_schedule_fires_once_and_is_planned() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let files = [(".slipway/nightly.yml", NIGHTLY), ("README", "x")];
     let head = git.commit("refs/heads/main", &[], &files, "init");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let mut cron = Cron::default();
 
     // First sight at midnight: registered, nothing fires (not even yesterday's 03:00).
@@ -113,24 +106,16 @@ async fn a_due_schedule_fires_once_and_is_planned() {
 
 #[tokio::test]
 async fn downtime_fires_only_the_latest_missed_instant() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
         &[(".slipway/nightly.yml", NIGHTLY)],
         "init",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let mut cron = Cron::default();
     assert!(cron.tick(state, t(1, 12, 0, 0)).await.unwrap().is_empty());
     // Down from the 1st at noon to the 5th at noon: four 03:00s were missed, one fires.
@@ -157,9 +142,9 @@ async fn downtime_fires_only_the_latest_missed_instant() {
 
 #[tokio::test]
 async fn a_schedule_belongs_to_its_pipeline() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
@@ -169,15 +154,7 @@ async fn a_schedule_belongs_to_its_pipeline() {
         ],
         "init",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let mut cron = Cron::default();
     cron.tick(state, t(1, 0, 0, 0)).await.unwrap();
     let fired = cron.tick(state, t(1, 3, 0, 0)).await.unwrap();
@@ -203,9 +180,9 @@ async fn a_schedule_belongs_to_its_pipeline() {
 
 #[tokio::test]
 async fn repositories_without_schedules_or_branch_fire_nothing() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit(
         "refs/heads/main",
         &[],
@@ -221,7 +198,7 @@ async fn repositories_without_schedules_or_branch_fire_nothing() {
         true,
     )
     .await;
-    let empty = GitForge::new();
+    let empty = GitRepo::bare();
     let nobranch = register(
         state,
         "o/empty",

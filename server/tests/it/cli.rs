@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::git::GitRepo;
+use crate::support::process;
+
 fn slipway(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
+    process::slipway()
         .args(args)
         .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("CLICOLOR_FORCE")
         .output()
         .expect("spawn slipway")
 }
@@ -240,22 +241,18 @@ fn monorepo_paths_select_stages() {
 #[test]
 fn exec_at_a_commit_uses_the_committed_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = git2::Repository::init(dir.path()).unwrap();
-    write(
-        dir.path(),
-        ".slipway.yml",
-        "stages:\n  show:\n    steps:\n      - run: cat version.txt\n",
+    GitRepo::init(dir.path()).commit(
+        "refs/heads/main",
+        &[],
+        &[
+            (
+                ".slipway.yml",
+                "stages:\n  show:\n    steps:\n      - run: cat version.txt\n",
+            ),
+            ("version.txt", "committed-v1\n"),
+        ],
+        "v1",
     );
-    write(dir.path(), "version.txt", "committed-v1\n");
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "v1", &tree, &[])
-        .unwrap();
     // Uncommitted edits must not leak into a run at a commit.
     write(dir.path(), "version.txt", "dirty-v2\n");
     write(dir.path(), ".slipway.yml", "stages: {oops\n");

@@ -2,37 +2,11 @@
 //! runs its stages as containers, with a service reachable by name, and leaves
 //! nothing on the engine. Needs a Docker engine and `bash .ci/images.sh`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
-/// The binary under test; see `crash.rs` for why `SLIPWAY_TEST_BIN` exists.
-fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
-}
-
-fn docker_objects(label: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for kind in [
-        &["ps", "-a", "-q"][..],
-        &["network", "ls", "-q"][..],
-        &["volume", "ls", "-q"][..],
-    ] {
-        let out = Command::new("docker")
-            .args(kind)
-            .args(["--filter", &format!("label={label}")])
-            .output()
-            .expect("running the docker CLI");
-        assert!(out.status.success(), "{out:?}");
-        found.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned),
-        );
-    }
-    found
-}
+use crate::support::docker::{labelled, require_images};
+use crate::support::process::slipway;
 
 fn write(dir: &Path, rel: &str, body: &str) {
     std::fs::write(dir.join(rel), body).unwrap();
@@ -40,19 +14,7 @@ fn write(dir: &Path, rel: &str, body: &str) {
 
 #[test]
 fn exec_on_the_docker_backend_runs_containers_with_a_service() {
-    for image in ["slipway-test/busybox:latest", "slipway-test/httpd:latest"] {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", image])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(
-            ok,
-            "test image {image} is missing: run `bash .ci/images.sh` first"
-        );
-    }
+    require_images(&["slipway-test/busybox:latest", "slipway-test/httpd:latest"]);
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "input.txt", "from the working tree\n");
     write(
@@ -78,11 +40,9 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
       - run: echo "second stage on $(hostname | wc -c) chars of container hostname"
 "#,
     );
-    let child = Command::new(slipway_bin())
+    let child = slipway()
         .args(["exec", ".", "--backend", "docker", "--branch", "main"])
         .current_dir(dir.path())
-        .env("NO_COLOR", "1")
-        .env_remove("CLICOLOR_FORCE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -97,8 +57,11 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
     assert!(stdout.contains("| hello from the service"), "{stdout}");
     assert!(stdout.contains("out.txt sha256:"), "{stdout}");
     assert!(stdout.contains("second stage on"), "{stdout}");
-    let label = format!("io.slipway.runner=exec-{}-{pid}", server::agent::hostname());
-    assert_eq!(docker_objects(&label), Vec::<String>::new());
+    let label = format!(
+        "io.slipway.runner=exec-{}-{pid}",
+        server::agent::hostname()
+    );
+    assert_eq!(labelled(&label), Vec::<String>::new());
 
     // A stage without an image cannot run in a container: a clear error.
     write(
@@ -106,10 +69,9 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
         ".slipway.yml",
         "stages:\n  bare:\n    steps:\n      - run: echo hi\n",
     );
-    let out = Command::new(slipway_bin())
+    let out = slipway()
         .args(["exec", ".", "--backend", "docker"])
         .current_dir(dir.path())
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -5,97 +5,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use git2::{Oid, Repository, Signature, Time};
+use git2::{Oid, Repository};
 use server::git::{GitError, Mirror};
 
-const BLOB: i32 = 0o100644;
-const EXEC: i32 = 0o100755;
-const LINK: i32 = 0o120000;
-
-/// A file set: path → (mode, contents).
-type Files = BTreeMap<String, (i32, Vec<u8>)>;
-
-fn files(entries: &[(&str, &str)]) -> Files {
-    entries
-        .iter()
-        .map(|(p, c)| (p.to_string(), (BLOB, c.as_bytes().to_vec())))
-        .collect()
-}
-
-/// A forge repository (non-bare, with a working tree, like a developer's clone).
-struct ForgeKind {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    repo: Repository,
-    clock: i64,
-}
-
-impl ForgeKind {
-    fn new() -> ForgeKind {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("forge");
-        let repo = Repository::init(&path).unwrap();
-        ForgeKind {
-            _dir: dir,
-            path,
-            repo,
-            clock: 1_700_000_000,
-        }
-    }
-
-    fn url(&self) -> String {
-        self.path.to_str().unwrap().to_owned()
-    }
-
-    /// Commits exactly `files` as the tree, with `parent` (if any), and points `refname` at it.
-    fn commit(&mut self, refname: &str, parents: &[Oid], files: &Files, message: &str) -> Oid {
-        let tree = self.tree(files, "");
-        let tree = self.repo.find_tree(tree).unwrap();
-        self.clock += 60;
-        let sig = Signature::new("Dev", "dev@example.com", &Time::new(self.clock, 0)).unwrap();
-        let parents: Vec<_> = parents
-            .iter()
-            .map(|p| self.repo.find_commit(*p).unwrap())
-            .collect();
-        let parents: Vec<_> = parents.iter().collect();
-        let oid = self
-            .repo
-            .commit(None, &sig, &sig, message, &tree, &parents)
-            .unwrap();
-        self.repo.reference(refname, oid, true, message).unwrap();
-        oid
-    }
-
-    fn tree(&self, files: &Files, prefix: &str) -> Oid {
-        let mut builder = self.repo.treebuilder(None).unwrap();
-        let mut subdirs: BTreeMap<String, ()> = BTreeMap::new();
-        for (path, (mode, contents)) in files {
-            let Some(rest) = path.strip_prefix(prefix) else {
-                continue;
-            };
-            match rest.split_once('/') {
-                None => {
-                    let blob = self.repo.blob(contents).unwrap();
-                    builder.insert(rest, blob, *mode).unwrap();
-                }
-                Some((dir, _)) => {
-                    subdirs.insert(dir.to_owned(), ());
-                }
-            }
-        }
-        for dir in subdirs.keys() {
-            let sub = self.tree(files, &format!("{prefix}{dir}/"));
-            builder.insert(dir, sub, 0o040000).unwrap();
-        }
-        builder.write().unwrap()
-    }
-
-    fn tag(&self, name: &str, target: Oid) -> Oid {
-        let sig = Signature::new("Rel", "rel@example.com", &Time::new(self.clock, 0)).unwrap();
-        let object = self.repo.find_object(target, None).unwrap();
-        self.repo.tag(name, &object, &sig, "release", true).unwrap()
-    }
-}
+use crate::support::git::{BLOB, EXEC, Files, GitRepo, LINK, files};
 
 fn mirror_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -128,7 +41,7 @@ fn first_files() -> Files {
 /// main: c1 → c2 (edit, rename, pipeline change) → c5; feature: c1 → c3 → c4;
 /// tag v1 (annotated) on c2; refs/pull/7/head = c4.
 struct History {
-    forge: ForgeKind,
+    forge: GitRepo,
     c1: Oid,
     c2: Oid,
     c3: Oid,
@@ -138,9 +51,9 @@ struct History {
 }
 
 fn history() -> History {
-    let mut forge = ForgeKind::new();
+    let mut forge = GitRepo::new();
     let f1 = first_files();
-    let c1 = forge.commit("refs/heads/main", &[], &f1, "c1");
+    let c1 = forge.commit_files("refs/heads/main", &[], &f1, "c1");
 
     let mut f2 = f1.clone();
     f2.insert(
@@ -153,15 +66,15 @@ fn history() -> History {
         ".slipway.yml".into(),
         (BLOB, b"stages: {root: 2}\n".to_vec()),
     );
-    let c2 = forge.commit("refs/heads/main", &[c1], &f2, "c2");
+    let c2 = forge.commit_files("refs/heads/main", &[c1], &f2, "c2");
     let tag_v1 = forge.tag("v1", c2);
 
     let mut f3 = f1.clone();
     f3.insert("app/x.rs".into(), (BLOB, b"x\n".to_vec()));
-    let c3 = forge.commit("refs/heads/feature", &[c1], &f3, "c3");
+    let c3 = forge.commit_files("refs/heads/feature", &[c1], &f3, "c3");
     let mut f4 = f3.clone();
     f4.insert("app/y.rs".into(), (BLOB, b"y\n".to_vec()));
-    let c4 = forge.commit("refs/heads/feature", &[c3], &f4, "c4");
+    let c4 = forge.commit_files("refs/heads/feature", &[c3], &f4, "c4");
     forge
         .repo
         .reference("refs/pull/7/head", c4, true, "pr")
@@ -169,7 +82,7 @@ fn history() -> History {
 
     let mut f5 = f2.clone();
     f5.insert("README.md".into(), (BLOB, b"# demo, later\n".to_vec()));
-    let c5 = forge.commit("refs/heads/main", &[c2], &f5, "c5");
+    let c5 = forge.commit_files("refs/heads/main", &[c2], &f5, "c5");
 
     History {
         forge,
@@ -184,7 +97,7 @@ fn history() -> History {
 
 #[test]
 fn open_or_init_is_idempotent_and_follows_url_changes() {
-    let forge = ForgeKind::new();
+    let forge = GitRepo::new();
     let (_tmp, dir) = mirror_dir();
     let m = Mirror::open_or_init(&dir, &forge.url()).unwrap();
     assert!(m.repository().is_bare());
@@ -245,9 +158,9 @@ fn mirror_is_send() {
 
 #[test]
 fn fetch_is_incremental_and_force_updates() {
-    let mut forge = ForgeKind::new();
+    let mut forge = GitRepo::new();
     let f1 = first_files();
-    let c1 = forge.commit("refs/heads/main", &[], &f1, "c1");
+    let c1 = forge.commit_files("refs/heads/main", &[], &f1, "c1");
     let (_tmp, dir) = mirror_dir();
     // Through a file:// URL this time.
     let m = Mirror::open_or_init(&dir, &format!("file://{}", forge.url())).unwrap();
@@ -261,7 +174,7 @@ fn fetch_is_incremental_and_force_updates() {
 
     let mut f2 = f1.clone();
     f2.insert("new.txt".into(), (BLOB, b"new\n".to_vec()));
-    let c2 = forge.commit("refs/heads/main", &[c1], &f2, "c2");
+    let c2 = forge.commit_files("refs/heads/main", &[c1], &f2, "c2");
     assert!(!m.has_commit(&c2.to_string()).unwrap());
 
     m.fetch(&refs(&["refs/heads/main"])).unwrap();
@@ -277,7 +190,7 @@ fn fetch_is_incremental_and_force_updates() {
     // Force-push: main rewritten to a commit that does not descend from c2.
     let mut f3 = f1.clone();
     f3.insert("rewritten.txt".into(), (BLOB, b"r\n".to_vec()));
-    let c3 = forge.commit("refs/heads/main", &[c1], &f3, "c3 (force-pushed)");
+    let c3 = forge.commit_files("refs/heads/main", &[c1], &f3, "c3 (force-pushed)");
     m.fetch(&refs(&["refs/heads/main"])).unwrap();
     assert_eq!(
         m.resolve_ref("refs/heads/main").unwrap(),
@@ -448,7 +361,8 @@ fn pipeline_files_come_from_the_commit_tree() {
         ".slipway.yml".into(),
         (BLOB, b"stages: {root: 99}\n".to_vec()),
     );
-    h.forge.commit("refs/heads/main", &[h.c5], &later, "later");
+    h.forge
+        .commit_files("refs/heads/main", &[h.c5], &later, "later");
     m.fetch(&refs(&["refs/heads/main"])).unwrap();
 
     let expected_c1 = vec![
@@ -479,15 +393,15 @@ fn pipeline_files_come_from_the_commit_tree() {
     // A commit the mirror does not have (yet).
     let unfetched = h
         .forge
-        .commit("refs/heads/unfetched", &[], &first_files(), "new");
+        .commit_files("refs/heads/unfetched", &[], &first_files(), "new");
     let err = m.pipeline_files(&unfetched.to_string()).unwrap_err();
     assert!(matches!(err, GitError::UnknownCommit(_)), "{err}");
 }
 
 #[test]
 fn pipeline_file_edge_cases() {
-    let mut forge = ForgeKind::new();
-    let none = forge.commit(
+    let mut forge = GitRepo::new();
+    let none = forge.commit_files(
         "refs/heads/none",
         &[],
         &files(&[("README.md", "x")]),
@@ -499,22 +413,22 @@ fn pipeline_file_edge_cases() {
         ".slipway/bad.yml".into(),
         (BLOB, b"name: caf\xe9\n".to_vec()),
     );
-    let bad = forge.commit("refs/heads/bad", &[], &bad, "latin-1 pipeline");
+    let bad = forge.commit_files("refs/heads/bad", &[], &bad, "latin-1 pipeline");
 
     let mut link = files(&[("ci/real.yml", "a: 1\n")]);
     link.insert(".slipway.yml".into(), (LINK, b"ci/real.yml".to_vec()));
-    let link = forge.commit("refs/heads/link", &[], &link, "symlinked pipeline");
+    let link = forge.commit_files("refs/heads/link", &[], &link, "symlinked pipeline");
 
     let big = files(&[(
         ".slipway.yaml",
         &"#".repeat(server::git::MAX_PIPELINE_FILE_BYTES + 1),
     )]);
-    let big = forge.commit("refs/heads/big", &[], &big, "huge pipeline");
+    let big = forge.commit_files("refs/heads/big", &[], &big, "huge pipeline");
 
     // Executable bits do not matter; a directory named like a pipeline file is not one.
     let mut odd = files(&[(".slipway/dir.yml/inner.yml", "x: 1\n")]);
     odd.insert(".slipway.yaml".into(), (EXEC, b"exec: 1\n".to_vec()));
-    let odd = forge.commit("refs/heads/odd", &[], &odd, "odd");
+    let odd = forge.commit_files("refs/heads/odd", &[], &odd, "odd");
 
     let (_tmp, dir) = mirror_dir();
     let m = Mirror::open_or_init(&dir, &forge.url()).unwrap();
@@ -628,7 +542,7 @@ fn changed_paths_of_a_pull_request_use_the_merge_base() {
 
     // Unrelated histories have no merge base.
     let mut forge = h.forge;
-    let orphan = forge.commit(
+    let orphan = forge.commit_files(
         "refs/heads/orphan",
         &[],
         &files(&[("o.txt", "o")]),

@@ -2,42 +2,25 @@
 //! repository, runs planned from YAML, executed by the in-process runner or by the real
 //! `slipway runner` binary.
 
-mod support_server;
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use server::protocol::*;
 use server::store::*;
-use support_server::*;
 
-/// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
-/// target directory shared between branches, another build can replace the binary
-/// between this crate's build and the test run.
-fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
-}
+use crate::support::both_databases;
+use crate::support::process::{self, Killed, slipway, wait_exit};
+use crate::support::test_server::TestServer;
 
 /// The real `slipway runner`, with its token in the environment.
-fn spawn_runner(server: &Server, token: &str, name: &str, extra: &[&str]) -> Child {
+fn spawn_runner(server: &TestServer, token: &str, name: &str, extra: &[&str]) -> Killed {
     let work = server.dir.path().join(format!("runner-{name}"));
-    std::fs::create_dir_all(&work).unwrap();
-    Command::new(slipway_bin())
-        .args(["runner", "--server", &server.url(), "--name", name])
-        .arg("--work-dir")
-        .arg(&work)
-        .args(extra)
-        .env("SLIPWAY_RUNNER_TOKEN", token)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+    let mut cmd = process::runner(&server.url(), name, &work, token);
+    cmd.args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    Killed::spawn(&mut cmd)
 }
 
 const FILES: &[(&str, &str)] = &[
@@ -47,19 +30,15 @@ const FILES: &[(&str, &str)] = &[
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn in_process_runner_runs_a_pipeline() {
-    runs_a_pipeline(Opts::default()).await
-}
+both_databases!(
+    in_process_runner_runs_a_pipeline,
+    secrets_are_injected_masked_and_withheld_from_forks,
+    stage_results_are_stored_and_outputs_reach_later_stages,
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn in_process_runner_runs_a_pipeline_on_postgres() {
-    runs_a_pipeline(postgres()).await
-}
-
-async fn runs_a_pipeline(opts: Opts) {
-    let server = Server::start(opts).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+async fn in_process_runner_runs_a_pipeline(db: Dialect) {
+    let server = TestServer::builder().on(db).heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   build:
@@ -102,7 +81,7 @@ stages:
     let count = server
         .state
         .logs
-        .read(Server::key(&build.stage, 1), 1, 100)
+        .read(TestServer::key(&build.stage, 1), 1, 100)
         .unwrap();
     // Two pipes: the order between stdout and stderr lines is not defined.
     let of = |stream| {
@@ -131,7 +110,7 @@ stages:
     let progress = server
         .state
         .logs
-        .subscribe(Server::key(&test.stage, 0))
+        .subscribe(TestServer::key(&test.stage, 0))
         .unwrap();
     assert!(progress.borrow().done);
     // The in-process runner registered under its own name.
@@ -147,19 +126,9 @@ stages:
 
 const SECRET: &str = "hunter2-s3cr3t-Value";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn secrets_are_injected_masked_and_withheld_from_forks() {
-    secrets_case(Opts::default()).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn secrets_are_injected_masked_and_withheld_from_forks_on_postgres() {
-    secrets_case(postgres()).await
-}
-
-async fn secrets_case(opts: Opts) {
-    let server = Server::start(opts).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+async fn secrets_are_injected_masked_and_withheld_from_forks(db: Dialect) {
+    let server = TestServer::builder().on(db).heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     server.secret(&repo, "API_TOKEN", SECRET, false).await;
     server
         .secret(&repo, "PR_OK", "pr-visible-value", true)
@@ -242,8 +211,8 @@ stages:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_undefined_secret_fails_the_stage_with_a_reason() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   deploy:
@@ -276,8 +245,8 @@ stages:
 /// fork's pull request) is refused when leased, before any pod could be asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_account_stage_of_an_untrusted_run_is_refused_at_lease() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   deploy:
@@ -301,8 +270,8 @@ stages:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_step_fails_the_stage_and_skips_dependents() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   build:
@@ -356,8 +325,8 @@ stages:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_run_stops_its_running_step() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   slow:
@@ -399,13 +368,13 @@ stages:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_lease_tokens_are_refused() {
     let clock = std::sync::Arc::new(server::clock::ManualClock::new());
-    let server = Server::start(Opts {
-        in_process: false,
-        clock: Some(clock.clone()),
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .clock(clock.clone())
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
     let run = server
         .run(
             &repo,
@@ -599,23 +568,19 @@ async fn stale_lease_tokens_are_refused() {
     // The lease runs out (no heartbeat for 3 s, stepped on the server's clock, plus one
     // expiry period): the stage is queued again and the old token is refused everywhere.
     clock.advance(Duration::from_secs(3 + 1));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = server.state.store.get_stage(id).await.unwrap();
-        if s.status == StageStatus::Queued {
-            assert_eq!(s.attempt, 2);
-            assert!(
-                s.reason
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("runner lost"),
-                "{s:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "lease never expired: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let s = server
+        .wait_stage(id, Duration::from_secs(15), |s| {
+            s.status == StageStatus::Queued
+        })
+        .await;
+    assert_eq!(s.attempt, 2);
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("runner lost"),
+        "{s:?}"
+    );
     for (path, body) in [
         (heartbeat_path(id), good.clone()),
         (step_path(id, 0, "logs"), lines(5, &["late"])),
@@ -688,12 +653,12 @@ async fn stale_lease_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_remote_runner_process_runs_stages() {
-    let server = Server::start(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
     let token = server.runner_token("remote").await;
     let mut runner = spawn_runner(&server, &token, "remote-1", &[]);
     let run = server
@@ -734,17 +699,16 @@ async fn a_remote_runner_process_runs_stages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_runner_without_a_valid_token_exits_with_an_error() {
-    let server = Server::start(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
     let mut runner = spawn_runner(&server, "slp_not-a-token", "bad", &[]);
     let status = wait_exit(&mut runner, Duration::from_secs(15));
     assert!(!status.success());
-    let out = Command::new(slipway_bin())
+    let out = slipway()
         .args(["runner", "--server", &server.url()])
-        .env_remove("SLIPWAY_RUNNER_TOKEN")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -764,7 +728,7 @@ fn a_runner_refuses_bad_labels() {
         ("gpu,two words", "contains ' '"),
         ("backend:docker", "adds `backend:<name>`"),
     ] {
-        let out = Command::new(slipway_bin())
+        let out = slipway()
             .args([
                 "runner",
                 "--server",
@@ -786,14 +750,13 @@ fn a_runner_refuses_bad_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_runner_is_replaced_within_the_heartbeat_timeout() {
     let clock = std::sync::Arc::new(server::clock::ManualClock::new());
-    let server = Server::start(Opts {
-        in_process: false,
-        heartbeat_secs: 3,
-        clock: Some(clock.clone()),
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .clock(clock.clone())
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
     let token = server.runner_token("remote").await;
     let marks = server.dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -836,19 +799,11 @@ stages:
     // Re-queued within the timeout (3 s) plus one expiry period (1 s), stepped on the
     // server's clock.
     clock.advance(Duration::from_secs(3 + 1));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let requeued = loop {
-        let s = server.state.store.get_stage(flaky.stage.id).await.unwrap();
-        if s.status == StageStatus::Queued {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not re-queued: {}",
-            server.dump(run.id).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let requeued = server
+        .wait_stage(flaky.stage.id, Duration::from_secs(15), |s| {
+            s.status == StageStatus::Queued
+        })
+        .await;
     let took = killed_at.elapsed();
     assert!(took < Duration::from_secs(8), "re-queued after {took:?}");
     assert_eq!(requeued.attempt, 2);
@@ -892,8 +847,8 @@ stages:
 /// and the run finishes; nothing stays `running`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_server_finishes_what_its_runner_was_running() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let mark = server.dir.path().join("ran-once");
     let yaml = format!(
         "stages:\n  s:\n    steps:\n      - run: |\n          if [ -e '{m}' ]; then echo again; else touch '{m}'; echo once; sleep 300; fi\n",
@@ -912,7 +867,11 @@ async fn a_restarted_server_finishes_what_its_runner_was_running() {
         stopping.elapsed()
     );
 
-    let server = Server::start_in(dir, Opts::default()).await;
+    let server = TestServer::builder()
+        .dir(dir)
+        .heartbeat_secs(3)
+        .start()
+        .await;
     let run = server.wait_run(run.id, Duration::from_secs(60)).await;
     assert_eq!(
         run.status,
@@ -930,13 +889,12 @@ async fn a_restarted_server_finishes_what_its_runner_was_running() {
 /// infrastructure error, retried elsewhere) instead of waiting for the lease to expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_runner_hands_its_stage_back() {
-    let server = Server::start(Opts {
-        in_process: false,
-        heartbeat_secs: 30,
-        ..Opts::default()
-    })
-    .await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(30)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
     let token = server.runner_token("remote").await;
     let marks = server.dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -981,44 +939,17 @@ async fn a_stopping_runner_hands_its_stage_back() {
     server.stop().await;
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn stage_results_are_stored_and_outputs_reach_later_stages() {
-    stage_results_case(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn stage_results_are_stored_and_outputs_reach_later_stages_on_postgres() {
-    stage_results_case(Opts {
-        in_process: false,
-        ..postgres()
-    })
-    .await
-}
-
 /// Stage `build` is finished by hand through the protocol with outputs and findings;
 /// stage `deploy` (which needs it) then runs on a real runner agent with the local
 /// backend and prints the outputs it was given.
-async fn stage_results_case(opts: Opts) {
-    let server = Server::start(opts).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+async fn stage_results_are_stored_and_outputs_reach_later_stages(db: Dialect) {
+    let server = TestServer::builder()
+        .on(db)
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
     let token = server.runner_token("results runner").await;
     let admin = server::crypto::generate_token("slp_");
     server

@@ -4,117 +4,13 @@
 //! server is swept (killed) by the restarted in-process runner before its stage is
 //! leased again.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use git2::{Repository, Signature};
 use serde_json::Value;
 
-/// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
-/// target directory shared between branches, another build can replace the binary
-/// between this crate's build and the test run.
-fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Env {
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(slipway_bin());
-        cmd.env("SLIPWAY_DATA_DIR", self.data())
-            .env("SLIPWAY_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("SLIPWAY_HEARTBEAT_TIMEOUT", "3")
-            .env("RUST_LOG", "info")
-            .env_remove("SLIPWAY_DATABASE_URL")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// `slipway <args>` on the data dir; its stdout.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "slipway {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn log_path(&self, n: u32) -> PathBuf {
-        self.dir.path().join(format!("server-{n}.log"))
-    }
-
-    async fn start_server(&self, n: u32) -> Child {
-        let log = std::fs::File::create(self.log_path(n)).unwrap();
-        let mut child = self
-            .command()
-            .arg("server")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
-                && r.status().is_success()
-            {
-                return child;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("server {n} exited: {status}\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server {n} never ready\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        (1..=2)
-            .map(|n| {
-                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
-                format!("--- server {n} log:\n{text}")
-            })
-            .collect()
-    }
-}
-
-fn commit(path: &Path, files: &[(&str, &str)]) -> String {
-    let repo = Repository::init(path).unwrap();
-    for (name, text) in files {
-        std::fs::write(path.join(name), text).unwrap();
-    }
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = Signature::now("Dev", "dev@example.com").unwrap();
-    repo.commit(Some("refs/heads/main"), &sig, &sig, "first", &tree, &[])
-        .unwrap()
-        .to_string()
-}
+use crate::support::git::commit;
+use crate::support::process::Processes;
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -154,13 +50,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_step_then_restart_finishes_the_run_without_running_a_step_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = Env { dir, port };
+    let mut env = Processes::new().env("SLIPWAY_HEARTBEAT_TIMEOUT", "3");
     let markers = env.dir.path().join("markers");
     std::fs::create_dir_all(&markers).unwrap();
     let starts = markers.join("starts");
@@ -189,7 +79,7 @@ stages:
     );
     let sha = commit(&source, &[(".slipway.yml", &yaml)]);
 
-    let mut server = env.start_server(1).await;
+    env.start_server("server-1");
     env.cli(&[
         "repo",
         "add",
@@ -201,7 +91,7 @@ stages:
     ]);
     let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
-    let (hook_token, admin_token) = (hook_token.trim(), admin_token.trim());
+    let (hook_token, admin_token) = (hook_token.as_str(), admin_token.as_str());
 
     let client = reqwest::Client::new();
     let body = serde_json::json!({
@@ -217,17 +107,15 @@ stages:
     assert!(r.status().is_success(), "hook: {}", r.status());
 
     // The step has started (and is sleeping): kill the server the hard way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines(&starts).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the step never started\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    env.wait("the step to start", Duration::from_secs(60), || async {
+        if lines(&starts).is_empty() {
+            Err("no start recorded")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    env.kill("server-1"); // SIGKILL
     let first: i32 = lines(&starts)[0].parse().unwrap();
     // Without a sweep this orphan would finish its sleep while attempt 2 runs.
     assert!(
@@ -235,7 +123,7 @@ stages:
         "the killed server's step should still be running as an orphan"
     );
 
-    let mut server = env.start_server(2).await;
+    env.start_server("server-2");
     let api = |path: String| {
         let client = client.clone();
         let url = env.url(&path);
@@ -250,23 +138,15 @@ stages:
             r.json::<Value>().await.unwrap()
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let detail = loop {
-        let detail = api("/api/repos/team/app/runs/1".into()).await;
-        let status = detail["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if !matches!(status.as_str(), "pending" | "running") {
-            break detail;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run still {status} after 90 s: {detail:#}\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let detail = env
+        .wait("the run to finish", Duration::from_secs(90), || async {
+            let detail = api("/api/repos/team/app/runs/1".into()).await;
+            match detail["run"]["status"].as_str().unwrap_or_default() {
+                "pending" | "running" => Err(format!("{detail:#}")),
+                _ => Ok(detail),
+            }
+        })
+        .await;
     let dump = format!("{detail:#}\n{}", env.logs());
 
     // Nothing stays running.
@@ -302,7 +182,7 @@ stages:
     assert!(!alive(first), "{dump}");
     assert!(group_members(first).is_empty(), "{dump}");
     // It was the sweep that killed them.
-    let log2 = std::fs::read_to_string(env.log_path(2)).unwrap();
+    let log2 = std::fs::read_to_string(env.log_path("server-2")).unwrap();
     assert!(
         log2.contains("swept what a crashed runner left behind"),
         "{dump}"
@@ -316,6 +196,5 @@ stages:
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}\n{dump}");
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    env.kill("server-2");
 }

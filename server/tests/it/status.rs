@@ -1,30 +1,18 @@
 //! Run state changes reach each forge's commit status API as documented.
 
-mod support_hooks;
-
-use axum::http::Method;
 use server::crypto::generate_webhook_secret;
-use server::daemon::config::{Config, Settings};
-use server::daemon::serve::build_state;
-use server::daemon::state::{AppState, forge_token_aad};
-use server::store::{Event, ForgeKind, NewRepo, NewRun, Trigger};
+use server::daemon::state::forge_token_aad;
 use server::workers::commit_status::Follower;
-use support_hooks::fake_forge;
+use server::store::{Event, ForgeKind, NewRepo, NewRun, Trigger};
 
-async fn state(dir: &std::path::Path) -> AppState {
-    let settings = Settings {
-        data_dir: Some(dir.to_path_buf()),
-        ..Settings::default()
-    };
-    build_state(Config::resolve(settings, None).unwrap())
-        .await
-        .unwrap()
-}
+use crate::support::forge::FakeForge;
+use crate::support::test_server::TestServer;
 
 /// Registers a repo on `forge`, creates a run and settles it with no stages (the store
 /// marks it success), then lets a follower report what happened.
-async fn report(forge: ForgeKind, base: &str, dir: &std::path::Path) -> (String, i64) {
-    let state = state(dir).await;
+async fn report(forge: ForgeKind, base: &str) -> (String, i64) {
+    let server = TestServer::builder().build().await;
+    let state = &server.state;
     let name = "team/app";
     let repo = state
         .store
@@ -61,28 +49,26 @@ async fn report(forge: ForgeKind, base: &str, dir: &std::path::Path) -> (String,
         .await
         .unwrap();
     let mut follower = Follower::starting_at(0);
-    let sent = follower.step(&state).await.unwrap();
+    let sent = follower.step(state).await.unwrap();
     // A second pass re-reads the window but must not report the same events again.
-    let again = follower.step(&state).await.unwrap();
+    let again = follower.step(state).await.unwrap();
     assert_eq!(again, 0, "events were reported twice");
     (sha.to_string(), sent as i64)
 }
 
 #[tokio::test]
 async fn gitea_gets_token_auth_and_its_state_names() {
-    let (base, seen) = fake_forge().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (sha, sent) = report(ForgeKind::Gitea, &base, dir.path()).await;
+    let forge = FakeForge::start().await;
+    let (sha, sent) = report(ForgeKind::Gitea, &forge.url).await;
     assert_eq!(sent, 1);
-    let seen = seen.lock().unwrap().clone();
-    let last = seen.last().expect("a status request");
-    assert_eq!(last.method, Method::POST);
+    let last = forge.last();
+    assert_eq!(last.method, "POST");
     assert_eq!(last.path, format!("/api/v1/repos/team/app/statuses/{sha}"));
-    assert_eq!(last.headers["authorization"], "token forge-token-123");
-    assert_eq!(last.body["state"], "success");
-    assert_eq!(last.body["context"], "slipway");
+    assert_eq!(last.header("authorization"), "token forge-token-123");
+    assert_eq!(last.json()["state"], "success");
+    assert_eq!(last.json()["context"], "slipway");
     assert!(
-        last.body["target_url"]
+        last.json()["target_url"]
             .as_str()
             .unwrap()
             .ends_with("/repos/team/app/runs/1")
@@ -91,38 +77,35 @@ async fn gitea_gets_token_auth_and_its_state_names() {
 
 #[tokio::test]
 async fn github_gets_bearer_auth() {
-    let (base, seen) = fake_forge().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (sha, _) = report(ForgeKind::Github, &base, dir.path()).await;
-    let seen = seen.lock().unwrap().clone();
-    let last = seen.last().expect("a status request");
+    let forge = FakeForge::start().await;
+    let (sha, _) = report(ForgeKind::Github, &forge.url).await;
+    let last = forge.last();
     assert_eq!(last.path, format!("/api/v3/repos/team/app/statuses/{sha}"));
-    assert_eq!(last.headers["authorization"], "Bearer forge-token-123");
-    assert_eq!(last.body["state"], "success");
+    assert_eq!(last.header("authorization"), "Bearer forge-token-123");
+    assert_eq!(last.json()["state"], "success");
 }
 
 #[tokio::test]
 async fn gitlab_gets_private_token_and_an_encoded_project_path() {
-    let (base, seen) = fake_forge().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (sha, _) = report(ForgeKind::Gitlab, &base, dir.path()).await;
-    let seen = seen.lock().unwrap().clone();
-    let last = seen.last().expect("a status request");
+    let forge = FakeForge::start().await;
+    let (sha, _) = report(ForgeKind::Gitlab, &forge.url).await;
+    let last = forge.last();
     assert_eq!(
         last.path,
         format!("/api/v4/projects/team%2Fapp/statuses/{sha}")
     );
-    assert_eq!(last.headers["private-token"], "forge-token-123");
-    assert_eq!(last.body["state"], "success");
-    assert_eq!(last.body["name"], "slipway");
-    assert_eq!(last.body["ref"], "refs/heads/main");
+    assert_eq!(last.header("private-token"), "forge-token-123");
+    assert_eq!(last.json()["state"], "success");
+    assert_eq!(last.json()["name"], "slipway");
+    assert_eq!(last.json()["ref"], "refs/heads/main");
 }
 
 #[tokio::test]
 async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
-    let (base, seen) = fake_forge().await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = state(dir.path()).await;
+    let forge = FakeForge::start().await;
+    let base = &forge.url;
+    let server = TestServer::builder().build().await;
+    let state = &server.state;
     let repo = state
         .store
         .create_repo(NewRepo {
@@ -154,30 +137,26 @@ async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
         )
         .await
         .unwrap();
-    let sent = server::workers::commit_status::report_run(
-        &state,
-        run.id,
-        server::store::RunStatus::Running,
-    )
-    .await
-    .unwrap();
+    let sent = server::workers::commit_status::report_run(state, run.id, server::store::RunStatus::Running)
+        .await
+        .unwrap();
     assert!(sent);
-    let seen = seen.lock().unwrap().clone();
+    let seen = forge.requests();
     assert_eq!(
         seen[0].path,
         format!("/gitea/api/v1/repos/team/app/statuses/{sha}")
     );
     assert_eq!(
-        seen[0].body["state"], "pending",
+        seen[0].json()["state"],
+        "pending",
         "gitea has no running state"
     );
 }
 
 #[tokio::test]
 async fn plain_git_repositories_report_nothing() {
-    let (base, seen) = fake_forge().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_, sent) = report(ForgeKind::Git, &base, dir.path()).await;
+    let forge = FakeForge::start().await;
+    let (_, sent) = report(ForgeKind::Git, &forge.url).await;
     assert_eq!(sent, 0);
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(forge.requests().is_empty());
 }

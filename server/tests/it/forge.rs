@@ -2,36 +2,21 @@
 //! shapes (fixtures under `tests/fixtures/forge/`), and commit-status requests checked
 //! on a real local HTTP server.
 
-use std::sync::{Arc, Mutex};
-
-use axum::body::Bytes;
-use axum::extract::{Request, State as AxState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
-use hmac::{Hmac, Mac};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use server::forge::{
     self, CommitStatus, Event, ForgeEvent, ForgeKind, Parsed, PayloadError, PrAction, State,
     StatusError, StatusReporter, StatusTarget, VerifyError,
 };
-use sha2::Sha256;
+
+use crate::support::forge::{FakeForge, fixture, hmac_hex, parse_event as event};
+use crate::support::process::free_port;
 
 // ---------------------------------------------------------------- helpers
 
-fn fixture(path: &str) -> Vec<u8> {
-    let full = format!("{}/tests/fixtures/forge/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("reading {full}: {e}"))
-}
-
 fn fixture_json(path: &str) -> Value {
     serde_json::from_slice(&fixture(path)).expect("fixture is JSON")
-}
-
-fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -43,13 +28,6 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         );
     }
     h
-}
-
-fn event(kind: ForgeKind, name: &str, body: &[u8]) -> ForgeEvent {
-    match forge::parse(kind, name, body) {
-        Ok(Parsed::Event(e)) => e,
-        other => panic!("{kind} {name}: expected an event, got {other:?}"),
-    }
 }
 
 fn ignored(kind: ForgeKind, name: &str, body: &[u8]) -> String {
@@ -1147,49 +1125,6 @@ fn api_bases_and_repo_paths_are_derived_from_clone_urls() {
 
 // ---------------------------------------------------------------- status reporting
 
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-#[derive(Clone)]
-struct Recorder {
-    requests: Arc<Mutex<Vec<Recorded>>>,
-    reply: Arc<Mutex<(StatusCode, String)>>,
-}
-
-async fn record(AxState(rec): AxState<Recorder>, req: Request) -> impl IntoResponse {
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-    rec.requests.lock().unwrap().push(Recorded {
-        method: parts.method.to_string(),
-        // The raw path, percent-encoding preserved.
-        path: parts.uri.path().to_owned(),
-        headers: parts.headers,
-        body,
-    });
-    let (code, body) = rec.reply.lock().unwrap().clone();
-    (code, body)
-}
-
-/// A real HTTP server on 127.0.0.1 that records every request.
-async fn spawn_recorder() -> (String, Recorder) {
-    let rec = Recorder {
-        requests: Arc::default(),
-        reply: Arc::new(Mutex::new((StatusCode::CREATED, "{}".into()))),
-    };
-    let app = axum::Router::new().fallback(record).with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (format!("http://{addr}"), rec)
-}
-
 const SHA: &str = "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c";
 const TOKEN: &str = "tok_9f8e7d6c5b4a";
 
@@ -1204,26 +1139,10 @@ fn status(state: State) -> CommitStatus {
     }
 }
 
-fn last(rec: &Recorder) -> Recorded {
-    rec.requests
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .expect("a request")
-}
-
-fn header<'a>(r: &'a Recorded, name: &str) -> &'a str {
-    r.headers
-        .get(name)
-        .unwrap_or_else(|| panic!("missing header {name}"))
-        .to_str()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn github_status_request_matches_the_documented_shape() {
-    let (base, rec) = spawn_recorder().await;
+    let rec = FakeForge::start().await;
+    let base = rec.url.clone();
     let reporter = StatusReporter::new();
     let target = StatusTarget {
         kind: ForgeKind::Github,
@@ -1240,16 +1159,16 @@ async fn github_status_request_matches_the_documented_shape() {
         (State::Cancelled, "error"),
     ] {
         reporter.report(&target, &status(state)).await.unwrap();
-        let r = last(&rec);
+        let r = rec.last();
         assert_eq!(r.method, "POST");
         assert_eq!(
             r.path,
             format!("/repos/octo-org/hello-world/statuses/{SHA}")
         );
-        assert_eq!(header(&r, "authorization"), format!("Bearer {TOKEN}"));
-        assert_eq!(header(&r, "accept"), "application/vnd.github+json");
-        assert!(header(&r, "user-agent").starts_with("slipway/"));
-        assert!(header(&r, "content-type").starts_with("application/json"));
+        assert_eq!(r.header("authorization"), format!("Bearer {TOKEN}"));
+        assert_eq!(r.header("accept"), "application/vnd.github+json");
+        assert!(r.header("user-agent").starts_with("slipway/"));
+        assert!(r.header("content-type").starts_with("application/json"));
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
             body,
@@ -1267,7 +1186,7 @@ async fn github_status_request_matches_the_documented_shape() {
     long.description = "é".repeat(200);
     long.target_url = None;
     reporter.report(&target, &long).await.unwrap();
-    let body: Value = serde_json::from_slice(&last(&rec).body).unwrap();
+    let body: Value = serde_json::from_slice(&rec.last().body).unwrap();
     let d = body["description"].as_str().unwrap();
     assert_eq!(d.chars().count(), 140);
     assert!(d.ends_with('…'));
@@ -1276,7 +1195,8 @@ async fn github_status_request_matches_the_documented_shape() {
 
 #[tokio::test]
 async fn gitlab_status_request_matches_the_documented_shape() {
-    let (base, rec) = spawn_recorder().await;
+    let rec = FakeForge::start().await;
+    let base = rec.url.clone();
     let reporter = StatusReporter::new();
     let target = StatusTarget {
         kind: ForgeKind::Gitlab,
@@ -1293,13 +1213,13 @@ async fn gitlab_status_request_matches_the_documented_shape() {
         (State::Cancelled, "canceled"),
     ] {
         reporter.report(&target, &status(state)).await.unwrap();
-        let r = last(&rec);
+        let r = rec.last();
         assert_eq!(r.method, "POST");
         assert_eq!(
             r.path,
             format!("/api/v4/projects/awesome_space%2Ftools%2Fawesome_project/statuses/{SHA}")
         );
-        assert_eq!(header(&r, "private-token"), TOKEN);
+        assert_eq!(r.header("private-token"), TOKEN);
         assert!(r.headers.get("authorization").is_none());
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
@@ -1318,7 +1238,8 @@ async fn gitlab_status_request_matches_the_documented_shape() {
 #[tokio::test]
 async fn gitea_and_forgejo_status_requests_match_the_documented_shape() {
     for kind in [ForgeKind::Gitea, ForgeKind::Forgejo] {
-        let (base, rec) = spawn_recorder().await;
+        let rec = FakeForge::start().await;
+        let base = rec.url.clone();
         let reporter = StatusReporter::new();
         let target = StatusTarget {
             kind,
@@ -1335,13 +1256,13 @@ async fn gitea_and_forgejo_status_requests_match_the_documented_shape() {
             (State::Cancelled, "error"),
         ] {
             reporter.report(&target, &status(state)).await.unwrap();
-            let r = last(&rec);
+            let r = rec.last();
             assert_eq!(r.method, "POST");
             assert_eq!(
                 r.path,
                 format!("/api/v1/repos/gitea/webhooks/statuses/{SHA}")
             );
-            assert_eq!(header(&r, "authorization"), format!("token {TOKEN}"));
+            assert_eq!(r.header("authorization"), format!("token {TOKEN}"));
             let body: Value = serde_json::from_slice(&r.body).unwrap();
             assert_eq!(
                 body,
@@ -1359,7 +1280,8 @@ async fn gitea_and_forgejo_status_requests_match_the_documented_shape() {
 
 #[tokio::test]
 async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token() {
-    let (base, rec) = spawn_recorder().await;
+    let rec = FakeForge::start().await;
+    let base = rec.url.clone();
     let reporter = StatusReporter::new();
     let target = StatusTarget {
         kind: ForgeKind::Github,
@@ -1368,9 +1290,9 @@ async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token()
         token: TOKEN.into(),
     };
 
-    *rec.reply.lock().unwrap() = (
+    rec.reply(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!(
+        &format!(
             "upstream exploded while handling token {TOKEN}\n{}",
             "x".repeat(5000)
         ),
@@ -1396,16 +1318,16 @@ async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token()
     assert!(!shown.contains(TOKEN), "{shown}");
     assert!(!format!("{target:?}").contains(TOKEN));
 
-    *rec.reply.lock().unwrap() = (StatusCode::TOO_MANY_REQUESTS, "slow down".into());
+    rec.reply(StatusCode::TOO_MANY_REQUESTS, "slow down");
     let err = reporter
         .report(&target, &status(State::Success))
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");
 
-    *rec.reply.lock().unwrap() = (
+    rec.reply(
         StatusCode::UNPROCESSABLE_ENTITY,
-        r#"{"message":"Validation Failed"}"#.into(),
+        r#"{"message":"Validation Failed"}"#,
     );
     let err = reporter
         .report(&target, &status(State::Success))
@@ -1414,7 +1336,7 @@ async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token()
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains("Validation Failed"), "{err}");
 
-    *rec.reply.lock().unwrap() = (StatusCode::UNAUTHORIZED, "Bad credentials".into());
+    rec.reply(StatusCode::UNAUTHORIZED, "Bad credentials");
     let err = reporter
         .report(&target, &status(State::Success))
         .await
@@ -1424,11 +1346,8 @@ async fn status_errors_carry_the_code_and_a_truncated_body_but_never_the_token()
 
 #[tokio::test]
 async fn unreachable_forges_are_retryable_network_errors() {
-    // Bind and drop a listener to get a port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port that was free: nothing listens on it.
+    let port = free_port();
     let target = StatusTarget {
         kind: ForgeKind::Gitea,
         api_base: format!("http://127.0.0.1:{port}/api/v1"),
@@ -1446,7 +1365,8 @@ async fn unreachable_forges_are_retryable_network_errors() {
 
 #[tokio::test]
 async fn invalid_status_requests_are_refused_before_any_network_call() {
-    let (base, rec) = spawn_recorder().await;
+    let rec = FakeForge::start().await;
+    let base = rec.url.clone();
     let reporter = StatusReporter::new();
     let mut target = StatusTarget {
         kind: ForgeKind::Github,
@@ -1478,5 +1398,5 @@ async fn invalid_status_requests_are_refused_before_any_network_call() {
         .await
         .unwrap_err();
     assert_eq!(err, StatusError::Unsupported(ForgeKind::Git));
-    assert!(rec.requests.lock().unwrap().is_empty());
+    assert!(rec.requests().is_empty());
 }

@@ -2,9 +2,6 @@
 //! in-process runner on the local backend, the runner protocol spoken directly where a
 //! test needs to send what a well-behaved runner never would, and the public API.
 
-mod support_server;
-
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,41 +10,14 @@ use server::daemon::config::Settings;
 use server::protocol::*;
 use server::store::*;
 use sha2::{Digest, Sha256};
-use support_server::{Opts, Server, postgres};
+
+use crate::support::both_databases;
+use crate::support::test_server::TestServer;
 
 const FILES: &[(&str, &str)] = &[
     ("README.md", "hello from the repository\n"),
     ("Cargo.lock", "# a lock file: part of the cache key\n"),
 ];
-
-/// Every file under the blob store, temp files included.
-fn blob_files(server: &Server) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&server.state.config.data_dir.join("blobs"), &mut out);
-    out.sort();
-    out
-}
-
-async fn admin_token(server: &Server) -> String {
-    let (_, token) =
-        server::api::tokens::create_token(&server.state.store, "admin", TokenScope::Admin)
-            .await
-            .unwrap();
-    token.to_string()
-}
 
 fn sha_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -55,19 +25,11 @@ fn sha_hex(data: &[u8]) -> String {
 
 // ---------------------------------------------------------------- between stages
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn artifacts_flow_between_stages() {
-    artifacts_flow(Opts::default()).await
-}
+both_databases!(artifacts_flow_between_stages, artifact_and_cache_rows);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn artifacts_flow_between_stages_on_postgres() {
-    artifacts_flow(postgres()).await
-}
-
-async fn artifacts_flow(opts: Opts) {
-    let server = Server::start(opts).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+async fn artifacts_flow_between_stages(db: Dialect) {
+    let server = TestServer::builder().on(db).heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = r#"
 stages:
   build:
@@ -110,7 +72,7 @@ stages:
     );
 
     // The API lists them…
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let http = reqwest::Client::new();
     let list: Vec<Value> = http
         .get(format!("{}/api/runs/{}/artifacts", server.url(), run.id))
@@ -134,7 +96,7 @@ stages:
     assert_eq!(list[1]["size"], content.len());
 
     // …identical content is stored once: two blobs for three artifacts, no temp files.
-    let blobs = blob_files(&server);
+    let blobs = server.blob_files();
     assert_eq!(blobs.len(), 2, "{blobs:?}");
     assert!(blobs.iter().any(|p| p.ends_with(&sha_hex(content)[2..])));
 
@@ -177,8 +139,8 @@ stages:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rerun_of_failed_stages_gets_the_carried_over_stages_artifacts() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     // `test` fails until the flag file exists (outside the workspace: a local backend).
     let flag = server.dir.path().join("let-it-pass");
     let yaml = format!(
@@ -209,7 +171,7 @@ stages:
     );
 
     std::fs::write(&flag, "").unwrap();
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let rerun: Value = reqwest::Client::new()
         .post(format!(
             "{}/api/repos/{}/runs/{}/rerun",
@@ -250,7 +212,7 @@ stages:
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].stage_id, build.stage.id);
     assert_eq!(listed[0].sha256, original[0].sha256);
-    assert_eq!(blob_files(&server).len(), 1);
+    assert_eq!(server.blob_files().len(), 1);
     server.stop().await;
 }
 
@@ -265,8 +227,8 @@ struct Leased {
 }
 
 impl Leased {
-    async fn new(server: &Server, yaml: &str) -> Leased {
-        let (repo, sha, _) = server.repo(FILES).await;
+    async fn new(server: &TestServer, yaml: &str) -> Leased {
+        let (repo, sha) = server.repo(FILES).await;
         server.run(&repo, &sha, yaml, false).await;
         let token = server.runner_token("direct runner").await;
         let http = reqwest::Client::new();
@@ -353,18 +315,17 @@ async fn refusal(r: reqwest::Response) -> (u16, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
-    let server = Server::start(Opts {
-        in_process: false,
-        // Nobody heartbeats the stage these tests lease by hand.
-        heartbeat_secs: 600,
-        settings: Settings {
+    let server = TestServer::builder()
+        .settings(Settings {
             max_artifact_bytes: Some(1000),
             max_stage_artifact_bytes: Some(1500),
             ..Settings::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+        })
+        .in_process_runner(false)
+        // Nobody heartbeats the stage these tests lease by hand.
+        .heartbeat_secs(600)
+        .start()
+        .await;
     let l = Leased::new(
         &server,
         "stages:\n  one:\n    steps:\n      - name: s\n        run: echo hi\n",
@@ -424,7 +385,7 @@ async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
     let (status, code, message) = refusal(r).await;
     assert_eq!((status, code.as_str()), (400, "bad_upload"));
     assert!(message.contains("sha256"), "{message}");
-    assert!(blob_files(&server).is_empty(), "{:?}", blob_files(&server));
+    assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
 
     // A good upload, then the same again (a retry): one row, one blob.
     let ok: ArtifactStored = l
@@ -464,7 +425,7 @@ async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].name, "dist/app.bin");
-    assert_eq!(blob_files(&server).len(), 1, "{:?}", blob_files(&server));
+    assert_eq!(server.blob_files().len(), 1, "{:?}", server.blob_files());
 
     // A stale lease token is refused, uploads and downloads alike.
     let r = l
@@ -500,8 +461,8 @@ async fn unsafe_names_lies_and_oversized_uploads_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_symlink_artifact_fails_the_stage() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "\
 stages:
   leak:
@@ -529,7 +490,7 @@ stages:
             .unwrap()
             .is_empty()
     );
-    assert!(blob_files(&server).is_empty());
+    assert!(server.blob_files().is_empty());
     server.stop().await;
 }
 
@@ -572,13 +533,12 @@ fn peak_rss() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_one_gigabyte_artifact_round_trips() {
-    let server = Server::start(Opts {
-        in_process: false,
+    let server = TestServer::builder()
+        .in_process_runner(false)
         // Nobody heartbeats the stage this test leases by hand.
-        heartbeat_secs: 600,
-        ..Opts::default()
-    })
-    .await;
+        .heartbeat_secs(600)
+        .start()
+        .await;
     let l = Leased::new(
         &server,
         "stages:\n  big:\n    steps:\n      - name: s\n        run: echo hi\n",
@@ -608,7 +568,7 @@ async fn a_one_gigabyte_artifact_round_trips() {
     let blob = server.state.blobs.path(&digest).unwrap();
     assert_eq!(std::fs::metadata(&blob).unwrap().len(), GIB);
 
-    let admin = admin_token(&server).await;
+    let admin = server.admin_token().await;
     let resp = l
         .http
         .get(format!("{}/api/artifacts/{}/download", l.base, stored.id))
@@ -640,8 +600,8 @@ async fn a_one_gigabyte_artifact_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cache_saved_by_one_run_is_restored_in_the_next() {
-    let server = Server::start(Opts::default()).await;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let server = TestServer::builder().heartbeat_secs(3).start().await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = r#"
 stages:
   deps:
@@ -726,28 +686,15 @@ stages:
 
 // ---------------------------------------------------------------- store
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn artifact_and_cache_rows_on_sqlite() {
-    artifact_rows(Opts {
-        in_process: false,
-        ..Opts::default()
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn artifact_and_cache_rows_on_postgres() {
-    artifact_rows(Opts {
-        in_process: false,
-        ..postgres()
-    })
-    .await
-}
-
-async fn artifact_rows(opts: Opts) {
-    let server = Server::start(opts).await;
+async fn artifact_and_cache_rows(db: Dialect) {
+    let server = TestServer::builder()
+        .on(db)
+        .in_process_runner(false)
+        .heartbeat_secs(3)
+        .start()
+        .await;
     let store = &server.state.store;
-    let (repo, sha, _) = server.repo(FILES).await;
+    let (repo, sha) = server.repo(FILES).await;
     let yaml = "stages:\n  a:\n    steps:\n      - name: s\n        run: 'true'\n  b:\n    needs: [a]\n    steps:\n      - name: s\n        run: 'true'\n";
     let run = server.run(&repo, &sha, yaml, false).await;
     let a = server.stage(run.id, "a").await.stage;

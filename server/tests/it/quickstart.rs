@@ -5,19 +5,17 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::process::{free_port, slipway_bin};
+
 #[test]
 fn a_git_push_runs_the_example_pipeline() {
     let work = tempfile::tempdir().unwrap();
     // A free port for the server (the script needs it before the server starts).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.sh");
     let out = Command::new("bash")
         .arg(&script)
-        .env("SLIPWAY", env!("CARGO_BIN_EXE_slipway"))
+        .env("SLIPWAY", slipway_bin())
         .env("SLIPWAY_QUICKSTART_DIR", work.path())
         .env("SLIPWAY_QUICKSTART_PORT", port.to_string())
         .env_remove("SLIPWAY_QUICKSTART_KEEP")

@@ -9,86 +9,63 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use server::daemon::config::{Config, Settings};
-use server::daemon::state::AppState;
+use server::daemon::config::Settings;
 use server::logs::{NewLine, StepKey, Stream};
 use server::store::*;
 use tower::ServiceExt;
 
+use crate::support::both_databases;
+use crate::support::git::GitRepo;
+use crate::support::http::{self, Resp};
+use crate::support::test_server::TestServer;
+
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
+/// The server's state with an admin token; every response body it sees is kept, to
+/// check that no secret ever comes back.
 struct Ctx {
-    _dir: tempfile::TempDir,
-    state: AppState,
+    server: TestServer,
     admin: String,
-    /// Every response body seen, to check that no secret ever comes back.
     seen: Mutex<Vec<String>>,
 }
 
-struct Resp {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-}
+impl std::ops::Deref for Ctx {
+    type Target = TestServer;
 
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-    fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+    fn deref(&self) -> &TestServer {
+        &self.server
     }
 }
 
 impl Ctx {
     async fn new() -> Ctx {
-        Ctx::with_database(None).await
+        Ctx::on(Dialect::Sqlite).await
     }
 
-    async fn with_database(database_url: Option<String>) -> Ctx {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::resolve(
-            Settings {
-                data_dir: Some(dir.path().join("data")),
+    async fn on(db: Dialect) -> Ctx {
+        let server = TestServer::builder()
+            .on(db)
+            .settings(Settings {
                 public_url: Some("http://ci.example/".into()),
-                database_url,
                 ..Settings::default()
-            },
-            None,
-        )
-        .unwrap();
-        let state = server::daemon::serve::build_state(config).await.unwrap();
-        let (_, admin) = server::api::tokens::create_token(&state.store, "root", TokenScope::Admin)
-            .await
-            .unwrap();
+            })
+            .build()
+            .await;
+        let (_, admin) =
+            server::api::tokens::create_token(&server.state.store, "root", TokenScope::Admin)
+                .await
+                .unwrap();
         Ctx {
-            _dir: dir,
-            state,
+            server,
             admin: admin.to_string(),
             seen: Mutex::new(Vec::new()),
         }
     }
 
     async fn send(&self, req: Request<Body>) -> Resp {
-        let res = server::api::app(self.state.clone())
-            .oneshot(req)
-            .await
-            .unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        self.seen.lock().unwrap().push(text.clone());
-        Resp {
-            status,
-            headers,
-            text,
-        }
+        let r = http::send(&self.state, req).await;
+        self.seen.lock().unwrap().push(r.text.clone());
+        r
     }
 
     fn request(
@@ -97,17 +74,7 @@ impl Ctx {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Request<Body> {
-        let mut b = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        match body {
-            Some(v) => b
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(v.to_string()))
-                .unwrap(),
-            None => b.body(Body::empty()).unwrap(),
-        }
+        http::request(method, uri, token, body)
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> Resp {
@@ -132,25 +99,6 @@ impl Ctx {
     }
 }
 
-// ---------------------------------------------------------------- both databases
-
-/// `case::sqlite` and `case::postgres` for each case (PostgreSQL: a throw-away database on
-/// the server named by `SLIPWAY_TEST_POSTGRES_URL`, as in `tests/store.rs`).
-macro_rules! both_databases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$case(super::Ctx::new().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::on_postgres(super::$case).await
-            }
-        }
-    )*};
-}
-
 both_databases!(
     runs_are_listed_and_shown,
     cancel_stops_a_run_once,
@@ -159,45 +107,7 @@ both_databases!(
     secret_values_never_come_back,
 );
 
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Ctx) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use sqlx::{Connection, Executor};
-    let server = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {server} ({e}); run `bash .ci/postgres.sh`")
-        });
-    let name = format!("slipway_api_{:016x}", rand::random::<u64>());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (base, query) = server.split_once('?').unwrap_or((&server, ""));
-    let base = &base[..base.rfind('/').unwrap()];
-    let url = match query {
-        "" => format!("{base}/{name}"),
-        q => format!("{base}/{name}?{q}"),
-    };
-    let ctx = Ctx::with_database(Some(url)).await;
-    assert_eq!(ctx.state.store.dialect(), Dialect::Postgres);
-    let store = ctx.state.store.clone();
-    let outcome = tokio::spawn(case(ctx)).await;
-    store.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-// ---------------------------------------------------------------- routes
+// ---------------------------------------------------------------- auth
 
 /// The JSON API's routes (the auth test walks the route table: `server::api::tests`).
 fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
@@ -508,7 +418,8 @@ async fn repos_are_edited_and_deleted() {
 
 // ---------------------------------------------------------------- secrets and tokens
 
-async fn secret_values_never_come_back(ctx: Ctx) {
+async fn secret_values_never_come_back(db: Dialect) {
+    let ctx = Ctx::on(db).await;
     ctx.add_repo("team/app", "/x").await;
     let value = "s3cr3t-VALUE-that-must-not-leak";
     let r = ctx
@@ -733,7 +644,8 @@ async fn lease_and_finish(ctx: &Ctx, key: &str, status: StageStatus) {
         .unwrap();
 }
 
-async fn runs_are_listed_and_shown(ctx: Ctx) {
+async fn runs_are_listed_and_shown(db: Dialect) {
+    let ctx = Ctx::on(db).await;
     ctx.add_repo("team/app", "/x").await;
     for _ in 0..3 {
         planned_run(&ctx, "team/app").await;
@@ -812,7 +724,8 @@ async fn runs_are_listed_and_shown(ctx: Ctx) {
     assert_eq!(v["run"]["error"], "the pipeline is invalid");
 }
 
-async fn cancel_stops_a_run_once(ctx: Ctx) {
+async fn cancel_stops_a_run_once(db: Dialect) {
+    let ctx = Ctx::on(db).await;
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
     let r = ctx
@@ -847,7 +760,8 @@ async fn cancel_stops_a_run_once(ctx: Ctx) {
     );
 }
 
-async fn rerun_failed_only_carries_over_succeeded_stages(ctx: Ctx) {
+async fn rerun_failed_only_carries_over_succeeded_stages(db: Dialect) {
+    let ctx = Ctx::on(db).await;
     ctx.add_repo("team/app", "/x").await;
     let first = planned_run(&ctx, "team/app").await;
     // Not finished yet: no rerun.
@@ -1010,28 +924,15 @@ async fn rerun_of_a_run_that_never_planned_goes_back_to_the_planner() {
 
 /// A real repository with a commit on `main`, and a second one on `feature`.
 fn git_repo(dir: &std::path::Path) -> (String, String) {
-    let repo = git2::Repository::init(dir).unwrap();
-    let sig = git2::Signature::now("Ada Lovelace", "ada@example.com").unwrap();
-    let commit = |file: &str, msg: &str, parent: Option<git2::Oid>, refname: &str| {
-        std::fs::write(dir.join(file), "x").unwrap();
-        let mut index = repo.index().unwrap();
-        index.add_path(std::path::Path::new(file)).unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let parents: Vec<git2::Commit> = parent
-            .map(|p| repo.find_commit(p).unwrap())
-            .into_iter()
-            .collect();
-        let refs: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some(refname), &sig, &sig, msg, &tree, &refs)
-            .unwrap()
-    };
-    let main = commit(
-        ".slipway.yml",
-        "first commit\n\nbody",
-        None,
-        "refs/heads/main",
+    let mut git = GitRepo::init(dir).with_author("Ada Lovelace", "ada@example.com");
+    let x = (".slipway.yml", "x");
+    let main = git.commit("refs/heads/main", &[], &[x], "first commit\n\nbody");
+    let feature = git.commit(
+        "refs/heads/feature",
+        &[main],
+        &[x, ("b", "x")],
+        "feature work",
     );
-    let feature = commit("b", "feature work", Some(main), "refs/heads/feature");
     (main.to_string(), feature.to_string())
 }
 
@@ -1508,7 +1409,8 @@ async fn follow_ends_when_the_database_says_the_step_finished() {
     assert_eq!(rest.last().unwrap().0, "end");
 }
 
-async fn run_events_stream_until_the_run_is_final(ctx: Ctx) {
+async fn run_events_stream_until_the_run_is_final(db: Dialect) {
+    let ctx = Ctx::on(db).await;
     ctx.add_repo("team/app", "/x").await;
     planned_run(&ctx, "team/app").await;
     let res = server::api::app(ctx.state.clone())

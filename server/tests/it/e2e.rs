@@ -3,16 +3,19 @@
 //! runner on the local backend, logs through the API, and commit statuses sent to a
 //! stand-in forge. The same suite runs on SQLite and on PostgreSQL.
 
-mod support_hooks;
-
 use std::time::Duration;
 
-use server::crypto::{generate_token, hash_token};
-use server::daemon::config::Settings;
-use server::daemon::state::forge_token_aad;
 use server::forge::ForgeKind;
-use server::store::{RunStatus, TokenScope};
-use support_hooks::*;
+use server::daemon::state::forge_token_aad;
+use server::store::{Dialect, RunStatus, TokenScope};
+
+use crate::support::both_databases;
+use crate::support::forge::{
+    FakeForge, Recorded, SECRET, adapt_fixture, forge_headers, register, store_forge,
+};
+use crate::support::git::GitRepo;
+use crate::support::poll::eventually;
+use crate::support::test_server::TestServer;
 
 const E2E_PIPELINE: &str = "stages:
   build:
@@ -69,22 +72,19 @@ const CASES: &[Case] = &[
     },
 ];
 
-async fn every_forge(env: Env) {
+both_databases!(every_forge_end_to_end);
+
+async fn every_forge_end_to_end(db: Dialect) {
+    let mut env = TestServer::builder().on(db).build().await;
     let state = env.state.clone();
-    let (forge_base, seen) = fake_forge().await;
-    let admin = generate_token("slp_");
-    state
-        .store
-        .create_token("e2e", &hash_token(&admin), TokenScope::Admin)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
+    let forge = FakeForge::start().await;
+    let admin = env.token("e2e", TokenScope::Admin).await;
+    env.serve().await;
+    let base = env.url();
     let http = reqwest::Client::new();
 
     for (i, case) in CASES.iter().enumerate() {
-        let mut git = GitForge::new();
+        let mut git = GitRepo::bare();
         let d = adapt_fixture(
             &mut git,
             case.kind,
@@ -116,7 +116,7 @@ async fn every_forge(env: Env) {
             .store
             .set_repo_api_url(
                 repo.id,
-                Some(&format!("{forge_base}/{}", api_prefix(case.kind))),
+                Some(&format!("{}/{}", forge.url, api_prefix(case.kind))),
             )
             .await
             .unwrap();
@@ -135,7 +135,7 @@ async fn every_forge(env: Env) {
             Some(SECRET),
         );
         let mut req = http
-            .post(format!("http://{addr}/hooks/{}/{name}", case.kind))
+            .post(format!("{base}/hooks/{}/{name}", case.kind))
             .body(d.body.clone());
         for (k, v) in &headers {
             req = req.header(k, v);
@@ -149,17 +149,19 @@ async fn every_forge(env: Env) {
             resp.text().await
         );
 
-        eventually(&format!("{} run to finish", case.fixture), || async {
-            state
-                .store
-                .get_run_by_number(repo.id, 1)
-                .await
-                .unwrap()
-                .status
-                .is_final()
-        })
+        let run = eventually(
+            &format!("{} run to finish", case.fixture),
+            WITHIN,
+            || async {
+                let run = state.store.get_run_by_number(repo.id, 1).await.unwrap();
+                if run.status.is_final() {
+                    Ok(run)
+                } else {
+                    Err(run.status)
+                }
+            },
+        )
         .await;
-        let run = state.store.get_run_by_number(repo.id, 1).await.unwrap();
         assert_eq!(
             run.status,
             RunStatus::Success,
@@ -171,7 +173,7 @@ async fn every_forge(env: Env) {
 
         // Logs, through the API.
         let detail: serde_json::Value = http
-            .get(format!("http://{addr}/api/repos/{name}/runs/1"))
+            .get(format!("{base}/api/repos/{name}/runs/1"))
             .bearer_auth(&admin)
             .send()
             .await
@@ -188,9 +190,10 @@ async fn every_forge(env: Env) {
             let http = http.clone();
             let admin = admin.clone();
             let name = name.clone();
+            let base = base.clone();
             async move {
                 http.get(format!(
-                    "http://{addr}/api/repos/{name}/runs/1/stages/{stage}/steps/0/logs.txt"
+                    "{base}/api/repos/{name}/runs/1/stages/{stage}/steps/0/logs.txt"
                 ))
                 .bearer_auth(&admin)
                 .send()
@@ -220,28 +223,30 @@ async fn every_forge(env: Env) {
 
         // Commit statuses: the final one says success, on the right path, with auth.
         let path = format!("{}{}", case.status_path, run.sha);
-        eventually(&format!("{} success status", case.fixture), || {
-            let seen = seen.clone();
-            let path = path.clone();
-            async move {
-                seen.lock()
-                    .unwrap()
+        let (field, success) = case.success_field;
+        eventually(
+            &format!("{} success status", case.fixture),
+            WITHIN,
+            || async {
+                let statuses: Vec<_> = forge
+                    .requests()
                     .iter()
-                    .any(|s| s.path == path && s.body[case.success_field.0] == case.success_field.1)
-            }
-        })
+                    .filter(|s| s.path == path)
+                    .map(|s| s.json()[field].clone())
+                    .collect();
+                if statuses.iter().any(|s| s == success) {
+                    Ok(())
+                } else {
+                    Err(format!("{statuses:?}"))
+                }
+            },
+        )
         .await;
-        let requests = seen.lock().unwrap().clone();
-        let mine: Vec<&Seen> = requests.iter().filter(|s| s.path == path).collect();
+        let requests = forge.requests();
+        let mine: Vec<&Recorded> = requests.iter().filter(|s| s.path == path).collect();
         let auth = match case.kind {
-            ForgeKind::Gitlab => mine[0].headers["private-token"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-            _ => mine[0].headers["authorization"]
-                .to_str()
-                .unwrap()
-                .to_string(),
+            ForgeKind::Gitlab => mine[0].header("private-token").to_string(),
+            _ => mine[0].header("authorization").to_string(),
         };
         assert!(
             auth.ends_with("forge-secret-token"),
@@ -249,7 +254,7 @@ async fn every_forge(env: Env) {
             case.fixture
         );
         assert!(
-            mine.last().unwrap().body["target_url"]
+            mine.last().unwrap().json()["target_url"]
                 .as_str()
                 .unwrap()
                 .ends_with(&format!("/repos/{name}/runs/1")),
@@ -257,38 +262,16 @@ async fn every_forge(env: Env) {
             mine.last()
         );
     }
-    state.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    env.stop().await;
 }
+
+/// How long a run and its statuses may take.
+const WITHIN: Duration = Duration::from_secs(60);
 
 fn api_prefix(kind: ForgeKind) -> &'static str {
     match kind {
         ForgeKind::Github => "api/v3",
         ForgeKind::Gitlab => "api/v4",
         _ => "api/v1",
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_forge_end_to_end_on_sqlite() {
-    every_forge(env().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_forge_end_to_end_on_postgres() {
-    let db = pg_database().await;
-    let env = env_with(Settings {
-        database_url: Some(db.url.clone()),
-        ..Settings::default()
-    })
-    .await;
-    let outcome = tokio::spawn(every_forge(env)).await;
-    drop_pg(db).await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
     }
 }

@@ -10,119 +10,18 @@
 //! Needs `bash .ci/images.sh` (test images) and `bash .ci/registry.sh` (registry on
 //! 127.0.0.1:5000, user `slipway`, password `slipway-test`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::support::git::git;
+use crate::support::process::{Processes, slipway_bin};
+
 const REPO: &str = "demo/docker-app";
 const REGISTRY: &str = "127.0.0.1:5000";
 const REGISTRY_AUTH: &str = "slipway:slipway-test";
-
-fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_slipway")))
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    data: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(work: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let data = work.join("data");
-        let log = work.join("server.log");
-        let child = Command::new(slipway_bin())
-            .arg("server")
-            .env("SLIPWAY_DATA_DIR", &data)
-            .env("SLIPWAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SLIPWAY_RUNNER_BACKEND", "docker")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            data,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::blocking::get(format!("{}/readyz", server.base))
-                && r.status().is_success()
-            {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("server not ready:\n{}", server.log_text());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs an admin CLI command against the server's data dir; its stdout.
-    fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(slipway_bin())
-            .args(args)
-            .env("SLIPWAY_DATA_DIR", &self.data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut input = child.stdin.take().unwrap();
-            input
-                .write_all(stdin.unwrap_or_default().as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "slipway {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.name=Dev", "-c", "user.email=dev@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -137,17 +36,17 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-struct Api {
-    base: String,
+struct Api<'a> {
+    server: &'a Processes,
     token: String,
     http: reqwest::blocking::Client,
 }
 
-impl Api {
+impl Api<'_> {
     fn get(&self, path: &str) -> Value {
         let resp = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(self.server.url(path))
             .bearer_auth(&self.token)
             .send()
             .unwrap();
@@ -158,7 +57,7 @@ impl Api {
     fn text(&self, path: &str) -> String {
         let resp = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(self.server.url(path))
             .bearer_auth(&self.token)
             .send()
             .unwrap();
@@ -167,28 +66,25 @@ impl Api {
     }
 
     /// Waits (bounded) for run `number` to finish; its detail.
-    fn finished_run(&self, number: u32, server: &Server) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            let resp = self
-                .http
-                .get(format!("{}/api/repos/{REPO}/runs/{number}", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .unwrap();
-            if resp.status().is_success() {
-                let run: Value = resp.json().unwrap();
-                let status = run["run"]["status"].as_str().unwrap_or_default().to_owned();
-                if !matches!(status.as_str(), "pending" | "running") {
-                    return run;
+    fn finished_run(&self, number: u32) -> Value {
+        let what = format!("run #{number} to finish");
+        self.server
+            .wait_blocking(&what, Duration::from_secs(300), || {
+                let resp = self
+                    .http
+                    .get(self.server.url(&format!("/api/repos/{REPO}/runs/{number}")))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .unwrap();
+                if !resp.status().is_success() {
+                    return Err(resp.status().to_string());
                 }
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!(
-            "run #{number} did not finish in time; server log:\n{}",
-            server.log_text()
-        );
+                let run: Value = resp.json().unwrap();
+                match run["run"]["status"].as_str().unwrap_or_default() {
+                    "pending" | "running" => Err(format!("{:?}", statuses(&run))),
+                    _ => Ok(run),
+                }
+            })
     }
 }
 
@@ -242,73 +138,59 @@ fn manifest_digest(reference: &str) -> (String, String) {
 
 #[test]
 fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start(work.path());
+    let mut server = Processes::new().env("SLIPWAY_RUNNER_BACKEND", "docker");
+    server.start_server("server");
+    let work = server.dir.path();
 
     // A plain git repository with the post-receive hook, registered with its secret.
-    let bare = work.path().join("forge/docker-app.git");
+    let bare = work.join("forge/docker-app.git");
     std::fs::create_dir_all(&bare).unwrap();
     git(&bare, &["init", "-q", "--bare"]);
-    server.cli(
-        &[
-            "repo",
-            "add",
-            REPO,
-            "--forge",
-            "git",
-            "--clone-url",
-            bare.to_str().unwrap(),
-        ],
-        None,
-    );
-    server.cli(
-        &["secret", "set", REPO, "REGISTRY_AUTH"],
-        Some(REGISTRY_AUTH),
-    );
-    let hook_token = server
-        .cli(&["token", "create", "hook", "--scope", "hook"], None)
-        .trim()
-        .to_owned();
-    let admin = server
-        .cli(&["token", "create", "e2e", "--scope", "admin"], None)
-        .trim()
-        .to_owned();
+    server.cli(&[
+        "repo",
+        "add",
+        REPO,
+        "--forge",
+        "git",
+        "--clone-url",
+        bare.to_str().unwrap(),
+    ]);
+    server.cli_with_input(&["secret", "set", REPO, "REGISTRY_AUTH"], REGISTRY_AUTH);
+    let hook_token = server.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let admin = server.cli(&["token", "create", "e2e", "--scope", "admin"]);
     let hook = bare.join("hooks/post-receive");
     std::fs::write(
         &hook,
         format!(
             "#!/bin/sh\nSLIPWAY_TOKEN='{hook_token}' exec '{}' hook --server '{}' --repo '{REPO}'\n",
             slipway_bin().display(),
-            server.base
+            server.url("")
         ),
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let api = Api {
-        base: server.base.clone(),
+        server: &server,
         token: admin,
         http: reqwest::blocking::Client::new(),
     };
 
     // Push 1: the example as it is.
-    let checkout = work.path().join("checkout");
-    git(
-        work.path(),
-        &["clone", "-q", bare.to_str().unwrap(), "checkout"],
-    );
+    let checkout = work.join("checkout");
+    git(work, &["clone", "-q", bare.to_str().unwrap(), "checkout"]);
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/docker-app");
     copy_dir(&example, &checkout);
     git(&checkout, &["add", "-A"]);
     git(&checkout, &["commit", "-qm", "docker-app"]);
     git(&checkout, &["push", "-q", "origin", "HEAD:main"]);
 
-    let run = api.finished_run(1, &server);
+    let run = api.finished_run(1);
     assert_eq!(
         run["run"]["status"],
         "success",
         "{:?}\n{}",
         statuses(&run),
-        server.log_text()
+        server.logs()
     );
     let sha = run["run"]["sha"].as_str().unwrap().to_owned();
     let image = stage(&run, "image");
@@ -356,7 +238,7 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
         image["id"]
     ));
     assert!(!build_log.contains("slipway-test"), "{build_log}");
-    assert!(!server.log_text().contains("slipway-test"));
+    assert!(!server.logs().contains("slipway-test"));
 
     // Push 2: a planted token fails the scan with the file and line; nothing is pushed.
     let token = ["ghp_", "Q8wE3rT6yU", "9iO2pA5sD8", "fG1hJ4kL7z", "X0cV3b"].concat();
@@ -369,7 +251,7 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
     git(&checkout, &["add", "-A"]);
     git(&checkout, &["commit", "-qm", "oops"]);
     git(&checkout, &["push", "-q", "origin", "HEAD:main"]);
-    let run = api.finished_run(2, &server);
+    let run = api.finished_run(2);
     assert_eq!(run["run"]["status"], "failure", "{:?}", statuses(&run));
     let scan = stage(&run, "scan");
     assert_eq!(scan["status"], "failure");
@@ -408,7 +290,7 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
     git(&checkout, &["add", "-A"]);
     git(&checkout, &["commit", "-qm", "scan dependencies"]);
     git(&checkout, &["push", "-q", "origin", "HEAD:main"]);
-    let run = api.finished_run(3, &server);
+    let run = api.finished_run(3);
     let scan = stage(&run, "scan");
     assert_eq!(scan["status"], "failure", "{:?}", statuses(&run));
     let reason = scan["reason"].as_str().unwrap_or_default();

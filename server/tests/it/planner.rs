@@ -2,15 +2,19 @@
 //! endpoint or the store, planned by `planner::plan_pending` (and once by the spawned
 //! worker inside a real server).
 
-mod support_hooks;
-
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use server::daemon::config::Settings;
 use server::forge::ForgeKind;
-use server::store::{self, Event, NewRun, RunStatus, StageStatus, Trigger};
 use server::workers::planner::{self, Planner};
-use support_hooks::*;
+use server::store::{self, Event, NewRun, RunStatus, StageStatus, Trigger};
+
+use crate::support::forge::{
+    PIPELINE, SECRET, adapt_fixture, deliver, forge_headers, register, send,
+};
+use crate::support::git::GitRepo;
+use crate::support::poll::eventually;
+use crate::support::test_server::TestServer;
 
 fn stage_keys(stages: &[store::StageWithSteps]) -> Vec<(String, StageStatus)> {
     stages
@@ -21,20 +25,12 @@ fn stage_keys(stages: &[store::StageWithSteps]) -> Vec<(String, StageStatus)> {
 
 #[tokio::test]
 async fn invalid_yaml_becomes_an_error_run_with_diagnostics() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let bad = "stages:\n  build:\n    steps:\n      - run: make\n    needs: [nope]\n";
     let sha = git.commit("refs/heads/main", &[], &[(".slipway.yml", bad)], "broken");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let run = state
         .store
         .create_run(
@@ -68,19 +64,11 @@ async fn invalid_yaml_becomes_an_error_run_with_diagnostics() {
 
 #[tokio::test]
 async fn a_commit_without_pipeline_files_is_an_error_run() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let sha = git.commit("refs/heads/main", &[], &[("README", "hi")], "no ci");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let run = state
         .store
         .create_run(
@@ -105,19 +93,11 @@ async fn a_commit_without_pipeline_files_is_an_error_run() {
 
 #[tokio::test]
 async fn a_missing_commit_or_repository_is_an_error_not_a_hang() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     git.commit("refs/heads/main", &[], &[(".slipway.yml", PIPELINE)], "x");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let ghost = "1234567890123456789012345678901234567890";
     let run = state
         .store
@@ -181,7 +161,7 @@ async fn a_missing_commit_or_repository_is_an_error_not_a_hang() {
 
 #[tokio::test]
 async fn unreachable_remotes_are_retried_with_backoff() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     // Nothing listens on port 9 of localhost: a network error, which is transient.
     let repo = register(
@@ -255,13 +235,15 @@ stages:
 #[tokio::test]
 async fn when_paths_sees_the_paths_a_push_changed() {
     // Two pushes to main: keep both runs alive to compare them.
-    let env = env_with(Settings {
-        auto_cancel: Some(false),
-        ..Settings::default()
-    })
-    .await;
+    let env = TestServer::builder()
+        .settings(Settings {
+            auto_cancel: Some(false),
+            ..Settings::default()
+        })
+        .build()
+        .await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let base = [
         (".slipway.yml", PATHS),
         ("src/main.rs", "1"),
@@ -288,15 +270,7 @@ async fn when_paths_sees_the_paths_a_push_changed() {
         ],
         "docs",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let code = push(state, &repo, "main", Some(one), two).await;
     let docs = push(state, &repo, "main", Some(two), three).await;
     // A new branch: no `before`, changes unknown, so path filters match.
@@ -339,9 +313,9 @@ async fn when_paths_sees_the_paths_a_push_changed() {
 
 #[tokio::test]
 async fn pull_requests_diff_against_the_merge_base() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let base = git.commit(
         "refs/heads/main",
         &[],
@@ -365,15 +339,7 @@ async fn pull_requests_diff_against_the_merge_base() {
         &[(".slipway.yml", PATHS), ("src/a", "2")],
         "main moves",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let mut new = NewRun::new(
         Trigger::Webhook,
         Event::PullRequest,
@@ -395,10 +361,10 @@ async fn pull_requests_diff_against_the_merge_base() {
 
 #[tokio::test]
 async fn auto_cancel_supersedes_older_runs_of_the_branch() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     assert!(state.config.auto_cancel, "on by default");
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let one = git.commit("refs/heads/main", &[], &[(".slipway.yml", PIPELINE)], "one");
     let two = git.commit(
         "refs/heads/main",
@@ -412,15 +378,7 @@ async fn auto_cancel_supersedes_older_runs_of_the_branch() {
         &[(".slipway.yml", PIPELINE), ("g", "1")],
         "other",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let older = push(state, &repo, "main", None, one).await;
     planner::plan_pending(state).await.unwrap();
     let side = push(state, &repo, "other", Some(one), other).await;
@@ -446,9 +404,9 @@ async fn auto_cancel_supersedes_older_runs_of_the_branch() {
 
 #[tokio::test]
 async fn auto_cancel_of_pull_requests_keys_on_the_number() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let base = git.commit(
         "refs/heads/main",
         &[],
@@ -467,15 +425,7 @@ async fn auto_cancel_of_pull_requests_keys_on_the_number() {
         &[(".slipway.yml", PIPELINE), ("b", "1")],
         "b1",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let pr = |n: i64, sha: git2::Oid| {
         let mut new = NewRun::new(
             Trigger::Webhook,
@@ -522,13 +472,15 @@ async fn auto_cancel_of_pull_requests_keys_on_the_number() {
 
 #[tokio::test]
 async fn auto_cancel_can_be_turned_off() {
-    let env = env_with(Settings {
-        auto_cancel: Some(false),
-        ..Settings::default()
-    })
-    .await;
+    let env = TestServer::builder()
+        .settings(Settings {
+            auto_cancel: Some(false),
+            ..Settings::default()
+        })
+        .build()
+        .await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let one = git.commit("refs/heads/main", &[], &[(".slipway.yml", PIPELINE)], "one");
     let two = git.commit(
         "refs/heads/main",
@@ -536,15 +488,7 @@ async fn auto_cancel_can_be_turned_off() {
         &[(".slipway.yml", PIPELINE), ("f", "2")],
         "two",
     );
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let older = push(state, &repo, "main", None, one).await;
     push(state, &repo, "main", Some(one), two).await;
     planner::plan_pending(state).await.unwrap();
@@ -556,20 +500,12 @@ async fn auto_cancel_can_be_turned_off() {
 
 #[tokio::test]
 async fn nothing_triggered_is_a_successful_run_that_says_why() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let yaml = "on: { push: { branches: [main] } }\nstages: { build: { steps: [\"make\"] } }\n";
     let sha = git.commit("refs/heads/feature", &[], &[(".slipway.yml", yaml)], "x");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let run = push(state, &repo, "feature", None, sha).await;
     let report = planner::plan_pending(state).await.unwrap();
     assert_eq!(report.planned, 1);
@@ -585,20 +521,12 @@ async fn nothing_triggered_is_a_successful_run_that_says_why() {
 
 #[tokio::test]
 async fn manual_parameter_errors_are_error_runs() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let yaml = "on:\n  manual:\n    params:\n      target: { required: true, options: [staging, prod] }\nstages: { deploy: { steps: [\"echo ${{ params.target }}\"] } }\n";
     let sha = git.commit("refs/heads/main", &[], &[(".slipway.yml", yaml)], "x");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let mut bad = NewRun::new(
         Trigger::Manual,
         Event::Manual,
@@ -626,9 +554,9 @@ async fn manual_parameter_errors_are_error_runs() {
 
 #[tokio::test]
 async fn several_pipeline_files_prefix_stage_keys() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let files = [
         (".slipway/ci.yml", PIPELINE),
         (
@@ -637,15 +565,7 @@ async fn several_pipeline_files_prefix_stage_keys() {
         ),
     ];
     let sha = git.commit("refs/heads/main", &[], &files, "x");
-    let repo = register(
-        state,
-        "o/r",
-        store::ForgeKind::Github,
-        &git.url(),
-        "main",
-        true,
-    )
-    .await;
+    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
     let run = push(state, &repo, "main", None, sha).await;
     planner::plan_pending(state).await.unwrap();
     let run = state.store.get_run(run.id).await.unwrap();
@@ -665,19 +585,18 @@ async fn several_pipeline_files_prefix_stage_keys() {
     );
 }
 
+/// How long the spawned planner may take to plan a run.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The real server with its workers: a webhook over a socket is planned by the spawned
 /// planner loop, and a run left pending before the start (a crash mid-planning) is
 /// planned at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
     // No runner: this test is about planning, so runs must stay `running` to be checked.
-    let env = env_with(Settings {
-        in_process_runner: Some(false),
-        ..Settings::default()
-    })
-    .await;
+    let mut env = TestServer::builder().in_process_runner(false).build().await;
     let state = env.state.clone();
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let d = adapt_fixture(
         &mut git,
         ForgeKind::Github,
@@ -697,18 +616,19 @@ async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
     .await;
     let left_over = push(&state, &repo, "slipway-test-base", None, d.base).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
+    env.serve().await;
 
-    eventually("the left-over run to be planned", || async {
-        state.store.get_run(left_over.id).await.unwrap().status != RunStatus::Pending
+    eventually("the left-over run to be planned", WITHIN, || async {
+        match state.store.get_run(left_over.id).await.unwrap().status {
+            RunStatus::Pending => Err(RunStatus::Pending),
+            _ => Ok(()),
+        }
     })
     .await;
 
     let headers = forge_headers(ForgeKind::Github, "push", "live", &d.body, Some(SECRET));
     let mut req = reqwest::Client::new()
-        .post(format!("http://{addr}/hooks/github/octo-org/hello-world"))
+        .post(format!("{}/hooks/github/octo-org/hello-world", env.url()))
         .body(d.body.clone());
     for (k, v) in &headers {
         req = req.header(k, v);
@@ -716,14 +636,12 @@ async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status().as_u16(), StatusCode::ACCEPTED.as_u16());
     let number = resp.json::<Value>().await.unwrap()["run"].as_i64().unwrap();
-    eventually("the webhook run to be planned", || async {
-        state
-            .store
-            .get_run_by_number(repo.id, number)
-            .await
-            .unwrap()
-            .status
-            != RunStatus::Pending
+    eventually("the webhook run to be planned", WITHIN, || async {
+        let run = state.store.get_run_by_number(repo.id, number).await;
+        match run.unwrap().status {
+            RunStatus::Pending => Err(RunStatus::Pending),
+            _ => Ok(()),
+        }
     })
     .await;
     let run = state
@@ -741,12 +659,7 @@ async fn the_spawned_planner_plans_webhook_runs_and_resumes_after_a_crash() {
         left_over.error
     );
 
-    state.shutdown.cancel();
-    tokio::time::timeout(std::time::Duration::from_secs(30), server)
-        .await
-        .expect("the server stops")
-        .unwrap()
-        .unwrap();
+    env.stop().await;
 }
 
 /// A stage with pod settings for the Kubernetes backend, service account included:
@@ -768,7 +681,7 @@ stages:
 /// repository `name` registered with `trusted`; returns the repository and its run.
 async fn delivered(
     state: &server::daemon::state::AppState,
-    git: &mut GitForge,
+    git: &mut GitRepo,
     name: &str,
     trusted: bool,
     (event, fixture): (&str, &str),
@@ -838,9 +751,9 @@ async fn assert_refused_service_account(state: &server::daemon::state::AppState,
 
 #[tokio::test]
 async fn a_service_account_is_refused_for_an_untrusted_repository_and_for_fork_pull_requests() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let (_, push) = delivered(
         state,
         &mut git,
@@ -850,7 +763,7 @@ async fn a_service_account_is_refused_for_an_untrusted_repository_and_for_fork_p
     )
     .await;
     assert!(!push.trusted);
-    let mut fork_git = GitForge::new();
+    let mut fork_git = GitRepo::bare();
     let (_, fork) = delivered(
         state,
         &mut fork_git,
@@ -886,9 +799,9 @@ async fn a_service_account_is_refused_for_an_untrusted_repository_and_for_fork_p
 
 #[tokio::test]
 async fn a_trusted_repository_gets_its_service_account_until_trust_is_taken_away() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let (repo, run) = delivered(state, &mut git, "o/r", true, ("push", "github/push.json")).await;
     assert!(run.trusted);
     let report = planner::plan_pending(state).await.unwrap();

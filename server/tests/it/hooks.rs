@@ -2,10 +2,8 @@
 //! `oneshot`) and over real sockets, with deliveries made from the forge fixtures and
 //! re-pointed at commits of a real bare repository.
 
-mod support_hooks;
-
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,9 +14,17 @@ use serde_json::{Value, json};
 use server::crypto::{generate_token, hash_token};
 use server::daemon::config::Settings;
 use server::forge::ForgeKind;
-use server::store::{self, Event, RunStatus, StageStatus, TokenScope, Trigger};
-use support_hooks::*;
+use server::store::{self, Dialect, Event, RunStatus, StageStatus, TokenScope, Trigger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::both_databases;
+use crate::support::forge::{
+    Delivery, PIPELINE, SECRET, adapt_fixture, deliver, fixture, forge_headers, hook_request,
+    register, runs, send, store_forge,
+};
+use crate::support::git::GitRepo;
+use crate::support::process::slipway;
+use crate::support::test_server::TestServer;
 
 // ------------------------------------------------------------ every forge, end to end
 
@@ -86,30 +92,16 @@ const CASES: &[Case] = &[
     },
 ];
 
-#[tokio::test]
-async fn each_forge_delivery_becomes_a_planned_run() {
-    each_forge(env().await).await;
-}
+both_databases!(
+    each_forge_delivery_becomes_a_planned_run,
+    a_thousand_concurrent_copies_make_one_run,
+);
 
-#[tokio::test]
-async fn each_forge_delivery_becomes_a_planned_run_on_postgres() {
-    let db = pg_database().await;
-    let env = env_with(Settings {
-        database_url: Some(db.url.clone()),
-        ..Settings::default()
-    })
-    .await;
-    let outcome = tokio::spawn(each_forge(env)).await;
-    drop_pg(db).await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-async fn each_forge(env: Env) {
+async fn each_forge_delivery_becomes_a_planned_run(db: Dialect) {
+    let env = TestServer::builder().on(db).build().await;
     let state = &env.state;
     for (i, case) in CASES.iter().enumerate() {
-        let mut git = GitForge::new();
+        let mut git = GitRepo::bare();
         let d = adapt_fixture(
             &mut git,
             case.kind,
@@ -212,8 +204,8 @@ async fn each_forge(env: Env) {
     }
 }
 
-async fn github_repo(env: &Env) -> (GitForge, store::Repo, Delivery) {
-    let mut git = GitForge::new();
+async fn github_repo(env: &TestServer) -> (GitRepo, store::Repo, Delivery) {
+    let mut git = GitRepo::bare();
     let d = adapt_fixture(
         &mut git,
         ForgeKind::Github,
@@ -238,7 +230,7 @@ async fn github_repo(env: &Env) -> (GitForge, store::Repo, Delivery) {
 
 #[tokio::test]
 async fn bad_or_missing_signatures_get_401_and_store_nothing() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
     let name = "octo-org/hello-world";
@@ -289,9 +281,9 @@ async fn bad_or_missing_signatures_get_401_and_store_nothing() {
 
 #[tokio::test]
 async fn gitlab_token_and_gitea_signature_are_checked() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let git = GitForge::new();
+    let git = GitRepo::bare();
     let gl = register(
         state,
         "g/lab",
@@ -337,7 +329,7 @@ async fn gitlab_token_and_gitea_signature_are_checked() {
 
 #[tokio::test]
 async fn unknown_repositories_and_forge_mismatches_are_404() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
     let (status, _) = deliver(
@@ -376,7 +368,7 @@ async fn unknown_repositories_and_forge_mismatches_are_404() {
 
 #[tokio::test]
 async fn pings_ignored_events_and_malformed_payloads() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
     let name = "octo-org/hello-world";
@@ -445,7 +437,7 @@ async fn pings_ignored_events_and_malformed_payloads() {
 
 #[tokio::test]
 async fn a_repeated_delivery_is_acknowledged_once() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
     let name = "octo-org/hello-world";
@@ -461,9 +453,9 @@ async fn a_repeated_delivery_is_acknowledged_once() {
 
 #[tokio::test]
 async fn fork_pull_requests_are_untrusted() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let d = adapt_fixture(
         &mut git,
         ForgeKind::Github,
@@ -549,11 +541,11 @@ proptest! {
 static FUZZ_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    static FUZZ: (tokio::runtime::Runtime, Env) = {
+    static FUZZ: (tokio::runtime::Runtime, TestServer) = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let env = rt.block_on(async {
-            let env = env().await;
-            let git = GitForge::new();
+            let env = TestServer::builder().build().await;
+            let git = GitRepo::bare();
             for kind in [ForgeKind::Github, ForgeKind::Gitlab, ForgeKind::Gitea, ForgeKind::Forgejo] {
                 register(&env.state, &format!("fuzz/{kind}"), store_forge(kind), &git.url(), "main", true).await;
             }
@@ -595,14 +587,16 @@ async fn read_response(stream: &mut tokio::net::tcp::OwnedReadHalf) -> String {
 #[tokio::test]
 async fn oversized_bodies_get_413_without_being_buffered() {
     const CAP: usize = 1024 * 1024;
-    let env = env_with(Settings {
-        max_webhook_bytes: Some(CAP),
-        ..Settings::default()
-    })
-    .await;
+    let env = TestServer::builder()
+        .settings(Settings {
+            max_webhook_bytes: Some(CAP),
+            ..Settings::default()
+        })
+        .build()
+        .await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
-    let addr = serve_app(state).await;
+    let addr = env.serve_routes().await;
     let sig = forge_headers(ForgeKind::Github, "push", "big", &d.body, Some(SECRET));
     let extra: String = sig.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
 
@@ -677,33 +671,11 @@ async fn oversized_bodies_get_413_without_being_buffered() {
     assert!(runs(state, &repo).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_copies_make_one_run() {
-    thousand_copies(env().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_copies_make_one_run_on_postgres() {
-    let db = pg_database().await;
-    let env = env_with(Settings {
-        database_url: Some(db.url.clone()),
-        ..Settings::default()
-    })
-    .await;
-    let outcome = tokio::spawn(async move {
-        thousand_copies(env).await;
-    })
-    .await;
-    drop_pg(db).await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-async fn thousand_copies(env: Env) {
+async fn a_thousand_concurrent_copies_make_one_run(db: Dialect) {
+    let env = TestServer::builder().on(db).build().await;
     let state = &env.state;
     let (_git, repo, d) = github_repo(&env).await;
-    let addr = serve_app(state).await;
+    let addr = env.serve_routes().await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -776,9 +748,9 @@ async fn post_git(
 
 #[tokio::test]
 async fn plain_git_hook_creates_one_run_per_ref() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let base = git.commit("refs/heads/main", &[], &[(".slipway.yml", PIPELINE)], "one");
     let main = git.commit(
         "refs/heads/main",
@@ -875,9 +847,9 @@ async fn plain_git_hook_creates_one_run_per_ref() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slipway_hook_posts_the_post_receive_lines() {
-    let env = env().await;
+    let env = TestServer::builder().build().await;
     let state = &env.state;
-    let mut git = GitForge::new();
+    let mut git = GitRepo::bare();
     let one = git.commit(
         "refs/heads/main",
         &[],
@@ -900,7 +872,7 @@ async fn slipway_hook_posts_the_post_receive_lines() {
     )
     .await;
     let token = hook_token(state, TokenScope::Hook).await;
-    let addr = serve_app(state).await;
+    let addr = env.serve_routes().await;
     let git_dir = git.path.clone();
 
     let hook = |token: &str, input: String| {
@@ -908,7 +880,7 @@ async fn slipway_hook_posts_the_post_receive_lines() {
         let git_dir = git_dir.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+                let mut child = slipway()
                     .args([
                         "hook",
                         "--server",

@@ -6,20 +6,18 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use server::daemon::config::{Config, Settings};
 use server::store::*;
 
+use crate::support::git::GitRepo;
+use crate::support::process;
+use crate::support::test_server::TestServer;
+
 fn slipway(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    let mut c = process::slipway();
     c.args(args);
     // `run trigger` is an API client: it has no database settings.
     if args.first() != Some(&"run") {
         c.arg("--data-dir").arg(data);
-    }
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SLIPWAY_") {
-            c.env_remove(k);
-        }
     }
     c.env("SLIPWAY_PUBLIC_URL", "https://ci.example");
     c
@@ -48,16 +46,9 @@ fn all_output(out: &Output) -> String {
     )
 }
 
-async fn open_state(data: &Path) -> server::daemon::state::AppState {
-    let config = Config::resolve(
-        Settings {
-            data_dir: Some(data.to_path_buf()),
-            ..Settings::default()
-        },
-        None,
-    )
-    .unwrap();
-    server::daemon::serve::build_state(config).await.unwrap()
+/// The server's state on the data dir the commands wrote.
+async fn open(data: &Path) -> TestServer {
+    TestServer::builder().data_dir(data).build().await
 }
 
 #[tokio::test]
@@ -102,7 +93,8 @@ async fn repo_add_prints_the_webhook_secret_once_and_list_shows_repos() {
     assert!(!all_output(&out).contains(&secret));
 
     // The stored secret is the printed one; the token is sealed too.
-    let state = open_state(&data).await;
+    let server = open(&data).await;
+    let state = &server.state;
     let repo = state.store.get_repo_by_name("team/app").await.unwrap();
     let opened = state
         .secret_box
@@ -237,7 +229,8 @@ async fn secrets_come_from_stdin_or_the_environment_never_argv() {
         "DEPLOY_KEY\tno pull requests\nREGISTRY\tno pull requests\n"
     );
 
-    let state = open_state(&data).await;
+    let server = open(&data).await;
+    let state = &server.state;
     let repo = state.store.get_repo_by_name("team/app").await.unwrap();
     let values = state.store.get_secret_values_enc(repo.id).await.unwrap();
     let open = |i: usize| {
@@ -295,7 +288,8 @@ async fn token_create_prints_a_working_token_once() {
     let token = ok(&out).trim().to_string();
     assert!(token.starts_with("slp_"), "{token}");
     assert_eq!(ok(&out).lines().count(), 1, "only the token on stdout");
-    let state = open_state(&data).await;
+    let server = open(&data).await;
+    let state = &server.state;
     let found = state
         .store
         .find_token_by_hash(&server::crypto::hash_token(&token))
@@ -315,22 +309,10 @@ async fn token_create_prints_a_working_token_once() {
 }
 
 fn git_repo(dir: &Path) -> String {
-    let repo = git2::Repository::init(dir).unwrap();
-    let sig = git2::Signature::now("Ada", "ada@example.com").unwrap();
-    std::fs::write(dir.join("README"), "hi").unwrap();
-    let mut index = repo.index().unwrap();
-    index.add_path(Path::new("README")).unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    repo.commit(
-        Some("refs/heads/release"),
-        &sig,
-        &sig,
-        "ship it",
-        &tree,
-        &[],
-    )
-    .unwrap()
-    .to_string()
+    GitRepo::init(dir)
+        .with_author("Ada", "ada@example.com")
+        .commit("refs/heads/release", &[], &[("README", "hi")], "ship it")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,21 +342,13 @@ async fn run_trigger_talks_to_a_real_server_which_still_shuts_down_with_open_str
     .trim()
     .to_string();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = Config::resolve(
-        Settings {
-            data_dir: Some(data.clone()),
-            in_process_runner: Some(false),
-            ..Settings::default()
-        },
-        None,
-    )
-    .unwrap();
-    let state = server::daemon::serve::build_state(config).await.unwrap();
-    let server = tokio::spawn(server::daemon::serve::run(listener, state.clone()));
-
-    let url = format!("http://{addr}");
+    let server = TestServer::builder()
+        .data_dir(&data)
+        .in_process_runner(false)
+        .start()
+        .await;
+    let state = &server.state;
+    let url = server.url();
     let d = data.clone();
     let (t, u) = (token.clone(), url.clone());
     let out = tokio::task::spawn_blocking(move || {
@@ -476,11 +450,5 @@ async fn run_trigger_talks_to_a_real_server_which_still_shuts_down_with_open_str
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&first).contains("event: run"));
-    state.shutdown.cancel();
-    let stopped = tokio::time::timeout(Duration::from_secs(15), server).await;
-    assert!(
-        stopped.is_ok(),
-        "the server did not stop with an open event stream"
-    );
-    stopped.unwrap().unwrap().unwrap();
+    server.stop_within(Duration::from_secs(15)).await;
 }

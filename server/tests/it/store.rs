@@ -1,34 +1,16 @@
-//! The storage suite: every case is an `async fn(Store)` run against both databases.
-//!
-//! `cases!` expands each case into `<case>::sqlite` (a temp-file database, so WAL and
-//! locking are real) and `<case>::postgres` (a throw-away database on the server named by
-//! `SLIPWAY_TEST_POSTGRES_URL`, default `postgres://slipway:slipway@127.0.0.1:5432/postgres`,
-//! dropped afterwards). Run one side with `cargo nextest run -p server --test store sqlite`.
+//! The storage suite: every case is an `async fn(Dialect)` run against both databases
+//! (`both_databases!`), on a migrated store of its own.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::Duration;
 
 use serde_json::json;
 use server::store::*;
-use sqlx::{Connection, Executor};
 
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::on_sqlite(super::$case).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::on_postgres(super::$case).await
-            }
-        }
-    )*};
-}
+use crate::support::both_databases;
+use crate::support::db::{TestStore, database_url};
 
-cases!(
+both_databases!(
     migrations_apply_twice,
     repo_crud,
     duplicate_deliveries_make_one_run,
@@ -62,85 +44,6 @@ cases!(
     labels_route_stages_to_runners,
     runner_capacity_holds_under_concurrency,
 );
-
-// ---------------------------------------------------------------- harness
-
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Store) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("slipway.db").display()
-    );
-    let store = Store::connect(&url).await.unwrap();
-    assert_eq!(store.dialect(), Dialect::Sqlite);
-    let outcome = tokio::spawn(migrated(store.clone(), case)).await;
-    store.close().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Store) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let server = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is unreachable at {server} ({e}); start it with `bash .ci/postgres.sh` \
-             or point SLIPWAY_TEST_POSTGRES_URL at a server whose role may CREATE DATABASE"
-            )
-        });
-    let name = format!("slipway_test_{:016x}", rand::random::<u64>());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let store = Store::connect(&database_url(&server, &name)).await.unwrap();
-    assert_eq!(store.dialect(), Dialect::Postgres);
-    let outcome = tokio::spawn(migrated(store.clone(), case)).await;
-    store.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-/// Migrates, then runs the case (inside the spawned task, so that a failure still
-/// reaches the clean-up).
-async fn migrated<F, Fut>(store: Store, case: F)
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    store.migrate().await.unwrap();
-    case(store).await
-}
-
-/// `postgres://u:p@host:port/db?x` with the database replaced by `name`.
-fn database_url(server: &str, name: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(i) => &base[..authority_end + i],
-        None => base,
-    };
-    match query {
-        "" => format!("{base}/{name}"),
-        q => format!("{base}/{name}?{q}"),
-    }
-}
 
 // ---------------------------------------------------------------- helpers
 
@@ -285,7 +188,8 @@ fn test_database_urls() {
 
 // ---------------------------------------------------------------- cases
 
-async fn migrations_apply_twice(store: Store) {
+async fn migrations_apply_twice(db: Dialect) {
+    let store = TestStore::open(db).await;
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert!(store.list_repos().await.unwrap().is_empty());
@@ -294,7 +198,8 @@ async fn migrations_apply_twice(store: Store) {
     assert_eq!(store.get_repo(r.id).await.unwrap(), r);
 }
 
-async fn repo_crud(store: Store) {
+async fn repo_crud(db: Dialect) {
+    let store = TestStore::open(db).await;
     let mut new = new_repo("team/app");
     new.forge_token_enc = Some(vec![9; 40]);
     new.trusted = true;
@@ -366,7 +271,8 @@ async fn repo_crud(store: Store) {
     ));
 }
 
-async fn duplicate_deliveries_make_one_run(store: Store) {
+async fn duplicate_deliveries_make_one_run(db: Dialect) {
+    let store = TestStore::open(db).await;
     let r = repo(&store, "team/app").await;
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -425,7 +331,8 @@ async fn duplicate_deliveries_make_one_run(store: Store) {
     }
 }
 
-async fn concurrent_runs_get_dense_numbers(store: Store) {
+async fn concurrent_runs_get_dense_numbers(db: Dialect) {
+    let store = TestStore::open(db).await;
     let a = repo(&store, "team/a").await;
     let b = repo(&store, "team/b").await;
     let tasks: Vec<_> = (0..300)
@@ -472,7 +379,8 @@ async fn concurrent_runs_get_dense_numbers(store: Store) {
     ));
 }
 
-async fn invalid_pipeline_becomes_error_run(store: Store) {
+async fn invalid_pipeline_becomes_error_run(db: Dialect) {
+    let store = TestStore::open(db).await;
     let r = repo(&store, "team/app").await;
     let mut new = push("feature/x");
     new.message = "fix: things".into();
@@ -516,7 +424,8 @@ async fn invalid_pipeline_becomes_error_run(store: Store) {
     );
 }
 
-async fn plan_is_validated_before_writing(store: Store) {
+async fn plan_is_validated_before_writing(db: Dialect) {
+    let store = TestStore::open(db).await;
     let r = repo(&store, "team/app").await;
     let run = store.create_run(r.id, push("main")).await.unwrap();
     let bad_plans = [
@@ -559,7 +468,8 @@ async fn plan_is_validated_before_writing(store: Store) {
     ));
 }
 
-async fn needs_promote_and_failures_skip(store: Store) {
+async fn needs_promote_and_failures_skip(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -652,7 +562,8 @@ async fn needs_promote_and_failures_skip(store: Store) {
     assert!(run.finished_at.is_some());
 }
 
-async fn all_success_with_plan_skips_is_success(store: Store) {
+async fn all_success_with_plan_skips_is_success(db: Dialect) {
+    let store = TestStore::open(db).await;
     let mut docs = NewStage::new("docs", &[], &["mkdocs"]);
     docs.skip = Some("when: branch is not main".into());
     let (_, run) = planned(
@@ -695,7 +606,8 @@ async fn all_success_with_plan_skips_is_success(store: Store) {
     assert!(run.finished_at.unwrap() >= run.started_at.unwrap());
 }
 
-async fn run_without_stages_succeeds(store: Store) {
+async fn run_without_stages_succeeds(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(&store, "team/app", vec![]).await;
     assert_eq!(run.status, RunStatus::Success);
     assert!(run.finished_at.is_some());
@@ -706,7 +618,8 @@ async fn run_without_stages_succeeds(store: Store) {
     assert_eq!(run.status, RunStatus::Success);
 }
 
-async fn rerun_of_failed_stages_only(store: Store) {
+async fn rerun_of_failed_stages_only(db: Dialect) {
+    let store = TestStore::open(db).await;
     let stages = || {
         vec![
             NewStage::new("build", &[], &["x"]),
@@ -782,7 +695,8 @@ async fn rerun_of_failed_stages_only(store: Store) {
     );
 }
 
-async fn create_run_planned_is_one_step(store: Store) {
+async fn create_run_planned_is_one_step(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (r, first) = planned(
         &store,
         "team/app",
@@ -833,7 +747,8 @@ async fn create_run_planned_is_one_step(store: Store) {
     assert_eq!(store.get_repo(r.id).await.unwrap().next_run_number, 3);
 }
 
-async fn stage_counts_follow_the_queue(store: Store) {
+async fn stage_counts_follow_the_queue(db: Dialect) {
+    let store = TestStore::open(db).await;
     assert_eq!(store.stage_counts().await.unwrap(), (0, 0));
     planned(
         &store,
@@ -853,7 +768,8 @@ async fn stage_counts_follow_the_queue(store: Store) {
     assert_eq!(store.stage_counts().await.unwrap(), (2, 0));
 }
 
-async fn retries_and_the_one_infra_retry(store: Store) {
+async fn retries_and_the_one_infra_retry(db: Dialect) {
+    let store = TestStore::open(db).await;
     // YAML retry: 2 attempts for failures; no infra retry for a plain failure.
     let (_, run) = planned(&store, "team/a", vec![retried(2, &[], "flaky", 2)]).await;
     let l = lease(&store).await;
@@ -959,7 +875,8 @@ async fn retries_and_the_one_infra_retry(store: Store) {
     );
 }
 
-async fn lease_is_exclusive_under_concurrency(store: Store) {
+async fn lease_is_exclusive_under_concurrency(db: Dialect) {
+    let store = TestStore::open(db).await;
     for r in 0..5 {
         let stages = (0..8)
             .map(|i| NewStage::new(&format!("s{i}"), &[], &["x"]))
@@ -997,7 +914,8 @@ async fn lease_is_exclusive_under_concurrency(store: Store) {
     assert_eq!(unique.len(), 40, "no stage leased twice");
 }
 
-async fn global_limit_holds_under_concurrency(store: Store) {
+async fn global_limit_holds_under_concurrency(db: Dialect) {
+    let store = TestStore::open(db).await;
     for r in 0..3 {
         let stages = (0..4)
             .map(|i| NewStage::new(&format!("s{i}"), &[], &["x"]))
@@ -1047,7 +965,8 @@ async fn global_limit_holds_under_concurrency(store: Store) {
     );
 }
 
-async fn per_repo_limit(store: Store) {
+async fn per_repo_limit(db: Dialect) {
+    let store = TestStore::open(db).await;
     for r in ["team/a", "team/b"] {
         let stages = (0..4)
             .map(|i| NewStage::new(&format!("s{i}"), &[], &["x"]))
@@ -1085,7 +1004,8 @@ async fn per_repo_limit(store: Store) {
     assert_eq!(next.stage.repo_id, a.id);
 }
 
-async fn heartbeat_ok_cancel_lost(store: Store) {
+async fn heartbeat_ok_cancel_lost(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(&store, "team/app", vec![NewStage::new("a", &[], &["x"])]).await;
     let l = lease(&store).await;
     assert!(l.expires_at > now_ms());
@@ -1122,7 +1042,8 @@ async fn heartbeat_ok_cancel_lost(store: Store) {
     );
 }
 
-async fn expired_lease_requeues_then_errors(store: Store) {
+async fn expired_lease_requeues_then_errors(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1215,9 +1136,10 @@ async fn expired_lease_requeues_then_errors(store: Store) {
 
 /// Lease deadlines, heartbeats and expiry read the store's clock: stepping a manual
 /// clock expires a lease, without waiting for it.
-async fn lease_deadlines_follow_the_store_clock(store: Store) {
+async fn lease_deadlines_follow_the_store_clock(db: Dialect) {
+    let opened = TestStore::open(db).await;
     let clock = std::sync::Arc::new(server::clock::ManualClock::starting_at(1_000_000));
-    let store = store.with_clock(clock.clone());
+    let store = Store::clone(&opened).with_clock(clock.clone());
     let (_, run) = planned(&store, "team/app", vec![NewStage::new("a", &[], &["x"])]).await;
     let l = lease(&store).await;
     assert_eq!(l.expires_at, 1_000_000 + 60_000);
@@ -1246,7 +1168,8 @@ async fn lease_deadlines_follow_the_store_clock(store: Store) {
     assert_eq!(s.stage.queued_at, Some(1_000_000 + 90_001));
 }
 
-async fn cancel_run_stops_everything(store: Store) {
+async fn cancel_run_stops_everything(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1304,7 +1227,8 @@ async fn cancel_run_stops_everything(store: Store) {
     ));
 }
 
-async fn supersede_cancels_older_runs_of_branch(store: Store) {
+async fn supersede_cancels_older_runs_of_branch(db: Dialect) {
+    let store = TestStore::open(db).await;
     let r = repo(&store, "team/app").await;
     let old_pending = store.create_run(r.id, push("main")).await.unwrap();
     let old_running = store.create_run(r.id, push("main")).await.unwrap();
@@ -1370,7 +1294,8 @@ async fn supersede_cancels_older_runs_of_branch(store: Store) {
     );
 }
 
-async fn step_bookkeeping(store: Store) {
+async fn step_bookkeeping(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1454,7 +1379,8 @@ async fn step_bookkeeping(store: Store) {
     ));
 }
 
-async fn secrets_crud(store: Store) {
+async fn secrets_crud(db: Dialect) {
+    let store = TestStore::open(db).await;
     let a = repo(&store, "team/a").await;
     let b = repo(&store, "team/b").await;
     store
@@ -1508,7 +1434,8 @@ async fn secrets_crud(store: Store) {
     assert_eq!(store.list_secrets(b.id).await.unwrap().len(), 1);
 }
 
-async fn token_lookup(store: Store) {
+async fn token_lookup(db: Dialect) {
+    let store = TestStore::open(db).await;
     let admin = store
         .create_token("ada's laptop", "hash-admin", TokenScope::Admin)
         .await
@@ -1553,7 +1480,8 @@ async fn token_lookup(store: Store) {
     );
 }
 
-async fn cron_claims_once(store: Store) {
+async fn cron_claims_once(db: Dialect) {
+    let store = TestStore::open(db).await;
     let r = repo(&store, "team/app").await;
     let at = 1_700_000_000_000;
     let tasks: Vec<_> = (0..20)
@@ -1594,7 +1522,8 @@ async fn cron_claims_once(store: Store) {
     );
 }
 
-async fn runners_register(store: Store) {
+async fn runners_register(db: Dialect) {
+    let store = TestStore::open(db).await;
     let a = store
         .register_runner("host-a", &["linux".into()], 2)
         .await
@@ -1629,7 +1558,8 @@ async fn runners_register(store: Store) {
     assert_eq!(names, ["host-a", "host-b"]);
 }
 
-async fn events_record_the_life_of_a_run(store: Store) {
+async fn events_record_the_life_of_a_run(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1673,7 +1603,8 @@ async fn events_record_the_life_of_a_run(store: Store) {
     );
 }
 
-async fn reconcile_is_idempotent(store: Store) {
+async fn reconcile_is_idempotent(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1709,7 +1640,8 @@ async fn reconcile_is_idempotent(store: Store) {
 
 /// Exactly one `finish_stage_report` ends a run, and it says how; finishing any other
 /// stage, or re-queuing one, says nothing.
-async fn finish_report_names_the_call_that_ends_the_run(store: Store) {
+async fn finish_report_names_the_call_that_ends_the_run(db: Dialect) {
+    let store = TestStore::open(db).await;
     let (_, run) = planned(
         &store,
         "team/app",
@@ -1780,7 +1712,8 @@ fn image_results(tag: &str, digest_byte: char, findings: Vec<runner::Finding>) -
     }
 }
 
-async fn stage_results_are_stored_with_the_finish_and_replaced_by_a_retry(store: Store) {
+async fn stage_results_are_stored_with_the_finish_and_replaced_by_a_retry(db: Dialect) {
+    let store = TestStore::open(db).await;
     use runner::Severity::*;
     let mut build = retried(1, &[], "build", 2);
     build.spec = json!({"stage": "build"});
@@ -1960,7 +1893,8 @@ async fn lease_key(store: &Store, runner: RunnerId) -> Option<String> {
         })
 }
 
-async fn labels_route_stages_to_runners(store: Store) {
+async fn labels_route_stages_to_runners(db: Dialect) {
+    let store = TestStore::open(db).await;
     // Queue order: the unlabelled stage is the newest, so a runner that can only take
     // it must skip the older ones rather than stop at the head of the queue.
     let (_, run) = planned(
@@ -2017,7 +1951,8 @@ async fn labels_route_stages_to_runners(store: Store) {
     assert!(store.queued_stage_labels(100).await.unwrap().is_empty());
 }
 
-async fn runner_capacity_holds_under_concurrency(store: Store) {
+async fn runner_capacity_holds_under_concurrency(db: Dialect) {
+    let store = TestStore::open(db).await;
     let stages = (0..6)
         .map(|i| NewStage::new(&format!("s{i}"), &[], &["x"]))
         .collect();

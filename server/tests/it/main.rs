@@ -1,0 +1,27 @@
+//! The server's integration tests in one binary (one link of the server instead of one
+//! per file): a module per area, all on the harness in `support`.
+
+mod support;
+
+mod admin_cli;
+mod api;
+mod artifacts;
+mod cli;
+mod cli_docker;
+mod crash;
+mod cron;
+mod crypto;
+mod docker_e2e;
+mod docker_sweep;
+mod e2e;
+mod forge;
+mod git_mirror;
+mod harness;
+mod hooks;
+mod logs;
+mod planner;
+mod quickstart;
+mod runner_protocol;
+mod runners;
+mod status;
+mod store;
