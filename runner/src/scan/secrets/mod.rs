@@ -7,7 +7,7 @@
 //!   assignments whose value looks random (unquoted values too in `.env`, YAML, TOML,
 //!   INI and properties files).
 //! * **High-entropy strings** (severity `medium`): base64-ish tokens of at least
-//!   [`MIN_ENTROPY_LEN`] characters whose Shannon entropy is close to that of random
+//!   [`entropy::MIN_ENTROPY_LEN`] characters whose Shannon entropy is close to that of random
 //!   text of the same length.
 //!
 //! Tuned against false positives in ordinary repositories: hex strings (sha256 of lock
@@ -19,11 +19,23 @@
 //!
 //! A finding never holds the secret: the message names the rule and at most a
 //! redacted preview of the token's public prefix (`ghp_****`).
+//!
+//! Here: the line scan that applies them. `known` holds the known token formats,
+//! `assignment` the `key = "value"` rule, `entropy` the randomness tests, `tokens`
+//! the tokenizer they share.
+
+mod assignment;
+mod entropy;
+mod known;
+mod tokens;
+
+use assignment::secret_assignment;
+use entropy::{is_random, mixed, shannon};
+use known::{alnum_dash_underscore, known_token};
+use tokens::tokens;
 
 use crate::spec::Severity;
 
-/// Shortest token the entropy rule looks at.
-pub(crate) const MIN_ENTROPY_LEN: usize = 20;
 /// At most this many findings per file: a generated file full of random strings is
 /// reported, not flooded.
 pub(crate) const MAX_PER_FILE: usize = 50;
@@ -37,135 +49,6 @@ pub(crate) struct Hit {
     pub line: u32,
     pub message: String,
 }
-
-/// A token with a fixed prefix and a body of allowed characters.
-struct Prefixed {
-    rule: &'static str,
-    what: &'static str,
-    prefix: &'static str,
-    /// Body length: at least `min`, at most `max`.
-    min: usize,
-    max: usize,
-    body: fn(u8) -> bool,
-}
-
-fn alnum(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-}
-fn alnum_underscore(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-fn alnum_dash_underscore(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-}
-fn upper_digit(b: u8) -> bool {
-    b.is_ascii_uppercase() || b.is_ascii_digit()
-}
-
-const PREFIXED: &[Prefixed] = &[
-    // Fine-grained personal access tokens: `github_pat_` + 22 + `_` + 59.
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub fine-grained token",
-        prefix: "github_pat_",
-        min: 50,
-        max: 120,
-        body: alnum_underscore,
-    },
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub personal access token",
-        prefix: "ghp_",
-        min: 36,
-        max: 36,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub OAuth token",
-        prefix: "gho_",
-        min: 36,
-        max: 36,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub app token",
-        prefix: "ghs_",
-        min: 36,
-        max: 36,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub user-to-server token",
-        prefix: "ghu_",
-        min: 36,
-        max: 36,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "github-token",
-        what: "GitHub refresh token",
-        prefix: "ghr_",
-        min: 36,
-        max: 76,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "gitlab-token",
-        what: "GitLab personal access token",
-        prefix: "glpat-",
-        min: 20,
-        max: 64,
-        body: alnum_dash_underscore,
-    },
-    Prefixed {
-        rule: "stripe-secret-key",
-        what: "Stripe live secret key",
-        prefix: "sk_live_",
-        min: 24,
-        max: 247,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "stripe-secret-key",
-        what: "Stripe live restricted key",
-        prefix: "rk_live_",
-        min: 24,
-        max: 247,
-        body: alnum,
-    },
-    Prefixed {
-        rule: "google-api-key",
-        what: "Google API key",
-        prefix: "AIza",
-        min: 35,
-        max: 35,
-        body: alnum_dash_underscore,
-    },
-];
-
-/// Slack tokens: `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-`, `xoxe-` then digits,
-/// letters and dashes.
-const SLACK_KINDS: &[u8] = b"bparse";
-/// AWS access key id prefixes (the fourth letter says the key's kind).
-const AWS_KEY_PREFIXES: &[&str] = &[
-    "AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA",
-];
-/// Key names whose quoted value is a secret when it looks random.
-const SECRET_NAMES: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "api-key",
-    "access_key",
-    "private_key",
-    "auth_key",
-];
 
 /// What a file holds, by its name: in configuration files (`.env`, YAML, TOML, INI,
 /// properties) a value after `=` or `:` needs no quotes.
@@ -348,265 +231,8 @@ fn scan_line(line: &str, line_no: u32, kind: FileKind, hits: &mut Vec<Hit>) {
     }
 }
 
-/// Maximal runs of bytes for which `part` holds, as byte ranges (ASCII bytes only, so
-/// every range is on `char` boundaries).
-fn tokens(bytes: &[u8], part: impl Fn(u8) -> bool) -> impl Iterator<Item = (usize, usize)> {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < bytes.len() && !part(bytes[i]) {
-            i += 1;
-        }
-        if i >= bytes.len() {
-            return None;
-        }
-        let start = i;
-        while i < bytes.len() && part(bytes[i]) {
-            i += 1;
-        }
-        Some((start, i))
-    })
-}
-
 fn overlaps(taken: &[(usize, usize)], start: usize, end: usize) -> bool {
     taken.iter().any(|&(s, e)| start < e && s < end)
-}
-
-/// A token of a known format: `(rule, message with a redacted preview)`.
-fn known_token(tok: &str) -> Option<(&'static str, String)> {
-    for p in PREFIXED {
-        // A token may carry the prefix after other token characters only when those
-        // are not letters or digits (`_ghp_…` is not a GitHub token, `x-ghp_` is).
-        let Some(at) = tok.find(p.prefix) else {
-            continue;
-        };
-        if at > 0 && tok.as_bytes()[at - 1].is_ascii_alphanumeric() {
-            continue;
-        }
-        let body = &tok[at + p.prefix.len()..];
-        let n = body.bytes().take_while(|&b| (p.body)(b)).count();
-        if n >= p.min && n <= p.max && (n == body.len() || !(p.body)(body.as_bytes()[n])) {
-            // Placeholders such as `ghp_xxxxxxxx…` are not secrets.
-            if shannon(&body.as_bytes()[..n]) < 3.0 {
-                continue;
-            }
-            return Some((p.rule, format!("{} ({}****)", p.what, p.prefix)));
-        }
-    }
-    if let Some(rest) = tok.strip_prefix("xox")
-        && let [kind, b'-', ..] = rest.as_bytes()
-        && SLACK_KINDS.contains(kind)
-    {
-        let body = &rest[2..];
-        if body.len() >= 10
-            && body.bytes().any(|b| b.is_ascii_digit())
-            && shannon(body.as_bytes()) >= 3.0
-        {
-            return Some((
-                "slack-token",
-                format!("Slack token (xox{}-****)", *kind as char),
-            ));
-        }
-    }
-    if tok.len() == 20
-        && AWS_KEY_PREFIXES.iter().any(|p| tok.starts_with(p))
-        && tok.bytes().all(upper_digit)
-        && shannon(&tok.as_bytes()[4..]) >= 2.5
-    {
-        return Some((
-            "aws-access-key-id",
-            format!("AWS access key id ({}****)", &tok[..4]),
-        ));
-    }
-    None
-}
-
-/// `password = "…"`, `"api_key": "…"`, `token := '…'` with a value that looks random
-/// (and, when `unquoted`, `PASSWORD=…` / `password: …` without quotes): the key name
-/// and the value's byte range.
-fn secret_assignment<'a>(
-    line: &'a str,
-    lower: &str,
-    unquoted: bool,
-) -> Option<(&'a str, (usize, usize))> {
-    let bytes = line.as_bytes();
-    for (ks, ke) in tokens(lower.as_bytes(), |b| {
-        b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
-    }) {
-        let key = &lower[ks..ke];
-        if !SECRET_NAMES.iter().any(|n| key.contains(n)) {
-            continue;
-        }
-        // After the key: an optional closing quote, then `=`, `:`, `:=` or `=>`.
-        let mut i = ke;
-        if i < bytes.len() && matches!(bytes[i], b'"' | b'\'') {
-            i += 1;
-        }
-        while i < bytes.len() && bytes[i] == b' ' {
-            i += 1;
-        }
-        let op_start = i;
-        while i < bytes.len() && matches!(bytes[i], b'=' | b':' | b'>') && i - op_start < 2 {
-            i += 1;
-        }
-        if i == op_start || (bytes[op_start] == b'=' && bytes.get(op_start + 1) == Some(&b'=')) {
-            continue; // no assignment, or a comparison
-        }
-        while i < bytes.len() && bytes[i] == b' ' {
-            i += 1;
-        }
-        let (start, len) = match bytes.get(i) {
-            Some(&quote @ (b'"' | b'\'')) => {
-                let start = i + 1;
-                let Some(len) = bytes[start..].iter().position(|&b| b == quote) else {
-                    continue;
-                };
-                (start, len)
-            }
-            // Unquoted: the rest of the line (up to a ` #` comment), in configuration
-            // files only, where that is the value; in code it is an expression.
-            Some(_) if unquoted && !is_comment(line) => {
-                let rest = &line[i..];
-                let rest = rest.find(" #").map_or(rest, |at| &rest[..at]).trim_end();
-                if rest.contains(['(', ')', '[', ']', '{', '}', ',', ';']) {
-                    continue;
-                }
-                (i, rest.len())
-            }
-            _ => continue,
-        };
-        let value = &line[start..start + len];
-        if looks_like_secret_value(value) {
-            return Some((&line[ks..ke], (start, start + len)));
-        }
-    }
-    None
-}
-
-/// A comment line of a configuration file: prose, where `key = a|b` documents a
-/// setting rather than sets it.
-fn is_comment(line: &str) -> bool {
-    let t = line.trim_start();
-    ["#", ";", "//", "!"].iter().any(|c| t.starts_with(c))
-}
-
-fn looks_like_secret_value(v: &str) -> bool {
-    if v.len() < 8 || v.len() > 500 || v.bytes().any(|b| b.is_ascii_whitespace()) {
-        return false;
-    }
-    // Templates and references, not values.
-    if ["${", "{{", "%(", "<", "$("].iter().any(|p| v.contains(p)) || v.starts_with('$') {
-        return false;
-    }
-    let has = |f: fn(&u8) -> bool| v.as_bytes().iter().any(f);
-    let digit = has(u8::is_ascii_digit);
-    let upper = has(u8::is_ascii_uppercase);
-    let lower = has(u8::is_ascii_lowercase);
-    let symbol = has(|b| b.is_ascii_punctuation() && !b"_-.".contains(b));
-    (digit || (upper && lower) || symbol) && (lower || upper) && shannon(v.as_bytes()) >= 3.0
-}
-
-/// Whether a token looks like random data rather than a word, path, hash or id.
-/// `before` is the line up to the token (for context such as `h1:`).
-fn is_random(tok: &str, before: &str) -> bool {
-    let tok = tok.trim_matches('/');
-    if tok.len() < MIN_ENTROPY_LEN || tok.len() > 1000 {
-        return false;
-    }
-    let b = tok.as_bytes();
-    // Subresource Integrity (`sha512-…`), go.sum (`h1:…`) and wheel RECORD
-    // (`sha256=…`) hashes.
-    let before = before.to_ascii_lowercase();
-    if [
-        "sha1-", "sha256-", "sha384-", "sha512-", "h1:", "sha256:", "sha512:", "sha256=", "sha512=",
-    ]
-    .iter()
-    .any(|p| before.ends_with(p))
-    {
-        return false;
-    }
-    // Hex (checksums, commit ids, UUIDs) never reaches here: it has no mix of cases.
-    if !mixed(tok) {
-        return false;
-    }
-    // Identifiers and paths are made of words: letter runs of one case (or capitalised)
-    // of four or more. Random base64 has few: over half the token is a word-made name.
-    let worded: usize = words(b).filter(|n| *n >= 4).sum();
-    if worded * 2 > b.len() {
-        return false;
-    }
-    shannon(b) >= entropy_threshold(b.len())
-}
-
-/// Lengths of the runs of letters that read as words: `[A-Z]?[a-z]+` or `[A-Z]+`.
-fn words(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < b.len() && !b[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        if i >= b.len() {
-            return None;
-        }
-        let start = i;
-        if b[i].is_ascii_uppercase() {
-            i += 1;
-            if i < b.len() && b[i].is_ascii_lowercase() {
-                while i < b.len() && b[i].is_ascii_lowercase() {
-                    i += 1;
-                }
-            } else {
-                while i < b.len() && b[i].is_ascii_uppercase() {
-                    i += 1;
-                }
-                // `HTTPServer`: the last capital starts the next word.
-                if i < b.len() && b[i].is_ascii_lowercase() && i - start > 1 {
-                    i -= 1;
-                }
-            }
-        } else {
-            while i < b.len() && b[i].is_ascii_lowercase() {
-                i += 1;
-            }
-        }
-        Some(i - start)
-    })
-}
-
-/// Upper- and lowercase letters and digits, as random base64 of this length nearly
-/// always has.
-fn mixed(tok: &str) -> bool {
-    let b = tok.as_bytes();
-    b.iter().any(u8::is_ascii_uppercase)
-        && b.iter().any(u8::is_ascii_lowercase)
-        && b.iter().any(u8::is_ascii_digit)
-}
-
-/// The entropy a token of `len` characters must reach: a little under what random
-/// base64 of that length reaches 99 times in 100 (a sample of `len` characters cannot
-/// exceed `log2(len)` bits; random base64 sits about half a bit below that for short
-/// tokens), capped for long tokens, where random base64 is far above it anyway.
-fn entropy_threshold(len: usize) -> f64 {
-    ((len as f64).log2() - 0.75).min(4.3)
-}
-
-/// Shannon entropy in bits per byte.
-pub(crate) fn shannon(data: &[u8]) -> f64 {
-    if data.is_empty() {
-        return 0.0;
-    }
-    let mut counts = [0usize; 256];
-    for &b in data {
-        counts[usize::from(b)] += 1;
-    }
-    let n = data.len() as f64;
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.log2()
-        })
-        .sum()
 }
 
 #[cfg(test)]
@@ -756,21 +382,5 @@ RTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYD\n\
         assert!(scan_text(code, FileKind::of("app.py")).is_empty());
         assert_eq!(FileKind::of("Cargo.toml"), FileKind::Config);
         assert_eq!(FileKind::of("main.rs"), FileKind::Other);
-    }
-
-    #[test]
-    fn words_of_identifiers() {
-        let w = |s: &str| words(s.as_bytes()).collect::<Vec<_>>();
-        assert_eq!(w("HTTPServerConn2x"), [4, 6, 4, 1]);
-        assert_eq!(w("ThisIsA"), [4, 2, 1]);
-        assert_eq!(w("abc/DEF"), [3, 3]);
-        assert_eq!(w(""), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn shannon_entropy() {
-        assert_eq!(shannon(b""), 0.0);
-        assert_eq!(shannon(b"aaaa"), 0.0);
-        assert!((shannon(b"abcd") - 2.0).abs() < 1e-9);
     }
 }

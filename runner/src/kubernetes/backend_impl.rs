@@ -1,0 +1,293 @@
+//! The [`Backend`] impl: a stage is its pod, a step one of its init containers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{AsyncReadExt as _, StreamExt};
+use kube::api::{LogParams, PostParams};
+
+use super::status::{self, Progress};
+use super::watch::PodView;
+use super::{KubernetesBackend, api_err, copy, names, pod};
+use crate::archive;
+use crate::artifacts::Artifact;
+use crate::backend::{
+    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
+};
+use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::spec::{StageSpec, StepSpec};
+
+#[async_trait]
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn separates_streams(&self) -> bool {
+        false
+    }
+
+    async fn setup_stage(&self, spec: &StageSpec) -> Result<StageHandle> {
+        spec.validate()?;
+        let options = &self.inner.options;
+        let name = names::pod_name(&spec.id);
+        let objects = pod::stage_objects(spec, &name, options)?;
+        let run_as = pod::run_as(spec, options)?;
+        let workdir = pod::workdir(spec)?;
+        let spec_owned = spec.clone();
+        let upload = tokio::task::spawn_blocking(move || {
+            KubernetesBackend::upload_archive(&spec_owned, run_as, &workdir)
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            op: "setup_stage",
+            message: e.to_string(),
+        })??;
+
+        let created = self
+            .inner
+            .pods
+            .create(&PostParams::default(), &objects.pod)
+            .await
+            .map_err(|e| match e {
+                // The API server refused the pod itself (422): the spec's fault.
+                kube::Error::Api(s) if s.code == 422 || s.code == 400 => Error::InvalidSpec(
+                    format!("the API server refused the stage's pod: {}", s.message),
+                ),
+                e => api_err("create pod")(e),
+            })?;
+        match self
+            .fill_pod(spec, created, objects.secret, upload.path())
+            .await
+        {
+            Ok(stage) => {
+                self.inner.stages.insert(name.clone(), stage);
+                Ok(StageHandle {
+                    stage: spec.id.clone(),
+                    id: name,
+                    workspace: None,
+                })
+            }
+            Err(e) => {
+                // Leave nothing behind on failure (trait contract): gone, not going.
+                if let Err(cleanup) = self.delete_and_wait(&name).await {
+                    tracing::error!(pod = %name, error = %cleanup, "cleaning up a failed set-up");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_step(
+        &self,
+        stage_handle: &StageHandle,
+        index: usize,
+        step: &StepSpec,
+    ) -> Result<StepHandle> {
+        let stage = self.stage(stage_handle)?;
+        let container = names::step_container(index);
+        let present = match &*stage.view.borrow() {
+            PodView::Present(p) => p
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.name == container)),
+            PodView::Gone => false,
+        };
+        if !present {
+            return Err(Error::InvalidState(format!(
+                "pod {} has no step {index} (`{}`)",
+                stage.pod, step.name
+            )));
+        }
+        self.wait_until(&stage, "waiting for the step to start", |p| {
+            (status::progress(p, &container) != Progress::Waiting).then_some(())
+        })
+        .await?;
+        Ok(StepHandle {
+            id: format!("{}/{container}", stage.pod),
+            index,
+            name: step.name.clone(),
+        })
+    }
+
+    async fn tail_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<LogStream> {
+        let stage = self.stage(stage_handle)?;
+        if !lock(&stage.tailed).insert(step.index) {
+            return Err(Error::InvalidState(format!(
+                "step {} is already being tailed",
+                step.id
+            )));
+        }
+        let lp = LogParams {
+            container: Some(names::step_container(step.index)),
+            follow: true,
+            ..Default::default()
+        };
+        let reader = self
+            .inner
+            .pods
+            .log_stream(&stage.pod, &lp)
+            .await
+            .map_err(api_err("pod log"))?;
+        // The API merges stdout and stderr: everything is reported as stdout.
+        let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
+            let mut reader = reader?;
+            let mut buf = vec![0u8; 32 * 1024];
+            match reader.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((
+                        Ok(LogChunk {
+                            stream: LogStreamKind::Stdout,
+                            bytes: Bytes::from(buf),
+                        }),
+                        Some(reader),
+                    ))
+                }
+                Err(e) => Some((Err(Error::io("reading the pod log", e)), None)),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn wait_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<StepExit> {
+        let stage = self.stage(stage_handle)?;
+        let container = names::step_container(step.index);
+        let exit = self
+            .wait_until(
+                &stage,
+                "waiting for the step to exit",
+                |p| match status::progress(p, &container) {
+                    Progress::Exited(e) => Some(e),
+                    _ => None,
+                },
+            )
+            .await?;
+        lock(&stage.finished).insert(step.index);
+        Ok(exit)
+    }
+
+    async fn destroy_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<()> {
+        let Ok(stage) = self.stage(stage_handle) else {
+            return Ok(());
+        };
+        if lock(&stage.finished).contains(&step.index) {
+            return Ok(());
+        }
+        let container = names::step_container(step.index);
+        let exited = match &*stage.view.borrow() {
+            PodView::Present(p) => matches!(status::progress(p, &container), Progress::Exited(_)),
+            PodView::Gone => true,
+        };
+        if exited {
+            return Ok(());
+        }
+        // A step cannot be stopped on its own: the stage's pod goes (later steps
+        // would be skipped anyway after a timeout or cancel).
+        self.delete_objects(&stage.pod).await?;
+        let bound = self.inner.options.kill_grace + Duration::from_secs(30);
+        let stopped = tokio::time::timeout(
+            bound,
+            self.wait_until(&stage, "stopping the step", |p| {
+                matches!(status::progress(p, &container), Progress::Exited(_)).then_some(())
+            }),
+        )
+        .await;
+        match stopped {
+            // Gone also means stopped.
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Backend {
+                op: "destroy_step",
+                message: format!(
+                    "step container {container} still runs {bound:?} after deleting its pod"
+                ),
+            }),
+        }
+    }
+
+    async fn collect_artifacts(
+        &self,
+        stage_handle: &StageHandle,
+        globs: &[String],
+        dest: &Path,
+    ) -> Result<Vec<Artifact>> {
+        let stage = self.stage(stage_handle)?;
+        for g in globs {
+            crate::artifacts::check_glob(g)?;
+        }
+        self.wait_until(&stage, "waiting for the workspace container", |p| {
+            (status::progress(p, names::WORKSPACE_CONTAINER) == Progress::Running).then_some(())
+        })
+        .await?;
+        let scratch =
+            tempfile::tempdir().map_err(|e| Error::io("creating a temp dir for artifacts", e))?;
+        let tar_path = scratch.path().join("workspace.tar");
+        copy::exec_to_file(
+            &self.inner.pods,
+            &stage.pod,
+            names::WORKSPACE_CONTAINER,
+            &["tar", "-c", "-f", "-", "-C", pod::WORKSPACE, "."],
+            &tar_path,
+        )
+        .await?;
+        archive::collect_from_tar(scratch, tar_path, globs, dest).await
+    }
+
+    /// In a builder pod of its own (rootless buildah, in the builder namespace: see
+    /// `image`). Image stages still go to Docker runners (`backend:docker`) unless the
+    /// stage asks for `backend:kubernetes`.
+    async fn build_image(
+        &self,
+        stage: &StageHandle,
+        image: &crate::spec::ImageSpec,
+        log: tokio::sync::mpsc::UnboundedSender<LogChunk>,
+    ) -> Result<crate::backend::BuiltImage> {
+        self.build_in_pod(stage, image, log).await
+    }
+
+    async fn destroy_stage(&self, handle: &StageHandle) -> Result<()> {
+        // A build cut short by a cancel or a timeout leaves its builder pod.
+        self.delete_builders_of(&handle.id).await?;
+        self.delete_objects(&handle.id).await?;
+        if let Some(stage) = self.inner.stages.remove(&handle.id) {
+            // Return once the pod is gone: no step of this stage runs any more.
+            let bound = self.inner.options.kill_grace + Duration::from_secs(30);
+            let mut view = stage.view.clone();
+            let gone = tokio::time::timeout(bound, async {
+                loop {
+                    if matches!(*view.borrow_and_update(), PodView::Gone) {
+                        return true;
+                    }
+                    if view.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            })
+            .await;
+            if gone != Ok(true) {
+                // Check directly: the watcher may have stopped.
+                let still = self
+                    .inner
+                    .pods
+                    .get_opt(&handle.id)
+                    .await
+                    .map_err(api_err("get pod"))?;
+                if still.is_some() {
+                    return Err(Error::Backend {
+                        op: "destroy_stage",
+                        message: format!(
+                            "pod {} still exists {bound:?} after its deletion",
+                            handle.id
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

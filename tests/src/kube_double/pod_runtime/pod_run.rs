@@ -1,0 +1,348 @@
+//! One pod run through its phases, like a kubelet with `restartPolicy: Never`:
+//! volumes, sandbox, secret volumes, init containers (sidecars left running), the
+//! regular containers, sidecars stopped; the deadline and deletion stop it anywhere.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ctx::{Ctx, Runtime};
+use crate::kube_double::docker::{self, PodNames, PodNetwork};
+use crate::kube_double::pod_status::{self, PodState};
+
+impl Ctx {
+    /// Starts running a freshly stored pod.
+    pub fn spawn_pod(self: &Arc<Self>, pod: Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let stop = CancellationToken::new();
+        let grace = Arc::new(AtomicI64::new(0));
+        let engine_calls = TaskTracker::new();
+        let run = Arc::new(PodRun::new(
+            self.clone(),
+            pod,
+            stop.clone(),
+            grace.clone(),
+            engine_calls.clone(),
+        ));
+        let mut runtimes = self.runtimes();
+        let task = tokio::spawn(run.run());
+        runtimes.insert(
+            uid,
+            Runtime {
+                stop,
+                grace,
+                task: Some(task),
+                engine_calls,
+            },
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot {
+    Init(usize),
+    Main(usize),
+}
+
+enum Outcome {
+    Finished,
+    DeadlineExceeded,
+    Deleted,
+    SandboxFailed(String),
+}
+
+pub(super) enum Started {
+    Running(String),
+    /// The engine refused to start it (e.g. the command does not exist).
+    FailedToStart(i32),
+}
+
+pub(super) struct PodRun {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) pod: Pod,
+    pub(super) ns: String,
+    pub(super) name: String,
+    pub(super) names: PodNames,
+    pub(super) labels: HashMap<String, String>,
+    pub(super) state: Mutex<PodState>,
+    /// Docker ids of the containers created so far, by slot.
+    pub(super) started: Mutex<Vec<(Slot, String)>>,
+    pub(super) stop: CancellationToken,
+    pub(super) grace: Arc<AtomicI64>,
+    pub(super) engine_calls: TaskTracker,
+}
+
+pub(super) fn docker_time(s: Option<&str>) -> Option<Time> {
+    let s = s?;
+    if s.starts_with("0001-") {
+        return None;
+    }
+    s.parse().ok().map(Time)
+}
+
+impl PodRun {
+    fn new(
+        ctx: Arc<Ctx>,
+        pod: Pod,
+        stop: CancellationToken,
+        grace: Arc<AtomicI64>,
+        engine_calls: TaskTracker,
+    ) -> PodRun {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let image = |c: &Container| c.image.clone().unwrap_or_default();
+        let init: Vec<ContainerStatus> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| pod_status::waiting(&c.name, &image(c), "PodInitializing", None))
+            .collect();
+        let first = if init.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let main = spec
+            .containers
+            .iter()
+            .map(|c| pod_status::waiting(&c.name, &image(c), first, None))
+            .collect();
+        PodRun {
+            names: PodNames::new(&ctx.instance, &uid),
+            labels: docker::labels(&ctx.instance, &pod),
+            ns: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            state: Mutex::new(PodState::new(init, main)),
+            started: Mutex::new(Vec::new()),
+            ctx,
+            pod,
+            stop,
+            grace,
+            engine_calls,
+        }
+    }
+
+    /// Runs an engine call that creates something as its own tracked task: if the
+    /// runner is stopped meanwhile, the call still completes and cleanup waits for it.
+    pub(super) async fn engine<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        self.engine_calls
+            .spawn(call)
+            .await
+            .expect("engine calls do not panic")
+    }
+
+    fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
+        self.pod.spec.as_ref().expect("validated pods have a spec")
+    }
+
+    pub(super) fn container(&self, slot: Slot) -> &Container {
+        match slot {
+            Slot::Init(i) => &self.spec().init_containers.as_ref().expect("init slot")[i],
+            Slot::Main(i) => &self.spec().containers[i],
+        }
+    }
+
+    pub(super) fn backoff(&self) -> Duration {
+        self.ctx.options.retry_interval
+    }
+
+    /// Changes the local state and writes the resulting status to the store.
+    pub(super) fn change(&self, f: impl FnOnce(&mut PodState)) {
+        let status = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut state);
+            state.status()
+        };
+        self.ctx
+            .store
+            .update::<Pod>(&self.ns, &self.name, |p| p.status = Some(status));
+    }
+
+    pub(super) fn change_container(&self, slot: Slot, f: impl FnOnce(&mut ContainerStatus)) {
+        self.change(|s| match slot {
+            Slot::Init(i) => f(&mut s.init[i]),
+            Slot::Main(i) => f(&mut s.main[i]),
+        });
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.change(|_| {});
+        let deadline = self
+            .spec()
+            .active_deadline_seconds
+            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64));
+        let outcome = tokio::select! {
+            o = self.execute() => o,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => Outcome::DeadlineExceeded,
+            _ = self.stop.cancelled() => Outcome::Deleted,
+        };
+        match outcome {
+            Outcome::Finished => {}
+            Outcome::SandboxFailed(message) => self.change(|s| {
+                s.phase = "Failed";
+                s.reason = Some("SandboxFailed".into());
+                s.message = Some(message);
+            }),
+            Outcome::DeadlineExceeded => {
+                let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
+                self.stop_containers(grace).await;
+                self.record_exits().await;
+                self.change(|s| {
+                    s.phase = "Failed";
+                    s.reason = Some("DeadlineExceeded".into());
+                    s.message = Some(
+                        "Pod was active on the node longer than the specified deadline".into(),
+                    );
+                });
+            }
+            Outcome::Deleted => {
+                self.stop_containers(self.grace.load(Ordering::SeqCst))
+                    .await;
+                self.record_exits().await;
+                self.change(|_| {});
+            }
+        }
+    }
+
+    async fn execute(self: &Arc<Self>) -> Outcome {
+        let docker = &self.ctx.docker;
+        let (d, names, spec, labels) = (
+            docker.clone(),
+            self.names.clone(),
+            self.spec().clone(),
+            self.labels.clone(),
+        );
+        let created = self
+            .engine(async move { docker::create_volumes(&d, &names, &spec, &labels).await })
+            .await;
+        if let Err(e) = created {
+            return Outcome::SandboxFailed(format!("creating volumes: {}", docker::message(&e)));
+        }
+        let network = self.ctx.options.pod_network;
+        let (d, names, image, pod, labels) = (
+            docker.clone(),
+            self.names.clone(),
+            self.ctx.options.sandbox_image.clone(),
+            self.pod.clone(),
+            self.labels.clone(),
+        );
+        let started = self
+            .engine(async move {
+                docker::start_sandbox(&d, &names, &image, &pod, network, &labels).await
+            })
+            .await;
+        if let Err(e) = started {
+            return Outcome::SandboxFailed(format!(
+                "creating the pod sandbox: {}",
+                docker::message(&e)
+            ));
+        }
+        if network == PodNetwork::Bridge {
+            let ip = docker
+                .inspect_container(&self.names.sandbox(), None)
+                .await
+                .ok()
+                .and_then(|i| i.network_settings)
+                .and_then(|n| n.networks)
+                .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+                .filter(|ip| !ip.is_empty());
+            self.change(|s| s.pod_ip = ip);
+        }
+        // Secret volumes wait for their secret, as the kubelet's mount does.
+        loop {
+            match docker::fill_secret_volumes(docker, &self.names, &self.ctx.store, &self.pod).await
+            {
+                Ok(()) => break,
+                Err(message) => {
+                    self.change(|s| {
+                        for c in s.init.iter_mut().chain(s.main.iter_mut()) {
+                            if pod_status::is_waiting(c) {
+                                *c = pod_status::waiting(
+                                    &c.name,
+                                    &c.image,
+                                    "ContainerCreating",
+                                    Some(message.clone()),
+                                );
+                            }
+                        }
+                    });
+                    tokio::time::sleep(self.backoff()).await;
+                }
+            }
+        }
+
+        let mut sidecars: Vec<(Slot, String, JoinHandle<()>)> = Vec::new();
+        let inits = self.spec().init_containers.clone().unwrap_or_default();
+        for (i, c) in inits.iter().enumerate() {
+            let slot = Slot::Init(i);
+            let sidecar = c.restart_policy.as_deref() == Some("Always");
+            let id = match self.start_container(slot).await {
+                Started::Running(id) => id,
+                Started::FailedToStart(code) if !sidecar => return self.init_failed(code),
+                Started::FailedToStart(_) => continue,
+            };
+            if sidecar {
+                let me = self.clone();
+                let watched = id.clone();
+                let waiter = tokio::spawn(async move {
+                    me.wait_container(slot, &watched).await;
+                });
+                sidecars.push((slot, id, waiter));
+                continue;
+            }
+            let code = self.wait_container(slot, &id).await;
+            if code != 0 {
+                return self.init_failed(code);
+            }
+        }
+        self.change(|s| {
+            s.initialized = true;
+            for c in &mut s.main {
+                if pod_status::waiting_reason(c).as_deref() == Some("PodInitializing") {
+                    *c = pod_status::waiting(&c.name, &c.image, "ContainerCreating", None);
+                }
+            }
+        });
+
+        let mains = (0..self.spec().containers.len()).map(|i| {
+            let slot = Slot::Main(i);
+            async move {
+                match self.start_container(slot).await {
+                    Started::Running(id) => self.wait_container(slot, &id).await,
+                    Started::FailedToStart(code) => code,
+                }
+            }
+        });
+        let codes = futures::future::join_all(mains).await;
+
+        // Sidecars end when the regular containers are done, in reverse order.
+        let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
+        for (_, id, waiter) in sidecars.into_iter().rev() {
+            self.stop_container(&id, grace).await;
+            let _ = waiter.await;
+        }
+        let ok = codes.iter().all(|c| *c == 0);
+        self.change(|s| s.phase = if ok { "Succeeded" } else { "Failed" });
+        Outcome::Finished
+    }
+
+    fn init_failed(&self, _code: i32) -> Outcome {
+        self.change(|s| s.phase = "Failed");
+        Outcome::Finished
+    }
+}
