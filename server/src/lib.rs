@@ -11,7 +11,7 @@ pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod protocol;
-pub mod repos;
+pub(crate) mod repos;
 pub mod runs;
 pub mod store;
 pub mod workers;

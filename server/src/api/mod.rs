@@ -1,21 +1,21 @@
 //! The HTTP surface: one module per resource, each with its own `routes()`, registered
 //! in the route table ([`route_table`]) with the access each route needs.
 
-pub mod artifacts;
+pub(crate) mod artifacts;
 pub mod auth;
-pub mod error;
-pub mod extract;
-pub mod health;
-pub mod hooks;
-pub mod logs;
-pub mod metrics;
-pub mod openapi;
-pub mod protocol;
-pub mod repos;
-pub mod route_table;
-pub mod runners;
-pub mod runs;
-pub mod secrets;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod health;
+pub(crate) mod hooks;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod openapi;
+pub(crate) mod protocol;
+pub(crate) mod repos;
+pub(crate) mod route_table;
+pub(crate) mod runners;
+pub(crate) mod runs;
+pub(crate) mod secrets;
 pub mod tokens;
 
 #[cfg(test)]

@@ -36,12 +36,14 @@
 
 mod artifacts;
 pub mod blobs;
+mod events;
 mod migrations;
 mod queue;
 mod records;
 mod repos;
 mod results;
 mod row;
+mod run_state;
 mod runs;
 mod types;
 

@@ -6,11 +6,12 @@ use std::time::Duration;
 use rand::Rng;
 use sqlx::query;
 
+use super::events::emit;
 use super::row::{
     RUNNER_COLS, RowExt, STAGE_COLS, STEP_COLS, json_text, rows, runner as runner_row,
     stage as stage_row, step as step_row,
 };
-use super::runs::{close_steps, emit};
+use super::run_state::close_steps;
 use super::{
     Dialect, Error, FinishReport, Heartbeat, Lease, Limits, QueuedLabels, Result, Run, RunId,
     RunStatus, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus,

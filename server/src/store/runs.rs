@@ -1,16 +1,17 @@
-//! Deliveries and runs: creating, planning, failing and cancelling runs.
+//! Deliveries and runs: creating, reading, planning and failing runs (what happens to a
+//! run after that: `run_state`).
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 use sqlx::query;
 
+use super::events::emit;
 use super::row::{RUN_COLS, json_text, rows, run as run_row};
 use super::{
     Error, NewRun, NewStage, RepoId, Result, Run, RunId, RunStatus, StageStatus, Store, Tx,
     affected,
 };
-use crate::runs::reconcile::{StageView, reconcile};
 
 impl Store {
     /// Records webhook delivery `delivery_id` and creates its `pending` run, in one
@@ -359,211 +360,6 @@ impl Store {
         }
         self.reconcile_tx(tx, &run).await
     }
-
-    /// Cancels a run that has not finished: the run becomes `cancelled`, its waiting and
-    /// queued stages `cancelled`, and running stages are flagged so that their runner's
-    /// next heartbeat answers [`Heartbeat::Cancel`](super::Heartbeat::Cancel). `false` if
-    /// the run had already finished.
-    pub async fn cancel_run(&self, run_id: RunId, reason: &str) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let run = self.lock_run(&mut tx, run_id).await?;
-        let done = self.cancel_locked(&mut tx, run, reason).await?;
-        tx.commit().await?;
-        Ok(done)
-    }
-
-    async fn cancel_locked(&self, tx: &mut Tx, run: Run, reason: &str) -> Result<bool> {
-        if run.status.is_final() {
-            return Ok(false);
-        }
-        let now = self.now_ms();
-        let sql = format!(
-            "UPDATE runs SET status = 'cancelled', error = $2, finished_at = $3 WHERE id = $1 \
-             RETURNING {RUN_COLS}"
-        );
-        let row = query(&sql)
-            .bind(run.id)
-            .bind(reason)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?;
-        let run = run_row(&row)?;
-        emit(tx, run.id, None, RunStatus::Cancelled.as_str(), now).await?;
-        self.reconcile_tx(tx, &run).await?;
-        Ok(true)
-    }
-
-    /// Auto-cancel: cancels the unfinished runs of `repo` for the same branch and event
-    /// that are older than `newer` and returns their ids.
-    pub async fn supersede(
-        &self,
-        repo: RepoId,
-        branch: &str,
-        event: super::Event,
-        newer: RunId,
-    ) -> Result<Vec<RunId>> {
-        let mut tx = self.begin().await?;
-        let newer_run = self.get_run_tx(&mut tx, newer).await?;
-        let ids: Vec<i64> = query(
-            "SELECT id FROM runs WHERE repo_id = $1 AND branch = $2 AND event = $3 \
-             AND status IN ('pending', 'running') AND number < $4 ORDER BY id",
-        )
-        .bind(repo)
-        .bind(branch)
-        .bind(event.as_str())
-        .bind(newer_run.number)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| sqlx::Row::try_get(r, "id"))
-        .collect::<Result<_, _>>()?;
-        let reason = format!("superseded by run #{}", newer_run.number);
-        let mut cancelled = Vec::new();
-        // Ascending id order: the same lock order as every other multi-run transaction.
-        for id in ids {
-            let run = self.lock_run(&mut tx, id).await?;
-            if self.cancel_locked(&mut tx, run, &reason).await? {
-                cancelled.push(id);
-            }
-        }
-        tx.commit().await?;
-        Ok(cancelled)
-    }
-
-    /// Reads a run inside `tx`, locking its row on PostgreSQL. Every transaction that
-    /// changes a run's stages calls this first (one lock order: run, then stages).
-    pub(crate) async fn lock_run(&self, tx: &mut Tx, id: RunId) -> Result<Run> {
-        let sql = format!(
-            "SELECT {RUN_COLS} FROM runs WHERE id = $1{}",
-            self.for_update()
-        );
-        match query(&sql).bind(id).fetch_optional(&mut **tx).await? {
-            Some(row) => run_row(&row),
-            None => Err(Error::NotFound(format!("run {id}"))),
-        }
-    }
-
-    async fn get_run_tx(&self, tx: &mut Tx, id: RunId) -> Result<Run> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = $1");
-        match query(&sql).bind(id).fetch_optional(&mut **tx).await? {
-            Some(row) => run_row(&row),
-            None => Err(Error::NotFound(format!("run {id}"))),
-        }
-    }
-
-    /// Applies [`reconcile`] to the run's stages inside `tx` (the run is locked):
-    /// promotions and skips, cancelling the unstarted stages of a finished run and
-    /// flagging its running ones, and the final status of a run with nothing left
-    /// unfinished. Idempotent.
-    pub(crate) async fn reconcile_tx(&self, tx: &mut Tx, run: &Run) -> Result<Run> {
-        // A pass whose guarded update missed (on PostgreSQL a concurrent lease took a
-        // queued stage of a run that is finishing) derives again from the rows as they
-        // are now. Leases only move queued stages on, so this ends within one pass per
-        // stage.
-        let mut passes = 0;
-        loop {
-            let stages = self.stages_tx(tx, run.id).await?;
-            passes += 1;
-            let views: Vec<StageView> = stages
-                .iter()
-                .map(|s| StageView {
-                    key: &s.key,
-                    status: s.status,
-                    needs: &s.needs,
-                })
-                .collect();
-            let changes = reconcile(run.status, &views);
-            let now = self.now_ms();
-            let mut missed = false;
-            for c in &changes.stages {
-                let s = &stages[c.stage];
-                // `status = $5`: only if nobody changed the stage since we read it.
-                let n = affected(
-                    query(
-                        "UPDATE stages SET status = $2, reason = COALESCE($3, reason), \
-                         queued_at = CASE WHEN $2 = 'queued' THEN $4 ELSE queued_at END, \
-                         finished_at = CASE WHEN $2 = 'queued' THEN finished_at ELSE $4 END \
-                         WHERE id = $1 AND status = $5",
-                    )
-                    .bind(s.id)
-                    .bind(c.status.as_str())
-                    .bind(&c.reason)
-                    .bind(now)
-                    .bind(s.status.as_str())
-                    .execute(&mut **tx)
-                    .await?,
-                );
-                if n == 0 {
-                    missed = true;
-                    continue;
-                }
-                if c.status.is_final() {
-                    close_steps(tx, s.id, c.status, now).await?;
-                }
-                emit(tx, run.id, Some(s.id), c.status.as_str(), now).await?;
-            }
-            for &i in &changes.stop {
-                query(
-                    "UPDATE stages SET cancel_requested = TRUE \
-                     WHERE id = $1 AND status = 'running' AND cancel_requested = FALSE",
-                )
-                .bind(stages[i].id)
-                .execute(&mut **tx)
-                .await?;
-            }
-            if missed && passes <= stages.len() {
-                continue;
-            }
-            let Some(final_status) = changes.run.filter(|_| !missed) else {
-                return Ok(run.clone());
-            };
-            let sql = format!(
-                "UPDATE runs SET status = $2, finished_at = $3 WHERE id = $1 \
-                 AND status = 'running' RETURNING {RUN_COLS}"
-            );
-            let row = query(&sql)
-                .bind(run.id)
-                .bind(final_status.as_str())
-                .bind(now)
-                .fetch_one(&mut **tx)
-                .await?;
-            emit(tx, run.id, None, final_status.as_str(), now).await?;
-            return run_row(&row);
-        }
-    }
-
-    /// Re-derives promotions, skips and the final status of a run (after a crash, or
-    /// from the scheduler's reconcile loop). Idempotent.
-    pub async fn reconcile_run(&self, run_id: RunId) -> Result<Run> {
-        let mut tx = self.begin().await?;
-        let run = self.lock_run(&mut tx, run_id).await?;
-        let run = self.reconcile_tx(&mut tx, &run).await?;
-        tx.commit().await?;
-        Ok(run)
-    }
-
-    /// Records why a run ended as it did without changing its status, e.g. "no pipeline
-    /// triggered: …" on a run that finished `success` with nothing to do (the planner's
-    /// answer to "why didn't my pipeline run?"). `NotFound` for an unknown run.
-    pub async fn set_run_note(&self, run_id: RunId, note: &str) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let r = query("UPDATE runs SET error = $2 WHERE id = $1")
-            .bind(run_id)
-            .bind(note)
-            .execute(&mut *tx)
-            .await?;
-        if affected(r) == 0 {
-            return Err(Error::NotFound(format!("run {run_id}")));
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Runs that are `running` (the scheduler reconciles these after a restart).
-    pub async fn active_runs(&self) -> Result<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'running' ORDER BY id");
-        rows(&query(&sql).fetch_all(&self.read).await?, run_row)
-    }
 }
 
 async fn insert_delivery(tx: &mut Tx, repo: RepoId, delivery_id: &str, now: i64) -> Result<bool> {
@@ -579,51 +375,6 @@ async fn insert_delivery(tx: &mut Tx, repo: RepoId, delivery_id: &str, now: i64)
     .execute(&mut **tx)
     .await?;
     Ok(affected(r) == 1)
-}
-
-/// Appends to the event log inside the transaction that made the change.
-pub(crate) async fn emit(
-    tx: &mut Tx,
-    run: RunId,
-    stage: Option<i64>,
-    status: &str,
-    now: i64,
-) -> Result<()> {
-    query("INSERT INTO events (run_id, stage_id, status, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(run)
-        .bind(stage)
-        .bind(status)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Gives the unfinished steps of a stage that just ended a final state: steps never
-/// started are `skipped`, a step still running ends like its stage.
-pub(crate) async fn close_steps(
-    tx: &mut Tx,
-    stage: i64,
-    stage_status: StageStatus,
-    now: i64,
-) -> Result<()> {
-    let running = match stage_status {
-        StageStatus::Cancelled => "cancelled",
-        StageStatus::TimedOut => "timed_out",
-        StageStatus::Skipped => "skipped",
-        _ => "error",
-    };
-    query(
-        "UPDATE steps SET status = CASE WHEN status = 'running' THEN $2 ELSE 'skipped' END, \
-         finished_at = CASE WHEN status = 'running' THEN $3 ELSE finished_at END \
-         WHERE stage_id = $1 AND status IN ('pending', 'running')",
-    )
-    .bind(stage)
-    .bind(running)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Rejects duplicate keys, needs that name no stage of the plan, and cycles.

@@ -11,7 +11,7 @@ pub mod commit_status;
 pub mod cron;
 pub mod in_process_runner;
 pub mod kube_orphans;
-pub mod lease_expiry;
+pub(crate) mod lease_expiry;
 pub mod planner;
 
 #[allow(

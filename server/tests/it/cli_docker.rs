@@ -57,10 +57,7 @@ fn exec_on_the_docker_backend_runs_containers_with_a_service() {
     assert!(stdout.contains("| hello from the service"), "{stdout}");
     assert!(stdout.contains("out.txt sha256:"), "{stdout}");
     assert!(stdout.contains("second stage on"), "{stdout}");
-    let label = format!(
-        "io.slipway.runner=exec-{}-{pid}",
-        server::agent::hostname()
-    );
+    let label = format!("io.slipway.runner=exec-{}-{pid}", server::agent::hostname());
     assert_eq!(labelled(&label), Vec::<String>::new());
 
     // A stage without an image cannot run in a container: a clear error.

@@ -3,9 +3,9 @@
 //! seen, and at most once for a stretch of downtime.
 
 use chrono::{DateTime, TimeZone, Utc};
+use server::store::{self, Event, RunStatus, Trigger};
 use server::workers::cron::Cron;
 use server::workers::planner;
-use server::store::{self, Event, RunStatus, Trigger};
 
 use crate::support::forge::{PIPELINE, register, runs};
 use crate::support::git::GitRepo;
@@ -42,7 +42,15 @@ async fn a_due_schedule_fires_once_and_is_planned() {
     let mut git = GitRepo::bare();
     let files = [(".slipway/nightly.yml", NIGHTLY), ("README", "x")];
     let head = git.commit("refs/heads/main", &[], &files, "init");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
 
     // First sight at midnight: registered, nothing fires (not even yesterday's 03:00).
@@ -115,7 +123,15 @@ async fn downtime_fires_only_the_latest_missed_instant() {
         &[(".slipway/nightly.yml", NIGHTLY)],
         "init",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
     assert!(cron.tick(state, t(1, 12, 0, 0)).await.unwrap().is_empty());
     // Down from the 1st at noon to the 5th at noon: four 03:00s were missed, one fires.
@@ -154,7 +170,15 @@ async fn a_schedule_belongs_to_its_pipeline() {
         ],
         "init",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut cron = Cron::default();
     cron.tick(state, t(1, 0, 0, 0)).await.unwrap();
     let fired = cron.tick(state, t(1, 3, 0, 0)).await.unwrap();

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use server::forge::ForgeKind;
 use server::daemon::state::forge_token_aad;
+use server::forge::ForgeKind;
 use server::store::{Dialect, RunStatus, TokenScope};
 
 use crate::support::both_databases;

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use server::daemon::config::Settings;
 use server::forge::ForgeKind;
-use server::workers::planner::{self, Planner};
 use server::store::{self, Event, NewRun, RunStatus, StageStatus, Trigger};
+use server::workers::planner::{self, Planner};
 
 use crate::support::forge::{
     PIPELINE, SECRET, adapt_fixture, deliver, forge_headers, register, send,
@@ -30,7 +30,15 @@ async fn invalid_yaml_becomes_an_error_run_with_diagnostics() {
     let mut git = GitRepo::bare();
     let bad = "stages:\n  build:\n    steps:\n      - run: make\n    needs: [nope]\n";
     let sha = git.commit("refs/heads/main", &[], &[(".slipway.yml", bad)], "broken");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let run = state
         .store
         .create_run(
@@ -68,7 +76,15 @@ async fn a_commit_without_pipeline_files_is_an_error_run() {
     let state = &env.state;
     let mut git = GitRepo::bare();
     let sha = git.commit("refs/heads/main", &[], &[("README", "hi")], "no ci");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let run = state
         .store
         .create_run(
@@ -97,7 +113,15 @@ async fn a_missing_commit_or_repository_is_an_error_not_a_hang() {
     let state = &env.state;
     let mut git = GitRepo::bare();
     git.commit("refs/heads/main", &[], &[(".slipway.yml", PIPELINE)], "x");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let ghost = "1234567890123456789012345678901234567890";
     let run = state
         .store
@@ -270,7 +294,15 @@ async fn when_paths_sees_the_paths_a_push_changed() {
         ],
         "docs",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let code = push(state, &repo, "main", Some(one), two).await;
     let docs = push(state, &repo, "main", Some(two), three).await;
     // A new branch: no `before`, changes unknown, so path filters match.
@@ -339,7 +371,15 @@ async fn pull_requests_diff_against_the_merge_base() {
         &[(".slipway.yml", PATHS), ("src/a", "2")],
         "main moves",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut new = NewRun::new(
         Trigger::Webhook,
         Event::PullRequest,
@@ -378,7 +418,15 @@ async fn auto_cancel_supersedes_older_runs_of_the_branch() {
         &[(".slipway.yml", PIPELINE), ("g", "1")],
         "other",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let older = push(state, &repo, "main", None, one).await;
     planner::plan_pending(state).await.unwrap();
     let side = push(state, &repo, "other", Some(one), other).await;
@@ -425,7 +473,15 @@ async fn auto_cancel_of_pull_requests_keys_on_the_number() {
         &[(".slipway.yml", PIPELINE), ("b", "1")],
         "b1",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let pr = |n: i64, sha: git2::Oid| {
         let mut new = NewRun::new(
             Trigger::Webhook,
@@ -488,7 +544,15 @@ async fn auto_cancel_can_be_turned_off() {
         &[(".slipway.yml", PIPELINE), ("f", "2")],
         "two",
     );
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let older = push(state, &repo, "main", None, one).await;
     push(state, &repo, "main", Some(one), two).await;
     planner::plan_pending(state).await.unwrap();
@@ -505,7 +569,15 @@ async fn nothing_triggered_is_a_successful_run_that_says_why() {
     let mut git = GitRepo::bare();
     let yaml = "on: { push: { branches: [main] } }\nstages: { build: { steps: [\"make\"] } }\n";
     let sha = git.commit("refs/heads/feature", &[], &[(".slipway.yml", yaml)], "x");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let run = push(state, &repo, "feature", None, sha).await;
     let report = planner::plan_pending(state).await.unwrap();
     assert_eq!(report.planned, 1);
@@ -526,7 +598,15 @@ async fn manual_parameter_errors_are_error_runs() {
     let mut git = GitRepo::bare();
     let yaml = "on:\n  manual:\n    params:\n      target: { required: true, options: [staging, prod] }\nstages: { deploy: { steps: [\"echo ${{ params.target }}\"] } }\n";
     let sha = git.commit("refs/heads/main", &[], &[(".slipway.yml", yaml)], "x");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let mut bad = NewRun::new(
         Trigger::Manual,
         Event::Manual,
@@ -565,7 +645,15 @@ async fn several_pipeline_files_prefix_stage_keys() {
         ),
     ];
     let sha = git.commit("refs/heads/main", &[], &files, "x");
-    let repo = register(state, "o/r", store::ForgeKind::Github, &git.url(), "main", true).await;
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
     let run = push(state, &repo, "main", None, sha).await;
     planner::plan_pending(state).await.unwrap();
     let run = state.store.get_run(run.id).await.unwrap();

@@ -2,8 +2,8 @@
 
 use server::crypto::generate_webhook_secret;
 use server::daemon::state::forge_token_aad;
-use server::workers::commit_status::Follower;
 use server::store::{Event, ForgeKind, NewRepo, NewRun, Trigger};
+use server::workers::commit_status::Follower;
 
 use crate::support::forge::FakeForge;
 use crate::support::test_server::TestServer;
@@ -137,9 +137,13 @@ async fn an_api_url_override_serves_mirrors_cloned_from_a_path() {
         )
         .await
         .unwrap();
-    let sent = server::workers::commit_status::report_run(state, run.id, server::store::RunStatus::Running)
-        .await
-        .unwrap();
+    let sent = server::workers::commit_status::report_run(
+        state,
+        run.id,
+        server::store::RunStatus::Running,
+    )
+    .await
+    .unwrap();
     assert!(sent);
     let seen = forge.requests();
     assert_eq!(

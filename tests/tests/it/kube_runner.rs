@@ -15,8 +15,8 @@ use kube::Api;
 use kube::api::{AttachParams, ListParams};
 use runner::KubernetesBackend;
 use runner::kubernetes::names;
-use server::agent::backends::Opened;
 use server::agent::Agent;
+use server::agent::backends::Opened;
 use server::store::RunStatus;
 use tokio_util::sync::CancellationToken;
 

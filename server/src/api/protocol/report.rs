@@ -2,7 +2,6 @@
 //! server's cancel), step starts, log batches (idempotent by line number), step results
 //! and the stage's finish with its outputs and findings.
 
-
 use super::leased;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;

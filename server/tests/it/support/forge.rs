@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use git2::Oid;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
-use server::forge::{self, ForgeEvent, ForgeKind, Parsed};
 use server::daemon::state::{self, AppState};
+use server::forge::{self, ForgeEvent, ForgeKind, Parsed};
 use server::store::{self, NewRepo, Repo, Run};
 use sha2::Sha256;
 

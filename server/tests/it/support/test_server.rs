@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use server::daemon::config::{Config, Settings};
-use server::logs::StepKey;
 use server::daemon::state::AppState;
+use server::logs::StepKey;
 use server::store::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
