@@ -35,8 +35,10 @@
 //!   unique per repository.
 
 mod artifacts;
+pub mod audit;
 pub mod blobs;
 mod migrations;
+mod people;
 mod queue;
 mod records;
 mod repos;
