@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod forge;
 pub mod git;
 pub mod logs;
+pub mod people;
 pub mod protocol;
 pub mod repos;
 pub mod runs;

@@ -7,12 +7,31 @@
 //! unique, so the chain never forks. What the chain alone cannot show is the loss of
 //! the newest entries: [`AuditReport::head`] is the hash to keep elsewhere.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::query;
 
 use super::row::{RowExt, json_text, rows};
 use super::{AuditEntry, Dialect, NewAudit, RepoId, Result, Store, Tx, now_ms};
+
+/// The actor of what the server does by itself (its in-process runner's token …).
+pub const SYSTEM: &str = "system";
+/// The actor of a `slipway` command working on the database: whoever can run it can
+/// read the server's configuration, so it is the operator.
+pub const CLI: &str = "cli";
+
+/// The actions recorded (`NewAudit::action`).
+pub mod action {
+    pub const USER_CREATE: &str = "user.create";
+    pub const USER_DISABLE: &str = "user.disable";
+    pub const USER_ENABLE: &str = "user.enable";
+    pub const ROLE_SET: &str = "role.set";
+    pub const ROLE_REMOVE: &str = "role.remove";
+    /// A personal token (subject `user:<name>`) or a machine token (`token:<name>`).
+    pub const TOKEN_CREATE: &str = "token.create";
+    pub const TOKEN_REVOKE: &str = "token.revoke";
+    pub const IDENTITY_LINK: &str = "identity.link";
+    pub const IDENTITY_UNLINK: &str = "identity.unlink";
+}
 
 /// Key of the PostgreSQL advisory lock that serialises appends.
 const AUDIT_LOCK_KEY: i64 = 0x534c_4950_4155_4454; // "SLIPAUDT"
@@ -84,8 +103,11 @@ pub struct AuditReport {
 /// Where and why a chain does not verify.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditBreak {
+    /// The entry that does not check out.
     pub id: i64,
     pub reason: String,
+    /// Entries before it that did.
+    pub checked: u64,
 }
 
 impl Store {
@@ -164,13 +186,12 @@ impl Store {
     /// every link to its predecessor checked.
     pub async fn verify_audit(&self) -> Result<Result<AuditReport, AuditBreak>> {
         let mut prev = GENESIS.to_string();
+        let mut prev_id: Option<i64> = None;
         let mut after = 0i64;
         let mut count = 0u64;
         loop {
-            let sql = format!(
-                "SELECT id, at, actor, action, repo_id, subject, detail, prev_hash, hash \
-                 FROM audit_log WHERE id > $1 ORDER BY id LIMIT 1000"
-            );
+            let sql =
+                format!("SELECT {AUDIT_COLS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT 1000");
             let rs = query(&sql).bind(after).fetch_all(&self.read).await?;
             if rs.is_empty() {
                 break;
@@ -179,11 +200,21 @@ impl Store {
                 let id = r.int("id")?;
                 let stored_prev = r.text("prev_hash")?;
                 if stored_prev != prev {
+                    let reason = match prev_id {
+                        Some(p) => format!(
+                            "entry {id} does not follow entry {p}: its prev_hash is not that \
+                             entry's hash (an entry between them was deleted, or one was \
+                             rewritten)"
+                        ),
+                        None => format!(
+                            "entry {id} is the oldest left but does not start the chain (an \
+                             older entry was deleted)"
+                        ),
+                    };
                     return Ok(Err(AuditBreak {
                         id,
-                        reason: "its link does not match the entry before it (an entry was \
-                                 deleted or changed)"
-                            .into(),
+                        reason,
+                        checked: count,
                     }));
                 }
                 let detail = r.text("detail")?;
@@ -200,11 +231,14 @@ impl Store {
                 if computed != stored {
                     return Ok(Err(AuditBreak {
                         id,
-                        reason: "its content does not match its hash (the entry was edited)"
-                            .into(),
+                        reason: format!(
+                            "entry {id} was edited: its content does not match its hash"
+                        ),
+                        checked: count,
                     }));
                 }
                 prev = stored;
+                prev_id = Some(id);
                 after = id;
                 count += 1;
             }
@@ -214,9 +248,4 @@ impl Store {
             head: prev,
         }))
     }
-}
-
-/// The detail of an entry as JSON (a helper for callers building [`NewAudit`]).
-pub fn detail(pairs: &[(&str, Value)]) -> Value {
-    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
 }

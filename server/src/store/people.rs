@@ -1,11 +1,17 @@
 //! Users, their roles, personal tokens and linked forge identities.
+//!
+//! Every change writes its audit entry in the same transaction
+//! ([`Store::append_audit_tx`]): a change is never kept without its record. The caller
+//! says who acts (`actor`, see [`NewAudit::actor`]); the store says what was done.
 
+use serde_json::json;
 use sqlx::query;
 
+use super::audit::action;
 use super::row::{RowExt, rows};
 use super::{
-    Error, ForgeKind, Identity, RepoId, Result, Role, RoleBinding, Store, User, UserId, UserToken,
-    affected, now_ms,
+    Error, ForgeKind, Identity, NewAudit, Repo, RepoId, Result, Role, RoleBinding, Store, Tx, User,
+    UserId, UserToken, affected, now_ms,
 };
 
 const USER_COLS: &str = "id, name, disabled, created_at";
@@ -41,20 +47,48 @@ fn identity(r: &sqlx::any::AnyRow) -> Result<Identity> {
     })
 }
 
+/// The audit subject naming a user.
+fn subject(user: &str) -> String {
+    format!("user:{user}")
+}
+
 impl Store {
-    /// Creates a user; `Conflict` if the name is taken. The caller hashes the password.
-    pub async fn create_user(&self, name: &str, password_hash: &str) -> Result<User> {
+    /// Creates a user, with a first role (on `repo`, or globally) if given; `Conflict` if
+    /// the name is taken. The caller hashes the password.
+    pub async fn create_user(
+        &self,
+        actor: &str,
+        name: &str,
+        password_hash: &str,
+        role: Option<(Role, Option<&Repo>)>,
+    ) -> Result<User> {
+        let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3) \
              RETURNING {USER_COLS}"
         );
-        let row = query(&sql)
+        let created = query(&sql)
             .bind(name)
             .bind(password_hash)
             .bind(now_ms())
-            .fetch_one(&self.write)
-            .await?;
-        user(&row)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match Error::from(e) {
+                Error::Conflict(_) => Error::Conflict(format!("a user named `{name}` exists")),
+                e => e,
+            })?;
+        let created = user(&created)?;
+        self.append_audit_tx(
+            &mut tx,
+            &NewAudit::new(actor, action::USER_CREATE, subject(name)),
+        )
+        .await?;
+        if let Some((role, repo)) = role {
+            self.set_role_tx(&mut tx, actor, &created, repo, Some(role))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(created)
     }
 
     pub async fn get_user(&self, id: UserId) -> Result<User> {
@@ -90,63 +124,124 @@ impl Store {
     }
 
     /// Disables (or enables again) a user: a disabled user's tokens stop working.
-    pub async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<User> {
+    pub async fn set_user_disabled(&self, actor: &str, id: UserId, disabled: bool) -> Result<User> {
+        let mut tx = self.begin().await?;
         let sql = format!("UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLS}");
-        let row = query(&sql)
+        let changed = query(&sql)
             .bind(id)
             .bind(disabled)
-            .fetch_optional(&self.write)
-            .await?;
-        row.as_ref()
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
             .map(user)
             .transpose()?
-            .ok_or_else(|| Error::NotFound(format!("user {id}")))
+            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        let what = if disabled {
+            action::USER_DISABLE
+        } else {
+            action::USER_ENABLE
+        };
+        self.append_audit_tx(&mut tx, &NewAudit::new(actor, what, subject(&changed.name)))
+            .await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Gives `user` the role `role` globally (`repo` None) or on one repository,
-    /// replacing the role they had there; `None` removes it. Returns the previous role.
+    /// replacing the role they had there; `None` removes it (`NotFound` if there was
+    /// none). Returns the previous role.
     pub async fn set_role(
         &self,
-        user: UserId,
-        repo: Option<RepoId>,
+        actor: &str,
+        user: &User,
+        repo: Option<&Repo>,
         role: Option<Role>,
     ) -> Result<Option<Role>> {
         let mut tx = self.begin().await?;
+        let before = self.set_role_tx(&mut tx, actor, user, repo, role).await?;
+        tx.commit().await?;
+        Ok(before)
+    }
+
+    async fn set_role_tx(
+        &self,
+        tx: &mut Tx,
+        actor: &str,
+        user: &User,
+        repo: Option<&Repo>,
+        role: Option<Role>,
+    ) -> Result<Option<Role>> {
+        let repo_key = repo.map_or(0, |r| r.id);
         let before = query(
             "SELECT role FROM role_bindings WHERE user_id = $1 AND COALESCE(repo_id, 0) = $2",
         )
-        .bind(user)
-        .bind(repo.unwrap_or(0))
-        .fetch_optional(&mut *tx)
+        .bind(user.id)
+        .bind(repo_key)
+        .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.parsed::<Role>("role"))
         .transpose()?;
+        let place = repo.map_or("globally".to_string(), |r| format!("on {}", r.name));
+        if role.is_none() && before.is_none() {
+            return Err(Error::NotFound(format!(
+                "`{}` has no role {place}",
+                user.name
+            )));
+        }
         query("DELETE FROM role_bindings WHERE user_id = $1 AND COALESCE(repo_id, 0) = $2")
-            .bind(user)
-            .bind(repo.unwrap_or(0))
-            .execute(&mut *tx)
+            .bind(user.id)
+            .bind(repo_key)
+            .execute(&mut **tx)
             .await?;
         if let Some(role) = role {
             query(
                 "INSERT INTO role_bindings (user_id, repo_id, role, created_at) \
                  VALUES ($1, $2, $3, $4)",
             )
-            .bind(user)
-            .bind(repo)
+            .bind(user.id)
+            .bind(repo.map(|r| r.id))
             .bind(role.as_str())
             .bind(now_ms())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
+        let what = if role.is_some() {
+            action::ROLE_SET
+        } else {
+            action::ROLE_REMOVE
+        };
+        let entry = NewAudit::new(actor, what, subject(&user.name))
+            .repo(repo.map(|r| r.id))
+            .detail(json!({
+                "role": role,
+                "previous": before,
+                "repo": repo.map(|r| &r.name),
+            }));
+        self.append_audit_tx(tx, &entry).await?;
         Ok(before)
     }
 
-    /// Every role binding of a user (global first).
+    /// The role `user` has on `repo` (the higher of their global role and their role
+    /// there), or globally when `repo` is None.
+    pub async fn effective_role(&self, user: UserId, repo: Option<RepoId>) -> Result<Option<Role>> {
+        let rs = query(
+            "SELECT role FROM role_bindings \
+             WHERE user_id = $1 AND (repo_id IS NULL OR repo_id = $2)",
+        )
+        .bind(user)
+        .bind(repo.unwrap_or(0))
+        .fetch_all(&self.read)
+        .await?;
+        let roles = rows(&rs, |r| r.parsed::<Role>("role"))?;
+        Ok(roles.into_iter().max())
+    }
+
+    /// Every role binding of a user (global first, then by repository name).
     pub async fn roles_of(&self, user: UserId) -> Result<Vec<RoleBinding>> {
         let rs = query(
-            "SELECT user_id, repo_id, role FROM role_bindings WHERE user_id = $1 \
-             ORDER BY COALESCE(repo_id, 0)",
+            "SELECT b.user_id, b.repo_id, b.role, r.name AS repo_name FROM role_bindings b \
+             LEFT JOIN repos r ON r.id = b.repo_id WHERE b.user_id = $1 \
+             ORDER BY b.repo_id IS NOT NULL, r.name",
         )
         .bind(user)
         .fetch_all(&self.read)
@@ -155,6 +250,7 @@ impl Store {
             Ok(RoleBinding {
                 user_id: r.int("user_id")?,
                 repo_id: r.opt_int("repo_id")?,
+                repo: r.opt_text("repo_name")?,
                 role: r.parsed("role")?,
             })
         })
@@ -163,22 +259,29 @@ impl Store {
     /// Stores a personal token by its hash; it acts as `user`.
     pub async fn create_user_token(
         &self,
-        user: UserId,
+        actor: &str,
+        user: &User,
         name: &str,
         token_hash: &str,
     ) -> Result<UserToken> {
+        let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO user_tokens (user_id, name, token_hash, created_at) \
              VALUES ($1, $2, $3, $4) RETURNING {USER_TOKEN_COLS}"
         );
         let row = query(&sql)
-            .bind(user)
+            .bind(user.id)
             .bind(name)
             .bind(token_hash)
             .bind(now_ms())
-            .fetch_one(&self.write)
+            .fetch_one(&mut *tx)
             .await?;
-        user_token(&row)
+        let created = user_token(&row)?;
+        let entry = NewAudit::new(actor, action::TOKEN_CREATE, subject(&user.name))
+            .detail(json!({ "token_id": created.id, "name": created.name }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// The personal token with this hash and its user, recording the use. A disabled
@@ -205,42 +308,71 @@ impl Store {
     }
 
     pub async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>> {
-        let sql = format!("SELECT {USER_TOKEN_COLS} FROM user_tokens WHERE user_id = $1 ORDER BY id");
-        rows(&query(&sql).bind(user).fetch_all(&self.read).await?, user_token)
+        let sql =
+            format!("SELECT {USER_TOKEN_COLS} FROM user_tokens WHERE user_id = $1 ORDER BY id");
+        rows(
+            &query(&sql).bind(user).fetch_all(&self.read).await?,
+            user_token,
+        )
     }
 
-    /// Revokes a personal token of `user`; false if there was none with that id.
-    pub async fn delete_user_token(&self, user: UserId, id: i64) -> Result<bool> {
-        let r = query("DELETE FROM user_tokens WHERE id = $1 AND user_id = $2")
+    /// Revokes a personal token of `user`; false if they have none with that id.
+    pub async fn delete_user_token(&self, actor: &str, user: &User, id: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "DELETE FROM user_tokens WHERE id = $1 AND user_id = $2 RETURNING {USER_TOKEN_COLS}"
+        );
+        let Some(row) = query(&sql)
             .bind(id)
-            .bind(user)
-            .execute(&self.write)
-            .await?;
-        Ok(affected(r) > 0)
+            .bind(user.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let gone = user_token(&row)?;
+        let entry = NewAudit::new(actor, action::TOKEN_REVOKE, subject(&user.name))
+            .detail(json!({ "token_id": gone.id, "name": gone.name }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Links a forge account to a user; `Conflict` if it is linked to someone already.
+    /// Links a forge account to a user; `Conflict` naming the holder if it is linked
+    /// already. `login` is stored as given: the caller normalises it.
     pub async fn link_identity(
         &self,
-        user: UserId,
+        actor: &str,
+        user: &User,
         forge: ForgeKind,
         login: &str,
     ) -> Result<Identity> {
+        let mut tx = self.begin().await?;
+        if let Some(holder) = identity_holder(&mut tx, forge, login).await? {
+            return Err(Error::Conflict(format!(
+                "{forge}:{login} is already linked to user `{holder}`"
+            )));
+        }
         let sql = format!(
             "INSERT INTO identities (user_id, forge, login, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING {IDENTITY_COLS}"
         );
         let row = query(&sql)
-            .bind(user)
+            .bind(user.id)
             .bind(forge.as_str())
             .bind(login)
             .bind(now_ms())
-            .fetch_one(&self.write)
+            .fetch_one(&mut *tx)
             .await?;
-        identity(&row)
+        let linked = identity(&row)?;
+        let entry = NewAudit::new(actor, action::IDENTITY_LINK, subject(&user.name))
+            .detail(json!({ "identity": format!("{forge}:{login}") }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(linked)
     }
 
-    /// The user a forge account is linked to.
+    /// The identity a forge account is linked as, if any.
     pub async fn find_identity(&self, forge: ForgeKind, login: &str) -> Result<Option<Identity>> {
         let sql = format!("SELECT {IDENTITY_COLS} FROM identities WHERE forge = $1 AND login = $2");
         let row = query(&sql)
@@ -253,16 +385,48 @@ impl Store {
 
     pub async fn identities_of(&self, user: UserId) -> Result<Vec<Identity>> {
         let sql = format!("SELECT {IDENTITY_COLS} FROM identities WHERE user_id = $1 ORDER BY id");
-        rows(&query(&sql).bind(user).fetch_all(&self.read).await?, identity)
+        rows(
+            &query(&sql).bind(user).fetch_all(&self.read).await?,
+            identity,
+        )
     }
 
-    pub async fn unlink_identity(&self, user: UserId, forge: ForgeKind, login: &str) -> Result<bool> {
+    /// Unlinks a forge account from `user`; false if it was not linked to them.
+    pub async fn unlink_identity(
+        &self,
+        actor: &str,
+        user: &User,
+        forge: ForgeKind,
+        login: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
         let r = query("DELETE FROM identities WHERE user_id = $1 AND forge = $2 AND login = $3")
-            .bind(user)
+            .bind(user.id)
             .bind(forge.as_str())
             .bind(login)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(affected(r) > 0)
+        if affected(r) == 0 {
+            return Ok(false);
+        }
+        let entry = NewAudit::new(actor, action::IDENTITY_UNLINK, subject(&user.name))
+            .detail(json!({ "identity": format!("{forge}:{login}") }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(true)
     }
+}
+
+/// The name of the user a forge account is linked to.
+async fn identity_holder(tx: &mut Tx, forge: ForgeKind, login: &str) -> Result<Option<String>> {
+    query(
+        "SELECT u.name FROM identities i JOIN users u ON u.id = i.user_id \
+         WHERE i.forge = $1 AND i.login = $2",
+    )
+    .bind(forge.as_str())
+    .bind(login)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.text("name"))
+    .transpose()
 }

@@ -186,6 +186,10 @@ pub struct NewRun {
     /// Manual-trigger parameters (a JSON object).
     pub params: Value,
     pub rerun_of: Option<RunId>,
+    /// The user whose personal token triggered the run (API triggers and reruns).
+    pub triggered_by: Option<UserId>,
+    /// Who pushed, as the forge's verified payload says: `<forge>:<login>`.
+    pub pusher: Option<String>,
 }
 
 impl NewRun {
@@ -207,6 +211,8 @@ impl NewRun {
             author: String::new(),
             params: Value::Object(Default::default()),
             rerun_of: None,
+            triggered_by: None,
+            pusher: None,
         }
     }
 }
@@ -242,6 +248,12 @@ pub struct Run {
     /// Why the run ended badly (validation error, "superseded by run #7", …).
     pub error: Option<String>,
     pub rerun_of: Option<RunId>,
+    /// The user whose personal token triggered the run (API triggers and reruns); never
+    /// taken from a commit's author.
+    pub triggered_by: Option<UserId>,
+    /// Who pushed, `<forge>:<login>` from the forge's verified payload (the sender);
+    /// never taken from a commit's author.
+    pub pusher: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -544,7 +556,17 @@ pub struct User {
 
 /// What a user may do. Ordered: each role may do everything the ones before it may.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
@@ -559,7 +581,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Developer, Role::ReleaseManager, Role::Admin];
+    pub const ALL: [Role; 4] = [
+        Role::Viewer,
+        Role::Developer,
+        Role::ReleaseManager,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -596,6 +623,8 @@ impl std::str::FromStr for Role {
 pub struct RoleBinding {
     pub user_id: UserId,
     pub repo_id: Option<RepoId>,
+    /// The repository's `owner/name`; None for the global role.
+    pub repo: Option<String>,
     pub role: Role,
 }
 
@@ -622,15 +651,39 @@ pub struct Identity {
 /// An audit entry to append ([`Store::append_audit`](super::Store::append_audit)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAudit {
-    /// Who: `user:<name>`, `token:<name>` (a machine token), or `system`.
+    /// Who: `user:<name>` (a personal token), `token:<name>` (a machine token), `cli`
+    /// (a `slipway` command on the database) or `system` (the server itself).
     pub actor: String,
-    /// What, as a dotted name: `user.create`, `role.set`, `token.create`, `approval.vote` …
+    /// What, as a dotted name ([`audit::action`](super::audit::action)).
     pub action: String,
     pub repo_id: Option<RepoId>,
     /// What it was done to: `user:alice`, `run:12`, `environment:production` …
     pub subject: String,
     /// Anything else worth keeping (never a secret).
     pub detail: Value,
+}
+
+impl NewAudit {
+    /// An entry about no repository and with an empty detail.
+    pub fn new(actor: &str, action: &str, subject: impl Into<String>) -> NewAudit {
+        NewAudit {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            repo_id: None,
+            subject: subject.into(),
+            detail: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn repo(mut self, repo_id: Option<RepoId>) -> NewAudit {
+        self.repo_id = repo_id;
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> NewAudit {
+        self.detail = detail;
+        self
+    }
 }
 
 /// One entry of the hash-chained audit log.

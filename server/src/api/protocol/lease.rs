@@ -33,7 +33,6 @@ use tokio::time::Instant;
 use utoipa_axum::routes;
 
 use crate::agent::stage_spec::{add_stage_outputs, referenced_secrets};
-use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
@@ -86,7 +85,6 @@ fn json<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
 )]
 async fn register(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req = json(body)?;
@@ -142,7 +140,6 @@ async fn register(
 )]
 async fn lease(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let req = json(body)?;
@@ -385,7 +382,6 @@ fn step_key(stage: &Stage, idx: i64) -> StepKey {
 )]
 async fn source(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     Query(q): Query<LeaseToken>,
 ) -> ApiResult<Response> {
@@ -493,7 +489,6 @@ impl Drop for ChannelWriter {
 )]
 async fn heartbeat(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     body: Result<Json<LeaseToken>, JsonRejection>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
@@ -524,7 +519,6 @@ async fn heartbeat(
 )]
 async fn step_start(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<LeaseToken>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
@@ -569,7 +563,6 @@ fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
 )]
 async fn step_logs(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<LogBatch>, JsonRejection>,
 ) -> ApiResult<Json<LogAck>> {
@@ -651,7 +644,6 @@ async fn step_logs(
 )]
 async fn step_finish(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<StepFinish>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
@@ -694,7 +686,6 @@ async fn step_finish(
 )]
 async fn stage_finish(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     body: Result<Json<StageFinish>, JsonRejection>,
 ) -> ApiResult<Json<StageFinished>> {
