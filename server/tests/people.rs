@@ -268,6 +268,7 @@ both_databases!(
     every_change_is_audited_and_tampering_is_detected,
     an_identity_links_to_one_user,
     a_spoofed_commit_author_never_attributes_a_run,
+    concurrent_changes_keep_one_chain,
 );
 
 // ---------------------------------------------------------------- cases
@@ -439,6 +440,16 @@ async fn cli_users_act_through_the_api_with_exactly_their_role(env: &Env) {
         "{}",
         all_output(&out)
     );
+
+    // Role changes on a repository are found by it in the audit log.
+    let r = env
+        .call("GET", "/api/audit?repo=team/other", &root, None)
+        .await;
+    let entries = r.json.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", r.text);
+    assert_eq!(entries[0]["action"], "role.set");
+    assert_eq!(entries[0]["subject"], "user:vera");
+    assert_eq!(entries[0]["detail"]["repo"], "team/other");
 
     let out = env.cli(&["user", "list"], "");
     let list = ok(&out);
@@ -881,6 +892,34 @@ async fn a_spoofed_commit_author_never_attributes_a_run(env: &Env) {
         assert_eq!(r.json["run"]["pusher"], pusher, "{}", r.text);
         assert_eq!(r.json["run"]["triggered_by"], Value::Null, "{}", r.text);
     }
+}
+
+async fn concurrent_changes_keep_one_chain(env: &Env) {
+    env.add_user("dev", "developer", None);
+    let before = env
+        .state
+        .store
+        .verify_audit()
+        .await
+        .unwrap()
+        .unwrap()
+        .entries;
+    let user = env.state.store.get_user_by_name("dev").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = env.state.store.clone();
+        let user = user.clone();
+        tasks.push(tokio::spawn(async move {
+            server::people::create_personal_token(&store, "system", &user, &format!("t{i}"))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = env.state.store.verify_audit().await.unwrap().unwrap();
+    assert_eq!(report.entries, before + 24);
 }
 
 /// An admin machine token (they keep full access).

@@ -249,3 +249,19 @@ impl Store {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_cannot_shift_into_each_other() {
+        let h = |actor, action| entry_hash(1, actor, action, None, "s", "{}", GENESIS);
+        assert_ne!(h("ab", "c"), h("a", "bc"));
+        assert_eq!(h("ab", "c"), h("ab", "c"));
+        assert_ne!(
+            entry_hash(1, "a", "b", Some(1), "s", "{}", GENESIS),
+            entry_hash(1, "a", "b", None, "s", "{}", GENESIS)
+        );
+    }
+}
