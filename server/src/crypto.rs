@@ -73,6 +73,9 @@ pub enum CryptoError {
 
     #[error("sealed value has unsupported format version {0}")]
     UnsupportedVersion(u8),
+
+    #[error("hashing the password failed: {0}")]
+    Password(String),
 }
 
 pub type Result<T, E = CryptoError> = std::result::Result<T, E>;
@@ -418,4 +421,31 @@ pub fn generate_webhook_secret() -> String {
     let mut bytes = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(bytes.as_mut());
     hex::encode(bytes.as_ref())
+}
+
+/// Shortest password accepted: long enough that an online guess is hopeless, short
+/// enough to type.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// An argon2id hash of `password` in PHC form (salt and parameters inside), with the
+/// crate's defaults (19 MiB, 2 passes: OWASP's recommended minimum).
+pub fn hash_password(password: &str) -> Result<String> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| CryptoError::Password(e.to_string()))
+}
+
+/// Whether `password` matches a stored [`hash_password`] hash (argon2 compares in
+/// constant time). A malformed stored hash never matches.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    use argon2::PasswordVerifier;
+    let Ok(parsed) = argon2::password_hash::PasswordHash::new(stored) else {
+        return false;
+    };
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod forge;
 pub mod git;
 pub mod logs;
+pub mod people;
 pub mod protocol;
 pub(crate) mod repos;
 pub mod runs;

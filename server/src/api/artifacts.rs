@@ -1,22 +1,21 @@
-//! A run's artifacts: list them, download one. Admin token, like the other run routes.
+//! A run's artifacts: list them, download one. The viewer role on the run's repository.
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use utoipa_axum::routes;
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiPath;
 use super::protocol::files::blob_response;
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::store::{ArtifactKind, ArtifactRecord, RunId};
+use crate::store::{ArtifactKind, ArtifactRecord, Role, RunId};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(list))
-        .add(Access::Admin, routes!(download))
+        .add(Access::Role(Role::Viewer), routes!(list))
+        .add(Access::Role(Role::Viewer), routes!(download))
 }
 
 #[utoipa::path(
@@ -28,7 +27,6 @@ pub fn routes() -> RouteTable {
     )
 )]
 pub async fn list(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<RunId>,
 ) -> ApiResult<Json<Vec<ArtifactRecord>>> {
@@ -47,7 +45,6 @@ pub async fn list(
     )
 )]
 pub async fn download(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Response> {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa_axum::routes;
 
-use super::auth::HookAuth;
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::{self, AppState};
@@ -224,6 +224,11 @@ pub fn new_run_from_event(repo: &Repo, ev: ForgeEvent) -> NewRun {
     new.trusted = repo.trusted && !new.fork;
     new.message = ev.message;
     new.author = ev.author;
+    // Who pushed is what the forge's signed payload names as the sender; the commit's
+    // author is whatever the committer typed and proves nothing.
+    new.pusher = ev
+        .sender
+        .map(|login| format!("{}:{}", repo.forge, crate::people::normalise_login(&login)));
     new
 }
 
@@ -305,12 +310,12 @@ const MAX_HOOK_BYTES: usize = 1024 * 1024;
 )]
 async fn git_hook(
     State(state): State<AppState>,
-    HookAuth(token): HookAuth,
+    caller: Caller,
     Path(repo_name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = handle_git_hook(state.clone(), token, repo_name, headers, body)
+    let response = handle_git_hook(state.clone(), caller, repo_name, headers, body)
         .await
         .into_response();
     state
@@ -321,7 +326,7 @@ async fn git_hook(
 
 async fn handle_git_hook(
     state: AppState,
-    token: crate::store::ApiToken,
+    caller: Caller,
     repo_name: String,
     headers: HeaderMap,
     body: Body,
@@ -357,7 +362,7 @@ async fn handle_git_hook(
                 match state.store.accept_delivery(repo.id, &delivery, new).await? {
                     Some(run) => {
                         created += 1;
-                        tracing::info!(repo = %repo.name, run = run.number, r#ref = %u.git_ref, token = %token.name, "run accepted from git hook");
+                        tracing::info!(repo = %repo.name, run = run.number, r#ref = %u.git_ref, by = %caller, "run accepted from git hook");
                         RefResult {
                             git_ref: u.git_ref.clone(),
                             run: Some(run.number),

@@ -1,7 +1,7 @@
 //! Step logs (line ranges, tail, plain-text download, live follow) and the live event
 //! stream of a run, both over server-sent events.
 //!
-//! Every route needs an admin token (there is no user model yet). Log I/O is blocking
+//! Every route needs the viewer role on the repository. Log I/O is blocking
 //! std::fs and runs in `spawn_blocking`; the download streams the file, so a 1 GB log
 //! never sits in memory. Streams end when their subject is finished, when the client
 //! goes away, or when the server shuts down (so they never hold up a graceful drain).
@@ -22,21 +22,20 @@ use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
 use super::route_table::{Access, RouteTable};
 use super::runs::{RunPath, find_run};
 use crate::daemon::state::AppState;
 use crate::logs::{Line, StepKey, Stream as LogStream};
-use crate::store::{Run, RunId, Stage, StageId, Step, StoredEvent};
+use crate::store::{Role, Run, RunId, Stage, StageId, Step, StoredEvent};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(lines))
-        .add(Access::Admin, routes!(download))
-        .add(Access::Admin, routes!(follow))
-        .add(Access::Admin, routes!(events))
+        .add(Access::Role(Role::Viewer), routes!(lines))
+        .add(Access::Role(Role::Viewer), routes!(download))
+        .add(Access::Role(Role::Viewer), routes!(follow))
+        .add(Access::Role(Role::Viewer), routes!(events))
 }
 
 /// Most lines one request returns.
@@ -174,7 +173,6 @@ pub struct LinesQuery {
     )
 )]
 pub async fn lines(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<StepPath>,
     ApiQuery(q): ApiQuery<LinesQuery>,
@@ -220,7 +218,6 @@ pub async fn lines(
     )
 )]
 pub async fn download(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<StepPath>,
 ) -> ApiResult<Response> {
@@ -300,7 +297,6 @@ pub struct FollowQuery {
     )
 )]
 pub async fn follow(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<StepPath>,
     ApiQuery(q): ApiQuery<FollowQuery>,
@@ -448,7 +444,6 @@ pub struct EventsQuery {
     )
 )]
 pub async fn events(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
     ApiQuery(q): ApiQuery<EventsQuery>,

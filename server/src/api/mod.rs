@@ -2,6 +2,7 @@
 //! in the route table ([`route_table`]) with the access each route needs.
 
 pub(crate) mod artifacts;
+pub(crate) mod audit;
 pub mod auth;
 pub(crate) mod error;
 pub(crate) mod extract;
@@ -17,6 +18,8 @@ pub(crate) mod runners;
 pub(crate) mod runs;
 pub(crate) mod secrets;
 pub mod tokens;
+pub mod user_tokens;
+pub mod users;
 
 #[cfg(test)]
 mod tests;
@@ -40,12 +43,15 @@ pub fn routes() -> RouteTable {
         .merge(protocol::routes())
         .merge(artifacts::routes())
         .merge(runners::routes())
+        .merge(users::routes())
+        .merge(user_tokens::routes())
+        .merge(audit::routes())
 }
 
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the
 /// server binds it to a socket.
 pub fn app(state: AppState) -> Router {
-    let (router, paths) = routes().into_parts();
+    let (router, paths) = routes().into_parts(&state);
     router
         // A route layer, not a layer: it counts requests by route template, which only
         // matched routes know.

@@ -1,8 +1,7 @@
 //! `/api/repos`: register, list, show, edit and delete repositories.
 //!
-//! Every route needs an admin token (there is no user model yet; reading endpoints will
-//! move to a read scope when there is one). Sealed fields never leave the server, and
-//! the webhook secret is returned once, in the answer to the registration.
+//! Reading needs the viewer role, changing needs admin. Sealed fields never leave the
+//! server, and the webhook secret is returned once, in the answer to the registration.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,21 +11,20 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::repos::{self, RepoView};
-use crate::store::{ForgeKind, Repo};
+use crate::store::{ForgeKind, Repo, Role};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(create))
-        .add(Access::Admin, routes!(list))
-        .add(Access::Admin, routes!(show))
-        .add(Access::Admin, routes!(update))
-        .add(Access::Admin, routes!(remove))
+        .add(Access::Role(Role::Admin), routes!(create))
+        .add(Access::Role(Role::Viewer), routes!(list))
+        .add(Access::Role(Role::Viewer), routes!(show))
+        .add(Access::Role(Role::Admin), routes!(update))
+        .add(Access::Role(Role::Admin), routes!(remove))
 }
 
 /// A repository in the URL: `/api/repos/{owner}/{name}/…`.
@@ -92,7 +90,6 @@ pub struct RepoCreated {
     )
 )]
 pub async fn create(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateRepo>,
 ) -> ApiResult<(StatusCode, Json<RepoCreated>)> {
@@ -122,7 +119,7 @@ pub async fn create(
     get, path = "/api/repos", tag = "repos",
     responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403))
 )]
-pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<RepoView>>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<RepoView>>> {
     let repos = state.store.list_repos().await?;
     Ok(Json(
         repos
@@ -137,7 +134,6 @@ pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Jso
     responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn show(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
 ) -> ApiResult<Json<RepoView>> {
@@ -171,7 +167,6 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404), (status = 422))
 )]
 pub async fn update(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
     ApiJson(body): ApiJson<UpdateRepo>,
@@ -198,7 +193,6 @@ pub async fn update(
     )
 )]
 pub async fn remove(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
 ) -> ApiResult<StatusCode> {

@@ -1,48 +1,41 @@
 //! The route table: every HTTP route is registered once, through [`RouteTable::add`],
 //! with the [`Access`] it needs. Method and path come from the handler's
 //! `#[utoipa::path]`, so the axum router, the OpenAPI document and the table of
-//! (method, path, access) that the auth test walks cannot disagree.
+//! (method, path, access) that the auth test walks cannot disagree; and the router
+//! puts the access check ([`super::auth::guard`]) in front of each handler, so the
+//! declaration is what is enforced.
 
 use axum::Router;
 use axum::http::Method;
+use axum::routing::MethodRouter;
 use utoipa::openapi::OpenApi;
+use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::SecurityRequirement;
 use utoipa_axum::router::UtoipaMethodRouter;
 
+pub use super::auth::{Access, RepoIn};
 use crate::daemon::state::AppState;
-use crate::store::TokenScope;
 
-/// What a caller must present to use a route. The handler enforces it with the
-/// matching extractor (`api::auth`); the auth test holds every route to its
-/// declaration, so the two cannot drift apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No token. Every use says why in a comment.
-    Public,
-    /// An admin token.
-    Admin,
-    /// A runner token (an admin token too).
-    Runner,
-    /// A post-receive hook token (an admin token too).
-    Hook,
+/// The OpenAPI security requirement: the bearer scheme unless public.
+fn security(access: Access) -> Option<Vec<SecurityRequirement>> {
+    access
+        .scope()
+        .map(|_| vec![SecurityRequirement::new("bearer", Vec::<String>::new())])
 }
 
-impl Access {
-    /// The token scope the route needs; `None` for a public route.
-    pub fn scope(self) -> Option<TokenScope> {
-        match self {
-            Access::Public => None,
-            Access::Admin => Some(TokenScope::Admin),
-            Access::Runner => Some(TokenScope::Runner),
-            Access::Hook => Some(TokenScope::Hook),
-        }
-    }
-
-    /// The OpenAPI security requirement: the bearer scheme unless public.
-    fn security(self) -> Option<Vec<SecurityRequirement>> {
-        self.scope()
-            .map(|_| vec![SecurityRequirement::new("bearer", Vec::<String>::new())])
+/// Who may call the route, in words, as the document's `x-slipway-access`.
+fn describe(access: Access, repo_in: RepoIn) -> String {
+    let on = match repo_in {
+        RepoIn::Nowhere => "",
+        RepoIn::Path | RepoIn::Run | RepoIn::Artifact => " on the repository",
+    };
+    match access {
+        Access::Public => "anyone".into(),
+        Access::Role(role) => format!("{role}{on}, or an admin token"),
+        Access::SelfOrAdmin => "the user named in the path, or an admin".into(),
+        Access::Runner => "a runner token (or an admin token)".into(),
+        Access::Hook => "a hook token (or an admin token)".into(),
     }
 }
 
@@ -53,6 +46,8 @@ pub struct Route {
     /// As axum matches it: `{param}` for a segment, `{*rest}` for the rest of the path.
     pub path: String,
     pub access: Access,
+    /// Where its repository is named, for a role check on that repository.
+    pub repo_in: RepoIn,
 }
 
 impl Route {
@@ -70,7 +65,8 @@ fn openapi_path(axum_path: &str) -> String {
 /// The routes of a resource module, or of the whole server once merged.
 #[derive(Default)]
 pub struct RouteTable {
-    router: Router<AppState>,
+    /// Each handler with its path and check; the router is built with the state.
+    handlers: Vec<(String, MethodRouter<AppState>, Access, RepoIn)>,
     /// Paths and the schemas they refer to; `api::openapi` adds the rest.
     openapi: OpenApi,
     routes: Vec<Route>,
@@ -94,15 +90,26 @@ impl RouteTable {
     ) -> Self {
         assert_eq!(paths.paths.len(), 1, "one path per RouteTable::add");
         for (path, mut item) in paths.paths {
+            let repo_in = RepoIn::of(&path);
             for (method, operation) in operations(&mut item) {
-                operation.security = access.security();
+                operation.security = security(access);
+                operation
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .merge(
+                        ExtensionsBuilder::new()
+                            .add("x-slipway-access", describe(access, repo_in))
+                            .build(),
+                    );
                 self.routes.push(Route {
                     method,
                     path: path.clone(),
                     access,
+                    repo_in,
                 });
             }
-            self.router = self.router.route(&path, method_router.clone());
+            self.handlers
+                .push((path.clone(), method_router.clone(), access, repo_in));
             let documented = openapi_path(&path);
             match self.openapi.paths.paths.get_mut(&documented) {
                 Some(existing) => existing.merge_operations(item),
@@ -120,7 +127,7 @@ impl RouteTable {
     }
 
     pub fn merge(mut self, other: RouteTable) -> Self {
-        self.router = self.router.merge(other.router);
+        self.handlers.extend(other.handlers);
         self.openapi.merge(other.openapi);
         self.routes.extend(other.routes);
         self
@@ -130,9 +137,31 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The router and the OpenAPI paths with their schemas.
-    pub fn into_parts(self) -> (Router<AppState>, OpenApi) {
-        (self.router, self.openapi)
+    /// The OpenAPI paths with their schemas.
+    pub fn openapi(&self) -> &OpenApi {
+        &self.openapi
+    }
+
+    /// The router, each handler behind the check of its access, and the OpenAPI paths
+    /// with their schemas.
+    pub fn into_parts(self, state: &AppState) -> (Router<AppState>, OpenApi) {
+        let mut router = Router::new();
+        for (path, handler, access, repo_in) in self.handlers {
+            if access == Access::Public {
+                router = router.route(&path, handler);
+                continue;
+            }
+            let guarded = handler.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                move |axum::extract::State(state): axum::extract::State<AppState>,
+                      req: axum::extract::Request,
+                      next: axum::middleware::Next| {
+                    super::auth::guard(state, access, repo_in, req, next)
+                },
+            ));
+            router = router.route(&path, guarded);
+        }
+        (router, self.openapi)
     }
 }
 
@@ -155,6 +184,7 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = (Method, &mut Operati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Role;
 
     #[utoipa::path(get, path = "/things/{id}")]
     async fn show() {}
@@ -168,7 +198,7 @@ mod tests {
     #[test]
     fn each_route_keeps_its_own_access() {
         let table = RouteTable::new()
-            .add(Access::Admin, utoipa_axum::routes!(show))
+            .add(Access::Role(Role::Admin), utoipa_axum::routes!(show))
             .add(Access::Runner, utoipa_axum::routes!(remove))
             .merge(RouteTable::new().add(Access::Public, utoipa_axum::routes!(hook)));
         let got: Vec<_> = table
@@ -179,16 +209,19 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("GET", "/things/{id}", Access::Admin),
+                ("GET", "/things/{id}", Access::Role(Role::Admin)),
                 ("DELETE", "/things/{id}", Access::Runner),
                 ("POST", "/hooks/{*rest}", Access::Public),
             ]
         );
-        let (_, doc) = table.into_parts();
-        let doc = serde_json::to_value(doc).unwrap();
+        let doc = serde_json::to_value(table.openapi()).unwrap();
         let bearer = serde_json::json!([{"bearer": []}]);
         assert_eq!(doc["paths"]["/things/{id}"]["get"]["security"], bearer);
         assert_eq!(doc["paths"]["/things/{id}"]["delete"]["security"], bearer);
+        assert_eq!(
+            doc["paths"]["/things/{id}"]["get"]["x-slipway-access"],
+            "admin, or an admin token"
+        );
         let hook = &doc["paths"]["/hooks/{rest}"]["post"];
         assert!(hook.is_object() && hook.get("security").is_none(), "{hook}");
     }
@@ -196,6 +229,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "one path per RouteTable::add")]
     fn handlers_of_two_paths_in_one_add_are_refused() {
-        let _ = RouteTable::new().add(Access::Admin, utoipa_axum::routes!(show, hook));
+        let _ = RouteTable::new().add(Access::Runner, utoipa_axum::routes!(show, hook));
     }
 }

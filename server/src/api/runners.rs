@@ -1,5 +1,5 @@
 //! Registered runners, for operators: their labels (including `backend:<name>`),
-//! capacity, how many stages each runs now and when it was last seen. Admin only. With
+//! capacity, how many stages each runs now and when it was last seen (viewer). With
 //! a run's `unroutable` stages this answers "why is my stage not starting?".
 
 use axum::Json;
@@ -8,14 +8,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use super::auth::Admin;
 use super::error::ApiResult;
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::store::Runner;
+use crate::store::{Role, Runner};
 
 pub fn routes() -> RouteTable {
-    RouteTable::new().add(Access::Admin, routes!(list))
+    RouteTable::new().add(Access::Role(Role::Viewer), routes!(list))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,10 +29,7 @@ pub struct RunnerInfo {
     get, path = "/api/runners", tag = "runners",
     responses((status = 200, body = [RunnerInfo]), (status = 401), (status = 403))
 )]
-pub async fn list(
-    _admin: Admin,
-    State(state): State<AppState>,
-) -> ApiResult<Json<Vec<RunnerInfo>>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<RunnerInfo>>> {
     let running = state.store.running_per_runner().await?;
     let runners = state.store.list_runners().await?;
     Ok(Json(

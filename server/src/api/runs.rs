@@ -1,6 +1,7 @@
 //! Runs of a repository: list, show, cancel, rerun, and manual triggers.
 //!
-//! Every route needs an admin token, reads included (there is no user model yet).
+//! Reading needs the viewer role on the repository; cancel, rerun and trigger need
+//! developer. A run started with a personal token records its user (`triggered_by`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, ApiQuery};
 use super::repos::{RepoPath, find_repo};
@@ -22,18 +23,18 @@ use crate::daemon::state::AppState;
 use crate::git::Mirror;
 use crate::runs::from_plan;
 use crate::store::{
-    Event, NewRun, Repo, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
+    Event, NewRun, Repo, Role, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
 };
 use axum::Json;
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(list))
-        .add(Access::Admin, routes!(show))
-        .add(Access::Admin, routes!(findings))
-        .add(Access::Admin, routes!(cancel))
-        .add(Access::Admin, routes!(rerun))
-        .add(Access::Admin, routes!(trigger))
+        .add(Access::Role(Role::Viewer), routes!(list))
+        .add(Access::Role(Role::Viewer), routes!(show))
+        .add(Access::Role(Role::Viewer), routes!(findings))
+        .add(Access::Role(Role::Developer), routes!(cancel))
+        .add(Access::Role(Role::Developer), routes!(rerun))
+        .add(Access::Role(Role::Developer), routes!(trigger))
 }
 
 /// A run in the URL: `/api/repos/{owner}/{name}/runs/{number}/…`.
@@ -83,7 +84,6 @@ pub struct ListQuery {
     )
 )]
 pub async fn list(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -112,7 +112,6 @@ pub struct RunDetail {
     responses((status = 200, body = RunDetail), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn show(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<Json<RunDetail>> {
@@ -139,7 +138,6 @@ pub async fn show(
     )
 )]
 pub async fn findings(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<Json<Vec<StoredFinding>>> {
@@ -156,12 +154,12 @@ pub async fn findings(
     )
 )]
 pub async fn cancel(
-    Admin(token): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<Json<Run>> {
     let (repo, run) = find_run(&state, &p).await?;
-    let reason = format!("cancelled by {}", token.name);
+    let reason = format!("cancelled by {}", caller.name());
     if !state.store.cancel_run(run.id, &reason).await? {
         return Err(ApiError::conflict(format!(
             "run #{} has already finished ({})",
@@ -172,7 +170,7 @@ pub async fn cancel(
     // Runners of running stages learn it at their next heartbeat; the queue may have
     // free slots now.
     state.wake.queue.notify_one();
-    tracing::info!(repo = %repo.name, run = run.number, by = %token.name, "run cancelled");
+    tracing::info!(repo = %repo.name, run = run.number, by = %caller, "run cancelled");
     Ok(Json(state.store.get_run(run.id).await?))
 }
 
@@ -194,7 +192,7 @@ pub struct RerunRequest {
     )
 )]
 pub async fn rerun(
-    Admin(token): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
     body: Bytes,
@@ -225,6 +223,9 @@ pub async fn rerun(
         author: orig.author.clone(),
         params: orig.params.clone(),
         rerun_of: Some(orig.id),
+        // Whoever asked for the rerun started it; the original pusher is kept.
+        triggered_by: caller.user().map(|u| u.id),
+        pusher: orig.pusher.clone(),
     };
     let Some(plan) = &orig.plan else {
         // Never planned (the pipeline failed to load): nothing stored to repeat, so the
@@ -238,7 +239,7 @@ pub async fn rerun(
         }
         let run = state.store.create_run(repo.id, new).await?;
         state.wake.planner.notify_one();
-        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun (re-plan)");
+        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %caller, "rerun (re-plan)");
         return Ok((StatusCode::CREATED, Json(run)));
     };
     let plans = from_plan::plans_of(plan)
@@ -251,7 +252,7 @@ pub async fn rerun(
             .create_run_error(repo.id, new, from_plan::UNTRUSTED_REASON, Some(diags))
             .await?;
         state.metrics.run_finished(RunStatus::Error);
-        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %token.name, "rerun refused: not trusted");
+        tracing::info!(repo = %repo.name, run = run.number, of = orig.number, by = %caller, "rerun refused: not trusted");
         return Ok((StatusCode::CREATED, Json(run)));
     }
     let mut stages = from_plan::stages_from_plans(&plans);
@@ -287,7 +288,7 @@ pub async fn rerun(
     state.wake.queue.notify_one();
     tracing::info!(
         repo = %repo.name, run = run.number, of = orig.number,
-        failed_only = req.failed_only, by = %token.name, "rerun"
+        failed_only = req.failed_only, by = %caller, "rerun"
     );
     Ok((StatusCode::CREATED, Json(run)))
 }
@@ -403,7 +404,7 @@ async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiR
     )
 )]
 pub async fn trigger(
-    Admin(token): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
     body: Bytes,
@@ -427,9 +428,10 @@ pub async fn trigger(
     new.trusted = repo.trusted;
     new.message = head.message;
     new.author = head.author;
+    new.triggered_by = caller.user().map(|u| u.id);
     let run = state.store.create_run(repo.id, new).await?;
     state.wake.planner.notify_one();
-    tracing::info!(repo = %repo.name, run = run.number, %branch, sha = %run.sha, by = %token.name, "manual trigger");
+    tracing::info!(repo = %repo.name, run = run.number, %branch, sha = %run.sha, by = %caller, "manual trigger");
     Ok((StatusCode::CREATED, Json(run)))
 }
 

@@ -2,7 +2,7 @@
 //!
 //! No endpoint ever returns a value: values are sealed with the repository id and the
 //! secret's name as associated data on the way in, and only the runner opens them.
-//! Every route needs an admin token.
+//! Setting and deleting need admin; the names are for developers.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,19 +12,18 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::repos::{RepoPath, find_repo};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::store::SecretMeta;
+use crate::store::{Role, SecretMeta};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(set))
-        .add(Access::Admin, routes!(list))
-        .add(Access::Admin, routes!(remove))
+        .add(Access::Role(Role::Admin), routes!(set))
+        .add(Access::Role(Role::Developer), routes!(list))
+        .add(Access::Role(Role::Admin), routes!(remove))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -66,7 +65,6 @@ impl std::fmt::Debug for SetSecret {
     )
 )]
 pub async fn set(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<SecretPath>,
     ApiJson(body): ApiJson<SetSecret>,
@@ -104,7 +102,6 @@ pub async fn set(
     )
 )]
 pub async fn list(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RepoPath>,
 ) -> ApiResult<Json<Vec<SecretMeta>>> {
@@ -118,7 +115,6 @@ pub async fn list(
     responses((status = 204), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn remove(
-    _admin: Admin,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<SecretPath>,
 ) -> ApiResult<StatusCode> {

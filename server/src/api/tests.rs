@@ -1,6 +1,7 @@
 //! The route table against the real application: every route that is not public
-//! answers only to the token it declares, and the served OpenAPI document lists
-//! exactly the table's routes.
+//! answers only to the token it declares — machine tokens by scope, personal tokens by
+//! their user's role (globally, or on the repository the path names) — and the served
+//! OpenAPI document lists exactly the table's routes.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +14,7 @@ use super::route_table::{Access, Route};
 use super::{app, routes};
 use crate::daemon::config::{Config, Settings};
 use crate::daemon::state::AppState;
-use crate::store::TokenScope;
+use crate::store::{NewRepo, Repo, Role, TokenScope, audit};
 
 struct Ctx {
     _dir: tempfile::TempDir,
@@ -55,6 +56,42 @@ impl Ctx {
         t.to_string()
     }
 
+    /// A user with these roles (global, and on repositories) and a personal token.
+    async fn user(&self, name: &str, global: Option<Role>, on: &[(&Repo, Role)]) -> String {
+        let store = &self.state.store;
+        let role = global.map(|r| (r, None));
+        let password = zeroize::Zeroizing::new("correct horse battery".to_string());
+        let user = crate::people::add_user(store, audit::SYSTEM, name, password, role)
+            .await
+            .unwrap();
+        for (repo, role) in on {
+            store
+                .set_role(audit::SYSTEM, &user, Some(repo), Some(*role))
+                .await
+                .unwrap();
+        }
+        let (_, token) = crate::people::create_personal_token(store, audit::SYSTEM, &user, "t")
+            .await
+            .unwrap();
+        token.to_string()
+    }
+
+    async fn repo(&self, name: &str) -> Repo {
+        self.state
+            .store
+            .create_repo(NewRepo {
+                name: name.into(),
+                forge: crate::store::ForgeKind::Github,
+                clone_url: "/nonexistent".into(),
+                default_branch: "main".into(),
+                webhook_secret_enc: Vec::new(),
+                forge_token_enc: None,
+                trusted: false,
+            })
+            .await
+            .unwrap()
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -87,12 +124,22 @@ impl Ctx {
 /// The route's path with every parameter filled in: a number, as some parameters are
 /// ids, that names nothing stored.
 fn concrete(path: &str) -> String {
+    concrete_with(path, &[])
+}
+
+/// [`concrete`], but the parameters named in `given` get the value given.
+fn concrete_with(path: &str, given: &[(&str, &str)]) -> String {
     let mut out = String::new();
     let mut rest = path;
     while let Some(open) = rest.find('{') {
         let close = open + rest[open..].find('}').unwrap();
         out.push_str(&rest[..open]);
-        out.push_str("9999");
+        let name = rest[open + 1..close].trim_start_matches('*');
+        let value = given
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("9999", |g| g.1);
+        out.push_str(value);
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
@@ -109,6 +156,13 @@ fn body_for(route: &Route) -> Option<Value> {
         ("PATCH", "/api/repos/{owner}/{name}") => Some(json!({"trusted": true})),
         ("PUT", "/api/repos/{owner}/{name}/secrets/{secret}") => Some(json!({"value": "v"})),
         ("POST", "/api/tokens") => Some(json!({"name": "t", "scope": "admin"})),
+        ("POST", "/api/users") => Some(json!({
+            "name": "zed", "password": "long enough password", "role": "admin"
+        })),
+        ("PATCH", "/api/users/{user}") => Some(json!({"disabled": true})),
+        ("PUT", "/api/users/{user}/roles") => Some(json!({"role": "admin"})),
+        ("POST", "/api/users/{user}/identities") => Some(json!({"identity": "github:zed"})),
+        ("POST", "/api/users/{user}/tokens") => Some(json!({"name": "t"})),
         ("POST", p) if p.ends_with("/rerun") || p.ends_with("/trigger") => Some(json!({})),
         _ => None,
     }
@@ -122,6 +176,205 @@ fn concrete_fills_every_parameter() {
     );
     assert_eq!(concrete("/hooks/git/{*repo}"), "/hooks/git/9999");
     assert_eq!(concrete("/api/repos"), "/api/repos");
+    assert_eq!(
+        concrete_with("/api/users/{user}/tokens/{id}", &[("user", "ada")]),
+        "/api/users/ada/tokens/9999"
+    );
+    assert_eq!(
+        concrete_with("/hooks/git/{*repo}", &[("repo", "a/b")]),
+        "/hooks/git/a/b"
+    );
+}
+
+/// Whether a user with `role` globally may use a route (`SelfOrAdmin` routes are tried
+/// on another user's path).
+fn allowed(access: Access, role: Option<Role>) -> bool {
+    match access {
+        Access::Public => true,
+        Access::Role(needed) => role >= Some(needed),
+        Access::SelfOrAdmin => role == Some(Role::Admin),
+        Access::Runner | Access::Hook => false,
+    }
+}
+
+/// What the user walk checks: nothing a refused request could have changed.
+async fn people_snapshot(ctx: &Ctx) -> String {
+    let store = &ctx.state.store;
+    let mut out = Vec::new();
+    for user in store.list_users().await.unwrap() {
+        let tokens = store.list_user_tokens(user.id).await.unwrap().len();
+        let detail = crate::people::detail(store, user).await.unwrap();
+        out.push(format!(
+            "{} {tokens}",
+            serde_json::to_string(&detail).unwrap()
+        ));
+    }
+    out.push(format!(
+        "machine tokens {}",
+        store.list_tokens().await.unwrap().len()
+    ));
+    out.push(format!("repos {}", store.list_repos().await.unwrap().len()));
+    out.join("\n")
+}
+
+#[tokio::test]
+async fn every_route_refuses_a_user_without_its_permission() {
+    let ctx = Ctx::new().await;
+    let mut users = Vec::new();
+    for role in [
+        None,
+        Some(Role::Viewer),
+        Some(Role::Developer),
+        Some(Role::ReleaseManager),
+        Some(Role::Admin),
+    ] {
+        let name = role.map_or("nobody".to_string(), |r| r.to_string());
+        users.push((name.clone(), role, ctx.user(&name, role, &[]).await));
+    }
+    let disabled = ctx.user("disabled-admin", Some(Role::Admin), &[]).await;
+    let id = ctx
+        .state
+        .store
+        .get_user_by_name("disabled-admin")
+        .await
+        .unwrap()
+        .id;
+    ctx.state
+        .store
+        .set_user_disabled(audit::SYSTEM, id, true)
+        .await
+        .unwrap();
+    let before = people_snapshot(&ctx).await;
+    let table = routes();
+    let guarded: Vec<&Route> = table
+        .routes()
+        .iter()
+        .filter(|r| r.access != Access::Public)
+        .collect();
+    // The path's user, for routes about one: someone other than the caller.
+    let other = [("user", "release-manager")];
+    let mut refused = 0;
+    for route in &guarded {
+        let method = route.method.as_str();
+        let uri = concrete_with(&route.path, &other);
+        let body = body_for(route);
+        let r = ctx.send(method, &uri, Some(&disabled), body.as_ref()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri} by a disabled admin: {}",
+            r.text
+        );
+        assert!(r.text.contains("disabled"), "{}", r.text);
+        for (name, role, token) in &users {
+            if name == "release-manager" && route.access == Access::SelfOrAdmin {
+                continue;
+            }
+            if allowed(route.access, *role) {
+                continue;
+            }
+            let r = ctx.send(method, &uri, Some(token), body.as_ref()).await;
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "{method} {uri} by {name}: {}",
+                r.text
+            );
+            assert_eq!(r.code(), "forbidden");
+            refused += 1;
+        }
+    }
+    assert!(refused > 100, "{refused}");
+    assert_eq!(
+        people_snapshot(&ctx).await,
+        before,
+        "a refused request changed something"
+    );
+    // Those with the permission get past the check (no body: nothing is done; the
+    // path names nothing stored, except that a user may reach their own things).
+    for route in &guarded {
+        let method = route.method.as_str();
+        for (name, role, token) in &users {
+            let own = route.access == Access::SelfOrAdmin;
+            if !allowed(route.access, *role) && !own {
+                continue;
+            }
+            if own && *role == Some(Role::Admin) {
+                continue;
+            }
+            let user = if own { name.as_str() } else { "9999" };
+            let uri = concrete_with(&route.path, &[("user", user)]);
+            let r = ctx.send(method, &uri, Some(token), None).await;
+            assert!(
+                ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&r.status),
+                "{method} {uri} by {name}: {} {}",
+                r.status,
+                r.text
+            );
+        }
+    }
+}
+
+/// A role on a repository counts on that repository only; with a global role the higher
+/// of the two counts.
+#[tokio::test]
+async fn a_repository_role_counts_on_that_repository_only() {
+    let ctx = Ctx::new().await;
+    let app = ctx.repo("team/app").await;
+    let other = ctx.repo("team/other").await;
+    let token = ctx
+        .user("dev", Some(Role::Viewer), &[(&app, Role::Developer)])
+        .await;
+    let only_there = ctx.user("dev2", None, &[(&other, Role::Developer)]).await;
+    let table = routes();
+    let on_repo: Vec<&Route> = table
+        .routes()
+        .iter()
+        .filter(|r| r.repo_in == super::route_table::RepoIn::Path)
+        .collect();
+    assert!(on_repo.len() > 10, "{on_repo:?}");
+    for route in &on_repo {
+        let Access::Role(needed) = route.access else {
+            panic!("{route:?} names a repository but needs no role");
+        };
+        let method = route.method.as_str();
+        for (repo, has, token) in [
+            ("team/app", Some(Role::Developer), &token),
+            ("team/other", Some(Role::Viewer), &token),
+            ("team/app", None, &only_there),
+        ] {
+            let (owner, name) = repo.split_once('/').unwrap();
+            let uri = concrete_with(&route.path, &[("owner", owner), ("name", name)]);
+            if has >= Some(needed) {
+                let r = ctx.send(method, &uri, Some(token), None).await;
+                assert!(
+                    ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&r.status),
+                    "{method} {uri} as {has:?}: {} {}",
+                    r.status,
+                    r.text
+                );
+            } else {
+                let body = body_for(route);
+                let r = ctx.send(method, &uri, Some(token), body.as_ref()).await;
+                assert_eq!(
+                    r.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {uri}: {}",
+                    r.text
+                );
+            }
+        }
+    }
+    // `dev2` has no global role: a repository it has no role on is closed to it.
+    let r = ctx
+        .send("GET", "/api/repos/team/app/runs", Some(&only_there), None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = ctx
+        .send("GET", "/api/repos/team/other/runs", Some(&only_there), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(ctx.state.store.list_repos().await.unwrap().len(), 2);
 }
 
 #[tokio::test]

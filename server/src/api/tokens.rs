@@ -1,4 +1,5 @@
-//! API tokens: create (shown once), list, delete. Admin only.
+//! Machine API tokens (admin, runner, hook): create (shown once), list, delete. Admin
+//! only; each creation and deletion is in the audit log. Personal tokens: `api::users`.
 //!
 //! Tokens are 256-bit random strings; the store keeps only their SHA-256
 //! (`crypto::hash_token`), so a database leak yields nothing that authenticates.
@@ -11,39 +12,45 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-use super::auth::Admin;
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::store::{ApiToken, Store, TokenScope};
+use crate::store::{ApiToken, Role, Store, TokenScope, audit};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
-        .add(Access::Admin, routes!(create))
-        .add(Access::Admin, routes!(list))
-        .add(Access::Admin, routes!(remove))
+        .add(Access::Role(Role::Admin), routes!(create))
+        .add(Access::Role(Role::Admin), routes!(list))
+        .add(Access::Role(Role::Admin), routes!(remove))
 }
 
 /// The prefix of every token, so secret scanners can recognise leaked ones.
 pub const TOKEN_PREFIX: &str = "slp_";
 
-/// Creates a token and returns it in clear, the only time it exists outside the caller.
-/// Shared by the API and `slipway token create`.
+/// Creates a token and returns it in clear, the only time it exists outside the caller;
+/// the audit log names the server itself as its maker ([`create_token_as`] names one).
 pub async fn create_token(
     store: &Store,
     name: &str,
     scope: TokenScope,
 ) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::unprocessable(
-            "a token name must be 1 to 100 characters without control characters",
-        ));
-    }
+    create_token_as(store, audit::SYSTEM, name, scope).await
+}
+
+/// [`create_token`] on behalf of `actor` (as the audit log names it). Shared by the
+/// API and `slipway token create`.
+pub async fn create_token_as(
+    store: &Store,
+    actor: &str,
+    name: &str,
+    scope: TokenScope,
+) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
+    let name = crate::people::token_name(name)?;
     let token = Zeroizing::new(crate::crypto::generate_token(TOKEN_PREFIX));
     let stored = store
-        .create_token(name, &crate::crypto::hash_token(&token), scope)
+        .create_token_by(actor, name, &crate::crypto::hash_token(&token), scope)
         .await?;
     tracing::info!(token = %stored.name, id = stored.id, scope = %scope, "API token created");
     Ok((stored, token))
@@ -72,11 +79,12 @@ pub struct TokenCreated {
     )
 )]
 pub async fn create(
-    _admin: Admin,
+    caller: Caller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let (info, token) = create_token(&state.store, &body.name, body.scope).await?;
+    let (info, token) =
+        create_token_as(&state.store, &caller.actor(), &body.name, body.scope).await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -90,7 +98,7 @@ pub async fn create(
     get, path = "/api/tokens", tag = "tokens",
     responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<ApiToken>), (status = 401), (status = 403))
 )]
-pub async fn list(_admin: Admin, State(state): State<AppState>) -> ApiResult<Json<Vec<ApiToken>>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<ApiToken>>> {
     Ok(Json(state.store.list_tokens().await?))
 }
 
@@ -105,13 +113,13 @@ pub struct TokenPath {
     responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn remove(
-    Admin(by): Admin,
+    caller: Caller,
     State(state): State<AppState>,
     ApiPath(p): ApiPath<TokenPath>,
 ) -> ApiResult<StatusCode> {
-    if !state.store.delete_token(p.id).await? {
+    if !state.store.delete_token_by(&caller.actor(), p.id).await? {
         return Err(ApiError::not_found(format!("no token with id {}", p.id)));
     }
-    tracing::info!(id = p.id, by = %by.name, "API token deleted");
+    tracing::info!(id = p.id, by = %caller, "API token deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::ServerArgs;
 use crate::daemon::state::AppState;
 use crate::repos::{self, Registration, RepoView};
-use crate::store::{ForgeKind, TokenScope};
+use crate::store::{ForgeKind, TokenScope, audit};
 
 fn parse_forge(s: &str) -> Result<ForgeKind, String> {
     s.parse::<ForgeKind>()
@@ -92,12 +92,17 @@ pub enum SecretCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create an API token; prints it once, alone on stdout.
+    /// Create an API token, a machine token (`--scope`) or a user's personal token
+    /// (`--user`); prints it once, alone on stdout.
     Create {
+        /// What the token is for (`ci-runner-1`, `alice's laptop` …).
         name: String,
-        /// admin, runner or hook.
-        #[arg(long, value_parser = parse_scope)]
-        scope: TokenScope,
+        /// A machine token of this scope: admin, runner or hook.
+        #[arg(long, value_parser = parse_scope, required_unless_present = "user", conflicts_with = "user")]
+        scope: Option<TokenScope>,
+        /// A personal token acting as this user, with their roles.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -128,7 +133,7 @@ pub enum RunCommand {
 }
 
 /// Opens the store the server uses (migrating it if needed), runs `f`, closes it.
-fn with_state<T>(
+pub(super) fn with_state<T>(
     server: ServerArgs,
     f: impl AsyncFnOnce(&AppState) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
@@ -302,17 +307,41 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Create {
             name,
             scope,
+            user,
             server,
         } => {
-            let (info, token) = with_state(server, async |state| {
-                crate::api::tokens::create_token(&state.store, &name, scope)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.message))
-            })?;
-            eprintln!(
-                "created {scope} token {:?} (id {}); it is shown only now:",
-                info.name, info.id
-            );
+            let token = match (scope, user) {
+                (Some(scope), _) => {
+                    let (info, token) = with_state(server, async |state| {
+                        crate::api::tokens::create_token_as(&state.store, audit::CLI, &name, scope)
+                            .await
+                            .map_err(|e| anyhow::anyhow!(e.message))
+                    })?;
+                    eprintln!(
+                        "created {scope} token {:?} (id {}); it is shown only now:",
+                        info.name, info.id
+                    );
+                    token
+                }
+                (None, Some(user)) => {
+                    let (info, token) = with_state(server, async |state| {
+                        let user = state.store.get_user_by_name(&user).await?;
+                        Ok(crate::people::create_personal_token(
+                            &state.store,
+                            audit::CLI,
+                            &user,
+                            &name,
+                        )
+                        .await?)
+                    })?;
+                    eprintln!(
+                        "created personal token {:?} of {user} (id {}); it is shown only now:",
+                        info.name, info.id
+                    );
+                    token
+                }
+                (None, None) => bail!("give --scope or --user"),
+            };
             println!("{}", token.as_str());
             Ok(ExitCode::SUCCESS)
         }

@@ -1,10 +1,12 @@
 //! The `slipway` command line: one sub-module per command.
 
 mod admin;
+mod audit;
 mod diagnostics;
 mod exec;
 pub mod hook;
 mod output;
+mod people;
 mod pipeline_files;
 mod runner;
 mod validate;
@@ -49,6 +51,12 @@ pub enum Command {
     /// Create API tokens (works on the server's database).
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Manage users and their roles (works on the server's database).
+    #[command(subcommand)]
+    User(people::UserCommand),
+    /// Verify and read the audit log (works on the server's database).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Trigger runs through a running server's API.
     #[command(subcommand)]
     Run(admin::RunCommand),
@@ -120,6 +128,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repo(cmd) => admin::repo(cmd),
         Command::Secret(cmd) => admin::secret(cmd),
         Command::Token(cmd) => admin::token(cmd),
+        Command::User(cmd) => people::user(cmd),
+        Command::Audit(cmd) => audit::audit(cmd),
         Command::Run(cmd) => admin::run(cmd),
         Command::Runner(args) => runner::run(args),
     }

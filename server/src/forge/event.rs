@@ -61,8 +61,13 @@ pub struct ForgeEvent {
     pub pr: Option<PullRequest>,
     /// Head commit message for pushes, title for pull requests.
     pub message: String,
-    /// Login of who triggered the event (pusher / PR actor), empty when unknown.
+    /// Login of who triggered the event (pusher / PR actor), empty when unknown; for
+    /// display only (it may fall back to a display name).
     pub author: String,
+    /// The account the forge says sent the event, by login only (GitHub and
+    /// Gitea/Forgejo `sender.login`, GitLab `user_username` / `user.username`): what
+    /// a run's `pusher` is recorded from. Never a commit's author.
+    pub sender: Option<String>,
     /// Ref deletion. Deletions are [`Parsed::Ignored`] by [`parse`]; the field exists
     /// for other producers (`slipway hook`) and stored events.
     pub deleted: bool,
@@ -194,6 +199,7 @@ pub(super) struct PushParts<'a> {
     pub clone_url: &'a str,
     pub message: &'a str,
     pub author: &'a str,
+    pub sender: Option<&'a str>,
 }
 
 pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
@@ -234,8 +240,17 @@ pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
         pr: None,
         message: p.message.to_owned(),
         author: p.author.to_owned(),
+        sender: sender_login(p.sender),
         deleted: false,
     }))
+}
+
+/// A sender's login as a run records it: absent when empty.
+pub(super) fn sender_login(login: Option<&str>) -> Option<String> {
+    login
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 pub(super) fn missing(event: &str, what: &str) -> PayloadError {

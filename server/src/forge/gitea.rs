@@ -9,7 +9,7 @@ use serde::de::IgnoredAny;
 
 use super::event::{
     ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, check_branch, check_sha,
-    from_json, ignored, missing, printable, push_event, unknown_event,
+    from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
 };
 use super::{Event, ForgeKind};
 
@@ -118,6 +118,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         clone_url: &p.repository.clone_url,
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
+        sender: p.sender.as_ref().map(User::name),
     })
 }
 
@@ -176,6 +177,7 @@ fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, Pay
             .as_ref()
             .map(|s| s.name().to_owned())
             .unwrap_or_default(),
+        sender: sender_login(e.sender.as_ref().map(User::name)),
         deleted: false,
     }))
 }

@@ -8,7 +8,7 @@ use serde::de::IgnoredAny;
 
 use super::event::{
     ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
-    check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
+    check_sha, from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
 };
 use super::{Event, ForgeKind};
 
@@ -117,6 +117,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         clone_url: &p.repository.clone_url,
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
+        sender: p.sender.as_ref().map(|s| s.login.as_str()),
     })
 }
 
@@ -175,6 +176,7 @@ fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
             base_sha: Some(pr.base.sha.to_ascii_lowercase()),
         }),
         message: pr.title,
+        sender: sender_login(e.sender.as_ref().map(|s| s.login.as_str())),
         author: e.sender.map(|s| s.login).unwrap_or_default(),
         deleted: false,
     }))

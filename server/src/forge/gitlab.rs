@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::event::{
     ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
-    check_sha, from_json, ignored, missing, printable, push_event, unknown_event,
+    check_sha, from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
 };
 use super::{Event, ForgeKind};
 
@@ -119,6 +119,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         clone_url: &p.project.git_http_url,
         message,
         author,
+        sender: p.user_username.as_deref(),
     })
 }
 
@@ -183,6 +184,7 @@ fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
             base_sha: None,
         }),
         message: a.title,
+        sender: sender_login(mr.user.as_ref().map(|u| u.username.as_str())),
         author: mr.user.map(|u| u.username).unwrap_or_default(),
         deleted: false,
     }))

@@ -25,11 +25,13 @@ macro_rules! files {
 pub(super) const SQLITE: Files = files!("sqlite":
     "0001_init.sql",
     "0002_artifacts_scans_runners.sql",
+    "0003_people_audit.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
     "0001_init.sql",
     "0002_artifacts_scans_runners.sql",
+    "0003_people_audit.sql",
 );
 
 /// The migrator for one dialect's files.

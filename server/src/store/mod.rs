@@ -35,9 +35,11 @@
 //!   unique per repository.
 
 mod artifacts;
+pub mod audit;
 pub mod blobs;
 mod events;
 mod migrations;
+mod people;
 mod queue;
 mod records;
 mod repos;

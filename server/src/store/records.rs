@@ -1,11 +1,13 @@
 //! Secrets, API tokens, runners, cron state and the event log.
 
+use serde_json::json;
 use sqlx::query;
 
+use super::audit::{SYSTEM, action};
 use super::row::{RUNNER_COLS, RowExt, TOKEN_COLS, json_text, rows, runner, token};
 use super::{
-    ApiToken, Error, RepoId, Result, Runner, RunnerId, SecretMeta, SecretValue, Store, StoredEvent,
-    TokenId, TokenScope, affected,
+    ApiToken, Error, NewAudit, RepoId, Result, Runner, RunnerId, SecretMeta, SecretValue, Store,
+    StoredEvent, TokenId, TokenScope, affected,
 };
 
 impl Store {
@@ -85,14 +87,27 @@ impl Store {
             .collect()
     }
 
-    /// Stores a token by its hash (the caller hashes; the plain token is never stored).
-    /// `Conflict` if the hash exists.
+    /// Stores a token by its hash (the caller hashes; the plain token is never stored),
+    /// recorded in the audit log as made by the server itself. `Conflict` if the hash
+    /// exists.
     pub async fn create_token(
         &self,
         name: &str,
         token_hash: &str,
         scope: TokenScope,
     ) -> Result<ApiToken> {
+        self.create_token_by(SYSTEM, name, token_hash, scope).await
+    }
+
+    /// [`Store::create_token`] on behalf of `actor`.
+    pub async fn create_token_by(
+        &self,
+        actor: &str,
+        name: &str,
+        token_hash: &str,
+        scope: TokenScope,
+    ) -> Result<ApiToken> {
+        let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO api_tokens (name, token_hash, scope, created_at) \
              VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLS}"
@@ -102,9 +117,14 @@ impl Store {
             .bind(token_hash)
             .bind(scope.as_str())
             .bind(self.now_ms())
-            .fetch_one(&self.write)
+            .fetch_one(&mut *tx)
             .await?;
-        token(&row)
+        let created = token(&row)?;
+        let entry = NewAudit::new(actor, action::TOKEN_CREATE, format!("token:{name}"))
+            .detail(json!({ "token_id": created.id, "scope": scope.as_str() }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// Finds the token with this hash and records that it was used.
@@ -127,11 +147,22 @@ impl Store {
     }
 
     pub async fn delete_token(&self, id: TokenId) -> Result<bool> {
-        let r = query("DELETE FROM api_tokens WHERE id = $1")
-            .bind(id)
-            .execute(&self.write)
-            .await?;
-        Ok(affected(r) > 0)
+        self.delete_token_by(SYSTEM, id).await
+    }
+
+    /// Deletes a machine token on behalf of `actor`; false if there was none.
+    pub async fn delete_token_by(&self, actor: &str, id: TokenId) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let sql = format!("DELETE FROM api_tokens WHERE id = $1 RETURNING {TOKEN_COLS}");
+        let Some(row) = query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
+            return Ok(false);
+        };
+        let gone = token(&row)?;
+        let entry = NewAudit::new(actor, action::TOKEN_REVOKE, format!("token:{}", gone.name))
+            .detail(json!({ "token_id": gone.id, "scope": gone.scope.as_str() }));
+        self.append_audit_tx(&mut tx, &entry).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Registers a runner by name, or updates the labels and capacity of the runner

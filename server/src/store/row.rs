@@ -89,7 +89,8 @@ pub(crate) fn repo(r: &AnyRow) -> Result<Repo> {
 
 pub(crate) const RUN_COLS: &str = "id, repo_id, number, status, trigger_kind, event, git_ref, \
     branch, tag, sha, before_sha, pr_number, source_branch, fork, trusted, message, author, \
-    params, plan, yaml_sha256, diagnostics, error, rerun_of, created_at, started_at, finished_at";
+    params, plan, yaml_sha256, diagnostics, error, rerun_of, triggered_by, pusher, created_at, \
+    started_at, finished_at";
 
 pub(crate) fn run(r: &AnyRow) -> Result<Run> {
     Ok(Run {
@@ -116,6 +117,8 @@ pub(crate) fn run(r: &AnyRow) -> Result<Run> {
         diagnostics: r.opt_json("diagnostics")?,
         error: r.opt_text("error")?,
         rerun_of: r.opt_int("rerun_of")?,
+        triggered_by: r.opt_int("triggered_by")?,
+        pusher: r.opt_text("pusher")?,
         created_at: r.int("created_at")?,
         started_at: r.opt_int("started_at")?,
         finished_at: r.opt_int("finished_at")?,

@@ -72,8 +72,9 @@ impl Store {
         let sql = format!(
             "INSERT INTO runs (repo_id, number, status, trigger_kind, event, git_ref, branch, tag, \
              sha, before_sha, pr_number, source_branch, fork, trusted, message, author, params, \
-             rerun_of, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18) RETURNING {RUN_COLS}"
+             rerun_of, triggered_by, pusher, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             RETURNING {RUN_COLS}"
         );
         let row = query(&sql)
             .bind(repo)
@@ -93,6 +94,8 @@ impl Store {
             .bind(&new.author)
             .bind(json_text(&new.params))
             .bind(new.rerun_of)
+            .bind(new.triggered_by)
+            .bind(&new.pusher)
             .bind(now)
             .fetch_one(&mut **tx)
             .await?;

@@ -186,6 +186,10 @@ pub struct NewRun {
     /// Manual-trigger parameters (a JSON object).
     pub params: Value,
     pub rerun_of: Option<RunId>,
+    /// The user whose personal token triggered the run (API triggers and reruns).
+    pub triggered_by: Option<UserId>,
+    /// Who pushed, as the forge's verified payload says: `<forge>:<login>`.
+    pub pusher: Option<String>,
 }
 
 impl NewRun {
@@ -207,6 +211,8 @@ impl NewRun {
             author: String::new(),
             params: Value::Object(Default::default()),
             rerun_of: None,
+            triggered_by: None,
+            pusher: None,
         }
     }
 }
@@ -242,6 +248,12 @@ pub struct Run {
     /// Why the run ended badly (validation error, "superseded by run #7", …).
     pub error: Option<String>,
     pub rerun_of: Option<RunId>,
+    /// The user whose personal token triggered the run (API triggers and reruns); never
+    /// taken from a commit's author.
+    pub triggered_by: Option<UserId>,
+    /// Who pushed, `<forge>:<login>` from the forge's verified payload (the sender);
+    /// never taken from a commit's author.
+    pub pusher: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -528,4 +540,164 @@ pub struct CacheEntry {
     pub size: i64,
     pub created_at: i64,
     pub last_used_at: i64,
+}
+
+pub type UserId = i64;
+
+/// A person who signs in (local user, argon2id password).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    /// A disabled user can neither sign in nor use a token.
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+/// What a user may do. Ordered: each role may do everything the ones before it may.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read runs, logs, artifacts, environments.
+    Viewer,
+    /// Trigger, cancel and rerun runs; see secret names.
+    Developer,
+    /// Approve deployments, promote, roll back.
+    ReleaseManager,
+    /// Everything: users, roles, repositories, settings.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Viewer,
+        Role::Developer,
+        Role::ReleaseManager,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::ReleaseManager => "release-manager",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = super::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                super::Error::Invalid(format!(
+                    "unknown role {s:?} (one of: viewer, developer, release-manager, admin)"
+                ))
+            })
+    }
+}
+
+/// A user's role, globally (`repo_id` None) or on one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RoleBinding {
+    pub user_id: UserId,
+    pub repo_id: Option<RepoId>,
+    /// The repository's `owner/name`; None for the global role.
+    pub repo: Option<String>,
+    pub role: Role,
+}
+
+/// A personal API token (its value is shown once, at creation).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct UserToken {
+    pub id: i64,
+    pub user_id: UserId,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// A forge account linked to a user (`github:alice`; `git:<email>` for plain git).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Identity {
+    pub id: i64,
+    pub user_id: UserId,
+    pub forge: ForgeKind,
+    pub login: String,
+    pub created_at: i64,
+}
+
+/// An audit entry to append ([`Store::append_audit`](super::Store::append_audit)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAudit {
+    /// Who: `user:<name>` (a personal token), `token:<name>` (a machine token), `cli`
+    /// (a `slipway` command on the database) or `system` (the server itself).
+    pub actor: String,
+    /// What, as a dotted name ([`audit::action`](super::audit::action)).
+    pub action: String,
+    pub repo_id: Option<RepoId>,
+    /// What it was done to: `user:alice`, `run:12`, `environment:production` …
+    pub subject: String,
+    /// Anything else worth keeping (never a secret).
+    pub detail: Value,
+}
+
+impl NewAudit {
+    /// An entry about no repository and with an empty detail.
+    pub fn new(actor: &str, action: &str, subject: impl Into<String>) -> NewAudit {
+        NewAudit {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            repo_id: None,
+            subject: subject.into(),
+            detail: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn repo(mut self, repo_id: Option<RepoId>) -> NewAudit {
+        self.repo_id = repo_id;
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> NewAudit {
+        self.detail = detail;
+        self
+    }
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub repo_id: Option<RepoId>,
+    pub subject: String,
+    pub detail: Value,
+    /// The previous entry's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// sha256 over this entry's fields and `prev_hash`.
+    pub hash: String,
 }

@@ -19,6 +19,7 @@ mod git_mirror;
 mod harness;
 mod hooks;
 mod logs;
+mod people;
 mod planner;
 mod quickstart;
 mod runner_protocol;

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::routes;
 
 use super::leased;
-use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{ApiPath, ApiQuery};
 use crate::api::route_table::{Access, RouteTable};
@@ -160,7 +159,6 @@ fn check_digest(sha256: &str) -> ApiResult<()> {
 )]
 async fn upload_artifact(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     ApiPath(id): ApiPath<StageId>,
     ApiQuery(q): ApiQuery<ArtifactUpload>,
     body: Body,
@@ -234,7 +232,6 @@ async fn upload_artifact(
 )]
 async fn download_artifact(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     ApiPath((id, artifact_id)): ApiPath<(StageId, i64)>,
     ApiQuery(q): ApiQuery<LeaseToken>,
 ) -> ApiResult<Response> {
@@ -262,7 +259,6 @@ async fn download_artifact(
 )]
 async fn get_cache(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     ApiPath(id): ApiPath<StageId>,
     ApiQuery(q): ApiQuery<CacheLookup>,
 ) -> ApiResult<Response> {
@@ -306,7 +302,6 @@ fn check_key(key: &str) -> ApiResult<()> {
 )]
 async fn put_cache(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     ApiPath(id): ApiPath<StageId>,
     ApiQuery(q): ApiQuery<CacheUpload>,
     body: Body,

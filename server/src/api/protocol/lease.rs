@@ -28,7 +28,6 @@ use tokio::time::Instant;
 use utoipa_axum::routes;
 
 use crate::agent::stage_spec::{add_stage_outputs, referenced_secrets};
-use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
@@ -64,7 +63,6 @@ pub fn heartbeat_interval(timeout: Duration) -> Duration {
 )]
 async fn register(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req = json(body)?;
@@ -120,7 +118,6 @@ async fn register(
 )]
 async fn lease(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let req = json(body)?;

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use base64::Engine;
 use utoipa_axum::routes;
 
-use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
@@ -48,7 +47,6 @@ pub(super) fn routes() -> RouteTable {
 )]
 async fn heartbeat(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     body: Result<Json<LeaseToken>, JsonRejection>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
@@ -79,7 +77,6 @@ async fn heartbeat(
 )]
 async fn step_start(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<LeaseToken>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
@@ -124,7 +121,6 @@ fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
 )]
 async fn step_logs(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<LogBatch>, JsonRejection>,
 ) -> ApiResult<Json<LogAck>> {
@@ -206,7 +202,6 @@ async fn step_logs(
 )]
 async fn step_finish(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path((id, idx)): Path<(StageId, u32)>,
     body: Result<Json<StepFinish>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
@@ -249,7 +244,6 @@ async fn step_finish(
 )]
 async fn stage_finish(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     body: Result<Json<StageFinish>, JsonRejection>,
 ) -> ApiResult<Json<StageFinished>> {

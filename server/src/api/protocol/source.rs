@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use utoipa_axum::routes;
 
-use crate::api::auth::RunnerAuth;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
@@ -36,7 +35,6 @@ pub(super) fn routes() -> RouteTable {
 )]
 async fn source(
     State(state): State<AppState>,
-    _auth: RunnerAuth,
     Path(id): Path<StageId>,
     Query(q): Query<LeaseToken>,
 ) -> ApiResult<Response> {

@@ -1,0 +1,265 @@
+//! `slipway user …`: people and their roles, on the server's database directly (same
+//! configuration as `slipway server`), so the first admin can be made before any token
+//! exists. Passwords are read from stdin, never argv. Every change is in the audit log,
+//! with the actor `cli`.
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use zeroize::Zeroizing;
+
+use super::ServerArgs;
+use super::admin::with_state;
+use crate::people;
+use crate::store::{Role, audit};
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse::<Role>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user with a role; the password is read from stdin (never argv).
+    #[command(
+        after_help = "Example: printf '%s' \"$PASSWORD\" | slipway user add alice --role developer"
+    )]
+    Add {
+        /// The user's name: letters, digits, `.`, `_` and `-`.
+        name: String,
+        /// The user's first role: viewer, developer, release-manager or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Give the role on this repository (`owner/name`) only, instead of globally.
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List users with their roles, linked identities and whether they are disabled.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Disable a user: their tokens are refused until they are enabled again.
+    Disable {
+        /// The user's name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The user's name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Set a user's role, globally or on one repository (it replaces the role they had
+    /// there).
+    Role {
+        /// The user's name.
+        name: String,
+        /// viewer, developer, release-manager or admin.
+        #[arg(value_parser = parse_role)]
+        role: Role,
+        /// Set the role on this repository (`owner/name`) only, instead of globally.
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Link a forge account to a user (`github:alice`, `gitlab:alice`, `gitea:alice`,
+    /// `forgejo:alice`, `git:alice@example.com`): runs it pushes name it as their pusher.
+    Link {
+        /// The user's name.
+        name: String,
+        /// The account, `FORGE:LOGIN` (`git:EMAIL` for plain git).
+        identity: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Unlink a forge account from a user.
+    Unlink {
+        /// The user's name.
+        name: String,
+        /// The account, `FORGE:LOGIN` (`git:EMAIL` for plain git).
+        identity: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// The password from stdin: a line typed at a terminal (not echoed), or everything
+/// piped in, one trailing newline dropped.
+fn read_password(name: &str) -> anyhow::Result<Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    let mut password = Zeroizing::new(String::new());
+    if stdin.is_terminal() {
+        eprint!("Password for {name}: ");
+        let echo_off = std::process::Command::new("stty")
+            .arg("-echo")
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success());
+        let read = stdin.lock().read_line(&mut password);
+        if echo_off {
+            let _ = std::process::Command::new("stty")
+                .arg("echo")
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+        eprintln!();
+        read.context("reading the password")?;
+    } else {
+        stdin
+            .lock()
+            .read_to_string(&mut password)
+            .context("reading the password from stdin")?;
+    }
+    if password.ends_with('\n') {
+        password.pop();
+        if password.ends_with('\r') {
+            password.pop();
+        }
+    }
+    if password.is_empty() {
+        bail!("empty password (pipe it on stdin)");
+    }
+    Ok(password)
+}
+
+pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            role,
+            repo,
+            server,
+        } => {
+            people::validate_user_name(&name)?;
+            let password = read_password(&name)?;
+            people::check_password(&password)?;
+            let user = with_state(server, async |state| {
+                Ok(people::add_user(
+                    &state.store,
+                    audit::CLI,
+                    &name,
+                    password,
+                    Some((role, repo.as_deref())),
+                )
+                .await?)
+            })?;
+            let place = repo.map_or("globally".to_string(), |r| format!("on {r}"));
+            println!(
+                "created user {} (id {}), {role} {place}",
+                user.name, user.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::List { server } => {
+            let users = with_state(server, async |state| {
+                let mut out = Vec::new();
+                for u in state.store.list_users().await? {
+                    out.push(people::detail(&state.store, u).await?);
+                }
+                Ok(out)
+            })?;
+            if users.is_empty() {
+                eprintln!("no users");
+            }
+            for u in users {
+                let roles: Vec<String> = u
+                    .roles
+                    .iter()
+                    .map(|b| match &b.repo {
+                        Some(repo) => format!("{}@{repo}", b.role),
+                        None => b.role.to_string(),
+                    })
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    u.user.name,
+                    if u.user.disabled {
+                        "disabled"
+                    } else {
+                        "enabled"
+                    },
+                    if roles.is_empty() {
+                        "-".to_string()
+                    } else {
+                        roles.join(",")
+                    },
+                    if u.identities.is_empty() {
+                        "-".to_string()
+                    } else {
+                        u.identities.join(",")
+                    },
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Disable { name, server } => set_disabled(name, true, server),
+        UserCommand::Enable { name, server } => set_disabled(name, false, server),
+        UserCommand::Role {
+            name,
+            role,
+            repo,
+            server,
+        } => {
+            let before = with_state(server, async |state| {
+                let user = state.store.get_user_by_name(&name).await?;
+                Ok(
+                    people::set_role(&state.store, audit::CLI, &user, repo.as_deref(), Some(role))
+                        .await?,
+                )
+            })?;
+            let place = repo.map_or("globally".to_string(), |r| format!("on {r}"));
+            match before {
+                Some(b) => println!("{name} is now {role} {place} (was {b})"),
+                None => println!("{name} is now {role} {place}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Link {
+            name,
+            identity,
+            server,
+        } => {
+            let linked = with_state(server, async |state| {
+                let user = state.store.get_user_by_name(&name).await?;
+                Ok(people::link(&state.store, audit::CLI, &user, &identity).await?)
+            })?;
+            println!("linked {linked} to {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Unlink {
+            name,
+            identity,
+            server,
+        } => {
+            with_state(server, async |state| {
+                let user = state.store.get_user_by_name(&name).await?;
+                Ok(people::unlink(&state.store, audit::CLI, &user, &identity).await?)
+            })?;
+            println!("unlinked {identity} from {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn set_disabled(name: String, disabled: bool, server: ServerArgs) -> anyhow::Result<ExitCode> {
+    with_state(server, async |state| {
+        let user = state.store.get_user_by_name(&name).await?;
+        Ok(state
+            .store
+            .set_user_disabled(audit::CLI, user.id, disabled)
+            .await?)
+    })?;
+    println!(
+        "{} user {name}",
+        if disabled { "disabled" } else { "enabled" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
