@@ -1,6 +1,7 @@
 //! Slipway's server crate: the `slipway` command line, the HTTP API, webhooks, the
 //! background workers, the runner agent and the store. ARCHITECTURE.md is the map.
 
+pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cli;
@@ -10,9 +11,7 @@ pub mod daemon;
 pub mod forge;
 pub mod git;
 pub mod logs;
-pub mod people;
 pub mod protocol;
-pub(crate) mod repos;
 pub mod runs;
 pub mod store;
 pub mod workers;

@@ -13,9 +13,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ApiResult};
+use crate::admin::people::USER_TOKEN_PREFIX;
 use crate::crypto::hash_token;
 use crate::daemon::state::AppState;
-use crate::people::USER_TOKEN_PREFIX;
 use crate::store::{self, ApiToken, RepoId, Role, TokenScope, User, UserToken};
 
 /// What a caller must present to use a route, declared once per route in the route

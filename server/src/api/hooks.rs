@@ -226,9 +226,13 @@ pub fn new_run_from_event(repo: &Repo, ev: ForgeEvent) -> NewRun {
     new.author = ev.author;
     // Who pushed is what the forge's signed payload names as the sender; the commit's
     // author is whatever the committer typed and proves nothing.
-    new.pusher = ev
-        .sender
-        .map(|login| format!("{}:{}", repo.forge, crate::people::normalise_login(&login)));
+    new.pusher = ev.sender.map(|login| {
+        format!(
+            "{}:{}",
+            repo.forge,
+            crate::admin::people::normalise_login(&login)
+        )
+    });
     new
 }
 

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::route_table::{Access, RouteTable};
+use crate::admin::repos::{self, RepoView};
 use crate::daemon::state::AppState;
-use crate::repos::{self, RepoView};
 use crate::store::{ForgeKind, Repo, Role};
 
 pub fn routes() -> RouteTable {

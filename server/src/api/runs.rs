@@ -362,7 +362,7 @@ struct Head {
 async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiResult<Head> {
     let dir = state.mirror_dir(repo.id);
     let url = repo.clone_url.clone();
-    let credentials = crate::repos::mirror_credentials(state, repo)?;
+    let credentials = crate::admin::repos::mirror_credentials(state, repo)?;
     let git_ref = git_ref.to_string();
     let _guard = crate::git::lock_mirror(&dir).await;
     let head = tokio::task::spawn_blocking(move || -> crate::git::Result<Option<Head>> {
@@ -412,7 +412,7 @@ pub async fn trigger(
     let req: TriggerRequest = optional_json(&body)?;
     let repo = find_repo(&state, &p.owner, &p.name).await?;
     let branch = req.branch.unwrap_or_else(|| repo.default_branch.clone());
-    crate::repos::validate_branch(&branch)?;
+    crate::admin::repos::validate_branch(&branch)?;
     let mut params = params_object(req.params)?;
     if let Some(pipeline) = req.pipeline {
         if pipeline.is_empty() || pipeline.len() > 128 || pipeline.chars().any(char::is_control) {

@@ -71,7 +71,7 @@ pub async fn set(
 ) -> ApiResult<(StatusCode, Json<SecretMeta>)> {
     let value = Zeroizing::new(body.value);
     let repo = find_repo(&state, &p.owner, &p.name).await?;
-    let created = crate::repos::put_secret(
+    let created = crate::admin::repos::put_secret(
         &state,
         &repo,
         &p.secret,

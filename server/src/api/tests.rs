@@ -61,7 +61,7 @@ impl Ctx {
         let store = &self.state.store;
         let role = global.map(|r| (r, None));
         let password = zeroize::Zeroizing::new("correct horse battery".to_string());
-        let user = crate::people::add_user(store, audit::SYSTEM, name, password, role)
+        let user = crate::admin::people::add_user(store, audit::SYSTEM, name, password, role)
             .await
             .unwrap();
         for (repo, role) in on {
@@ -70,9 +70,10 @@ impl Ctx {
                 .await
                 .unwrap();
         }
-        let (_, token) = crate::people::create_personal_token(store, audit::SYSTEM, &user, "t")
-            .await
-            .unwrap();
+        let (_, token) =
+            crate::admin::people::create_personal_token(store, audit::SYSTEM, &user, "t")
+                .await
+                .unwrap();
         token.to_string()
     }
 
@@ -203,7 +204,7 @@ async fn people_snapshot(ctx: &Ctx) -> String {
     let mut out = Vec::new();
     for user in store.list_users().await.unwrap() {
         let tokens = store.list_user_tokens(user.id).await.unwrap().len();
-        let detail = crate::people::detail(store, user).await.unwrap();
+        let detail = crate::admin::people::detail(store, user).await.unwrap();
         out.push(format!(
             "{} {tokens}",
             serde_json::to_string(&detail).unwrap()

@@ -47,7 +47,7 @@ pub async fn create_token_as(
     name: &str,
     scope: TokenScope,
 ) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
-    let name = crate::people::token_name(name)?;
+    let name = crate::admin::people::token_name(name)?;
     let token = Zeroizing::new(crate::crypto::generate_token(TOKEN_PREFIX));
     let stored = store
         .create_token_by(actor, name, &crate::crypto::hash_token(&token), scope)

@@ -54,9 +54,13 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateUserToken>,
 ) -> ApiResult<(StatusCode, Json<UserTokenCreated>)> {
     let user = find_user(&state, &p.user).await?;
-    let (info, token) =
-        crate::people::create_personal_token(&state.store, &caller.actor(), &user, &body.name)
-            .await?;
+    let (info, token) = crate::admin::people::create_personal_token(
+        &state.store,
+        &caller.actor(),
+        &user,
+        &body.name,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(UserTokenCreated {

@@ -13,8 +13,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::route_table::{Access, RouteTable};
+use crate::admin::people::{self, UserDetail};
 use crate::daemon::state::AppState;
-use crate::people::{self, UserDetail};
 use crate::store::{Role, User};
 
 pub fn routes() -> RouteTable {

@@ -15,8 +15,8 @@ use clap::Subcommand;
 use zeroize::Zeroizing;
 
 use super::ServerArgs;
+use crate::admin::repos::{self, Registration, RepoView};
 use crate::daemon::state::AppState;
-use crate::repos::{self, Registration, RepoView};
 use crate::store::{ForgeKind, TokenScope, audit};
 
 fn parse_forge(s: &str) -> Result<ForgeKind, String> {
@@ -326,7 +326,7 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 (None, Some(user)) => {
                     let (info, token) = with_state(server, async |state| {
                         let user = state.store.get_user_by_name(&user).await?;
-                        Ok(crate::people::create_personal_token(
+                        Ok(crate::admin::people::create_personal_token(
                             &state.store,
                             audit::CLI,
                             &user,

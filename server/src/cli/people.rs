@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::ServerArgs;
 use super::admin::with_state;
-use crate::people;
+use crate::admin::people;
 use crate::store::{Role, audit};
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -103,28 +103,11 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         // (or, on Kubernetes, take its stages over).
         let agent = agent.with_adopted(opened.recover().await);
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(crate::daemon::serve::shutdown_on_signal(
+            shutdown.clone(),
+            "stopping: no new stages; running ones get the shutdown grace",
+        ));
         agent.run(shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("stopping: no new stages; running ones get the shutdown grace");
-    shutdown.cancel();
 }

@@ -71,7 +71,7 @@ pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     tracing::info!(%addr, "slipway listening");
     let workers = crate::workers::spawn_all(&state, addr);
     let shutdown = state.shutdown.clone();
-    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+    tokio::spawn(shutdown_on_signal(shutdown.clone(), "shutdown requested"));
     axum::serve(listener, crate::api::app(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
@@ -88,7 +88,9 @@ pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT or SIGTERM (or returns when it is cancelled otherwise),
+/// logging `what` happens next: the server's and `slipway runner`'s one signal handler.
+pub(crate) async fn shutdown_on_signal(shutdown: CancellationToken, what: &'static str) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -106,6 +108,6 @@ async fn shutdown_on_signal(shutdown: CancellationToken) {
         _ = term => {},
         _ = shutdown.cancelled() => return,
     }
-    tracing::info!("shutdown requested");
+    tracing::info!("{what}");
     shutdown.cancel();
 }

@@ -832,7 +832,7 @@ async fn concurrent_changes_keep_one_chain(db: Dialect) {
         let store = env.state().store.clone();
         let user = user.clone();
         tasks.push(tokio::spawn(async move {
-            server::people::create_personal_token(&store, "system", &user, &format!("t{i}"))
+            server::admin::people::create_personal_token(&store, "system", &user, &format!("t{i}"))
                 .await
                 .unwrap();
         }));

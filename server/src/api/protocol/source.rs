@@ -45,6 +45,9 @@ async fn source(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let sha = run.sha.clone();
+    // The fallback below fetches: it must not overlap another fetch of this mirror
+    // (planner, cron, manual triggers), which would race on git's lock files.
+    let fetching = crate::git::lock_mirror(&dir).await;
     tokio::task::spawn_blocking(move || {
         let opened = match Mirror::open(&dir) {
             Ok(m) if m.has_commit(&sha).unwrap_or(false) => Ok(m),
@@ -55,6 +58,7 @@ async fn source(
                     .map(|()| m)
             }),
         };
+        drop(fetching);
         let mirror = match opened {
             Ok(m) => {
                 let _ = ready_tx.send(Ok(()));

@@ -244,7 +244,11 @@ impl TestServer {
             .unwrap();
         let mirror = self.state.mirror_dir(repo.id);
         let url = repo.clone_url.clone();
+        // As the server's own fetches do: the cron worker may be fetching this new
+        // repository's default branch right now.
+        let fetching = server::git::lock_mirror(&mirror).await;
         tokio::task::spawn_blocking(move || {
+            let _fetching = fetching;
             let m = server::git::Mirror::open_or_init(&mirror, &url).unwrap();
             m.fetch(&["refs/heads/main".to_string()]).unwrap();
         })

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::{Error, Result};
 use crate::daemon::state::{self, AppState};
 use crate::store::{self, ForgeKind, NewRepo, Repo};
 
@@ -14,28 +15,6 @@ use crate::store::{self, ForgeKind, NewRepo, Repo};
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest clone URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The request is wrong; the message says how (safe to show).
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// Something on the server is broken (e.g. a sealed value no longer opens).
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<Error> for crate::api::error::ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(m) => crate::api::error::ApiError::unprocessable(m),
-            Error::Store(e) => e.into(),
-            Error::Internal(detail) => crate::api::error::ApiError::internal(detail),
-        }
-    }
-}
 
 /// What `register` needs.
 pub struct Registration {

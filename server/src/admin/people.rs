@@ -5,7 +5,7 @@
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::api::error::ApiError;
+use super::{Error, Result};
 use crate::crypto::{self, MIN_PASSWORD_CHARS};
 use crate::store::{self, ForgeKind, Role, RoleBinding, Store, User, UserToken};
 
@@ -18,30 +18,6 @@ pub const MAX_USER_NAME: usize = 64;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Longest forge login or email accepted in an identity.
 pub const MAX_LOGIN: usize = 255;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The request is wrong; the message says how (safe to show).
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// Something on the server is broken.
-    #[error("{0}")]
-    Internal(String),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Invalid(m) => ApiError::unprocessable(m),
-            Error::Store(e) => e.into(),
-            Error::Internal(detail) => ApiError::internal(detail),
-        }
-    }
-}
 
 /// A user name: 1 to 64 of `[A-Za-z0-9._-]`, starting with a letter or digit (it
 /// appears in URLs, audit subjects and `user:<name>` actors).
