@@ -36,7 +36,9 @@ pub use crate::crontab::normalize_cron;
 pub use crate::diagnostic::{Diagnostic, Severity, codes};
 pub use crate::duration::parse_duration;
 pub use crate::event::{Event, EventContext};
-pub use crate::label::{BACKEND_LABEL_PREFIX, backend_label, check_label};
+pub use crate::label::{
+    BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND, backend_label, check_label,
+};
 pub use crate::matrix::MATRIX_LIMIT;
 pub use crate::model::*;
 pub use crate::plan::{

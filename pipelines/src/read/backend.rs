@@ -7,7 +7,7 @@
 use super::paths::resolve;
 use super::{Ctx, Fields};
 use crate::diagnostic::{Pos, codes};
-use crate::label::BACKEND_LABEL_PREFIX;
+use crate::label::{BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND};
 use crate::model::{Stage, StageKind};
 
 /// The backend `stage` runs on whatever the event, if its YAML decides it.
@@ -25,8 +25,8 @@ fn bound_backend(stage: &Stage) -> Option<&str> {
         return None;
     }
     Some(match stage.kind {
-        StageKind::Image { .. } => "docker",
-        StageKind::Deploy { .. } => "kubernetes",
+        StageKind::Image { .. } => IMAGE_BACKEND,
+        StageKind::Deploy { .. } => DEPLOY_BACKEND,
         StageKind::Run | StageKind::Scan { .. } => return None,
     })
 }

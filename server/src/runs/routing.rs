@@ -16,14 +16,11 @@
 //! on the host, which is what `slipway exec` does too; `runs_on: [backend:docker]` asks
 //! for isolation.
 
-use pipelines::{BACKEND_LABEL_PREFIX, PlannedKind, PlannedStage, backend_label};
+use pipelines::{
+    BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND, PlannedKind, PlannedStage, backend_label,
+};
 
 use crate::store::Runner;
-
-/// The backend an image stage needs when its `runs_on` names none.
-pub const IMAGE_BACKEND: &str = "docker";
-/// The backend a deploy stage needs when its `runs_on` names none.
-pub const DEPLOY_BACKEND: &str = "kubernetes";
 
 /// The labels a runner must have to run `stage`.
 pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
