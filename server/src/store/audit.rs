@@ -11,7 +11,64 @@ use sha2::{Digest, Sha256};
 use sqlx::query;
 
 use super::row::{RowExt, json_text, rows};
-use super::{AuditEntry, Dialect, NewAudit, RepoId, Result, Store, Tx};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Dialect, RepoId, Result, Store, Tx};
+
+/// An audit entry to append ([`Store::append_audit`](super::Store::append_audit)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAudit {
+    /// Who: `user:<name>` (a personal token), `token:<name>` (a machine token), `cli`
+    /// (a `slipway` command on the database) or `system` (the server itself).
+    pub actor: String,
+    /// What, as a dotted name ([`audit::action`](super::audit::action)).
+    pub action: String,
+    pub repo_id: Option<RepoId>,
+    /// What it was done to: `user:alice`, `run:12`, `environment:production` …
+    pub subject: String,
+    /// Anything else worth keeping (never a secret).
+    pub detail: Value,
+}
+
+impl NewAudit {
+    /// An entry about no repository and with an empty detail.
+    pub fn new(actor: &str, action: &str, subject: impl Into<String>) -> NewAudit {
+        NewAudit {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            repo_id: None,
+            subject: subject.into(),
+            detail: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn repo(mut self, repo_id: Option<RepoId>) -> NewAudit {
+        self.repo_id = repo_id;
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> NewAudit {
+        self.detail = detail;
+        self
+    }
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub repo_id: Option<RepoId>,
+    pub subject: String,
+    pub detail: Value,
+    /// The previous entry's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// sha256 over this entry's fields and `prev_hash`.
+    pub hash: String,
+}
 
 /// The actor of what the server does by itself (its in-process runner's token …).
 pub const SYSTEM: &str = "system";

@@ -49,6 +49,8 @@ mod run_state;
 mod runs;
 mod types;
 
+pub use audit::{AuditEntry, NewAudit};
+pub use people::{Identity, Role, RoleBinding, User, UserToken};
 pub use queue::RUNNER_LOST;
 pub use results::{
     ImageRecord, MAX_FINDINGS, MAX_OUTPUT_BYTES, MAX_OUTPUTS, OUTPUT_DIGEST, OUTPUT_IMAGE,

@@ -9,10 +9,113 @@ use sqlx::query;
 
 use super::audit::action;
 use super::row::{RowExt, rows};
-use super::{
-    Error, ForgeKind, Identity, NewAudit, Repo, RepoId, Result, Role, RoleBinding, Store, Tx, User,
-    UserId, UserToken, affected,
-};
+use serde::{Deserialize, Serialize};
+
+use super::{Error, ForgeKind, NewAudit, Repo, RepoId, Result, Store, Tx, UserId, affected};
+
+/// A person who signs in (local user, argon2id password).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    /// A disabled user can neither sign in nor use a token.
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+/// What a user may do. Ordered: each role may do everything the ones before it may.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Read runs, logs, artifacts, environments.
+    Viewer,
+    /// Trigger, cancel and rerun runs; see secret names.
+    Developer,
+    /// Approve deployments, promote, roll back.
+    ReleaseManager,
+    /// Everything: users, roles, repositories, settings.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Viewer,
+        Role::Developer,
+        Role::ReleaseManager,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::ReleaseManager => "release-manager",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = super::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                super::Error::Invalid(format!(
+                    "unknown role {s:?} (one of: viewer, developer, release-manager, admin)"
+                ))
+            })
+    }
+}
+
+/// A user's role, globally (`repo_id` None) or on one repository.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RoleBinding {
+    pub user_id: UserId,
+    pub repo_id: Option<RepoId>,
+    /// The repository's `owner/name`; None for the global role.
+    pub repo: Option<String>,
+    pub role: Role,
+}
+
+/// A personal API token (its value is shown once, at creation).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct UserToken {
+    pub id: i64,
+    pub user_id: UserId,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// A forge account linked to a user (`github:alice`; `git:<email>` for plain git).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Identity {
+    pub id: i64,
+    pub user_id: UserId,
+    pub forge: ForgeKind,
+    pub login: String,
+    pub created_at: i64,
+}
 
 const USER_COLS: &str = "id, name, disabled, created_at";
 const USER_TOKEN_COLS: &str = "id, user_id, name, created_at, last_used_at";

@@ -1,6 +1,8 @@
 //! The JSON API through `api::app()` with tower `oneshot`: auth, validation, every
 //! route, secrets that never come back, reruns, logs and their streams, manual
 //! triggers against a real git repository, metrics and the OpenAPI document.
+//!
+//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Artifacts and caches end to end: a real server (SQLite and PostgreSQL), the
 //! in-process runner on the local backend, the runner protocol spoken directly where a
 //! test needs to send what a well-behaved runner never would, and the public API.
+//!
+//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
 
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! role, a disabled or revoked one is refused, every change is in the hash-chained
 //! audit log, which `slipway audit verify` checks, and a run is attributed to people
 //! only from tokens and verified payloads, never from a commit's author.
+//!
+//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
 
 use std::io::Write;
 use std::path::Path;

@@ -14,6 +14,8 @@
 //!   `security` check the unit.
 //!
 //! A missing tool fails the test (never a skip): `bash .ci/k8s-tools.sh` installs them.
+//!
+//! Long on purpose: one test per rule or object checked, each written out in full.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

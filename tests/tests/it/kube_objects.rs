@@ -12,6 +12,8 @@
 //!
 //! Pure: no API server or Docker is needed, only `python3 -m kubernetes_validate`
 //! (`bash .ci/k8s-tools.sh`).
+//!
+//! Long on purpose: one test per rule or object checked, each written out in full.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
