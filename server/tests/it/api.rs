@@ -2,7 +2,8 @@
 //! route, secrets that never come back, reruns, logs and their streams, manual
 //! triggers against a real git repository, metrics and the OpenAPI document.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -2,7 +2,8 @@
 //! in-process runner on the local backend, the runner protocol spoken directly where a
 //! test needs to send what a well-behaved runner never would, and the public API.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! shapes (fixtures under `tests/fixtures/forge/`), and commit-status requests checked
 //! on a real local HTTP server.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;

@@ -2,7 +2,8 @@
 //! `oneshot`) and over real sockets, with deliveries made from the forge fixtures and
 //! re-pointed at commits of a real bare repository.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::io::Write as _;
 use std::process::Stdio;

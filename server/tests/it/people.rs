@@ -5,7 +5,8 @@
 //! audit log, which `slipway audit verify` checks, and a run is attributed to people
 //! only from tokens and verified payloads, never from a commit's author.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::io::Write;
 use std::path::Path;

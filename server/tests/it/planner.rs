@@ -2,7 +2,8 @@
 //! endpoint or the store, planned by `planner::plan_pending` (and once by the spawned
 //! worker inside a real server).
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};

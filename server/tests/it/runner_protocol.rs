@@ -2,7 +2,8 @@
 //! repository, runs planned from YAML, executed by the in-process runner or by the real
 //! `slipway runner` binary.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
 //! The storage suite: every case is an `async fn(Dialect)` run against both databases
 //! (`both_databases!`), on a migrated store of its own.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `support/`.
 
 use std::collections::HashSet;
 use std::time::Duration;

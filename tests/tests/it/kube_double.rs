@@ -3,7 +3,8 @@
 //! built by `bash .ci/images.sh`). Every wait is bounded; every test shuts its double
 //! down, which removes its containers and volumes.
 //!
-//! Long on purpose: one test per behaviour of this area, each written out end to end; the set-up they share is in `kube_support/`.
+//! Long on purpose: one test per behaviour of this area, each written out end to end;
+//! the set-up they share is in `kube_support/`.
 
 use std::collections::HashMap;
 use std::time::Duration;
