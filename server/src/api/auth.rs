@@ -28,6 +28,10 @@ pub enum Access {
     /// of their global role and their role there), or globally when the path names
     /// none; or an admin token.
     Role(Role),
+    /// A user with at least this role globally or on any one repository (or an admin
+    /// token), for a list the handler cuts down to what the caller may see
+    /// ([`visible_to`]).
+    AnyRole(Role),
     /// The user the path names (`{user}`), or an admin (user or token): a user's own
     /// tokens.
     SelfOrAdmin,
@@ -43,7 +47,7 @@ impl Access {
     pub fn scope(self) -> Option<TokenScope> {
         match self {
             Access::Public => None,
-            Access::Role(_) | Access::SelfOrAdmin => Some(TokenScope::Admin),
+            Access::Role(_) | Access::AnyRole(_) | Access::SelfOrAdmin => Some(TokenScope::Admin),
             Access::Runner => Some(TokenScope::Runner),
             Access::Hook => Some(TokenScope::Hook),
         }
@@ -234,6 +238,23 @@ async fn permit(
                 user.name
             )))
         }
+        Access::AnyRole(needed) => {
+            let best = state
+                .store
+                .roles_of(user.id)
+                .await?
+                .into_iter()
+                .map(|b| b.role)
+                .max();
+            if best >= Some(needed) {
+                return Ok(());
+            }
+            Err(ApiError::forbidden(format!(
+                "user `{}` is not {needed} anywhere; this needs {needed} globally or on a \
+                 repository",
+                user.name
+            )))
+        }
         Access::SelfOrAdmin => {
             let params = path_params(parts).await?;
             let named = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v);
@@ -309,4 +330,36 @@ async fn repo_of(
         Err(store::Error::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Of `repos`, those `caller` may see with `role`: every one for a machine token (only
+/// an admin token gets this far) or a user with the role globally; else the ones the
+/// user has the role on.
+pub async fn visible_to<T>(
+    state: &AppState,
+    caller: &Caller,
+    role: Role,
+    repos: Vec<T>,
+    repo_id: impl Fn(&T) -> RepoId,
+) -> ApiResult<Vec<T>> {
+    let Some(user) = caller.user() else {
+        return Ok(repos);
+    };
+    let bindings = state.store.roles_of(user.id).await?;
+    let global = bindings
+        .iter()
+        .filter(|b| b.repo_id.is_none())
+        .map(|b| b.role)
+        .max();
+    if global >= Some(role) {
+        return Ok(repos);
+    }
+    Ok(repos
+        .into_iter()
+        .filter(|r| {
+            bindings
+                .iter()
+                .any(|b| b.repo_id == Some(repo_id(r)) && b.role >= role)
+        })
+        .collect())
 }

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
+use super::auth::{Caller, visible_to};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::route_table::{Access, RouteTable};
@@ -21,7 +22,8 @@ use crate::store::{ForgeKind, Repo, Role};
 pub fn routes() -> RouteTable {
     RouteTable::new()
         .add(Access::Role(Role::Admin), routes!(create))
-        .add(Access::Role(Role::Viewer), routes!(list))
+        // A user with a role on some repositories only sees those.
+        .add(Access::AnyRole(Role::Viewer), routes!(list))
         .add(Access::Role(Role::Viewer), routes!(show))
         .add(Access::Role(Role::Admin), routes!(update))
         .add(Access::Role(Role::Admin), routes!(remove))
@@ -119,8 +121,9 @@ pub async fn create(
     get, path = "/api/repos", tag = "repos",
     responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403))
 )]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<RepoView>>> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<RepoView>>> {
     let repos = state.store.list_repos().await?;
+    let repos = visible_to(&state, &caller, Role::Viewer, repos, |r| r.id).await?;
     Ok(Json(
         repos
             .iter()

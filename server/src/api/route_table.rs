@@ -33,6 +33,11 @@ fn describe(access: Access, repo_in: RepoIn) -> String {
     match access {
         Access::Public => "anyone".into(),
         Access::Role(role) => format!("{role}{on}, or an admin token"),
+        Access::AnyRole(role) => {
+            format!(
+                "{role} globally or on a repository (the answer shows those), or an admin token"
+            )
+        }
         Access::SelfOrAdmin => "the user named in the path, or an admin".into(),
         Access::Runner => "a runner token (or an admin token)".into(),
         Access::Hook => "a hook token (or an admin token)".into(),

@@ -192,7 +192,7 @@ fn concrete_fills_every_parameter() {
 fn allowed(access: Access, role: Option<Role>) -> bool {
     match access {
         Access::Public => true,
-        Access::Role(needed) => role >= Some(needed),
+        Access::Role(needed) | Access::AnyRole(needed) => role >= Some(needed),
         Access::SelfOrAdmin => role == Some(Role::Admin),
         Access::Runner | Access::Hook => false,
     }
@@ -375,6 +375,26 @@ async fn a_repository_role_counts_on_that_repository_only() {
         .send("GET", "/api/repos/team/other/runs", Some(&only_there), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The repository list shows `dev2` only the repository it has a role on, and
+    // `dev` (a global viewer) every one.
+    let names = |r: &Answer| -> Vec<String> {
+        serde_json::from_str::<Value>(&r.text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = ctx.send("GET", "/api/repos", Some(&only_there), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(names(&r), ["team/other"]);
+    let r = ctx.send("GET", "/api/repos", Some(&token), None).await;
+    assert_eq!(names(&r), ["team/app", "team/other"]);
+    // Without a role anywhere, the list is refused.
+    let nobody = ctx.user("nobody-at-all", None, &[]).await;
+    let r = ctx.send("GET", "/api/repos", Some(&nobody), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     assert_eq!(ctx.state.store.list_repos().await.unwrap().len(), 2);
 }
 

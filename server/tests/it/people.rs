@@ -286,7 +286,6 @@ async fn cli_users_act_through_the_api_with_exactly_their_role(db: Dialect) {
     for (method, uri) in [
         ("POST", "/api/repos/team/other/trigger"),
         ("GET", "/api/repos/team/other/runs"),
-        ("GET", "/api/repos"),
     ] {
         let body = (method == "POST").then(|| json!({}));
         let r = env.call(method, uri, &app_dev, body).await;
@@ -297,6 +296,17 @@ async fn cli_users_act_through_the_api_with_exactly_their_role(db: Dialect) {
             r.text
         );
     }
+    // The repository list shows only the repository the role is on.
+    let r = env.call("GET", "/api/repos", &app_dev, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let names: Vec<&str> = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team/app"], "{}", r.text);
     // The CLI changes a role; the next request sees it.
     let out = env.cli(
         &["user", "role", "vera", "developer", "--repo", "team/other"],
