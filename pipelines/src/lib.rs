@@ -47,6 +47,7 @@ pub use crate::plan::{
 };
 pub use crate::quantity::{parse_cpu, parse_memory};
 pub use crate::schema::json_schema;
+pub use crate::when::{check_ref_pattern, ref_matches};
 
 use crate::diagnostic::Pos;
 use crate::read::{Ctx, read_pipeline};

@@ -13,6 +13,17 @@ pub(crate) fn check_glob(pattern: &str) -> Result<(), String> {
     glob(pattern).map(|_| ()).map_err(|e| e.kind().to_string())
 }
 
+/// Checks a branch or tag pattern as the server's environment rules use them (same
+/// syntax as `when` filters): `Err` says why it is not a pattern.
+pub fn check_ref_pattern(pattern: &str) -> Result<(), String> {
+    check_glob(pattern)
+}
+
+/// Whether a branch or tag name matches a pattern (`*` stops at `/`, `**` does not).
+pub fn ref_matches(pattern: &str, name: &str) -> bool {
+    glob_matches(pattern, name)
+}
+
 fn glob_matches(pattern: &str, text: &str) -> bool {
     // Patterns were validated by `parse`; a pattern that still fails matches nothing.
     glob(pattern).is_ok_and(|g| g.compile_matcher().is_match(text))

@@ -377,6 +377,12 @@ pub fn secret_aad(repo_id: impl fmt::Display, name: &str) -> Vec<u8> {
     format!("secret:{repo_id}:{name}").into_bytes()
 }
 
+/// Associated data binding a sealed kubeconfig to its repository and environment, so
+/// that a row copied to another environment does not open.
+pub fn kubeconfig_aad(repo_id: impl fmt::Display, environment: &str) -> Vec<u8> {
+    format!("kubeconfig:{repo_id}:{environment}").into_bytes()
+}
+
 /// Number of base62 characters in a token: 43 × log2(62) ≈ 256 bits of entropy.
 const TOKEN_CHARS: usize = 43;
 

@@ -75,6 +75,7 @@ mod tests {
     when: { event: push }
     kubernetes:
       service_account: deployer
+    steps: [./deploy.sh]
 ";
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the backend a stage is bound to would refuse, known from the YAML alone. The
 //! backend is the one a written `backend:` label in `runs_on` names, else the one the
-//! stage's kind sends it to (the server's routing: image → docker, deploy →
+//! stage's kind sends it to (the server's routing: image → docker, a canary deploy →
 //! kubernetes). The backends keep refusing these themselves; here the author sees
 //! them at `slipway validate`.
 
@@ -26,8 +26,10 @@ fn bound_backend(stage: &Stage) -> Option<&str> {
     }
     Some(match stage.kind {
         StageKind::Image { .. } => IMAGE_BACKEND,
-        StageKind::Deploy { .. } => DEPLOY_BACKEND,
-        StageKind::Run | StageKind::Scan { .. } => return None,
+        StageKind::Deploy {
+            canary: Some(_), ..
+        } => DEPLOY_BACKEND,
+        StageKind::Run | StageKind::Scan { .. } | StageKind::Deploy { .. } => return None,
     })
 }
 

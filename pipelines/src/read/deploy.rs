@@ -9,6 +9,9 @@ use crate::model::{
 };
 use crate::yaml::node_pos;
 
+/// The roles of the server's people, lowest first: who an `approval:` may ask for.
+pub(crate) const APPROVAL_ROLES: &[&str] = &["viewer", "developer", "release-manager", "admin"];
+
 pub(crate) fn read_deploy(ctx: &mut Ctx<'_>, fields: &Fields<'_>, what: &str) -> StageKind {
     let environment = match fields.get("environment") {
         Some(f) => ctx.string(f, what).unwrap_or_default(),
@@ -51,6 +54,19 @@ fn read_approval(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Approval
             return None;
         }
     };
+    if !APPROVAL_ROLES.contains(&role.as_str()) {
+        let at = fields.get("role").map_or(f.pos, |r| r.value_pos());
+        ctx.error(
+            codes::INVALID_VALUE,
+            at,
+            format!(
+                "`role` in {awhat} must be one of {}, not `{role}`",
+                APPROVAL_ROLES.join(", ")
+            ),
+            did_you_mean(&role, APPROVAL_ROLES.iter().copied()),
+        );
+        return None;
+    }
     let count = match fields.get("count") {
         None => 1,
         Some(c) => match ctx.uint(c, &awhat) {

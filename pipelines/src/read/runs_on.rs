@@ -18,6 +18,9 @@ type Rendered<'c> = Vec<(String, &'c Combination)>;
 
 /// `runs_on: label` or `runs_on: [label, …]`. `combos`: the stage's matrix
 /// combinations (one empty one without a matrix; `None` if the matrix is broken).
+/// The kind name [`read_runs_on`] is given for a deploy stage with a `canary:`.
+pub(crate) const CANARY_KIND: &str = "deploy (canary)";
+
 pub(crate) fn read_runs_on(
     ctx: &mut Ctx<'_>,
     f: Field<'_>,
@@ -138,13 +141,15 @@ fn check_runs_on_label(
         );
         return false;
     }
-    if backend != "kubernetes" && kind == Some("deploy") {
+    if backend != "kubernetes" && kind == Some(CANARY_KIND) {
         ctx.error(
             codes::INVALID_LABEL,
             pos,
-            format!("{what} deploys, which only the kubernetes backend can do (`{label}`)"),
+            format!(
+                "{what} rolls out a canary, which only the kubernetes backend can do (`{label}`)"
+            ),
             Some(format!(
-                "remove `{label}`: deploy stages go to `backend:kubernetes` runners"
+                "remove `{label}`: canary deploy stages go to `backend:kubernetes` runners"
             )),
         );
         return false;

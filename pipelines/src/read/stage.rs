@@ -9,7 +9,7 @@ use super::backend::check_backend;
 use super::image::read_image;
 use super::matrix::read_matrix;
 use super::paths::workspace_globs;
-use super::runs_on::read_runs_on;
+use super::runs_on::{CANARY_KIND, read_runs_on};
 use super::services::read_services;
 use super::steps::read_steps;
 use super::{Allow, Ctx, Field, Scope, check_name, is_null, keys};
@@ -185,9 +185,15 @@ fn read_stage(
         (None, false) => Some(&no_matrix),
         (None, true) => None,
     };
+    // Only a canary rollout is bound to the kubernetes backend; a deploy stage without
+    // one runs its steps on whichever runner takes it.
+    let route_kind = match kind_name.as_deref() {
+        Some("deploy") if fields.get("canary").is_some() => Some(CANARY_KIND),
+        k => k,
+    };
     let runs_on = fields
         .get("runs_on")
-        .map(|f| read_runs_on(ctx, f, &what, &scope, kind_name.as_deref(), combos))
+        .map(|f| read_runs_on(ctx, f, &what, &scope, route_kind, combos))
         .unwrap_or_default();
     let container = super::container::read_container(ctx, &fields, &what);
     let kubernetes = fields
@@ -201,6 +207,24 @@ fn read_stage(
         Some("deploy") => super::deploy::read_deploy(ctx, &fields, &what),
         _ => StageKind::Run,
     };
+    if kind_name.as_deref() == Some("deploy")
+        && steps.is_empty()
+        && fields.get("canary").is_none()
+        && fields.get("steps").is_none_or(|f| {
+            is_null(f.value) || matches!(f.value, Node::Sequence(s) if s.is_empty())
+        })
+    {
+        ctx.error(
+            codes::NO_STEPS,
+            e.pos,
+            format!("{what} deploys nothing: it has neither `steps` nor a `canary`"),
+            Some(
+                "add `steps:` with the commands that deploy (they get the environment's \
+                 credentials), or a `canary:` rollout"
+                    .into(),
+            ),
+        );
+    }
     if kind_name.as_deref() == Some("run")
         && steps.is_empty()
         && fields.get("steps").is_none_or(|f| {

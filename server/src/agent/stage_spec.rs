@@ -44,9 +44,16 @@ pub enum SpecError {
 /// [`runner::Backend::build_image`]).
 pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
     match kind {
-        PlannedKind::Run | PlannedKind::Scan { .. } | PlannedKind::Image { .. } => None,
-        PlannedKind::Deploy { .. } => Some(
-            "kind `deploy` drives a canary rollout through the kubernetes backend, which this runner does not have",
+        PlannedKind::Run
+        | PlannedKind::Scan { .. }
+        | PlannedKind::Image { .. }
+        | PlannedKind::Deploy { canary: None, .. } => None,
+        PlannedKind::Deploy {
+            canary: Some(_), ..
+        } => Some(
+            "a `canary:` rollout is driven by the server's rollout controller, which this \
+             server does not have yet; deploy with the stage's `steps` (the environment's \
+             credentials are in SLIPWAY_KUBECONFIG and SLIPWAY_NAMESPACE)",
         ),
     }
 }

@@ -92,6 +92,7 @@ impl From<crate::store::Error> for ApiError {
             E::NotFound(what) => ApiError::not_found(format!("not found: {what}")),
             E::Conflict(what) => ApiError::conflict(what),
             E::Invalid(what) => ApiError::unprocessable(what),
+            E::Refused(what) => ApiError::forbidden(what),
             E::LeaseLost => ApiError::new(
                 StatusCode::CONFLICT,
                 "lease_lost",

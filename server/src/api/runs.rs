@@ -226,6 +226,7 @@ pub async fn rerun(
         // Whoever asked for the rerun started it; the original pusher is kept.
         triggered_by: caller.user().map(|u| u.id),
         pusher: orig.pusher.clone(),
+        promotion: None,
     };
     let Some(plan) = &orig.plan else {
         // Never planned (the pipeline failed to load): nothing stored to repeat, so the

@@ -3,6 +3,7 @@
 //! status. Pure, so the store (rows read and written in one transaction) and
 //! `slipway exec` (stages in memory) follow the same rules.
 
+use super::gate::Gate;
 use crate::store::{RunStatus, StageStatus};
 
 /// A stage as the rules see it.
@@ -12,6 +13,8 @@ pub struct StageView<'a> {
     pub status: StageStatus,
     /// Keys of the stages it needs.
     pub needs: &'a [String],
+    /// A deploy stage's gate (`None`: the stage has none).
+    pub gate: Option<&'a Gate>,
 }
 
 /// A stage's new state; `stage` is its index in the slice given to [`reconcile`].
@@ -29,13 +32,18 @@ pub struct Changes {
     pub stages: Vec<StageChange>,
     /// Running stages of a finished run: their runners are asked to stop them.
     pub stop: Vec<usize>,
+    /// Waiting stages whose needs succeeded and whose gate is closed: the store opens
+    /// their gates (and derives again).
+    pub open_gates: Vec<usize>,
     /// The final status of a running run with no stage left unfinished.
     pub run: Option<RunStatus>,
 }
 
 /// Re-derives what follows from the stages' states. Of a `running` run: a waiting stage
 /// is queued once all its needs succeeded and skipped as soon as one ended otherwise
-/// (or is no stage of the run) — skips cascade —, and once every stage is final the run
+/// (or is no stage of the run) — skips cascade —; a gated stage whose needs succeeded
+/// has its gate opened, stays waiting while it is held, is queued when it passes and
+/// ends as the gate says when it fails; once every stage is final the run
 /// gets its status: `failure` if a stage failed or timed out, else `error` if one
 /// errored, else `cancelled` if one was cancelled, else `success`. Of a finished run:
 /// waiting and queued stages are cancelled and running ones asked to stop. A pending run
@@ -52,10 +60,18 @@ pub fn reconcile(run: RunStatus, stages: &[StageView]) -> Changes {
                 if status[i] != StageStatus::Waiting {
                     continue;
                 }
-                let Some((st, reason)) = next_state(s, |key| {
+                let next = next_state(s, |key| {
                     stages.iter().position(|o| o.key == key).map(|j| status[j])
-                }) else {
-                    continue;
+                });
+                let (st, reason) = match next {
+                    Next::Stay => continue,
+                    Next::OpenGate => {
+                        if !changes.open_gates.contains(&i) {
+                            changes.open_gates.push(i);
+                        }
+                        continue;
+                    }
+                    Next::To(st, reason) => (st, reason),
                 };
                 status[i] = st;
                 changes.stages.push(StageChange {
@@ -86,11 +102,15 @@ pub fn reconcile(run: RunStatus, stages: &[StageView]) -> Changes {
     changes
 }
 
+/// What happens to a waiting stage.
+enum Next {
+    Stay,
+    OpenGate,
+    To(StageStatus, Option<String>),
+}
+
 /// Where a waiting stage goes, given the current status of each stage by key.
-fn next_state(
-    stage: &StageView,
-    status_of: impl Fn(&str) -> Option<StageStatus>,
-) -> Option<(StageStatus, Option<String>)> {
+fn next_state(stage: &StageView, status_of: impl Fn(&str) -> Option<StageStatus>) -> Next {
     let needs: Vec<(&str, Option<StageStatus>)> = stage
         .needs
         .iter()
@@ -101,15 +121,23 @@ fn next_state(
         .find(|(_, st)| st.is_none_or(|st| st.is_final() && st != StageStatus::Success));
     if let Some((need, st)) = failed {
         let ended = st.map_or("missing".to_string(), |st| st.to_string());
-        return Some((
+        return Next::To(
             StageStatus::Skipped,
             Some(format!("needs `{need}`, which is {ended}")),
-        ));
+        );
     }
-    needs
+    if !needs
         .iter()
         .all(|(_, st)| *st == Some(StageStatus::Success))
-        .then_some((StageStatus::Queued, None))
+    {
+        return Next::Stay;
+    }
+    match stage.gate {
+        None | Some(Gate::Pass) => Next::To(StageStatus::Queued, None),
+        Some(Gate::Closed) => Next::OpenGate,
+        Some(Gate::Held) => Next::Stay,
+        Some(Gate::Fail(st, reason)) => Next::To(*st, Some(reason.clone())),
+    }
 }
 
 /// The status of a run whose stages are all final.
@@ -131,10 +159,23 @@ mod tests {
     use super::*;
     use RunStatus::*;
 
-    /// `key:status` or `key:status<need,need`, separated by spaces.
-    fn stages(text: &str) -> Vec<(String, StageStatus, Vec<String>)> {
+    type Stages = Vec<(String, StageStatus, Vec<String>, Option<Gate>)>;
+
+    /// `key:status`, `key:status<need,need`, each optionally followed by a gate
+    /// `@closed`, `@held`, `@pass` or `@rejected`; separated by spaces.
+    fn stages(text: &str) -> Stages {
         text.split_whitespace()
             .map(|s| {
+                let (s, gate) = s.split_once('@').map_or((s, None), |(s, g)| {
+                    let gate = match g {
+                        "closed" => Gate::Closed,
+                        "held" => Gate::Held,
+                        "pass" => Gate::Pass,
+                        "rejected" => Gate::Fail(StageStatus::Failure, "rejected by bob".into()),
+                        other => panic!("gate {other}"),
+                    };
+                    (s, Some(gate))
+                });
                 let (key, rest) = s.split_once(':').unwrap();
                 let (status, needs) = rest.split_once('<').unwrap_or((rest, ""));
                 let needs = needs
@@ -142,24 +183,25 @@ mod tests {
                     .filter(|n| !n.is_empty())
                     .map(str::to_string)
                     .collect();
-                (key.to_string(), status.parse().unwrap(), needs)
+                (key.to_string(), status.parse().unwrap(), needs, gate)
             })
             .collect()
     }
 
-    fn views(stages: &[(String, StageStatus, Vec<String>)]) -> Vec<StageView<'_>> {
+    fn views(stages: &Stages) -> Vec<StageView<'_>> {
         stages
             .iter()
-            .map(|(key, status, needs)| StageView {
+            .map(|(key, status, needs, gate)| StageView {
                 key,
                 status: *status,
                 needs,
+                gate: gate.as_ref(),
             })
             .collect()
     }
 
-    /// `key status (reason)`, `stop key` and `run status`, joined by `; `.
-    fn show(stages: &[(String, StageStatus, Vec<String>)], changes: &Changes) -> String {
+    /// `key status (reason)`, `open key`, `stop key` and `run status`, joined by `; `.
+    fn show(stages: &Stages, changes: &Changes) -> String {
         let mut out: Vec<String> = changes
             .stages
             .iter()
@@ -171,6 +213,12 @@ mod tests {
                 }
             })
             .collect();
+        out.extend(
+            changes
+                .open_gates
+                .iter()
+                .map(|&i| format!("open {}", stages[i].0)),
+        );
         out.extend(
             changes
                 .stop
@@ -238,6 +286,23 @@ mod tests {
         ),
         (Error, "a:waiting<b b:success", "a cancelled (run error)"),
         (Success, "a:success", ""),
+        // Gates: opened when the needs succeeded, held, passed or failed.
+        (Running, "a:running b:waiting<a@closed", ""),
+        (Running, "a:success b:waiting<a@closed", "open b"),
+        (Running, "a:waiting@closed", "open a"),
+        (Running, "a:success b:waiting<a@held c:waiting<b", ""),
+        (Running, "a:success b:waiting<a@pass", "b queued"),
+        (
+            Running,
+            "a:success b:waiting<a@rejected c:waiting<b",
+            "b failure (rejected by bob); \
+             c skipped (needs `b`, which is failure); run failure",
+        ),
+        (
+            Cancelled,
+            "a:success b:waiting<a@held",
+            "b cancelled (run cancelled)",
+        ),
         // A pending run has no stages to move.
         (Pending, "a:waiting<b b:success", ""),
     ];
@@ -261,6 +326,7 @@ mod tests {
             }
             let run = changes.run.unwrap_or(*run);
             let again = reconcile(run, &views(&stages));
+            // An opened gate changes no stage: only the store's next read tells.
             assert!(
                 again.stages.is_empty() && again.run.is_none(),
                 "run {run}: {input}: {again:?}"

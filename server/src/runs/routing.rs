@@ -7,11 +7,13 @@
 //! stage without labels goes to any runner.
 //!
 //! The implied requirements, kept deliberately small: a `kind: image` stage needs a
-//! container engine, so it requires `backend:docker`, and a `kind: deploy` stage drives
-//! a rollout in a cluster, so it requires `backend:kubernetes` — each unless its
+//! container engine, so it requires `backend:docker`, and a `kind: deploy` stage with a
+//! `canary:` drives a rollout in a cluster, so it requires `backend:kubernetes` — each
+//! unless its
 //! `runs_on` already names a backend (`backend:kubernetes` for an image stage built in
 //! a builder pod, on runners configured with a builder image; the YAML reader refuses a
-//! deploy stage that names another).
+//! canary deploy stage that names another). A deploy stage without a canary runs its
+//! steps (a deploy script with the environment's credentials) on any runner.
 //! Run stages with an `image:` are not restricted: the local backend runs their steps
 //! on the host, which is what `slipway exec` does too; `runs_on: [backend:docker]` asks
 //! for isolation.
@@ -28,8 +30,10 @@ pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
     let names_backend = labels.iter().any(|l| l.starts_with(BACKEND_LABEL_PREFIX));
     let implied = match stage.kind {
         PlannedKind::Image { .. } => Some(IMAGE_BACKEND),
-        PlannedKind::Deploy { .. } => Some(DEPLOY_BACKEND),
-        PlannedKind::Run | PlannedKind::Scan { .. } => None,
+        PlannedKind::Deploy {
+            canary: Some(_), ..
+        } => Some(DEPLOY_BACKEND),
+        PlannedKind::Run | PlannedKind::Scan { .. } | PlannedKind::Deploy { .. } => None,
     };
     if let Some(backend) = implied
         && !names_backend

@@ -88,6 +88,26 @@ pub mod action {
     pub const TOKEN_REVOKE: &str = "token.revoke";
     pub const IDENTITY_LINK: &str = "identity.link";
     pub const IDENTITY_UNLINK: &str = "identity.unlink";
+    /// An environment's rules set (created or changed) or removed.
+    pub const ENVIRONMENT_SET: &str = "environment.set";
+    pub const ENVIRONMENT_DELETE: &str = "environment.delete";
+    /// A deploy stage reached a gate that needs approvals.
+    pub const APPROVAL_REQUEST: &str = "approval.request";
+    /// The YAML's `approval:` asked for fewer approvals than the environment requires.
+    pub const APPROVAL_LOWERING_REFUSED: &str = "approval.lowering_refused";
+    pub const APPROVAL_TIMEOUT: &str = "approval.timeout";
+    pub const APPROVAL_SUPERSEDED: &str = "approval.superseded";
+    pub const VOTE_APPROVE: &str = "vote.approve";
+    pub const VOTE_REJECT: &str = "vote.reject";
+    /// A vote that was not counted, with the reason.
+    pub const VOTE_REFUSED: &str = "vote.refused";
+    /// A gate's decision: enough approvals, or a rejection.
+    pub const DEPLOY_APPROVED: &str = "deploy.approved";
+    pub const DEPLOY_REJECTED: &str = "deploy.rejected";
+    /// The run's ref may not deploy to the environment.
+    pub const DEPLOY_REFUSED: &str = "deploy.refused";
+    pub const PROMOTE: &str = "run.promote";
+    pub const ROLLBACK: &str = "run.rollback";
 }
 
 /// Key of the PostgreSQL advisory lock that serialises appends.

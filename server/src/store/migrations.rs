@@ -26,12 +26,14 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0001_init.sql",
     "0002_artifacts_scans_runners.sql",
     "0003_people_audit.sql",
+    "0004_environments.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
     "0001_init.sql",
     "0002_artifacts_scans_runners.sql",
     "0003_people_audit.sql",
+    "0004_environments.sql",
 );
 
 /// The migrator for one dialect's files.

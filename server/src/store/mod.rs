@@ -37,6 +37,8 @@
 mod artifacts;
 pub mod audit;
 pub mod blobs;
+pub mod deployments;
+pub mod environments;
 mod events;
 mod migrations;
 mod people;
@@ -50,6 +52,8 @@ mod runs;
 mod types;
 
 pub use audit::{AuditEntry, NewAudit};
+pub use deployments::{Decision, DeployedImage, Deployment, NewVote, Vote};
+pub use environments::{Environment, EnvironmentUpdate};
 pub use people::{Identity, Role, RoleBinding, User, UserToken};
 pub use queue::RUNNER_LOST;
 pub use results::{
@@ -80,6 +84,10 @@ pub enum Error {
     /// The caller passed something the store refuses (an unknown `needs`, a cycle …).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The caller may not do this (not eligible to approve, voted already …); the
+    /// refusal is on the record.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The stage lease token no longer matches: the lease expired, was re-leased or the
     /// stage was finished. The runner must stop working on the stage.
     #[error("lease lost: the stage is no longer leased with this token")]

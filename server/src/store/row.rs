@@ -90,7 +90,10 @@ pub(crate) fn repo(r: &AnyRow) -> Result<Repo> {
 pub(crate) const RUN_COLS: &str = "id, repo_id, number, status, trigger_kind, event, git_ref, \
     branch, tag, sha, before_sha, pr_number, source_branch, fork, trusted, message, author, \
     params, plan, yaml_sha256, diagnostics, error, rerun_of, triggered_by, pusher, created_at, \
-    started_at, finished_at";
+    started_at, finished_at, promoted_from, promotion, target_environment, \
+    (CASE WHEN runs.status = 'running' AND EXISTS (SELECT 1 FROM deployments d \
+    JOIN stages s ON s.id = d.stage_id WHERE d.run_id = runs.id AND s.status = 'waiting' \
+    AND d.state IN ('pending', 'approved')) THEN 1 ELSE 0 END) AS blocked";
 
 pub(crate) fn run(r: &AnyRow) -> Result<Run> {
     Ok(Run {
@@ -119,6 +122,19 @@ pub(crate) fn run(r: &AnyRow) -> Result<Run> {
         rerun_of: r.opt_int("rerun_of")?,
         triggered_by: r.opt_int("triggered_by")?,
         pusher: r.opt_text("pusher")?,
+        promotion: match (
+            r.opt_text("promotion")?,
+            r.opt_int("promoted_from")?,
+            r.opt_text("target_environment")?,
+        ) {
+            (Some(kind), Some(from), Some(environment)) => Some(Promotion {
+                kind: parse_enum(&kind)?,
+                from,
+                environment,
+            }),
+            _ => None,
+        },
+        blocked: r.int("blocked")? != 0,
         created_at: r.int("created_at")?,
         started_at: r.opt_int("started_at")?,
         finished_at: r.opt_int("finished_at")?,

@@ -6,7 +6,9 @@ use sqlx::query;
 
 use super::events::emit;
 use super::row::{RUN_COLS, rows, run as run_row};
-use super::{Error, RepoId, Result, Run, RunId, RunStatus, StageStatus, Store, Tx, affected};
+use super::{
+    Error, RepoId, Result, Run, RunId, RunStatus, Stage, StageStatus, Store, Tx, affected,
+};
 use crate::runs::reconcile::{StageView, reconcile};
 
 impl Store {
@@ -114,15 +116,30 @@ impl Store {
         loop {
             let stages = self.stages_tx(tx, run.id).await?;
             passes += 1;
+            // Gates matter only while the run runs (a finished run cancels what waits).
+            let gates = if run.status == RunStatus::Running {
+                self.gates_tx(tx, run, &stages).await?
+            } else {
+                vec![None; stages.len()]
+            };
             let views: Vec<StageView> = stages
                 .iter()
-                .map(|s| StageView {
+                .zip(&gates)
+                .map(|(s, gate)| StageView {
                     key: &s.key,
                     status: s.status,
                     needs: &s.needs,
+                    gate: gate.as_ref(),
                 })
                 .collect();
             let changes = reconcile(run.status, &views);
+            if !changes.open_gates.is_empty() && passes <= stages.len() + 1 {
+                // Opening a gate may decide it at once (refused, nothing to approve):
+                // derive again from the rows as they are now.
+                let opening: Vec<&Stage> = changes.open_gates.iter().map(|&i| &stages[i]).collect();
+                self.open_gates_tx(tx, run, &opening).await?;
+                continue;
+            }
             let now = self.now_ms();
             let mut missed = false;
             for c in &changes.stages {
@@ -149,6 +166,8 @@ impl Store {
                 }
                 if c.status.is_final() {
                     close_steps(tx, s.id, c.status, now).await?;
+                    let why = c.reason.as_deref().unwrap_or(c.status.as_str());
+                    self.close_gate_tx(tx, s.id, why).await?;
                 }
                 emit(tx, run.id, Some(s.id), c.status.as_str(), now).await?;
             }

@@ -72,8 +72,9 @@ impl Store {
         let sql = format!(
             "INSERT INTO runs (repo_id, number, status, trigger_kind, event, git_ref, branch, tag, \
              sha, before_sha, pr_number, source_branch, fork, trusted, message, author, params, \
-             rerun_of, triggered_by, pusher, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             rerun_of, triggered_by, pusher, created_at, promotion, promoted_from, \
+             target_environment) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
              RETURNING {RUN_COLS}"
         );
         let row = query(&sql)
@@ -97,6 +98,9 @@ impl Store {
             .bind(new.triggered_by)
             .bind(&new.pusher)
             .bind(now)
+            .bind(new.promotion.as_ref().map(|p| p.kind.as_str()))
+            .bind(new.promotion.as_ref().map(|p| p.from))
+            .bind(new.promotion.as_ref().map(|p| p.environment.as_str()))
             .fetch_one(&mut **tx)
             .await?;
         let run = run_row(&row)?;

@@ -191,6 +191,47 @@ pub struct NewRun {
     pub triggered_by: Option<UserId>,
     /// Who pushed, as the forge's verified payload says: `<forge>:<login>`.
     pub pusher: Option<String>,
+    /// A promotion or rollback: the run whose results it deploys, and where.
+    pub promotion: Option<Promotion>,
+}
+
+/// What a promotion or rollback run deploys, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Promotion {
+    pub kind: PromotionKind,
+    /// The run whose artifacts and image digests are deployed again (nothing rebuilt).
+    pub from: RunId,
+    pub environment: String,
+}
+
+/// Why a run deploys an earlier run's results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionKind {
+    /// `slipway promote`: a tested run goes on to the next environment.
+    Promote,
+    /// `slipway rollback`: the version live before the current one goes back.
+    Rollback,
+}
+
+impl PromotionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromotionKind::Promote => "promote",
+            PromotionKind::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::str::FromStr for PromotionKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "promote" => Ok(PromotionKind::Promote),
+            "rollback" => Ok(PromotionKind::Rollback),
+            other => Err(format!("unknown promotion kind `{other}`")),
+        }
+    }
 }
 
 impl NewRun {
@@ -214,6 +255,7 @@ impl NewRun {
             rerun_of: None,
             triggered_by: None,
             pusher: None,
+            promotion: None,
         }
     }
 }
@@ -255,6 +297,11 @@ pub struct Run {
     /// Who pushed, `<forge>:<login>` from the forge's verified payload (the sender);
     /// never taken from a commit's author.
     pub pusher: Option<String>,
+    /// Set on a promotion or rollback run.
+    pub promotion: Option<Promotion>,
+    /// A running run with a deploy stage waiting at its environment's gate
+    /// (approvals, wait timer or another deployment): shown as `blocked`.
+    pub blocked: bool,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,

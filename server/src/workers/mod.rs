@@ -9,6 +9,7 @@ use crate::daemon::state::AppState;
 
 pub mod commit_status;
 pub mod cron;
+pub mod gates;
 pub mod in_process_runner;
 pub mod kube_orphans;
 pub(crate) mod lease_expiry;
@@ -24,6 +25,7 @@ pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
     workers.push(cron::spawn(state.clone()));
     workers.push(commit_status::spawn(state.clone()));
     workers.push(lease_expiry::spawn(state.clone()));
+    workers.push(gates::spawn(state.clone()));
     if state.config.in_process_runner {
         workers.push(in_process_runner::spawn(state.clone(), addr));
     }

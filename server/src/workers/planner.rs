@@ -367,6 +367,19 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
     if runnable && state.config.auto_cancel {
         auto_cancel(state, &repo, run).await;
     }
+    if run.event == Event::Push {
+        // Approvals are for what was pushed last: older pending requests of the branch
+        // give way (where the environment says so, the default).
+        match state.store.supersede_gates_on_push(run).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(repo = %repo.name, run = run.number, superseded = n, "superseded pending approval requests")
+            }
+            Err(e) => {
+                tracing::warn!(repo = %repo.name, run = run.number, error = %e, "superseding approval requests failed")
+            }
+        }
+    }
     Outcome::Planned
 }
 

@@ -255,6 +255,11 @@ async fn prepare(
             secrets.insert(name.clone(), value);
         }
     }
+    if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec) {
+        if let Err(reason) = add_environment(state, run, &env, &mut planned, &mut secrets).await? {
+            return refuse(StageStatus::Error, reason).await;
+        }
+    }
     let repo = state.store.get_repo(run.repo_id).await?;
     let keys: Vec<StepKey> = lease.steps.iter().map(|s| step_key(stage, s.idx)).collect();
     let logs = state.clone();
@@ -315,6 +320,52 @@ async fn prepare(
         // otherwise be restored into trusted runs.
         cache_writable: !run.fork,
     }))
+}
+
+/// The name under which a deploy stage gets its environment's kubeconfig, as a secret
+/// (masked in logs like any other) in the variable of the same name.
+pub const KUBECONFIG_SECRET: &str = "SLIPWAY_KUBECONFIG";
+
+/// Gives a deploy stage its environment: `SLIPWAY_ENVIRONMENT`, `SLIPWAY_NAMESPACE`, and
+/// the environment's kubeconfig (sealed at rest) as the secret `SLIPWAY_KUBECONFIG` —
+/// never to a fork's pull request. `Ok(Err(why))` when the kubeconfig cannot be opened.
+async fn add_environment(
+    state: &AppState,
+    run: &crate::store::Run,
+    env: &str,
+    planned: &mut PlannedStage,
+    secrets: &mut BTreeMap<String, String>,
+) -> ApiResult<Result<(), String>> {
+    planned
+        .env
+        .insert("SLIPWAY_ENVIRONMENT".to_string(), env.to_string());
+    let Some(found) = state.store.find_environment(run.repo_id, env).await? else {
+        return Ok(Ok(()));
+    };
+    if let Some(ns) = &found.namespace {
+        planned
+            .env
+            .insert("SLIPWAY_NAMESPACE".to_string(), ns.clone());
+    }
+    let Some(sealed) = found.kubeconfig_enc.as_deref().filter(|_| !run.fork) else {
+        return Ok(Ok(()));
+    };
+    let aad = crate::crypto::kubeconfig_aad(run.repo_id, env);
+    let Ok(plain) = state.secret_box.open(sealed, &aad) else {
+        return Ok(Err(format!(
+            "the kubeconfig of environment `{env}` cannot be decrypted with the server's key (was the key changed?)"
+        )));
+    };
+    let Ok(text) = String::from_utf8(plain.to_vec()) else {
+        return Ok(Err(format!(
+            "the kubeconfig of environment `{env}` is not UTF-8"
+        )));
+    };
+    secrets.insert(KUBECONFIG_SECRET.to_string(), text);
+    planned
+        .secrets
+        .insert(KUBECONFIG_SECRET.to_string(), KUBECONFIG_SECRET.to_string());
+    Ok(Ok(()))
 }
 
 /// Puts the outputs of the stages `stage` needs into its environment

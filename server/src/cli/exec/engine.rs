@@ -256,6 +256,7 @@ fn views(nodes: &[Node]) -> Vec<StageView<'_>> {
             key: &n.id,
             status: n.status,
             needs: &n.needs,
+            gate: None,
         })
         .collect()
 }
