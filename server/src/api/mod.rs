@@ -1,9 +1,11 @@
 //! The HTTP surface: one module per resource, each with its own `routes()`, registered
 //! in the route table ([`route_table`]) with the access each route needs.
 
+pub(crate) mod approvals;
 pub(crate) mod artifacts;
 pub(crate) mod audit;
 pub mod auth;
+pub(crate) mod environments;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod health;
@@ -11,6 +13,7 @@ pub(crate) mod hooks;
 pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
+pub(crate) mod promotions;
 pub(crate) mod protocol;
 pub(crate) mod repos;
 pub(crate) mod route_table;
@@ -46,6 +49,9 @@ pub fn routes() -> RouteTable {
         .merge(users::routes())
         .merge(user_tokens::routes())
         .merge(audit::routes())
+        .merge(environments::routes())
+        .merge(approvals::routes())
+        .merge(promotions::routes())
 }
 
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the

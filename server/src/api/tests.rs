@@ -165,6 +165,13 @@ fn body_for(route: &Route) -> Option<Value> {
         ("POST", "/api/users/{user}/identities") => Some(json!({"identity": "github:zed"})),
         ("POST", "/api/users/{user}/tokens") => Some(json!({"name": "t"})),
         ("POST", p) if p.ends_with("/rerun") || p.ends_with("/trigger") => Some(json!({})),
+        ("PUT", "/api/repos/{owner}/{name}/environments/{env}") => {
+            Some(json!({"protected": true, "required_approvals": 2}))
+        }
+        ("POST", p) if p.ends_with("/approve") || p.ends_with("/reject") => {
+            Some(json!({"stage": "production", "comment": "ok"}))
+        }
+        ("POST", p) if p.ends_with("/promote") => Some(json!({"environment": "production"})),
         _ => None,
     }
 }

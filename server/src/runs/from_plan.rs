@@ -35,6 +35,7 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 max_attempts: stage.retry.saturating_add(1),
                 skip: None,
                 succeeded: None,
+                carried_from: None,
                 steps: crate::agent::stage_spec::step_names(stage),
                 labels: crate::runs::routing::stage_labels(stage),
             });
@@ -48,6 +49,7 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
                 max_attempts: 1,
                 skip: Some(skipped.reason.clone()),
                 succeeded: None,
+                carried_from: None,
                 steps: Vec::new(),
                 labels: Vec::new(),
             });
@@ -227,6 +229,7 @@ mod tests {
     environment: prod
     when: { branch: release }
     kubernetes: { service_account: deployer }
+    steps: [./deploy.sh]
 ";
         let planned = plans(&[(".slipway/ci.yml", yaml)], &push_main());
         assert_eq!(check_trust(&planned, true), Ok(()));

@@ -5,5 +5,6 @@
 
 pub mod from_plan;
 pub mod gate;
+pub mod promotion;
 pub mod reconcile;
 pub mod routing;

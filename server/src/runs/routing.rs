@@ -121,30 +121,39 @@ mod tests {
     }
 
     #[test]
-    fn deploy_stages_need_kubernetes_unless_runs_on_names_a_backend() {
-        let deploy = planned(
-            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [prod-cluster]\n",
-        );
+    fn canary_deploys_need_kubernetes_unless_runs_on_names_a_backend() {
+        const CANARY: &str =
+            "    canary: { target: { deployment: app }, steps: [{ weight: 100 }] }\n";
+        let deploy = planned(&format!(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [prod-cluster]\n{CANARY}"
+        ));
         assert_eq!(
             stage_labels(&deploy),
             ["prod-cluster", "backend:kubernetes"]
         );
-        let bare = planned("stages:\n  a:\n    kind: deploy\n    environment: staging\n");
+        let bare = planned(&format!(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n{CANARY}"
+        ));
         assert_eq!(stage_labels(&bare), ["backend:kubernetes"]);
-        let named = planned(
-            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [backend:kubernetes, eu]\n",
-        );
+        let named = planned(&format!(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [backend:kubernetes, eu]\n{CANARY}"
+        ));
         assert_eq!(stage_labels(&named), ["backend:kubernetes", "eu"]);
         // Pod settings alone do not pick a backend: other backends ignore them.
         let run = planned(
             "stages:\n  a:\n    kubernetes: { node_selector: { pool: ci } }\n    steps: [make]\n",
         );
         assert!(stage_labels(&run).is_empty());
-        // Only the kubernetes backend can run a deploy stage.
+        // Only the kubernetes backend can run a canary rollout.
         let k8s = ["backend:kubernetes".to_string()];
         let docker = ["backend:docker".to_string()];
         assert!(can_take(&k8s, &stage_labels(&bare)));
         assert!(!can_take(&docker, &stage_labels(&bare)));
+        // A deploy stage with steps runs them on any runner.
+        let script = planned(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    steps: [./deploy.sh]\n",
+        );
+        assert!(stage_labels(&script).is_empty());
     }
 
     #[test]

@@ -261,9 +261,29 @@ impl Store {
         yaml_sha256: &str,
         stages: Vec<NewStage>,
     ) -> Result<Run> {
+        self.create_run_planned_audited(repo, new, plan, yaml_sha256, stages, None)
+            .await
+    }
+
+    /// [`Store::create_run_planned`] with an audit entry (a promotion, a rollback) in
+    /// the same transaction; its detail gains the new run's number (`run`).
+    pub async fn create_run_planned_audited(
+        &self,
+        repo: RepoId,
+        new: NewRun,
+        plan: &Value,
+        yaml_sha256: &str,
+        stages: Vec<NewStage>,
+        audit: Option<&super::NewAudit>,
+    ) -> Result<Run> {
         check_dag(&stages)?;
         let mut tx = self.begin().await?;
         let run = self.insert_run(&mut tx, repo, &new, self.now_ms()).await?;
+        if let Some(entry) = audit {
+            let mut entry = entry.clone();
+            entry.detail["run"] = serde_json::json!(run.number);
+            self.append_audit_tx(&mut tx, &entry).await?;
+        }
         let run = self
             .plan_tx(&mut tx, run.id, plan, yaml_sha256, stages)
             .await?;
@@ -335,7 +355,30 @@ impl Store {
                 .await?,
                 "id",
             )?;
-            if let (Some(_), Some(orig)) = (&s.succeeded, run.rerun_of) {
+            if let (Some(_), Some(from)) = (&s.succeeded, s.carried_from) {
+                // Carried from an earlier run (a promotion): its results come along —
+                // outputs, and artifact and image records (rows only; the blobs and the
+                // registry's images are shared, nothing is rebuilt).
+                query(
+                    "INSERT INTO stage_outputs (stage_id, name, value) \
+                     SELECT $1, name, value FROM stage_outputs WHERE stage_id = $2",
+                )
+                .bind(id)
+                .bind(from)
+                .execute(&mut **tx)
+                .await?;
+                query(
+                    "INSERT INTO artifacts (run_id, stage_id, name, kind, sha256, size, mode, \
+                     created_at) SELECT $1, $2, name, kind, sha256, size, mode, $3 \
+                     FROM artifacts WHERE stage_id = $4",
+                )
+                .bind(run_id)
+                .bind(id)
+                .bind(now)
+                .bind(from)
+                .execute(&mut **tx)
+                .await?;
+            } else if let (Some(_), Some(orig)) = (&s.succeeded, run.rerun_of) {
                 // Succeeded in the run being re-run: its outputs still hold (an image
                 // stage's digest), and the stages that need it read them.
                 query(

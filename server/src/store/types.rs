@@ -325,6 +325,9 @@ pub struct NewStage {
     /// `Some(reason)`: already succeeded in the run being re-run ("rerun failed stages
     /// only"); inserted as `success`, so stages that need it can start.
     pub succeeded: Option<String>,
+    /// With `succeeded`: the stage of an earlier run whose results (artifacts, pushed
+    /// images, outputs) this one carries, so that stages needing it get them.
+    pub carried_from: Option<StageId>,
     /// Step names, in order.
     pub steps: Vec<String>,
     /// Labels a runner must have to lease the stage ([`crate::runs::routing`]).
@@ -341,6 +344,7 @@ impl NewStage {
             max_attempts: 1,
             skip: None,
             succeeded: None,
+            carried_from: None,
             steps: steps.iter().map(|s| s.to_string()).collect(),
             labels: Vec::new(),
         }
