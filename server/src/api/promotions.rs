@@ -126,6 +126,7 @@ pub(crate) async fn start(
         promotion: Some(Promotion {
             kind,
             from: orig.id,
+            from_number: orig.number,
             environment: environment.to_string(),
         }),
     };

@@ -2,12 +2,14 @@
 
 mod admin;
 mod audit;
+mod client;
 mod diagnostics;
 mod exec;
 pub mod hook;
 mod output;
 mod people;
 mod pipeline_files;
+mod release;
 mod runner;
 mod validate;
 
@@ -60,6 +62,19 @@ pub enum Command {
     /// Trigger runs through a running server's API.
     #[command(subcommand)]
     Run(admin::RunCommand),
+    /// Environments: what is live, their rules (through the server's API).
+    #[command(subcommand)]
+    Env(release::EnvCommand),
+    /// Approve a deploy stage waiting at its environment's gate.
+    Approve(release::VoteArgs),
+    /// Reject a deploy stage waiting at its environment's gate: the stage fails.
+    Reject(release::VoteArgs),
+    /// Deployments waiting for approval, and whether you may approve each.
+    Inbox(release::InboxArgs),
+    /// Deploy a finished run's results to an environment, without rebuilding.
+    Promote(release::PromoteArgs),
+    /// Redeploy the version live before the current one, through the same gate.
+    Rollback(release::RollbackArgs),
     /// Run stages for a Slipway server on this host (token from SLIPWAY_RUNNER_TOKEN).
     Runner(runner::RunnerArgs),
 }
@@ -131,6 +146,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => people::user(cmd),
         Command::Audit(cmd) => audit::audit(cmd),
         Command::Run(cmd) => admin::run(cmd),
+        Command::Env(cmd) => release::env(cmd),
+        Command::Approve(args) => release::vote(args, true),
+        Command::Reject(args) => release::vote(args, false),
+        Command::Inbox(args) => release::inbox(args),
+        Command::Promote(args) => release::promote(args),
+        Command::Rollback(args) => release::rollback(args),
         Command::Runner(args) => runner::run(args),
     }
 }

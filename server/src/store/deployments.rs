@@ -736,15 +736,13 @@ impl Store {
             .await?
             .parsed::<ForgeKind>("forge")?;
         let mut lookup = async |forge: &str, login: &str| -> Result<Option<UserId>> {
-            Ok(
-                query("SELECT user_id FROM identities WHERE forge = $1 AND login = $2")
-                    .bind(forge)
-                    .bind(login)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .map(|r| r.int("user_id"))
-                    .transpose()?,
-            )
+            query("SELECT user_id FROM identities WHERE forge = $1 AND login = $2")
+                .bind(forge)
+                .bind(login)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.int("user_id"))
+                .transpose()
         };
         let pusher = match run.pusher.as_deref().and_then(|p| p.split_once(':')) {
             Some((f, login)) => lookup(f, login).await?,

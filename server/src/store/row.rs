@@ -91,6 +91,7 @@ pub(crate) const RUN_COLS: &str = "id, repo_id, number, status, trigger_kind, ev
     branch, tag, sha, before_sha, pr_number, source_branch, fork, trusted, message, author, \
     params, plan, yaml_sha256, diagnostics, error, rerun_of, triggered_by, pusher, created_at, \
     started_at, finished_at, promoted_from, promotion, target_environment, \
+    (SELECT p.number FROM runs p WHERE p.id = runs.promoted_from) AS promoted_from_number, \
     (CASE WHEN runs.status = 'running' AND EXISTS (SELECT 1 FROM deployments d \
     JOIN stages s ON s.id = d.stage_id WHERE d.run_id = runs.id AND s.status = 'waiting' \
     AND d.state IN ('pending', 'approved')) THEN 1 ELSE 0 END) AS blocked";
@@ -130,6 +131,7 @@ pub(crate) fn run(r: &AnyRow) -> Result<Run> {
             (Some(kind), Some(from), Some(environment)) => Some(Promotion {
                 kind: parse_enum(&kind)?,
                 from,
+                from_number: r.opt_int("promoted_from_number")?.unwrap_or(0),
                 environment,
             }),
             _ => None,

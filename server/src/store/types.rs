@@ -201,6 +201,8 @@ pub struct Promotion {
     pub kind: PromotionKind,
     /// The run whose artifacts and image digests are deployed again (nothing rebuilt).
     pub from: RunId,
+    /// That run's number in the repository.
+    pub from_number: i64,
     pub environment: String,
 }
 

@@ -119,6 +119,7 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
             max_attempts: 1,
             skip: None,
             succeeded: None,
+            carried_from: None,
             steps: server::agent::stage_spec::step_names(s),
             labels: server::runs::routing::stage_labels(s),
         })

@@ -255,10 +255,10 @@ async fn prepare(
             secrets.insert(name.clone(), value);
         }
     }
-    if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec) {
-        if let Err(reason) = add_environment(state, run, &env, &mut planned, &mut secrets).await? {
-            return refuse(StageStatus::Error, reason).await;
-        }
+    if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
+        && let Err(reason) = add_environment(state, run, &env, &mut planned, &mut secrets).await?
+    {
+        return refuse(StageStatus::Error, reason).await;
     }
     let repo = state.store.get_repo(run.repo_id).await?;
     let keys: Vec<StepKey> = lease.steps.iter().map(|s| step_key(stage, s.idx)).collect();

@@ -303,6 +303,7 @@ impl TestServer {
                 max_attempts: 1 + s.retry,
                 skip: None,
                 succeeded: None,
+                carried_from: None,
                 steps: server::agent::stage_spec::step_names(s),
                 labels: server::runs::routing::stage_labels(s),
             })
