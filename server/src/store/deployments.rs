@@ -615,6 +615,7 @@ impl Store {
                 GateState::TimedOut => format!("the approval request timed out: {why}"),
                 GateState::Superseded => format!("the approval request was {why}"),
                 GateState::Rejected => format!("the deployment was already {why}"),
+                GateState::Cancelled => format!("the deployment was cancelled: {why}"),
                 _ => format!("the deployment is {}: {why}", d.state.as_str()),
             })
         } else if run.status.is_final() {

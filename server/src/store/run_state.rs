@@ -166,7 +166,13 @@ impl Store {
                 }
                 if c.status.is_final() {
                     close_steps(tx, s.id, c.status, now).await?;
-                    let why = c.reason.as_deref().unwrap_or(c.status.as_str());
+                    // A finished run's own reason ("superseded by run #7") says more.
+                    let why = run
+                        .error
+                        .as_deref()
+                        .filter(|_| run.status.is_final())
+                        .or(c.reason.as_deref())
+                        .unwrap_or(c.status.as_str());
                     self.close_gate_tx(tx, s.id, why).await?;
                 }
                 emit(tx, run.id, Some(s.id), c.status.as_str(), now).await?;

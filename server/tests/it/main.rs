@@ -22,6 +22,7 @@ mod logs;
 mod people;
 mod planner;
 mod quickstart;
+mod release;
 mod runner_protocol;
 mod runners;
 mod status;

@@ -255,6 +255,19 @@ async fn prepare(
             secrets.insert(name.clone(), value);
         }
     }
+    // Known only now: a stored plan is the same for every run that reuses it.
+    let run_url = format!(
+        "{}/repos/{}/runs/{}",
+        state.config.public_url,
+        state.store.get_repo(run.repo_id).await?.name,
+        run.number
+    );
+    planned
+        .env
+        .insert("SLIPWAY_RUN_NUMBER".into(), run.number.to_string());
+    planned
+        .env
+        .insert("SLIPWAY_RUN_URL".into(), run_url.clone());
     if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
         && let Err(reason) = add_environment(state, run, &env, &mut planned, &mut secrets).await?
     {
@@ -307,10 +320,7 @@ async fn prepare(
         steps: lease.steps.iter().map(|s| s.name.clone()).collect(),
         log_offsets,
         secrets,
-        run_url: format!(
-            "{}/repos/{}/runs/{}",
-            state.config.public_url, repo.name, run.number
-        ),
+        run_url,
         repo: repo.name,
         sha: run.sha.clone(),
         git_ref: run.git_ref.clone(),
