@@ -40,6 +40,7 @@ pub mod blobs;
 pub mod deployments;
 pub mod environments;
 mod events;
+mod gates;
 mod migrations;
 mod people;
 mod queue;
@@ -50,9 +51,10 @@ mod row;
 mod run_state;
 mod runs;
 mod types;
+mod votes;
 
 pub use audit::{AuditEntry, NewAudit};
-pub use deployments::{Decision, DeployedImage, Deployment, NewVote, Vote};
+pub use deployments::{Decision, DeployedImage, Deployment, Vote};
 pub use environments::{Environment, EnvironmentUpdate};
 pub use people::{Identity, Role, RoleBinding, User, UserToken};
 pub use queue::RUNNER_LOST;
@@ -61,6 +63,7 @@ pub use results::{
     RunOutput, StageResults, StoredFinding, digest_hex,
 };
 pub use types::*;
+pub use votes::NewVote;
 
 use std::str::FromStr;
 use std::sync::Arc;

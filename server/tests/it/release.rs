@@ -56,7 +56,9 @@ stages:
       - name: deploy
         run: |
           test "$SLIPWAY_ENVIRONMENT" = production
-          printf '%s' "$SLIPWAY_KUBECONFIG" | grep -q 'current-context: prod'
+          if [ -f SLOW ]; then sleep 8; fi
+          # With a namespace, the environment has its kubeconfig too (as the tests set it).
+          [ -z "$SLIPWAY_NAMESPACE" ] || printf '%s' "$SLIPWAY_KUBECONFIG" | grep -q 'current-context: prod'
           echo "production $SLIPWAY_RUN_NUMBER $SLIPWAY_NAMESPACE $(sha256sum dist/app.txt | cut -c1-64)" >> "$MARKS/deploys"
 "#
     )
@@ -191,14 +193,22 @@ impl Release {
     /// Commits the pipeline (plus `extra`) and pushes it to `branch` through the git
     /// hook as `author`; returns the sha.
     async fn push(&self, branch: &str, author: &str, extra: &str) -> String {
+        self.push_files(branch, author, extra, &[]).await
+    }
+
+    /// [`Release::push`] with more files (`SLOW` makes the production deploy take 8 s).
+    async fn push_files(
+        &self,
+        branch: &str,
+        author: &str,
+        extra: &str,
+        more: &[(&str, &str)],
+    ) -> String {
         let yaml = pipeline(self.marks.to_str().unwrap());
+        let mut files = vec![(".slipway.yml", yaml.as_str()), ("VERSION", extra)];
+        files.extend_from_slice(more);
         let sha = GitRepo::init(&self.source)
-            .commit(
-                &format!("refs/heads/{branch}"),
-                &[],
-                &[(".slipway.yml", yaml.as_str()), ("VERSION", extra)],
-                extra,
-            )
+            .commit(&format!("refs/heads/{branch}"), &[], &files, extra)
             .to_string();
         let (status, body) = self
             .api(
@@ -872,3 +882,470 @@ async fn a_blocked_run_survives_kill_9(db: Dialect) {
 }
 
 both_databases!(a_blocked_run_survives_kill_9);
+
+// ------------------------------------------------------------------- one at a time
+
+async fn one_deployment_at_a_time_wait_timers_and_supersede(db: Dialect) {
+    let r = Release::start(db).await;
+    // Production: no approvals, one deployment at a time (queue); staging waits 2 s.
+    r.ok_as(&r.admin, &["env", "set", "team/app", "production"]);
+    r.ok_as(
+        &r.admin,
+        &["env", "set", "team/app", "staging", "--wait-timer", "2s"],
+    );
+    r.push_files("main", "Alice <alice@example.com>", "1", &[("SLOW", "")])
+        .await;
+    r.wait_stage(1, "production", "running").await;
+    // Another branch's run reaches production while run #1 deploys: it waits.
+    r.push("release/2", "Alice <alice@example.com>", "2").await;
+    let path = "/api/repos/team/app/runs/2/deployments";
+    r.p.wait("run #2 at the production gate", WAIT, || async {
+        let (_, ds) = r.api("GET", path, &r.admin, None).await;
+        if ds.to_string().contains("\"environment\":\"production\"") {
+            Ok(())
+        } else {
+            Err(format!("{ds:#}"))
+        }
+    })
+    .await;
+    let first = r.run(1).await;
+    let second = r.run(2).await;
+    let status = |d: &Value| {
+        d["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == "production")
+            .unwrap()["status"]
+            .clone()
+    };
+    // (Run #1 sleeps 8 s in production; run #2 got there in about 3.)
+    assert_eq!(status(&first), "running", "{first:#}");
+    assert_eq!(status(&second), "waiting", "{second:#}");
+    assert_eq!(second["run"]["blocked"], true, "{second:#}");
+    r.wait_run(1, "success").await;
+    r.wait_run(2, "success").await;
+    let prod: Vec<String> = r
+        .lines("deploys")
+        .into_iter()
+        .filter(|l| l.starts_with("production"))
+        .collect();
+    assert_eq!(prod.len(), 2, "{prod:?}");
+    assert!(prod[0].starts_with("production 1 "), "{prod:?}");
+    // The wait timer held staging for 2 s after its gate opened.
+    let (_, ds) = r
+        .api(
+            "GET",
+            "/api/repos/team/app/runs/2/deployments",
+            &r.admin,
+            None,
+        )
+        .await;
+    let staging = ds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["environment"] == "staging")
+        .unwrap();
+    let waited = staging["started_at"].as_i64().unwrap() - staging["opened_at"].as_i64().unwrap();
+    assert!(waited >= 2000, "{staging:#}");
+
+    // Supersede: a newer deployment replaces the one still waiting for approvals.
+    r.ok_as(
+        &r.admin,
+        &[
+            "env",
+            "set",
+            "team/app",
+            "production",
+            "--protected",
+            "--concurrency",
+            "supersede",
+            "--no-supersede-on-push",
+        ],
+    );
+    r.ok_as(&r.admin, &["env", "set", "team/app", "staging"]);
+    r.push("main", "Alice <alice@example.com>", "3").await;
+    r.wait_gate(3, "production").await;
+    r.push("release/4", "Alice <alice@example.com>", "4").await;
+    let detail = r.wait_stage(3, "production", "cancelled").await;
+    assert!(
+        detail.to_string().contains("superseded by run #4"),
+        "{detail:#}"
+    );
+    r.wait_gate(4, "production").await;
+}
+
+both_databases!(one_deployment_at_a_time_wait_timers_and_supersede);
+
+// ------------------------------------------------------------------- the README
+
+/// The `sh` blocks of the README's "Releasing with Slipway", in order.
+fn readme_blocks() -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("## Releasing with Slipway")
+        .nth(1)
+        .expect("a Releasing with Slipway section")
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .to_string();
+    let block = |lang: &str| -> Vec<String> {
+        section
+            .split(&format!("```{lang}\n"))
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap().to_string())
+            .collect()
+    };
+    let yaml = block("yaml").remove(0);
+    (yaml, block("sh"))
+}
+
+/// The README's release walk-through, as written (only the server's address is this
+/// test's): its pipeline, its commands for people and environments, the two approvals,
+/// then what is live, a promotion and a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_release_section_works_as_written() {
+    let (yaml, blocks) = readme_blocks();
+    assert_eq!(blocks.len(), 3, "{blocks:#?}");
+    let mut p = Processes::new();
+    p.start_server("server");
+    let source = p.dir.path().join("repo");
+    std::fs::create_dir_all(&source).unwrap();
+    p.cli(&[
+        "repo",
+        "add",
+        "team/app",
+        "--forge",
+        "git",
+        "--clone-url",
+        source.to_str().unwrap(),
+    ]);
+    let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let work = p.dir.path().join("work-dir");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("prod.kubeconfig"), KUBECONFIG).unwrap();
+    let bin = p.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(crate::support::process::slipway_bin(), bin.join("slipway"))
+        .unwrap();
+    let sh = |block: &str| {
+        let script = block.replace("http://127.0.0.1:8080", &p.url(""));
+        let out = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(&work)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("SLIPWAY_DATA_DIR", p.data())
+            // Exported by the first block, as in the reader's shell.
+            .env("SLIPWAY_SERVER", p.url(""))
+            .env("ADA_PASSWORD", "ada's long password")
+            .env("RELEASE_PASSWORD", "release managers' password")
+            .env_remove("SLIPWAY_TOKEN")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{script}\n{text}");
+        text
+    };
+    let push = |n: &str| {
+        let files = [
+            (".slipway.yml", yaml.as_str()),
+            (
+                "Makefile",
+                "dist:\n\tmkdir -p dist && echo app > dist/app\n",
+            ),
+            (
+                "deploy.sh",
+                "#!/bin/sh\nset -e\ntest -f dist/app\necho \"deploying to $1 ($SLIPWAY_ENVIRONMENT)\"\n",
+            ),
+            ("VERSION", n),
+        ];
+        let mut tree = crate::support::git::files(&files);
+        tree.get_mut("deploy.sh").unwrap().0 = crate::support::git::EXEC;
+        GitRepo::init(&source)
+            .commit_files("refs/heads/main", &[], &tree, n)
+            .to_string()
+    };
+    let client = reqwest::Client::new();
+    let deliver = |sha: String| {
+        let client = client.clone();
+        let url = p.url("/hooks/git/team/app");
+        let hook = hook.clone();
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(hook)
+                .json(&json!({ "updates": [{
+                    "old": "0".repeat(40), "new": sha, "ref": "refs/heads/main",
+                }]}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    let read = |file: &str| std::fs::read_to_string(work.join(file)).unwrap();
+    let get = |path: String, token: String| {
+        let client = client.clone();
+        let url = p.url(&path);
+        async move {
+            let r = client.get(url).bearer_auth(token).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let at_gate = |number: i64| {
+        let token = read("rita.token").trim().to_string();
+        async move {
+            let ds = get(
+                format!("/api/repos/team/app/runs/{number}/deployments"),
+                token,
+            )
+            .await;
+            if ds.as_array().is_some_and(|ds| {
+                ds.iter()
+                    .any(|d| d["stage"] == "production" && d["state"] == "pending")
+            }) {
+                Ok(())
+            } else {
+                Err(format!("{ds:#}"))
+            }
+        }
+    };
+    let run_status = |number: i64| {
+        let token = read("rita.token").trim().to_string();
+        async move {
+            let d = get(format!("/api/repos/team/app/runs/{number}"), token).await;
+            d["run"]["status"].as_str().unwrap_or_default().to_string()
+        }
+    };
+
+    // People and environments.
+    sh(&blocks[0]);
+    // A push to main waits at production.
+    deliver(push("1")).await;
+    p.wait("run #1 at the production gate", WAIT, || at_gate(1))
+        .await;
+    // Two release managers approve.
+    let out = sh(&blocks[1]);
+    assert!(out.contains("you may approve"), "{out}");
+    p.wait("run #1 to succeed", WAIT, || async {
+        match run_status(1).await.as_str() {
+            "success" => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    // A second version goes live the same way.
+    deliver(push("2")).await;
+    p.wait("run #2 at the production gate", WAIT, || at_gate(2))
+        .await;
+    for who in ["rita", "sam"] {
+        let token = read(&format!("{who}.token"));
+        let r = client
+            .post(p.url("/api/repos/team/app/runs/2/approve"))
+            .bearer_auth(token.trim())
+            .json(&json!({ "stage": "production" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    p.wait("run #2 to succeed", WAIT, || async {
+        match run_status(2).await.as_str() {
+            "success" => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    // What is live, a promotion, a rollback.
+    let out = sh(&blocks[2]);
+    assert!(out.contains("production") && out.contains("#2 "), "{out}");
+    assert!(out.contains("run #3 promotes run #1"), "{out}");
+    assert!(
+        out.contains("run #4 rolls `production` of team/app back to run #1"),
+        "{out}"
+    );
+    p.wait("the promotion to succeed", WAIT, || async {
+        match run_status(3).await.as_str() {
+            "success" => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    p.wait("the rollback at the production gate", WAIT, || at_gate(4))
+        .await;
+}
+
+// ------------------------------------------------------------------- images
+
+/// A promotion deploys the image the original run pushed, by the digest it recorded:
+/// the image stage is carried over, not run, and the deploy stage gets the digest
+/// (real Docker engine and registry: `.ci/images.sh`, `.ci/registry.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_deploys_the_pushed_digest_without_rebuilding() {
+    let db = TestDatabase::create(Dialect::Sqlite).await;
+    let mut p = Processes::new()
+        .env("SLIPWAY_DATABASE_URL", &db.url())
+        .env("SLIPWAY_RUNNER_BACKEND", "docker");
+    p.start_server("server");
+    let source = p.dir.path().join("repo");
+    std::fs::create_dir_all(&source).unwrap();
+    p.cli(&[
+        "repo",
+        "add",
+        "team/img",
+        "--forge",
+        "git",
+        "--clone-url",
+        source.to_str().unwrap(),
+    ]);
+    p.cli_with_input(
+        &["secret", "set", "team/img", "REGISTRY_AUTH"],
+        "slipway:slipway-test",
+    );
+    let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
+    let yaml = "\
+stages:
+  image:
+    image: slipway-test/busybox:latest
+    kind: image
+    push: 127.0.0.1:5000/release-test/img:${{ git.sha }}
+    registry_secret: REGISTRY_AUTH
+  production:
+    needs: [image]
+    kind: deploy
+    environment: production
+    image: slipway-test/busybox:latest
+    steps:
+      - name: roll out
+        run: echo \"rolling out 127.0.0.1:5000/release-test/img@${{ stages.image.outputs.digest }}\"
+";
+    let dockerfile = format!(
+        "FROM slipway-test/busybox:latest\nRUN echo {} > /stamp\n",
+        std::process::id()
+    );
+    let sha = GitRepo::init(&source)
+        .commit(
+            "refs/heads/main",
+            &[],
+            &[(".slipway.yml", yaml), ("Dockerfile", dockerfile.as_str())],
+            "img",
+        )
+        .to_string();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(p.url("/hooks/git/team/img"))
+        .bearer_auth(&hook)
+        .json(
+            &json!({ "updates": [{ "old": "0".repeat(40), "new": sha, "ref": "refs/heads/main" }]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let get = |path: String| {
+        let http = http.clone();
+        let url = p.url(&path);
+        let admin = admin.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let finished = |number: i64| {
+        let get = &get;
+        async move {
+            let d = get(format!("/api/repos/team/img/runs/{number}")).await;
+            match d["run"]["status"].as_str() {
+                Some("pending" | "running") | None => Err(format!("{d:#}")),
+                _ => Ok(d),
+            }
+        }
+    };
+    let first = p
+        .wait("run #1 to finish", Duration::from_secs(300), || finished(1))
+        .await;
+    assert_eq!(first["run"]["status"], "success", "{first:#}\n{}", p.logs());
+    let stage = |d: &Value, key: &str| -> Value {
+        d["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap()
+    };
+    let digest = stage(&first, "image")["outputs"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{first:#}");
+
+    // Promote run #1 to production again (a redeploy of the same version).
+    let r = http
+        .post(p.url("/api/repos/team/img/runs/1/promote"))
+        .bearer_auth(&admin)
+        .json(&json!({ "environment": "production" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let second = p
+        .wait("the promotion to finish", Duration::from_secs(120), || {
+            finished(2)
+        })
+        .await;
+    assert_eq!(
+        second["run"]["status"],
+        "success",
+        "{second:#}\n{}",
+        p.logs()
+    );
+    let image = stage(&second, "image");
+    assert_eq!(image["reason"], "carried from run #1", "{second:#}");
+    assert!(
+        image["started_at"].is_null(),
+        "the image stage did not run: {image:#}"
+    );
+    assert_eq!(image["outputs"]["digest"], digest.as_str(), "{image:#}");
+    let prod = stage(&second, "production");
+    let log = http
+        .get(p.url(&format!(
+            "/api/repos/team/img/runs/2/stages/{}/steps/0/logs.txt",
+            prod["id"]
+        )))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains(&format!(
+            "rolling out 127.0.0.1:5000/release-test/img@{digest}"
+        )),
+        "{log}"
+    );
+    // The deployment records the digest that went out.
+    let ds = get("/api/repos/team/img/runs/2/deployments".into()).await;
+    assert_eq!(ds[0]["images"][0]["digest"], digest.as_str(), "{ds:#}");
+}
