@@ -305,6 +305,29 @@ fn unsupported_kinds_say_which_backend_they_need() {
 }
 
 #[test]
+fn exec_never_deploys() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        ".slipway.yml",
+        "stages:\n  build:\n    steps: [ { run: echo built } ]\n  production:\n    needs: [build]\n    kind: deploy\n    environment: production\n    steps: [ { run: touch deployed } ]\n  smoke:\n    needs: [production]\n    steps: [ { run: echo smoke } ]\n",
+    );
+    let out = slipway(&["exec", "."], dir.path());
+    let (stdout, stderr) = text(&out);
+    // The deploy stage is skipped with the reason, and so is what needs it; the run
+    // is not a failure, and nothing was deployed.
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(row(&stdout, "build")[1], "success", "{stdout}");
+    assert_eq!(row(&stdout, "production")[1], "not run", "{stdout}");
+    assert_eq!(row(&stdout, "smoke")[1], "skipped", "{stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("deploys to `production`, which only the server does"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!dir.path().join("deployed").exists());
+}
+
+#[test]
 fn schema_is_json_with_the_stage_shape() {
     let out = slipway(&["schema"], &examples());
     assert!(out.status.success());

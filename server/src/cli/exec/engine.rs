@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipelines::{Plan, PlannedStage};
+use pipelines::{Plan, PlannedKind, PlannedStage};
 use runner::{Backend, RunOptions, Source, StageOutcome, StageSpec, Status};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -328,6 +328,13 @@ async fn run_with_retries(
 }
 
 fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, Error> {
+    if let PlannedKind::Deploy { environment, .. } = &stage.kind {
+        // Deployments go out from the server, through the environment's gate and with
+        // its credentials; a laptop never deploys by accident.
+        return Ok(Work::Unsupported(format!(
+            "deploys to `{environment}`, which only the server does (through the environment's gate)"
+        )));
+    }
     match stage_spec(
         stage,
         id,
