@@ -781,16 +781,61 @@ async fn refusals_are_clear_and_on_the_record(db: Dialect) {
         "{detail:#}"
     );
 
+    // A pipeline that asks for fewer approvals than the environment requires does not
+    // lower the bar: the refusal is on the record, and 2 still apply.
+    let lowering = pipeline(r.marks.to_str().unwrap()).replace(
+        "    environment: production\n",
+        "    environment: production\n    approval: { role: release-manager, count: 1 }\n",
+    );
+    assert!(lowering.contains("count: 1"));
+    r.push_files(
+        "main",
+        "Alice <alice@example.com>",
+        "l",
+        &[(".slipway.yml", &lowering)],
+    )
+    .await;
+    let ds = r.wait_gate(5, "production").await;
+    let gate = ds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["stage"] == "production")
+        .unwrap();
+    assert_eq!(gate["rules"]["required"], 2, "{gate:#}");
+    let lowered = r.audit("approval.lowering_refused").await;
+    assert_eq!(lowered.len(), 1, "{lowered:#?}");
+    assert!(
+        lowered[0]["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("asks for 1 approval(s), but environment `production` requires 2"),
+        "{lowered:#?}"
+    );
+    r.ok_as(r.token("rm2"), &["approve", "team/app", "5", "production"]);
+    let (_, ds) = r
+        .api(
+            "GET",
+            "/api/repos/team/app/runs/5/deployments",
+            &r.admin,
+            None,
+        )
+        .await;
+    assert!(
+        ds.to_string().contains("\"state\":\"pending\""),
+        "one is not enough: {ds:#}"
+    );
+
     // Approval after the timeout: with a 2 s timeout, the next request is rejected
     // for want of a decision, and a late vote is refused.
     r.define_environments(&["--approval-timeout", "2s"]);
     r.push("main", "Alice <alice@example.com>", "e").await;
-    let detail = r.wait_stage(5, "production", "failure").await;
+    let detail = r.wait_stage(6, "production", "failure").await;
     assert!(
         detail.to_string().contains("approval timeout"),
         "{detail:#}"
     );
-    let err = r.refused_as(r.token("rm2"), &["approve", "team/app", "5", "production"]);
+    let err = r.refused_as(r.token("rm2"), &["approve", "team/app", "6", "production"]);
     assert!(err.contains("timed out"), "{err}");
     assert!(!r.audit("approval.timeout").await.is_empty());
 
