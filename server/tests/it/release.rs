@@ -533,19 +533,37 @@ async fn push_build_stage_approve_promote_and_audit(db: Dialect) {
     assert!(!digests(&a1).is_empty(), "{a1:#}");
     assert_eq!(digests(&a1), digests(&a3));
 
+    // A promotion to a protected environment waits at its gate like any deployment
+    // (rejected here: production stays as it is).
+    let out = r.ok_as(
+        r.token("rm1"),
+        &["promote", "team/app", "1", "--to", "production"],
+    );
+    assert!(out.contains("run #4 promotes run #1"), "{out}");
+    let ds = r.wait_gate(4, "production").await;
+    assert!(
+        ds.to_string().contains(&sha),
+        "bound to run #1's commit: {ds:#}"
+    );
+    r.ok_as(
+        r.token("rm2"),
+        &["reject", "team/app", "4", "production", "-m", "not now"],
+    );
+    r.wait_run(4, "failure").await;
+
     // Roll production back: run #1's version, through the same gate.
     let out = r.ok_as(r.token("rm2"), &["rollback", "team/app", "production"]);
     assert!(out.contains("back to run #1"), "{out}");
-    r.wait_gate(4, "production").await;
+    r.wait_gate(5, "production").await;
     // rm2 asked for the rollback, so two others approve it.
-    let err = r.refused_as(r.token("rm2"), &["approve", "team/app", "4", "production"]);
+    let err = r.refused_as(r.token("rm2"), &["approve", "team/app", "5", "production"]);
     assert!(err.contains("triggered this run"), "{err}");
-    r.ok_as(r.token("rm1"), &["approve", "team/app", "4", "production"]);
+    r.ok_as(r.token("rm1"), &["approve", "team/app", "5", "production"]);
     r.ok_as(
         r.token("carol"),
-        &["approve", "team/app", "4", "production"],
+        &["approve", "team/app", "5", "production"],
     );
-    r.wait_run(4, "success").await;
+    r.wait_run(5, "success").await;
     let (_, envs) = r
         .api(
             "GET",
@@ -555,7 +573,7 @@ async fn push_build_stage_approve_promote_and_audit(db: Dialect) {
         )
         .await;
     assert_eq!(envs["live"]["sha"], sha, "{envs:#}");
-    assert_eq!(envs["live"]["run_number"], 4, "{envs:#}");
+    assert_eq!(envs["live"]["run_number"], 5, "{envs:#}");
     assert_eq!(r.lines("builds"), ["1", "2"], "a rollback rebuilds nothing");
 
     // Every step is on the record, and the chain verifies.
