@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod crypto;
 pub mod daemon;
+pub mod delivery;
 pub mod forge;
 pub mod git;
 pub mod logs;

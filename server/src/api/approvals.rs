@@ -3,7 +3,7 @@
 //! is waiting, and whether the caller may approve it (with the reason when not).
 //!
 //! Voting needs a person (a personal token) who can see the repository; who may
-//! actually approve is the gate's rule ([`crate::runs::gate::may_vote`]), checked by
+//! actually approve is the gate's rule ([`crate::delivery::gate::may_vote`]), checked by
 //! the store in the vote's transaction, and every refusal is on the audit record.
 
 use axum::Json;
@@ -19,7 +19,7 @@ use super::extract::ApiPath;
 use super::route_table::{Access, RouteTable};
 use super::runs::{RunPath, find_run};
 use crate::daemon::state::AppState;
-use crate::runs::gate::{Voter, may_vote};
+use crate::delivery::gate::{Voter, may_vote};
 use crate::store::{Decision, Deployment, NewVote, Role};
 
 pub fn routes() -> RouteTable {

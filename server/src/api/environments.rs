@@ -22,7 +22,7 @@ use super::extract::ApiPath;
 use super::repos::{RepoPath, find_repo};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::runs::gate::{Concurrency, EnvironmentRules};
+use crate::delivery::gate::{Concurrency, EnvironmentRules};
 use crate::store::{Deployment, Environment, EnvironmentUpdate, PromotionKind, Repo, Role, Run};
 
 pub fn routes() -> RouteTable {

@@ -19,7 +19,8 @@ use super::extract::ApiPath;
 use super::route_table::{Access, RouteTable};
 use super::runs::{RunPath, find_run};
 use crate::daemon::state::AppState;
-use crate::runs::{from_plan, promotion};
+use crate::delivery::promotion;
+use crate::runs::from_plan;
 use crate::store::audit::action;
 use crate::store::{NewAudit, NewRun, Promotion, PromotionKind, Repo, Role, Run, Trigger};
 

@@ -3,7 +3,7 @@
 //! status. Pure, so the store (rows read and written in one transaction) and
 //! `slipway exec` (stages in memory) follow the same rules.
 
-use super::gate::Gate;
+use crate::delivery::gate::Gate;
 use crate::store::{RunStatus, StageStatus};
 
 /// A stage as the rules see it.

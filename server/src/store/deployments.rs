@@ -3,7 +3,7 @@
 //! commit and plan), then the record of what went out (the stage row says when it ran
 //! and how it ended). This module has the types and the reads; `gates` opens and moves
 //! gates inside the reconciling transaction, `votes` takes people's votes. The gate
-//! rules themselves are [`crate::runs::gate`].
+//! rules themselves are [`crate::delivery::gate`].
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -11,7 +11,7 @@ use sqlx::query;
 
 use super::row::{RowExt, json_text, rows};
 use super::{Error, Result, Run, RunId, StageStatus, Store};
-use crate::runs::gate::{GateRules, GateState, YamlApproval};
+use crate::delivery::gate::{GateRules, GateState, YamlApproval};
 
 /// A deployment and its gate.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

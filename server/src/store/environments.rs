@@ -9,7 +9,7 @@ use sqlx::query;
 use super::audit::action;
 use super::row::{RowExt, json_text, rows};
 use super::{Error, NewAudit, Repo, RepoId, Result, Role, Store};
-use crate::runs::gate::{Concurrency, EnvironmentRules};
+use crate::delivery::gate::{Concurrency, EnvironmentRules};
 
 /// An environment as stored (the kubeconfig sealed; callers open it).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

@@ -1,5 +1,5 @@
 //! Environment gates inside the reconciling transaction: opening a deploy stage's gate
-//! (refused, passed or pending, by [`crate::runs::gate`]'s rules), its timeout, one
+//! (refused, passed or pending, by [`crate::delivery::gate`]'s rules), its timeout, one
 //! deployment at a time per environment, and superseding requests that a newer run or
 //! push replaced. Every decision is audited in the transaction that makes it.
 
@@ -15,7 +15,7 @@ use super::deployments::{
 };
 use super::row::{RowExt, json_text, rows};
 use super::{NewAudit, Result, Run, Stage, StageStatus, Store, Tx};
-use crate::runs::gate::{
+use crate::delivery::gate::{
     Concurrency, EnvironmentRules, Gate, GateRules, GateState, YamlApproval, gate_rules,
     ref_allowed, stage_gate,
 };

@@ -1,5 +1,5 @@
 //! People's votes on deployments waiting at their gate: who may vote (the gate's rules,
-//! [`crate::runs::gate::may_vote`]), what a vote decides, and the refusals, which are
+//! [`crate::delivery::gate::may_vote`]), what a vote decides, and the refusals, which are
 //! kept on the audit record even though the vote is not.
 
 use serde_json::json;
@@ -9,7 +9,7 @@ use super::audit::action;
 use super::deployments::{DEPLOY_COLS, DEPLOY_FROM, Decision, Deployment, decode, stage_subject};
 use super::row::{RowExt, rows};
 use super::{Error, ForgeKind, NewAudit, Result, Role, Run, RunId, Store, Tx, User, UserId};
-use crate::runs::gate::{GateState, RunPeople, Voter, may_vote};
+use crate::delivery::gate::{GateState, RunPeople, Voter, may_vote};
 
 /// A vote as asked for.
 #[derive(Debug, Clone)]
