@@ -15,4 +15,5 @@ pub mod logs;
 pub mod protocol;
 pub mod runs;
 pub mod store;
+pub mod web;
 pub mod workers;

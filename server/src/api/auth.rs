@@ -61,6 +61,9 @@ pub enum Caller {
     Machine(ApiToken),
     /// A person, through one of their personal tokens.
     User { user: User, token: UserToken },
+    /// A person signed in to the web UI (the session cookie); state-changing requests
+    /// must carry the session's CSRF token.
+    Session { user: User, csrf: String },
 }
 
 impl Caller {
@@ -68,7 +71,9 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::Machine(t) => format!("token:{}", t.name),
-            Caller::User { user, .. } => format!("user:{}", user.name),
+            Caller::User { user, .. } | Caller::Session { user, .. } => {
+                format!("user:{}", user.name)
+            }
         }
     }
 
@@ -76,7 +81,7 @@ impl Caller {
     pub fn name(&self) -> &str {
         match self {
             Caller::Machine(t) => &t.name,
-            Caller::User { user, .. } => &user.name,
+            Caller::User { user, .. } | Caller::Session { user, .. } => &user.name,
         }
     }
 
@@ -84,7 +89,7 @@ impl Caller {
     pub fn user(&self) -> Option<&User> {
         match self {
             Caller::Machine(_) => None,
-            Caller::User { user, .. } => Some(user),
+            Caller::User { user, .. } | Caller::Session { user, .. } => Some(user),
         }
     }
 }
@@ -158,13 +163,13 @@ pub async fn guard(
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// The caller behind the request's bearer token: 401 without a known one, 403 for a
-/// disabled user.
+/// The caller behind the request's bearer token — or, without one, the web UI's
+/// session cookie: 401 without a known one, 403 for a disabled user or a
+/// state-changing request from a session without its CSRF token.
 async fn identify(state: &AppState, parts: &Parts) -> ApiResult<Caller> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let Some(header) = parts.headers.get(AUTHORIZATION) else {
+        return identify_session(state, parts).await;
+    };
     let token = header
         .to_str()
         .ok()
@@ -195,6 +200,36 @@ async fn identify(state: &AppState, parts: &Parts) -> ApiResult<Caller> {
     Ok(Caller::Machine(found))
 }
 
+/// The signed-in user of a web UI session, for the page's own API calls (log lines,
+/// live events, votes). A request that changes something must carry the session's
+/// CSRF token in `X-CSRF-Token`, so another site cannot make the browser act.
+async fn identify_session(state: &AppState, parts: &Parts) -> ApiResult<Caller> {
+    let missing = || ApiError::unauthorized("missing Authorization: Bearer <token>");
+    let token = crate::web::session::cookie_token(&parts.headers).ok_or_else(missing)?;
+    let session = state
+        .store
+        .find_session(&token)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the session has ended; sign in again"))?;
+    let safe = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    if !safe {
+        let sent = parts
+            .headers
+            .get(crate::web::session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !crate::web::session::csrf_matches(sent, &session.csrf) {
+            return Err(ApiError::forbidden(
+                "missing or wrong CSRF token (X-CSRF-Token)",
+            ));
+        }
+    }
+    Ok(Caller::Session {
+        user: session.user,
+        csrf: session.csrf,
+    })
+}
+
 /// Whether `caller` may use a route of this access (403 with the reason if not).
 async fn permit(
     state: &AppState,
@@ -214,7 +249,7 @@ async fn permit(
                 token.scope
             )));
         }
-        Caller::User { user, .. } => user,
+        Caller::User { user, .. } | Caller::Session { user, .. } => user,
     };
     match access {
         Access::Public => Ok(()),

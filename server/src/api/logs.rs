@@ -235,7 +235,7 @@ pub async fn download(
         (
             header::CONTENT_DISPOSITION,
             format!(
-                "inline; filename=\"run-{}-stage-{}-step-{}.log\"",
+                "attachment; filename=\"run-{}-stage-{}-step-{}.log\"",
                 found.run.number, found.stage.id, found.step.idx
             ),
         ),

@@ -6,8 +6,8 @@ pub(crate) mod artifacts;
 pub(crate) mod audit;
 pub mod auth;
 pub(crate) mod environments;
-pub(crate) mod error;
-pub(crate) mod extract;
+pub mod error;
+pub mod extract;
 pub(crate) mod health;
 pub(crate) mod hooks;
 pub(crate) mod logs;
@@ -18,7 +18,7 @@ pub(crate) mod protocol;
 pub(crate) mod repos;
 pub(crate) mod route_table;
 pub(crate) mod runners;
-pub(crate) mod runs;
+pub mod runs;
 pub(crate) mod secrets;
 pub mod tokens;
 pub mod user_tokens;
@@ -59,6 +59,7 @@ pub fn routes() -> RouteTable {
 pub fn app(state: AppState) -> Router {
     let (router, paths) = routes().into_parts(&state);
     router
+        .merge(crate::web::routes())
         // A route layer, not a layer: it counts requests by route template, which only
         // matched routes know.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -66,5 +67,6 @@ pub fn app(state: AppState) -> Router {
             metrics::track_http,
         ))
         .layer(Extension(openapi::Document::new(paths)))
+        .layer(axum::middleware::from_fn(crate::web::security_headers))
         .with_state(state)
 }

@@ -27,6 +27,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0002_artifacts_scans_runners.sql",
     "0003_people_audit.sql",
     "0004_environments.sql",
+    "0005_sessions.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
@@ -34,6 +35,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0002_artifacts_scans_runners.sql",
     "0003_people_audit.sql",
     "0004_environments.sql",
+    "0005_sessions.sql",
 );
 
 /// The migrator for one dialect's files.

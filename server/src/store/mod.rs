@@ -50,6 +50,7 @@ mod results;
 mod row;
 mod run_state;
 mod runs;
+pub mod sessions;
 mod types;
 mod votes;
 
@@ -62,6 +63,7 @@ pub use results::{
     ImageRecord, MAX_FINDINGS, MAX_OUTPUT_BYTES, MAX_OUTPUTS, OUTPUT_DIGEST, OUTPUT_IMAGE,
     RunOutput, StageResults, StoredFinding, digest_hex,
 };
+pub use sessions::Session;
 pub use types::*;
 pub use votes::NewVote;
 

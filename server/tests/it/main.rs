@@ -27,3 +27,4 @@ mod runner_protocol;
 mod runners;
 mod status;
 mod store;
+mod web;

@@ -3,6 +3,7 @@
 //! repositories ([`git`]), forges and their webhooks ([`forge`]), requests without a
 //! socket ([`http`]) and what runners leave on the Docker engine ([`docker`]).
 
+pub mod browser;
 pub mod db;
 pub mod docker;
 pub mod forge;

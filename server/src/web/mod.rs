@@ -1,0 +1,177 @@
+//! The web UI: server-rendered pages (askama templates from `webui/templates`, compiled
+//! into the binary), the embedded static assets, and sign-in. Pages read the store
+//! directly and check roles as the API does; the page's own script calls the API with
+//! the session cookie (and the CSRF token for anything that changes state).
+//!
+//! Every response carries a strict Content-Security-Policy (no inline script, nothing
+//! from elsewhere), `X-Content-Type-Options: nosniff` and frame denial (`headers`).
+
+pub mod actions;
+mod assets;
+mod dashboard;
+mod failure;
+mod headers;
+mod inbox;
+mod log_page;
+mod login;
+mod run_page;
+pub mod session;
+mod view;
+
+use askama::Template;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::daemon::state::AppState;
+pub use headers::security_headers;
+use session::SignedIn;
+
+/// The UI's routes (pages, forms, assets). Every page but sign-in and the assets needs
+/// a signed-in user ([`SignedIn`]); every form needs the session's CSRF token.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::sign_out))
+        .route("/inbox", get(inbox::page))
+        .route("/repos/{owner}/{name}", get(dashboard::repo))
+        .route("/repos/{owner}/{name}/runs/{number}", get(run_page::page))
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/logs/{stage_id}/{idx}",
+            get(log_page::page),
+        )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/vote",
+            post(actions::vote),
+        )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/cancel",
+            post(actions::cancel),
+        )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/rerun",
+            post(actions::rerun),
+        )
+        .route("/static/{file}", get(assets::serve))
+}
+
+/// What every page's frame shows: who is signed in, their CSRF token, the admin links,
+/// how many approvals wait for them, and a one-line message.
+#[derive(Debug, Clone, Default)]
+pub struct Chrome {
+    pub user: String,
+    pub csrf: String,
+    pub admin: bool,
+    pub inbox: usize,
+    pub flash: String,
+}
+
+impl Chrome {
+    pub fn of(me: &SignedIn) -> Chrome {
+        Chrome {
+            user: me.name().to_string(),
+            csrf: me.csrf().to_string(),
+            admin: me.is_admin(),
+            inbox: 0,
+            flash: String::new(),
+        }
+    }
+}
+
+/// Renders a template as a page (a template error is a 500 page, never a panic).
+pub fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => error_page(format!("the page could not be rendered: {e}")),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    title: String,
+    message: String,
+}
+
+/// A page saying what went wrong, with its status.
+pub fn message_page(status: StatusCode, title: &str, message: String) -> Response {
+    let page = ErrorPage {
+        chrome: Chrome::default(),
+        title: title.to_string(),
+        message,
+    };
+    let mut r = render(&page);
+    *r.status_mut() = status;
+    r
+}
+
+/// A 500 page for a failure the user cannot fix (it is logged).
+pub fn error_page(message: String) -> Response {
+    tracing::warn!(error = %message, "web page failed");
+    message_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "The server could not answer this page; the error is in its log.".into(),
+    )
+}
+
+/// A page for a store error: not found is a 404, the rest a 500.
+pub fn store_error(e: crate::store::Error) -> Response {
+    match e {
+        crate::store::Error::NotFound(what) => message_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("No such {what}."),
+        ),
+        e => error_page(e.to_string()),
+    }
+}
+
+/// A local path to go back to after sign-in: only this site's own paths (`/x`, never
+/// `//host` or a URL), so the sign-in page cannot send anyone elsewhere.
+pub fn safe_next(next: &str) -> String {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control);
+    if ok {
+        next.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+/// Percent-encodes a value for a URL's query.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_sign_in() {
+        assert_eq!(safe_next("/repos/a/b"), "/repos/a/b");
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "\\\\x",
+            "/\\evil",
+            "x",
+        ] {
+            assert_eq!(safe_next(bad), "/", "{bad}");
+        }
+    }
+}

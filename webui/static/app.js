@@ -1,0 +1,192 @@
+// Slipway's own script: live run pages and the windowed log viewer. No third-party
+// code; loaded with `defer` under a Content-Security-Policy that forbids inline script.
+"use strict";
+
+// ---------------------------------------------------------------- run page, live
+
+// On every status change of the run (server-sent events), the live part of the page
+// is fetched again from the server, which renders it, and swapped in place.
+function liveRun(section) {
+  let pending = false;
+  const refresh = () => {
+    if (pending) return;
+    pending = true;
+    setTimeout(async () => {
+      pending = false;
+      try {
+        const r = await fetch(section.dataset.partial, { credentials: "same-origin" });
+        if (r.ok) section.innerHTML = await r.text();
+      } catch (_) { /* the next event tries again */ }
+    }, 150);
+  };
+  const events = new EventSource(section.dataset.events);
+  for (const kind of ["run", "stage"]) events.addEventListener(kind, refresh);
+  events.addEventListener("end", () => { refresh(); events.close(); });
+}
+
+// ---------------------------------------------------------------- log viewer
+
+// The log is windowed over the server's line index: only the lines in view (and a
+// margin) are in the page, fetched in pages that a small cache keeps, so a log of a
+// million lines opens at once and the tab's memory stays bounded.
+const PAGE = 500;
+const CACHED_PAGES = 40;
+const MARGIN = 60;
+
+// ANSI SGR colours (30–37, bold) to spans; everything else is dropped.
+function ansi(text) {
+  const out = document.createDocumentFragment();
+  let fg = 0, bold = false, i = 0;
+  const push = (s) => {
+    if (!s) return;
+    if (!fg && !bold) { out.append(s); return; }
+    const span = document.createElement("span");
+    if (fg) span.className = "fg-" + fg;
+    if (bold) span.classList.add("b");
+    span.textContent = s;
+    out.append(span);
+  };
+  const re = /\x1b\[([0-9;]*)m/g;
+  let m;
+  while ((m = re.exec(text)) !== null) {
+    push(text.slice(i, m.index));
+    for (const code of (m[1] || "0").split(";").map(Number)) {
+      if (code === 0) { fg = 0; bold = false; }
+      else if (code === 1) bold = true;
+      else if (code === 22) bold = false;
+      else if (code >= 30 && code <= 37) fg = code;
+      else if (code === 39) fg = 0;
+    }
+    i = re.lastIndex;
+  }
+  push(text.slice(i).replace(/\x1b\[[0-9;?]*[A-Za-z]/g, ""));
+  return out;
+}
+
+function logViewer(box) {
+  const space = box.querySelector(".log-space");
+  const rows = box.querySelector(".log-rows");
+  const count = document.getElementById("log-count");
+  const lineH = parseFloat(getComputedStyle(document.documentElement).getPropertyValue("--line-h")) || 18;
+  let total = Number(box.dataset.total) || 0;
+  let follow = box.dataset.finished !== "true";
+  let stick = false;
+  const pages = new Map(); // page number → array of lines (LRU by insertion order)
+  const loading = new Set();
+  let drawn = "";
+
+  const setTotal = (n) => {
+    total = n;
+    space.style.height = total * lineH + "px";
+    if (count) count.textContent = total + " lines";
+  };
+  setTotal(total);
+
+  const remember = (p, lines) => {
+    pages.delete(p);
+    pages.set(p, lines);
+    while (pages.size > CACHED_PAGES) pages.delete(pages.keys().next().value);
+  };
+
+  const load = async (p) => {
+    if (pages.has(p) || loading.has(p)) return;
+    loading.add(p);
+    try {
+      const url = box.dataset.lines + "?from=" + (p * PAGE + 1) + "&limit=" + PAGE;
+      const r = await fetch(url, { credentials: "same-origin" });
+      if (r.ok) {
+        const page = await r.json();
+        remember(p, page.lines);
+        if (page.total > total) setTotal(page.total);
+        drawn = "";
+        schedule();
+      }
+    } finally {
+      loading.delete(p);
+    }
+  };
+
+  const lineOf = (n) => {
+    const p = Math.floor((n - 1) / PAGE);
+    const lines = pages.get(p);
+    return lines ? lines[(n - 1) - p * PAGE] : undefined;
+  };
+
+  let frame = 0;
+  const schedule = () => { if (!frame) frame = requestAnimationFrame(draw); };
+  function draw() {
+    frame = 0;
+    if (stick) box.scrollTop = box.scrollHeight;
+    const first = Math.max(1, Math.floor(box.scrollTop / lineH) - MARGIN);
+    const last = Math.min(total, Math.ceil((box.scrollTop + box.clientHeight) / lineH) + MARGIN);
+    for (let p = Math.floor((first - 1) / PAGE); p <= Math.floor((last - 1) / PAGE) && last >= first; p++) load(p);
+    const key = first + ":" + last + ":" + total;
+    if (key === drawn) return;
+    drawn = key;
+    const target = location.hash.startsWith("#L") ? Number(location.hash.slice(2)) : 0;
+    const frag = document.createDocumentFragment();
+    for (let n = first; n <= last; n++) {
+      const row = document.createElement("div");
+      row.className = "ln";
+      row.id = "L" + n;
+      if (n === target) row.classList.add("hit");
+      const a = document.createElement("a");
+      a.className = "no";
+      a.href = "#L" + n;
+      a.textContent = n;
+      row.append(a);
+      const line = lineOf(n);
+      if (line) row.append(ansi(line.text));
+      frag.append(row);
+    }
+    rows.style.top = (first - 1) * lineH + "px";
+    rows.replaceChildren(frag);
+  }
+
+  const goTo = (n) => {
+    stick = false;
+    box.scrollTop = Math.max(0, (n - 1) * lineH - box.clientHeight / 3);
+    drawn = "";
+    schedule();
+  };
+  box.addEventListener("scroll", () => {
+    stick = follow && box.scrollTop + box.clientHeight >= box.scrollHeight - lineH * 2;
+    schedule();
+  });
+  window.addEventListener("hashchange", () => {
+    if (location.hash.startsWith("#L")) goTo(Number(location.hash.slice(2)));
+  });
+  const end = document.getElementById("log-end");
+  if (end) end.addEventListener("click", () => {
+    box.scrollTop = box.scrollHeight;
+    stick = follow;
+    schedule();
+    box.focus();
+  });
+
+  if (location.hash.startsWith("#L")) goTo(Number(location.hash.slice(2)));
+  else schedule();
+
+  // Live tail: new lines extend the log; the view follows when it is at the end.
+  if (follow) {
+    const events = new EventSource(box.dataset.follow + "?from=" + (total + 1));
+    events.addEventListener("line", (e) => {
+      const line = JSON.parse(e.data);
+      const p = Math.floor((line.number - 1) / PAGE);
+      const lines = pages.get(p);
+      if (lines && lines.length === (line.number - 1) - p * PAGE) lines.push(line);
+      if (line.number > total) setTotal(line.number);
+      drawn = "";
+      schedule();
+    });
+    events.addEventListener("end", () => { follow = false; stick = false; events.close(); });
+  }
+  box.dataset.ready = "true";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const live = document.getElementById("live");
+  if (live && live.dataset.events) liveRun(live);
+  const log = document.getElementById("log");
+  if (log) logViewer(log);
+});
