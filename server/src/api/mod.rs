@@ -15,7 +15,7 @@ pub(crate) mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod promotions;
 pub(crate) mod protocol;
-pub(crate) mod repos;
+pub mod repos;
 pub(crate) mod route_table;
 pub(crate) mod runners;
 pub mod runs;

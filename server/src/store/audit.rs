@@ -241,6 +241,24 @@ impl Store {
     }
 
     /// Entries matching `filter`, oldest first.
+    /// The newest entries matching `filter` (its `after` is ignored), newest first.
+    pub async fn list_audit_newest(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLS} FROM audit_log \
+             WHERE ($1 IS NULL OR action = $1) AND ($2 IS NULL OR actor = $2) \
+               AND ($3 IS NULL OR repo_id = $3) \
+             ORDER BY id DESC LIMIT $4"
+        );
+        let rs = query(&sql)
+            .bind(filter.action.as_deref())
+            .bind(filter.actor.as_deref())
+            .bind(filter.repo_id)
+            .bind(filter.limit.unwrap_or(100))
+            .fetch_all(&self.read)
+            .await?;
+        rows(&rs, entry)
+    }
+
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let sql = format!(
             "SELECT {AUDIT_COLS} FROM audit_log \

@@ -1,9 +1,8 @@
-//! The dashboard (repositories with their latest run, runs across repositories with
-//! filters, runners with their load) and a repository's page (its environments with
-//! what is live and what was before, its runs).
+//! The dashboard: repositories with their latest run, runs across repositories with
+//! filters, runners with their load.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -212,23 +211,8 @@ pub async fn page(
     })
 }
 
-pub struct EnvRow {
-    pub name: String,
-    pub live: String,
-    pub previous: String,
-    pub rules: String,
-}
-
-#[derive(Template)]
-#[template(path = "repo.html")]
-struct RepoPage {
-    chrome: Chrome,
-    repo: String,
-    environments: Vec<EnvRow>,
-    runs: Vec<RunRow>,
-}
-
-/// The repository in the path, if `me` may see it.
+/// The repository in the path, if `me` may see it (else a 404 page: a repository you
+/// cannot see does not exist for you).
 pub async fn find_visible(
     state: &AppState,
     me: &SignedIn,
@@ -241,83 +225,4 @@ pub async fn find_visible(
         .into_iter()
         .find(|r| r.name == full)
         .ok_or_else(|| store_error(crate::store::Error::NotFound(format!("repository {full}"))))
-}
-
-pub async fn repo(
-    State(state): State<AppState>,
-    me: SignedIn,
-    Path((owner, name)): Path<(String, String)>,
-) -> Response {
-    let repo = match find_visible(&state, &me, &owner, &name).await {
-        Ok(r) => r,
-        Err(page) => return page,
-    };
-    let now = state.store.now_ms();
-    let runs = match state.store.list_runs(repo.id, 50, None).await {
-        Ok(r) => r,
-        Err(e) => return store_error(e),
-    };
-    let mut names: Vec<String> = state
-        .store
-        .list_environments(repo.id)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    names.extend(
-        state
-            .store
-            .deployed_environments(repo.id)
-            .await
-            .unwrap_or_default(),
-    );
-    names.sort();
-    names.dedup();
-    let mut environments = Vec::new();
-    for env in names {
-        let defined = state
-            .store
-            .find_environment(repo.id, &env)
-            .await
-            .ok()
-            .flatten();
-        let history = state
-            .store
-            .environment_deployments(repo.id, &env, 50)
-            .await
-            .unwrap_or_default();
-        let mut live = history.iter().filter(|d| d.went_live());
-        let show = |d: Option<&crate::store::Deployment>| {
-            d.map_or("—".to_string(), |d| {
-                format!("#{} {}", d.run_number, short(&d.sha))
-            })
-        };
-        environments.push(EnvRow {
-            live: show(live.next()),
-            previous: show(live.next()),
-            rules: match defined {
-                Some(e) if e.rules.protected => format!(
-                    "protected: {} approval(s){}",
-                    e.rules.required_approvals,
-                    if e.rules.refs.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", refs {}", e.rules.refs.join(", "))
-                    }
-                ),
-                Some(_) => "unprotected".into(),
-                None => "not defined (unprotected)".into(),
-            },
-            name: env,
-        });
-    }
-    let mut chrome = Chrome::of(&me);
-    chrome.inbox = inbox_count(&state, std::slice::from_ref(&repo)).await;
-    render(&RepoPage {
-        chrome,
-        environments,
-        runs: runs.iter().map(|r| run_row(&repo.name, r, now)).collect(),
-        repo: repo.name,
-    })
 }

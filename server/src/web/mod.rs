@@ -7,13 +7,17 @@
 //! from elsewhere), `X-Content-Type-Options: nosniff` and frame denial (`headers`).
 
 pub mod actions;
+mod admin_pages;
 mod assets;
 mod dashboard;
+mod env_page;
 mod failure;
 mod headers;
 mod inbox;
 mod log_page;
 mod login;
+mod repo_actions;
+mod repo_page;
 mod run_page;
 pub mod session;
 mod view;
@@ -36,7 +40,22 @@ pub fn routes() -> Router<AppState> {
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::sign_out))
         .route("/inbox", get(inbox::page))
-        .route("/repos/{owner}/{name}", get(dashboard::repo))
+        .route("/audit", get(admin_pages::audit))
+        .route("/people", get(admin_pages::people))
+        .route("/repos/{owner}/{name}", get(repo_page::page))
+        .route("/repos/{owner}/{name}/trigger", post(repo_actions::trigger))
+        .route(
+            "/repos/{owner}/{name}/secrets",
+            post(repo_actions::add_secret),
+        )
+        .route(
+            "/repos/{owner}/{name}/secrets/{secret}/delete",
+            post(repo_actions::delete_secret),
+        )
+        .route(
+            "/repos/{owner}/{name}/environments/{env}",
+            get(env_page::page),
+        )
         .route("/repos/{owner}/{name}/runs/{number}", get(run_page::page))
         .route(
             "/repos/{owner}/{name}/runs/{number}/logs/{stage_id}/{idx}",

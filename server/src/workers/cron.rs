@@ -265,7 +265,7 @@ type Head = (Option<String>, Option<Vec<(String, String)>>);
 
 /// The default branch's head in the mirror (fetched first if `fetch`), and the pipeline
 /// files there.
-async fn read_head(
+pub(crate) async fn read_head(
     state: &AppState,
     repo: &Repo,
     fetch: bool,

@@ -573,3 +573,102 @@ async fn cross_site_forms_cookies_and_html_artifacts_are_harmless() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_environment_and_admin_pages() {
+    let ui = Ui::start(&[("ada", "admin"), ("dev", "developer")]).await;
+    ui.api(
+        "PUT",
+        "/api/repos/team/app/environments/staging",
+        &ui.admin,
+        Some(json!({})),
+    )
+    .await;
+    let yaml = r#"on:
+  push: {}
+  manual:
+    params:
+      greeting: { description: "Who to greet", default: world }
+  cron: { nightly: "0 3 * * *" }
+stages:
+  build:
+    steps:
+      - run: echo "hello ${{ params.greeting }}"
+  staging:
+    needs: [build]
+    kind: deploy
+    environment: staging
+    steps: [echo deployed]
+"#;
+    ui.push(yaml, "1").await;
+    ui.wait_status(1, "success").await;
+    let b = Browser::start().await;
+    b.sign_in(&ui.base(), "ada", PASSWORD).await;
+    b.goto(&format!("{}/repos/team/app", ui.base())).await;
+    assert!(b.text("#branches").await.contains("main"));
+    assert!(b.text("#schedules").await.contains("0 3 * * *"));
+    let envs = b.text("#environments").await;
+    assert!(envs.contains("staging") && envs.contains("#1 "), "{envs}");
+
+    // Secrets: added and deleted from the page; the value never comes back.
+    b.fill("form input[name=name]", "DEPLOY_KEY").await;
+    b.fill("form input[name=value]", "s3cr3t-value-123").await;
+    b.click("#add-secret").await;
+    let secrets = b.wait_text("#secrets", "DEPLOY_KEY", WAIT).await;
+    assert!(secrets.contains("withheld"), "{secrets}");
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains("s3cr3t-value-123"));
+    b.screenshot("repo-desktop").await;
+    b.click("#secrets button.danger").await;
+    b.wait_text("main", "Secrets", WAIT).await;
+    assert!(!b.text("#secrets").await.contains("DEPLOY_KEY"));
+
+    // A manual run with a parameter.
+    b.fill("form.trigger textarea[name=params]", "greeting=web")
+        .await;
+    b.click("form.trigger button").await;
+    b.wait_text("#run-status", "success", WAIT).await;
+    let d = ui
+        .api("GET", "/api/repos/team/app/runs/2", &ui.admin, None)
+        .await;
+    assert_eq!(d["run"]["params"]["greeting"], "web", "{d:#}");
+    assert_eq!(d["run"]["trigger"], "manual");
+
+    // The environment's history.
+    b.goto(&format!(
+        "{}/repos/team/app/environments/staging",
+        ui.base()
+    ))
+    .await;
+    assert!(b.text("#live").await.starts_with("#2 "));
+    assert!(b.text("#previous").await.starts_with("#1 "));
+    assert_eq!(
+        b.js("return document.querySelectorAll('#deployments tbody tr').length")
+            .await,
+        2
+    );
+    b.screenshot("environment-desktop").await;
+
+    // Admin pages.
+    b.goto(&format!("{}/audit", ui.base())).await;
+    assert!(b.text("#verified").await.contains("chain intact"));
+    assert!(b.text("#audit").await.contains("environment.set"));
+    b.screenshot("audit-desktop").await;
+    b.goto(&format!("{}/people", ui.base())).await;
+    let people = b.text("#people").await;
+    assert!(
+        people.contains("ada") && people.contains("developer"),
+        "{people}"
+    );
+    b.screenshot("people-desktop").await;
+
+    // A developer sees secret names but may not change them, and no admin pages.
+    b.click("form.signout button").await;
+    b.sign_in(&ui.base(), "dev", PASSWORD).await;
+    b.goto(&format!("{}/repos/team/app", ui.base())).await;
+    assert!(b.has("#secrets").await);
+    assert!(!b.has("#secrets button.danger").await);
+    b.goto(&format!("{}/audit", ui.base())).await;
+    assert!(b.text("main").await.contains("Admins only"));
+    b.close().await;
+}

@@ -1,0 +1,182 @@
+//! Admin pages: the audit log (newest first, filtered by action or actor, with the
+//! chain's verification) and people (users with their roles and linked identities,
+//! personal tokens by name; machine tokens by name and scope). Read-only: changes go
+//! through the CLI and the API, where they are audited.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::session::SignedIn;
+use super::view::ago;
+use super::{Chrome, message_page, render, store_error};
+use crate::daemon::state::AppState;
+use crate::store::audit::AuditFilter;
+
+fn admin_only(me: &SignedIn) -> Option<Response> {
+    (!me.is_admin()).then(|| {
+        message_page(
+            StatusCode::FORBIDDEN,
+            "Admins only",
+            "This page needs the admin role.".into(),
+        )
+    })
+}
+
+pub struct AuditRow {
+    pub id: i64,
+    pub when: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    rows: Vec<AuditRow>,
+    action: String,
+    actor: String,
+    verified: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    actor: String,
+}
+
+/// Entries the page shows.
+const AUDIT_ROWS: i64 = 200;
+
+pub async fn audit(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    if let Some(refused) = admin_only(&me) {
+        return refused;
+    }
+    let now = state.store.now_ms();
+    let filter = AuditFilter {
+        action: Some(q.action.clone()).filter(|s| !s.is_empty()),
+        actor: Some(q.actor.clone()).filter(|s| !s.is_empty()),
+        repo_id: None,
+        after: None,
+        limit: Some(AUDIT_ROWS),
+    };
+    let rows = match state.store.list_audit_newest(&filter).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let verified = match state.store.verify_audit().await {
+        Ok(Ok(report)) => format!("chain intact: {} entries", report.entries),
+        Ok(Err(b)) => format!("chain BROKEN at entry {}: {}", b.id, b.reason),
+        Err(e) => return store_error(e),
+    };
+    render(&AuditPage {
+        chrome: Chrome::of(&me),
+        rows: rows
+            .into_iter()
+            .map(|e| AuditRow {
+                id: e.id,
+                when: ago(e.at, now),
+                actor: e.actor,
+                action: e.action,
+                subject: e.subject,
+                detail: e.detail.to_string(),
+            })
+            .collect(),
+        action: q.action,
+        actor: q.actor,
+        verified,
+    })
+}
+
+pub struct PersonRow {
+    pub name: String,
+    pub disabled: bool,
+    pub roles: String,
+    pub identities: String,
+    pub tokens: String,
+}
+
+pub struct TokenRow {
+    pub name: String,
+    pub scope: String,
+    pub created: String,
+}
+
+#[derive(Template)]
+#[template(path = "people.html")]
+struct PeoplePage {
+    chrome: Chrome,
+    people: Vec<PersonRow>,
+    tokens: Vec<TokenRow>,
+}
+
+pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
+    if let Some(refused) = admin_only(&me) {
+        return refused;
+    }
+    let now = state.store.now_ms();
+    let users = match state.store.list_users().await {
+        Ok(u) => u,
+        Err(e) => return store_error(e),
+    };
+    let mut people = Vec::new();
+    for u in users {
+        let (roles, ids, tokens) = match (
+            state.store.roles_of(u.id).await,
+            state.store.identities_of(u.id).await,
+            state.store.list_user_tokens(u.id).await,
+        ) {
+            (Ok(r), Ok(i), Ok(t)) => (r, i, t),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_error(e),
+        };
+        people.push(PersonRow {
+            roles: roles
+                .iter()
+                .map(|b| match &b.repo {
+                    Some(repo) => format!("{} on {repo}", b.role),
+                    None => b.role.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            identities: ids
+                .iter()
+                .map(|i| format!("{}:{}", i.forge, i.login))
+                .collect::<Vec<_>>()
+                .join(", "),
+            tokens: tokens
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            disabled: u.disabled,
+            name: u.name,
+        });
+    }
+    let tokens = match state.store.list_tokens().await {
+        Ok(t) => t
+            .into_iter()
+            .map(|t| TokenRow {
+                name: t.name,
+                scope: t.scope.to_string(),
+                created: ago(t.created_at, now),
+            })
+            .collect(),
+        Err(e) => return store_error(e),
+    };
+    render(&PeoplePage {
+        chrome: Chrome::of(&me),
+        people,
+        tokens,
+    })
+}
