@@ -10,6 +10,7 @@ pub mod git;
 pub mod http;
 pub mod poll;
 pub mod process;
+pub mod served;
 pub mod test_server;
 
 pub(crate) use db::both_databases;
