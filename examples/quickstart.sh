@@ -8,7 +8,8 @@
 #
 # Environment: SLIPWAY (binary, default target/release/slipway, built if missing),
 # SLIPWAY_QUICKSTART_DIR (work dir, default a new temp dir), SLIPWAY_QUICKSTART_PORT
-# (default 8080), SLIPWAY_QUICKSTART_KEEP=1 to leave the server running.
+# (default 8080; if another process holds it, the script stops at once and says so),
+# SLIPWAY_QUICKSTART_KEEP=1 to leave the server running.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,12 +32,28 @@ say "starting slipway server on $server (data in $work/data)"
 server_pid=$!
 stop() { kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; }
 [ "${SLIPWAY_QUICKSTART_KEEP:-}" = 1 ] || trap stop EXIT
-for _ in $(seq 1 150); do
-  curl -fsS "$server/readyz" >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
+# Ready when the server started here says it listens on the port and the port answers.
+# It binds the port before anything else, so when another process holds the port it
+# exits at once and this stops, instead of talking to a server that is not ours.
+ours() { grep -F "slipway listening" "$work/server.log" | grep -qF "addr=127.0.0.1:$port"; }
+ready=
+for _ in $(seq 1 300); do
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    cat "$work/server.log" >&2
+    echo "quickstart: the server did not start (is port $port taken by another process? set SLIPWAY_QUICKSTART_PORT to a free one)" >&2
+    exit 1
+  fi
+  if ours && curl -fsS "$server/readyz" >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
   sleep 0.1
 done
-curl -fsS "$server/readyz" >/dev/null
+if [ -z "$ready" ]; then
+  cat "$work/server.log" >&2
+  echo "quickstart: the server started here did not become ready on port $port within 30 s" >&2
+  exit 1
+fi
 
 say "a plain git repository, registered with a post-receive hook"
 bare="$work/forge/shell-project.git"

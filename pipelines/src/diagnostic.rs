@@ -91,6 +91,10 @@ pub mod codes {
     pub const INVALID_WEIGHT: &str = "invalid-weight";
     pub const INVALID_MATRIX: &str = "invalid-matrix";
     pub const MATRIX_TOO_LARGE: &str = "matrix-too-large";
+    /// A file over [`crate::MAX_FILE_BYTES`].
+    pub const FILE_TOO_LARGE: &str = "file-too-large";
+    /// A pipeline planning more than [`crate::MAX_STAGES`] stages.
+    pub const TOO_MANY_STAGES: &str = "too-many-stages";
     pub const DUPLICATE_STEP: &str = "duplicate-step";
     pub const DUPLICATE_PIPELINE: &str = "duplicate-pipeline";
     pub const NO_STEPS: &str = "no-steps";
@@ -132,6 +136,8 @@ pub mod codes {
         INVALID_WEIGHT,
         INVALID_MATRIX,
         MATRIX_TOO_LARGE,
+        FILE_TOO_LARGE,
+        TOO_MANY_STAGES,
         DUPLICATE_STEP,
         DUPLICATE_PIPELINE,
         NO_STEPS,

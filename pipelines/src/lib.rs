@@ -16,6 +16,7 @@ pub mod event;
 pub mod expr;
 mod image_ref;
 pub mod label;
+pub mod limits;
 pub mod matrix;
 pub mod model;
 pub mod plan;
@@ -39,6 +40,7 @@ pub use crate::event::{Event, EventContext};
 pub use crate::label::{
     BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND, backend_label, check_label,
 };
+pub use crate::limits::{MAX_FILE_BYTES, MAX_STAGES};
 pub use crate::matrix::MATRIX_LIMIT;
 pub use crate::model::*;
 pub use crate::plan::{
@@ -82,6 +84,20 @@ fn default_name(path: &str) -> String {
 /// Parses one pipeline file. `Err` holds every diagnostic (errors and warnings), sorted
 /// by position; on success, warnings are in `pipeline.warnings`.
 pub fn parse(path: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(vec![Diagnostic {
+            severity: Severity::Error,
+            code: codes::FILE_TOO_LARGE.into(),
+            file: path.to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "the file is {} bytes; pipeline files are limited to {MAX_FILE_BYTES} bytes",
+                text.len()
+            ),
+            hint: Some("split it into several pipelines under `.slipway/`".into()),
+        }]);
+    }
     let yaml_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let (loaded, yaml_errors) = yaml::load(text);
     let (node, ignored) = match loaded {

@@ -9,7 +9,7 @@
 //! | `POST /api/runner/register` | [`RegisterRequest`] | [`RegisterResponse`] |
 //! | `POST /api/runner/lease` | [`LeaseRequest`] | 200 [`LeaseResponse`] or 204 after a long poll |
 //! | `GET /api/runner/stages/{id}/source?lease_token=` | | a tar of the commit's tree |
-//! | `POST /api/runner/stages/{id}/heartbeat` | [`LeaseToken`] | [`HeartbeatResponse`] |
+//! | `POST /api/runner/stages/{id}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatResponse`], held until a cancel or `wait_ms` |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/start` | [`LeaseToken`] | 204 |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/logs` | [`LogBatch`] | [`LogAck`] |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/finish` | [`StepFinish`] | 204 |
@@ -239,6 +239,17 @@ impl fmt::Debug for LeaseResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseToken {
     pub lease_token: String,
+}
+
+/// A heartbeat: extends the lease, and may wait for a cancel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub lease_token: String,
+    /// Hold the answer up to this long (the server caps it at its heartbeat interval)
+    /// unless the stage is cancelled meanwhile: a runner that heartbeats back to back
+    /// hears a cancel at once instead of at its next beat. 0: answer at once.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -229,7 +229,11 @@ pub(crate) fn read_pipeline(
         None => BTreeMap::new(),
     };
     let stages: Vec<Stage> = match top.get("stages") {
-        Some(f) => read_stages(ctx, f, &params),
+        Some(f) => {
+            let stages = read_stages(ctx, f, &params);
+            check_stage_count(ctx, &stages, f.pos);
+            stages
+        }
         None => {
             ctx.missing(
                 Pos::START,
@@ -249,6 +253,23 @@ pub(crate) fn read_pipeline(
         stages,
         warnings: Vec::new(),
     })
+}
+
+fn check_stage_count(ctx: &mut Ctx<'_>, stages: &[Stage], pos: Pos) {
+    let count = crate::limits::planned_stage_count(stages);
+    if count > crate::MAX_STAGES {
+        ctx.error(
+            codes::TOO_MANY_STAGES,
+            pos,
+            format!(
+                "the pipeline plans {count} stages (matrix combinations counted); the limit is {}",
+                crate::MAX_STAGES
+            ),
+            Some(
+                "split it into several pipelines under `.slipway/`, or shrink the matrices".into(),
+            ),
+        );
+    }
 }
 
 /// Names end up in ids, URLs, env var names and DNS labels, so keep them plain.

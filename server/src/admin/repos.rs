@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{Error, Result};
 use crate::daemon::state::{self, AppState};
+use crate::git::CredentialsFn;
 use crate::store::{self, ForgeKind, NewRepo, Repo};
 
 /// Longest repository name accepted.
@@ -264,6 +265,29 @@ pub fn validate_secret_name(name: &str) -> Result<(), Error> {
 
 /// Largest secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Shortest secret value accepted: the shortest value the log masker masks
+/// ([`runner::mask::MIN_PATTERN_LEN`]); a shorter secret would leak into logs unmasked.
+pub const MIN_SECRET_BYTES: usize = runner::mask::MIN_PATTERN_LEN;
+
+/// A value the log masker can hide: not empty, at least [`MIN_SECRET_BYTES`], not only
+/// whitespace, at most [`MAX_SECRET_BYTES`].
+pub fn validate_secret_value(value: &[u8]) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::Invalid("a secret value must not be empty".into()));
+    }
+    if value.len() < MIN_SECRET_BYTES || value.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Invalid(format!(
+            "a secret value must be at least {MIN_SECRET_BYTES} bytes and not only whitespace: \
+             a shorter one cannot be masked in logs (masking it would hide ordinary text too)"
+        )));
+    }
+    if value.len() > MAX_SECRET_BYTES {
+        return Err(Error::Invalid(format!(
+            "a secret value may be at most {MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 
 /// Seals and stores a secret; `true` if it was new. Shared by the API and the CLI.
 pub async fn put_secret(
@@ -274,14 +298,7 @@ pub async fn put_secret(
     allow_pull_requests: bool,
 ) -> Result<bool, Error> {
     validate_secret_name(name)?;
-    if value.is_empty() {
-        return Err(Error::Invalid("a secret value must not be empty".into()));
-    }
-    if value.len() > MAX_SECRET_BYTES {
-        return Err(Error::Invalid(format!(
-            "a secret value may be at most {MAX_SECRET_BYTES} bytes"
-        )));
-    }
+    validate_secret_value(value)?;
     let existed = state
         .store
         .list_secrets(repo.id)
@@ -328,6 +345,35 @@ pub fn mirror_credentials(
             }
         },
     )))
+}
+
+/// Fetch credentials from the repository's forge token, if it has one, for the
+/// planner's and cron's fetches (a token that cannot be opened is logged, and the
+/// fetch goes without). Forges differ in the user name they expect next to a token.
+pub fn fetch_credentials(state: &AppState, repo: &Repo) -> Option<Arc<CredentialsFn>> {
+    let sealed = repo.forge_token_enc.as_ref()?;
+    let token = match state
+        .secret_box
+        .open(sealed, &state::forge_token_aad(&repo.name))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(repo = %repo.name, error = %e, "cannot open the forge token; fetching without credentials");
+            return None;
+        }
+    };
+    let token = zeroize::Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
+    let forge = repo.forge;
+    Some(Arc::new(move |_url: &str, user: Option<&str>, _allowed| {
+        match forge {
+            // Gitea/Forgejo accept the token as the user name.
+            ForgeKind::Gitea | ForgeKind::Forgejo => {
+                git2::Cred::userpass_plaintext(&token, "x-oauth-basic")
+            }
+            ForgeKind::Gitlab => git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token),
+            _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What runs beside a leased stage's steps: the heartbeat that keeps its lease (and
-//! hears the server's cancel), and the forwarder that posts step starts, log batches
+//! hears the server's cancel the moment it is made: the server holds each beat open), and the forwarder that posts step starts, log batches
 //! (every 100 ms or 500 lines) and step results in order. Posts retry with backoff;
 //! log batches are idempotent by line number, so a resend is harmless.
 
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, Client, REQUEST_TIMEOUT};
 use crate::logs::Stream;
 use crate::protocol::{
-    self, HeartbeatAction, HeartbeatResponse, LeaseToken, LogAck, LogBatch, StepFinish, WireLine,
-    WireStatus,
+    self, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
+    StepFinish, WireLine, WireStatus,
 };
 
 /// Flush a log batch after this long…
@@ -79,27 +79,30 @@ impl StageCtx {
     }
 }
 
+/// Heartbeats the lease back to back, each held by the server for up to `every` unless
+/// the stage is cancelled meanwhile: the lease is renewed about every `every`, and a
+/// cancel is heard at once rather than at the next beat. A server that answers at once
+/// (an error, or one that does not hold) is asked again only after `every`.
 pub(super) async fn heartbeat_loop(
     ctx: Arc<StageCtx>,
     every: Duration,
     cancel: CancellationToken,
     done: CancellationToken,
 ) {
-    let body = LeaseToken {
+    let body = HeartbeatRequest {
         lease_token: ctx.token.clone(),
+        wait_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
     };
     let path = protocol::heartbeat_path(ctx.stage_id);
+    // The answer may be held for `every`; then the request's own time limit.
+    let timeout = every + every.min(REQUEST_TIMEOUT);
     loop {
-        tokio::select! {
+        let started = tokio::time::Instant::now();
+        let answer = tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let timeout = every.min(REQUEST_TIMEOUT);
-        match ctx
-            .client
-            .call::<_, HeartbeatResponse>(reqwest::Method::POST, &path, &body, timeout)
-            .await
-        {
+            r = ctx.client.call::<_, HeartbeatResponse>(reqwest::Method::POST, &path, &body, timeout) => r,
+        };
+        match answer {
             Ok(Some(HeartbeatResponse {
                 action: HeartbeatAction::Cancel,
             })) => {
@@ -116,6 +119,10 @@ pub(super) async fn heartbeat_loop(
             }
             // The next beat tries again; the lease outlives two missed beats.
             Err(e) => tracing::warn!(stage_id = ctx.stage_id, error = %e, "heartbeat failed"),
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep_until(started + every) => {}
         }
     }
 }

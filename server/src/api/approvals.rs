@@ -30,6 +30,7 @@ pub fn routes() -> RouteTable {
         .add(Access::AnyRole(Role::Viewer), routes!(inbox))
 }
 
+/// The deployments a run's deploy stages asked for: gate state, rules and votes.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/deployments", tag = "environments",
     params(RunPath),
@@ -114,6 +115,7 @@ async fn vote(
     Ok(Json(d))
 }
 
+/// Approve a deploy stage waiting at its environment's gate.
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/runs/{number}/approve", tag = "environments",
     params(RunPath), request_body = VoteRequest,
@@ -133,6 +135,7 @@ pub async fn approve(
     vote(caller, state, p, body, Decision::Approve).await
 }
 
+/// Reject a deploy stage waiting at its environment's gate: the stage fails.
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/runs/{number}/reject", tag = "environments",
     params(RunPath), request_body = VoteRequest,
@@ -165,6 +168,7 @@ pub struct InboxItem {
     pub reason: Option<String>,
 }
 
+/// Deployments waiting for approval that the caller can see, and whether they may approve each.
 #[utoipa::path(
     get, path = "/api/inbox", tag = "environments",
     responses(

@@ -18,6 +18,7 @@ pub fn routes() -> RouteTable {
         .add(Access::Role(Role::Viewer), routes!(download))
 }
 
+/// The files a run's stages stored, with their sha256.
 #[utoipa::path(
     get, path = "/api/runs/{id}/artifacts", tag = "artifacts",
     params(("id" = i64, Path, description = "The run's id (`run.id`, not its number)")),
@@ -35,6 +36,7 @@ pub async fn list(
     Ok(Json(state.store.list_run_artifacts(id).await?))
 }
 
+/// Download one stored file.
 #[utoipa::path(
     get, path = "/api/artifacts/{id}/download", tag = "artifacts",
     params(("id" = i64, Path, description = "The artifact's id")),

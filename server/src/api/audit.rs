@@ -39,6 +39,7 @@ pub struct AuditQuery {
     pub limit: Option<i64>,
 }
 
+/// Read the audit log, newest first, filtered by action, actor or repository.
 #[utoipa::path(
     get, path = "/api/audit", tag = "audit", params(AuditQuery),
     responses(
@@ -79,6 +80,7 @@ pub struct Verification {
     pub broken: Option<AuditBreak>,
 }
 
+/// Check the audit log's hash chain; names the first edited or missing entry.
 #[utoipa::path(
     get, path = "/api/audit/verify", tag = "audit",
     responses(

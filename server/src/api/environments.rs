@@ -97,6 +97,7 @@ async fn view(state: &AppState, repo: &Repo, name: &str) -> ApiResult<Environmen
     })
 }
 
+/// A repository's environments: what is live, what was before, what waits.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/environments", tag = "environments",
     params(RepoPath),
@@ -125,6 +126,7 @@ pub async fn list(
     Ok(Json(out))
 }
 
+/// One environment: its rules and deployment history.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/environments/{env}", tag = "environments",
     params(EnvPath),
@@ -273,6 +275,7 @@ pub fn validate_env_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Define or change an environment's rules.
 #[utoipa::path(
     put, path = "/api/repos/{owner}/{name}/environments/{env}", tag = "environments",
     params(EnvPath), request_body = EnvironmentRequest,
@@ -325,6 +328,7 @@ pub async fn put(
     Ok((status, Json(env)))
 }
 
+/// Remove an environment's rules (its deployment history stays).
 #[utoipa::path(
     delete, path = "/api/repos/{owner}/{name}/environments/{env}", tag = "environments",
     params(EnvPath),
@@ -347,6 +351,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Redeploy the version live before the current one, through the same gate.
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/environments/{env}/rollback", tag = "environments",
     params(EnvPath),

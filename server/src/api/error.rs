@@ -105,3 +105,32 @@ impl From<crate::store::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What a request no route matches gets: under `/api/` and `/hooks/`, the documented
+/// JSON error (`404 not_found`, or `405 method_not_allowed` for a known path), so
+/// clients parse one error shape; elsewhere plain text.
+pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if !(path.starts_with("/api/") || path.starts_with("/hooks/")) {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    ApiError::not_found(format!(
+        "no such route: {method} {path} (see GET /api/openapi.json)"
+    ))
+    .into_response()
+}
+
+/// A known path asked with a method it does not serve.
+pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let message = format!("{path} does not take {method} (see GET /api/openapi.json)");
+    if !(path.starts_with("/api/") || path.starts_with("/hooks/")) {
+        return (StatusCode::METHOD_NOT_ALLOWED, message).into_response();
+    }
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        message,
+    )
+    .into_response()
+}

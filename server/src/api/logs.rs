@@ -163,6 +163,7 @@ pub struct LinesQuery {
     pub tail: Option<usize>,
 }
 
+/// A page of a step's log lines (JSON).
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/stages/{stage_id}/steps/{idx}/logs",
     tag = "logs", params(StepPath, LinesQuery),
@@ -209,6 +210,7 @@ pub async fn lines(
     }))
 }
 
+/// A step's whole log as plain text.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/stages/{stage_id}/steps/{idx}/logs.txt",
     tag = "logs", params(StepPath),
@@ -288,6 +290,7 @@ pub struct FollowQuery {
     pub from: Option<u64>,
 }
 
+/// Follow a step's log as server-sent events until the step ends.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/stages/{stage_id}/steps/{idx}/logs/follow",
     tag = "logs", params(StepPath, FollowQuery),
@@ -435,6 +438,7 @@ pub struct EventsQuery {
     pub after: Option<i64>,
 }
 
+/// Follow a run's state changes as server-sent events.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/events",
     tag = "runs", params(RunPath, EventsQuery),

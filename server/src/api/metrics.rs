@@ -18,6 +18,7 @@ pub fn routes() -> RouteTable {
     RouteTable::new().add(Access::Public, routes!(scrape))
 }
 
+/// Prometheus metrics.
 #[utoipa::path(
     get, path = "/metrics", tag = "ops",
     responses(

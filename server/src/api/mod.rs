@@ -21,6 +21,7 @@ pub(crate) mod runners;
 pub mod runs;
 pub(crate) mod secrets;
 pub mod tokens;
+pub(crate) mod trigger;
 pub mod user_tokens;
 pub mod users;
 
@@ -38,6 +39,7 @@ pub fn routes() -> RouteTable {
         .merge(hooks::routes())
         .merge(repos::routes())
         .merge(runs::routes())
+        .merge(trigger::routes())
         .merge(logs::routes())
         .merge(secrets::routes())
         .merge(tokens::routes())
@@ -66,6 +68,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::track_http,
         ))
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::wrong_method)
         .layer(Extension(openapi::Document::new(paths)))
         .layer(axum::middleware::from_fn(crate::web::security_headers))
         .with_state(state)

@@ -74,6 +74,7 @@ pub fn routes() -> RouteTable {
 
 // `api::app` provides the document as an extension: it is built from the whole route
 // table, this route included.
+/// This OpenAPI document.
 #[utoipa::path(
     get, path = "/api/openapi.json", tag = "ops",
     responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object))

@@ -35,6 +35,7 @@ pub struct PromoteRequest {
     pub environment: String,
 }
 
+/// Deploy a finished run's results to an environment, without rebuilding.
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/runs/{number}/promote", tag = "environments",
     params(RunPath), request_body = PromoteRequest,

@@ -80,6 +80,7 @@ pub struct RepoCreated {
     pub webhook_url: String,
 }
 
+/// Register a repository; answers its webhook URL and secret (shown only this once).
 #[utoipa::path(
     post, path = "/api/repos", tag = "repos",
     request_body = CreateRepo,
@@ -117,6 +118,7 @@ pub async fn create(
     ))
 }
 
+/// The repositories the caller can see.
 #[utoipa::path(
     get, path = "/api/repos", tag = "repos",
     responses((status = 200, body = Vec<RepoView>), (status = 401), (status = 403))
@@ -132,6 +134,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     ))
 }
 
+/// One repository.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
     responses((status = 200, body = RepoView), (status = 401), (status = 403), (status = 404))
@@ -164,6 +167,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Change a repository's settings.
 #[utoipa::path(
     patch, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
     request_body = UpdateRepo,
@@ -188,6 +192,7 @@ pub async fn update(
     Ok(Json(RepoView::new(&repo, &state.config.public_url)))
 }
 
+/// Delete a repository and everything stored for it.
 #[utoipa::path(
     delete, path = "/api/repos/{owner}/{name}", tag = "repos", params(RepoPath),
     responses(

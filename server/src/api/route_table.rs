@@ -98,6 +98,7 @@ impl RouteTable {
             let repo_in = RepoIn::of(&path);
             for (method, operation) in operations(&mut item) {
                 operation.security = security(access);
+                qualify_operation_id(operation);
                 operation
                     .extensions
                     .get_or_insert_with(Default::default)
@@ -167,6 +168,20 @@ impl RouteTable {
             router = router.route(&path, guarded);
         }
         (router, self.openapi)
+    }
+}
+
+/// Operation ids are the handler's name, which repeats across modules (`list`,
+/// `show`): prefixed with the operation's tag (`runs_list`, `repos_list`) they are unique,
+/// as OpenAPI requires and client generators rely on (`api::tests` checks).
+fn qualify_operation_id(operation: &mut Operation) {
+    let Some(tag) = operation.tags.as_ref().and_then(|t| t.first()).cloned() else {
+        return;
+    };
+    if let Some(id) = operation.operation_id.as_mut()
+        && !id.starts_with(&format!("{tag}_"))
+    {
+        *id = format!("{tag}_{id}");
     }
 }
 

@@ -25,6 +25,7 @@ pub struct RunnerInfo {
     pub running: i64,
 }
 
+/// Registered runners: labels, capacity and running stages.
 #[utoipa::path(
     get, path = "/api/runners", tag = "runners",
     responses((status = 200, body = [RunnerInfo]), (status = 401), (status = 403))

@@ -1,16 +1,15 @@
-//! Runs of a repository: list, show, cancel, rerun, and manual triggers.
+//! Runs of a repository: list, show, cancel and rerun (manual triggers: `trigger`).
 //!
 //! Reading needs the viewer role on the repository; cancel, rerun and trigger need
 //! developer. A run started with a personal token records its user (`triggered_by`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -20,10 +19,9 @@ use super::extract::{ApiPath, ApiQuery};
 use super::repos::{RepoPath, find_repo};
 use super::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
-use crate::git::Mirror;
 use crate::runs::from_plan;
 use crate::store::{
-    Event, NewRun, Repo, Role, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
+    NewRun, Repo, Role, Run, RunStatus, StageStatus, StageWithSteps, StoredFinding, Trigger,
 };
 use axum::Json;
 
@@ -34,7 +32,6 @@ pub fn routes() -> RouteTable {
         .add(Access::Role(Role::Viewer), routes!(findings))
         .add(Access::Role(Role::Developer), routes!(cancel))
         .add(Access::Role(Role::Developer), routes!(rerun))
-        .add(Access::Role(Role::Developer), routes!(trigger))
 }
 
 /// A run in the URL: `/api/repos/{owner}/{name}/runs/{number}/…`.
@@ -55,7 +52,7 @@ pub(crate) async fn find_run(state: &AppState, p: &RunPath) -> ApiResult<(Repo, 
 }
 
 /// A JSON body that may be left out entirely (then `T::default()`).
-fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
+pub(super) fn optional_json<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -75,6 +72,7 @@ pub struct ListQuery {
     pub before: Option<i64>,
 }
 
+/// A repository's runs, newest first.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs", tag = "runs",
     params(RepoPath, ListQuery),
@@ -107,6 +105,7 @@ pub struct RunDetail {
     pub stages: Vec<StageWithSteps>,
 }
 
+/// One run with its stages, steps and outputs.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}", tag = "runs", params(RunPath),
     responses((status = 200, body = RunDetail), (status = 401), (status = 403), (status = 404))
@@ -128,6 +127,7 @@ pub async fn show(
     Ok(Json(RunDetail { run, stages }))
 }
 
+/// What a run's scan stages found.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/runs/{number}/findings", tag = "runs", params(RunPath),
     responses(
@@ -145,6 +145,7 @@ pub async fn findings(
     Ok(Json(state.store.list_findings(run.id).await?))
 }
 
+/// Cancel a run: waiting stages are cancelled, running ones stopped.
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/runs/{number}/cancel", tag = "runs", params(RunPath),
     responses(
@@ -167,8 +168,9 @@ pub async fn cancel(
         )));
     }
     state.metrics.run_finished(RunStatus::Cancelled);
-    // Runners of running stages learn it at their next heartbeat; the queue may have
-    // free slots now.
+    // Runners of running stages hear it through their held heartbeat at once; the
+    // queue may have free slots now.
+    state.wake.cancel.notify_waiters();
     state.wake.queue.notify_one();
     tracing::info!(repo = %repo.name, run = run.number, by = %caller, "run cancelled");
     Ok(Json(state.store.get_run(run.id).await?))
@@ -182,6 +184,7 @@ pub struct RerunRequest {
     pub failed_only: bool,
 }
 
+/// Run a finished run again from its stored plan (all of it, or what failed).
 #[utoipa::path(
     post, path = "/api/repos/{owner}/{name}/runs/{number}/rerun", tag = "runs", params(RunPath),
     request_body(content = Option<RerunRequest>, description = "Optional; default: the whole run"),
@@ -292,172 +295,4 @@ pub async fn rerun(
         failed_only = req.failed_only, by = %caller, "rerun"
     );
     Ok((StatusCode::CREATED, Json(run)))
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TriggerRequest {
-    /// Default: the repository's default branch.
-    pub branch: Option<String>,
-    /// Plan only this pipeline (default: every pipeline that takes manual triggers).
-    pub pipeline: Option<String>,
-    /// Manual parameters (`on.manual.params`); strings, numbers or booleans.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub params: BTreeMap<String, Value>,
-}
-
-const MAX_PARAMS: usize = 100;
-const MAX_PARAM_VALUE: usize = 4096;
-
-/// Parameters as the run stores them: an object of strings.
-fn params_object(params: BTreeMap<String, Value>) -> ApiResult<Value> {
-    if params.len() > MAX_PARAMS {
-        return Err(ApiError::unprocessable(format!(
-            "at most {MAX_PARAMS} parameters"
-        )));
-    }
-    let mut out = serde_json::Map::new();
-    for (k, v) in params {
-        let valid_key = !k.is_empty()
-            && k.len() <= 128
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if k.starts_with("__") {
-            return Err(ApiError::unprocessable(format!(
-                "parameter name {k:?}: names starting with `__` are reserved"
-            )));
-        }
-        if !valid_key {
-            return Err(ApiError::unprocessable(format!(
-                "parameter name {k:?} must be made of letters, digits, `_`, `-` and `.`"
-            )));
-        }
-        let text = match v {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => {
-                return Err(ApiError::unprocessable(format!(
-                    "parameter {k:?} must be a string, number or boolean"
-                )));
-            }
-        };
-        if text.len() > MAX_PARAM_VALUE {
-            return Err(ApiError::unprocessable(format!(
-                "parameter {k:?} is longer than {MAX_PARAM_VALUE} bytes"
-            )));
-        }
-        out.insert(k, Value::String(text));
-    }
-    Ok(Value::Object(out))
-}
-
-/// The head of a branch after fetching it: (sha, commit summary, author name).
-struct Head {
-    sha: String,
-    message: String,
-    author: String,
-}
-
-async fn fetch_branch_head(state: &AppState, repo: &Repo, git_ref: &str) -> ApiResult<Head> {
-    let dir = state.mirror_dir(repo.id);
-    let url = repo.clone_url.clone();
-    let credentials = crate::admin::repos::mirror_credentials(state, repo)?;
-    let git_ref = git_ref.to_string();
-    let _guard = crate::git::lock_mirror(&dir).await;
-    let head = tokio::task::spawn_blocking(move || -> crate::git::Result<Option<Head>> {
-        let mut mirror = Mirror::open_or_init(&dir, &url)?;
-        if let Some(c) = credentials {
-            mirror = mirror.with_credentials(c);
-        }
-        mirror.fetch(std::slice::from_ref(&git_ref))?;
-        let Some(sha) = mirror.resolve_ref(&git_ref)? else {
-            return Ok(None);
-        };
-        let commit = mirror
-            .repository()
-            .find_commit(git2::Oid::from_str(&sha)?)?;
-        Ok(Some(Head {
-            message: String::from_utf8_lossy(commit.message_bytes())
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            author: String::from_utf8_lossy(commit.author().name_bytes()).into_owned(),
-            sha,
-        }))
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    head.ok_or_else(|| ApiError::unprocessable("the branch does not exist in the repository"))
-}
-
-#[utoipa::path(
-    post, path = "/api/repos/{owner}/{name}/trigger", tag = "runs", params(RepoPath),
-    request_body(content = Option<TriggerRequest>, description = "Optional; default: the default branch, no parameters"),
-    responses(
-        (status = 201, description = "A pending run of the branch head (event and trigger `manual`)", body = Run),
-        (status = 401), (status = 403), (status = 404),
-        (status = 422, description = "Invalid branch or parameters, or the branch does not exist"),
-        (status = 502, description = "The repository could not be fetched"),
-    )
-)]
-pub async fn trigger(
-    caller: Caller,
-    State(state): State<AppState>,
-    ApiPath(p): ApiPath<RepoPath>,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Run>)> {
-    let req: TriggerRequest = optional_json(&body)?;
-    let repo = find_repo(&state, &p.owner, &p.name).await?;
-    let branch = req.branch.unwrap_or_else(|| repo.default_branch.clone());
-    crate::admin::repos::validate_branch(&branch)?;
-    let mut params = params_object(req.params)?;
-    if let Some(pipeline) = req.pipeline {
-        if pipeline.is_empty() || pipeline.len() > 128 || pipeline.chars().any(char::is_control) {
-            return Err(ApiError::unprocessable("invalid pipeline name"));
-        }
-        // The planner plans only the pipeline named here (see `planner::PARAM_PIPELINE`).
-        params[crate::workers::planner::PARAM_PIPELINE] = Value::String(pipeline);
-    }
-    let git_ref = format!("refs/heads/{branch}");
-    let head = fetch_branch_head(&state, &repo, &git_ref).await?;
-    let mut new = NewRun::new(Trigger::Manual, Event::Manual, &git_ref, &head.sha);
-    new.params = params;
-    new.trusted = repo.trusted;
-    new.message = head.message;
-    new.author = head.author;
-    new.triggered_by = caller.user().map(|u| u.id);
-    let run = state.store.create_run(repo.id, new).await?;
-    state.wake.planner.notify_one();
-    tracing::info!(repo = %repo.name, run = run.number, %branch, sha = %run.sha, by = %caller, "manual trigger");
-    Ok((StatusCode::CREATED, Json(run)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_become_strings() {
-        let mut p = BTreeMap::new();
-        p.insert("n".to_string(), serde_json::json!(3));
-        p.insert("flag".to_string(), serde_json::json!(true));
-        p.insert("env".to_string(), serde_json::json!("prod"));
-        assert_eq!(
-            params_object(p).unwrap(),
-            serde_json::json!({"n": "3", "flag": "true", "env": "prod"})
-        );
-        let mut bad = BTreeMap::new();
-        bad.insert("x".to_string(), serde_json::json!({"a": 1}));
-        assert!(params_object(bad).is_err());
-        let mut bad = BTreeMap::new();
-        bad.insert("a b".to_string(), serde_json::json!("x"));
-        assert!(params_object(bad).is_err());
-        let mut reserved = BTreeMap::new();
-        reserved.insert("__cron".to_string(), serde_json::json!("nightly"));
-        assert!(params_object(reserved).is_err());
-    }
 }

@@ -38,7 +38,8 @@ pub struct SecretPath {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetSecret {
-    /// The value (at most 64 KiB). Never returned by any endpoint.
+    /// The value: 4 bytes to 64 KiB, not only whitespace (a shorter value cannot be
+    /// masked in logs). Never returned by any endpoint.
     pub value: String,
     /// Whether pull requests from forks may see it. Default: false.
     #[serde(default)]
@@ -54,6 +55,7 @@ impl std::fmt::Debug for SetSecret {
     }
 }
 
+/// Set a secret (its value is never returned).
 #[utoipa::path(
     put, path = "/api/repos/{owner}/{name}/secrets/{secret}", tag = "secrets",
     params(SecretPath), request_body = SetSecret,
@@ -61,7 +63,7 @@ impl std::fmt::Debug for SetSecret {
         (status = 201, description = "Created (metadata only)", body = SecretMeta),
         (status = 200, description = "Replaced (metadata only)", body = SecretMeta),
         (status = 401), (status = 403), (status = 404),
-        (status = 422, description = "Invalid name, or an empty or too large value"),
+        (status = 422, description = "Invalid name, or a value that is too short to be masked in logs (under 4 bytes, or only whitespace) or too large"),
     )
 )]
 pub async fn set(
@@ -94,6 +96,7 @@ pub async fn set(
     Ok((status, Json(meta)))
 }
 
+/// A repository's secret names and settings, never values.
 #[utoipa::path(
     get, path = "/api/repos/{owner}/{name}/secrets", tag = "secrets", params(RepoPath),
     responses(
@@ -109,6 +112,7 @@ pub async fn list(
     Ok(Json(state.store.list_secrets(repo.id).await?))
 }
 
+/// Delete a secret.
 #[utoipa::path(
     delete, path = "/api/repos/{owner}/{name}/secrets/{secret}", tag = "secrets",
     params(SecretPath),

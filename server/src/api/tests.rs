@@ -155,7 +155,7 @@ fn body_for(route: &Route) -> Option<Value> {
             Some(json!({"name": "a/b", "forge": "github", "clone_url": "/x"}))
         }
         ("PATCH", "/api/repos/{owner}/{name}") => Some(json!({"trusted": true})),
-        ("PUT", "/api/repos/{owner}/{name}/secrets/{secret}") => Some(json!({"value": "v"})),
+        ("PUT", "/api/repos/{owner}/{name}/secrets/{secret}") => Some(json!({"value": "value-1"})),
         ("POST", "/api/tokens") => Some(json!({"name": "t", "scope": "admin"})),
         ("POST", "/api/users") => Some(json!({
             "name": "zed", "password": "long enough password", "role": "admin"

@@ -71,6 +71,7 @@ pub struct TokenCreated {
     pub token: String,
 }
 
+/// Create a machine token (admin, runner or hook); shown only this once.
 #[utoipa::path(
     post, path = "/api/tokens", tag = "tokens", request_body = CreateToken,
     responses(
@@ -94,6 +95,7 @@ pub async fn create(
     ))
 }
 
+/// Machine tokens (never the tokens themselves).
 #[utoipa::path(
     get, path = "/api/tokens", tag = "tokens",
     responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<ApiToken>), (status = 401), (status = 403))
@@ -108,6 +110,7 @@ pub struct TokenPath {
     pub id: i64,
 }
 
+/// Revoke a machine token.
 #[utoipa::path(
     delete, path = "/api/tokens/{id}", tag = "tokens", params(TokenPath),
     responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404))

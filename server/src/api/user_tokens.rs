@@ -39,8 +39,9 @@ pub struct UserTokenCreated {
     pub token: String,
 }
 
+/// Create a personal token for a user; shown only this once.
 #[utoipa::path(
-    post, path = "/api/users/{user}/tokens", tag = "users", params(UserPath),
+    post, path = "/api/users/{user}/tokens", tag = "users", operation_id = "create_token", params(UserPath),
     request_body = CreateUserToken,
     responses(
         (status = 201, description = "Created; the token is shown only here", body = UserTokenCreated),
@@ -70,8 +71,9 @@ pub async fn create(
     ))
 }
 
+/// A user's personal tokens (never the tokens themselves).
 #[utoipa::path(
-    get, path = "/api/users/{user}/tokens", tag = "users", params(UserPath),
+    get, path = "/api/users/{user}/tokens", tag = "users", operation_id = "list_tokens", params(UserPath),
     responses((status = 200, description = "Oldest first; never the tokens themselves", body = Vec<UserToken>), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn list(
@@ -90,8 +92,9 @@ pub struct UserTokenPath {
     pub id: i64,
 }
 
+/// Revoke a user's personal token.
 #[utoipa::path(
-    delete, path = "/api/users/{user}/tokens/{id}", tag = "users", params(UserTokenPath),
+    delete, path = "/api/users/{user}/tokens/{id}", tag = "users", operation_id = "revoke_token", params(UserTokenPath),
     responses((status = 204, description = "Revoked at once"), (status = 401), (status = 403), (status = 404))
 )]
 pub async fn revoke(

@@ -46,6 +46,7 @@ async fn detail(state: &AppState, user: User) -> ApiResult<Json<UserDetail>> {
     Ok(Json(people::detail(&state.store, user).await?))
 }
 
+/// Users with their roles and linked identities.
 #[utoipa::path(
     get, path = "/api/users", tag = "users",
     responses((status = 200, description = "By name", body = Vec<UserDetail>), (status = 401), (status = 403))
@@ -81,6 +82,7 @@ impl std::fmt::Debug for CreateUser {
     }
 }
 
+/// Add a user.
 #[utoipa::path(
     post, path = "/api/users", tag = "users", request_body = CreateUser,
     responses(
@@ -105,6 +107,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, detail(&state, user).await?))
 }
 
+/// One user with their roles and linked identities.
 #[utoipa::path(
     get, path = "/api/users/{user}", tag = "users", params(UserPath),
     responses((status = 200, body = UserDetail), (status = 401), (status = 403), (status = 404))
@@ -124,6 +127,7 @@ pub struct UpdateUser {
     pub disabled: Option<bool>,
 }
 
+/// Change a user: password, disabled.
 #[utoipa::path(
     patch, path = "/api/users/{user}", tag = "users", params(UserPath), request_body = UpdateUser,
     responses((status = 200, body = UserDetail), (status = 401), (status = 403), (status = 404), (status = 422))
@@ -153,6 +157,7 @@ pub struct SetRole {
     pub repo: Option<String>,
 }
 
+/// Give a user a role, globally or on a repository.
 #[utoipa::path(
     put, path = "/api/users/{user}/roles", tag = "users", params(UserPath), request_body = SetRole,
     responses(
@@ -185,6 +190,7 @@ pub struct RoleQuery {
     pub repo: Option<String>,
 }
 
+/// Take a role from a user.
 #[utoipa::path(
     delete, path = "/api/users/{user}/roles", tag = "users", params(UserPath, RoleQuery),
     responses(
@@ -218,6 +224,7 @@ pub struct LinkIdentity {
     pub identity: String,
 }
 
+/// Link a forge identity (`github:alice`, `git:<email>`) to a user.
 #[utoipa::path(
     post, path = "/api/users/{user}/identities", tag = "users", params(UserPath),
     request_body = LinkIdentity,
@@ -247,6 +254,7 @@ pub struct IdentityPath {
     pub identity: String,
 }
 
+/// Unlink a forge identity from a user.
 #[utoipa::path(
     delete, path = "/api/users/{user}/identities/{identity}", tag = "users", params(IdentityPath),
     responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 422))

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::ServerArgs;
 use crate::admin::repos::{self, Registration, RepoView};
+use crate::cli::stdio::{errln, outln};
 use crate::daemon::state::AppState;
 use crate::store::{ForgeKind, TokenScope, audit};
 
@@ -61,6 +62,7 @@ pub enum RepoCommand {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Set a secret; the value is read from stdin (or `--value-env VAR`), never argv.
+    /// Values under 4 bytes are refused: they cannot be masked in logs.
     Set {
         /// `owner/name` of the repository.
         repo: String,
@@ -182,12 +184,10 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                 .await?)
             })?;
             let r = &registered.repo;
-            println!("registered {} ({}, id {})", r.name, r.forge, r.id);
-            println!("webhook url:    {}", registered.webhook_url);
-            println!("webhook secret: {}", registered.webhook_secret.as_str());
-            eprintln!(
-                "The webhook secret is shown only now: put it in the forge's webhook settings."
-            );
+            outln!("registered {} ({}, id {})", r.name, r.forge, r.id)?;
+            outln!("webhook url:    {}", registered.webhook_url)?;
+            outln!("webhook secret: {}", registered.webhook_secret.as_str())?;
+            errln!("The webhook secret is shown only now: put it in the forge's webhook settings.");
             Ok(ExitCode::SUCCESS)
         }
         RepoCommand::List { server } => {
@@ -199,17 +199,17 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>())
             })?;
             if views.is_empty() {
-                eprintln!("no repositories");
+                errln!("no repositories");
             }
             for v in views {
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}\t{}",
                     v.name,
                     v.forge,
                     v.default_branch,
                     if v.trusted { "trusted" } else { "untrusted" },
                     v.clone_url
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -224,7 +224,7 @@ fn read_secret_value(value_env: Option<&str>) -> anyhow::Result<Zeroizing<String
     }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("Enter the secret value, then Ctrl-D:");
+        errln!("Enter the secret value, then Ctrl-D:");
     }
     let mut value = Zeroizing::new(String::new());
     stdin
@@ -254,6 +254,7 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
         } => {
             repos::validate_secret_name(&name)?;
             let value = read_secret_value(value_env.as_deref())?;
+            repos::validate_secret_value(value.as_bytes())?;
             let created = with_state(server, async |state| {
                 let r = state.store.get_repo_by_name(&repo).await?;
                 Ok(
@@ -261,10 +262,10 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                         .await?,
                 )
             })?;
-            println!(
+            outln!(
                 "{} secret {name} of {repo}",
                 if created { "created" } else { "updated" }
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         SecretCommand::List { repo, server } => {
@@ -273,10 +274,10 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                 Ok(state.store.list_secrets(r.id).await?)
             })?;
             if secrets.is_empty() {
-                eprintln!("no secrets");
+                errln!("no secrets");
             }
             for s in secrets {
-                println!(
+                outln!(
                     "{}\t{}",
                     s.name,
                     if s.allow_pull_requests {
@@ -284,7 +285,7 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         "no pull requests"
                     }
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -296,7 +297,7 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             if !deleted {
                 bail!("{repo} has no secret {name}");
             }
-            println!("deleted secret {name} of {repo}");
+            outln!("deleted secret {name} of {repo}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -317,9 +318,10 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                             .await
                             .map_err(|e| anyhow::anyhow!(e.message))
                     })?;
-                    eprintln!(
+                    errln!(
                         "created {scope} token {:?} (id {}); it is shown only now:",
-                        info.name, info.id
+                        info.name,
+                        info.id
                     );
                     token
                 }
@@ -334,15 +336,16 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                         )
                         .await?)
                     })?;
-                    eprintln!(
+                    errln!(
                         "created personal token {:?} of {user} (id {}); it is shown only now:",
-                        info.name, info.id
+                        info.name,
+                        info.id
                     );
                     token
                 }
                 (None, None) => bail!("give --scope or --user"),
             };
-            println!("{}", token.as_str());
+            outln!("{}", token.as_str())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -393,7 +396,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
     }
     let number = answer["number"].as_i64().unwrap_or_default();
     let sha = answer["sha"].as_str().unwrap_or_default();
-    println!("run #{number} of {repo} at {sha} is pending");
-    println!("{base}/api/repos/{repo}/runs/{number}");
+    outln!("run #{number} of {repo} at {sha} is pending")?;
+    outln!("{base}/api/repos/{repo}/runs/{number}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::ServerArgs;
 use super::admin::with_state;
+use crate::cli::stdio::outln;
 use crate::store::audit::AuditFilter;
 
 #[derive(Debug, Subcommand)]
@@ -46,15 +47,17 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let outcome = with_state(server, async |state| Ok(state.store.verify_audit().await?))?;
             match outcome {
                 Ok(report) => {
-                    println!("audit log intact: {} entries", report.entries);
-                    println!("head {}", report.head);
+                    outln!("audit log intact: {} entries", report.entries)?;
+                    outln!("head {}", report.head)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(broken) => {
-                    println!(
+                    outln!(
                         "audit log broken at entry {}: {} ({} entries before it check out)",
-                        broken.id, broken.reason, broken.checked
-                    );
+                        broken.id,
+                        broken.reason,
+                        broken.checked
+                    )?;
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -85,10 +88,14 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 let at = chrono::DateTime::from_timestamp_millis(e.at)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                     .unwrap_or_else(|| e.at.to_string());
-                println!(
+                outln!(
                     "{}\t{at}\t{}\t{}\t{}\t{}",
-                    e.id, e.actor, e.action, e.subject, e.detail
-                );
+                    e.id,
+                    e.actor,
+                    e.action,
+                    e.subject,
+                    e.detail
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -4,6 +4,9 @@
 use console::Style;
 use pipelines::{Diagnostic, Severity};
 
+/// Longest source line quoted under a diagnostic, in bytes.
+const MAX_SHOWN_LINE: usize = 400;
+
 /// Renders `diag`; `source` is the text of the file it points into, when we have it.
 pub fn render(diag: &Diagnostic, source: Option<&str>, colour: bool) -> String {
     let style = |s: Style| s.force_styling(colour);
@@ -28,7 +31,10 @@ pub fn render(diag: &Diagnostic, source: Option<&str>, colour: bool) -> String {
         diag.line,
         diag.column
     );
-    let line_text = source.and_then(|s| s.lines().nth(diag.line.checked_sub(1)?));
+    // A line longer than a screen or two (minified JSON, an oversized file) is not shown.
+    let line_text = source
+        .and_then(|s| s.lines().nth(diag.line.checked_sub(1)?))
+        .filter(|l| l.len() <= MAX_SHOWN_LINE);
     if let Some(text) = line_text {
         let pad = " ".repeat(gutter);
         let caret_at: usize = text

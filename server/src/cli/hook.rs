@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::api::hooks::{GitHookBody, GitHookResponse, RefUpdate};
+use crate::cli::stdio::errln;
 
 #[derive(Debug, clap::Args)]
 pub struct HookArgs {
@@ -35,7 +36,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
     let token = match std::env::var("SLIPWAY_TOKEN") {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         _ => {
-            eprintln!("slipway hook: set SLIPWAY_TOKEN to an API token with the `hook` scope");
+            errln!("slipway hook: set SLIPWAY_TOKEN to an API token with the `hook` scope");
             return Ok(ExitCode::from(2));
         }
     };
@@ -86,7 +87,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
     let (status, text) = match response {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "slipway hook: cannot reach the Slipway server at {}: {e}",
                 redact(&url)
             );
@@ -98,7 +99,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.chars().take(200).collect());
-        eprintln!(
+        errln!(
             "slipway hook: the server refused the push notification for `{}`: HTTP {}: {reason}",
             args.repo,
             status.as_u16()

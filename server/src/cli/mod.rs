@@ -1,4 +1,7 @@
-//! The `slipway` command line: one sub-module per command.
+//! The `slipway` command line: one sub-module per command. Output goes through
+//! `stdio` (`outln!`, `errln!`), never `println!`: a closed pipe or a full disk is an
+//! error to handle, not a panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin;
 mod audit;
@@ -11,11 +14,13 @@ mod people;
 mod pipeline_files;
 mod release;
 mod runner;
+pub mod stdio;
 mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::cli::stdio::outln;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -114,10 +119,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { path } => validate::run(&path),
         Command::Exec(args) => exec::run(*args),
         Command::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&pipelines::json_schema())?
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
@@ -137,7 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 store.close().await;
                 anyhow::Ok(())
             })?;
-            println!("migrations applied");
+            outln!("migrations applied")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Repo(cmd) => admin::repo(cmd),

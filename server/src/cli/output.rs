@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runner::{StageEvent, Status};
 
 use crate::cli::exec::engine::{ExecEvent, StageReport, StageResult};
+use crate::cli::stdio::{StdoutError, outln};
 use crate::store::RunStatus;
 
 const PALETTE: [fn(Style) -> Style; 6] = [
@@ -29,6 +30,9 @@ pub struct Output {
     /// Present only when stderr is a terminal.
     bars: Option<MultiProgress>,
     spinners: HashMap<String, ProgressBar>,
+    /// The first failed write to stdout: nothing more is printed, and the command
+    /// reports it when the run is over (its steps are not left half-done).
+    broken: Option<StdoutError>,
 }
 
 impl Output {
@@ -50,6 +54,7 @@ impl Output {
             styles,
             bars,
             spinners: HashMap::new(),
+            broken: None,
         }
     }
 
@@ -62,11 +67,15 @@ impl Output {
     }
 
     /// Prints a line above the spinners (or plainly to stdout without a terminal).
-    fn line(&self, text: String) {
-        match &self.bars {
-            Some(bars) => bars.suspend(|| println!("{text}")),
-            None => println!("{text}"),
+    fn line(&mut self, text: String) {
+        if self.broken.is_some() {
+            return;
         }
+        let written = match &self.bars {
+            Some(bars) => bars.suspend(|| outln!("{text}")),
+            None => outln!("{text}"),
+        };
+        self.broken = written.err();
     }
 
     pub fn event(&mut self, event: ExecEvent) {
@@ -150,7 +159,15 @@ impl Output {
     }
 
     /// The table of stages and the verdict: the run's status (see `engine::execute`).
-    pub fn summary(&mut self, reports: &[StageReport], status: RunStatus) {
+    /// Fails with the first failed write to stdout, of the summary or of a line before.
+    pub fn summary(
+        &mut self,
+        reports: &[StageReport],
+        status: RunStatus,
+    ) -> Result<(), StdoutError> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         if let Some(bars) = &self.bars {
             let _ = bars.clear();
         }
@@ -209,8 +226,8 @@ impl Output {
             })
             .collect();
         let bold = Style::new().bold().force_styling(self.colour);
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "{}",
             bold.apply_to(format!(
                 "{:<w0$}  {:<w1$}  {:>w2$}  {}",
@@ -222,7 +239,7 @@ impl Output {
                 w1 = widths[1],
                 w2 = widths[2]
             ))
-        );
+        )?;
         for row in &rows {
             let status_style = match row[1].as_str() {
                 "success" => Style::new().green(),
@@ -230,7 +247,7 @@ impl Output {
                 _ => Style::new().red().bold(),
             }
             .force_styling(self.colour);
-            println!(
+            outln!(
                 "{:<w0$}  {}  {:>w2$}  {}",
                 row[0],
                 status_style.apply_to(format!("{:<w1$}", row[1], w1 = widths[1])),
@@ -238,7 +255,7 @@ impl Output {
                 row[3],
                 w0 = widths[0],
                 w2 = widths[2]
-            );
+            )?;
         }
         let failed = reports.iter().filter(|r| r.result.failed()).count();
         let ran = reports
@@ -258,11 +275,11 @@ impl Output {
                 .force_styling(self.colour)
                 .apply_to("failed")
         };
-        println!(
+        outln!(
             "\n{verdict}: {ran} stage{} ran, {failed} failed, {} not run",
             if ran == 1 { "" } else { "s" },
             reports.len() - ran
-        );
+        )
     }
 }
 

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::ServerArgs;
 use super::admin::with_state;
 use crate::admin::people;
+use crate::cli::stdio::{errln, outln};
 use crate::store::{Role, audit};
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -97,7 +98,7 @@ fn read_password(name: &str) -> anyhow::Result<Zeroizing<String>> {
     let stdin = std::io::stdin();
     let mut password = Zeroizing::new(String::new());
     if stdin.is_terminal() {
-        eprint!("Password for {name}: ");
+        errln!("Password for {name}: ");
         let echo_off = std::process::Command::new("stty")
             .arg("-echo")
             .stdin(std::process::Stdio::inherit())
@@ -110,7 +111,7 @@ fn read_password(name: &str) -> anyhow::Result<Zeroizing<String>> {
                 .stdin(std::process::Stdio::inherit())
                 .status();
         }
-        eprintln!();
+        errln!();
         read.context("reading the password")?;
     } else {
         stdin
@@ -152,10 +153,11 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 .await?)
             })?;
             let place = repo.map_or("globally".to_string(), |r| format!("on {r}"));
-            println!(
+            outln!(
                 "created user {} (id {}), {role} {place}",
-                user.name, user.id
-            );
+                user.name,
+                user.id
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List { server } => {
@@ -167,7 +169,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 Ok(out)
             })?;
             if users.is_empty() {
-                eprintln!("no users");
+                errln!("no users");
             }
             for u in users {
                 let roles: Vec<String> = u
@@ -178,7 +180,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                         None => b.role.to_string(),
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}",
                     u.user.name,
                     if u.user.disabled {
@@ -196,7 +198,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         u.identities.join(",")
                     },
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -217,8 +219,8 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             })?;
             let place = repo.map_or("globally".to_string(), |r| format!("on {r}"));
             match before {
-                Some(b) => println!("{name} is now {role} {place} (was {b})"),
-                None => println!("{name} is now {role} {place}"),
+                Some(b) => outln!("{name} is now {role} {place} (was {b})")?,
+                None => outln!("{name} is now {role} {place}")?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -231,7 +233,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 let user = state.store.get_user_by_name(&name).await?;
                 Ok(people::link(&state.store, audit::CLI, &user, &identity).await?)
             })?;
-            println!("linked {linked} to {name}");
+            outln!("linked {linked} to {name}")?;
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::Unlink {
@@ -243,7 +245,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 let user = state.store.get_user_by_name(&name).await?;
                 Ok(people::unlink(&state.store, audit::CLI, &user, &identity).await?)
             })?;
-            println!("unlinked {identity} from {name}");
+            outln!("unlinked {identity} from {name}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -257,9 +259,9 @@ fn set_disabled(name: String, disabled: bool, server: ServerArgs) -> anyhow::Res
             .set_user_disabled(audit::CLI, user.id, disabled)
             .await?)
     })?;
-    println!(
+    outln!(
         "{} user {name}",
         if disabled { "disabled" } else { "enabled" }
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

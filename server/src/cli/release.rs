@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::client::{Api, ApiArgs, repo_path, segment};
+use crate::cli::stdio::{StdoutError, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
@@ -171,9 +172,9 @@ pub fn env(cmd: EnvCommand) -> anyhow::Result<ExitCode> {
         EnvCommand::List { repo, json, api } => {
             let answer = Api::new(&api)?.get(&format!("{}/environments", repo_path(&repo)?))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?)?;
             } else {
-                print_env_table(&answer);
+                print_env_table(&answer)?;
             }
         }
         EnvCommand::Show {
@@ -185,9 +186,9 @@ pub fn env(cmd: EnvCommand) -> anyhow::Result<ExitCode> {
             let path = format!("{}/environments/{}", repo_path(&repo)?, segment(&env));
             let answer = Api::new(&api)?.get(&path)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?)?;
             } else {
-                print_env_detail(&answer);
+                print_env_detail(&answer)?;
             }
         }
         EnvCommand::Set(set) => {
@@ -198,17 +199,17 @@ pub fn env(cmd: EnvCommand) -> anyhow::Result<ExitCode> {
             );
             let body = env_body(&set)?;
             let answer = Api::new(&set.api)?.put(&path, &body)?;
-            println!(
+            outln!(
                 "environment `{}` of {}: {}",
                 set.env,
                 set.repo,
                 rules_line(&answer)
-            );
+            )?;
         }
         EnvCommand::Rm { repo, env, api } => {
             let path = format!("{}/environments/{}", repo_path(&repo)?, segment(&env));
             Api::new(&api)?.delete(&path)?;
-            println!("environment `{env}` of {repo} removed (its deployment history stays)");
+            outln!("environment `{env}` of {repo} removed (its deployment history stays)")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -321,7 +322,7 @@ fn version(d: &Value) -> String {
     out
 }
 
-fn print_env_table(envs: &Value) {
+fn print_env_table(envs: &Value) -> Result<(), StdoutError> {
     let rows: Vec<[String; 5]> = envs
         .as_array()
         .into_iter()
@@ -343,33 +344,32 @@ fn print_env_table(envs: &Value) {
         })
         .collect();
     if rows.is_empty() {
-        println!("no environments: define one with `slipway env set`, or deploy to one");
-        return;
+        return outln!("no environments: define one with `slipway env set`, or deploy to one");
     }
     table(
         &["ENVIRONMENT", "LIVE", "PREVIOUS", "WAITING", "RULES"],
         &rows,
-    );
+    )
 }
 
-fn print_env_detail(d: &Value) {
-    println!("environment: {}", d["name"].as_str().unwrap_or(""));
+fn print_env_detail(d: &Value) -> Result<(), StdoutError> {
+    outln!("environment: {}", d["name"].as_str().unwrap_or(""))?;
     if d["environment"].is_null() {
-        println!("rules:       not defined (unprotected)");
+        outln!("rules:       not defined (unprotected)")?;
     } else {
-        println!("rules:       {}", rules_line(&d["environment"]));
+        outln!("rules:       {}", rules_line(&d["environment"]))?;
         if let Some(ns) = d["environment"]["namespace"].as_str() {
-            println!("namespace:   {ns}");
+            outln!("namespace:   {ns}")?;
         }
         let conn = if d["environment"]["has_kubeconfig"].as_bool() == Some(true) {
             "kubeconfig (sealed)"
         } else {
             "in-cluster"
         };
-        println!("cluster:     {conn}");
+        outln!("cluster:     {conn}")?;
     }
-    println!("live:        {}", version(&d["live"]));
-    println!("previous:    {}", version(&d["previous"]));
+    outln!("live:        {}", version(&d["live"]))?;
+    outln!("previous:    {}", version(&d["previous"]))?;
     let rows: Vec<[String; 5]> = d["deployments"]
         .as_array()
         .into_iter()
@@ -392,15 +392,16 @@ fn print_env_detail(d: &Value) {
         })
         .collect();
     if !rows.is_empty() {
-        println!();
+        outln!()?;
         table(
             &["VERSION", "STAGE", "GATE", "DEPLOY", "APPROVED BY"],
             &rows,
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> Result<(), StdoutError> {
     let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {
@@ -416,12 +417,13 @@ fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
                 out.push_str(&format!("{c:<w$}  ", w = width[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end())
     };
-    line(head.to_vec());
+    line(head.to_vec())?;
     for r in rows {
-        line(r.iter().map(String::as_str).collect());
+        line(r.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 pub fn vote(args: VoteArgs, approve: bool) -> anyhow::Result<ExitCode> {
@@ -444,20 +446,20 @@ pub fn vote(args: VoteArgs, approve: bool) -> anyhow::Result<ExitCode> {
         "approved" => "approved: the stage starts when the environment is free".into(),
         _ => format!("{state}: {}", d["reason"].as_str().unwrap_or("")),
     };
-    println!(
+    outln!(
         "{verb}d {} run #{} stage `{}` ({}): {what}",
         args.repo,
         args.run,
         args.stage,
         d["environment"].as_str().unwrap_or("")
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
     let items = Api::new(&args.api)?.get("/api/inbox")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<[String; 6]> = items
@@ -485,7 +487,7 @@ pub fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if rows.is_empty() {
-        println!("nothing is waiting for approval");
+        outln!("nothing is waiting for approval")?;
     } else {
         table(
             &[
@@ -497,7 +499,7 @@ pub fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
                 "YOU",
             ],
             &rows,
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -505,10 +507,14 @@ pub fn inbox(args: InboxArgs) -> anyhow::Result<ExitCode> {
 pub fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let path = format!("{}/runs/{}/promote", repo_path(&args.repo)?, args.run);
     let run = Api::new(&args.api)?.post(&path, &json!({ "environment": args.to }))?;
-    println!(
+    outln!(
         "run #{} promotes run #{} of {} to `{}` (nothing rebuilt); it waits at the gate if `{}` is protected",
-        run["number"], args.run, args.repo, args.to, args.to
-    );
+        run["number"],
+        args.run,
+        args.repo,
+        args.to,
+        args.to
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -519,9 +525,12 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         segment(&args.env)
     );
     let run = Api::new(&args.api)?.post(&path, &json!({}))?;
-    println!(
+    outln!(
         "run #{} rolls `{}` of {} back to run #{} (nothing rebuilt); it passes the environment's gate like any deployment",
-        run["number"], args.env, args.repo, run["promotion"]["from_number"]
-    );
+        run["number"],
+        args.env,
+        args.repo,
+        run["promotion"]["from_number"]
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::cli::pipeline_files;
 
 use super::diagnostics;
+use crate::cli::stdio::{errln, outln};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let files = pipeline_files::from_path(path)?;
@@ -13,14 +14,14 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     match load(&files, colour) {
         Ok(pipelines) => {
             let stages: usize = pipelines.iter().map(|p| p.stages.len()).sum();
-            println!(
+            outln!(
                 "ok: {} pipeline{} with {stages} stage{} in {} file{}",
                 pipelines.len(),
                 plural(pipelines.len()),
                 plural(stages),
                 files.len(),
                 plural(files.len())
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(()) => Ok(ExitCode::FAILURE),
@@ -41,7 +42,7 @@ pub fn load(
     };
     let print = |diags: &[pipelines::Diagnostic]| {
         for d in diags {
-            eprintln!("{}", diagnostics::render(d, source_of(&d.file), colour));
+            errln!("{}", diagnostics::render(d, source_of(&d.file), colour));
         }
     };
     match pipelines::load(files) {
@@ -57,7 +58,7 @@ pub fn load(
                 .iter()
                 .filter(|d| d.severity == pipelines::Severity::Error)
                 .count();
-            eprintln!(
+            errln!(
                 "{}: {errors} error{} found",
                 if colour {
                     console::style("failed").red().bold().to_string()

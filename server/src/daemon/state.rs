@@ -40,6 +40,9 @@ pub struct Wake {
     pub planner: Notify,
     /// Stages became runnable (or runners freed up).
     pub queue: Notify,
+    /// A running stage was asked to stop: held heartbeats look again at once
+    /// (`api::protocol::report`), so the runner hears it now, not at its next beat.
+    pub cancel: Notify,
 }
 
 impl AppState {

@@ -4,10 +4,10 @@ use git2::{ObjectType, TreeEntry};
 
 use super::{GitError, Mirror, Result};
 
-/// Largest pipeline file read from a commit. The YAML and the plan derived from it are stored
-/// with every run, so a multi-megabyte file is almost certainly a mistake (or an attempt to
-/// bloat the database); it becomes a clear error instead.
-pub const MAX_PIPELINE_FILE_BYTES: usize = 1024 * 1024;
+/// Largest pipeline file read from a commit: the limit `pipelines::parse` applies (so
+/// `slipway validate` refuses what the server refuses), checked here before the blob is
+/// copied into memory.
+pub const MAX_PIPELINE_FILE_BYTES: usize = pipelines::MAX_FILE_BYTES;
 
 /// Blob file modes git records in trees (normal and executable files).
 const MODE_BLOB: i32 = 0o100644;

@@ -41,6 +41,7 @@ pub mod deployments;
 pub mod environments;
 mod events;
 mod gates;
+mod lease;
 mod migrations;
 mod people;
 mod queue;

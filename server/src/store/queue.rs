@@ -13,9 +13,9 @@ use super::row::{
 };
 use super::run_state::close_steps;
 use super::{
-    Dialect, Error, FinishReport, Heartbeat, Lease, Limits, QueuedLabels, Result, Run, RunId,
-    RunStatus, RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus,
-    StageWithSteps, Step, StepId, StepStatus, Store, Tx, affected, duration_ms,
+    Dialect, Error, FinishReport, Lease, Limits, QueuedLabels, Result, Run, RunId, RunStatus,
+    RunnerId, Settled, Stage, StageId, StageOutcome, StageResults, StageStatus, StageWithSteps,
+    Step, StepId, StepStatus, Store, Tx, affected, duration_ms,
 };
 
 /// Key of the PostgreSQL advisory lock that makes "count running stages, then lease
@@ -237,32 +237,6 @@ impl Store {
                 key: r.text("stage_key")?,
                 labels: r.json("labels")?,
             })
-        })
-    }
-
-    /// Extends a lease. [`Heartbeat::Cancel`] asks the runner to stop the stage (and
-    /// then report it `cancelled`); [`Heartbeat::Lost`] means the token is no longer
-    /// valid.
-    pub async fn heartbeat(
-        &self,
-        stage: StageId,
-        token: &str,
-        lease_for: Duration,
-    ) -> Result<Heartbeat> {
-        let row = query(
-            "UPDATE stages SET lease_expires_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND status = 'running' \
-             RETURNING cancel_requested",
-        )
-        .bind(stage)
-        .bind(token)
-        .bind(self.now_ms().saturating_add(duration_ms(lease_for)))
-        .fetch_optional(&self.write)
-        .await?;
-        Ok(match row {
-            None => Heartbeat::Lost,
-            Some(r) if r.flag("cancel_requested")? => Heartbeat::Cancel,
-            Some(_) => Heartbeat::Ok,
         })
     }
 

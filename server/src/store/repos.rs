@@ -5,6 +5,10 @@ use sqlx::query;
 use super::row::{REPO_COLS, repo, rows};
 use super::{Error, NewRepo, Repo, RepoId, Result, Store, affected};
 
+/// What a lookup by id says of a repository that does not exist (anymore): messages
+/// name repositories by `owner/name`, never by their internal id.
+pub(crate) const GONE: &str = "the repository (it was deleted)";
+
 impl Store {
     /// Registers a repository; `Conflict` if the name is taken.
     pub async fn create_repo(&self, new: NewRepo) -> Result<Repo> {
@@ -37,7 +41,8 @@ impl Store {
         let sql = format!("SELECT {REPO_COLS} FROM repos WHERE id = $1");
         match query(&sql).bind(id).fetch_optional(&self.read).await? {
             Some(row) => repo(&row),
-            None => Err(Error::NotFound(format!("repository {id}"))),
+            // Internal ids never reach a message: the repository is gone, so has its name.
+            None => Err(Error::NotFound(GONE.into())),
         }
     }
 
@@ -77,7 +82,7 @@ impl Store {
             .await?;
         match row {
             Some(row) => repo(&row),
-            None => Err(Error::NotFound(format!("repository {}", r.id))),
+            None => Err(Error::NotFound(format!("repository {:?}", r.name))),
         }
     }
 
@@ -91,7 +96,7 @@ impl Store {
             .await?
         {
             Some(row) => repo(&row),
-            None => Err(Error::NotFound(format!("repository {id}"))),
+            None => Err(Error::NotFound(GONE.into())),
         }
     }
 

@@ -67,7 +67,7 @@ impl Store {
         .await?
         {
             Some(row) => sqlx::Row::try_get(&row, "number")?,
-            None => return Err(Error::NotFound(format!("repository {repo}"))),
+            None => return Err(Error::NotFound(super::repos::GONE.into())),
         };
         let sql = format!(
             "INSERT INTO runs (repo_id, number, status, trigger_kind, event, git_ref, branch, tag, \
@@ -125,9 +125,13 @@ impl Store {
             .await?
         {
             Some(row) => run_row(&row),
-            None => Err(Error::NotFound(format!(
-                "run #{number} of repository {repo}"
-            ))),
+            None => {
+                let of = match self.get_repo(repo).await {
+                    Ok(r) => r.name,
+                    Err(_) => super::repos::GONE.to_string(),
+                };
+                Err(Error::NotFound(format!("run #{number} of {of}")))
+            }
         }
     }
 

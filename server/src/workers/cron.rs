@@ -1,6 +1,7 @@
 //! The cron worker: fires `on.cron` schedules of each repository's default branch.
 //!
-//! Every [`TICK`], for each repository:
+//! At every due instant of a known schedule (and at least every [`RESCAN`]), for each
+//! repository:
 //! 1. Read the schedules from the pipeline files at the head of the default branch in
 //!    the bare mirror. The mirror is fetched at most every [`FETCH_INTERVAL`] per
 //!    repository (pushes keep it fresh anyway: the planner fetches on every run); the
@@ -40,11 +41,14 @@ use crate::git::lock_mirror;
 use crate::store::{self, Event, NewRun, Repo, RepoId, Run, Trigger};
 use crate::workers::planner::{PARAM_CRON, PARAM_PIPELINE};
 
-/// How often schedules are checked. Cron has minute resolution in practice; 15 s keeps
-/// a run within a quarter of a minute of its time.
-pub const TICK: Duration = Duration::from_secs(15);
+/// How often the schedules themselves are read again (a push may have added or changed
+/// one; a repository may have been registered). Firing does not wait for this: the
+/// worker sleeps until the next due instant of the schedules it knows.
+pub const RESCAN: Duration = Duration::from_secs(15);
 /// How often one repository's mirror is fetched just to read its schedules.
 pub const FETCH_INTERVAL: Duration = Duration::from_secs(600);
+/// Woken this long after an instant, so that the wall clock has surely reached it.
+const SLACK: Duration = Duration::from_millis(20);
 
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -53,9 +57,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             if let Err(e) = cron.tick(&state, Utc::now()).await {
                 tracing::warn!(error = %e, "cron: tick failed");
             }
+            let wait = cron.next_wait(Utc::now());
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         tracing::debug!("cron worker stopped");
@@ -137,6 +142,18 @@ impl Cron {
             state.wake.planner.notify_waiters();
         }
         Ok(created)
+    }
+
+    /// How long to sleep after a tick at `now`: until just after the next instant of any
+    /// known schedule, or [`RESCAN`] if that comes first.
+    pub fn next_wait(&self, now: DateTime<Utc>) -> Duration {
+        self.repos
+            .values()
+            .flat_map(|k| &k.entries)
+            .filter_map(|e| e.schedule.after(&now).next())
+            .filter_map(|next| (next - now).to_std().ok())
+            .map(|d| d + SLACK)
+            .fold(RESCAN, Duration::min)
     }
 
     /// The instant (unix ms) to fire now, if any; records the first-sight watermark.
@@ -273,7 +290,7 @@ pub(crate) async fn read_head(
     let dir = state.mirror_dir(repo.id);
     let url = repo.clone_url.clone();
     let branch = format!("refs/heads/{}", repo.default_branch);
-    let credentials = crate::workers::planner::credentials(state, repo);
+    let credentials = crate::admin::repos::fetch_credentials(state, repo);
     let _guard = lock_mirror(&dir).await;
     tokio::task::spawn_blocking(move || read_head_blocking(&dir, &url, &branch, credentials, fetch))
         .await
@@ -325,6 +342,37 @@ mod tests {
         assert_eq!(
             latest_at_or_before(&every_minute, at(10, 7, 31)),
             Some(at(10, 7, 0))
+        );
+    }
+
+    #[test]
+    fn sleeps_until_the_next_instant_of_any_schedule() {
+        let mut cron = Cron::default();
+        assert_eq!(cron.next_wait(at(10, 0, 13)), RESCAN);
+        let entry = |expr: &str| Entry {
+            pipeline: "p".into(),
+            name: expr.into(),
+            expr: expr.into(),
+            schedule: Schedule::from_str(expr).unwrap(),
+        };
+        cron.repos.insert(
+            1,
+            Known {
+                fetched_at: None,
+                source: Default::default(),
+                head: None,
+                entries: vec![entry("0 0 3 * * *"), entry("*/20 * * * * *")],
+            },
+        );
+        assert_eq!(
+            cron.next_wait(at(10, 0, 13)),
+            Duration::from_secs(7) + SLACK
+        );
+        // At an instant, the next one (that one has just fired).
+        assert_eq!(cron.next_wait(at(10, 0, 20)), RESCAN);
+        assert_eq!(
+            cron.next_wait(at(10, 0, 39)),
+            Duration::from_secs(1) + SLACK
         );
     }
 

@@ -13,6 +13,8 @@
 //!   ("no pipeline triggered: default: on.push.branches: …") are recorded in the run's
 //!   `error` column via [`Store::set_run_note`](crate::store::Store::set_run_note), so the
 //!   API can answer "why didn't my pipeline run?". A push is never silently dropped.
+//!   A manual run is the exception: somebody asked for it, so planning nothing makes it
+//!   an error run with the same reasons (the trigger API refuses it before that).
 //! * **Error run** (`error` status, reason in `error`, diagnostics for validation
 //!   failures): no pipeline file, invalid YAML, a parameter error, a stage asking for a
 //!   service account in a run that is not trusted
@@ -52,7 +54,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-use crate::daemon::state::{self, AppState};
+use crate::daemon::state::AppState;
 use crate::git::{CredentialsFn, GitError, Mirror};
 use crate::store::{self, Event, Repo, RepoId, Run, RunId};
 
@@ -319,6 +321,15 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
     {
         not_triggered.push(format!("no pipeline named `{o}` at {}", commit.sha));
     }
+    if run.event == Event::Manual && plans.is_empty() {
+        // Someone asked for this run: "success, nothing ran" would be a lie. The trigger
+        // API refuses such a request up front (`runs::manual`); this is the last line.
+        let msg = format!(
+            "nothing to run: no pipeline takes manual runs ({})",
+            not_triggered.join("; ")
+        );
+        return fail(state, run, &msg, None).await;
+    }
     if let Err(diags) = crate::runs::from_plan::check_trust(&plans, run.trusted) {
         return fail(
             state,
@@ -436,6 +447,7 @@ async fn auto_cancel(state: &AppState, repo: &Repo, run: &Run) {
             }
             tracing::info!(repo = %repo.name, run = run.number, cancelled = n, "superseded older runs");
             state.wake.queue.notify_waiters();
+            state.wake.cancel.notify_waiters();
         }
         Err(e) => tracing::warn!(run = run.id, error = %e, "auto-cancel failed"),
     }
@@ -495,7 +507,7 @@ fn yaml_digest(files: &[(String, String)]) -> String {
 async fn read_commit(state: &AppState, repo: &Repo, run: &Run) -> Result<Commit, GitError> {
     let dir = state.mirror_dir(repo.id);
     let clone_url = repo.clone_url.clone();
-    let credentials = credentials(state, repo);
+    let credentials = crate::admin::repos::fetch_credentials(state, repo);
     let run = run.clone();
     let _guard = crate::git::lock_mirror(&dir).await;
     tokio::task::spawn_blocking(move || read_commit_blocking(&dir, &clone_url, credentials, &run))
@@ -547,36 +559,6 @@ fn read_commit_blocking(
         files,
         changed_paths,
     })
-}
-
-/// Fetch credentials from the repository's forge token, if it has one. Forges differ
-/// in the user name they expect next to a token.
-pub(crate) fn credentials(state: &AppState, repo: &Repo) -> Option<Arc<CredentialsFn>> {
-    let sealed = repo.forge_token_enc.as_ref()?;
-    let token = match state
-        .secret_box
-        .open(sealed, &state::forge_token_aad(&repo.name))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(repo = %repo.name, error = %e, "cannot open the forge token; fetching without credentials");
-            return None;
-        }
-    };
-    let token = zeroize::Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
-    let forge = repo.forge;
-    Some(Arc::new(move |_url: &str, user: Option<&str>, _allowed| {
-        match forge {
-            // Gitea/Forgejo accept the token as the user name.
-            store::ForgeKind::Gitea | store::ForgeKind::Forgejo => {
-                git2::Cred::userpass_plaintext(&token, "x-oauth-basic")
-            }
-            store::ForgeKind::Gitlab => {
-                git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token)
-            }
-            _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),
-        }
-    }))
 }
 
 #[cfg(test)]

@@ -257,11 +257,28 @@ async fn secrets_come_from_stdin_or_the_environment_never_argv() {
     assert!(!out.status.success() && all_output(&out).contains("environment variable name"));
     let out = run(slipway(&data, &["secret", "set", "team/app", "EMPTY"]).stdin(Stdio::null()));
     assert!(!out.status.success() && all_output(&out).contains("empty"));
+    // Too short to be masked in logs: refused, and nothing is stored.
+    for short in ["abc", "    "] {
+        let out = run(slipway(
+            &data,
+            &["secret", "set", "team/app", "SHORT", "--value-env", "V"],
+        )
+        .env("V", short));
+        let text = all_output(&out);
+        assert!(!out.status.success(), "{short:?} was accepted: {text}");
+        assert!(
+            text.contains("at least 4 bytes") && text.contains("cannot be masked"),
+            "{text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    let out = run(&mut slipway(&data, &["secret", "list", "team/app"]));
+    assert!(!ok(&out).contains("SHORT"));
     let out = run(slipway(
         &data,
         &["secret", "set", "team/nope", "X", "--value-env", "V"],
     )
-    .env("V", "x"));
+    .env("V", "long-enough"));
     assert!(!out.status.success() && all_output(&out).contains("not found"));
 
     ok(&run(&mut slipway(

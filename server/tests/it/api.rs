@@ -161,7 +161,7 @@ fn all_routes() -> Vec<(&'static str, String, Option<Value>)> {
         (
             "PUT",
             "/api/repos/team/app/secrets/X".to_string(),
-            Some(json!({"value": "v"})),
+            Some(json!({"value": "value-1"})),
         ),
         ("GET", "/api/repos/team/app/secrets".to_string(), None),
         ("DELETE", "/api/repos/team/app/secrets/X".to_string(), None),
@@ -447,7 +447,7 @@ async fn secret_values_never_come_back(db: Dialect) {
     ctx.call(
         "PUT",
         "/api/repos/team/app/secrets/OTHER",
-        Some(json!({"value": "x"})),
+        Some(json!({"value": "other-value"})),
     )
     .await;
 
@@ -480,9 +480,11 @@ async fn secret_values_never_come_back(db: Dialect) {
     assert_eq!(&opened[..], value.as_bytes());
 
     for (name, body) in [
-        ("1BAD", json!({"value": "x"})),
-        ("A-B", json!({"value": "x"})),
+        ("1BAD", json!({"value": "long-enough"})),
+        ("A-B", json!({"value": "long-enough"})),
         ("EMPTY", json!({"value": ""})),
+        ("SHORT", json!({"value": "abc"})),
+        ("BLANK", json!({"value": "    \n"})),
         ("BIG", json!({"value": "x".repeat(64 * 1024 + 1)})),
     ] {
         let r = ctx

@@ -259,7 +259,7 @@ async fn cli_users_act_through_the_api_with_exactly_their_role(db: Dialect) {
             "PUT",
             "/api/repos/team/app/secrets/KEY",
             &dev,
-            Some(json!({"value": "v"})),
+            Some(json!({"value": "value-1"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);

@@ -636,6 +636,41 @@ async fn manual_parameter_errors_are_error_runs() {
 }
 
 #[tokio::test]
+async fn a_manual_run_that_plans_nothing_is_an_error_run_not_a_success() {
+    // The trigger API refuses such a run up front; a run made otherwise (the store, an
+    // older server) still never passes for one that did something.
+    let env = TestServer::builder().build().await;
+    let state = &env.state;
+    let mut git = GitRepo::bare();
+    let yaml = "on: { push: {} }\nstages: { build: { steps: [\"make\"] } }\n";
+    let sha = git.commit("refs/heads/main", &[], &[(".slipway.yml", yaml)], "x");
+    let repo = register(
+        state,
+        "o/r",
+        store::ForgeKind::Github,
+        &git.url(),
+        "main",
+        true,
+    )
+    .await;
+    let new = NewRun::new(
+        Trigger::Manual,
+        Event::Manual,
+        "refs/heads/main",
+        &sha.to_string(),
+    );
+    let run = state.store.create_run(repo.id, new).await.unwrap();
+    planner::plan_pending(state).await.unwrap();
+    let run = state.store.get_run(run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Error);
+    let why = run.error.unwrap();
+    assert!(
+        why.starts_with("nothing to run: no pipeline takes manual runs (default: the pipeline has no `on.manual` trigger)"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
 async fn several_pipeline_files_prefix_stage_keys() {
     let env = TestServer::builder().build().await;
     let state = &env.state;

@@ -142,6 +142,7 @@ fn check_digest(sha256: &str) -> ApiResult<()> {
     }
 }
 
+/// Runner: upload one artifact of the leased stage (streamed, checked against its sha256).
 #[utoipa::path(
     put, path = routes::ARTIFACTS, tag = "runner",
     params(
@@ -219,6 +220,7 @@ async fn upload_artifact(
     }))
 }
 
+/// Runner: download an artifact of a stage the leased stage needs.
 #[utoipa::path(
     get, path = routes::ARTIFACT, tag = "runner",
     params(
@@ -246,6 +248,7 @@ async fn download_artifact(
     blob_response(&state, &record.sha256, None).await
 }
 
+/// Runner: the cache tar stored under a key, if any.
 #[utoipa::path(
     get, path = routes::CACHE, tag = "runner",
     params(
@@ -284,6 +287,7 @@ fn check_key(key: &str) -> ApiResult<()> {
     }
 }
 
+/// Runner: store a cache tar under a key (the first save wins).
 #[utoipa::path(
     put, path = routes::CACHE, tag = "runner",
     params(

@@ -13,7 +13,9 @@
 //! settings: a stage with a `kubernetes.service_account` is refused here if its run is
 //! not trusted (the planner already refuses such runs; this is the last check before
 //! a pod would be asked for). A referenced secret that is not defined fails the stage
-//! at once with a reason saying so, instead of running steps with an empty variable.
+//! at once with a reason saying so, instead of running steps with an empty variable;
+//! withheld ones are named (never their values) in a first line of the stage's first
+//! step log.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,6 +55,7 @@ pub fn heartbeat_interval(timeout: Duration) -> Duration {
     (timeout / 3).max(Duration::from_millis(500))
 }
 
+/// Runner: register (name, labels, capacity); answers its id and periods.
 #[utoipa::path(
     post, path = routes::REGISTER, tag = "runner",
     request_body(content = Object, description = "`RegisterRequest`: name, labels, capacity"),
@@ -215,7 +218,8 @@ async fn prepare(
     add_needed_outputs(state, stage, &mut planned).await?;
     let referenced = referenced_secrets(&planned);
     let mut secrets = BTreeMap::new();
-    let mut withheld = 0usize;
+    // Names only: what the step log says was kept from this run.
+    let mut withheld: Vec<String> = Vec::new();
     if !referenced.is_empty() {
         let stored = state.store.get_secret_values_enc(run.repo_id).await?;
         for name in &referenced {
@@ -227,7 +231,7 @@ async fn prepare(
                 .await;
             };
             if run.fork && !secret.allow_pull_requests {
-                withheld += 1;
+                withheld.push(name.clone());
                 continue;
             }
             let aad = crate::crypto::secret_aad(run.repo_id, name);
@@ -269,11 +273,15 @@ async fn prepare(
         .env
         .insert("SLIPWAY_RUN_URL".into(), run_url.clone());
     if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
-        && let Err(reason) = add_environment(state, run, &env, &mut planned, &mut secrets).await?
+        && let Err(reason) =
+            add_environment(state, run, &env, &mut planned, &mut secrets, &mut withheld).await?
     {
         return refuse(StageStatus::Error, reason).await;
     }
     let repo = state.store.get_repo(run.repo_id).await?;
+    if !withheld.is_empty() {
+        note_withheld(state, stage, &lease.steps, &withheld).await?;
+    }
     let keys: Vec<StepKey> = lease.steps.iter().map(|s| step_key(stage, s.idx)).collect();
     let logs = state.clone();
     let log_offsets = tokio::task::spawn_blocking(move || {
@@ -306,7 +314,7 @@ async fn prepare(
         runner_id,
         attempt = stage.attempt,
         secrets = secrets.len(),
-        withheld,
+        withheld = withheld.len(),
         artifacts = artifacts.len(),
         "stage leased"
     );
@@ -338,13 +346,15 @@ pub const KUBECONFIG_SECRET: &str = "SLIPWAY_KUBECONFIG";
 
 /// Gives a deploy stage its environment: `SLIPWAY_ENVIRONMENT`, `SLIPWAY_NAMESPACE`, and
 /// the environment's kubeconfig (sealed at rest) as the secret `SLIPWAY_KUBECONFIG` —
-/// never to a fork's pull request. `Ok(Err(why))` when the kubeconfig cannot be opened.
+/// never to a fork's pull request (then it is `withheld`). `Ok(Err(why))` when the
+/// kubeconfig cannot be opened.
 async fn add_environment(
     state: &AppState,
     run: &crate::store::Run,
     env: &str,
     planned: &mut PlannedStage,
     secrets: &mut BTreeMap<String, String>,
+    withheld: &mut Vec<String>,
 ) -> ApiResult<Result<(), String>> {
     planned
         .env
@@ -357,9 +367,13 @@ async fn add_environment(
             .env
             .insert("SLIPWAY_NAMESPACE".to_string(), ns.clone());
     }
-    let Some(sealed) = found.kubeconfig_enc.as_deref().filter(|_| !run.fork) else {
+    let Some(sealed) = found.kubeconfig_enc.as_deref() else {
         return Ok(Ok(()));
     };
+    if run.fork {
+        withheld.push(KUBECONFIG_SECRET.to_string());
+        return Ok(Ok(()));
+    }
     let aad = crate::crypto::kubeconfig_aad(run.repo_id, env);
     let Ok(plain) = state.secret_box.open(sealed, &aad) else {
         return Ok(Err(format!(
@@ -376,6 +390,46 @@ async fn add_environment(
         .secrets
         .insert(KUBECONFIG_SECRET.to_string(), KUBECONFIG_SECRET.to_string());
     Ok(Ok(()))
+}
+
+/// The first line of the stage's first step log for a fork's pull request that was
+/// denied secrets: which ones (names, never values) and why, so that an empty variable
+/// is not a mystery. Written before the runner's lines (the lease's log offsets count
+/// it); a retried attempt gets its own.
+async fn note_withheld(
+    state: &AppState,
+    stage: &Stage,
+    steps: &[crate::store::Step],
+    withheld: &[String],
+) -> ApiResult<()> {
+    let Some(first) = steps.iter().min_by_key(|s| s.idx) else {
+        return Ok(());
+    };
+    let text = format!(
+        "slipway: secrets withheld from this pull request from a fork: {} (a fork's pull \
+         request gets only secrets marked to allow pull requests; these variables are unset)",
+        withheld.join(", ")
+    );
+    let line = crate::logs::NewLine {
+        time_ms: state.store.now_ms(),
+        stream: crate::logs::Stream::Stderr,
+        bytes: text.into_bytes(),
+    };
+    let bytes = line.bytes.len() as i64 + 1;
+    let key = step_key(stage, first.idx);
+    let logs = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _guard = super::log_lock(key)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let have = logs.logs.count(key)?;
+        logs.logs.append(key, have + 1, std::slice::from_ref(&line))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    state.store.add_step_log_stats(first.id, 1, bytes).await?;
+    Ok(())
 }
 
 /// Puts the outputs of the stages `stage` needs into its environment

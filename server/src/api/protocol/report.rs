@@ -1,5 +1,6 @@
 //! The runner protocol's reports on a leased stage: heartbeats (which carry the
-//! server's cancel), step starts, log batches (idempotent by line number), step results
+//! server's cancel; held open until a cancel or the runner's wait, so a cancel is heard
+//! at once), step starts, log batches (idempotent by line number), step results
 //! and the stage's finish with its outputs and findings.
 
 use super::leased;
@@ -8,6 +9,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine;
+use std::time::Duration;
+
 use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, ApiResult};
@@ -15,17 +18,21 @@ use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
 use crate::logs::{NewLine, StepKey};
 use crate::protocol::{
-    HeartbeatAction, HeartbeatResponse, LeaseToken, LogAck, LogBatch, StageFinish, StageFinished,
-    StepFinish, WireStatus, routes,
+    HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
+    StageFinish, StageFinished, StepFinish, WireStatus, routes,
 };
 use crate::store::{
     Heartbeat, Settled, StageId, StageOutcome, StageResults, StageStatus, StepStatus,
 };
 
-use super::{json, step_key};
+use super::lease::heartbeat_interval;
+use super::{json, log_lock, step_key};
 
 /// Longest reason stored for a stage (runner-supplied text).
 const MAX_REASON_CHARS: usize = 2000;
+/// How often a held heartbeat reads its stage's cancel flag: bounds how late a cancel
+/// made through another replica (which cannot wake this one) is heard.
+const CANCEL_LOOK: Duration = Duration::from_millis(500);
 
 pub(super) fn routes() -> RouteTable {
     RouteTable::new()
@@ -36,26 +43,31 @@ pub(super) fn routes() -> RouteTable {
         .add(Access::Runner, routes!(stage_finish))
 }
 
+/// Runner: renew a stage's lease and hear whether it is cancelled.
 #[utoipa::path(
     post, path = routes::HEARTBEAT, tag = "runner",
     params(("id" = i64, Path, description = "The stage's id")),
-    request_body(content = Object, description = "`LeaseToken`"),
+    request_body(content = Object, description = "`HeartbeatRequest`: the lease token, and how long to hold the answer waiting for a cancel"),
     responses(
-        (status = 200, description = "`HeartbeatResponse`: continue or cancel", body = Object),
+        (status = 200, description = "`HeartbeatResponse`: continue or cancel (at once when the stage is cancelled while the answer is held)", body = Object),
         (status = 401), (status = 403), (status = 409, description = "`lease_lost`")
     )
 )]
 async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<StageId>,
-    body: Result<Json<LeaseToken>, JsonRejection>,
+    body: Result<Json<HeartbeatRequest>, JsonRejection>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let req = json(body)?;
-    let action = match state
-        .store
-        .heartbeat(id, &req.lease_token, state.config.heartbeat_timeout)
-        .await?
-    {
+    let timeout = state.config.heartbeat_timeout;
+    let mut beat = state.store.heartbeat(id, &req.lease_token, timeout).await?;
+    if beat == Heartbeat::Ok && req.wait_ms > 0 {
+        // Held: the lease is extended for a whole timeout, so waiting one interval
+        // (at most) leaves two more before it could run out.
+        let hold = Duration::from_millis(req.wait_ms).min(heartbeat_interval(timeout));
+        beat = hold_until_cancel(&state, id, &req.lease_token, hold).await?;
+    }
+    let action = match beat {
         Heartbeat::Ok => HeartbeatAction::Continue,
         Heartbeat::Cancel => HeartbeatAction::Cancel,
         Heartbeat::Lost => return Err(crate::store::Error::LeaseLost.into()),
@@ -63,6 +75,35 @@ async fn heartbeat(
     Ok(Json(HeartbeatResponse { action }))
 }
 
+/// While a cancel is not requested nor the lease lost, for up to `hold`: looks again
+/// whenever this server cancels something (`wake.cancel`), and every
+/// [`CANCEL_LOOK`] for a cancel made through another replica.
+async fn hold_until_cancel(
+    state: &AppState,
+    id: StageId,
+    token: &str,
+    hold: Duration,
+) -> ApiResult<Heartbeat> {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let notified = state.wake.cancel.notified();
+        tokio::pin!(notified);
+        // Register before looking, so a cancel between the look and the wait is not lost.
+        notified.as_mut().enable();
+        let now_state = state.store.lease_state(id, token).await?;
+        let now = tokio::time::Instant::now();
+        if now_state != Heartbeat::Ok || now >= deadline || state.shutdown.is_cancelled() {
+            return Ok(now_state);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until((now + CANCEL_LOOK).min(deadline)) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Runner: a step of the leased stage started.
 #[utoipa::path(
     post, path = routes::STEP_START, tag = "runner",
     params(
@@ -93,20 +134,7 @@ async fn step_start(
     }
 }
 
-/// Serialises "count, append, count" per step, so the log counters in the database
-/// only grow by lines that were really new even when a resent batch races the
-/// original. Striped: bounded memory, and two steps rarely share a stripe.
-static LOG_LOCKS: [std::sync::Mutex<()>; 32] = [const { std::sync::Mutex::new(()) }; 32];
-
-fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
-    let h = (key.run as u64)
-        .wrapping_mul(31)
-        .wrapping_add(key.stage as u64)
-        .wrapping_mul(31)
-        .wrapping_add(u64::from(key.step));
-    &LOG_LOCKS[(h % LOG_LOCKS.len() as u64) as usize]
-}
-
+/// Runner: append a batch of a step's masked log lines.
 #[utoipa::path(
     post, path = routes::STEP_LOGS, tag = "runner",
     params(
@@ -188,6 +216,7 @@ async fn step_logs(
     Ok(Json(LogAck { lines: total }))
 }
 
+/// Runner: how a step of the leased stage ended.
 #[utoipa::path(
     post, path = routes::STEP_FINISH, tag = "runner",
     params(
@@ -233,6 +262,7 @@ async fn step_finish(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Runner: how the leased stage ended, with its outputs and findings.
 #[utoipa::path(
     post, path = routes::STAGE_FINISH, tag = "runner",
     params(("id" = i64, Path, description = "The stage's id")),

@@ -18,6 +18,7 @@ use super::output::Output;
 use super::validate;
 use crate::agent::backends::{BackendKind, Opened};
 use crate::cli::pipeline_files;
+use crate::cli::stdio::errln;
 use crate::store::RunStatus;
 use engine::{ExecEvent, ExecOptions, execute};
 
@@ -131,13 +132,13 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         match pipelines::plan(pipeline, &ctx) {
             Ok(plan) => plans.push(plan),
             Err(PlanError::NotTriggered { reason }) => {
-                eprintln!("pipeline `{}` not triggered: {reason}", pipeline.name);
+                errln!("pipeline `{}` not triggered: {reason}", pipeline.name);
             }
             Err(e) => bail!("pipeline `{}`: {e}", pipeline.name),
         }
     }
     if plans.is_empty() {
-        eprintln!("nothing to run for this event");
+        errln!("nothing to run for this event");
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -231,7 +232,7 @@ async fn run_plans(
         Some(e) => (e.reports, e.status),
         None => (Vec::new(), RunStatus::Success),
     };
-    output.summary(&reports, status);
+    output.summary(&reports, status)?;
     Ok(status == RunStatus::Success)
 }
 

@@ -1,5 +1,6 @@
 //! The one harness of the server's tests: the server in this process ([`test_server`]) or as
-//! real processes ([`process`]), both databases ([`db`]), bounded waits ([`poll`]), git
+//! real processes ([`process`]; [`served`]: one with a registered repository and
+//! tokens), both databases ([`db`]), bounded waits ([`poll`]), git
 //! repositories ([`git`]), forges and their webhooks ([`forge`]), requests without a
 //! socket ([`http`]) and what runners leave on the Docker engine ([`docker`]).
 
@@ -11,6 +12,7 @@ pub mod git;
 pub mod http;
 pub mod poll;
 pub mod process;
+pub mod served;
 pub mod test_server;
 
 pub(crate) use db::both_databases;

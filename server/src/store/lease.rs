@@ -1,0 +1,55 @@
+//! A held lease: the heartbeat that extends it, and the read a held heartbeat repeats
+//! while it waits for a cancel.
+
+use std::time::Duration;
+
+use sqlx::query;
+
+use super::row::RowExt;
+use super::{Heartbeat, Result, StageId, Store, duration_ms};
+
+impl Store {
+    /// Extends a lease. [`Heartbeat::Cancel`] asks the runner to stop the stage (and
+    /// then report it `cancelled`); [`Heartbeat::Lost`] means the token is no longer
+    /// valid.
+    pub async fn heartbeat(
+        &self,
+        stage: StageId,
+        token: &str,
+        lease_for: Duration,
+    ) -> Result<Heartbeat> {
+        let row = query(
+            "UPDATE stages SET lease_expires_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(stage)
+        .bind(token)
+        .bind(self.now_ms().saturating_add(duration_ms(lease_for)))
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(match row {
+            None => Heartbeat::Lost,
+            Some(r) if r.flag("cancel_requested")? => Heartbeat::Cancel,
+            Some(_) => Heartbeat::Ok,
+        })
+    }
+
+    /// What a heartbeat would answer, without extending the lease: a read, for the
+    /// held heartbeat to look again while it waits.
+    pub async fn lease_state(&self, stage: StageId, token: &str) -> Result<Heartbeat> {
+        let row = query(
+            "SELECT cancel_requested FROM stages \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(stage)
+        .bind(token)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(match row {
+            None => Heartbeat::Lost,
+            Some(r) if r.flag("cancel_requested")? => Heartbeat::Cancel,
+            Some(_) => Heartbeat::Ok,
+        })
+    }
+}
