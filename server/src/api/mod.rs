@@ -23,6 +23,7 @@ pub(crate) mod secrets;
 pub mod tokens;
 pub mod user_tokens;
 pub mod users;
+pub(crate) mod webhook_body;
 
 #[cfg(test)]
 mod tests;
