@@ -25,6 +25,7 @@ mod local;
 mod lock;
 pub mod log;
 pub mod mask;
+pub mod owned_dir;
 mod registry;
 pub mod safe_path;
 pub mod scan;

@@ -14,8 +14,9 @@
 //! saved by a stage that missed it.
 //!
 //! # Safety
-//! Restoring writes each entry through [`runner::safe_path`]: names are checked, no
-//! symlink is followed, only regular files and directories are created.
+//! Restoring writes only the entries under the stage's declared `cache:` paths, each
+//! through [`runner::safe_path`]: names are checked, no symlink is followed, only
+//! regular files and directories are created.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -171,12 +172,24 @@ pub fn pack(root: &Path, names: &[String], out: &Path) -> io::Result<(String, u6
     Ok((sha256, size))
 }
 
-/// Unpacks the tar at `archive` into `dest`: regular files and directories only, each
-/// written through [`runner::safe_path`]. Returns the number of files written.
-pub fn unpack(archive: &Path, dest: &Path) -> io::Result<usize> {
+/// What [`unpack`] wrote and left out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Regular files written.
+    pub files: usize,
+    /// Entries outside the declared cache paths, not written.
+    pub skipped: usize,
+}
+
+/// Unpacks the tar at `archive` into `dest`: only entries under the stage's declared
+/// cache `paths` (the globs it saves, matched the same way), regular files and
+/// directories only, each written through [`runner::safe_path`]. A cache is whatever
+/// some runner uploaded under the key: nothing else it holds reaches the workspace.
+pub fn unpack(archive: &Path, dest: &Path, paths: &[String]) -> io::Result<Unpacked> {
+    let declared = runner::artifacts::Matcher::new(paths).map_err(io::Error::other)?;
     let file = fs::File::open(archive)?;
     let mut tar = tar::Archive::new(io::BufReader::new(file));
-    let mut files = 0;
+    let mut done = Unpacked::default();
     for entry in tar.entries()? {
         let mut entry = entry?;
         let path: PathBuf = entry.path()?.into_owned();
@@ -185,12 +198,16 @@ pub fn unpack(archive: &Path, dest: &Path) -> io::Result<usize> {
             .ok_or_else(|| io::Error::other("a cache entry's name is not UTF-8"))?
             .trim_end_matches('/')
             .to_string();
+        if !declared.is_match(&name) {
+            done.skipped += 1;
+            continue;
+        }
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mode = entry.header().mode().unwrap_or(0o644);
                 let mut out = runner::safe_path::create_file_in(dest, &name, mode)?;
                 io::copy(&mut entry, &mut out)?;
-                files += 1;
+                done.files += 1;
             }
             tar::EntryType::Directory => runner::safe_path::create_dir_in(dest, &name)?,
             other => {
@@ -198,7 +215,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> io::Result<usize> {
             }
         }
     }
-    Ok(files)
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -260,7 +277,14 @@ mod tests {
         assert_eq!(pack(src.path(), &names, &again).unwrap().0, sha);
 
         let dest = tempfile::tempdir().unwrap();
-        assert_eq!(unpack(&tar_path, dest.path()).unwrap(), 2);
+        let deps = ["deps".to_string()];
+        assert_eq!(
+            unpack(&tar_path, dest.path(), &deps).unwrap(),
+            Unpacked {
+                files: 2,
+                skipped: 0
+            }
+        );
         assert_eq!(fs::read(dest.path().join("deps/a.txt")).unwrap(), b"alpha");
         let mode = fs::metadata(dest.path().join("deps/sub/tool"))
             .unwrap()
@@ -272,7 +296,7 @@ mod tests {
         let evil = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         symlink(outside.path(), evil.path().join("deps")).unwrap();
-        let err = unpack(&tar_path, evil.path()).unwrap_err();
+        let err = unpack(&tar_path, evil.path(), &deps).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
@@ -296,8 +320,48 @@ mod tests {
         let dest = tempfile::tempdir().unwrap();
         let inner = dest.path().join("ws");
         fs::create_dir(&inner).unwrap();
-        let err = unpack(&tar_path, &inner).unwrap_err();
+        let err = unpack(&tar_path, &inner, &["**".to_string()]).unwrap_err();
         assert!(err.to_string().contains("`..`"), "{err}");
         assert!(!dest.path().join("escape").exists());
+    }
+
+    #[test]
+    fn only_entries_under_the_declared_paths_are_restored() {
+        let out = tempfile::tempdir().unwrap();
+        let tar_path = out.path().join("cache.tar");
+        {
+            let mut b = tar::Builder::new(fs::File::create(&tar_path).unwrap());
+            for name in [
+                "deps/a.txt",
+                "deps/sub/b.txt",
+                "deps-not/c.txt",
+                "src/main.rs",
+                ".git/hooks/pre-commit",
+                "target/debug/x",
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, name, &b"z"[..]).unwrap();
+            }
+            b.finish().unwrap();
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let paths = vec!["deps".to_string(), "target/*/x".to_string()];
+        let done = unpack(&tar_path, dest.path(), &paths).unwrap();
+        assert_eq!(
+            done,
+            Unpacked {
+                files: 3,
+                skipped: 3
+            }
+        );
+        for kept in ["deps/a.txt", "deps/sub/b.txt", "target/debug/x"] {
+            assert!(dest.path().join(kept).is_file(), "{kept}");
+        }
+        for left_out in ["deps-not", "src", ".git"] {
+            assert!(!dest.path().join(left_out).exists(), "{left_out}");
+        }
     }
 }

@@ -36,6 +36,9 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Drop pooled connections well before the server's idle timeout (60 s by
+            // default) closes them, so a request rarely meets a connection closing.
+            .pool_idle_timeout(Duration::from_secs(20))
             .user_agent(concat!("slipway-runner/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();

@@ -229,12 +229,13 @@ impl Client {
             .map_err(|e| CallError::Transient(format!("unreadable answer: {e}")))
     }
 
-    /// Restores the cache saved under `key` into `src`; `true` on a hit. Any failure
-    /// is logged and counts as a miss.
+    /// Restores what the cache saved under `key` holds under the stage's cache `paths`
+    /// into `src`; `true` on a hit. Any failure is logged and counts as a miss.
     pub(super) async fn restore_cache(
         &self,
         ctx: &StageCtx,
         key: &str,
+        paths: &[String],
         src: &Path,
         scratch: &Path,
     ) -> Result<bool, FilesError> {
@@ -251,13 +252,27 @@ impl Client {
                 return Ok(false);
             }
         }
-        let (tar, dest) = (tar_path.clone(), src.to_path_buf());
+        let (tar, dest, paths) = (tar_path.clone(), src.to_path_buf(), paths.to_vec());
         let unpacked =
-            tokio::task::spawn_blocking(move || crate::agent::cache::unpack(&tar, &dest)).await;
+            tokio::task::spawn_blocking(move || crate::agent::cache::unpack(&tar, &dest, &paths))
+                .await;
         let _ = tokio::fs::remove_file(&tar_path).await;
         match unpacked {
-            Ok(Ok(files)) => {
-                tracing::info!(stage_id = ctx.stage_id, key, files, "cache restored");
+            Ok(Ok(done)) => {
+                if done.skipped > 0 {
+                    tracing::warn!(
+                        stage_id = ctx.stage_id,
+                        key,
+                        "skipped {} cache entries outside the stage's cache paths",
+                        done.skipped
+                    );
+                }
+                tracing::info!(
+                    stage_id = ctx.stage_id,
+                    key,
+                    files = done.files,
+                    "cache restored"
+                );
                 Ok(true)
             }
             // The checkout may be left with part of the cache: harmless, the steps

@@ -39,6 +39,11 @@ mod forward;
 mod stage;
 pub mod stage_spec;
 
+/// Name prefix of a stage's scratch directory in the work dir.
+const SCRATCH_PREFIX: &str = "source-";
+/// The same in the system temp dir (no work dir), shared with other programs.
+const TEMP_SCRATCH_PREFIX: &str = "slipway-source-";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("the server refused the runner token: {0}")]
@@ -130,9 +135,37 @@ impl Agent {
         self
     }
 
+    /// Where a stage's source, caches and collected files go: `(base, name prefix)`.
+    fn scratch(&self) -> (PathBuf, &'static str) {
+        match &self.work_dir {
+            Some(dir) => (dir.clone(), SCRATCH_PREFIX),
+            None => (std::env::temp_dir(), TEMP_SCRATCH_PREFIX),
+        }
+    }
+
+    /// Removes the scratch directories a killed predecessor left (no live process
+    /// holds them; see [`runner::owned_dir`]).
+    async fn sweep_scratch(&self) {
+        let (base, prefix) = self.scratch();
+        let swept =
+            tokio::task::spawn_blocking(move || runner::owned_dir::sweep(&base, prefix)).await;
+        match swept {
+            Ok(Ok(removed)) if !removed.is_empty() => tracing::warn!(
+                removed = removed.len(),
+                dirs = ?removed,
+                "removed the sources a crashed runner left"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "sweeping the work dir failed"),
+            Err(e) => tracing::error!(error = %e, "sweeping the work dir failed"),
+        }
+    }
+
     /// Registers, then runs up to `capacity` stages at a time until `shutdown`.
     /// Returns an error only when the server refuses the token or the registration.
+    /// First removes what a killed predecessor left in the work dir.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        self.sweep_scratch().await;
         let me = Arc::new(self);
         let Some(session) = me.register(&shutdown).await? else {
             return Ok(());

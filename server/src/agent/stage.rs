@@ -137,13 +137,13 @@ impl Agent {
         cancel: CancellationToken,
         adopt: Option<runner::StageHandle>,
     ) -> Ended {
-        let tmp = match &self.work_dir {
-            Some(dir) => {
-                let _ = tokio::fs::create_dir_all(dir).await;
-                tempfile::Builder::new().prefix("source-").tempdir_in(dir)
-            }
-            None => tempfile::Builder::new().prefix("slipway-source-").tempdir(),
-        };
+        // Held (flocked) by this process while the stage runs: if the process dies,
+        // its successor's start-up sweep removes it (`Agent::sweep_scratch`).
+        let (base, prefix) = self.scratch();
+        let tmp =
+            tokio::task::spawn_blocking(move || runner::owned_dir::OwnedDir::create(&base, prefix))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let tmp = match tmp {
             Ok(t) => t,
             Err(e) => {
@@ -306,7 +306,10 @@ impl Agent {
             }
             Err(e) => return Err(files::FilesError::Failed(e.to_string())),
         };
-        let hit = self.client.restore_cache(ctx, &key, src, scratch).await?;
+        let hit = self
+            .client
+            .restore_cache(ctx, &key, &paths, src, scratch)
+            .await?;
         Ok(Some(StageCache {
             save: !hit && lease.cache_writable,
             key,

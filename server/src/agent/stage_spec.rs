@@ -187,6 +187,37 @@ pub fn referenced_secrets(stage: &PlannedStage) -> BTreeSet<String> {
     names
 }
 
+/// The run a stage belongs to, as `${{ run.number }}`, `${{ run.id }}` and
+/// `${{ run.url }}` read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunInfo {
+    pub number: i64,
+    pub id: i64,
+    pub url: String,
+}
+
+impl RunInfo {
+    /// What `slipway exec` gives: a local run has no record on a server, so its number
+    /// and id are 0 and its URL is empty (set, never missing).
+    pub fn local() -> RunInfo {
+        RunInfo::default()
+    }
+}
+
+/// Adds `run` to a stage's environment as the variables `${{ run.* }}` became in its
+/// scripts ([`pipelines::expr::Expr::env_var`]): the server at lease, `exec` per stage.
+pub fn add_run_info(env: &mut BTreeMap<String, String>, run: &RunInfo) {
+    use pipelines::expr::{Expr, RunField};
+    for field in [RunField::Number, RunField::Id, RunField::Url] {
+        let value = match field {
+            RunField::Number => run.number.to_string(),
+            RunField::Id => run.id.to_string(),
+            RunField::Url => run.url.clone(),
+        };
+        env.insert(Expr::Run(field).env_var(), value);
+    }
+}
+
 /// Adds the outputs of stages a stage needs to its environment, as the variables that
 /// `${{ stages.<name>.outputs.<key> }}` became in its scripts
 /// ([`pipelines::expr::Expr::env_var`]). `outputs` are `(stage name, key, value)` with

@@ -6,9 +6,11 @@
 //! and YAML work afterwards ([`crate::workers::planner`]). The order of the checks is the point:
 //!
 //! 1. **Repository and forge** from the path (unknown → 404, nothing read or stored).
-//! 2. **Size**: a `Content-Length` over `max_webhook_bytes` is refused at once (413);
-//!    a body without one (chunked) is read chunk by chunk and refused as soon as it
-//!    crosses the cap, so no more than the cap is ever buffered.
+//! 2. **Size and budget**: a `Content-Length` over `max_webhook_bytes` is refused at
+//!    once (413); a body without one (chunked) is read chunk by chunk and refused as
+//!    soon as it crosses the cap, so no more than the cap is ever buffered. All bodies
+//!    not yet verified share one budget (`max_unverified_webhook_bytes`): beyond it a
+//!    delivery waits briefly, then gets 503 with `Retry-After` ([`super::webhook_body`]).
 //! 3. **Signature/token** on the raw bytes, constant-time ([`forge::verify`]) — before
 //!    the parser sees a byte: an unauthenticated caller never reaches it. 401, nothing
 //!    stored.
@@ -23,11 +25,10 @@
 //! id is `hook:<ref>:<new sha>`, so a re-sent hook is de-duplicated the same way.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header::CONTENT_LENGTH};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa_axum::routes;
@@ -35,6 +36,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::route_table::{Access, RouteTable};
+use super::webhook_body::{read_capped, read_unverified};
 use crate::daemon::state::{self, AppState};
 use crate::forge::{self, ForgeEvent, ForgeKind, Parsed};
 use crate::store::{self, Event, NewRun, Repo, Trigger};
@@ -64,36 +66,6 @@ async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<R
     Ok(repo)
 }
 
-/// Reads the body, refusing it (413) as soon as it is known to exceed `limit`: from
-/// `Content-Length` before reading anything, else while streaming. At most `limit`
-/// bytes are ever held.
-pub async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
-    let too_large = || ApiError::too_large(format!("the body exceeds the {limit}-byte limit"));
-    if let Some(len) = headers.get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| ApiError::bad_request("invalid Content-Length"))?;
-        if len > limit as u64 {
-            return Err(too_large());
-        }
-    }
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            tracing::debug!(error = %e, "webhook body read failed");
-            ApiError::bad_request("could not read the request body")
-        })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
-}
-
 /// Counts every delivery in `slipway_webhook_deliveries_total{forge, outcome}`. The forge
 /// label is a known kind or `unknown`, never the raw path segment (bounded label values).
 #[utoipa::path(
@@ -114,6 +86,7 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> ApiRe
         (status = 401, description = "Bad or missing signature"),
         (status = 404, description = "Unknown forge or repository"),
         (status = 413, description = "Larger than `max_webhook_bytes`"),
+        (status = 503, description = "The budget for unverified bodies is taken; see `Retry-After`"),
     )
 )]
 async fn forge_hook(
@@ -143,6 +116,8 @@ pub fn delivery_outcome(status: StatusCode) -> &'static str {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized",
         StatusCode::NOT_FOUND => "unknown_repo",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        // Refused for the budget of unverified bodies (or the body's deadline).
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "busy",
         s if s.is_client_error() => "malformed",
         _ => "error",
     }
@@ -159,7 +134,13 @@ async fn handle_forge_hook(
         .parse()
         .map_err(|e: forge::UnknownForge| ApiError::not_found(e.to_string()))?;
     let repo = find_repo(&state, kind, &repo_name).await?;
-    let body = read_capped(&headers, body, state.config.max_webhook_bytes).await?;
+    let (body, held) = read_unverified(
+        &headers,
+        body,
+        state.config.max_webhook_bytes,
+        &state.webhook_budget,
+    )
+    .await?;
 
     let secret = state
         .secret_box
@@ -175,6 +156,8 @@ async fn handle_forge_hook(
         return Err(ApiError::unauthorized(e.to_string()));
     }
     drop(secret);
+    // Verified: its bytes no longer count against the budget for unverified bodies.
+    drop(held);
 
     let delivery = forge::delivery_id(kind, &headers)
         .ok_or_else(|| ApiError::bad_request("missing delivery id header"))?;

@@ -24,6 +24,7 @@ pub mod tokens;
 pub(crate) mod trigger;
 pub mod user_tokens;
 pub mod users;
+pub(crate) mod webhook_body;
 
 #[cfg(test)]
 mod tests;

@@ -102,3 +102,25 @@ pub fn git_head(dir: &Path) -> (Option<String>, Option<String>) {
         .flatten();
     (sha, branch)
 }
+
+/// The message (trimmed) and author name of commit `rev` in the repository at `dir`,
+/// as `slipway hook` reports a pushed commit to the server (`${{ git.message }}`,
+/// `${{ git.author }}`). `None`s outside a repository or for an unknown `rev`.
+pub fn commit_message_author(dir: &Path, rev: &str) -> (Option<String>, Option<String>) {
+    let Ok(repo) = git2::Repository::discover(dir) else {
+        return (None, None);
+    };
+    let Ok(commit) = repo
+        .revparse_single(rev)
+        .and_then(|object| object.peel_to_commit())
+    else {
+        return (None, None);
+    };
+    let message = String::from_utf8_lossy(commit.message_bytes())
+        .trim()
+        .to_string();
+    let author = String::from_utf8_lossy(commit.author().name_bytes())
+        .trim()
+        .to_string();
+    (Some(message), Some(author))
+}

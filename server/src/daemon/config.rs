@@ -56,6 +56,26 @@ pub struct Settings {
     /// Largest webhook body accepted, in bytes.
     #[arg(long, env = "SLIPWAY_MAX_WEBHOOK_BYTES")]
     pub max_webhook_bytes: Option<usize>,
+    /// Most bytes of webhook bodies held at once before their signature is checked,
+    /// across all connections (default 64 MiB; at least `max_webhook_bytes`). Beyond it
+    /// a delivery waits briefly, then gets 503 with `Retry-After`.
+    #[arg(long, env = "SLIPWAY_MAX_UNVERIFIED_WEBHOOK_BYTES")]
+    pub max_unverified_webhook_bytes: Option<usize>,
+    /// Seconds a client may take to send a request's head (default 10); for the first
+    /// request of a connection counted from its opening, else from the head's first byte.
+    #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a request body may go without a byte arriving (default 30).
+    #[arg(long, env = "SLIPWAY_BODY_READ_TIMEOUT")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may sit between requests (default 60).
+    #[arg(long, env = "SLIPWAY_IDLE_TIMEOUT")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most client connections open at once (default 1024, lowered to fit the process's
+    /// open-file limit). At the limit a new connection closes the longest-idle one; if
+    /// every connection has a request under way, it gets 503.
+    #[arg(long, env = "SLIPWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Largest single artifact a runner may upload, in bytes (default 2 GiB).
     #[arg(long, env = "SLIPWAY_MAX_ARTIFACT_BYTES")]
     pub max_artifact_bytes: Option<u64>,
@@ -108,6 +128,15 @@ impl Settings {
             auto_cancel: self.auto_cancel.or(other.auto_cancel),
             heartbeat_timeout_secs: self.heartbeat_timeout_secs.or(other.heartbeat_timeout_secs),
             max_webhook_bytes: self.max_webhook_bytes.or(other.max_webhook_bytes),
+            max_unverified_webhook_bytes: self
+                .max_unverified_webhook_bytes
+                .or(other.max_unverified_webhook_bytes),
+            header_read_timeout_secs: self
+                .header_read_timeout_secs
+                .or(other.header_read_timeout_secs),
+            body_read_timeout_secs: self.body_read_timeout_secs.or(other.body_read_timeout_secs),
+            idle_timeout_secs: self.idle_timeout_secs.or(other.idle_timeout_secs),
+            max_connections: self.max_connections.or(other.max_connections),
             max_artifact_bytes: self.max_artifact_bytes.or(other.max_artifact_bytes),
             max_stage_artifact_bytes: self
                 .max_stage_artifact_bytes
@@ -145,9 +174,33 @@ pub struct Config {
     pub auto_cancel: bool,
     pub heartbeat_timeout: Duration,
     pub max_webhook_bytes: usize,
+    /// The budget of webhook bytes held before verification, shared by all connections.
+    pub max_unverified_webhook_bytes: usize,
+    /// The HTTP listener's timeouts and connection limit.
+    pub http: HttpLimits,
     pub max_artifact_bytes: u64,
     pub max_stage_artifact_bytes: u64,
     pub max_cache_bytes: u64,
+}
+
+/// What the HTTP listener allows a client (see `daemon::listener`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +257,48 @@ impl Config {
             None => Ok(default),
         };
         const GIB: u64 = 1024 * 1024 * 1024;
+        let secs = |name: &str, v: Option<u64>, default: Duration| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("{name} must be at least 1"))),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(default),
+        };
+        let defaults = HttpLimits::default();
+        let http = HttpLimits {
+            header_read_timeout: secs(
+                "header_read_timeout_secs",
+                s.header_read_timeout_secs,
+                defaults.header_read_timeout,
+            )?,
+            body_read_timeout: secs(
+                "body_read_timeout_secs",
+                s.body_read_timeout_secs,
+                defaults.body_read_timeout,
+            )?,
+            idle_timeout: secs(
+                "idle_timeout_secs",
+                s.idle_timeout_secs,
+                defaults.idle_timeout,
+            )?,
+            max_connections: positive(
+                "max_connections",
+                s.max_connections,
+                defaults.max_connections,
+            )?,
+        };
+        let max_webhook_bytes =
+            positive("max_webhook_bytes", s.max_webhook_bytes, 25 * 1024 * 1024)?;
+        let max_unverified_webhook_bytes = positive(
+            "max_unverified_webhook_bytes",
+            s.max_unverified_webhook_bytes,
+            (64 * 1024 * 1024).max(max_webhook_bytes),
+        )?;
+        if max_unverified_webhook_bytes < max_webhook_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "max_unverified_webhook_bytes ({max_unverified_webhook_bytes}) must be at least \
+                 max_webhook_bytes ({max_webhook_bytes}), or no delivery of the largest size \
+                 could ever be read"
+            )));
+        }
         Ok(Config {
             listen,
             secret_key_file: s
@@ -237,11 +332,9 @@ impl Config {
                 Some(n) => n,
                 None => 30,
             }),
-            max_webhook_bytes: positive(
-                "max_webhook_bytes",
-                s.max_webhook_bytes,
-                25 * 1024 * 1024,
-            )?,
+            max_webhook_bytes,
+            max_unverified_webhook_bytes,
+            http,
             max_artifact_bytes: bytes("max_artifact_bytes", s.max_artifact_bytes, 2 * GIB)?,
             max_stage_artifact_bytes: bytes(
                 "max_stage_artifact_bytes",
@@ -368,6 +461,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("slipway.toml:1:15"), "{text}");
+    }
+
+    #[test]
+    fn http_limits_and_the_webhook_budget() {
+        let c = Config::resolve(Settings::default(), None).unwrap();
+        assert_eq!(c.http, HttpLimits::default());
+        assert_eq!(c.max_unverified_webhook_bytes, 64 * 1024 * 1024);
+        let (_dir, path) = file("idle_timeout_secs = 5\nmax_connections = 100\n");
+        let cli = Settings {
+            header_read_timeout_secs: Some(3),
+            ..Settings::default()
+        };
+        let c = Config::resolve(cli, Some(&path)).unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.max_connections, 100);
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
+        // A webhook cap above the default budget raises the budget's default with it.
+        let big = Settings {
+            max_webhook_bytes: Some(100 * 1024 * 1024),
+            ..Settings::default()
+        };
+        let c = Config::resolve(big.clone(), None).unwrap();
+        assert_eq!(c.max_unverified_webhook_bytes, 100 * 1024 * 1024);
+        let small_budget = Settings {
+            max_unverified_webhook_bytes: Some(1024),
+            ..big
+        };
+        let text = Config::resolve(small_budget, None).unwrap_err().to_string();
+        assert!(text.contains("at least max_webhook_bytes"), "{text}");
+        let zero = Settings {
+            idle_timeout_secs: Some(0),
+            ..Settings::default()
+        };
+        assert!(Config::resolve(zero, None).is_err());
     }
 
     #[test]

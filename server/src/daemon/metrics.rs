@@ -13,6 +13,7 @@
 //!   (the API does for cancellations; the scheduler for the rest).
 //! - Leased stages: the runner protocol calls [`Metrics::stage_leased`].
 //! - Queue depth: refreshed from the store on every scrape ([`Metrics::set_stage_counts`]).
+//! - Connections: the listener ([`crate::daemon::listener`]).
 
 use std::fmt::Display;
 use std::sync::atomic::AtomicI64;
@@ -43,6 +44,11 @@ struct WebhookLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -64,6 +70,8 @@ pub struct Metrics {
     stages_leased: Counter,
     stages_queued: Gauge<i64, AtomicI64>,
     stages_running: Gauge<i64, AtomicI64>,
+    http_connections: Gauge<i64, AtomicI64>,
+    http_connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -132,6 +140,19 @@ impl Metrics {
             "Stages leased to a runner",
             stages_running.clone(),
         );
+        let http_connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "http_connections",
+            "Client connections open",
+            http_connections.clone(),
+        );
+        let http_connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed",
+            "Connections the server closed or refused, by reason (header_timeout, \
+             idle_timeout, evicted: to make room at the limit, over_limit: refused, shutdown)",
+            http_connections_closed.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -141,7 +162,24 @@ impl Metrics {
             stages_leased,
             stages_queued,
             stages_running,
+            http_connections,
+            http_connections_closed,
         }
+    }
+
+    /// The number of open client connections.
+    pub(crate) fn set_http_connections(&self, open: usize) {
+        self.http_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// The listener closed or refused a connection; `reason` from a fixed set.
+    pub(crate) fn http_connection_closed(&self, reason: &str) {
+        self.http_connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// One webhook delivery. `outcome` should come from a small fixed set, e.g.

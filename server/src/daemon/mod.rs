@@ -1,7 +1,9 @@
-//! The server process's shell: configuration, shared state, metrics families, and
-//! `serve` (bind, start the workers, drain on SIGTERM).
+//! The server process's shell: configuration, shared state, metrics families,
+//! `listener` (HTTP connections: timeouts, connection limit) and `serve` (bind, start
+//! the workers, drain on SIGTERM).
 
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod serve;
 pub mod state;

@@ -49,6 +49,9 @@ pub async fn build_state_with_clock(
         blobs: crate::store::blobs::BlobStore::new(&config.data_dir),
         status: StatusReporter::new(),
         wake: Wake::default(),
+        webhook_budget: crate::api::webhook_body::BodyBudget::new(
+            config.max_unverified_webhook_bytes,
+        ),
         metrics: crate::daemon::metrics::Metrics::new(),
         shutdown: CancellationToken::new(),
         config,
@@ -72,9 +75,7 @@ pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let workers = crate::workers::spawn_all(&state, addr);
     let shutdown = state.shutdown.clone();
     tokio::spawn(shutdown_on_signal(shutdown.clone(), "shutdown requested"));
-    axum::serve(listener, crate::api::app(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    crate::daemon::listener::serve(listener, state.clone(), shutdown.clone()).await;
     shutdown.cancel();
     // Workers stop at their next await point; don't hang forever on a stuck one.
     let drain = futures::future::join_all(workers);

@@ -26,6 +26,8 @@ pub struct Inner {
     pub blobs: crate::store::blobs::BlobStore,
     pub status: StatusReporter,
     pub wake: Wake,
+    /// The budget of webhook bytes read before their signature is checked.
+    pub webhook_budget: crate::api::webhook_body::BodyBudget,
     /// Prometheus metrics, served at `/metrics`.
     pub metrics: crate::daemon::metrics::Metrics,
     /// Cancelled when the server shuts down; workers stop at their next await.

@@ -266,12 +266,14 @@ async fn prepare(
         state.store.get_repo(run.repo_id).await?.name,
         run.number
     );
-    planned
-        .env
-        .insert("SLIPWAY_RUN_NUMBER".into(), run.number.to_string());
-    planned
-        .env
-        .insert("SLIPWAY_RUN_URL".into(), run_url.clone());
+    crate::agent::stage_spec::add_run_info(
+        &mut planned.env,
+        &crate::agent::stage_spec::RunInfo {
+            number: run.number,
+            id: run.id,
+            url: run_url.clone(),
+        },
+    );
     if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
         && let Err(reason) =
             add_environment(state, run, &env, &mut planned, &mut secrets, &mut withheld).await?

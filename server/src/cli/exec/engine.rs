@@ -13,7 +13,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::stage_spec::{OnMissing, SpecError, add_stage_outputs, stage_spec};
+use crate::agent::stage_spec::{
+    OnMissing, RunInfo, SpecError, add_run_info, add_stage_outputs, stage_spec,
+};
 use crate::runs::reconcile::{StageView, reconcile};
 use crate::store::{RunStatus, StageStatus};
 
@@ -342,10 +344,13 @@ fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, 
         &opts.secrets,
         OnMissing::Error,
     ) {
-        Ok(spec) => Ok(Work::Run {
-            spec: Box::new(spec),
-            retries: stage.retry,
-        }),
+        Ok(mut spec) => {
+            add_run_info(&mut spec.env, &RunInfo::local());
+            Ok(Work::Run {
+                spec: Box::new(spec),
+                retries: stage.retry,
+            })
+        }
         Err(SpecError::Unsupported(reason)) => Ok(Work::Unsupported(reason)),
         Err(SpecError::MissingSecret { stage, secret }) => {
             Err(Error::MissingSecret { stage, secret })

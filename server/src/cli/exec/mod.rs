@@ -113,6 +113,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
 
+    let (message, author) =
+        pipeline_files::commit_message_author(&dir, args.commit.as_deref().unwrap_or("HEAD"));
     let ctx = EventContext {
         event: args.event.into(),
         branch: args.branch.clone().or(head_branch),
@@ -122,6 +124,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         params: parse_pairs(&args.params, "--param")?,
         cron: args.cron.clone(),
         repo: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+        message,
+        author,
         ..EventContext::default()
     };
     let mut plans = Vec::new();

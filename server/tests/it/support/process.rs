@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::poll::{TimedOut, eventually_blocking, poll_until, poll_until_blocking};
 
 /// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
@@ -210,6 +212,36 @@ impl Processes {
     /// `slipway server` as `name`, once it answers `/readyz`.
     pub fn start_server(&mut self, name: &str) {
         self.spawn_server(name);
+        self.wait_ready(name);
+    }
+
+    /// [`Processes::start_server`] with at most `nofile` open files (soft and hard
+    /// limit, set by `ulimit -n` in a shell that then becomes the server).
+    pub fn start_server_with_fd_limit(&mut self, name: &str, nofile: u64) {
+        let server = self.command();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" server"))
+            .arg(server.get_program())
+            .stdin(Stdio::null());
+        for (k, v) in server.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        self.spawn(name, cmd);
+        self.wait_ready(name);
+    }
+
+    /// The process id of the process started as `name`.
+    pub fn pid(&mut self, name: &str) -> u32 {
+        self.child(name).id()
+    }
+
+    /// Waits until the server started as `name` answers `/readyz` (or panics with its
+    /// log if it exits first).
+    fn wait_ready(&mut self, name: &str) {
         let addr = self.addr();
         let child = self.child(name);
         // Done when ready, or when it exited (the inner error).
@@ -263,6 +295,68 @@ impl Processes {
             .iter()
             .position(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// `GET /api/repos/team/app/runs/{number}` with `token`: `{"run": …, "stages": […]}`.
+    pub async fn run_detail(&self, token: &str, repo: &str, number: i64) -> Result<Value, String> {
+        let r = reqwest::Client::new()
+            .get(self.url(&format!("/api/repos/{repo}/runs/{number}")))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("run {number}: {}", r.status()));
+        }
+        r.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Waits (bounded) until run `number` of `repo` has ended; its detail.
+    pub async fn wait_run_end(
+        &self,
+        token: &str,
+        repo: &str,
+        number: i64,
+        within: Duration,
+    ) -> Value {
+        self.wait(&format!("run {number} to end"), within, || async {
+            let detail = self.run_detail(token, repo, number).await?;
+            match detail["run"]["status"].as_str() {
+                Some("success" | "failure" | "error" | "cancelled") => Ok(detail),
+                other => Err(format!("run {number} is {other:?}")),
+            }
+        })
+        .await
+    }
+
+    /// The text log of step `idx` of stage `key` in run `number` of `repo`.
+    pub async fn step_log(
+        &self,
+        token: &str,
+        repo: &str,
+        number: i64,
+        key: &str,
+        idx: usize,
+    ) -> String {
+        let detail = self.run_detail(token, repo, number).await.unwrap();
+        let stage = detail["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["key"] == key))
+            .unwrap_or_else(|| panic!("no stage {key} in {detail}"));
+        let url = self.url(&format!(
+            "/api/repos/{repo}/runs/{number}/stages/{}/steps/{idx}/logs.txt",
+            stage["id"]
+        ));
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Waits (bounded) for `check`; a timeout shows its last answer and every log.
