@@ -21,7 +21,7 @@ pub(crate) mod runners;
 pub mod runs;
 pub(crate) mod secrets;
 pub mod tokens;
-pub(crate) mod trigger;
+pub mod trigger;
 pub mod user_tokens;
 pub mod users;
 pub(crate) mod webhook_body;

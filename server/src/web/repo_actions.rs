@@ -89,7 +89,7 @@ pub async fn trigger(
         owner: owner.clone(),
         name: name.clone(),
     };
-    match crate::api::runs::trigger(
+    match crate::api::trigger::trigger(
         caller,
         State(state),
         ApiPath(path),

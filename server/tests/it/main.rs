@@ -35,4 +35,3 @@ mod store;
 mod truthful;
 mod web;
 mod webhook_flood;
-
