@@ -19,7 +19,7 @@ use super::extract::ApiPath;
 use super::route_table::{Access, RouteTable};
 use super::runs::{RunPath, find_run};
 use crate::daemon::state::AppState;
-use crate::delivery::gate::{Voter, may_vote};
+use crate::delivery::gate::Voter;
 use crate::store::{Decision, Deployment, NewVote, Role};
 
 pub fn routes() -> RouteTable {
@@ -188,9 +188,6 @@ pub async fn inbox(
         let run = state.store.get_run(d.run_id).await?;
         let reason = match caller.user() {
             None => Some("approvals are given by people, not machine tokens".to_string()),
-            Some(user) if d.votes.iter().any(|v| v.user == user.name) => {
-                Some("you have voted on this deployment".to_string())
-            }
             Some(user) => {
                 let role = state.store.effective_role(user.id, Some(repo.id)).await?;
                 let people = state.store.run_people(&run).await?;
@@ -199,7 +196,7 @@ pub async fn inbox(
                     name: &user.name,
                     role,
                 };
-                may_vote(&d.rules, voter, &people).err()
+                d.why_not(voter, &people)
             }
         };
         out.push(InboxItem {

@@ -276,6 +276,20 @@ impl Store {
 }
 
 impl Deployment {
+    /// Why `voter` may not vote on this deployment now (`None`: they may) — they voted
+    /// already, or the gate's rules refuse them ([`crate::delivery::gate::may_vote`]).
+    /// What the inbox and the run page show instead of the vote button.
+    pub fn why_not(
+        &self,
+        voter: crate::delivery::gate::Voter,
+        people: &crate::delivery::gate::RunPeople,
+    ) -> Option<String> {
+        if self.votes.iter().any(|v| v.user == voter.name) {
+            return Some("you have voted on this deployment".to_string());
+        }
+        crate::delivery::gate::may_vote(&self.rules, voter, people).err()
+    }
+
     /// Whether the stage deployed and succeeded: the version went live.
     pub fn went_live(&self) -> bool {
         self.stage_status == StageStatus::Success && self.started_at.is_some()

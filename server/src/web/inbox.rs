@@ -11,7 +11,7 @@ use super::session::SignedIn;
 use super::view::short;
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
-use crate::delivery::gate::{Voter, may_vote};
+use crate::delivery::gate::Voter;
 use crate::store::Decision;
 
 pub struct Item {
@@ -74,11 +74,7 @@ pub async fn page(State(state): State<AppState>, me: SignedIn) -> Response {
             name: me.name(),
             role,
         };
-        let reason = if d.votes.iter().any(|v| v.user == me.name()) {
-            "you have voted on this deployment".to_string()
-        } else {
-            may_vote(&d.rules, voter, &people).err().unwrap_or_default()
-        };
+        let reason = d.why_not(voter, &people).unwrap_or_default();
         items.push(Item {
             id: d.id,
             repo: repo.name.clone(),

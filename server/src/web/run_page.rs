@@ -15,7 +15,7 @@ use super::session::SignedIn;
 use super::view::{Badge, DagNode, ago, badge, dag_svg, duration, short};
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
-use crate::delivery::gate::{GateState, Voter, may_vote};
+use crate::delivery::gate::{GateState, Voter};
 use crate::store::{ArtifactKind, Decision, Repo, Role, Run, StageStatus};
 
 pub struct StepView {
@@ -210,11 +210,7 @@ async fn live(
             name: me.name(),
             role,
         };
-        let reason = if d.votes.iter().any(|v| v.user == me.name()) {
-            "you have voted on this deployment".to_string()
-        } else {
-            may_vote(&d.rules, voter, &people).err().unwrap_or_default()
-        };
+        let reason = d.why_not(voter, &people).unwrap_or_default();
         gates.push(GateView {
             stage_id: d.stage_id,
             stage: d.stage.clone(),
