@@ -241,7 +241,7 @@ pub enum StageKind {
     Deploy {
         environment: String,
         approval: Option<Approval>,
-        canary: Option<Canary>,
+        rollout: Option<Rollout>,
     },
 }
 
@@ -277,50 +277,205 @@ pub struct Approval {
     pub count: u32,
 }
 
+/// A progressive rollout of a new image to a Kubernetes Deployment, driven by the
+/// server's rollout controller (never by a runner). `canary:` in the YAML is the
+/// short form of `strategy: { canary: … }` with the target written inside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout<I = Template> {
+    pub target: RolloutTarget,
+    /// The new version, by digest once rendered (`repo@sha256:…`, a tag may stand
+    /// before the digest). `None`: the image is a promotion's, or written in `target`
+    /// — the controller refuses a rollout without one.
+    pub image: Option<I>,
+    pub strategy: Strategy,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Canary {
-    pub target: CanaryTarget,
+pub struct RolloutTarget {
+    pub deployment: String,
+    /// `None`: the environment's namespace.
+    pub namespace: Option<String>,
+    /// The container whose image changes; `None`: the pod's only (or first) container.
+    pub container: Option<String>,
+    /// The Service in front of the stable pods; `None`: named like the Deployment.
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Strategy {
+    /// All old pods go, then the new ones come.
+    Recreate,
+    /// Batches by share of the replicas, each optionally followed by a pause and an
+    /// analysis. The last batch is 100.
+    Rolling {
+        batches: Vec<u8>,
+        pause: Option<Pause>,
+        analysis: Option<Analysis>,
+    },
+    BlueGreen(BlueGreen),
+    Canary(CanaryStrategy),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlueGreen {
+    /// The Service the new version answers on before the switch; `None`:
+    /// `<service>-preview`.
+    pub preview_service: Option<String>,
+    pub pre_promotion: Option<Analysis>,
+    /// `false`: wait for a person's promote before the switch.
+    pub auto_promote: bool,
+    pub post_promotion: Option<Analysis>,
+    /// How long the old version stays scaled after the switch (instant rollback).
+    pub scale_down_delay_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStrategy {
     pub traffic: Traffic,
     /// Weights are within 0..=100, non-decreasing, and the last one is 100.
     pub steps: Vec<CanaryStep>,
+    /// Runs from the first step to the last; a failure rolls back at once.
+    pub background: Option<Analysis>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CanaryTarget {
-    pub deployment: String,
-    /// `None`: the backend's default namespace.
-    pub namespace: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Traffic {
-    #[default]
-    Replicas,
-    Nginx,
-    Gateway,
-}
-
+/// How a canary's share of the traffic is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+pub enum Traffic {
+    /// The share of pods behind the stable Service; no router.
+    Replicas,
+    /// A Gateway API HTTPRoute's backendRefs weights, matches and mirror filter.
+    Gateway { route: String },
+    /// ingress-nginx canary annotations on a second Ingress beside `ingress`.
+    Nginx { ingress: String },
+}
+
+impl Traffic {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Traffic::Replicas => "replicas",
+            Traffic::Gateway { .. } => "gateway",
+            Traffic::Nginx { .. } => "nginx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum CanaryStep {
-    Weight { weight: u8 },
-    Pause { pause_secs: u64 },
+    Weight {
+        weight: u8,
+    },
+    Pause(Pause),
     Analysis(Analysis),
+    /// A/B: requests that match go to the new version, all others to the old.
+    Match(RequestMatch),
+    /// Shadow traffic: this share of requests is copied to the new version; the
+    /// answers still come from the old.
+    Mirror {
+        percent: u8,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "until", rename_all = "snake_case")]
+pub enum Pause {
+    /// `pause: 2m`
+    Elapsed { secs: u64 },
+    /// `pause: {}`: until someone with the environment's release permission promotes.
+    Promoted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "on", rename_all = "snake_case")]
+pub enum RequestMatch {
+    Header { name: String, value: String },
+    Cookie { name: String, value: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
-    pub http: HttpCheck,
+    /// At least one check; every check is measured each interval.
+    pub checks: Vec<Check>,
     pub interval_secs: u64,
-    pub count: u32,
-    pub max_failures: u32,
+    /// Measurements to take (`None` in background analysis: until the last step).
+    pub count: Option<u32>,
+    /// Failed measurements tolerated; one more rolls back.
+    pub failure_limit: u32,
+    /// Inconclusive measurements tolerated; one more pauses for a person.
+    pub inconclusive_limit: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Check {
+    Http(HttpCheck),
+    Prometheus(PromCheck),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpCheck {
     pub url: String,
     pub expect_status: u16,
+    /// Slower answers fail.
+    pub max_latency_ms: Option<u64>,
+    /// A JSON field of the answer, by JSONPath (RFC 9535), compared to a value.
+    pub json: Option<JsonCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonCheck {
+    pub path: String,
+    pub equals: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromCheck {
+    /// The Prometheus server's base URL, e.g. `http://prometheus:9090`.
+    pub address: String,
+    /// PromQL; its first sample is the measured value.
+    pub query: String,
+    pub pass: Threshold,
+    /// `None`: whatever does not pass fails. `Some`: a value that neither passes nor
+    /// fails (or no sample at all) is inconclusive.
+    pub fail: Option<Threshold>,
+}
+
+/// `< 0.05`, `>= 99`, …: a comparison with a number.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub op: CompareOp,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+}
+
+impl Threshold {
+    pub fn holds(&self, v: f64) -> bool {
+        match self.op {
+            CompareOp::Lt => v < self.value,
+            CompareOp::Le => v <= self.value,
+            CompareOp::Gt => v > self.value,
+            CompareOp::Ge => v >= self.value,
+            CompareOp::Eq => v == self.value,
+            CompareOp::Ne => v != self.value,
+        }
+    }
 }
 
 /// Conditions that must all hold for a stage to run.

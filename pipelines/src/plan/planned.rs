@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventContext;
-use crate::model::{Approval, Canary, Container, KubernetesSettings, ScanLevel};
+use crate::model::{Approval, Container, KubernetesSettings, Rollout, ScanLevel};
 
 /// A run's blueprint. Stored with the run so it can be re-run exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub pipeline: String,
     pub file: String,
@@ -20,14 +20,14 @@ pub struct Plan {
     pub skipped: Vec<SkippedStage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedStage {
     pub id: String,
     pub stage: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedStage {
     /// The stage name, or for a matrix expansion `test (features=full, os=linux)`. Unique.
     pub id: String,
@@ -61,7 +61,7 @@ pub struct PlannedStage {
     pub kubernetes: KubernetesSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PlannedKind {
     Run,
@@ -80,7 +80,10 @@ pub enum PlannedKind {
     Deploy {
         environment: String,
         approval: Option<Approval>,
-        canary: Option<Canary>,
+        /// The image is rendered like a step's script: plan-time values in place,
+        /// stage outputs as `${SLIPWAY_…}` references the server fills in.
+        #[serde(default)]
+        rollout: Option<Rollout<String>>,
     },
 }
 

@@ -7,7 +7,7 @@ use super::planned::{PlannedKind, PlannedService, PlannedStage, PlannedStep};
 use super::values::{Values, short_sha};
 use crate::expr::Expr;
 use crate::matrix::Combination;
-use crate::model::{Stage, StageKind};
+use crate::model::{Rollout, Stage, StageKind};
 
 pub(super) fn plan_stage(
     values: &Values<'_>,
@@ -119,11 +119,15 @@ pub(super) fn plan_stage(
         StageKind::Deploy {
             environment,
             approval,
-            canary,
+            rollout,
         } => PlannedKind::Deploy {
             environment: environment.clone(),
             approval: approval.clone(),
-            canary: canary.clone(),
+            rollout: rollout.as_ref().map(|r| Rollout {
+                target: r.target.clone(),
+                image: r.image.as_ref().map(|t| values.text_late(t, &combo)),
+                strategy: r.strategy.clone(),
+            }),
         },
     };
 

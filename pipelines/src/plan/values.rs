@@ -50,6 +50,15 @@ impl Values<'_> {
         t.render(|e| self.get(e, combo).unwrap_or_default())
     }
 
+    /// Like [`Self::text`], but what only the run knows (stage outputs) stays a
+    /// `${SLIPWAY_…}` reference for the server to fill in.
+    pub(super) fn text_late(&self, t: &Template, combo: &Combination) -> String {
+        t.render(|e| {
+            self.get(e, combo)
+                .unwrap_or_else(|| format!("${{{}}}", e.env_var()))
+        })
+    }
+
     /// Renders env values into `env`; a value that is a secret goes into `secrets` instead.
     pub(super) fn env_into(
         &self,

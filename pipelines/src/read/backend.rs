@@ -27,7 +27,7 @@ fn bound_backend(stage: &Stage) -> Option<&str> {
     Some(match stage.kind {
         StageKind::Image { .. } => IMAGE_BACKEND,
         StageKind::Deploy {
-            canary: Some(_), ..
+            rollout: Some(_), ..
         } => DEPLOY_BACKEND,
         StageKind::Run | StageKind::Scan { .. } | StageKind::Deploy { .. } => return None,
     })

@@ -5,7 +5,8 @@ use marked_yaml::Node;
 use super::{Ctx, Field, Fields, is_null, keys};
 use crate::diagnostic::{Pos, codes, did_you_mean};
 use crate::model::{
-    Analysis, Approval, Canary, CanaryStep, CanaryTarget, HttpCheck, StageKind, Traffic,
+    Analysis, Approval, CanaryStep, CanaryStrategy, Check, HttpCheck, Pause, Rollout,
+    RolloutTarget, StageKind, Strategy, Traffic,
 };
 use crate::yaml::node_pos;
 
@@ -31,11 +32,11 @@ pub(crate) fn read_deploy(ctx: &mut Ctx<'_>, fields: &Fields<'_>, what: &str) ->
     let approval = fields
         .get("approval")
         .and_then(|f| read_approval(ctx, f, what));
-    let canary = fields.get("canary").and_then(|f| read_canary(ctx, f, what));
+    let rollout = fields.get("canary").and_then(|f| read_canary(ctx, f, what));
     StageKind::Deploy {
         environment,
         approval,
-        canary,
+        rollout,
     }
 }
 
@@ -86,7 +87,7 @@ fn read_approval(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Approval
     Some(Approval { role, count })
 }
 
-fn read_canary(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Canary> {
+fn read_canary(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Rollout> {
     let fields = ctx.object(f, what, keys::CANARY)?;
     let cwhat = format!("`canary` of {what}");
     let target = match fields.get("target") {
@@ -102,13 +103,17 @@ fn read_canary(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Canary> {
         }
     };
     let traffic = match fields.get("traffic") {
-        None => Some(Traffic::default()),
+        None => Some(Traffic::Replicas),
         Some(t) => {
             let s = ctx.string(t, &cwhat).unwrap_or_default();
             let traffic = match s.as_str() {
                 "replicas" => Some(Traffic::Replicas),
-                "nginx" => Some(Traffic::Nginx),
-                "gateway" => Some(Traffic::Gateway),
+                "nginx" => Some(Traffic::Nginx {
+                    ingress: String::new(),
+                }),
+                "gateway" => Some(Traffic::Gateway {
+                    route: String::new(),
+                }),
                 _ => None,
             };
             if traffic.is_none() && !s.is_empty() {
@@ -138,14 +143,18 @@ fn read_canary(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Canary> {
             None
         }
     };
-    Some(Canary {
+    Some(Rollout {
         target: target?,
-        traffic: traffic?,
-        steps: steps?,
+        image: None,
+        strategy: Strategy::Canary(CanaryStrategy {
+            traffic: traffic?,
+            steps: steps?,
+            background: None,
+        }),
     })
 }
 
-fn read_target(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<CanaryTarget> {
+fn read_target(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<RolloutTarget> {
     let fields = ctx.object(f, what, keys::CANARY_TARGET)?;
     let twhat = format!("`target` of {what}");
     let deployment = match fields.get("deployment") {
@@ -156,9 +165,11 @@ fn read_target(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<CanaryTarg
         }
     };
     let namespace = fields.get("namespace").and_then(|n| ctx.string(n, &twhat));
-    Some(CanaryTarget {
+    Some(RolloutTarget {
         deployment: deployment?,
         namespace,
+        container: None,
+        service: None,
     })
 }
 
@@ -210,7 +221,7 @@ fn read_canary_steps(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Vec<
             "weight" => read_weight(ctx, field, &swhat, &mut last_weight),
             "pause" => ctx
                 .duration(field, &swhat)
-                .map(|pause_secs| CanaryStep::Pause { pause_secs }),
+                .map(|secs| CanaryStep::Pause(Pause::Elapsed { secs })),
             _ => read_analysis(ctx, field, &swhat).map(CanaryStep::Analysis),
         };
         match step {
@@ -314,6 +325,8 @@ fn read_analysis(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Analysis
             Some(HttpCheck {
                 url: url?,
                 expect_status: expect_status?,
+                max_latency_ms: None,
+                json: None,
             })
         }
         None => {
@@ -353,9 +366,10 @@ fn read_analysis(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> Option<Analysis
         None => Some(0),
     };
     Some(Analysis {
-        http: http?,
+        checks: vec![Check::Http(http?)],
         interval_secs: interval_secs?,
-        count: count?,
-        max_failures: max_failures?,
+        count: Some(count?),
+        failure_limit: max_failures?,
+        inconclusive_limit: 0,
     })
 }

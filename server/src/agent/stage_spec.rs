@@ -47,9 +47,9 @@ pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
         PlannedKind::Run
         | PlannedKind::Scan { .. }
         | PlannedKind::Image { .. }
-        | PlannedKind::Deploy { canary: None, .. } => None,
+        | PlannedKind::Deploy { rollout: None, .. } => None,
         PlannedKind::Deploy {
-            canary: Some(_), ..
+            rollout: Some(_), ..
         } => Some(
             "a `canary:` rollout is driven by the server's rollout controller, which this \
              server does not have yet; deploy with the stage's `steps` (the environment's \

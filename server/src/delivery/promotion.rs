@@ -85,7 +85,7 @@ mod tests {
         let mut s = NewStage::new(key, needs, &["step 1"]);
         if let Some(env) = env {
             s.spec = serde_json::json!({
-                "kind": { "type": "deploy", "environment": env, "approval": null, "canary": null }
+                "kind": { "type": "deploy", "environment": env, "approval": null, "rollout": null }
             });
         }
         s

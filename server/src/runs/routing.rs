@@ -31,7 +31,7 @@ pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
     let implied = match stage.kind {
         PlannedKind::Image { .. } => Some(IMAGE_BACKEND),
         PlannedKind::Deploy {
-            canary: Some(_), ..
+            rollout: Some(_), ..
         } => Some(DEPLOY_BACKEND),
         PlannedKind::Run | PlannedKind::Scan { .. } | PlannedKind::Deploy { .. } => None,
     };
