@@ -13,6 +13,7 @@ pub mod forge;
 pub mod git;
 pub mod logs;
 pub mod protocol;
+pub mod rollout;
 pub mod runs;
 pub mod store;
 pub mod web;

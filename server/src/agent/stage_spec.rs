@@ -65,11 +65,17 @@ pub fn step_names(stage: &PlannedStage) -> Vec<String> {
     let extra = match stage.kind {
         PlannedKind::Image { .. } => Some(runner::IMAGE_STEP),
         PlannedKind::Scan { .. } => Some(runner::SCAN_STEP),
+        PlannedKind::Deploy {
+            rollout: Some(_), ..
+        } => Some(ROLLOUT_STEP),
         PlannedKind::Run | PlannedKind::Deploy { .. } => None,
     };
     names.extend(extra.map(String::from));
     names
 }
+
+/// The one step of a rollout stage: the rollout controller's log of what it did.
+pub const ROLLOUT_STEP: &str = "rollout";
 
 /// OCI labels put on every image Slipway builds.
 pub const LABEL_REVISION: &str = "org.opencontainers.image.revision";

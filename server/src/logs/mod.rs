@@ -26,6 +26,22 @@ use tokio::sync::watch;
 const RECORD: u64 = 16;
 const STDERR_BIT: u64 = 1 << 63;
 
+/// Serialises "count, append, count" per step, so the log counters in the database
+/// only grow by lines that were really new even when a resent batch races the
+/// original (or the rollout controller writes a stage's log). Striped: bounded memory,
+/// and two steps rarely share a stripe.
+static LOG_LOCKS: [std::sync::Mutex<()>; 32] = [const { std::sync::Mutex::new(()) }; 32];
+
+/// The lock to hold around appending to `key`'s log from more than one place.
+pub fn append_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
+    let h = (key.run as u64)
+        .wrapping_mul(31)
+        .wrapping_add(key.stage as u64)
+        .wrapping_mul(31)
+        .wrapping_add(u64::from(key.step));
+    &LOG_LOCKS[(h % LOG_LOCKS.len() as u64) as usize]
+}
+
 /// Identifies one step's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StepKey {

@@ -14,7 +14,8 @@ use crate::store::NewStage;
 /// * Each stage's `spec` is the JSON of its [`pipelines::PlannedStage`]; skipped stages
 ///   (a `when` filter, or a need that was skipped) carry the JSON of their
 ///   [`pipelines::SkippedStage`] and `skip: Some(reason)`, no needs and no steps.
-/// * `max_attempts` is 1 + the YAML `retry`.
+/// * `max_attempts` is 1 + the YAML `retry` (1 for a rollout stage).
+/// * A rollout stage (`rollout`) has one step, `rollout`: the controller's log.
 pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
     let prefix = plans.len() > 1;
     let mut out = Vec::new();
@@ -27,12 +28,25 @@ pub fn stages_from_plans(plans: &[Plan]) -> Vec<NewStage> {
             }
         };
         for stage in &plan.stages {
+            let rollout = matches!(
+                stage.kind,
+                pipelines::PlannedKind::Deploy {
+                    rollout: Some(_),
+                    ..
+                }
+            );
             out.push(NewStage {
                 key: key(&stage.id),
                 pipeline: plan.pipeline.clone(),
                 needs: stage.needs.iter().map(|n| key(n)).collect(),
                 spec: serde_json::to_value(stage).unwrap_or(Value::Null),
-                max_attempts: stage.retry.saturating_add(1),
+                // A failed rollout was rolled back on purpose: retrying it would roll
+                // the same version out again (`slipway rollout retry` asks for that).
+                max_attempts: if rollout {
+                    1
+                } else {
+                    stage.retry.saturating_add(1)
+                },
                 skip: None,
                 succeeded: None,
                 carried_from: None,

@@ -28,6 +28,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0003_people_audit.sql",
     "0004_environments.sql",
     "0005_sessions.sql",
+    "0006_rollouts.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
@@ -36,6 +37,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0003_people_audit.sql",
     "0004_environments.sql",
     "0005_sessions.sql",
+    "0006_rollouts.sql",
 );
 
 /// The migrator for one dialect's files.

@@ -48,6 +48,7 @@ mod queue;
 mod records;
 mod repos;
 mod results;
+pub mod rollouts;
 mod row;
 mod run_state;
 mod runs;

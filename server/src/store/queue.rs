@@ -135,10 +135,11 @@ impl Store {
             Some(row) => runner_row(&row)?,
             None => return Err(Error::NotFound(format!("runner {runner}"))),
         };
-        let running = query("SELECT COUNT(*) AS n FROM stages WHERE status = 'running'")
-            .fetch_one(&mut *tx)
-            .await?
-            .int("n")?;
+        let running =
+            query("SELECT COUNT(*) AS n FROM stages WHERE status = 'running' AND NOT rollout")
+                .fetch_one(&mut *tx)
+                .await?
+                .int("n")?;
         if running >= cap(limits.global) {
             return Ok(None);
         }
@@ -155,9 +156,9 @@ impl Store {
         }
         let sql = format!(
             "SELECT s.id FROM stages s JOIN runs r ON r.id = s.run_id \
-             WHERE s.status = 'queued' AND r.status = 'running' \
+             WHERE s.status = 'queued' AND r.status = 'running' AND NOT s.rollout \
              AND (SELECT COUNT(*) FROM stages c WHERE c.status = 'running' \
-                  AND c.repo_id = s.repo_id) < $1 \
+                  AND NOT c.rollout AND c.repo_id = s.repo_id) < $1 \
              AND {} \
              ORDER BY s.queued_at, s.id LIMIT 1{}",
             self.labels_subset("s.labels", "$2"),
@@ -225,7 +226,7 @@ impl Store {
     pub async fn queued_stage_labels(&self, limit: usize) -> Result<Vec<QueuedLabels>> {
         let rs = query(
             "SELECT id, run_id, stage_key, labels FROM stages WHERE status = 'queued' \
-             ORDER BY queued_at, id LIMIT $1",
+             AND NOT rollout ORDER BY queued_at, id LIMIT $1",
         )
         .bind(cap(limit))
         .fetch_all(&self.read)
@@ -333,7 +334,7 @@ impl Store {
     }
 
     /// Ends or re-queues a running stage (the run is locked by the caller).
-    async fn settle(
+    pub(super) async fn settle(
         &self,
         tx: &mut Tx,
         run: &Run,
@@ -412,7 +413,7 @@ impl Store {
     pub async fn expire_leases(&self, now: i64) -> Result<Vec<StageId>> {
         let candidates = query(
             "SELECT id, run_id FROM stages WHERE status = 'running' AND lease_expires_at < $1 \
-             ORDER BY id",
+             AND NOT rollout ORDER BY id",
         )
         .bind(now)
         .fetch_all(&self.read)

@@ -338,8 +338,8 @@ impl Store {
             let id: i64 = sqlx::Row::try_get(
                 &query(
                     "INSERT INTO stages (run_id, repo_id, stage_key, pipeline, status, needs, \
-                     spec, max_attempts, reason, queued_at, finished_at, created_at, labels) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     spec, max_attempts, reason, queued_at, finished_at, created_at, labels, rollout) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      RETURNING id",
                 )
                 .bind(run_id)
@@ -355,6 +355,7 @@ impl Store {
                 .bind(finished_at)
                 .bind(now)
                 .bind(json_text(&s.labels))
+                .bind(s.is_rollout())
                 .fetch_one(&mut **tx)
                 .await?,
                 "id",

@@ -337,6 +337,13 @@ pub struct NewStage {
 }
 
 impl NewStage {
+    /// Whether the stage is a rollout, driven by the server's rollout controller and
+    /// never leased to a runner: a deploy stage whose spec has a `rollout`.
+    pub fn is_rollout(&self) -> bool {
+        let kind = &self.spec["kind"];
+        kind["type"] == "deploy" && !kind["rollout"].is_null()
+    }
+
     pub fn new(key: &str, needs: &[&str], steps: &[&str]) -> NewStage {
         NewStage {
             key: key.to_string(),

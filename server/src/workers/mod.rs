@@ -14,6 +14,7 @@ pub mod in_process_runner;
 pub mod kube_orphans;
 pub(crate) mod lease_expiry;
 pub mod planner;
+pub mod rollouts;
 
 #[allow(
     clippy::vec_init_then_push,
@@ -26,6 +27,7 @@ pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
     workers.push(commit_status::spawn(state.clone()));
     workers.push(lease_expiry::spawn(state.clone()));
     workers.push(gates::spawn(state.clone()));
+    workers.push(rollouts::spawn(state.clone()));
     if state.config.in_process_runner {
         workers.push(in_process_runner::spawn(state.clone(), addr));
     }

@@ -47,19 +47,7 @@ fn json<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-/// Serialises "count, append, count" per step, so the log counters in the database
-/// only grow by lines that were really new even when a resent batch races the
-/// original. Striped: bounded memory, and two steps rarely share a stripe.
-static LOG_LOCKS: [std::sync::Mutex<()>; 32] = [const { std::sync::Mutex::new(()) }; 32];
-
-pub(super) fn log_lock(key: StepKey) -> &'static std::sync::Mutex<()> {
-    let h = (key.run as u64)
-        .wrapping_mul(31)
-        .wrapping_add(key.stage as u64)
-        .wrapping_mul(31)
-        .wrapping_add(u64::from(key.step));
-    &LOG_LOCKS[(h % LOG_LOCKS.len() as u64) as usize]
-}
+pub(super) use crate::logs::append_lock as log_lock;
 
 /// The log key of step `idx` of `stage`.
 pub(super) fn step_key(stage: &Stage, idx: i64) -> StepKey {
