@@ -33,6 +33,7 @@ CREATE TABLE rollouts (
     -- Requests from people, taken by the controller on its next tick.
     promote_request TEXT CHECK (promote_request IN ('step', 'full')),
     abort_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    aborted_by      TEXT,
     -- One replica at a time drives a rollout.
     lease_owner     TEXT,
     lease_until     BIGINT,

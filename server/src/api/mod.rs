@@ -16,6 +16,7 @@ pub(crate) mod openapi;
 pub(crate) mod promotions;
 pub(crate) mod protocol;
 pub mod repos;
+pub(crate) mod rollouts;
 pub(crate) mod route_table;
 pub(crate) mod runners;
 pub mod runs;
@@ -55,6 +56,7 @@ pub fn routes() -> RouteTable {
         .merge(environments::routes())
         .merge(approvals::routes())
         .merge(promotions::routes())
+        .merge(rollouts::routes())
 }
 
 /// The whole HTTP application. Tests drive it with `tower::ServiceExt::oneshot`; the

@@ -35,6 +35,7 @@ use super::route_table::{Access, RouteTable};
         (name = "users", description = "People: roles, linked forge identities, personal tokens"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "environments", description = "Environments, approval gates, deployments, promotion and rollback"),
+        (name = "rollouts", description = "Progressive delivery: a deploy stage's rollout, its measurements; promote, abort, retry"),
         (name = "runners", description = "Registered runners: labels, capacity, load"),
         (name = "hooks", description = "Webhooks from forges and plain git servers"),
         (name = "runner", description = "The runner protocol (runner tokens; stage routes need the stage's lease token)"),

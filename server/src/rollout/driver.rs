@@ -56,8 +56,8 @@ impl Tick<'_> {
         let stage = self.store.get_stage(r.stage_id).await?;
         if stage.cancel_requested || r.abort_requested {
             let why = if r.abort_requested {
-                r.memo["abort_by"]
-                    .as_str()
+                r.aborted_by
+                    .as_deref()
                     .map(|u| format!("aborted by {u}"))
                     .unwrap_or_else(|| "aborted".into())
             } else {

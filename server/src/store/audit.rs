@@ -108,6 +108,11 @@ pub mod action {
     pub const DEPLOY_REFUSED: &str = "deploy.refused";
     pub const PROMOTE: &str = "run.promote";
     pub const ROLLBACK: &str = "run.rollback";
+    pub const ROLLOUT_PROMOTE: &str = "rollout.promote";
+    pub const ROLLOUT_ABORT: &str = "rollout.abort";
+    pub const ROLLOUT_RETRY: &str = "rollout.retry";
+    /// A promote, abort or retry without the environment's release permission.
+    pub const ROLLOUT_REFUSED: &str = "rollout.refused";
 }
 
 /// Key of the PostgreSQL advisory lock that serialises appends.

@@ -96,6 +96,8 @@ pub struct RolloutRecord {
     pub message: Option<String>,
     pub promote_request: Option<PromoteRequest>,
     pub abort_requested: bool,
+    /// Who asked for the abort (`user:<name>`, `token:<name>`).
+    pub aborted_by: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
@@ -126,7 +128,7 @@ pub struct NewRollout {
 
 const COLS: &str = "id, stage_id, run_id, repo_id, environment, namespace, deployment, spec, \
     image, stable_image, phase, step, step_started_at, memo, message, promote_request, \
-    abort_requested, created_at, updated_at, finished_at";
+    abort_requested, aborted_by, created_at, updated_at, finished_at";
 
 fn decode(r: &sqlx::any::AnyRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
@@ -152,6 +154,7 @@ fn decode(r: &sqlx::any::AnyRow) -> Result<RolloutRecord> {
             Some(o) => return Err(Error::Corrupt(format!("promote_request {o:?}"))),
         },
         abort_requested: r.flag("abort_requested")?,
+        aborted_by: r.opt_text("aborted_by")?,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         finished_at: r.opt_int("finished_at")?,
@@ -359,12 +362,13 @@ impl Store {
     }
 
     /// Records a person's abort; `false` if the rollout has finished.
-    pub async fn request_abort(&self, stage: StageId) -> Result<bool> {
+    pub async fn request_abort(&self, stage: StageId, by: &str) -> Result<bool> {
         let n = query(
-            "UPDATE rollouts SET abort_requested = TRUE WHERE stage_id = $1 \
+            "UPDATE rollouts SET abort_requested = TRUE, aborted_by = $2 WHERE stage_id = $1 \
              AND finished_at IS NULL",
         )
         .bind(stage)
+        .bind(by)
         .execute(&self.write)
         .await?
         .rows_affected();
