@@ -13,6 +13,7 @@ mod output;
 mod people;
 mod pipeline_files;
 mod release;
+mod rollout;
 mod runner;
 pub mod stdio;
 mod validate;
@@ -80,6 +81,9 @@ pub enum Command {
     Promote(release::PromoteArgs),
     /// Redeploy the version live before the current one, through the same gate.
     Rollback(release::RollbackArgs),
+    /// Follow and steer a deploy stage's rollout: status, promote, abort, retry.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Run stages for a Slipway server on this host (token from SLIPWAY_RUNNER_TOKEN).
     Runner(runner::RunnerArgs),
 }
@@ -155,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approve(args) => release::vote(args, true),
         Command::Reject(args) => release::vote(args, false),
         Command::Inbox(args) => release::inbox(args),
+        Command::Rollout(cmd) => rollout::rollout(cmd),
         Command::Promote(args) => release::promote(args),
         Command::Rollback(args) => release::rollback(args),
         Command::Runner(args) => runner::run(args),

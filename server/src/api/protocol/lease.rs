@@ -369,23 +369,17 @@ async fn add_environment(
             .env
             .insert("SLIPWAY_NAMESPACE".to_string(), ns.clone());
     }
-    let Some(sealed) = found.kubeconfig_enc.as_deref() else {
+    if found.kubeconfig_enc.is_none() {
         return Ok(Ok(()));
-    };
+    }
     if run.fork {
         withheld.push(KUBECONFIG_SECRET.to_string());
         return Ok(Ok(()));
     }
-    let aad = crate::crypto::kubeconfig_aad(run.repo_id, env);
-    let Ok(plain) = state.secret_box.open(sealed, &aad) else {
-        return Ok(Err(format!(
-            "the kubeconfig of environment `{env}` cannot be decrypted with the server's key (was the key changed?)"
-        )));
-    };
-    let Ok(text) = String::from_utf8(plain.to_vec()) else {
-        return Ok(Err(format!(
-            "the kubeconfig of environment `{env}` is not UTF-8"
-        )));
+    let text = match crate::rollout::kubeconfig(&state.secret_box, &found) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(Ok(())),
+        Err(why) => return Ok(Err(why)),
     };
     secrets.insert(KUBECONFIG_SECRET.to_string(), text);
     planned
