@@ -46,6 +46,10 @@ pub enum Outcome {
 
 type R<T> = Result<T, String>;
 
+/// How long the new version's pods stay after traffic left them (requests in flight
+/// finish), before the rollout removes them.
+const DRAIN_MS: i64 = 1_000;
+
 impl Tick<'_> {
     pub async fn run(&self, mut r: RolloutRecord) -> crate::store::Result<Outcome> {
         let acts = actions(&r.spec.strategy);
@@ -126,7 +130,7 @@ impl Tick<'_> {
         let result = match &action {
             Action::Finish => self.finish(&mut r).await,
             Action::Recreate => self.recreate(&mut r).await,
-            _ => self.apply(&r, &desired).await,
+            _ => self.apply(&mut r, &desired).await,
         };
         let ready = match result {
             Ok(ready) => ready,
@@ -316,7 +320,7 @@ impl Tick<'_> {
     }
 
     /// Brings the cluster to `d`; `true` once the new version's pods are ready for it.
-    async fn apply(&self, r: &RolloutRecord, d: &Desired) -> R<bool> {
+    async fn apply(&self, r: &mut RolloutRecord, d: &Desired) -> R<bool> {
         let c = self.cluster;
         let traffic = super::actions::traffic(&r.spec.strategy);
         let blue_green = matches!(r.spec.strategy, pipelines::Strategy::BlueGreen(_));
@@ -340,7 +344,9 @@ impl Tick<'_> {
                 rollout: r.id,
             },
         )?;
-        let now = c.ensure(&c.deployments(), "Deployment", &canary).await?;
+        let now = self
+            .ensure(r, &c.deployments(), "Deployment", &canary)
+            .await?;
         if let Some(why) = stuck(&now) {
             return Err(format!("the new version does not come up: {why}"));
         }
@@ -353,7 +359,7 @@ impl Tick<'_> {
                 canary_name(&self.service_name(r))
             };
             let cs = canary_service(&name, &stable, &svc, r.id)?;
-            c.ensure(&c.services(), "Service", &cs).await?;
+            self.ensure(r, &c.services(), "Service", &cs).await?;
         }
         if !canary_ready {
             return Ok(false);
@@ -384,7 +390,7 @@ impl Tick<'_> {
                     })?;
                 let meta = canary.metadata.clone();
                 let ing = canary_ingress(&base, &stable_svc, &canary_svc, d, meta)?;
-                c.ensure(&c.ingresses(), "Ingress", &ing).await?;
+                self.ensure(r, &c.ingresses(), "Ingress", &ing).await?;
             }
             Traffic::Replicas => {}
         }
@@ -397,6 +403,55 @@ impl Tick<'_> {
             self.set_selector(r, target).await?;
         }
         Ok(true)
+    }
+
+    /// [`Cluster::ensure`], skipped when this rollout already applied exactly `want`
+    /// and the object is still there (its digest is in the memo): each object is
+    /// written once per change, not once per tick, and never again after a restart.
+    async fn ensure<K>(
+        &self,
+        r: &mut RolloutRecord,
+        api: &kube::Api<K>,
+        what: &str,
+        want: &K,
+    ) -> R<K>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        use sha2::{Digest, Sha256};
+        let name = want.meta().name.clone().unwrap_or_default();
+        let key = format!("{what}/{name}");
+        let digest = hex::encode(Sha256::digest(
+            serde_json::to_vec(want).map_err(|e| e.to_string())?,
+        ));
+        if r.memo["applied"][&key] == json!(digest)
+            && let Some(current) = self.cluster.get(api, what, &name).await?
+        {
+            return Ok(current);
+        }
+        let got = self.cluster.ensure(api, what, want).await?;
+        if !r.memo["applied"].is_object() {
+            r.memo["applied"] = json!({});
+        }
+        r.memo["applied"][&key] = json!(digest);
+        Ok(got)
+    }
+
+    /// Whether traffic left the new version at least [`DRAIN_MS`] ago, so its pods may
+    /// go without cutting a request in flight; the first call starts the clock.
+    fn drained(&self, r: &mut RolloutRecord) -> bool {
+        let now = self.store.now_ms();
+        match r.memo["drain_since"].as_i64() {
+            Some(since) => now - since >= DRAIN_MS,
+            None => {
+                r.memo["drain_since"] = json!(now);
+                false
+            }
+        }
     }
 
     async fn set_selector(&self, r: &RolloutRecord, sel: BTreeMap<String, String>) -> R<()> {
@@ -455,6 +510,9 @@ impl Tick<'_> {
             return Ok(false);
         }
         self.restore_traffic(r).await?;
+        if !self.drained(r) {
+            return Ok(false);
+        }
         self.remove_objects(r).await?;
         Ok(true)
     }
@@ -532,7 +590,13 @@ impl Tick<'_> {
         {
             errors.push(e);
         }
-        if let Err(e) = self.remove_objects(&r).await {
+        if errors.is_empty() && !self.drained(&mut r) {
+            let at = r.step;
+            return self.save(&r, at).await;
+        }
+        if errors.is_empty()
+            && let Err(e) = self.remove_objects(&r).await
+        {
             errors.push(e);
         }
         if !errors.is_empty() {

@@ -11,6 +11,7 @@ mod kube_objects;
 mod kube_runner;
 mod kube_support;
 mod purity;
+mod rollouts;
 mod validate_agrees;
 
 // The server's test harness (`server/tests/it/support`), the parts kube_runner uses.
@@ -23,6 +24,9 @@ mod git;
 #[path = "../../../server/tests/it/support/poll.rs"]
 #[allow(unused)]
 mod poll;
+#[path = "../../../server/tests/it/support/process.rs"]
+#[allow(unused)]
+mod process;
 #[path = "../../../server/tests/it/support/test_server.rs"]
 #[allow(unused)]
 mod test_server;

@@ -16,11 +16,29 @@ use super::poll::{TimedOut, eventually_blocking, poll_until, poll_until_blocking
 
 /// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
 /// target directory shared between branches, another build can replace the binary
-/// between this crate's build and the test run.
+/// between this crate's build and the test run. Outside the server package (the
+/// `tests` crate includes this file) it is the one beside the test executable's
+/// `deps/` directory, which a workspace build makes.
 pub fn slipway_bin() -> PathBuf {
-    std::env::var_os("SLIPWAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_slipway").into())
+    if let Some(p) = std::env::var_os("SLIPWAY_TEST_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = option_env!("CARGO_BIN_EXE_slipway") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("slipway"))
+        .expect("the test executable is in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p server --bin slipway`; \
+         `cargo nextest run --workspace` does) or set SLIPWAY_TEST_BIN",
+        bin.display()
+    );
+    bin
 }
 
 /// `slipway` without the test's own `SLIPWAY_*` settings, and without colours.
