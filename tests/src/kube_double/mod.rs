@@ -111,6 +111,7 @@ mod capture;
 mod docker;
 mod exec;
 mod logs;
+mod net;
 mod pod_runtime;
 mod pod_status;
 mod quantity;
@@ -235,7 +236,9 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         shutdown: CancellationToken::new(),
         captures: capture::Captures::new()
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
+        net: net::Network::new().map_err(KubeDoubleError::Listen)?,
     });
+    net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

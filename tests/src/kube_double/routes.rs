@@ -61,6 +61,7 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
         .route(&format!("{secrets}/{{name}}"), get(get_one::<Secret>).delete(delete_secret))
         .route("/api/v1/secrets", get(list_all::<Secret>))
         .route("/version", get(version))
+        .merge(super::net::routes())
         .route_layer(middleware::from_fn_with_state(counts, count))
         .fallback(|| async {
             ApiError {
@@ -113,7 +114,7 @@ fn is_watch(q: &HashMap<String, String>) -> bool {
     q.get("watch").is_some_and(|v| v == "true" || v == "1")
 }
 
-async fn list_ns<K: Object>(
+pub(super) async fn list_ns<K: Object>(
     State(ctx): State<Arc<Ctx>>,
     Path(ns): Path<String>,
     Query(q): Q,
@@ -121,7 +122,7 @@ async fn list_ns<K: Object>(
     list::<K>(&ctx, Some(ns), &q)
 }
 
-async fn list_all<K: Object>(
+pub(super) async fn list_all<K: Object>(
     State(ctx): State<Arc<Ctx>>,
     Query(q): Q,
 ) -> Result<Response, ApiError> {
@@ -159,7 +160,7 @@ fn list<K: Object>(
     .into_response())
 }
 
-async fn get_one<K: Object>(
+pub(super) async fn get_one<K: Object>(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<axum::Json<K>, ApiError> {
@@ -171,7 +172,7 @@ async fn get_one<K: Object>(
 
 /// Paths present in `sent` but lost by the typed round trip: fields the API does
 /// not know (`spec.containers[0].imagePulPolicy`).
-fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) {
+pub(super) fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) {
     match (sent, typed) {
         (Value::Object(s), Value::Object(t)) => {
             for (k, v) in s {
@@ -199,7 +200,7 @@ fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) 
 /// Decodes a create body as the API server does: the right kind, the path's
 /// namespace, unknown fields per `fieldValidation` (Strict: 400; Ignore; default
 /// Warn: a `Warning` header).
-fn decode<K: Object>(
+pub(super) fn decode<K: Object>(
     body: &Bytes,
     ns: &str,
     q: &HashMap<String, String>,
@@ -251,7 +252,7 @@ fn decode<K: Object>(
     }
 }
 
-fn created<K: Object>(obj: &K, unknown: &[String]) -> Response {
+pub(super) fn created<K: Object>(obj: &K, unknown: &[String]) -> Response {
     let mut resp = (StatusCode::CREATED, axum::Json(obj)).into_response();
     for u in unknown {
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"unknown field \\\"{u}\\\"\"")) {
@@ -340,12 +341,15 @@ async fn create_secret(
 }
 
 /// DeleteOptions from the body (what kube sends) or the query.
-struct DeleteOpts {
-    grace: Option<i64>,
-    orphan: bool,
+pub(super) struct DeleteOpts {
+    pub grace: Option<i64>,
+    pub orphan: bool,
 }
 
-fn delete_opts(body: &Bytes, q: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+pub(super) fn delete_opts(
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let body: Value = if body.is_empty() {
         Value::Null
     } else {

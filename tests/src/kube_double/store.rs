@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use super::net::HttpRouteObject;
 use super::status::ApiError;
 
 /// Namespace and name.
@@ -43,7 +45,33 @@ pub trait Object:
 pub struct Tables {
     pods: BTreeMap<Key, Pod>,
     secrets: BTreeMap<Key, Secret>,
+    services: BTreeMap<Key, Service>,
+    ingresses: BTreeMap<Key, Ingress>,
+    httproutes: BTreeMap<Key, HttpRouteObject>,
 }
+
+/// `impl Object` for a kind stored in `Tables::$field`, selectable by name and
+/// namespace (what the API server supports for every kind).
+macro_rules! object_by_name {
+    ($kind:ty, $field:ident) => {
+        impl Object for $kind {
+            fn table(t: &Tables) -> &BTreeMap<Key, Self> {
+                &t.$field
+            }
+            fn table_mut(t: &mut Tables) -> &mut BTreeMap<Key, Self> {
+                &mut t.$field
+            }
+            const FIELDS: &'static [(&'static str, &'static str)] = &[
+                ("metadata.name", "/metadata/name"),
+                ("metadata.namespace", "/metadata/namespace"),
+            ];
+        }
+    };
+}
+
+object_by_name!(Service, services);
+object_by_name!(Ingress, ingresses);
+object_by_name!(HttpRouteObject, httproutes);
 
 impl Object for Pod {
     fn table(t: &Tables) -> &BTreeMap<Key, Self> {
@@ -330,6 +358,27 @@ impl Store {
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// Whether the owner an ownerReference names (by kind and uid) exists; `None`
+    /// for a kind the double does not store (garbage collection then keeps the
+    /// dependent: it cannot tell).
+    pub fn owner_exists(&self, kind: &str, uid: &str) -> Option<bool> {
+        fn has<K: Object>(t: &Tables, uid: &str) -> bool {
+            K::table(t)
+                .values()
+                .any(|o| o.metadata().uid.as_deref() == Some(uid))
+        }
+        let inner = self.lock();
+        let t = &inner.tables;
+        Some(match kind {
+            "Pod" => has::<Pod>(t, uid),
+            "Secret" => has::<Secret>(t, uid),
+            "Service" => has::<Service>(t, uid),
+            "Ingress" => has::<Ingress>(t, uid),
+            "HTTPRoute" => has::<HttpRouteObject>(t, uid),
+            _ => return None,
+        })
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Containers' output, as the pod log API serves it.
     pub captures: crate::kube_double::capture::Captures,
+    /// Services' listeners and the gateway (see `net`).
+    pub net: crate::kube_double::net::Network,
 }
 
 /// A running pod's controls, by pod uid.

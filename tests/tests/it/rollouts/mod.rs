@@ -11,7 +11,7 @@ mod strategies;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -111,25 +111,21 @@ impl Loop {
     }
 }
 
-/// A real HTTP health endpoint the test flips between 200 and 500; it counts the
-/// checks it answered.
+/// A real HTTP health endpoint the test flips between 200 and 500.
 pub struct Health {
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
-    pub hits: Arc<AtomicU64>,
 }
 
 impl Health {
     pub async fn start() -> Health {
         let healthy = Arc::new(AtomicBool::new(true));
-        let hits = Arc::new(AtomicU64::new(0));
-        let (h, n) = (healthy.clone(), hits.clone());
+        let h = healthy.clone();
         let app = Router::new().route(
             "/health",
             get(move || {
-                let (h, n) = (h.clone(), n.clone());
+                let h = h.clone();
                 async move {
-                    n.fetch_add(1, Ordering::SeqCst);
                     if h.load(Ordering::SeqCst) {
                         (StatusCode::OK, "{\"status\":\"ok\"}")
                     } else {
