@@ -142,11 +142,7 @@ impl Health {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Health {
-            addr,
-            healthy,
-            hits,
-        }
+        Health { addr, healthy }
     }
 
     pub fn url(&self) -> String {
