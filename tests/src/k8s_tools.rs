@@ -13,6 +13,10 @@ use std::process::{Command, Output};
 /// containers, from 1.28) long stable.
 pub const KUBERNETES_VERSION: &str = "1.30.0";
 
+/// The newest schema the pinned kubernetes-validate ships: a field removed or renamed
+/// in a later release than [`KUBERNETES_VERSION`] would show here.
+pub const NEWEST_KUBERNETES: &str = "1.37.0";
+
 pub const INSTALL_HINT: &str = "run `bash .ci/k8s-tools.sh` (installs kubectl, \
                                 kubernetes-validate, docker-compose and systemd-analyze)";
 

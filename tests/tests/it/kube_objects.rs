@@ -25,12 +25,9 @@ use runner::{
     ContainerSettings, KubernetesOptions, PodSettings, ServiceSpec, StageSpec, StepSpec, Toleration,
 };
 use serde_json::Value;
-use tests::k8s_tools::{KUBERNETES_VERSION, kubernetes_validate_strict};
+use tests::k8s_tools::{KUBERNETES_VERSION, NEWEST_KUBERNETES, kubernetes_validate_strict};
 use tests::pod_security::restricted_violations;
 
-/// The newest schema the pinned kubernetes-validate ships: a field removed or renamed
-/// in a later release than [`KUBERNETES_VERSION`] would show here.
-const NEWEST_KUBERNETES: &str = "1.37.0";
 /// The owner uid the backend would read from the created pod.
 const POD_UID: &str = "uid-1";
 const RUNNER: &str = "runner-1";

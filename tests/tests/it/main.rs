@@ -11,6 +11,7 @@ mod kube_objects;
 mod kube_runner;
 mod kube_support;
 mod purity;
+mod rollout_objects;
 mod rollouts;
 mod validate_agrees;
 
