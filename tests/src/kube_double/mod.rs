@@ -84,9 +84,60 @@
 //! - Everything created on Docker carries the instance label; [`KubeDouble::shutdown`]
 //!   (or dropping the double) removes it all.
 //!
+//! ## Networking (`net`; upstream sources named in each of its modules)
+//! - Services (core/v1, ClusterIP on TCP): create (defaults: type, protocol TCP,
+//!   `targetPort` = port, sessionAffinity, families; `spec.clusterIP`/`clusterIPs`
+//!   allocated from 10.96.0.0/12 or the one asked for — 422 when taken or out of
+//!   range; `None` = headless), get, list/watch with selectors, PUT (a stale
+//!   `resourceVersion` → 409 Conflict; the cluster IP kept when left out, 422 when
+//!   changed), merge PATCH, DELETE; 422 Invalid with field paths for missing or bad
+//!   ports, duplicate port names or (protocol, port) pairs, bad target ports, bad
+//!   selectors. Routing: each Service port listens on `127.0.0.1:<ephemeral>`
+//!   ([`KubeDouble::service_addr`]) and splices each TCP connection to one ready
+//!   endpoint — a pod matched by the selector, Ready condition True, not
+//!   terminating; numeric or named `targetPort` —, round robin; no endpoint: the
+//!   connection is reset. A port's address is stable across updates; deleting the
+//!   Service closes it before the DELETE returns.
+//! - Ingresses (networking.k8s.io/v1): create/get/list/watch/PUT/merge PATCH/DELETE,
+//!   validated as upstream (pathType required, absolute paths, backend service name
+//!   and port name xor number, hosts); stored only — nothing routes by them, so
+//!   ingress-nginx canary annotations are kept and do nothing.
+//! - HTTPRoutes (gateway.networking.k8s.io/v1, Gateway API v1.5.1 as the
+//!   `gateway-api` 0.22 crate binds it): create/get/list/watch/PUT/merge
+//!   PATCH/DELETE as for a CRD — schema defaults (weight 1, kind Service, path
+//!   PathPrefix `/`, …), OpenAPI and CEL validation (422 naming the field: weights
+//!   0..=1000000, at most 16 rules/backendRefs/filters and 64 matches per rule,
+//!   backendRef name and Service port required, match and filter types, mirror
+//!   percent/fraction, …), unknown fields pruned, `generation` counting spec
+//!   changes, PUT needing the current `resourceVersion` (409 stale, 422 missing);
+//!   status: per parentRef Accepted and ResolvedRefs (whether the Services existed
+//!   when the route was written).
+//! - The gateway ([`KubeDouble::gateway_addr`]): one HTTP/1.1 listener routing every
+//!   request by every HTTPRoute (parentRefs are not consulted): hostnames against
+//!   Host, path Exact/PathPrefix/RegularExpression, headers and query params
+//!   Exact/RegularExpression (RE2, whole value: a cookie test is `.*group=beta.*`),
+//!   method, with the spec's precedence; backendRefs by weight (smooth weighted
+//!   round robin: exact shares, weight 0 gets nothing, all 0 → 500), each a Service
+//!   port in the route's namespace → one ready pod; RequestMirror (percent/fraction,
+//!   answers dropped), Request/ResponseHeaderModifier. No matching rule → 404; an
+//!   invalid backend (unknown Service or port, other kind or namespace) → 500; no
+//!   ready pod → 503; other filters → 500 "not implemented".
+//! - Owner garbage collection of Services, Ingresses and HTTPRoutes (asynchronous,
+//!   after any deletion): deleted when every owner is gone (by kind and uid), a
+//!   dangling reference dropped while another owner lives, references stripped for
+//!   `propagationPolicy: Orphan`; an owner of a kind the double does not store
+//!   counts as alive (`Store::owner_exists`).
+//!
 //! # Deliberately not implemented
-//! Other resources and API groups (no Events: failures are read from pod status);
-//! PUT/PATCH (405); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
+//! Other resources and API groups (no Events: failures are read from pod status;
+//! no Endpoints or EndpointSlices; no Gateway, GatewayClass or ReferenceGrant
+//! objects; no discovery documents under `/api` and `/apis`); PUT/PATCH of pods
+//! and secrets (405); strategic merge, JSON and server-side apply patches (415);
+//! `delete_collection` of the network kinds (405); Service types other than
+//! ClusterIP, UDP/SCTP ports, ClientIP affinity (422); Ingress routing; the
+//! gateway's RequestRedirect, URLRewrite, CORS and ExtensionRef filters (500),
+//! cross-namespace backends, timeouts and retries; finalizers (stored, never
+//! waited for); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
 //! delete preconditions (400); pagination (`limit` gets the whole list and no
 //! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
 //! namespaces as objects (any namespace exists); admission (Pod Security is checked
@@ -244,7 +295,7 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         .await
         .map_err(KubeDoubleError::Listen)?;
     let addr = listener.local_addr().map_err(KubeDoubleError::Listen)?;
-    let app = routes::router(ctx.clone(), counts.clone());
+    let app = routes::router(ctx.clone(), counts.clone(), net::routes());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("kube double server: {e}");

@@ -34,7 +34,8 @@ impl RequestCounts {
     }
 }
 
-pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
+/// `more`: routes of other modules (the network kinds), served and counted alike.
+pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>, more: Router<Arc<Ctx>>) -> Router {
     let pods = "/api/v1/namespaces/{ns}/pods";
     let secrets = "/api/v1/namespaces/{ns}/secrets";
     Router::new()
@@ -61,7 +62,7 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
         .route(&format!("{secrets}/{{name}}"), get(get_one::<Secret>).delete(delete_secret))
         .route("/api/v1/secrets", get(list_all::<Secret>))
         .route("/version", get(version))
-        .merge(super::net::routes())
+        .merge(more)
         .route_layer(middleware::from_fn_with_state(counts, count))
         .fallback(|| async {
             ApiError {

@@ -13,10 +13,13 @@
 //! and merge PATCH for any of these kinds; `gc`: ownerReferences; `routes`: the
 //! HTTP paths, merged into the double's router.
 
-mod crud;
+/// PUT and merge PATCH for any stored kind (implement `crud::Updatable`).
+pub(super) mod crud;
 mod endpoints;
 mod gateway;
-mod gc;
+/// Owner garbage collection: `gc::orphan` before removing an owner deleted with
+/// `propagationPolicy: Orphan`; `gc::sweep_kind` for other kinds.
+pub(super) mod gc;
 mod httproute;
 mod ingress;
 mod names;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod poll;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;

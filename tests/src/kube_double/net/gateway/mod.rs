@@ -29,6 +29,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use gateway_api::httproutes::{HttpRouteRulesFilters, HttpRouteRulesFiltersType as FilterType};
 use k8s_openapi::api::core::v1::Service;
 use serde::Serialize;
@@ -81,6 +82,11 @@ pub fn serve(ctx: Arc<Ctx>) {
         tracing::error!("kube double: the gateway's listener is gone");
         return;
     };
+    // Answers go out in more than one write (head, then body): without NODELAY,
+    // Nagle's algorithm holds the body back on a kept-alive connection.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let shutdown = ctx.shutdown.clone();
     let app = Router::new().fallback(handle).with_state(ctx);
     tokio::spawn(async move {

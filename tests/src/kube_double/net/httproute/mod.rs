@@ -4,6 +4,7 @@
 pub mod api;
 mod defaults;
 pub mod object;
+mod openapi;
 mod schema;
 
 pub use object::HttpRouteObject;
