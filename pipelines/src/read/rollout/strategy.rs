@@ -37,8 +37,15 @@ pub(super) fn read_strategy(
         ("recreate", None) => Some(Strategy::Recreate),
         ("recreate", Some(b)) => {
             let list = ctx.mapping(b.value, b.value_pos(), &format!("`recreate` in {swhat}"))?;
-            ctx.known(list, b.pos, &format!("`recreate` of {swhat}"), &[]);
-            Some(Strategy::Recreate)
+            for k in &list {
+                ctx.error(
+                    codes::UNKNOWN_KEY,
+                    k.pos,
+                    format!("unknown key `{}` in `recreate` of {swhat}", k.key),
+                    Some("`recreate` has no settings: write `strategy: recreate`".into()),
+                );
+            }
+            list.is_empty().then_some(Strategy::Recreate)
         }
         ("rolling", None) => Some(Strategy::Rolling {
             batches: vec![100],
