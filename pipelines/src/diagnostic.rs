@@ -89,6 +89,8 @@ pub mod codes {
     /// An image reference the runner would refuse to push to (`push:`).
     pub const INVALID_IMAGE_REF: &str = "invalid-image-ref";
     pub const INVALID_WEIGHT: &str = "invalid-weight";
+    /// A canary step its traffic mode cannot do (`mirror` with `replicas`, …).
+    pub const TRAFFIC_NOT_SUPPORTED: &str = "traffic-not-supported";
     pub const INVALID_MATRIX: &str = "invalid-matrix";
     pub const MATRIX_TOO_LARGE: &str = "matrix-too-large";
     /// A file over [`crate::MAX_FILE_BYTES`].
@@ -134,6 +136,7 @@ pub mod codes {
         INVALID_PATH,
         INVALID_IMAGE_REF,
         INVALID_WEIGHT,
+        TRAFFIC_NOT_SUPPORTED,
         INVALID_MATRIX,
         MATRIX_TOO_LARGE,
         FILE_TOO_LARGE,

@@ -1,6 +1,7 @@
 //! The image reference an image stage pushes to (`push:`), checked by the rules the
 //! runner applies before it builds (`runner::image_build`): a mistake then shows at
-//! `slipway validate`, not after a build.
+//! `slipway validate`, not after a build. And the image a rollout deploys, which is
+//! pinned by digest.
 
 /// Why `reference` is not `[registry/]name[:tag]`, or `Ok`. A digest is refused: the
 /// digest is what a push returns.
@@ -62,9 +63,51 @@ pub(crate) fn check_push_ref(reference: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Why `reference` is not `[registry/]name[:tag]@sha256:<64 hex>`, or `Ok`: a rollout
+/// deploys exactly the bytes that were built and tested, never whatever a tag points
+/// at by then.
+pub(crate) fn check_digest_ref(reference: &str) -> Result<(), &'static str> {
+    let Some((name, digest)) = reference.split_once('@') else {
+        return Err("it has no digest; a rollout deploys an image by digest (`app:tag@sha256:…`)");
+    };
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or("the digest must be `sha256:` and 64 hexadecimal digits")?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("the digest must be `sha256:` and 64 lower-case hexadecimal digits");
+    }
+    check_push_ref(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_references() {
+        let d = "0123456789abcdef".repeat(4);
+        for ok in [
+            format!("registry.example.com/app@sha256:{d}"),
+            format!("app:1.2@sha256:{d}"),
+            format!("127.0.0.1:5000/team/app:v1@sha256:{d}"),
+        ] {
+            assert_eq!(check_digest_ref(&ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "app:1.2".to_string(),
+            format!("app@sha512:{d}"),
+            "app@sha256:abc".to_string(),
+            format!("app@sha256:{}", d.to_uppercase()),
+            format!("App@sha256:{d}"),
+            format!("@sha256:{d}"),
+        ] {
+            assert!(check_digest_ref(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn references_the_runner_accepts() {

@@ -12,9 +12,6 @@ pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes"];
 /// The backend an image stage runs on when its `runs_on` names none: building an image
 /// takes a container engine.
 pub const IMAGE_BACKEND: &str = "docker";
-/// The backend a deploy stage runs on when its `runs_on` names none: it drives a
-/// rollout in a cluster.
-pub const DEPLOY_BACKEND: &str = "kubernetes";
 
 /// Longest label accepted.
 pub const MAX_LABEL_LEN: usize = 100;

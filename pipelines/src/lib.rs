@@ -37,9 +37,7 @@ pub use crate::crontab::normalize_cron;
 pub use crate::diagnostic::{Diagnostic, Severity, codes};
 pub use crate::duration::parse_duration;
 pub use crate::event::{Event, EventContext};
-pub use crate::label::{
-    BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND, backend_label, check_label,
-};
+pub use crate::label::{BACKEND_LABEL_PREFIX, IMAGE_BACKEND, backend_label, check_label};
 pub use crate::limits::{MAX_FILE_BYTES, MAX_STAGES};
 pub use crate::matrix::MATRIX_LIMIT;
 pub use crate::model::*;

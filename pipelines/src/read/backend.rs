@@ -1,13 +1,14 @@
 //! What the backend a stage is bound to would refuse, known from the YAML alone. The
 //! backend is the one a written `backend:` label in `runs_on` names, else the one the
-//! stage's kind sends it to (the server's routing: image → docker, a canary deploy →
-//! kubernetes). The backends keep refusing these themselves; here the author sees
-//! them at `slipway validate`.
+//! stage's kind sends it to (the server's routing: image → docker). A deploy stage
+//! with a rollout is bound to none: the server drives it, no runner runs it. The
+//! backends keep refusing these themselves; here the author sees them at
+//! `slipway validate`.
 
 use super::paths::resolve;
 use super::{Ctx, Fields};
 use crate::diagnostic::{Pos, codes};
-use crate::label::{BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND};
+use crate::label::{BACKEND_LABEL_PREFIX, IMAGE_BACKEND};
 use crate::model::{Stage, StageKind};
 
 /// The backend `stage` runs on whatever the event, if its YAML decides it.
@@ -26,9 +27,6 @@ fn bound_backend(stage: &Stage) -> Option<&str> {
     }
     Some(match stage.kind {
         StageKind::Image { .. } => IMAGE_BACKEND,
-        StageKind::Deploy {
-            rollout: Some(_), ..
-        } => DEPLOY_BACKEND,
         StageKind::Run | StageKind::Scan { .. } | StageKind::Deploy { .. } => return None,
     })
 }

@@ -38,7 +38,22 @@ pub const STAGE_IMAGE: &[&str] = &[
     "build_args",
     "target",
 ];
-pub const STAGE_DEPLOY: &[&str] = &["environment", "approval", "canary"];
+pub const STAGE_DEPLOY: &[&str] = &["environment", "approval", "target", "strategy", "canary"];
+/// Stage keys that configure a runner; refused in a rollout stage, which none runs.
+pub const RUNNER_ONLY: &[&str] = &[
+    "steps",
+    "runs_on",
+    "services",
+    "env",
+    "matrix",
+    "retry",
+    "artifacts",
+    "cache",
+    "user",
+    "workdir",
+    "resources",
+    "kubernetes",
+];
 pub const STAGE_KINDS: &[&str] = &["run", "scan", "image", "deploy"];
 
 pub const WHEN: &[&str] = &["branch", "tag", "event", "paths"];
@@ -51,11 +66,38 @@ pub const TOLERATION_OPERATORS: &[&str] = &["Exists", "Equal"];
 pub const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
 pub const APPROVAL: &[&str] = &["role", "count"];
 pub const CANARY: &[&str] = &["target", "traffic", "steps"];
-pub const CANARY_TARGET: &[&str] = &["deployment", "namespace"];
-pub const CANARY_STEP: &[&str] = &["weight", "pause", "analysis"];
-pub const ANALYSIS: &[&str] = &["http", "interval", "count", "max_failures"];
-pub const HTTP: &[&str] = &["url", "expect_status"];
-pub const TRAFFIC: &[&str] = &["replicas", "nginx", "gateway"];
+pub const ROLLOUT_TARGET: &[&str] = &["deployment", "namespace", "container", "service"];
+pub const STRATEGY: &[&str] = &["recreate", "rolling", "blue_green", "canary"];
+/// `strategy: <name>`: the strategies that need no settings.
+pub const STRATEGY_NAMES: &[&str] = &["recreate", "rolling", "blue_green"];
+pub const ROLLING: &[&str] = &["batches", "pause", "analysis"];
+pub const BLUE_GREEN: &[&str] = &[
+    "preview_service",
+    "auto_promote",
+    "pre_promotion_analysis",
+    "post_promotion_analysis",
+    "scale_down_delay",
+];
+pub const CANARY_STRATEGY: &[&str] = &["traffic", "analysis", "steps"];
+pub const TRAFFIC: &[&str] = &["replicas", "gateway", "nginx"];
+pub const TRAFFIC_ROUTER: &[&str] = &["gateway", "nginx"];
+pub const GATEWAY: &[&str] = &["route"];
+pub const NGINX: &[&str] = &["ingress"];
+pub const CANARY_STEP: &[&str] = &["weight", "pause", "analysis", "match", "mirror"];
+pub const PAUSE: &[&str] = &["duration"];
+pub const MATCH: &[&str] = &["header", "cookie"];
+pub const ANALYSIS: &[&str] = &[
+    "http",
+    "prometheus",
+    "interval",
+    "count",
+    "failure_limit",
+    "max_failures",
+    "inconclusive_limit",
+];
+pub const HTTP: &[&str] = &["url", "expect_status", "max_latency", "json"];
+pub const JSON_CHECK: &[&str] = &["path", "equals"];
+pub const PROMETHEUS: &[&str] = &["address", "query", "pass", "fail"];
 
 /// Every stage key, whatever the kind.
 #[cfg(test)]
@@ -109,9 +151,20 @@ mod tests {
             ("Toleration", super::TOLERATION.to_vec()),
             ("Approval", super::APPROVAL.to_vec()),
             ("Canary", super::CANARY.to_vec()),
-            ("CanaryTarget", super::CANARY_TARGET.to_vec()),
+            ("RolloutTarget", super::ROLLOUT_TARGET.to_vec()),
+            ("StrategySpec", super::STRATEGY.to_vec()),
+            ("Rolling", super::ROLLING.to_vec()),
+            ("BlueGreen", super::BLUE_GREEN.to_vec()),
+            ("CanaryStrategy", super::CANARY_STRATEGY.to_vec()),
+            ("TrafficRouter", super::TRAFFIC_ROUTER.to_vec()),
+            ("GatewayTraffic", super::GATEWAY.to_vec()),
+            ("NginxTraffic", super::NGINX.to_vec()),
+            ("PauseSpec", super::PAUSE.to_vec()),
+            ("RequestMatch", super::MATCH.to_vec()),
             ("Analysis", super::ANALYSIS.to_vec()),
             ("HttpCheck", super::HTTP.to_vec()),
+            ("JsonCheck", super::JSON_CHECK.to_vec()),
+            ("PromCheck", super::PROMETHEUS.to_vec()),
         ];
         for (def, keys) in cases {
             assert_eq!(
@@ -120,10 +173,16 @@ mod tests {
                 "schema vs reader keys for {def:?}"
             );
         }
-        let step_keys: BTreeSet<String> = ["WeightStep", "PauseStep", "AnalysisStep"]
-            .iter()
-            .flat_map(|d| props(&schema, d))
-            .collect();
+        let step_keys: BTreeSet<String> = [
+            "WeightStep",
+            "PauseStep",
+            "AnalysisStep",
+            "MatchStep",
+            "MirrorStep",
+        ]
+        .iter()
+        .flat_map(|d| props(&schema, d))
+        .collect();
         assert_eq!(step_keys, set(super::CANARY_STEP));
         let names = |def: &str| -> Vec<String> {
             schema["$defs"][def]["enum"]
@@ -135,5 +194,10 @@ mod tests {
         };
         assert_eq!(names("TolerationOperator"), super::TOLERATION_OPERATORS);
         assert_eq!(names("TaintEffect"), super::TAINT_EFFECTS);
+        assert_eq!(names("StrategyName"), super::STRATEGY_NAMES);
+        assert_eq!(names("TrafficName"), super::TRAFFIC);
+        // Every stage key a rollout stage refuses is a stage key.
+        let stage = props(&schema, "Stage");
+        assert!(super::RUNNER_ONLY.iter().all(|k| stage.contains(*k)));
     }
 }

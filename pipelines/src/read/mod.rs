@@ -15,6 +15,7 @@ mod matrix;
 mod nul_bytes;
 mod paths;
 mod render;
+mod rollout;
 mod runs_on;
 mod services;
 mod stage;
@@ -111,6 +112,9 @@ pub(crate) enum Allow {
     Env,
     /// Other text (image, push, build args, service env): plan-time values only.
     Text,
+    /// A rollout's image: plan-time values, and outputs of stages in `needs` (the
+    /// server fills them in when the rollout starts); no secrets.
+    Rollout,
 }
 
 impl<'a> Ctx<'a> {

@@ -18,9 +18,6 @@ type Rendered<'c> = Vec<(String, &'c Combination)>;
 
 /// `runs_on: label` or `runs_on: [label, …]`. `combos`: the stage's matrix
 /// combinations (one empty one without a matrix; `None` if the matrix is broken).
-/// The kind name [`read_runs_on`] is given for a deploy stage with a `canary:`.
-pub(crate) const CANARY_KIND: &str = "deploy (canary)";
-
 pub(crate) fn read_runs_on(
     ctx: &mut Ctx<'_>,
     f: Field<'_>,
@@ -138,19 +135,6 @@ fn check_runs_on_label(
             pos,
             format!("{what} builds an image, which the local backend cannot do (`backend:local`)"),
             Some("remove `backend:local`: image stages go to `backend:docker` runners".into()),
-        );
-        return false;
-    }
-    if backend != "kubernetes" && kind == Some(CANARY_KIND) {
-        ctx.error(
-            codes::INVALID_LABEL,
-            pos,
-            format!(
-                "{what} rolls out a canary, which only the kubernetes backend can do (`{label}`)"
-            ),
-            Some(format!(
-                "remove `{label}`: canary deploy stages go to `backend:kubernetes` runners"
-            )),
         );
         return false;
     }

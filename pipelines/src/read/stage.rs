@@ -9,7 +9,7 @@ use super::backend::check_backend;
 use super::image::read_image;
 use super::matrix::read_matrix;
 use super::paths::workspace_globs;
-use super::runs_on::{CANARY_KIND, read_runs_on};
+use super::runs_on::read_runs_on;
 use super::services::read_services;
 use super::steps::read_steps;
 use super::{Allow, Ctx, Field, Scope, check_name, is_null, keys};
@@ -89,29 +89,44 @@ fn read_stage(
     };
     let mut allowed: Vec<&str> = keys::STAGE_COMMON.to_vec();
     allowed.extend_from_slice(kind_keys);
+    // A deploy stage with a rollout is driven by the server: no runner, so no runner keys.
+    let rollout = kind_name.as_deref() == Some("deploy")
+        && super::deploy::is_rollout(&list.iter().map(|f| f.key).collect::<Vec<_>>());
     let mut kept = Vec::new();
     for f in super::kubernetes::without_restricted(ctx, list, &what) {
-        let other_kind = [
+        let other_kinds: Vec<&str> = [
             ("scan", keys::STAGE_SCAN),
             ("image", keys::STAGE_IMAGE),
             ("deploy", keys::STAGE_DEPLOY),
         ]
         .into_iter()
-        .find(|(_, ks)| ks.contains(&f.key) && !kind_keys.contains(&f.key));
-        match other_kind {
+        .filter(|(_, ks)| ks.contains(&f.key) && !kind_keys.contains(&f.key))
+        .map(|(k, _)| k)
+        .collect();
+        match other_kinds.as_slice() {
             // With an unknown kind we cannot tell which keys are wrong; say nothing.
-            Some(_) if kind_name.is_none() => {}
-            Some((k, _)) => ctx.error(
-                codes::UNKNOWN_KEY,
-                f.pos,
-                format!(
-                    "`{}` is only valid in `kind: {k}` stages ({what} is `kind: {}`)",
-                    f.key,
-                    kind_name.as_deref().unwrap_or("run")
-                ),
-                Some(format!("set `kind: {k}` or remove `{}`", f.key)),
-            ),
-            None => kept.push(f),
+            [_, ..] if kind_name.is_none() => {}
+            [_, ..] => {
+                let kinds = other_kinds
+                    .iter()
+                    .map(|k| format!("`kind: {k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                ctx.error(
+                    codes::UNKNOWN_KEY,
+                    f.pos,
+                    format!(
+                        "`{}` is only valid in {kinds} stages ({what} is `kind: {}`)",
+                        f.key,
+                        kind_name.as_deref().unwrap_or("run")
+                    ),
+                    Some(format!("set {kinds} or remove `{}`", f.key)),
+                );
+            }
+            [] if rollout && keys::RUNNER_ONLY.contains(&f.key) => {
+                refuse_in_rollout(ctx, &f, &what);
+            }
+            [] => kept.push(f),
         }
     }
     let fields = ctx.known(kept, e.pos, &what, &allowed);
@@ -143,7 +158,8 @@ fn read_stage(
         stage: Some(name),
     };
 
-    let image = fields.get("image").and_then(|f| {
+    // In a rollout stage `image` is the new version, read with the rollout.
+    let image = fields.get("image").filter(|_| !rollout).and_then(|f| {
         ctx.template(
             f.value,
             f.value_pos(),
@@ -185,15 +201,9 @@ fn read_stage(
         (None, false) => Some(&no_matrix),
         (None, true) => None,
     };
-    // Only a canary rollout is bound to the kubernetes backend; a deploy stage without
-    // one runs its steps on whichever runner takes it.
-    let route_kind = match kind_name.as_deref() {
-        Some("deploy") if fields.get("canary").is_some() => Some(CANARY_KIND),
-        k => k,
-    };
     let runs_on = fields
         .get("runs_on")
-        .map(|f| read_runs_on(ctx, f, &what, &scope, route_kind, combos))
+        .map(|f| read_runs_on(ctx, f, &what, &scope, kind_name.as_deref(), combos))
         .unwrap_or_default();
     let container = super::container::read_container(ctx, &fields, &what);
     let kubernetes = fields
@@ -204,12 +214,12 @@ fn read_stage(
     let kind = match kind_name.as_deref() {
         Some("scan") => read_scan(ctx, &fields, &what),
         Some("image") => read_image(ctx, &fields, &what, &scope, combos),
-        Some("deploy") => super::deploy::read_deploy(ctx, &fields, &what),
+        Some("deploy") => super::deploy::read_deploy(ctx, &fields, &what, &scope),
         _ => StageKind::Run,
     };
     if kind_name.as_deref() == Some("deploy")
+        && !rollout
         && steps.is_empty()
-        && fields.get("canary").is_none()
         && fields.get("steps").is_none_or(|f| {
             is_null(f.value) || matches!(f.value, Node::Sequence(s) if s.is_empty())
         })
@@ -217,10 +227,11 @@ fn read_stage(
         ctx.error(
             codes::NO_STEPS,
             e.pos,
-            format!("{what} deploys nothing: it has neither `steps` nor a `canary`"),
+            format!("{what} deploys nothing: it has neither `steps` nor a `strategy`"),
             Some(
                 "add `steps:` with the commands that deploy (they get the environment's \
-                 credentials), or a `canary:` rollout"
+                 credentials), or `target`, `image` and a `strategy:` for the server to \
+                 roll out"
                     .into(),
             ),
         );
@@ -262,6 +273,36 @@ fn read_stage(
     };
     check_backend(ctx, &stage, &fields, e.pos, &what);
     Some((stage, needs))
+}
+
+/// A runner key in a stage that no runner runs.
+fn refuse_in_rollout(ctx: &mut Ctx<'_>, f: &Field<'_>, what: &str) {
+    let hint = match f.key {
+        "steps" => "put scripts in a stage before it (and add that stage to `needs`), or \
+                    remove `strategy:`/`canary:` to deploy with your own steps"
+            .to_string(),
+        "runs_on" => "remove `runs_on`: no runner takes a rollout stage".into(),
+        "matrix" => "remove `matrix`: every combination would roll out the same Deployment; \
+                     write one deploy stage per target"
+            .into(),
+        "retry" => "remove `retry`: a failed rollout has rolled back; start it again once \
+                    the cause is fixed"
+            .into(),
+        key => format!(
+            "remove `{key}`: it configures the container a runner runs steps in; put \
+             scripts in a stage before it"
+        ),
+    };
+    ctx.error(
+        codes::UNKNOWN_KEY,
+        f.pos,
+        format!(
+            "`{}` cannot be used in {what}: a rollout is driven by the server's rollout \
+             controller, not by a runner",
+            f.key
+        ),
+        Some(hint),
+    );
 }
 
 fn read_retry(ctx: &mut Ctx<'_>, f: Field<'_>, what: &str) -> u32 {

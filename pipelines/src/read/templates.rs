@@ -124,7 +124,7 @@ fn check_expr(
             ));
         }
         Expr::StageOutput { stage, .. } => {
-            if allow != Allow::Script {
+            if !matches!(allow, Allow::Script | Allow::Rollout) {
                 return not_allowed(
                     format!("`{expr}` is only known while the run executes"),
                     "use it in a step's `run` instead, where it becomes a shell variable",
@@ -138,6 +138,12 @@ fn check_expr(
                     ),
                 );
             }
+        }
+        Expr::Run(_) if allow == Allow::Rollout => {
+            return not_allowed(
+                format!("`{expr}` is not available in a rollout's image"),
+                "a rollout's image may use plan-time values (git, params, matrix) and outputs of stages in `needs`",
+            );
         }
         Expr::Run(_) if allow != Allow::Script => {
             return not_allowed(
@@ -154,7 +160,7 @@ fn check_expr(
                     "secrets are injected by the runner as the entire variable value; write `NAME: ${{ secrets.X }}`",
                 );
             }
-            Allow::Text => {
+            Allow::Text | Allow::Rollout => {
                 return not_allowed(
                     format!("secrets are not allowed here (`{expr}`)"),
                     "secrets can only be used as env values or in a step's `run`",

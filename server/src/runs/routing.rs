@@ -6,21 +6,18 @@
 //! all among the runner's ([`Store::lease_stage`](crate::store::Store::lease_stage)); a
 //! stage without labels goes to any runner.
 //!
-//! The implied requirements, kept deliberately small: a `kind: image` stage needs a
-//! container engine, so it requires `backend:docker`, and a `kind: deploy` stage with a
-//! `canary:` drives a rollout in a cluster, so it requires `backend:kubernetes` — each
-//! unless its
-//! `runs_on` already names a backend (`backend:kubernetes` for an image stage built in
-//! a builder pod, on runners configured with a builder image; the YAML reader refuses a
-//! canary deploy stage that names another). A deploy stage without a canary runs its
-//! steps (a deploy script with the environment's credentials) on any runner.
-//! Run stages with an `image:` are not restricted: the local backend runs their steps
-//! on the host, which is what `slipway exec` does too; `runs_on: [backend:docker]` asks
-//! for isolation.
+//! The implied requirement, kept deliberately small: a `kind: image` stage needs a
+//! container engine, so it requires `backend:docker`, unless its `runs_on` already
+//! names a backend (`backend:kubernetes` for an image stage built in a builder pod, on
+//! runners configured with a builder image). A deploy stage with its own steps (a
+//! deploy script with the environment's credentials) runs them on any runner; a deploy
+//! stage with a rollout (`strategy:` or `canary:`) is driven by the server's rollout
+//! controller, not by a runner, so nothing is implied for it (the YAML reader refuses
+//! `runs_on` there). Run stages with an `image:` are not restricted: the local backend
+//! runs their steps on the host, which is what `slipway exec` does too;
+//! `runs_on: [backend:docker]` asks for isolation.
 
-use pipelines::{
-    BACKEND_LABEL_PREFIX, DEPLOY_BACKEND, IMAGE_BACKEND, PlannedKind, PlannedStage, backend_label,
-};
+use pipelines::{BACKEND_LABEL_PREFIX, IMAGE_BACKEND, PlannedKind, PlannedStage, backend_label};
 
 use crate::store::Runner;
 
@@ -30,9 +27,6 @@ pub fn stage_labels(stage: &PlannedStage) -> Vec<String> {
     let names_backend = labels.iter().any(|l| l.starts_with(BACKEND_LABEL_PREFIX));
     let implied = match stage.kind {
         PlannedKind::Image { .. } => Some(IMAGE_BACKEND),
-        PlannedKind::Deploy {
-            rollout: Some(_), ..
-        } => Some(DEPLOY_BACKEND),
         PlannedKind::Run | PlannedKind::Scan { .. } | PlannedKind::Deploy { .. } => None,
     };
     if let Some(backend) = implied
@@ -121,39 +115,32 @@ mod tests {
     }
 
     #[test]
-    fn canary_deploys_need_kubernetes_unless_runs_on_names_a_backend() {
-        const CANARY: &str =
-            "    canary: { target: { deployment: app }, steps: [{ weight: 100 }] }\n";
-        let deploy = planned(&format!(
-            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [prod-cluster]\n{CANARY}"
+    fn deploy_stages_imply_no_backend() {
+        // A rollout is driven by the server's rollout controller: no runner label.
+        let digest = "0".repeat(64);
+        let rollout = planned(&format!(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    target: {{ deployment: app }}\n    image: app@sha256:{digest}\n    strategy: recreate\n"
         ));
-        assert_eq!(
-            stage_labels(&deploy),
-            ["prod-cluster", "backend:kubernetes"]
+        assert!(stage_labels(&rollout).is_empty());
+        // The short form too.
+        let canary = planned(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    canary: { target: { deployment: app }, steps: [{ weight: 100 }] }\n",
         );
-        let bare = planned(&format!(
-            "stages:\n  a:\n    kind: deploy\n    environment: staging\n{CANARY}"
-        ));
-        assert_eq!(stage_labels(&bare), ["backend:kubernetes"]);
-        let named = planned(&format!(
-            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [backend:kubernetes, eu]\n{CANARY}"
-        ));
-        assert_eq!(stage_labels(&named), ["backend:kubernetes", "eu"]);
+        assert!(stage_labels(&canary).is_empty());
         // Pod settings alone do not pick a backend: other backends ignore them.
         let run = planned(
             "stages:\n  a:\n    kubernetes: { node_selector: { pool: ci } }\n    steps: [make]\n",
         );
         assert!(stage_labels(&run).is_empty());
-        // Only the kubernetes backend can run a canary rollout.
-        let k8s = ["backend:kubernetes".to_string()];
-        let docker = ["backend:docker".to_string()];
-        assert!(can_take(&k8s, &stage_labels(&bare)));
-        assert!(!can_take(&docker, &stage_labels(&bare)));
-        // A deploy stage with steps runs them on any runner.
+        // A deploy stage with steps runs them on any runner, or where `runs_on` says.
         let script = planned(
             "stages:\n  a:\n    kind: deploy\n    environment: staging\n    steps: [./deploy.sh]\n",
         );
         assert!(stage_labels(&script).is_empty());
+        let pinned = planned(
+            "stages:\n  a:\n    kind: deploy\n    environment: staging\n    runs_on: [prod-cluster]\n    steps: [./deploy.sh]\n",
+        );
+        assert_eq!(stage_labels(&pinned), ["prod-cluster"]);
     }
 
     #[test]

@@ -333,4 +333,19 @@ fn schema_is_json_with_the_stage_shape() {
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("schema is JSON");
     assert!(schema.pointer("/properties/stages").is_some(), "{schema}");
+    // A deploy stage's rollout, down to an analysis' Prometheus check.
+    for key in ["target", "strategy", "canary"] {
+        let pointer = format!("/$defs/Stage/properties/{key}");
+        assert!(schema.pointer(&pointer).is_some(), "{pointer}");
+    }
+    for def in [
+        "StrategySpec",
+        "Rolling",
+        "BlueGreen",
+        "CanaryStrategy",
+        "PromCheck",
+    ] {
+        let pointer = format!("/$defs/{def}/properties");
+        assert!(schema.pointer(&pointer).is_some(), "{pointer}");
+    }
 }

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod rollout;
+
+pub use rollout::*;
+
 /// A Slipway pipeline file: `.slipway.yml` at the repository root, or `.slipway/<name>.yml`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +193,8 @@ pub struct Param {
 
 /// What a stage does. `run` (default): steps in a container; `scan`: built-in secret scan
 /// plus SARIF reports; `image`: build (and push) a container image; `deploy`: change an
-/// environment, optionally behind approval and as a canary.
+/// environment, optionally behind approval: with its own `steps`, or as a rollout
+/// (`strategy:`) that the server drives.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageKind {
@@ -206,7 +211,12 @@ pub struct Stage {
     /// run (default) | scan | image | deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<StageKind>,
-    /// Container image the steps run in (ignored by the local backend).
+    /// Container image the steps run in (ignored by the local backend). In a `kind:
+    /// deploy` stage with a rollout (`strategy:` or `canary:`) it is instead the new
+    /// version rolled out, by digest (`registry/app:tag@sha256:…`), e.g.
+    /// `${{ stages.image.outputs.image }}@${{ stages.image.outputs.digest }}`: there,
+    /// outputs of stages in `needs` are allowed (the server fills them in), secrets
+    /// are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Stages that must finish first. A need on a matrix stage waits for all its combinations.
@@ -218,7 +228,8 @@ pub struct Stage {
     /// Conditions (all must hold) for the stage to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
-    /// Commands, run in order in one workspace. Required for `run` stages.
+    /// Commands, run in order in one workspace. Required for `run` stages; refused in a
+    /// rollout stage (`strategy:` or `canary:`), which no runner runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
     /// Side containers reachable by name (e.g. a database).
@@ -250,9 +261,9 @@ pub struct Stage {
     pub env: Option<Env>,
     /// Labels a runner must have (all of them) to run this stage, e.g. `[linux, gpu]`.
     /// Every runner also has `backend:<name>` (`backend:local`, `backend:docker`,
-    /// `backend:kubernetes`); `kind: image` stages need `backend:docker` and
-    /// `kind: deploy` stages `backend:kubernetes`, unless `runs_on` names a backend
-    /// (at most one: a runner has exactly one).
+    /// `backend:kubernetes`); `kind: image` stages need `backend:docker` unless
+    /// `runs_on` names a backend (at most one: a runner has exactly one). Refused in a
+    /// rollout stage: the server drives rollouts, no runner takes them.
     /// Plan-time expressions are allowed (`${{ matrix.arch }}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<OneOrMany<String>>,
@@ -296,9 +307,10 @@ pub struct Stage {
     /// image: `--build-arg`s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_args: Option<Env>,
-    /// image: Dockerfile target stage.
+    /// image: Dockerfile target stage (a string). deploy with `strategy:`: the
+    /// Deployment rolled out, `{ deployment, namespace, container, service }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub target: Option<StageTarget>,
 
     /// deploy: the environment changed (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,7 +318,17 @@ pub struct Stage {
     /// deploy: people who must approve before the stage starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
-    /// deploy: progressive rollout with analysis and automatic rollback.
+    /// deploy: how the new version (`image`) replaces the old one in the Deployment
+    /// named by `target`, driven by the server's rollout controller: `recreate`,
+    /// `{ rolling: … }`, `{ blue_green: … }` or `{ canary: … }`. Needs `target` and
+    /// `image`; a rollout stage has no `steps`, `runs_on`, `services`, `env`,
+    /// `matrix`, `retry`, `artifacts`, `cache`, `user`, `workdir`, `resources` or
+    /// `kubernetes` (no runner runs it: put scripts in a stage before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// deploy: the short form of `strategy: { canary: … }` with the target inside it
+    /// (`image` optional: without it the server takes a promotion's image, or refuses
+    /// the rollout). Not together with `strategy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
 }
@@ -492,83 +514,4 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub count: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Canary {
-    pub target: CanaryTarget,
-    /// How traffic is shifted: replicas (default) | nginx | gateway.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic: Option<Traffic>,
-    /// Weights (0–100, never decreasing, ending at 100), pauses and analyses.
-    pub steps: Vec<CanaryStep>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryTarget {
-    pub deployment: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Traffic {
-    Replicas,
-    Nginx,
-    Gateway,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum CanaryStep {
-    Weight(WeightStep),
-    Pause(PauseStep),
-    Analysis(AnalysisStep),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WeightStep {
-    /// Percentage of traffic on the new version.
-    #[schemars(range(min = 0, max = 100))]
-    pub weight: u8,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PauseStep {
-    pub pause: Duration,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AnalysisStep {
-    pub analysis: Analysis,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Analysis {
-    pub http: HttpCheck,
-    /// Time between checks (default 10s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
-    /// Number of checks (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u32>,
-    /// Failed checks tolerated before rolling back (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_failures: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HttpCheck {
-    pub url: String,
-    /// Expected HTTP status (default 200).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect_status: Option<u16>,
 }
