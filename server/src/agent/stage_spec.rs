@@ -51,9 +51,9 @@ pub fn unsupported_reason(kind: &PlannedKind) -> Option<&'static str> {
         PlannedKind::Deploy {
             rollout: Some(_), ..
         } => Some(
-            "a `canary:` rollout is driven by the server's rollout controller, which this \
-             server does not have yet; deploy with the stage's `steps` (the environment's \
-             credentials are in SLIPWAY_KUBECONFIG and SLIPWAY_NAMESPACE)",
+            "a rollout is driven by the server's rollout controller, never by a runner \
+             (the server does not lease rollout stages; this runner got one from a server \
+             older than its pipeline)",
         ),
     }
 }
