@@ -7,7 +7,11 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            if path.file_name().is_some_and(|n| n == "target") {
+            // `target/` is a build's; `k8s/` holds Kubernetes manifests, not pipelines.
+            if path
+                .file_name()
+                .is_some_and(|n| n == "target" || n == "k8s")
+            {
                 continue;
             }
             yaml_files(&path, out);

@@ -5,6 +5,7 @@
 
 mod analysis;
 mod canary;
+mod readme;
 mod restart;
 pub mod rig;
 mod strategies;
