@@ -108,11 +108,13 @@
 //! 127.0.0.1 (but pods then share ports).
 
 mod capture;
+mod deployments;
 mod docker;
 mod exec;
 mod logs;
 mod pod_runtime;
 mod pod_status;
+mod probe;
 mod quantity;
 mod routes;
 mod scheduling;
@@ -155,6 +157,12 @@ pub struct KubeDoubleOptions {
     /// Labels of the one node (for `nodeSelector`); its allocatable CPU and memory
     /// are the engine's.
     pub node_labels: BTreeMap<String, String>,
+    /// The kubelet's crash-loop back-off: a container that ends and is restarted
+    /// (`restartPolicy` Always or OnFailure) restarts at once the first time, then
+    /// after this, doubling up to [`KubeDoubleOptions::restart_backoff_max`]
+    /// (the kubelet's 10 s and 5 min; tests shorten them).
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
 }
 
 impl Default for KubeDoubleOptions {
@@ -172,6 +180,8 @@ impl Default for KubeDoubleOptions {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
+            restart_backoff: Duration::from_secs(10),
+            restart_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -241,7 +251,9 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         .await
         .map_err(KubeDoubleError::Listen)?;
     let addr = listener.local_addr().map_err(KubeDoubleError::Listen)?;
-    let app = routes::router(ctx.clone(), counts.clone());
+    let app = routes::router(ctx.clone(), counts.clone())
+        .merge(deployments::router(ctx.clone(), counts.clone()));
+    deployments::spawn_controllers(ctx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("kube double server: {e}");

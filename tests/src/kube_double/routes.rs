@@ -21,7 +21,7 @@ use super::status::{self, ApiError};
 use super::store::{Object, now};
 use super::{exec, logs, scheduling, validate, watch};
 
-type Q = Query<HashMap<String, String>>;
+pub(super) type Q = Query<HashMap<String, String>>;
 
 /// Requests served, by `METHOD route` (`WATCH` for watches): what a backend costs
 /// the API server per stage.
@@ -77,7 +77,7 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>) -> Router {
         .with_state(ctx)
 }
 
-async fn count(
+pub(super) async fn count(
     State(counts): State<Arc<RequestCounts>>,
     path: Option<MatchedPath>,
     req: Request,
@@ -128,7 +128,7 @@ async fn list_all<K: Object>(
     list::<K>(&ctx, None, &q)
 }
 
-fn list<K: Object>(
+pub(super) fn list<K: Object>(
     ctx: &Ctx,
     ns: Option<String>,
     q: &HashMap<String, String>,
@@ -171,7 +171,7 @@ async fn get_one<K: Object>(
 
 /// Paths present in `sent` but lost by the typed round trip: fields the API does
 /// not know (`spec.containers[0].imagePulPolicy`).
-fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) {
+pub(super) fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) {
     match (sent, typed) {
         (Value::Object(s), Value::Object(t)) => {
             for (k, v) in s {
@@ -199,7 +199,7 @@ fn unknown_fields(sent: &Value, typed: &Value, at: &str, out: &mut Vec<String>) 
 /// Decodes a create body as the API server does: the right kind, the path's
 /// namespace, unknown fields per `fieldValidation` (Strict: 400; Ignore; default
 /// Warn: a `Warning` header).
-fn decode<K: Object>(
+pub(super) fn decode<K: Object>(
     body: &Bytes,
     ns: &str,
     q: &HashMap<String, String>,
@@ -251,7 +251,7 @@ fn decode<K: Object>(
     }
 }
 
-fn created<K: Object>(obj: &K, unknown: &[String]) -> Response {
+pub(super) fn created<K: Object>(obj: &K, unknown: &[String]) -> Response {
     let mut resp = (StatusCode::CREATED, axum::Json(obj)).into_response();
     for u in unknown {
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"unknown field \\\"{u}\\\"\"")) {
@@ -267,7 +267,14 @@ async fn create_pod(
     Query(q): Q,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (mut pod, unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    let (pod, unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    let pod = admit_pod(&ctx, &ns, pod)?;
+    Ok(created(&pod, &unknown))
+}
+
+/// What a pod create does after decoding (shared with the ReplicaSet controller):
+/// validation, scheduling onto the one node, storing, and running it.
+pub(super) fn admit_pod(ctx: &Arc<Ctx>, ns: &str, mut pod: Pod) -> Result<Pod, ApiError> {
     let problems = validate::pod(&pod);
     if !problems.is_empty() {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -287,8 +294,7 @@ async fn create_pod(
             }]),
             ..Default::default()
         });
-        let pod = ctx.store.create(&ns, pod)?;
-        return Ok(created(&pod, &unknown));
+        return ctx.store.create(ns, pod);
     }
     // What the scheduler's binding would set: the one node is the Docker engine.
     if let Some(spec) = pod.spec.as_mut() {
@@ -298,9 +304,9 @@ async fn create_pod(
         phase: Some("Pending".into()),
         ..Default::default()
     });
-    let pod = ctx.store.create(&ns, pod)?;
+    let pod = ctx.store.create(ns, pod)?;
     ctx.spawn_pod(pod.clone());
-    Ok(created(&pod, &unknown))
+    Ok(pod)
 }
 
 async fn create_secret(
@@ -340,12 +346,15 @@ async fn create_secret(
 }
 
 /// DeleteOptions from the body (what kube sends) or the query.
-struct DeleteOpts {
-    grace: Option<i64>,
-    orphan: bool,
+pub(super) struct DeleteOpts {
+    pub(super) grace: Option<i64>,
+    pub(super) orphan: bool,
 }
 
-fn delete_opts(body: &Bytes, q: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+pub(super) fn delete_opts(
+    body: &Bytes,
+    q: &HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let body: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -400,7 +409,7 @@ async fn delete_pod(
     Ok(axum::Json(pod).into_response())
 }
 
-fn begin_pod_deletion(
+pub(super) fn begin_pod_deletion(
     ctx: &Arc<Ctx>,
     ns: &str,
     name: &str,
@@ -439,7 +448,7 @@ fn begin_pod_deletion(
 }
 
 /// The objects of a collection matching the request's selectors.
-fn selected<K: Object>(
+pub(super) fn selected<K: Object>(
     ctx: &Ctx,
     ns: &str,
     q: &HashMap<String, String>,
@@ -460,7 +469,7 @@ fn selected<K: Object>(
         .collect())
 }
 
-fn list_response<K: Object>(ctx: &Ctx, items: Vec<K>) -> Response {
+pub(super) fn list_response<K: Object>(ctx: &Ctx, items: Vec<K>) -> Response {
     axum::Json(json!({
         "kind": format!("{}List", K::KIND),
         "apiVersion": K::API_VERSION,

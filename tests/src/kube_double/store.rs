@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::serde::Serialize;
@@ -43,6 +44,8 @@ pub trait Object:
 pub struct Tables {
     pods: BTreeMap<Key, Pod>,
     secrets: BTreeMap<Key, Secret>,
+    deployments: BTreeMap<Key, Deployment>,
+    replicasets: BTreeMap<Key, ReplicaSet>,
 }
 
 impl Object for Pod {
@@ -74,6 +77,32 @@ impl Object for Secret {
         ("metadata.name", "/metadata/name"),
         ("metadata.namespace", "/metadata/namespace"),
         ("type", "/type"),
+    ];
+}
+
+impl Object for Deployment {
+    fn table(t: &Tables) -> &BTreeMap<Key, Self> {
+        &t.deployments
+    }
+    fn table_mut(t: &mut Tables) -> &mut BTreeMap<Key, Self> {
+        &mut t.deployments
+    }
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("metadata.name", "/metadata/name"),
+        ("metadata.namespace", "/metadata/namespace"),
+    ];
+}
+
+impl Object for ReplicaSet {
+    fn table(t: &Tables) -> &BTreeMap<Key, Self> {
+        &t.replicasets
+    }
+    fn table_mut(t: &mut Tables) -> &mut BTreeMap<Key, Self> {
+        &mut t.replicasets
+    }
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("metadata.name", "/metadata/name"),
+        ("metadata.namespace", "/metadata/namespace"),
     ];
 }
 
