@@ -1,8 +1,9 @@
 //! apps/v1 Deployments on the API-server test double, driven by a real
 //! `kube::Api<Deployment>`: their ReplicaSets and pods (run on Docker, ready by
-//! their readiness probes), rolling and Recreate rollouts, scaling, optimistic
-//! concurrency and generations, patches, deletion with each propagation policy.
-//! Pods are few (at most 4 at a time) and every wait is bounded.
+//! their readiness probes), the API's refusals, optimistic concurrency and
+//! generations, patches, scaling, deletion with each propagation policy, the
+//! (rollouts and the progress deadline: kube_rollouts). Pods are few and every
+//! wait is bounded.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +17,8 @@ use serde_json::json;
 use tests::k8s_tools::{KUBERNETES_VERSION, kubernetes_validate_strict};
 
 use crate::kube_support::apps::{
-    WAIT, answer, app_image, condition, double, pod_ready, pods_of, rolled_out, terminating,
-    wait_for, web,
+    WAIT, answer, app_image, condition, double, pod_ready, pod_template_hash, pods_of, rolled_out,
+    terminating, wait_for, web,
 };
 use crate::kube_support::{Poll, eventually};
 
@@ -31,20 +32,6 @@ fn api_error(e: kube::Error) -> (u16, String, String) {
         kube::Error::Api(s) => (s.code, s.reason.clone(), s.message.clone()),
         other => panic!("expected an API error, got {other:?}"),
     }
-}
-
-fn hash(labels: &Option<BTreeMap<String, String>>) -> String {
-    labels
-        .as_ref()
-        .and_then(|l| l.get("pod-template-hash").cloned())
-        .unwrap_or_default()
-}
-
-fn image(p: &Pod) -> String {
-    p.spec.as_ref().unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap_or_default()
 }
 
 #[test]
@@ -125,7 +112,7 @@ async fn a_deployment_becomes_available_through_its_replica_set() {
         .items;
     assert_eq!(rs_list.len(), 1, "{rs_list:#?}");
     let rs = &rs_list[0];
-    let h = hash(&rs.metadata.labels);
+    let h = pod_template_hash(&rs.metadata.labels);
     assert!(!h.is_empty());
     assert_eq!(
         rs.metadata.name.as_deref(),
@@ -144,7 +131,7 @@ async fn a_deployment_becomes_available_through_its_replica_set() {
     assert_eq!(ready.len(), 3);
     for p in &ready {
         assert!(pod_ready(p), "{:#?}", p.status);
-        assert_eq!(hash(&p.metadata.labels), h);
+        assert_eq!(pod_template_hash(&p.metadata.labels), h);
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str()),
@@ -167,6 +154,19 @@ async fn a_deployment_becomes_available_through_its_replica_set() {
         assert!(container.ready && container.started == Some(true));
         assert_eq!(answer(p).await, "v1\n");
     }
+
+    // The double's kubeconfig reaches the same API (what an environment holds).
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&d.kubeconfig(NS)).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let same: Api<Deployment> = Api::default_namespaced(client);
+    assert_eq!(
+        same.get("web").await.unwrap().metadata.uid,
+        created.metadata.uid
+    );
     d.shutdown().await;
 }
 
@@ -248,8 +248,9 @@ async fn the_api_refuses_what_a_cluster_refuses() {
         "{status}"
     );
 
-    // The selector is immutable.
+    // The selector is immutable (an unconditional update: no resourceVersion).
     let mut changed = deployments.get("ok").await.unwrap();
+    changed.metadata.resource_version = None;
     let spec = changed.spec.as_mut().unwrap();
     spec.selector =
         serde_json::from_value(json!({"matchLabels": {"app": "ok", "tier": "web"}})).unwrap();
@@ -276,11 +277,15 @@ async fn writes_are_optimistic_and_generations_count_spec_changes() {
     let deployments: Api<Deployment> = Api::namespaced(d.client(), NS);
     let pp = PostParams::default();
     // No replicas: no pods needed to check the API.
-    let first = deployments
+    let created = deployments
         .create(&pp, &web("gen", 0, "v1", serde_json::Value::Null))
         .await
         .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
     let generation = |d: &Deployment| d.metadata.generation.unwrap();
+    // The controller writes the status (a new resourceVersion) until the rollout
+    // is done: a write from before that would conflict, as on a cluster.
+    let first = wait_for(&deployments, "gen", "its rollout", rolled_out).await;
 
     let mut next = first.clone();
     next.spec.as_mut().unwrap().min_ready_seconds = Some(1);
@@ -433,209 +438,6 @@ async fn writes_are_optimistic_and_generations_count_spec_changes() {
     d.shutdown().await;
 }
 
-/// Pods by name, as a watch keeps them.
-#[derive(Default)]
-struct Seen(BTreeMap<String, Pod>);
-
-impl Seen {
-    fn apply(&mut self, ev: WatchEvent<Pod>) {
-        match ev {
-            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                self.0.insert(p.metadata.name.clone().unwrap(), p);
-            }
-            WatchEvent::Deleted(p) => {
-                self.0.remove(p.metadata.name.as_deref().unwrap());
-            }
-            WatchEvent::Bookmark(_) => {}
-            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
-        }
-    }
-    /// Pods that count: not terminating.
-    fn live(&self) -> impl Iterator<Item = &Pod> {
-        self.0.values().filter(|p| !terminating(p))
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_update_stays_within_max_surge_and_max_unavailable() {
-    let d = double().await;
-    let deployments: Api<Deployment> = Api::namespaced(d.client(), NS);
-    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
-    let strategy =
-        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
-    deployments
-        .create(&PostParams::default(), &web("web", 3, "v1", strategy))
-        .await
-        .unwrap();
-    wait_for(&deployments, "web", "3 available replicas", rolled_out).await;
-
-    // Every pod event from here on, checked against the bounds.
-    let list = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .unwrap();
-    let mut seen = Seen::default();
-    for p in list.items {
-        seen.0.insert(p.metadata.name.clone().unwrap(), p);
-    }
-    let wp = WatchParams::default().labels("app=web").timeout(280);
-    let mut events = pods
-        .watch(&wp, list.metadata.resource_version.as_deref().unwrap())
-        .await
-        .unwrap()
-        .boxed();
-
-    let v2 = app_image("v2");
-    let patch = Patch::Strategic(
-        json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": v2}]}}}}),
-    );
-    let updated = deployments
-        .patch("web", &PatchParams::default(), &patch)
-        .await
-        .unwrap();
-    assert_eq!(updated.metadata.generation, Some(2));
-
-    let (mut most, mut fewest_ready, mut events_seen) = (0, usize::MAX, 0);
-    let watched = tokio::time::timeout(WAIT, async {
-        while let Some(ev) = events.try_next().await.unwrap() {
-            seen.apply(ev);
-            events_seen += 1;
-            let live: Vec<&Pod> = seen.live().collect();
-            let ready = live.iter().filter(|p| pod_ready(p)).count();
-            most = most.max(live.len());
-            fewest_ready = fewest_ready.min(ready);
-            assert!(
-                live.len() <= 4,
-                "more than replicas + maxSurge pods: {:?}",
-                seen.0.keys()
-            );
-            assert!(
-                ready >= 2,
-                "fewer than replicas - maxUnavailable ready pods: {:?}",
-                seen.0.keys()
-            );
-            let done = seen.0.len() == 3 && seen.0.values().all(|p| image(p) == v2 && pod_ready(p));
-            if done {
-                return;
-            }
-        }
-        panic!("the watch ended before the rollout did");
-    })
-    .await;
-    assert!(
-        watched.is_ok(),
-        "the rollout did not finish within {WAIT:?}: {:#?}",
-        seen.0.keys()
-    );
-    assert!(
-        events_seen > 6 && most == 4,
-        "the rollout used its surge: at most {most} pods, {events_seen} events"
-    );
-    assert!(fewest_ready >= 2);
-
-    let done = wait_for(
-        &deployments,
-        "web",
-        "the rollout of generation 2",
-        rolled_out,
-    )
-    .await;
-    assert_eq!(done.status.as_ref().unwrap().observed_generation, Some(2));
-    assert_eq!(
-        condition(&done, "Progressing"),
-        Some(("True".into(), "NewReplicaSetAvailable".into()))
-    );
-    for p in pods_of(&pods, "web").await {
-        assert_eq!(answer(&p).await, "v2\n");
-    }
-    // The old ReplicaSet stays, scaled to 0, for a rollback.
-    let sets: Api<ReplicaSet> = Api::namespaced(d.client(), NS);
-    let mut replicas: Vec<(i32, String)> = sets
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|rs| {
-            let revision =
-                rs.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"]
-                    .clone();
-            (rs.spec.as_ref().unwrap().replicas.unwrap(), revision)
-        })
-        .collect();
-    replicas.sort();
-    assert_eq!(replicas, [(0, "1".to_owned()), (3, "2".to_owned())]);
-    d.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recreate_removes_every_old_pod_before_the_first_new_one() {
-    let d = double().await;
-    let deployments: Api<Deployment> = Api::namespaced(d.client(), NS);
-    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
-    deployments
-        .create(
-            &PostParams::default(),
-            &web("re", 2, "v1", json!({"type": "Recreate"})),
-        )
-        .await
-        .unwrap();
-    wait_for(&deployments, "re", "2 available replicas", rolled_out).await;
-    let list = pods
-        .list(&ListParams::default().labels("app=re"))
-        .await
-        .unwrap();
-    let mut seen = Seen::default();
-    for p in list.items {
-        seen.0.insert(p.metadata.name.clone().unwrap(), p);
-    }
-    let old_hash = hash(&seen.0.values().next().unwrap().metadata.labels);
-    let wp = WatchParams::default().labels("app=re").timeout(280);
-    let mut events = pods
-        .watch(&wp, list.metadata.resource_version.as_deref().unwrap())
-        .await
-        .unwrap()
-        .boxed();
-    let v2 = app_image("v2");
-    let patch = Patch::Strategic(
-        json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": v2}]}}}}),
-    );
-    deployments
-        .patch("re", &PatchParams::default(), &patch)
-        .await
-        .unwrap();
-    let watched = tokio::time::timeout(WAIT, async {
-        while let Some(ev) = events.try_next().await.unwrap() {
-            seen.apply(ev);
-            let old = seen
-                .0
-                .values()
-                .filter(|p| hash(&p.metadata.labels) == old_hash)
-                .count();
-            let new = seen.0.len() - old;
-            assert!(
-                old == 0 || new == 0,
-                "old and new pods at once: {:?}",
-                seen.0.keys()
-            );
-            if new == 2 && seen.0.values().all(pod_ready) {
-                return;
-            }
-        }
-        panic!("the watch ended before the rollout did");
-    })
-    .await;
-    assert!(watched.is_ok(), "Recreate did not finish within {WAIT:?}");
-    wait_for(
-        &deployments,
-        "re",
-        "the rollout of generation 2",
-        rolled_out,
-    )
-    .await;
-    d.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_to_zero_and_back() {
     let d = double().await;
@@ -783,49 +585,5 @@ async fn deleting_cascades_to_replica_sets_and_pods() {
         pods_of(&pods, "or").await.is_empty().then_some(())
     })
     .await;
-    d.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unready_pod_holds_the_rollout_until_the_progress_deadline() {
-    let d = double().await;
-    let deployments: Api<Deployment> = Api::namespaced(d.client(), NS);
-    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
-    let mut bad = web("unready", 1, "v1", serde_json::Value::Null);
-    let spec = bad.spec.as_mut().unwrap();
-    spec.progress_deadline_seconds = Some(4);
-    let probe = spec.template.spec.as_mut().unwrap().containers[0]
-        .readiness_probe
-        .as_mut()
-        .unwrap();
-    probe.http_get.as_mut().unwrap().path = Some("/missing".into());
-    deployments
-        .create(&PostParams::default(), &bad)
-        .await
-        .unwrap();
-
-    let timed_out = wait_for(&deployments, "unready", "ProgressDeadlineExceeded", |d| {
-        condition(d, "Progressing").is_some_and(|(_, r)| r == "ProgressDeadlineExceeded")
-    })
-    .await;
-    assert_eq!(condition(&timed_out, "Progressing").unwrap().0, "False");
-    assert_eq!(
-        condition(&timed_out, "Available"),
-        Some(("False".into(), "MinimumReplicasUnavailable".into()))
-    );
-    let status = timed_out.status.unwrap();
-    assert_eq!(
-        (
-            status.replicas,
-            status.available_replicas,
-            status.unavailable_replicas
-        ),
-        (Some(1), None, Some(1))
-    );
-    let pod = &pods_of(&pods, "unready").await[0];
-    let s = pod.status.as_ref().unwrap();
-    assert_eq!(s.phase.as_deref(), Some("Running"));
-    assert!(!pod_ready(pod));
-    assert!(!s.container_statuses.as_ref().unwrap()[0].ready);
     d.shutdown().await;
 }

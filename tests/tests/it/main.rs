@@ -10,6 +10,7 @@ mod kube_double;
 mod kube_image;
 mod kube_objects;
 mod kube_restarts;
+mod kube_rollouts;
 mod kube_runner;
 mod kube_support;
 mod purity;

@@ -1,5 +1,5 @@
 //! apps/v1 Deployments and ReplicaSets in the double: the API (`api`, `deletion`,
-//! `scale`, with `patch` for PATCH bodies, `defaults` and `validation` for what is
+//! `scale`, with `write` for the generic update, `patch` for PATCH bodies, `defaults` and `validation` for what is
 //! stored, `workload` for what differs between the two kinds, `errors` for the
 //! group's error wording, `label_selector` for `spec.selector`) and the
 //! controllers a cluster would run for them (`controller`: deployment, ReplicaSet,
@@ -23,6 +23,7 @@ mod patch;
 mod scale;
 mod validation;
 mod workload;
+mod write;
 
 pub use api::router;
 pub use controller::spawn as spawn_controllers;

@@ -12,8 +12,8 @@ use axum::http::HeaderMap;
 use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec, ScaleStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::api::{self, Part};
 use super::workload::Workload;
+use super::write::{self, Part};
 use super::{errors, label_selector, patch};
 use crate::kube_double::pod_runtime::Ctx;
 use crate::kube_double::routes::Q;
@@ -46,7 +46,7 @@ fn apply_scale<K: Workload>(
     name: &str,
     make: impl FnOnce(Scale) -> Result<Scale, ApiError>,
 ) -> Result<axum::Json<Scale>, ApiError> {
-    let stored = api::update::<K>(
+    let stored = write::update::<K>(
         ctx,
         ns,
         name,
@@ -91,7 +91,7 @@ pub async fn patch<K: Workload>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Scale>, ApiError> {
-    let (kind, p) = api::read_patch(&headers, &q, &body)?;
+    let (kind, p) = write::read_patch(&headers, &q, &body)?;
     apply_scale::<K>(&ctx, &ns, &name, |current| {
         let json = serde_json::to_value(current).expect("a Scale serializes");
         let patched = patch::apply(kind, json, &p)?;

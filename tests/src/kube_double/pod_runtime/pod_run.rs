@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ctx::{Ctx, Runtime};
-use super::restart::Restart;
 use crate::kube_double::docker::{self, PodNames, PodNetwork};
 use crate::kube_double::pod_status::{self, PodState};
 
@@ -57,6 +56,42 @@ enum Outcome {
     DeadlineExceeded,
     Deleted,
     SandboxFailed(String),
+}
+
+/// When a container that ended runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Restart {
+    /// The pod's policy for its regular containers (unset is the API default, Always).
+    pub(super) fn of_pod(spec: &k8s_openapi::api::core::v1::PodSpec) -> Restart {
+        match spec.restart_policy.as_deref() {
+            Some("Never") => Restart::Never,
+            Some("OnFailure") => Restart::OnFailure,
+            _ => Restart::Always,
+        }
+    }
+
+    /// For a regular init container: restarted until it succeeds unless the pod
+    /// never restarts anything.
+    pub(super) fn for_init(pod: Restart) -> Restart {
+        match pod {
+            Restart::Never => Restart::Never,
+            _ => Restart::OnFailure,
+        }
+    }
+
+    pub(super) fn wants(self, exit_code: i32) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::OnFailure => exit_code != 0,
+            Restart::Never => false,
+        }
+    }
 }
 
 pub(super) enum Started {

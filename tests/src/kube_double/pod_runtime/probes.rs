@@ -74,6 +74,9 @@ fn http_client() -> &'static reqwest::Client {
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A new connection per probe, as the kubelet's prober (keep-alives
+            // off); also keeps no connection tied to one test's runtime.
+            .pool_max_idle_per_host(0)
             .danger_accept_invalid_certs(true)
             .user_agent("kube-probe/1.33")
             .build()

@@ -16,44 +16,8 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::pod_run::{PodRun, Slot, Started};
+use super::pod_run::{PodRun, Restart, Slot, Started};
 use crate::kube_double::pod_status;
-
-/// When a container that ended runs again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Restart {
-    Always,
-    OnFailure,
-    Never,
-}
-
-impl Restart {
-    /// The pod's policy for its regular containers (unset is the API default, Always).
-    pub(super) fn of_pod(spec: &k8s_openapi::api::core::v1::PodSpec) -> Restart {
-        match spec.restart_policy.as_deref() {
-            Some("Never") => Restart::Never,
-            Some("OnFailure") => Restart::OnFailure,
-            _ => Restart::Always,
-        }
-    }
-
-    /// For a regular init container: restarted until it succeeds unless the pod
-    /// never restarts anything.
-    pub(super) fn for_init(pod: Restart) -> Restart {
-        match pod {
-            Restart::Never => Restart::Never,
-            _ => Restart::OnFailure,
-        }
-    }
-
-    fn wants(self, exit_code: i32) -> bool {
-        match self {
-            Restart::Always => true,
-            Restart::OnFailure => exit_code != 0,
-            Restart::Never => false,
-        }
-    }
-}
 
 /// The kubelet's per-container back-off.
 struct Backoff {

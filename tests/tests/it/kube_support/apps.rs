@@ -187,3 +187,19 @@ pub async fn answer(p: &Pod) -> String {
         .await
         .unwrap()
 }
+
+/// The `pod-template-hash` label of a ReplicaSet or pod.
+pub fn pod_template_hash(labels: &Option<std::collections::BTreeMap<String, String>>) -> String {
+    labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash").cloned())
+        .unwrap_or_default()
+}
+
+/// The image of the pod's first container.
+pub fn image(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}

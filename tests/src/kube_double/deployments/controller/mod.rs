@@ -109,7 +109,19 @@ pub fn spawn(ctx: Arc<Ctx>) {
     });
 }
 
+/// One pass of every controller. A bug in one must not stop them for the rest of
+/// the double's life: a panic is logged and the next pass tries again.
 fn pass(ctx: &Arc<Ctx>) -> Wake {
+    let run = std::panic::AssertUnwindSafe(|| controllers(ctx));
+    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        tracing::error!("kube double: a controller pass panicked");
+        Wake(Some(
+            Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(1),
+        ))
+    })
+}
+
+fn controllers(ctx: &Arc<Ctx>) -> Wake {
     let mut wake = Wake::default();
     gc::collect(ctx);
     replicaset::sync_all(ctx, &mut wake);
