@@ -134,8 +134,9 @@
 //!   DeploymentPaused/Resumed). The ReplicaSet controller creates pods from the
 //!   template (owner reference with `controller: true`) and deletes surplus ones as
 //!   upstream ranks them (unscheduled, pending, not ready, newest ready first);
-//!   the garbage collector deletes what Deployments and ReplicaSets owned once
-//!   they are gone.
+//!   both adopt matching objects without a controller and release those whose
+//!   labels stop matching; the garbage collector deletes what Deployments and
+//!   ReplicaSets owned once they are gone.
 //! - Everything created on Docker carries the instance label; [`KubeDouble::shutdown`]
 //!   (or dropping the double) removes it all.
 //!
@@ -151,10 +152,7 @@
 //! `imagePullSecrets` (accepted, ignored; an image by digest, `repo@sha256:…`,
 //! runs when the engine has it, as after a push to the local registry); API
 //! defaults for pods created directly (a Deployment's template gets them); gRPC
-//! probes and `tcpSocket.host` (422); a sidecar's readiness in the pod's;
-//! ReplicaSets adopting pods, and Deployments adopting ReplicaSets, that match
-//! their selector but have no controller (what the controllers create they own);
-//! the upstream `pod-template-hash` values (the double's hash the template's JSON:
+//! probes and `tcpSocket.host` (422); a sidecar's readiness in the pod's; the upstream `pod-template-hash` values (the double's hash the template's JSON:
 //! same template, same hash, but not the cluster's value); `terminatingReplicas`;
 //! `$(VAR)` expansion in command/args/env; `valueFrom` other
 //! than secretKeyRef, configMap volumes and every volume type but emptyDir and

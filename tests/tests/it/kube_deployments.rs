@@ -574,15 +574,32 @@ async fn deleting_cascades_to_replica_sets_and_pods() {
     let left = pods_of(&pods, "or").await;
     assert_eq!(left.len(), 1);
     assert!(!terminating(&left[0]));
-    // Deleting that ReplicaSet takes its pod.
-    sets.delete(
-        orphans[0].metadata.name.as_deref().unwrap(),
-        &DeleteParams::default(),
-    )
-    .await
-    .unwrap();
-    eventually("or's pod gone", POLL, async || {
-        pods_of(&pods, "or").await.is_empty().then_some(())
+    // The same Deployment again adopts them (no new pod), and a Background delete
+    // of it then takes them.
+    let again = deployments
+        .create(
+            &PostParams::default(),
+            &web("or", 1, "v1", serde_json::Value::Null),
+        )
+        .await
+        .unwrap();
+    let adopted = eventually("or's ReplicaSet adopted", POLL, async || {
+        let rs = sets_of("or").await.pop()?;
+        let owner = rs.metadata.owner_references.clone()?.pop()?;
+        (owner.uid == again.metadata.uid.clone()?).then_some(rs)
+    })
+    .await;
+    assert_eq!(adopted.metadata.name, orphans[0].metadata.name);
+    wait_for(&deployments, "or", "1 available replica", rolled_out).await;
+    let kept = pods_of(&pods, "or").await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].metadata.name, left[0].metadata.name);
+    deployments
+        .delete("or", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("or's ReplicaSet and pod gone", POLL, async || {
+        (sets_of("or").await.is_empty() && pods_of(&pods, "or").await.is_empty()).then_some(())
     })
     .await;
     d.shutdown().await;

@@ -1,7 +1,7 @@
 //! The controllers a cluster runs for apps/v1 workloads, as one loop inside the
 //! double: the garbage collector (`gc`), the ReplicaSet controller (`replicaset`)
 //! and the deployment controller (`rollout`, with `new_rs`, `scaling`, `status`,
-//! `util`, `hash`). A pass syncs everything: collect garbage, sync ReplicaSets,
+//! `util`, `hash`); `claims` is which objects each controls (adoption, release). A pass syncs everything: collect garbage, sync ReplicaSets,
 //! sync Deployments, sync ReplicaSets again (so a rollout step's scale-down deletes
 //! pods in the same pass, before the next scale-up creates any). A pass runs after
 //! every change in the store (the controllers' own writes included, until nothing
@@ -13,6 +13,7 @@
 //! informer cache would; their writes are ordinary changes (new resourceVersions,
 //! watch events, a ReplicaSet's generation bumped by a spec change).
 
+mod claims;
 mod gc;
 mod hash;
 mod new_rs;

@@ -11,11 +11,10 @@
 //! `availableReplicas` (Ready for `minReadySeconds`, `podutil.IsPodAvailable`),
 //! `observedGeneration`, and a `ReplicaFailure` condition when a pod cannot be
 //! created. The status counts the pods after this sync's creations and deletions
-//! (upstream counts them before and catches up on the next sync). Pods matching
-//! the selector but controlled by nothing are not adopted.
+//! (upstream counts them before and catches up on the next sync). Which pods it
+//! controls is `claims`: matching orphans are adopted, relabelled ones released.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
@@ -23,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use super::{Wake, controller_uid, owner_ref};
+use super::{Wake, claims, owner_ref};
 use crate::kube_double::pod_runtime::Ctx;
 use crate::kube_double::routes::{self, DeleteOpts};
 use crate::kube_double::store::now;
@@ -184,18 +183,16 @@ fn pod_for(rs: &ReplicaSet) -> Pod {
 pub fn sync_all(ctx: &Arc<Ctx>, wake: &mut Wake) {
     let (sets, _) = ctx.store.list::<ReplicaSet>(None);
     let (pods, _) = ctx.store.list::<Pod>(None);
-    let mut by_owner: HashMap<String, Vec<Pod>> = HashMap::new();
-    for p in pods {
-        if let Some(uid) = controller_uid(&p.metadata) {
-            by_owner.entry(uid.to_owned()).or_default().push(p);
-        }
-    }
     let mut work: Vec<(ReplicaSet, Vec<Pod>)> = sets
         .into_iter()
         .map(|rs| {
-            let uid = rs.metadata.uid.clone().unwrap_or_default();
-            let pods = by_owner.remove(&uid).unwrap_or_default();
-            (rs, pods)
+            let selector = rs
+                .spec
+                .as_ref()
+                .map(|s| s.selector.clone())
+                .unwrap_or_default();
+            let mine = claims::claim(ctx, "ReplicaSet", &rs.metadata, &selector, &pods, is_active);
+            (rs, mine)
         })
         .collect();
     let surplus = |(rs, pods): &(ReplicaSet, Vec<Pod>)| {

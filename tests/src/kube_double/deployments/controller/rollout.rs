@@ -19,7 +19,7 @@ use super::util::{
     self, DESIRED_REPLICAS, MAX_REPLICAS, REVISION, annotation, desired, max_surge,
     max_unavailable, rs_available, rs_replicas, rs_status_replicas, set_rs_replicas, sum,
 };
-use super::{Wake, controller_uid};
+use super::{Wake, claims, controller_uid};
 use crate::kube_double::pod_runtime::Ctx;
 
 /// One Deployment's sync: a working copy of it (status and revision annotation
@@ -35,13 +35,12 @@ pub fn sync_all(ctx: &Arc<Ctx>, wake: &mut Wake) {
     let (deployments, _) = ctx.store.list::<Deployment>(None);
     let (sets, _) = ctx.store.list::<ReplicaSet>(None);
     for d in deployments {
-        let uid = d.metadata.uid.clone().unwrap_or_default();
-        let mut mine: Vec<ReplicaSet> = sets
-            .iter()
-            .filter(|rs| controller_uid(&rs.metadata) == Some(uid.as_str()))
-            .filter(|rs| rs.metadata.namespace == d.metadata.namespace)
-            .cloned()
-            .collect();
+        let selector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        let mut mine = claims::claim(ctx, "Deployment", &d.metadata, &selector, &sets, |_| true);
         mine.sort_by(|a, b| {
             (&a.metadata.creation_timestamp, &a.metadata.name)
                 .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
