@@ -1,16 +1,19 @@
 //! A Kubernetes API-server test double that runs pods on the Docker engine.
 //!
-//! No cluster can run on the development machines, so the Kubernetes backend is
-//! tested against this: a plain-HTTP server on 127.0.0.1 speaking the real core/v1
-//! JSON API (k8s-openapi objects, `metav1.Status` errors) to a real `kube::Client`,
-//! and running each pod's containers as Docker containers. The watch logic, log
-//! streaming and error paths of the backend are thereby exercised for real.
+//! No cluster can run on the development machines, so the Kubernetes backend (and
+//! the server's rollouts) are tested against this: a plain-HTTP server on 127.0.0.1
+//! speaking the real core/v1 and apps/v1 JSON API (k8s-openapi objects,
+//! `metav1.Status` errors) to a real `kube::Client`, running each pod's containers
+//! as Docker containers and the deployment, ReplicaSet and garbage-collection
+//! controllers of a cluster. The watch logic, log streaming, rollouts and error
+//! paths of a client are thereby exercised for real.
 //!
 //! ```no_run
 //! # async fn demo() {
 //! let double = tests::kube_double::start(Default::default()).await.unwrap();
 //! let client = double.client();
-//! let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "ci");
+//! let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), "ci");
+//! let web: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, "ci");
 //! # double.shutdown().await;
 //! # }
 //! ```
@@ -81,6 +84,59 @@
 //!   terminated (exitCode; reason Completed, Error, OOMKilled or StartError;
 //!   startedAt, finishedAt; containerID). `activeDeadlineSeconds` (counted from
 //!   `startTime`) stops the pod: phase Failed, reason DeadlineExceeded.
+//! - Restarts as the kubelet does them (see `pod_runtime::restart`): `restartPolicy`
+//!   Always (the API default) restarts a regular container whatever its exit,
+//!   OnFailure after a non-zero exit (regular init containers of such pods until
+//!   they succeed), native sidecars always; the first restart at once, then the
+//!   crash-loop back-off from [`KubeDoubleOptions::restart_backoff`] doubling to
+//!   `restart_backoff_max` (10 s and 5 min by default, as the kubelet), waiting as
+//!   `CrashLoopBackOff` with the ended run in `lastState`, `restartCount` counting.
+//!   The phase of such a pod stays Running.
+//! - Probes (see `pod_runtime::probes`): `startupProbe`, `readinessProbe`,
+//!   `livenessProbe` with `httpGet` (path, port by number or container-port name,
+//!   HTTP/HTTPS, headers; 200–399), `tcpSocket` and `exec`; `initialDelaySeconds`,
+//!   `periodSeconds`, `timeoutSeconds`, `successThreshold`, `failureThreshold` (API
+//!   defaults); run from the host against the pod IP (the sandbox's Docker bridge
+//!   address, reachable from the host; 127.0.0.1 on the host network). Readiness
+//!   sets the container's `ready` and the pod's ContainersReady/Ready (a container
+//!   without one is ready once running, and started); a startup probe holds the
+//!   others back (`started`); a failed liveness or startup probe kills the
+//!   container (the probe's `terminationGracePeriodSeconds`, else the pod's) and
+//!   the restart policy decides what follows.
+//! - apps/v1 Deployments and ReplicaSets (see `deployments`):
+//!   `/apis/apps/v1/namespaces/{ns}/{deployments,replicasets}[/{name}[/status|/scale]]`
+//!   and `/apis/apps/v1/{deployments,replicasets}`: create (201; API defaults
+//!   applied: replicas 1, RollingUpdate 25 %/25 %, revisionHistoryLimit 10,
+//!   progressDeadlineSeconds 600, the pod template's restartPolicy Always, probe
+//!   and container defaults; 409 AlreadyExists; 422 Invalid for a missing or empty
+//!   selector, one not matching the template's labels, bad strategies, a template
+//!   restartPolicy other than Always, anything a pod may not have), get (404),
+//!   list and watch (selectors as for pods), replace (PUT; a stale
+//!   `metadata.resourceVersion` is 409 Conflict "the object has been modified…";
+//!   the selector is immutable), patch (merge, JSON and strategic merge patches;
+//!   server-side apply is 415), the `status` subresource (GET/PUT/PATCH, no new
+//!   generation) and `scale` (autoscaling/v1, GET/PUT/PATCH), delete and
+//!   delete-collection (Background by default: a Success `Status`; Foreground and
+//!   Orphan: the object with its finalizer until the dependents are gone or
+//!   released). `metadata.generation` starts at 1 and counts spec changes (and, for
+//!   a Deployment, annotation changes, as upstream), never status or label writes.
+//! - The deployment controller: a ReplicaSet per pod template
+//!   (`<name>-<pod-template-hash>`, the hash on its labels, selector and pods, owned
+//!   by the Deployment), revisions (`deployment.kubernetes.io/revision`, rollback
+//!   to an earlier template reuses its ReplicaSet), RollingUpdate within maxSurge
+//!   (rounded up) and maxUnavailable (rounded down) of ints or percentages,
+//!   Recreate (old pods all gone before a new one is created), proportional scaling,
+//!   `paused`, `minReadySeconds`, `revisionHistoryLimit`, and the status a cluster
+//!   writes: `observedGeneration`, `replicas`, `updatedReplicas`, `readyReplicas`,
+//!   `availableReplicas`, `unavailableReplicas`, conditions Available
+//!   (MinimumReplicasAvailable/Unavailable) and Progressing (NewReplicaSetCreated,
+//!   ReplicaSetUpdated, NewReplicaSetAvailable, ProgressDeadlineExceeded,
+//!   DeploymentPaused/Resumed). The ReplicaSet controller creates pods from the
+//!   template (owner reference with `controller: true`) and deletes surplus ones as
+//!   upstream ranks them (unscheduled, pending, not ready, newest ready first);
+//!   both adopt matching objects without a controller and release those whose
+//!   labels stop matching; the garbage collector deletes what Deployments and
+//!   ReplicaSets owned once they are gone.
 //! - Everything created on Docker carries the instance label; [`KubeDouble::shutdown`]
 //!   (or dropping the double) removes it all.
 //!
@@ -131,20 +187,23 @@
 //! # Deliberately not implemented
 //! Other resources and API groups (no Events: failures are read from pod status;
 //! no Endpoints or EndpointSlices; no Gateway, GatewayClass or ReferenceGrant
-//! objects; no discovery documents under `/api` and `/apis`); PUT/PATCH of pods
-//! and secrets (405); strategic merge, JSON and server-side apply patches (415);
-//! `delete_collection` of the network kinds (405); Service types other than
-//! ClusterIP, UDP/SCTP ports, ClientIP affinity (422); Ingress routing; the
-//! gateway's RequestRedirect, URLRewrite, CORS and ExtensionRef filters (500),
-//! cross-namespace backends, timeouts and retries; finalizers (stored, never
-//! waited for); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
+//! objects); discovery (`/api`, `/apis`: kubectl cannot talk to the double, a typed
+//! `kube::Api` can); PUT/PATCH of pods and secrets (405); strategic merge, JSON and
+//! server-side apply patches (415); `delete_collection` of the network kinds (405);
+//! Service types other than ClusterIP, UDP/SCTP ports, ClientIP affinity (422);
+//! Ingress routing; the gateway's RequestRedirect, URLRewrite, CORS and ExtensionRef
+//! filters (500), cross-namespace backends, timeouts and retries; finalizers (stored,
+//! never waited for); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
 //! delete preconditions (400); pagination (`limit` gets the whole list and no
 //! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
 //! namespaces as objects (any namespace exists); admission (Pod Security is checked
 //! by the backend's own tests, not here); image pulls, `imagePullPolicy`,
-//! `imagePullSecrets` (accepted, ignored); `restartPolicy` other than Never (422:
-//! the API default is Always, so a backend must set it); probes (a running
-//! container is ready); `$(VAR)` expansion in command/args/env; `valueFrom` other
+//! `imagePullSecrets` (accepted, ignored; an image by digest, `repo@sha256:…`,
+//! runs when the engine has it, as after a push to the local registry); API
+//! defaults for pods created directly (a Deployment's template gets them); gRPC
+//! probes and `tcpSocket.host` (422); a sidecar's readiness in the pod's; the upstream `pod-template-hash` values (the double's hash the template's JSON:
+//! same template, same hash, but not the cluster's value); `terminatingReplicas`;
+//! `$(VAR)` expansion in command/args/env; `valueFrom` other
 //! than secretKeyRef, configMap volumes and every volume type but emptyDir and
 //! secret, `subPath`, `hostNetwork`/`hostPID`/`hostIPC` and `privileged` (422, so a
 //! backend generating them fails loudly); scheduling beyond nodeSelector and
@@ -159,12 +218,14 @@
 //! 127.0.0.1 (but pods then share ports).
 
 mod capture;
+mod deployments;
 mod docker;
 mod exec;
 mod logs;
 mod net;
 mod pod_runtime;
 mod pod_status;
+mod probe;
 mod quantity;
 mod routes;
 mod scheduling;
@@ -207,6 +268,12 @@ pub struct KubeDoubleOptions {
     /// Labels of the one node (for `nodeSelector`); its allocatable CPU and memory
     /// are the engine's.
     pub node_labels: BTreeMap<String, String>,
+    /// The kubelet's crash-loop back-off: a container that ends and is restarted
+    /// (`restartPolicy` Always or OnFailure) restarts at once the first time, then
+    /// after this, doubling up to [`KubeDoubleOptions::restart_backoff_max`]
+    /// (the kubelet's 10 s and 5 min; tests shorten them).
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
 }
 
 impl Default for KubeDoubleOptions {
@@ -224,6 +291,8 @@ impl Default for KubeDoubleOptions {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
+            restart_backoff: Duration::from_secs(10),
+            restart_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -295,7 +364,9 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         .await
         .map_err(KubeDoubleError::Listen)?;
     let addr = listener.local_addr().map_err(KubeDoubleError::Listen)?;
-    let app = routes::router(ctx.clone(), counts.clone(), net::routes());
+    let app = routes::router(ctx.clone(), counts.clone(), net::routes())
+        .merge(deployments::router(ctx.clone(), counts.clone()));
+    deployments::spawn_controllers(ctx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("kube double server: {e}");
@@ -317,6 +388,18 @@ impl KubeDouble {
         let url = self.base_url.parse().expect("base_url is a valid URI");
         let config = kube::Config::new(url);
         kube::Client::try_from(config).expect("a plain-HTTP config always builds a client")
+    }
+
+    /// A kubeconfig (YAML) for this double: cluster `kube-double` at
+    /// [`KubeDouble::base_url`], no credentials, default namespace `namespace`; what
+    /// an environment's cluster connection holds, for `kube::config::Kubeconfig::from_yaml`.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-double\n  cluster:\n    server: {}\n\
+             contexts:\n- name: kube-double\n  context:\n    cluster: kube-double\n    user: kube-double\n    namespace: {namespace}\n\
+             current-context: kube-double\nusers:\n- name: kube-double\n  user: {{}}\n",
+            self.base_url
+        )
     }
 
     /// The Docker engine the pods run on (same connection as the double's).

@@ -46,8 +46,9 @@ pub fn waiting(name: &str, image: &str, reason: &str, message: Option<String>) -
 pub fn set_running(cs: &mut ContainerStatus, container_id: &str, image_id: &str, started: Time) {
     cs.container_id = Some(format!("docker://{container_id}"));
     cs.image_id = image_id.to_owned();
+    // Without probes a running container is started and ready; a container's
+    // probes then say otherwise (`pod_runtime::probes`).
     cs.started = Some(true);
-    // No readiness probes: a running container is ready.
     cs.ready = true;
     cs.state = Some(ContainerState {
         running: Some(ContainerStateRunning {
@@ -83,6 +84,26 @@ pub fn set_terminated(cs: &mut ContainerStatus, container_id: Option<&str>, exit
         }),
         ..Default::default()
     });
+}
+
+/// Before a container runs again: the run that ended becomes `lastState`; while the
+/// kubelet backs off (`back_off`: its message) the container waits as
+/// `CrashLoopBackOff`.
+pub fn restarting(cs: &mut ContainerStatus, back_off: Option<String>) {
+    if is_terminated(cs) {
+        cs.last_state = cs.state.clone();
+    }
+    cs.ready = false;
+    cs.started = Some(false);
+    if let Some(message) = back_off {
+        cs.state = Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                message: Some(message),
+            }),
+            ..Default::default()
+        });
+    }
 }
 
 pub fn is_waiting(cs: &ContainerStatus) -> bool {

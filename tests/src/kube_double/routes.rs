@@ -21,7 +21,7 @@ use super::status::{self, ApiError};
 use super::store::{Object, now};
 use super::{exec, logs, scheduling, validate, watch};
 
-type Q = Query<HashMap<String, String>>;
+pub(super) type Q = Query<HashMap<String, String>>;
 
 /// Requests served, by `METHOD route` (`WATCH` for watches): what a backend costs
 /// the API server per stage.
@@ -79,7 +79,7 @@ pub fn router(ctx: Arc<Ctx>, counts: Arc<RequestCounts>, more: Router<Arc<Ctx>>)
         .with_state(ctx)
 }
 
-async fn count(
+pub(super) async fn count(
     State(counts): State<Arc<RequestCounts>>,
     path: Option<MatchedPath>,
     req: Request,
@@ -130,7 +130,7 @@ pub(super) async fn list_all<K: Object>(
     list::<K>(&ctx, None, &q)
 }
 
-fn list<K: Object>(
+pub(super) fn list<K: Object>(
     ctx: &Ctx,
     ns: Option<String>,
     q: &HashMap<String, String>,
@@ -269,7 +269,14 @@ async fn create_pod(
     Query(q): Q,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (mut pod, unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    let (pod, unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    let pod = admit_pod(&ctx, &ns, pod)?;
+    Ok(created(&pod, &unknown))
+}
+
+/// What a pod create does after decoding (shared with the ReplicaSet controller):
+/// validation, scheduling onto the one node, storing, and running it.
+pub(super) fn admit_pod(ctx: &Arc<Ctx>, ns: &str, mut pod: Pod) -> Result<Pod, ApiError> {
     let problems = validate::pod(&pod);
     if !problems.is_empty() {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -289,8 +296,7 @@ async fn create_pod(
             }]),
             ..Default::default()
         });
-        let pod = ctx.store.create(&ns, pod)?;
-        return Ok(created(&pod, &unknown));
+        return ctx.store.create(ns, pod);
     }
     // What the scheduler's binding would set: the one node is the Docker engine.
     if let Some(spec) = pod.spec.as_mut() {
@@ -300,9 +306,9 @@ async fn create_pod(
         phase: Some("Pending".into()),
         ..Default::default()
     });
-    let pod = ctx.store.create(&ns, pod)?;
+    let pod = ctx.store.create(ns, pod)?;
     ctx.spawn_pod(pod.clone());
-    Ok(created(&pod, &unknown))
+    Ok(pod)
 }
 
 async fn create_secret(
@@ -343,8 +349,8 @@ async fn create_secret(
 
 /// DeleteOptions from the body (what kube sends) or the query.
 pub(super) struct DeleteOpts {
-    pub grace: Option<i64>,
-    pub orphan: bool,
+    pub(super) grace: Option<i64>,
+    pub(super) orphan: bool,
 }
 
 pub(super) fn delete_opts(
@@ -405,7 +411,7 @@ async fn delete_pod(
     Ok(axum::Json(pod).into_response())
 }
 
-fn begin_pod_deletion(
+pub(super) fn begin_pod_deletion(
     ctx: &Arc<Ctx>,
     ns: &str,
     name: &str,
@@ -444,7 +450,7 @@ fn begin_pod_deletion(
 }
 
 /// The objects of a collection matching the request's selectors.
-fn selected<K: Object>(
+pub(super) fn selected<K: Object>(
     ctx: &Ctx,
     ns: &str,
     q: &HashMap<String, String>,
@@ -465,7 +471,7 @@ fn selected<K: Object>(
         .collect())
 }
 
-fn list_response<K: Object>(ctx: &Ctx, items: Vec<K>) -> Response {
+pub(super) fn list_response<K: Object>(ctx: &Ctx, items: Vec<K>) -> Response {
     axum::Json(json!({
         "kind": format!("{}List", K::KIND),
         "apiVersion": K::API_VERSION,

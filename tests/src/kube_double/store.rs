@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -48,6 +49,8 @@ pub struct Tables {
     services: BTreeMap<Key, Service>,
     ingresses: BTreeMap<Key, Ingress>,
     httproutes: BTreeMap<Key, HttpRouteObject>,
+    deployments: BTreeMap<Key, Deployment>,
+    replicasets: BTreeMap<Key, ReplicaSet>,
 }
 
 /// `impl Object` for a kind stored in `Tables::$field`, selectable by name and
@@ -102,6 +105,32 @@ impl Object for Secret {
         ("metadata.name", "/metadata/name"),
         ("metadata.namespace", "/metadata/namespace"),
         ("type", "/type"),
+    ];
+}
+
+impl Object for Deployment {
+    fn table(t: &Tables) -> &BTreeMap<Key, Self> {
+        &t.deployments
+    }
+    fn table_mut(t: &mut Tables) -> &mut BTreeMap<Key, Self> {
+        &mut t.deployments
+    }
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("metadata.name", "/metadata/name"),
+        ("metadata.namespace", "/metadata/namespace"),
+    ];
+}
+
+impl Object for ReplicaSet {
+    fn table(t: &Tables) -> &BTreeMap<Key, Self> {
+        &t.replicasets
+    }
+    fn table_mut(t: &mut Tables) -> &mut BTreeMap<Key, Self> {
+        &mut t.replicasets
+    }
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("metadata.name", "/metadata/name"),
+        ("metadata.namespace", "/metadata/namespace"),
     ];
 }
 
@@ -377,6 +406,8 @@ impl Store {
             "Service" => has::<Service>(t, uid),
             "Ingress" => has::<Ingress>(t, uid),
             "HTTPRoute" => has::<HttpRouteObject>(t, uid),
+            "Deployment" => has::<Deployment>(t, uid),
+            "ReplicaSet" => has::<ReplicaSet>(t, uid),
             _ => return None,
         })
     }

@@ -1,14 +1,14 @@
 //! Checks a pod before it is stored: what the API server would reject (names,
 //! required fields, references) and what the double deliberately does not
-//! implement (other volume types, restart policies, host namespaces, valueFrom
-//! sources other than secrets). Both are 422 Invalid, so a backend that generates
+//! implement (other volume types, host namespaces, valueFrom sources other than
+//! secrets, gRPC probes). Both are 422 Invalid, so a backend that generates
 //! something the double cannot honour fails loudly instead of being half-run.
 
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 
-use super::quantity;
+use super::{probe, quantity};
 
 const UNSUPPORTED: &str = "not supported by the Kubernetes test double";
 
@@ -49,11 +49,11 @@ pub fn pod(pod: &Pod) -> Vec<String> {
         p.push("spec: Required value".into());
         return p;
     };
+    // Unset is the API default, Always.
     match spec.restart_policy.as_deref() {
-        Some("Never") => {}
-        other => p.push(format!(
-            "spec.restartPolicy: Unsupported value: {:?}: {UNSUPPORTED} (only \"Never\"; the API default is \"Always\")",
-            other.unwrap_or("Always")
+        None | Some("Always" | "OnFailure" | "Never") => {}
+        Some(other) => p.push(format!(
+            "spec.restartPolicy: Unsupported value: {other:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
         )),
     }
     if spec.containers.is_empty() {
@@ -136,6 +136,18 @@ fn container(c: &Container, at: &str, init: bool, volumes: &HashSet<&str>, p: &m
         Some(other) => p.push(format!(
             "{at}.restartPolicy: Unsupported value: {other:?}: only \"Always\" on init containers (sidecars)"
         )),
+    }
+    let sidecar = init && c.restart_policy.as_deref() == Some("Always");
+    for (kind, spec) in probe::of(c) {
+        let Some(spec) = spec else { continue };
+        if init && !sidecar {
+            p.push(format!(
+                "{at}.{}: Forbidden: may not be set for init containers without restartPolicy=Always",
+                kind.field()
+            ));
+        } else {
+            p.extend(probe::validate(spec, kind, at));
+        }
     }
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
         if !volumes.contains(m.name.as_str()) {
@@ -301,6 +313,7 @@ mod tests {
         let bad = parse(json!({
             "metadata": {"name": "P!"},
             "spec": {
+                "restartPolicy": "Sometimes",
                 "containers": [{"name": "a", "image": "", "volumeMounts": [{"name": "nope", "mountPath": "rel"}]},
                                {"name": "a", "image": "x", "resources": {"limits": {"memory": "12Qi"}}}],
                 "volumes": [{"name": "h", "hostPath": {"path": "/"}}]

@@ -319,7 +319,7 @@ async fn api_errors_come_back_as_kubernetes_statuses() {
 
     let mut bad = p.clone();
     bad.metadata.name = Some("bad".into());
-    bad.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    bad.spec.as_mut().unwrap().restart_policy = Some("Sometimes".into());
     let (code, reason) = api_error(api.create(&PostParams::default(), &bad).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
 

@@ -23,7 +23,10 @@ impl PodRun {
         let mut pull_attempts = 0u32;
         let wait = |w: Waiting| {
             self.change_container(slot, |cs| {
-                *cs = pod_status::waiting(&c.name, &image, w.reason, Some(w.message));
+                let mut next = pod_status::waiting(&c.name, &image, w.reason, Some(w.message));
+                next.restart_count = cs.restart_count;
+                next.last_state = cs.last_state.take();
+                *cs = next;
             });
         };
         let body = loop {
@@ -90,10 +93,12 @@ impl PodRun {
             }
             tokio::time::sleep(self.backoff()).await;
         };
-        self.started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((slot, body.clone()));
+        {
+            // A restart replaces the slot's earlier (removed) container.
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            started.retain(|(s, _)| *s != slot);
+            started.push((slot, body.clone()));
+        }
         // Before the start, so no output is missed.
         if let Err(e) = self.ctx.captures.attach(docker, &name).await {
             tracing::warn!(container = %name, error = %docker::message(&e), "cannot capture output; the log falls back to the engine's");
@@ -133,6 +138,7 @@ impl PodRun {
                 Slot::Main(i) => &mut s.main[i],
             };
             pod_status::set_running(cs, &body, &image_id, started);
+            super::probes::before_first_probe(cs, c);
             if matches!(slot, Slot::Main(_)) && s.phase == "Pending" {
                 s.phase = "Running";
             }

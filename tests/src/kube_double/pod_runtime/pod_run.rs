@@ -1,6 +1,6 @@
-//! One pod run through its phases, like a kubelet with `restartPolicy: Never`:
-//! volumes, sandbox, secret volumes, init containers (sidecars left running), the
-//! regular containers, sidecars stopped; the deadline and deletion stop it anywhere.
+//! One pod run through its phases, like a kubelet: volumes, sandbox, secret volumes,
+//! init containers (sidecars left running), the regular containers (restarted per
+//! `restartPolicy`), sidecars stopped; the deadline and deletion stop it anywhere.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -56,6 +56,42 @@ enum Outcome {
     DeadlineExceeded,
     Deleted,
     SandboxFailed(String),
+}
+
+/// When a container that ended runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Restart {
+    /// The pod's policy for its regular containers (unset is the API default, Always).
+    pub(super) fn of_pod(spec: &k8s_openapi::api::core::v1::PodSpec) -> Restart {
+        match spec.restart_policy.as_deref() {
+            Some("Never") => Restart::Never,
+            Some("OnFailure") => Restart::OnFailure,
+            _ => Restart::Always,
+        }
+    }
+
+    /// For a regular init container: restarted until it succeeds unless the pod
+    /// never restarts anything.
+    pub(super) fn for_init(pod: Restart) -> Restart {
+        match pod {
+            Restart::Never => Restart::Never,
+            _ => Restart::OnFailure,
+        }
+    }
+
+    pub(super) fn wants(self, exit_code: i32) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::OnFailure => exit_code != 0,
+            Restart::Never => false,
+        }
+    }
 }
 
 pub(super) enum Started {
@@ -141,7 +177,7 @@ impl PodRun {
             .expect("engine calls do not panic")
     }
 
-    fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
+    pub(super) fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
         self.pod.spec.as_ref().expect("validated pods have a spec")
     }
 
@@ -199,6 +235,8 @@ impl PodRun {
                 s.message = Some(message);
             }),
             Outcome::DeadlineExceeded => {
+                // Ends the sidecars' restart loops, as a deletion does.
+                self.stop.cancel();
                 let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
                 self.stop_containers(grace).await;
                 self.record_exits().await;
@@ -286,26 +324,26 @@ impl PodRun {
             }
         }
 
-        let mut sidecars: Vec<(Slot, String, JoinHandle<()>)> = Vec::new();
+        let restart = Restart::of_pod(self.spec());
+        let mut sidecars: Vec<(CancellationToken, JoinHandle<()>)> = Vec::new();
         let inits = self.spec().init_containers.clone().unwrap_or_default();
         for (i, c) in inits.iter().enumerate() {
             let slot = Slot::Init(i);
-            let sidecar = c.restart_policy.as_deref() == Some("Always");
-            let id = match self.start_container(slot).await {
-                Started::Running(id) => id,
-                Started::FailedToStart(code) if !sidecar => return self.init_failed(code),
-                Started::FailedToStart(_) => continue,
-            };
-            if sidecar {
-                let me = self.clone();
-                let watched = id.clone();
-                let waiter = tokio::spawn(async move {
-                    me.wait_container(slot, &watched).await;
+            if c.restart_policy.as_deref() == Some("Always") {
+                // Started before the next init container, then kept running.
+                let first = self.start_container(slot).await;
+                let (me, stop) = (self.clone(), CancellationToken::new());
+                let stopped = stop.clone();
+                let runner = tokio::spawn(async move {
+                    me.run_container(slot, Restart::Always, Some(first), Some(stopped))
+                        .await;
                 });
-                sidecars.push((slot, id, waiter));
+                sidecars.push((stop, runner));
                 continue;
             }
-            let code = self.wait_container(slot, &id).await;
+            let code = self
+                .run_container(slot, Restart::for_init(restart), None, None)
+                .await;
             if code != 0 {
                 return self.init_failed(code);
             }
@@ -319,22 +357,14 @@ impl PodRun {
             }
         });
 
-        let mains = (0..self.spec().containers.len()).map(|i| {
-            let slot = Slot::Main(i);
-            async move {
-                match self.start_container(slot).await {
-                    Started::Running(id) => self.wait_container(slot, &id).await,
-                    Started::FailedToStart(code) => code,
-                }
-            }
-        });
+        let mains = (0..self.spec().containers.len())
+            .map(|i| self.run_container(Slot::Main(i), restart, None, None));
         let codes = futures::future::join_all(mains).await;
 
         // Sidecars end when the regular containers are done, in reverse order.
-        let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
-        for (_, id, waiter) in sidecars.into_iter().rev() {
-            self.stop_container(&id, grace).await;
-            let _ = waiter.await;
+        for (stop, runner) in sidecars.into_iter().rev() {
+            stop.cancel();
+            let _ = runner.await;
         }
         let ok = codes.iter().all(|c| *c == 0);
         self.change(|s| s.phase = if ok { "Succeeded" } else { "Failed" });

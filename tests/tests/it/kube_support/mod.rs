@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 mod poll;
 pub mod web;
 
