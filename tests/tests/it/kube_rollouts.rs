@@ -2,7 +2,8 @@
 //! RollingUpdate within maxSurge and maxUnavailable at every watch event, Recreate
 //! never running old and new pods together. Both end on the new image, answering
 //! on their pod IPs. A pod that never gets ready holds a rollout until its
-//! progress deadline. At most 4 pods; every wait bounded.
+//! progress deadline; pause, minReadySeconds, a deleted pod replaced, an image by
+//! digest after a push to the test registry. At most 4 pods; every wait bounded.
 
 use std::collections::BTreeMap;
 
@@ -405,5 +406,27 @@ async fn a_deleted_pod_is_replaced() {
             .iter()
             .any(|p| p.metadata.name == before[1].metadata.name)
     );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_runs_an_image_by_digest() {
+    let d = double().await;
+    let deployments: Api<Deployment> = Api::namespaced(d.client(), NS);
+    let pods: Api<Pod> = Api::namespaced(d.client(), NS);
+    let reference = crate::kube_support::apps::pushed_by_digest("v2");
+    let mut by_digest = web("dg", 1, "v1", serde_json::Value::Null);
+    let spec = by_digest.spec.as_mut().unwrap();
+    spec.template.spec.as_mut().unwrap().containers[0].image = Some(reference.clone());
+    let created = deployments
+        .create(&PostParams::default(), &by_digest)
+        .await
+        .unwrap();
+    let container = &created.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    wait_for(&deployments, "dg", "1 available replica", rolled_out).await;
+    let running = &pods_of(&pods, "dg").await[0];
+    assert_eq!(image(running), reference);
+    assert_eq!(answer(running).await, "v2\n");
     d.shutdown().await;
 }

@@ -203,3 +203,57 @@ pub fn image(p: &Pod) -> String {
         .clone()
         .unwrap_or_default()
 }
+
+/// The registry of `bash .ci/registry.sh` (user `slipway`, password `slipway-test`).
+pub fn registry() -> String {
+    std::env::var("SLIPWAY_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// [`app_image`] `version` pushed to the test registry, as
+/// `<registry>/slipway-test-deploy-app@sha256:…`: how a release names an image.
+/// The engine knows the digest from the push (its RepoDigests), so the double runs
+/// it without pulling. The login goes to a throw-away Docker config.
+pub fn pushed_by_digest(version: &str) -> String {
+    let repo = format!("{}/slipway-test-deploy-app", registry());
+    let tagged = format!("{repo}:{version}");
+    let config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new("docker");
+        cmd.arg("--config").arg(config.path()).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("running docker");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {} (is the registry of `bash .ci/registry.sh` running?)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    docker(&["tag", &app_image(version), &tagged], None);
+    docker(
+        &["login", "-u", "slipway", "--password-stdin", &registry()],
+        Some("slipway-test"),
+    );
+    docker(&["push", "-q", &tagged], None);
+    let digests = docker(
+        &["image", "inspect", "-f", "{{json .RepoDigests}}", &tagged],
+        None,
+    );
+    let digests: Vec<String> = serde_json::from_str(&digests).unwrap();
+    digests
+        .into_iter()
+        .find(|d| d.starts_with(&format!("{repo}@sha256:")))
+        .expect("the push recorded the digest")
+}

@@ -262,7 +262,7 @@ impl Sync<'_> {
         for i in self.active(&olds) {
             scaled_down |= self.scale_and_record(i, 0);
         }
-        if scaled_down || self.old_pods_running(new, &olds) {
+        if scaled_down || self.old_pods_running(&olds) {
             return self.sync_rollout_status(new);
         }
         let new = match new.or_else(|| self.get_all(true)) {
@@ -279,7 +279,7 @@ impl Sync<'_> {
     }
 
     /// `oldPodsRunning`: old ReplicaSets still have pods, terminating ones included.
-    fn old_pods_running(&self, new: Option<usize>, olds: &[usize]) -> bool {
+    fn old_pods_running(&self, olds: &[usize]) -> bool {
         if sum(&self.refs(olds), rs_status_replicas) > 0 {
             return true;
         }
@@ -287,7 +287,6 @@ impl Sync<'_> {
             .iter()
             .filter_map(|i| self.sets[*i].metadata.uid.as_deref())
             .collect();
-        let _ = new;
         let (pods, _) = self.ctx.store.list::<Pod>(Some(&self.ns()));
         pods.iter().any(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
