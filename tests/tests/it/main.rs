@@ -30,9 +30,6 @@ mod git;
 #[path = "../../../server/tests/it/support/poll.rs"]
 #[allow(unused)]
 mod poll;
-#[path = "../../../server/tests/it/support/process.rs"]
-#[allow(unused)]
-mod process;
 #[path = "../../../server/tests/it/support/test_server.rs"]
 #[allow(unused)]
 mod test_server;

@@ -17,8 +17,7 @@ use super::poll::{TimedOut, eventually_blocking, poll_until, poll_until_blocking
 /// The `slipway` binary under test. `SLIPWAY_TEST_BIN` overrides Cargo's path: with a
 /// target directory shared between branches, another build can replace the binary
 /// between this crate's build and the test run. Outside the server package (the
-/// `tests` crate includes this file) it is the one beside the test executable's
-/// `deps/` directory, which a workspace build makes.
+/// `tests` crate includes this file) it is the one of the same build.
 pub fn slipway_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SLIPWAY_TEST_BIN") {
         return PathBuf::from(p);
@@ -26,19 +25,19 @@ pub fn slipway_bin() -> PathBuf {
     if let Some(p) = option_env!("CARGO_BIN_EXE_slipway") {
         return p.into();
     }
+    // A test executable is in target/<profile>/deps, a bench binary beside `slipway`.
     let exe = std::env::current_exe().expect("the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("slipway"))
-        .expect("the test executable is in target/<profile>/deps");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p server --bin slipway`; \
-         `cargo nextest run --workspace` does) or set SLIPWAY_TEST_BIN",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("the executable's directory");
+    [dir.join("slipway"), dir.join("../slipway")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no slipway binary beside {}: build it first (`cargo build -p server --bin \
+                 slipway`; `cargo nextest run --workspace` does) or set SLIPWAY_TEST_BIN",
+                exe.display()
+            )
+        })
 }
 
 /// `slipway` without the test's own `SLIPWAY_*` settings, and without colours.

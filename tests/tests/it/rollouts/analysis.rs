@@ -165,7 +165,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = crate::process::free_port();
+        let port = tests::server_support::process::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = std::process::Command::new("prometheus")

@@ -7,8 +7,9 @@ mod analysis;
 mod canary;
 mod readme;
 mod restart;
-pub mod rig;
 mod strategies;
+
+pub use tests::rollout_rig as rig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

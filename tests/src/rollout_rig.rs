@@ -11,17 +11,17 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::kube_double::{self, KubeDouble};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use tests::kube_double::{self, KubeDouble};
 use tokio::sync::OnceCell;
 
-use crate::git::GitRepo;
-use crate::process::Processes;
+use crate::server_support::git::GitRepo;
+use crate::server_support::process::Processes;
 
 pub const NS: &str = "shop";
 /// How long a rollout step may take on a loaded two-core machine.
