@@ -39,7 +39,8 @@ fn registry() -> String {
     std::env::var("SLIPWAY_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
 }
 
-fn docker(args: &[&str], input: Option<&str>) -> String {
+/// The docker CLI; its stdout, trimmed (a failure panics with its stderr).
+pub fn docker(args: &[&str], input: Option<&str>) -> String {
     use std::io::Write;
     let mut cmd = std::process::Command::new("docker");
     cmd.args(args)
@@ -130,9 +131,18 @@ pub fn kubeconfig(url: &str) -> String {
 impl Rig {
     /// The rig with `replicas` stable pods.
     pub async fn start(replicas: i32) -> Rig {
+        Rig::start_with(replicas, &[]).await
+    }
+
+    /// [`Rig::start`] with the server's environment extended by `env` (e.g. its
+    /// in-process runner on the Docker backend, for image stages).
+    pub async fn start_with(replicas: i32, env: &[(&str, &str)]) -> Rig {
         let images = images().await;
         let double = kube_double::start(Default::default()).await.unwrap();
         let mut p = Processes::new();
+        for (k, v) in env {
+            p = p.env(k, v);
+        }
         let source = p.dir.path().join("repo");
         std::fs::create_dir_all(&source).unwrap();
         GitRepo::init(&source);
@@ -289,9 +299,37 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
-            "timed out after {WITHIN:?} waiting for {what}: {last}\nserver log:\n{}",
+            "timed out after {WITHIN:?} waiting for {what}: {last}\npods:\n{}\nserver log:\n{}",
+            self.pods_summary().await,
             self.server_log_tail()
         );
+    }
+
+    /// Each pod of the namespace with its image and container states, for failure
+    /// messages.
+    pub async fn pods_summary(&self) -> String {
+        let Ok(pods) = self.pods().list(&ListParams::default()).await else {
+            return "(the double did not list its pods)".into();
+        };
+        pods.items
+            .iter()
+            .map(|p| {
+                let image = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers[0].image.clone())
+                    .unwrap_or_default();
+                let states = serde_json::to_string(
+                    &p.status.as_ref().map(|s| (&s.phase, &s.container_statuses)),
+                )
+                .unwrap_or_default();
+                format!(
+                    "{} {image} {states}",
+                    p.metadata.name.as_deref().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The last lines of the server's log, for failure messages.
@@ -353,12 +391,17 @@ impl Rig {
     /// Commits `pipeline` as `.slipway.yml` on main and tells the server; the new run's
     /// number (runs are numbered in push order here).
     pub async fn push(&mut self, pipeline: &str) -> i64 {
+        self.push_files(&[(".slipway.yml", pipeline)]).await
+    }
+
+    /// [`Rig::push`] of exactly `files` (the pipeline among them).
+    pub async fn push_files(&mut self, files: &[(&str, &str)]) -> i64 {
         self.pushes += 1;
         let sha = GitRepo::init(&self.source)
             .commit(
                 "refs/heads/main",
                 &[],
-                &[(".slipway.yml", pipeline)],
+                files,
                 &format!("release {}", self.pushes),
             )
             .to_string();

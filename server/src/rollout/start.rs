@@ -50,6 +50,7 @@ pub async fn new_rollout(
     if let Err(e) = by_digest(&image) {
         return Ok(Err(e));
     }
+    let image = without_tag(&image);
     let env = store.find_environment(stage.repo_id, &environment).await?;
     let namespace = spec
         .target
@@ -113,6 +114,21 @@ pub fn by_digest(image: &str) -> Result<(), String> {
     }
 }
 
+/// `repo:tag@sha256:…` as `repo@sha256:…`: the digest decides what runs, and a
+/// reference with both is not understood everywhere (the Docker engine, older
+/// runtimes), while one by digest alone is.
+pub fn without_tag(image: &str) -> String {
+    let Some((name, digest)) = image.rsplit_once('@') else {
+        return image.to_string();
+    };
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    let name = match name[last..].find(':') {
+        Some(colon) => &name[..last + colon],
+        None => name,
+    };
+    format!("{name}@{digest}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +153,15 @@ mod tests {
         .unwrap();
         assert_eq!(got, format!("reg/web:1@sha256:{}", "a".repeat(64)));
         assert!(by_digest(&got).is_ok());
+        assert_eq!(
+            without_tag(&got),
+            format!("reg/web@sha256:{}", "a".repeat(64))
+        );
+        let port = format!("127.0.0.1:5000/team/web:1@sha256:{}", "b".repeat(64));
+        assert_eq!(
+            without_tag(&port),
+            format!("127.0.0.1:5000/team/web@sha256:{}", "b".repeat(64))
+        );
         assert!(
             by_digest("reg/web:1")
                 .unwrap_err()
