@@ -385,6 +385,12 @@ impl Store {
             .transpose()
     }
 
+    /// A run's rollouts, by stage (for the run page: one query, not one per stage).
+    pub async fn rollouts_of_run(&self, run: RunId) -> Result<Vec<RolloutRecord>> {
+        let sql = format!("SELECT {COLS} FROM rollouts WHERE run_id = $1 ORDER BY stage_id");
+        rows(&query(&sql).bind(run).fetch_all(&self.read).await?, decode)
+    }
+
     /// Stores a measurement once: a tick re-run after a crash with the same
     /// (step, analysis, seq, check) keeps the first.
     pub async fn record_measurement(&self, rollout: i64, m: &Measurement) -> Result<()> {
