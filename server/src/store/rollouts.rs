@@ -458,6 +458,25 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
+        // The stage's one step (`rollout`, the controller's log) ends as the stage does:
+        // left running, `settle` would close it as a step whose runner never reported
+        // (`error`), and a rollout that succeeded would show a failed step.
+        let step = match status {
+            StageStatus::Success => "success",
+            StageStatus::Cancelled => "cancelled",
+            StageStatus::TimedOut => "timed_out",
+            StageStatus::Error => "error",
+            _ => "failure",
+        };
+        query(
+            "UPDATE steps SET status = $2, finished_at = $3 WHERE stage_id = $1 \
+             AND status = 'running'",
+        )
+        .bind(r.stage_id)
+        .bind(step)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let sql = format!(
             "SELECT {} FROM stages WHERE id = $1 AND status = 'running'{}",
             super::row::STAGE_COLS,

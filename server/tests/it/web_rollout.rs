@@ -10,7 +10,8 @@
 //! audited; a form without the session's CSRF token is refused; a release manager
 //! reaches Promote with the keyboard and the request is taken; the panel follows the
 //! controller live (no reload); Abort asks first; a failed rollout shows its reason and
-//! Retry starts a promotion run. Screenshots: `<target>/screenshots/rollout-*.png`.
+//! Retry starts a promotion run. On SQLite and PostgreSQL. Screenshots:
+//! `<target>/screenshots/rollout-*.png`.
 
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use fantoccini::key::Key;
 use server::delivery::gate::EnvironmentRules;
 use server::store::environments::EnvironmentUpdate;
 use server::store::rollouts::{Measurement, PromoteRequest, RolloutPhase, RolloutRecord};
-use server::store::{Role, StageStatus};
+use server::store::{Dialect, Role, StageStatus};
 
+use crate::support::both_databases;
 use crate::support::browser::Browser;
 use crate::support::poll::eventually;
 use crate::support::test_server::TestServer;
@@ -65,8 +67,8 @@ struct Scene {
 }
 
 impl Scene {
-    async fn start() -> Scene {
-        let ts = TestServer::builder().build().await;
+    async fn start(db: Dialect) -> Scene {
+        let ts = TestServer::builder().on(db).build().await;
         let addr = ts.serve_routes().await;
         let store = &ts.state.store;
         for (name, role) in [("rm", Role::ReleaseManager), ("dev", Role::Developer)] {
@@ -250,33 +252,8 @@ async fn js_str(b: &Browser, script: &str) -> String {
     b.js(script).await.as_str().unwrap_or_default().to_string()
 }
 
-/// The rendered text of `css`, read in one script: the live refresh may patch the page
-/// between two WebDriver commands, never during a script.
-async fn text(b: &Browser, css: &str) -> String {
-    let css = serde_json::to_string(css).unwrap();
-    js_str(
-        b,
-        &format!("const e = document.querySelector({css}); return e ? e.innerText : '(missing)'"),
-    )
-    .await
-}
-
-/// A real click on `css`, found again if the live refresh replaced it in between.
-async fn click(b: &Browser, css: &str) {
-    eventually(&format!("a click on {css}"), WAIT, || async {
-        let e = b
-            .client
-            .find(fantoccini::Locator::Css(css))
-            .await
-            .map_err(|e| e.to_string())?;
-        e.click().await.map_err(|e| e.to_string())
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_developer_sees_the_rollout_but_may_not_move_it() {
-    let s = Scene::start().await;
+async fn a_developer_sees_the_rollout_but_may_not_move_it(db: Dialect) {
+    let s = Scene::start(db).await;
     let b = Browser::start().await;
     b.sign_in(&s.base, "dev", PASSWORD).await;
     b.goto(&s.run_page()).await;
@@ -289,7 +266,7 @@ async fn a_developer_sees_the_rollout_but_may_not_move_it() {
         .await,
         "paused"
     );
-    let shown = text(&b, &panel).await;
+    let shown = b.read(&panel).await;
     assert!(shown.contains("Paused, waiting for a promote."), "{shown}");
     assert!(shown.contains("canary, through HTTPRoute web"), "{shown}");
     // The steps: the first done, the pause current, the rest to come.
@@ -332,7 +309,7 @@ async fn a_developer_sees_the_rollout_but_may_not_move_it() {
         20
     );
     // Stable → new, the digest short with the whole reference in its title.
-    let new = text(&b, &format!("{panel} .new-image")).await;
+    let new = b.read(&format!("{panel} .new-image")).await;
     assert_eq!(new, "registry.example.com/shop/web@sha256:4f53cda18c2b");
     assert_eq!(
         js_str(
@@ -343,7 +320,7 @@ async fn a_developer_sees_the_rollout_but_may_not_move_it() {
         format!("registry.example.com/shop/web@sha256:{DIGEST}")
     );
     assert!(
-        text(&b, &format!("{panel} .images"))
+        b.read(&format!("{panel} .images"))
             .await
             .starts_with("registry.example.com/shop/web:v1")
     );
@@ -362,7 +339,7 @@ async fn a_developer_sees_the_rollout_but_may_not_move_it() {
     for which in ["promote", "promote-full", "abort", "retry"] {
         assert!(!b.has(&format!("#{}", s.button(which))).await, "{which}");
     }
-    let why = text(&b, &format!("{panel} .why")).await;
+    let why = b.read(&format!("{panel} .why")).await;
     assert!(
         why.contains(&format!("a release manager on {}", s.repo))
             && why.contains("approver of environment prod (ann)"),
@@ -418,16 +395,17 @@ async fn a_developer_sees_the_rollout_but_may_not_move_it() {
     b.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollout_live() {
-    let s = Scene::start().await;
+async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollout_live(
+    db: Dialect,
+) {
+    let s = Scene::start(db).await;
     let store = &s.ts.state.store;
     let b = Browser::start().await;
     b.sign_in(&s.base, "rm", PASSWORD).await;
     b.goto(&s.run_page()).await;
     let panel = s.panel();
     assert!(
-        text(&b, &format!("{panel} .rollout-actions"))
+        b.read(&format!("{panel} .rollout-actions"))
             .await
             .contains("Promote fully")
     );
@@ -488,14 +466,14 @@ async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollou
         .await,
         50
     );
-    assert!(!text(&b, &panel).await.contains("promote requested"));
+    assert!(!b.read(&panel).await.contains("promote requested"));
     assert_eq!(
         b.js("return window.__sameDocument || 'reloaded'").await,
         "yes"
     );
 
     // Abort asks first: dismissed, nothing happens; accepted, the abort is requested.
-    click(&b, &format!("#{}", s.button("abort"))).await;
+    b.click(&format!("#{}", s.button("abort"))).await;
     let question = b.client.get_alert_text().await.unwrap();
     assert!(
         question.contains("Abort the rollout of deploy to prod"),
@@ -503,7 +481,7 @@ async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollou
     );
     b.client.dismiss_alert().await.unwrap();
     assert!(!s.now().await.abort_requested);
-    click(&b, &format!("#{}", s.button("abort"))).await;
+    b.click(&format!("#{}", s.button("abort"))).await;
     b.client.accept_alert().await.unwrap();
     let r = eventually("the abort request", WAIT, || async {
         let r = s.now().await;
@@ -551,6 +529,9 @@ async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollou
         "{headline}"
     );
     b.wait_text("#run-status", "failure", WAIT).await;
+    // The stage's one step (the controller's log) ends as the rollout did.
+    let stage = s.ts.stage(r.run_id, "deploy").await;
+    assert_eq!(stage.steps[0].status, server::store::StepStatus::Failure);
     assert_eq!(
         b.js("return window.__sameDocument || 'reloaded'").await,
         "yes"
@@ -570,10 +551,15 @@ async fn a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollou
     b.resize(1280, 900).await;
 
     // Retry: a promotion run of the same version to the same environment.
-    click(&b, &format!("#{}", s.button("retry"))).await;
+    b.click(&format!("#{}", s.button("retry"))).await;
     b.wait_text(".crumbs", "run #2", WAIT).await;
     let retried = s.audit("rollout.retry").await;
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].detail["new_run"], 2);
     b.close().await;
 }
+
+both_databases!(
+    a_developer_sees_the_rollout_but_may_not_move_it,
+    a_release_manager_promotes_by_keyboard_and_the_panel_follows_the_rollout_live,
+);

@@ -8,6 +8,7 @@ mod canary;
 mod readme;
 mod restart;
 mod strategies;
+mod web;
 
 pub use tests::rollout_rig as rig;
 
