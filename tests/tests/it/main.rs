@@ -25,6 +25,8 @@ mod validate_agrees;
 #[path = "../../../server/tests/it/support/browser.rs"]
 #[allow(unused)]
 mod browser;
+// browser.rs finds a free port through `super::process`.
+use tests::server_support::process;
 #[path = "../../../server/tests/it/support/db.rs"]
 #[allow(unused)]
 mod db;
