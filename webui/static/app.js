@@ -5,24 +5,101 @@
 // ---------------------------------------------------------------- run page, live
 
 // On every status change of the run (server-sent events), the live part of the page
-// is fetched again from the server, which renders it, and swapped in place.
+// is fetched again from the server, which renders it, and patched in place. A rollout
+// moves on (steps, weights, measurements) without a stage changing state, so while one
+// on the page has not ended, the part is fetched every two seconds too. The patch
+// changes only the nodes that differ, so a control nobody changed stays the same node:
+// it keeps the keyboard focus, what was typed into it, and a click under way.
+const ROLLOUT_POLL_MS = 2000;
+const FOCUSABLE = "a[href], button, input:not([type=hidden]), select, textarea, [tabindex]";
+
+// Makes `old` (in the page) look like `fresh` (parsed, same tag), node by node.
+function morph(old, fresh) {
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  const olds = [...old.childNodes];
+  const fresh_ = [...fresh.childNodes];
+  fresh_.forEach((n, i) => {
+    const o = olds[i];
+    if (!o) old.append(n);
+    else if (o.nodeType !== n.nodeType || o.nodeName !== n.nodeName
+      || (o.nodeType === Node.ELEMENT_NODE && o.id !== n.id)) old.replaceChild(n, o);
+    else if (!o.isEqualNode(n)) morph(o, n);
+  });
+  for (const o of olds.slice(fresh_.length)) o.remove();
+}
+
+function patchKeepingFocus(section, html) {
+  const active = document.activeElement;
+  const inside = active && active !== section && section.contains(active);
+  const focusedId = inside ? active.id : "";
+  const focusedAt = inside ? [...section.querySelectorAll(FOCUSABLE)].indexOf(active) : -1;
+  const typed = [];
+  for (const input of section.querySelectorAll("input[id], textarea[id]")) {
+    if (input.type !== "hidden" && input.value !== input.defaultValue) typed.push([input, input.value]);
+  }
+  const fresh = document.createElement(section.tagName);
+  fresh.innerHTML = html;
+  for (const a of section.attributes) fresh.setAttribute(a.name, a.value);
+  morph(section, fresh);
+  // A replaced input gets what was typed; a replaced control gets the focus back.
+  for (const [input, value] of typed) {
+    const now = document.getElementById(input.id);
+    if (now && now !== input) now.value = value;
+  }
+  if (inside && !section.contains(active)) {
+    const again = focusedId ? document.getElementById(focusedId)
+      : focusedAt >= 0 ? section.querySelectorAll(FOCUSABLE)[focusedAt] : null;
+    if (again) again.focus();
+  }
+}
+
 function liveRun(section) {
   let pending = false;
+  let last = "";
+  let asked = 0;
+  let shown = 0;
   const refresh = () => {
     if (pending) return;
     pending = true;
     setTimeout(async () => {
       pending = false;
+      const n = ++asked;
       try {
         const r = await fetch(section.dataset.partial, { credentials: "same-origin" });
-        if (r.ok) section.innerHTML = await r.text();
+        const html = r.ok ? await r.text() : "";
+        // An older answer that arrives after a newer one is dropped.
+        if (html && n > shown) {
+          shown = n;
+          if (html !== last) {
+            last = html;
+            patchKeepingFocus(section, html);
+          }
+        }
       } catch (_) { /* the next event tries again */ }
     }, 150);
   };
   const events = new EventSource(section.dataset.events);
   for (const kind of ["run", "stage"]) events.addEventListener(kind, refresh);
   events.addEventListener("end", () => { refresh(); events.close(); });
+  const poll = () => {
+    if (section.querySelector("[data-rollout-live]") && !document.hidden) refresh();
+    setTimeout(poll, ROLLOUT_POLL_MS);
+  };
+  setTimeout(poll, ROLLOUT_POLL_MS);
 }
+
+// A form with `data-confirm` asks first (the rollout's Abort); a native dialog, so the
+// keyboard answers it. Delegated, so forms patched in by the live refresh ask too.
+document.addEventListener("submit", (e) => {
+  const form = e.target;
+  const question = form instanceof HTMLFormElement ? form.dataset.confirm : "";
+  if (question && !window.confirm(question)) e.preventDefault();
+});
 
 // ---------------------------------------------------------------- log viewer
 

@@ -103,8 +103,15 @@ pub async fn show(
 }
 
 /// Whether `caller` may move a rollout to `env` on: an admin token, a release manager
-/// (or admin) on the repository, or a user the environment names as an approver.
-async fn may_release(state: &AppState, caller: &Caller, repo: &Repo, env: &str) -> ApiResult<bool> {
+/// (or admin) on the repository, or a user the environment names as an approver. The
+/// one check: these handlers make it, and the run page asks it before showing the
+/// buttons.
+pub async fn may_release(
+    state: &AppState,
+    caller: &Caller,
+    repo: &Repo,
+    env: &str,
+) -> crate::store::Result<bool> {
     let user = match caller {
         Caller::Machine(t) => return Ok(t.scope == TokenScope::Admin),
         Caller::User { user, .. } | Caller::Session { user, .. } => user,
@@ -114,6 +121,19 @@ async fn may_release(state: &AppState, caller: &Caller, repo: &Repo, env: &str) 
     }
     let env = state.store.find_environment(repo.id, env).await?;
     Ok(env.is_some_and(|e| e.rules.approver_users.iter().any(|u| u == &user.name)))
+}
+
+/// Who [`may_release`] lets move rollouts to `env` on, in words (`approvers`: the
+/// users the environment names).
+pub fn who_may_release(repo: &Repo, env: &str, approvers: &[String]) -> String {
+    let mut s = format!("a release manager on {} (or an admin)", repo.name);
+    if !approvers.is_empty() {
+        s.push_str(&format!(
+            ", or an approver of environment {env} ({})",
+            approvers.join(", ")
+        ));
+    }
+    s
 }
 
 /// Checks the caller's release permission, auditing a refusal.

@@ -385,6 +385,12 @@ impl Store {
             .transpose()
     }
 
+    /// A run's rollouts, by stage (for the run page: one query, not one per stage).
+    pub async fn rollouts_of_run(&self, run: RunId) -> Result<Vec<RolloutRecord>> {
+        let sql = format!("SELECT {COLS} FROM rollouts WHERE run_id = $1 ORDER BY stage_id");
+        rows(&query(&sql).bind(run).fetch_all(&self.read).await?, decode)
+    }
+
     /// Stores a measurement once: a tick re-run after a crash with the same
     /// (step, analysis, seq, check) keeps the first.
     pub async fn record_measurement(&self, rollout: i64, m: &Measurement) -> Result<()> {
@@ -452,6 +458,25 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
+        // The stage's one step (`rollout`, the controller's log) ends as the stage does:
+        // left running, `settle` would close it as a step whose runner never reported
+        // (`error`), and a rollout that succeeded would show a failed step.
+        let step = match status {
+            StageStatus::Success => "success",
+            StageStatus::Cancelled => "cancelled",
+            StageStatus::TimedOut => "timed_out",
+            StageStatus::Error => "error",
+            _ => "failure",
+        };
+        query(
+            "UPDATE steps SET status = $2, finished_at = $3 WHERE stage_id = $1 \
+             AND status = 'running'",
+        )
+        .bind(r.stage_id)
+        .bind(step)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let sql = format!(
             "SELECT {} FROM stages WHERE id = $1 AND status = 'running'{}",
             super::row::STAGE_COLS,

@@ -29,7 +29,8 @@ pub fn csrf_refused() -> Response {
     )
 }
 
-fn caller(me: &SignedIn) -> Caller {
+/// The signed-in person as the API's handlers know a caller.
+pub fn caller(me: &SignedIn) -> Caller {
     Caller::Session {
         user: me.session.user.clone(),
         csrf: me.session.csrf.clone(),

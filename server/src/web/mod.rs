@@ -18,6 +18,9 @@ mod log_page;
 mod login;
 mod repo_actions;
 mod repo_page;
+mod rollout_actions;
+mod rollout_chart;
+mod rollout_panel;
 mod run_page;
 pub mod session;
 mod view;
@@ -73,6 +76,18 @@ pub fn routes() -> Router<AppState> {
             "/repos/{owner}/{name}/runs/{number}/rerun",
             post(actions::rerun),
         )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/rollout/promote",
+            post(rollout_actions::promote),
+        )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/rollout/abort",
+            post(rollout_actions::abort),
+        )
+        .route(
+            "/repos/{owner}/{name}/runs/{number}/rollout/retry",
+            post(rollout_actions::retry),
+        )
         .route("/static/{file}", get(assets::serve))
 }
 
@@ -113,14 +128,23 @@ struct ErrorPage {
     chrome: Chrome,
     title: String,
     message: String,
+    /// Where the page's link goes back to (`/`: the dashboard).
+    back: String,
 }
 
 /// A page saying what went wrong, with its status.
 pub fn message_page(status: StatusCode, title: &str, message: String) -> Response {
+    message_page_back(status, title, message, "/")
+}
+
+/// A page saying what went wrong, with its status and a link back to `back` (a local
+/// path: the page the form was on).
+pub fn message_page_back(status: StatusCode, title: &str, message: String, back: &str) -> Response {
     let page = ErrorPage {
         chrome: Chrome::default(),
         title: title.to_string(),
         message,
+        back: safe_next(back),
     };
     let mut r = render(&page);
     *r.status_mut() = status;

@@ -1,8 +1,10 @@
 //! A run's page: its status, the failure up front when it failed, the gates waiting
-//! for approval (with the vote form, or why the viewer may not vote), the stage graph,
-//! stages and steps with durations and links into their logs, artifacts. The part
-//! that changes is rendered on its own too (`?partial=1`), which the page's script
-//! fetches again on every status event.
+//! for approval (with the vote form, or why the viewer may not vote), its rollouts
+//! (`rollout_panel`), the stage graph, stages and steps with durations and links into
+//! their logs, artifacts. The part that changes is rendered on its own too
+//! (`?partial=1`), which the page's script fetches again on every status event — and
+//! every two seconds while a rollout on it has not ended, as its steps and
+//! measurements change without a stage changing state.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -11,6 +13,7 @@ use serde::Deserialize;
 
 use super::dashboard::{find_visible, inbox_count, shown_status};
 use super::failure::{self, Failure};
+use super::rollout_panel::{self, RolloutPanel};
 use super::session::SignedIn;
 use super::view::{Badge, DagNode, ago, badge, dag_svg, duration, short};
 use super::{Chrome, render, store_error};
@@ -66,6 +69,8 @@ pub struct Live {
     pub csrf: String,
     pub failure: Option<Failure>,
     pub gates: Vec<GateView>,
+    /// The run's rollouts (`rollout_panel`), in stage order.
+    pub rollouts: Vec<RolloutPanel>,
     pub dag: String,
     pub stages: Vec<StageView>,
     /// (name, size, download URL — empty for an image).
@@ -225,6 +230,7 @@ async fn live(
             reason,
         });
     }
+    let rollouts = rollout_panel::panels(state, me, repo, run, &stages).await?;
     let artifacts = state
         .store
         .list_run_artifacts(run.id)
@@ -275,6 +281,7 @@ async fn live(
         csrf: me.csrf().to_string(),
         failure,
         gates,
+        rollouts,
         dag,
         stages: stage_views,
         artifacts,

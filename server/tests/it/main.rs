@@ -34,4 +34,5 @@ mod status;
 mod store;
 mod truthful;
 mod web;
+mod web_rollout;
 mod webhook_flood;

@@ -20,7 +20,13 @@ mod rollout_objects;
 mod rollouts;
 mod validate_agrees;
 
-// The server's test harness (`server/tests/it/support`), the parts kube_runner uses.
+// The server's test harness (`server/tests/it/support`), the parts kube_runner and the
+// rollouts' web test use.
+#[path = "../../../server/tests/it/support/browser.rs"]
+#[allow(unused)]
+mod browser;
+// browser.rs finds a free port through `super::process`.
+use tests::server_support::process;
 #[path = "../../../server/tests/it/support/db.rs"]
 #[allow(unused)]
 mod db;

@@ -102,14 +102,34 @@ impl Browser {
         e.send_keys(value).await.unwrap();
     }
 
+    /// A real click on `css`; found again (bounded) if a live page replaced the element
+    /// between the find and the click.
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
+        poll_until(Duration::from_secs(10), || async {
+            let e = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .map_err(|e| format!("no `{css}`: {e}"))?;
+            e.click().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|t| panic!("click on `{css}`: {}", t.state));
+    }
+
+    /// The rendered text (`innerText`) of `css`, read in one script — a live page is
+    /// never patched during a script, so the element cannot go stale half-way.
+    /// `(missing)` when nothing matches.
+    pub async fn read(&self, css: &str) -> String {
+        let css = serde_json::to_string(css).unwrap();
+        let script = format!(
+            "const e = document.querySelector({css}); return e ? e.innerText : '(missing)'"
+        );
+        self.js(&script)
             .await
-            .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn js(&self, script: &str) -> Value {

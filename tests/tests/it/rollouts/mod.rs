@@ -9,6 +9,7 @@ mod promotion;
 mod readme;
 mod restart;
 mod strategies;
+mod web;
 
 pub use tests::rollout_rig as rig;
 
