@@ -5,6 +5,7 @@
 
 mod analysis;
 mod canary;
+mod operations;
 mod promotion;
 mod readme;
 mod restart;
