@@ -44,6 +44,7 @@ mod gates;
 mod lease;
 mod migrations;
 mod people;
+mod probe;
 mod queue;
 mod records;
 mod repos;

@@ -19,7 +19,7 @@ impl Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},mode=0700"))
+            .arg(format!("size={bytes},mode=0755"))
             .arg("tmpfs")
             .arg(dir)
             .output()
