@@ -50,10 +50,11 @@ fn watched_dirs(state: &AppState) -> Vec<PathBuf> {
     dirs
 }
 
-/// "its disk is full (…)" for a lack of space, else the error itself.
+/// "its disk is full" for a lack of space, else the error itself (an `io::Error`
+/// names no path: `/readyz` shows this).
 fn io_reason(e: &std::io::Error) -> String {
     if disk_space::is_disk_full(e) {
-        format!("its disk is full ({e})")
+        "its disk is full".into()
     } else {
         e.to_string()
     }
@@ -95,7 +96,7 @@ pub async fn probe_once(state: &AppState, dirs: &[PathBuf]) {
         Part::Database,
         db.map(|()| db_room).map_err(|e| {
             if e.is_disk_full() {
-                format!("its disk is full ({e})")
+                "its disk is full".into()
             } else {
                 e.to_string()
             }

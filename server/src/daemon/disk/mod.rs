@@ -145,7 +145,9 @@ impl DiskHealth {
     /// caller answers 507; this records the fault.
     pub fn report_full(&self, part: Part, detail: &str) {
         self.refusals.get_or_create(&label(part)).inc();
-        self.fail(part, format!("its disk is full ({detail})"));
+        // `/readyz` is public: the reason says what, the detail (paths, the driver's
+        // words) goes to the log only.
+        self.fail(part, "its disk is full".into(), detail);
     }
 
     /// A write to the data directory was refused before it started: it would have
@@ -156,7 +158,7 @@ impl DiskHealth {
     }
 
     /// `part` cannot be written: a failed write or probe.
-    fn fail(&self, part: Part, reason: String) {
+    fn fail(&self, part: Part, reason: String, detail: &str) {
         let now = Instant::now();
         let mut faults = self.lock();
         match faults.of(part) {
@@ -167,6 +169,7 @@ impl DiskHealth {
                 tracing::error!(
                     part = part.as_str(),
                     %reason,
+                    detail,
                     "{} cannot be written: writes are refused with 507 and /readyz \
                      answers 503 until it can",
                     part.describe()
@@ -181,11 +184,12 @@ impl DiskHealth {
         }
     }
 
-    /// A probe of `part`: `Err` with why it cannot be written, or `Ok(room)` — it took
+    /// A probe of `part`: `Err` with why it cannot be written (shown by `/readyz`: no
+    /// paths), or `Ok(room)` — it took
     /// the probe write, and `room` says whether its disk has the reserve free again.
     pub fn observe(&self, part: Part, probe: Result<bool, String>) {
         let room = match probe {
-            Err(reason) => return self.fail(part, reason),
+            Err(reason) => return self.fail(part, reason, ""),
             Ok(room) => room,
         };
         let mut faults = self.lock();
@@ -260,9 +264,9 @@ mod tests {
         h.report_full(Part::DataDir, "No space left on device (os error 28)");
         h.report_full(Part::DataDir, "again");
         let why = h.unwritable().unwrap();
-        assert!(
-            why.starts_with("the data directory cannot be written: its disk is full (No space"),
-            "{why}"
+        assert_eq!(
+            why,
+            "the data directory cannot be written: its disk is full"
         );
         // Probes that pass within the hold, or without the reserve free, clear nothing.
         h.observe(Part::DataDir, Ok(true));
