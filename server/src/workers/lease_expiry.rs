@@ -9,8 +9,8 @@
 //! half-done (promotions, skips, final statuses) — idempotent, so several replicas
 //! doing it at once is harmless.
 //!
-//! While the server's own storage cannot be written (`daemon::disk`) no round runs —
-//! no heartbeat could be recorded either — and after each recovery every running lease
+//! While the database cannot be written (`daemon::disk`) no round runs — no heartbeat
+//! could be recorded either — and after each of its recoveries every running lease
 //! first gets one more heartbeat timeout, so runners that kept beating through the
 //! outage keep their stages.
 //!
@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::clock::Ticker;
+use crate::daemon::disk::Part;
 use crate::daemon::state::AppState;
 use crate::store::StageId;
 
@@ -36,16 +37,16 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
         let period = (state.config.heartbeat_timeout / 3).max(Duration::from_millis(200));
         let mut rounds = Ticker::new(state.store.clock(), period);
         let mut warned = HashSet::new();
-        let mut recoveries = state.disk.recoveries();
+        let mut recoveries = state.disk.database_recoveries();
         loop {
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = rounds.tick() => {}
             }
-            if state.disk.unwritable().is_some() {
+            if state.disk.is_faulted(Part::Database) {
                 continue;
             }
-            let now = state.disk.recoveries();
+            let now = state.disk.database_recoveries();
             if now != recoveries {
                 match grace_after_outage(&state).await {
                     Ok(()) => recoveries = now,

@@ -16,9 +16,9 @@
 //! disk — at least `min_free_disk_bytes` are free again. The hold and the reserve keep
 //! readiness from flapping on a disk that has room for a probe but not for the next
 //! log batch; the probe notices a disk that filled (or went read-only) before a
-//! request has to. Each clearing is a recovery ([`DiskHealth::recoveries`]), after
-//! which lease expiry gives every running lease one more heartbeat timeout: no
-//! heartbeat could be recorded while the database could not write.
+//! request has to. Each clearing of the database's fault is a recovery
+//! ([`DiskHealth::database_recoveries`]), after which lease expiry gives every running
+//! lease one more heartbeat timeout: no heartbeat could be recorded meanwhile.
 //!
 //! Upstream behaviour this follows: SQLite may roll a transaction back by itself on
 //! `SQLITE_FULL` (<https://www.sqlite.org/lang_transaction.html>, "Response To Errors
@@ -84,7 +84,8 @@ struct Fault {
 struct Faults {
     database: Option<Fault>,
     data_dir: Option<Fault>,
-    recoveries: u64,
+    /// How many times the database's fault cleared.
+    database_recoveries: u64,
     /// Whether the last look found the data disk under its reserve (warned once).
     low: bool,
 }
@@ -206,7 +207,9 @@ impl DiskHealth {
             part.describe()
         );
         *faults.of(part) = None;
-        faults.recoveries += 1;
+        if part == Part::Database {
+            faults.database_recoveries += 1;
+        }
         self.writable.get_or_create(&label(part)).set(1);
     }
 
@@ -243,9 +246,14 @@ impl DiskHealth {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
-    /// How many times a fault has cleared since the server started.
-    pub fn recoveries(&self) -> u64 {
-        self.lock().recoveries
+    /// Whether `part` has a fault now.
+    pub fn is_faulted(&self, part: Part) -> bool {
+        self.lock().of(part).is_some()
+    }
+
+    /// How many times the database's fault has cleared since the server started.
+    pub fn database_recoveries(&self) -> u64 {
+        self.lock().database_recoveries
     }
 }
 
@@ -273,11 +281,11 @@ mod tests {
         assert!(h.unwritable().is_some());
         h.lock().data_dir.as_mut().unwrap().last_failure -= HOLD;
         h.observe(Part::DataDir, Ok(false));
-        assert!(h.unwritable().is_some());
-        assert_eq!(h.recoveries(), 0);
+        assert!(h.is_faulted(Part::DataDir) && !h.is_faulted(Part::Database));
         h.observe(Part::DataDir, Ok(true));
         assert_eq!(h.unwritable(), None);
-        assert_eq!(h.recoveries(), 1);
+        // Only the database's recoveries extend leases.
+        assert_eq!(h.database_recoveries(), 0);
         // A failing probe is a fault of its own.
         h.observe(
             Part::Database,
@@ -287,5 +295,8 @@ mod tests {
             h.unwritable().as_deref(),
             Some("the database cannot be written: attempt to write a readonly database")
         );
+        h.lock().database.as_mut().unwrap().last_failure -= HOLD;
+        h.observe(Part::Database, Ok(true));
+        assert_eq!(h.database_recoveries(), 1);
     }
 }

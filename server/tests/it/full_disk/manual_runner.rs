@@ -2,6 +2,8 @@
 //! each kind of write in front of a full disk at a moment the test chooses: log
 //! batches, artifact and cache uploads, step and stage ends.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -53,6 +55,21 @@ impl Answer {
             self.message().contains("disk") && self.message().contains("not stored"),
             "{what} says why: {self:?}"
         );
+    }
+}
+
+/// Heartbeats in the background ([`ManualRunner::keep_alive`]) until dropped.
+pub struct KeepAlive {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -139,6 +156,33 @@ impl ManualRunner {
 
     fn stage_path(l: &Leased, tail: &str) -> String {
         format!("/api/runner/stages/{}{tail}", l.stage_id)
+    }
+
+    /// Heartbeats `l` every second in a thread of its own, as a real runner does
+    /// whatever the answers (a 507 included), until the guard drops.
+    pub fn keep_alive(&self, l: &Leased) -> KeepAlive {
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = ManualRunner {
+            base: self.base.clone(),
+            token: self.token.clone(),
+            http: self.http.clone(),
+            runner_id: self.runner_id,
+        };
+        let lease = Leased {
+            stage_id: l.stage_id,
+            lease: l.lease.clone(),
+        };
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let _ = runner.heartbeat(&lease);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        KeepAlive {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn heartbeat(&self, l: &Leased) -> Answer {

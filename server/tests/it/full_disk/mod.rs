@@ -7,11 +7,14 @@
 //!   for PostgreSQL its tablespace) on a tmpfs that fills: clean 507s, `/readyz` 503
 //!   with the reason, a step whose log could not be stored ends with that reason, and
 //!   everything works again once space is back, with nothing lost or half-written.
+//! - `planning`: only the data dir full (PostgreSQL elsewhere): a run made meanwhile
+//!   waits `pending` and runs once the space is back.
 //! - `pg_kill`: PostgreSQL connections killed mid-transaction under a webhook and
 //!   run load: no half-created run.
 
 mod manual_runner;
 mod pg_kill;
+mod planning;
 mod server_process;
 mod store;
 
