@@ -9,6 +9,7 @@ pub mod clock;
 pub mod crypto;
 pub mod daemon;
 pub mod delivery;
+pub mod disk_space;
 pub mod forge;
 pub mod git;
 pub mod logs;

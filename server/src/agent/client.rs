@@ -1,6 +1,7 @@
 //! The agent's HTTP client for the runner protocol ([`crate::protocol`]): JSON calls
 //! carrying the runner token, error answers sorted into lease lost / refused /
-//! transient, and retries with exponential backoff so a dead server is never hammered.
+//! transient / the server's disk is full, and retries with exponential backoff so a
+//! dead server is never hammered.
 
 use std::time::Duration;
 
@@ -100,22 +101,47 @@ impl Client {
 
     /// [`Client::call`], retrying transient failures with backoff for up to `give_up` —
     /// or for [`SHUTDOWN_GIVE_UP`] once `shutdown` is cancelled, so a runner whose
-    /// server is gone does not hold up its own shutdown.
+    /// server is gone does not hold up its own shutdown. A server out of disk space
+    /// (507) is alive and keeps the lease for its outage (`workers::lease_expiry`):
+    /// [`OnFull::Wait`] retries it past `give_up`, until it can store the request
+    /// (or shutdown); [`OnFull::Fail`] returns [`CallError::Full`] at once.
     pub(super) async fn call_retrying<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         give_up: Duration,
+        on_full: OnFull,
         shutdown: &CancellationToken,
     ) -> Result<Option<R>, CallError> {
         let start = tokio::time::Instant::now();
         let mut deadline = start + give_up;
         let mut backoff = Backoff::new();
+        let mut told = false;
         loop {
             match self
                 .call(reqwest::Method::POST, path, body, REQUEST_TIMEOUT)
                 .await
             {
+                Err(CallError::Full(e)) if on_full == OnFull::Wait => {
+                    let now = tokio::time::Instant::now();
+                    if shutdown.is_cancelled() {
+                        deadline = deadline.min(now + SHUTDOWN_GIVE_UP);
+                        if now >= deadline {
+                            return Err(CallError::Full(e));
+                        }
+                    } else {
+                        // Its outage does not count against the give-up time.
+                        deadline = deadline.max(now + give_up);
+                    }
+                    if !told {
+                        tracing::warn!(path, error = %e, "the server cannot store this now; retrying until it can");
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+                    }
+                }
                 Err(CallError::Transient(e)) => {
                     let now = tokio::time::Instant::now();
                     if shutdown.is_cancelled() {
@@ -147,6 +173,18 @@ pub(super) enum CallError {
     Refused { status: StatusCode, message: String },
     /// Worth retrying: network trouble, 5xx, 429.
     Transient(String),
+    /// 507 Insufficient Storage: the server is up but its disk is full, so it stored
+    /// nothing of the request; the same request works once it has space again.
+    Full(String),
+}
+
+/// What [`Client::call_retrying`] does with a server whose disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnFull {
+    /// Keep retrying until it can store the request.
+    Wait,
+    /// Give up at once with [`CallError::Full`].
+    Fail,
 }
 
 impl std::fmt::Display for CallError {
@@ -154,7 +192,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::LeaseLost => f.write_str("lease lost"),
             CallError::Refused { status, message } => write!(f, "{status}: {message}"),
-            CallError::Transient(m) => f.write_str(m),
+            CallError::Transient(m) | CallError::Full(m) => f.write_str(m),
         }
     }
 }
@@ -193,6 +231,9 @@ pub(super) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, 
         .unwrap_or_else(|| status.to_string());
     if status == StatusCode::CONFLICT && code == "lease_lost" {
         return Err(CallError::LeaseLost);
+    }
+    if status == StatusCode::INSUFFICIENT_STORAGE {
+        return Err(CallError::Full(format!("{status}: {message}")));
     }
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(CallError::Transient(format!("{status}: {message}")));

@@ -446,7 +446,6 @@ async fn stream_to(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     use tokio_util::sync::CancellationToken;
 
@@ -459,15 +458,14 @@ mod tests {
             reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
             "token".into(),
         ));
-        let ctx = StageCtx {
-            client: client.clone(),
-            stage_id: 1,
-            token: "lease".into(),
-            offsets: Vec::new(),
-            lost: AtomicBool::new(false),
-            give_up: Duration::from_secs(1),
-            shutdown: CancellationToken::new(),
-        };
+        let ctx = StageCtx::new(
+            client.clone(),
+            1,
+            "lease".into(),
+            Vec::new(),
+            Duration::from_secs(1),
+            CancellationToken::new(),
+        );
         (client, ctx)
     }
 

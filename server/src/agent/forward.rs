@@ -2,9 +2,14 @@
 //! hears the server's cancel the moment it is made: the server holds each beat open), and the forwarder that posts step starts, log batches
 //! (every 100 ms or 500 lines) and step results in order. Posts retry with backoff;
 //! log batches are idempotent by line number, so a resend is harmless.
+//!
+//! A server that answers 507 (its disk is full) could not store what the stage said:
+//! the stage stops there and ends as an `error` that says so ([`StageCtx::full`]),
+//! rather than go on with a log that has a hole in it. Its end is then posted until
+//! the server can store it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
@@ -14,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{CallError, Client, REQUEST_TIMEOUT};
+use super::client::{CallError, Client, OnFull, REQUEST_TIMEOUT};
 use crate::logs::Stream;
 use crate::protocol::{
     self, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
@@ -38,19 +43,49 @@ pub(super) struct StageCtx {
     /// Set once the lease is gone (or the server stayed unreachable past it): post
     /// nothing more.
     pub(super) lost: AtomicBool,
+    /// Why the stage stopped when the server could not store its progress (a 507):
+    /// the first such refusal, which the stage's end reports.
+    pub(super) full: Mutex<Option<String>>,
     pub(super) give_up: Duration,
     pub(super) shutdown: CancellationToken,
 }
 
 impl StageCtx {
+    pub(super) fn new(
+        client: Arc<Client>,
+        stage_id: i64,
+        token: String,
+        offsets: Vec<u64>,
+        give_up: Duration,
+        shutdown: CancellationToken,
+    ) -> StageCtx {
+        StageCtx {
+            client,
+            stage_id,
+            token,
+            offsets,
+            lost: AtomicBool::new(false),
+            full: Mutex::new(None),
+            give_up,
+            shutdown,
+        }
+    }
+
     pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Why the server could not store this stage's progress, if it could not.
+    pub(super) fn full(&self) -> Option<String> {
+        self.full.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Posts with retries; on `lease_lost` (or when the server stays unreachable past
-    /// the lease) marks the stage lost and cancels it.
+    /// the lease) marks the stage lost and cancels it. On a full disk (507) it stops the
+    /// stage: `what` the server could not store goes into the stage's reason.
     pub(super) async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
+        what: &str,
         path: &str,
         body: &B,
         cancel: &CancellationToken,
@@ -60,10 +95,19 @@ impl StageCtx {
         }
         match self
             .client
-            .call_retrying(path, body, self.give_up, &self.shutdown)
+            .call_retrying(path, body, self.give_up, OnFull::Fail, &self.shutdown)
             .await
         {
             Ok(r) => r,
+            Err(CallError::Full(message)) => {
+                let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+                if full.is_none() {
+                    tracing::warn!(stage_id = self.stage_id, what, %message, "the server could not store the stage's progress; stopping the stage");
+                    *full = Some(format!("the server could not store {what}: {message}"));
+                }
+                cancel.cancel();
+                None
+            }
             Err(CallError::Refused { status, message }) => {
                 // A bug on one side; dropping this one update beats killing the stage.
                 tracing::warn!(stage_id = self.stage_id, path, %status, message, "request refused");
@@ -131,6 +175,8 @@ pub(super) async fn heartbeat_loop(
 #[derive(Default)]
 struct Batch {
     step: usize,
+    /// The name of the step that started last (lines come from the running step).
+    name: String,
     first: u64,
     lines: Vec<WireLine>,
     bytes: usize,
@@ -162,9 +208,11 @@ pub(super) async fn forward(
                 flush(&ctx, &mut batch, &cancel).await;
                 return;
             }
-            Some(StageEvent::StepStarted { index, .. }) => {
+            Some(StageEvent::StepStarted { index, name, .. }) => {
                 flush(&ctx, &mut batch, &cancel).await;
+                batch.name = name.clone();
                 ctx.post::<_, serde_json::Value>(
+                    &format!("the start of step `{name}`"),
                     &protocol::step_path(ctx.stage_id, index, "start"),
                     &token(),
                     &cancel,
@@ -197,15 +245,27 @@ pub(super) async fn forward(
                     flush(&ctx, &mut batch, &cancel).await;
                 }
             }
-            Some(StageEvent::StepFinished { index, outcome, .. }) => {
+            Some(StageEvent::StepFinished {
+                index,
+                name,
+                outcome,
+                ..
+            }) => {
                 flush(&ctx, &mut batch, &cancel).await;
+                let status = match WireStatus::from_runner(&outcome.status) {
+                    // Stopped because the server could not store its log: not the
+                    // step's doing, nor anyone's cancel.
+                    WireStatus::Cancelled if ctx.full().is_some() => WireStatus::Error,
+                    other => other,
+                };
                 let body = StepFinish {
                     lease_token: ctx.token.clone(),
-                    status: WireStatus::from_runner(&outcome.status),
+                    status,
                     exit_code: outcome.exit_code,
                     oom_killed: outcome.oom_killed,
                 };
                 ctx.post::<_, serde_json::Value>(
+                    &format!("the end of step `{name}`"),
                     &protocol::step_path(ctx.stage_id, index, "finish"),
                     &body,
                     &cancel,
@@ -221,13 +281,18 @@ async fn flush(ctx: &StageCtx, batch: &mut Batch, cancel: &CancellationToken) {
         return;
     }
     let lines = std::mem::take(&mut batch.lines);
+    batch.bytes = 0;
+    if ctx.full().is_some() {
+        // A batch was not stored: later lines would leave a hole in the log.
+        return;
+    }
     let body = LogBatch {
         lease_token: ctx.token.clone(),
         first_line: batch.first,
         lines,
     };
-    batch.bytes = 0;
     ctx.post::<_, LogAck>(
+        &format!("the log of step `{}`", batch.name),
         &protocol::step_path(ctx.stage_id, batch.step, "logs"),
         &body,
         cancel,

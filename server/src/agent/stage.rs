@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use runner::{RunOptions, Source, Status};
 use tokio_util::sync::CancellationToken;
 
-use super::client::CallError;
+use super::client::{CallError, OnFull};
 use super::files;
 use super::forward::{StageCtx, forward, heartbeat_loop};
 use super::stage_spec::{OnMissing, SpecError, stage_spec};
@@ -36,16 +36,15 @@ impl Agent {
             repo = %lease.repo,
             "stage started"
         );
-        let ctx = Arc::new(StageCtx {
-            client: self.client.clone(),
-            stage_id: lease.stage_id,
-            token: lease.lease_token.clone(),
-            offsets: lease.log_offsets.clone(),
-            lost: AtomicBool::new(false),
+        let ctx = Arc::new(StageCtx::new(
+            self.client.clone(),
+            lease.stage_id,
+            lease.lease_token.clone(),
+            lease.log_offsets.clone(),
             // Past this, the lease has expired anyway: keep nothing pending longer.
-            give_up: session.lease + session.heartbeat,
-            shutdown: shutdown.clone(),
-        });
+            session.lease + session.heartbeat,
+            shutdown.clone(),
+        ));
         let cancel = CancellationToken::new();
         let done = CancellationToken::new();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -95,7 +94,12 @@ impl Agent {
             return;
         }
         let shutting_down = stopping.load(Ordering::SeqCst);
-        if shutting_down && status == WireStatus::Cancelled {
+        if let Some(why) = ctx.full() {
+            // Stopped because the server's disk is full: an infrastructure error,
+            // retried by the server like any other.
+            status = WireStatus::Error;
+            reason = Some(why);
+        } else if shutting_down && status == WireStatus::Cancelled {
             status = WireStatus::Error;
             reason = Some("runner shut down before the stage finished".into());
         }
@@ -112,6 +116,8 @@ impl Agent {
                 &protocol::finish_path(lease.stage_id),
                 &finish,
                 ctx.give_up,
+                // The end of the stage is kept until the server can store it.
+                OnFull::Wait,
                 shutdown,
             )
             .await

@@ -1,10 +1,17 @@
 //! The one error type of the HTTP API: an HTTP status, a stable machine-readable code,
 //! and a message safe to show. Internal details are logged, never returned.
+//!
+//! A write refused because a disk is full is `507 insufficient_storage` with
+//! `Retry-After` ([`ApiError::disk_full`]); the response carries a [`DiskFull`]
+//! extension that `api::disk_full` hands to `daemon::disk`, so readiness and the
+//! metrics learn of it however deep in a handler it happened.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::daemon::disk::{Part, RETRY_AFTER_SECS};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -13,6 +20,16 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (a refusal that will pass later).
     pub retry_after: Option<u64>,
+    /// Set when a write failed because `part`'s disk is full (see [`DiskFull`]).
+    pub disk_full: Option<DiskFull>,
+}
+
+/// On a response: a write to `part` failed because its disk is full (`detail`: the
+/// error, for the log — never sent to the client).
+#[derive(Debug, Clone)]
+pub struct DiskFull {
+    pub part: Part,
+    pub detail: String,
 }
 
 #[derive(Serialize)]
@@ -33,7 +50,39 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            disk_full: None,
         }
+    }
+    /// 507: `what` was not stored because `part`'s disk is full (`detail`: the error,
+    /// logged and reported to `daemon::disk`); retry once there is space.
+    pub fn disk_full(part: Part, what: &str, detail: impl std::fmt::Display) -> Self {
+        let detail = detail.to_string();
+        tracing::warn!(part = part.as_str(), error = %detail, "{what} not stored: the disk is full");
+        let mut e = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!(
+                "{what} was not stored: the server's {} is out of disk space; nothing \
+                 was kept, retry later",
+                match part {
+                    Part::Database => "database",
+                    Part::DataDir => "data directory",
+                }
+            ),
+        )
+        .retry_after(RETRY_AFTER_SECS);
+        e.disk_full = Some(DiskFull { part, detail });
+        e
+    }
+    /// 507 without a failed write: storing `what` would leave the data disk under
+    /// its reserve (`message` says by how much).
+    pub fn over_reserve(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message,
+        )
+        .retry_after(RETRY_AFTER_SECS)
     }
     /// With `Retry-After: secs`.
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -94,6 +143,9 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
+        if let Some(full) = self.disk_full {
+            resp.extensions_mut().insert(full);
+        }
         resp
     }
 }
@@ -111,6 +163,7 @@ impl From<crate::store::Error> for ApiError {
                 "lease_lost",
                 "the stage is no longer leased with this token",
             ),
+            e if e.is_disk_full() => ApiError::disk_full(Part::Database, "the change", e),
             e if e.is_retryable() => ApiError::unavailable(e),
             e => ApiError::internal(e),
         }

@@ -118,6 +118,8 @@ pub fn delivery_outcome(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         // Refused for the budget of unverified bodies (or the body's deadline).
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "busy",
+        // Nothing stored: the server's disk is full.
+        StatusCode::INSUFFICIENT_STORAGE => "disk_full",
         s if s.is_client_error() => "malformed",
         _ => "error",
     }

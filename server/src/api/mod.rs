@@ -5,6 +5,7 @@ pub(crate) mod approvals;
 pub(crate) mod artifacts;
 pub(crate) mod audit;
 pub mod auth;
+pub(crate) mod disk_full;
 pub(crate) mod environments;
 pub mod error;
 pub mod extract;
@@ -70,6 +71,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track_http,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            disk_full::report,
         ))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)

@@ -85,6 +85,11 @@ pub struct Settings {
     /// Largest cache archive a runner may upload, in bytes (default 5 GiB).
     #[arg(long, env = "SLIPWAY_MAX_CACHE_BYTES")]
     pub max_cache_bytes: Option<u64>,
+    /// Bytes kept free on the data directory's disk (default 64 MiB; 0: none): an
+    /// artifact or cache upload that would leave less is refused with 507, and after
+    /// the disk filled the server is ready again only once this much is free.
+    #[arg(long, env = "SLIPWAY_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
     /// Kubernetes backend: the namespace of the stage pods (default `slipway-builds`).
     #[arg(long, env = "SLIPWAY_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
@@ -142,6 +147,7 @@ impl Settings {
                 .max_stage_artifact_bytes
                 .or(other.max_stage_artifact_bytes),
             max_cache_bytes: self.max_cache_bytes.or(other.max_cache_bytes),
+            min_free_disk_bytes: self.min_free_disk_bytes.or(other.min_free_disk_bytes),
             kube_namespace: self.kube_namespace.or(other.kube_namespace),
             kube_helper_image: self.kube_helper_image.or(other.kube_helper_image),
             kube_image_pull_secrets: self
@@ -181,6 +187,8 @@ pub struct Config {
     pub max_artifact_bytes: u64,
     pub max_stage_artifact_bytes: u64,
     pub max_cache_bytes: u64,
+    /// Bytes kept free on the data disk (see `daemon::disk`).
+    pub min_free_disk_bytes: u64,
 }
 
 /// What the HTTP listener allows a client (see `daemon::listener`).
@@ -342,6 +350,7 @@ impl Config {
                 10 * GIB,
             )?,
             max_cache_bytes: bytes("max_cache_bytes", s.max_cache_bytes, 5 * GIB)?,
+            min_free_disk_bytes: s.min_free_disk_bytes.unwrap_or(64 * 1024 * 1024),
             data_dir,
             database_url,
         })

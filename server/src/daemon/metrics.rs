@@ -14,6 +14,8 @@
 //! - Leased stages: the runner protocol calls [`Metrics::stage_leased`].
 //! - Queue depth: refreshed from the store on every scrape ([`Metrics::set_stage_counts`]).
 //! - Connections: the listener ([`crate::daemon::listener`]).
+//! - Storage: [`crate::daemon::disk::DiskHealth`] (writable parts, 507 refusals, free
+//!   bytes on the data disk).
 
 use std::fmt::Display;
 use std::sync::atomic::AtomicI64;
@@ -53,6 +55,23 @@ struct StatusLabels {
     status: String,
 }
 
+/// `part`: `database` or `data_dir` (see `daemon::disk`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartLabels {
+    pub part: String,
+}
+
+/// The storage families, handed to `daemon::disk::DiskHealth`, which keeps them.
+#[derive(Clone)]
+pub struct StorageMetrics {
+    /// 1 while the part can be written, 0 while it cannot.
+    pub writable: Family<PartLabels, Gauge>,
+    /// Writes answered 507 because the disk was full (or would be).
+    pub refusals: Family<PartLabels, Counter>,
+    /// Free bytes on the data directory's filesystem.
+    pub free: Gauge,
+}
+
 type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -72,6 +91,7 @@ pub struct Metrics {
     stages_running: Gauge<i64, AtomicI64>,
     http_connections: Gauge<i64, AtomicI64>,
     http_connections_closed: Family<ReasonLabels, Counter>,
+    storage: StorageMetrics,
 }
 
 impl Default for Metrics {
@@ -153,6 +173,28 @@ impl Metrics {
              idle_timeout, evicted: to make room at the limit, over_limit: refused, shutdown)",
             http_connections_closed.clone(),
         );
+        let storage = StorageMetrics {
+            writable: Family::default(),
+            refusals: Family::default(),
+            free: Gauge::default(),
+        };
+        registry.register(
+            "storage_writable",
+            "1 while the part (database, data_dir) can be written, 0 while it cannot \
+             (its disk is full or it refuses writes)",
+            storage.writable.clone(),
+        );
+        registry.register(
+            "disk_full_refusals",
+            "Writes answered 507 Insufficient Storage, by part: the disk was full, or an \
+             upload would have taken the data disk under min_free_disk_bytes",
+            storage.refusals.clone(),
+        );
+        registry.register(
+            "data_disk_free_bytes",
+            "Free bytes on the data directory's filesystem",
+            storage.free.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -164,7 +206,13 @@ impl Metrics {
             stages_running,
             http_connections,
             http_connections_closed,
+            storage,
         }
+    }
+
+    /// The storage families (for `daemon::disk::DiskHealth`).
+    pub fn storage(&self) -> StorageMetrics {
+        self.storage.clone()
     }
 
     /// The number of open client connections.

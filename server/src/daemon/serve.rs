@@ -42,6 +42,8 @@ pub async fn build_state_with_clock(
     store.migrate().await.context("applying migrations")?;
     let key = SecretKey::from_env_or_file(&config.secret_key_file)?;
     tracing::info!(key = %key.fingerprint(), "secret key loaded");
+    let metrics = crate::daemon::metrics::Metrics::new();
+    let disk = crate::daemon::disk::DiskHealth::new(config.min_free_disk_bytes, metrics.storage());
     Ok(AppState::new(Inner {
         store,
         secret_box: SecretBox::new(&key),
@@ -52,7 +54,8 @@ pub async fn build_state_with_clock(
         webhook_budget: crate::api::webhook_body::BodyBudget::new(
             config.max_unverified_webhook_bytes,
         ),
-        metrics: crate::daemon::metrics::Metrics::new(),
+        metrics,
+        disk,
         shutdown: CancellationToken::new(),
         config,
     }))

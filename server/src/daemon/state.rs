@@ -30,6 +30,8 @@ pub struct Inner {
     pub webhook_budget: crate::api::webhook_body::BodyBudget,
     /// Prometheus metrics, served at `/metrics`.
     pub metrics: crate::daemon::metrics::Metrics,
+    /// Whether the database and the data directory can be written (`/readyz`, 507s).
+    pub disk: crate::daemon::disk::DiskHealth,
     /// Cancelled when the server shuts down; workers stop at their next await.
     pub shutdown: CancellationToken,
 }

@@ -10,6 +10,9 @@
 //! The index is the source of truth. A crash between the two writes leaves bytes in the
 //! `.log` past the last indexed line, or half a record in the `.idx`; both are cut off
 //! when the step is next opened, so a reader never sees a line that was not committed.
+//! An append that fails (a full disk: [`Error::is_disk_full`]) cuts both files back to
+//! where they were before it returns, so a failed batch leaves no line of itself — the
+//! runner may resend it whole.
 //!
 //! All I/O here is blocking std::fs: async callers wrap calls in `spawn_blocking`.
 //! Appends are idempotent by line number, so a runner may resend a batch after a
@@ -97,6 +100,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The write failed for want of space (`ENOSPC`, `EDQUOT`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if crate::disk_space::is_disk_full(source))
+    }
+}
+
 struct StepState {
     /// Serialises appends to one step; readers need no lock (they only read indexed
     /// bytes, which are written before the index record that covers them).
@@ -167,6 +177,7 @@ impl LogStore {
             return Ok(have);
         }
         // Bytes first, index second: see the module comment.
+        let end_before = end;
         let mut data = Vec::new();
         let mut records = Vec::with_capacity(fresh.len() * RECORD as usize);
         for line in fresh {
@@ -180,11 +191,49 @@ impl LogStore {
             records.extend_from_slice(&tagged.to_le_bytes());
             records.extend_from_slice(&line.time_ms.to_le_bytes());
         }
-        log.write_all(&data).map_err(io(&log_path))?;
-        idx.write_all(&records).map_err(io(&idx_path))?;
+        let written = log
+            .write_all(&data)
+            .map_err(io(&log_path))
+            .and_then(|()| idx.write_all(&records).map_err(io(&idx_path)));
+        if let Err(e) = written {
+            // Shrinking needs no space: put both files back as they were.
+            let _ = idx.set_len(have * RECORD);
+            let _ = log.set_len(end_before);
+            return Err(e);
+        }
         let total = have + fresh.len() as u64;
         state.progress.send_modify(|p| p.lines = total);
         Ok(total)
+    }
+
+    /// Cuts the log back to its first `lines` lines if it has exactly `had` now: takes
+    /// back a batch whose bookkeeping could not be stored, unless more came since.
+    /// Whether it did.
+    pub fn take_back(&self, key: StepKey, had: u64, lines: u64) -> Result<bool> {
+        let state = self.state(key)?;
+        let _guard = state.write.lock().unwrap_or_else(|e| e.into_inner());
+        let (log_path, idx_path) = self.paths(key);
+        let (log, idx, have, _) = open_for_append(&log_path, &idx_path)?;
+        if have != had || lines >= have {
+            return Ok(false);
+        }
+        let end = if lines == 0 {
+            0
+        } else {
+            let mut record = [0; RECORD as usize];
+            let mut idx_read = &idx;
+            idx_read
+                .seek(SeekFrom::Start((lines - 1) * RECORD))
+                .map_err(io(&idx_path))?;
+            idx_read.read_exact(&mut record).map_err(io(&idx_path))?;
+            decode(&record).0
+        };
+        // Index first: a crash in between leaves bytes past the index, cut at the
+        // next open.
+        idx.set_len(lines * RECORD).map_err(io(&idx_path))?;
+        log.set_len(end).map_err(io(&log_path))?;
+        state.progress.send_modify(|p| p.lines = lines);
+        Ok(true)
     }
 
     /// Marks the step's log complete, waking followers so they can stop.

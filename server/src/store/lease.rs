@@ -1,5 +1,6 @@
-//! A held lease: the heartbeat that extends it, and the read a held heartbeat repeats
-//! while it waits for a cancel.
+//! A held lease: the heartbeat that extends it, the read a held heartbeat repeats
+//! while it waits for a cancel, and the grace every lease gets after the server could
+//! not write.
 
 use std::time::Duration;
 
@@ -33,6 +34,20 @@ impl Store {
             Some(r) if r.flag("cancel_requested")? => Heartbeat::Cancel,
             Some(_) => Heartbeat::Ok,
         })
+    }
+
+    /// Extends every running lease to at least `until` (unix ms); the number extended.
+    /// After an outage of the server's own storage, when no heartbeat could be
+    /// recorded, so a runner that kept beating is not taken for dead.
+    pub async fn extend_running_leases(&self, until: i64) -> Result<u64> {
+        let done = query(
+            "UPDATE stages SET lease_expires_at = $1 \
+             WHERE status = 'running' AND lease_expires_at < $1 AND NOT rollout",
+        )
+        .bind(until)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// What a heartbeat would answer, without extending the lease: a read, for the

@@ -29,6 +29,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0004_environments.sql",
     "0005_sessions.sql",
     "0006_rollouts.sql",
+    "0007_write_probe.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
@@ -38,6 +39,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0004_environments.sql",
     "0005_sessions.sql",
     "0006_rollouts.sql",
+    "0007_write_probe.sql",
 );
 
 /// The migrator for one dialect's files.

@@ -44,6 +44,7 @@ mod gates;
 mod lease;
 mod migrations;
 mod people;
+mod probe;
 mod queue;
 mod records;
 mod repos;
@@ -134,6 +135,20 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True when the database refused a write because its disk is full: SQLite's
+    /// `SQLITE_FULL` ("database or disk is full", primary code 13) or PostgreSQL's
+    /// `disk_full` (SQLSTATE 53100, "could not extend file"). Nothing of the
+    /// transaction was kept; the same write succeeds once there is space again.
+    pub fn is_disk_full(&self) -> bool {
+        let Error::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        let code = db.code().unwrap_or_default();
+        code == "53100" || code.parse::<i64>().is_ok_and(|c| c & 0xff == 13)
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::error::ErrorKind;
@@ -202,6 +217,7 @@ impl Store {
         let base = AnyPoolOptions::new().acquire_timeout(opts.acquire_timeout);
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = base
+                .after_release(|conn, _meta| Box::pin(release_clean(conn)))
                 .max_connections(opts.max_connections)
                 .connect(url)
                 .await?;
@@ -217,7 +233,8 @@ impl Store {
                 "unsupported database URL (want sqlite: or postgres://): {url}"
             )));
         }
-        let sqlite = base.after_connect(|conn, _meta| {
+        let sqlite = base.after_release(|conn, _meta| Box::pin(release_clean(conn)));
+        let sqlite = sqlite.after_connect(|conn, _meta| {
             Box::pin(async move {
                 // busy_timeout first: switching to WAL needs the write lock.
                 conn.execute("PRAGMA busy_timeout = 10000").await?;
@@ -310,6 +327,26 @@ impl Store {
             Dialect::Postgres => " FOR UPDATE",
         }
     }
+}
+
+/// Whether a connection going back to its pool is fit for the next caller: `false`
+/// (the pool closes it and opens a fresh one) when a transaction is still open on it.
+///
+/// Why: SQLite rolls a transaction back by itself on some errors — `SQLITE_FULL`
+/// among them ("database or disk is full"; <https://www.sqlite.org/lang_transaction.html>,
+/// "Response To Errors Within A Transaction"). sqlx's rollback of the dropped
+/// transaction then fails ("no transaction is active") and its depth counter stays at
+/// one, so every later `BEGIN` on that connection was refused with "attempted to call
+/// begin_with at non-zero transaction depth" until the process restarted. The ping
+/// first runs the rollback the dropped transaction queued.
+async fn release_clean(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+    }
+    Ok(clean)
 }
 
 /// The system time as unix milliseconds (a [`Store`] reads its own clock instead:

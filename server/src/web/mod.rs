@@ -161,7 +161,8 @@ pub fn error_page(message: String) -> Response {
     )
 }
 
-/// A page for a store error: not found is a 404, the rest a 500.
+/// A page for a store error: not found is a 404, a full disk a 507 (reported to
+/// `daemon::disk` like the API's), the rest a 500.
 pub fn store_error(e: crate::store::Error) -> Response {
     match e {
         crate::store::Error::NotFound(what) => message_page(
@@ -169,6 +170,18 @@ pub fn store_error(e: crate::store::Error) -> Response {
             "Not found",
             format!("No such {what}."),
         ),
+        e if e.is_disk_full() => {
+            let api = crate::api::error::ApiError::disk_full(
+                crate::daemon::disk::Part::Database,
+                "the change",
+                &e,
+            );
+            let mut r = message_page(api.status, "The server's disk is full", api.message);
+            if let Some(full) = api.disk_full {
+                r.extensions_mut().insert(full);
+            }
+            r
+        }
         e => error_page(e.to_string()),
     }
 }

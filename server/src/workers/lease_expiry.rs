@@ -9,6 +9,11 @@
 //! half-done (promotions, skips, final statuses) — idempotent, so several replicas
 //! doing it at once is harmless.
 //!
+//! While the database cannot be written (`daemon::disk`) no round runs — no heartbeat
+//! could be recorded either — and after each of its recoveries every running lease
+//! first gets one more heartbeat timeout, so runners that kept beating through the
+//! outage keep their stages.
+//!
 //! The same round warns (once per stage) about queued stages that no registered runner
 //! can take because none has all their labels, so such a stage is not left waiting in
 //! silence; the run's API shows the reason too (`unroutable`).
@@ -19,6 +24,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::clock::Ticker;
+use crate::daemon::disk::Part;
 use crate::daemon::state::AppState;
 use crate::store::StageId;
 
@@ -31,10 +37,24 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
         let period = (state.config.heartbeat_timeout / 3).max(Duration::from_millis(200));
         let mut rounds = Ticker::new(state.store.clock(), period);
         let mut warned = HashSet::new();
+        let mut recoveries = state.disk.database_recoveries();
         loop {
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = rounds.tick() => {}
+            }
+            if state.disk.is_faulted(Part::Database) {
+                continue;
+            }
+            let now = state.disk.database_recoveries();
+            if now != recoveries {
+                match grace_after_outage(&state).await {
+                    Ok(()) => recoveries = now,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "extending leases after a storage outage failed; retrying next round");
+                        continue;
+                    }
+                }
             }
             if let Err(e) = expire_once(&state).await {
                 tracing::warn!(error = %e, "expiring leases failed; retrying next round");
@@ -64,6 +84,22 @@ pub async fn recover(state: &AppState) {
         tracing::info!(runs = runs.len(), "reconciled active runs");
         state.wake.queue.notify_waiters();
     }
+}
+
+/// Gives every running lease one more heartbeat timeout from now.
+async fn grace_after_outage(state: &AppState) -> crate::store::Result<()> {
+    let until = state
+        .store
+        .now_ms()
+        .saturating_add(crate::store::duration_ms(state.config.heartbeat_timeout));
+    let extended = state.store.extend_running_leases(until).await?;
+    if extended > 0 {
+        tracing::info!(
+            leases = extended,
+            "storage writable again: running leases extended by one heartbeat timeout"
+        );
+    }
+    Ok(())
 }
 
 /// Takes back the stages whose lease has expired; returns them.

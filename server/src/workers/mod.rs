@@ -9,6 +9,7 @@ use crate::daemon::state::AppState;
 
 pub mod commit_status;
 pub mod cron;
+pub mod disk_watch;
 pub mod gates;
 pub mod in_process_runner;
 pub mod kube_orphans;
@@ -26,6 +27,7 @@ pub fn spawn_all(state: &AppState, addr: SocketAddr) -> Vec<JoinHandle<()>> {
     workers.push(cron::spawn(state.clone()));
     workers.push(commit_status::spawn(state.clone()));
     workers.push(lease_expiry::spawn(state.clone()));
+    workers.push(disk_watch::spawn(state.clone()));
     workers.push(gates::spawn(state.clone()));
     workers.push(rollouts::spawn(state.clone()));
     if state.config.in_process_runner {

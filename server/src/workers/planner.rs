@@ -22,7 +22,10 @@
 //!   permanent git error.
 //! * **Deferred**: a transient git error (network, a locked ref) leaves the run
 //!   `pending`; the worker retries it with exponential backoff (2 s, 4 s, … up to 5 min) and turns it
-//!   into an error run after [`MAX_GIT_ATTEMPTS`].
+//!   into an error run after [`MAX_GIT_ATTEMPTS`]. A git error while the data disk is
+//!   under its reserve is deferred the same way, and while the server's storage cannot
+//!   be written (`daemon::disk`) nothing is planned at all: a full disk leaves runs
+//!   `pending`, never turns them into error runs.
 //!
 //! # Reserved parameters
 //! Runs created by the engine carry routing information in `params`, under keys that
@@ -73,6 +76,8 @@ const POLL: Duration = Duration::from_secs(5);
 /// Transient git failures tolerated per run before it becomes an error run.
 pub const MAX_GIT_ATTEMPTS: u32 = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often to look again while the server's storage cannot be written.
+const STORAGE_WAIT: Duration = Duration::from_secs(1);
 
 /// Starts the planner loop: plans whatever is pending at once (a crash mid-planning is
 /// resumed here), then whenever woken through `state.wake.planner`, and every few
@@ -85,12 +90,18 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             tokio::pin!(notified);
             // Register before looking, so a wake-up during the step is not lost.
             notified.as_mut().enable();
-            let wait = match planner.step(&state).await {
-                Ok(report) if report.full_batch => Duration::ZERO,
-                Ok(_) => planner.next_retry_in().map_or(POLL, |d| d.min(POLL)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "planner: reading pending runs failed");
-                    POLL
+            let wait = if state.disk.unwritable().is_some() {
+                // Planning fetches into the data dir and ends in a write: wait for
+                // the disk rather than fail runs for it.
+                STORAGE_WAIT
+            } else {
+                match planner.step(&state).await {
+                    Ok(report) if report.full_batch => Duration::ZERO,
+                    Ok(_) => planner.next_retry_in().map_or(POLL, |d| d.min(POLL)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "planner: reading pending runs failed");
+                        POLL
+                    }
                 }
             };
             if wait.is_zero() {
@@ -283,6 +294,11 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
             )
             .await;
         }
+        // Git says only "failed to write": a data disk out of room is why, not the
+        // repository, and it passes.
+        Err(e) if short_of_space(state).await => {
+            return Outcome::Retry(format!("the data disk is out of space: {e}"));
+        }
         Err(e) => return fail(state, run, &e.to_string(), None).await,
     };
     if commit.files.is_empty() {
@@ -392,6 +408,13 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
         }
     }
     Outcome::Planned
+}
+
+/// Whether the data disk has less than its reserve free (`min_free_disk_bytes`).
+async fn short_of_space(state: &AppState) -> bool {
+    let dir = state.config.data_dir.clone();
+    let free = tokio::task::spawn_blocking(move || crate::disk_space::free_bytes(&dir)).await;
+    matches!(free, Ok(Ok(free)) if free < state.disk.min_free.max(1))
 }
 
 async fn fail(state: &AppState, run: &Run, reason: &str, diagnostics: Option<Value>) -> Outcome {

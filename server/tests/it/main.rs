@@ -17,6 +17,7 @@ mod docker_sweep;
 mod e2e;
 mod expressions;
 mod forge;
+mod full_disk;
 mod git_mirror;
 mod harness;
 mod hooks;

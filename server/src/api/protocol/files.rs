@@ -13,6 +13,7 @@ use super::leased;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{ApiPath, ApiQuery};
 use crate::api::route_table::{Access, RouteTable};
+use crate::daemon::disk::Part;
 use crate::daemon::state::AppState;
 use crate::protocol::{
     ArtifactStored, ArtifactUpload, CacheLookup, CacheStored, CacheUpload, LeaseToken,
@@ -128,8 +129,73 @@ fn blob_error(what: &str, e: BlobError) -> ApiError {
             "bad_upload",
             format!("{what}: {e}"),
         ),
+        BlobError::Io(e) if crate::disk_space::is_disk_full(&e) => {
+            ApiError::disk_full(Part::DataDir, what, e)
+        }
         BlobError::Io(e) => ApiError::internal(format!("{what}: {e}")),
     }
+}
+
+/// Most bytes of a refused upload read (and dropped) so that the client gets the 507:
+/// a server that answers without reading the body closes the connection with data
+/// unread, which resets it, and the client may see the reset instead of the answer.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
+/// Streams `body` into the blob store — unless the data disk has no room for it — and
+/// on a full disk reads the rest of the body before answering 507.
+async fn store_upload(
+    state: &AppState,
+    what: &str,
+    sha256: &str,
+    size: u64,
+    limit: u64,
+    body: Body,
+) -> ApiResult<crate::store::blobs::Stored> {
+    let mut stream = body.into_data_stream();
+    let stored = match check_room(state, what, size).await {
+        Ok(()) => state
+            .blobs
+            .put(sha256, size, limit, &mut stream)
+            .await
+            .map_err(|e| blob_error(what, e)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &stored
+        && e.status == StatusCode::INSUFFICIENT_STORAGE
+        && size <= DRAIN_MAX
+    {
+        use futures::StreamExt;
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        // Bounded: the listener's body timeout cuts a client that stalls.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(60), drain).await;
+    }
+    stored
+}
+
+/// Refuses an upload of `size` bytes that would leave the data disk under its
+/// reserve (`min_free_disk_bytes`), before a byte of it is read.
+async fn check_room(state: &AppState, what: &str, size: u64) -> ApiResult<()> {
+    let dir = state.config.data_dir.clone();
+    let free = tokio::task::spawn_blocking(move || crate::disk_space::free_bytes(&dir))
+        .await
+        .map_err(ApiError::internal)?;
+    // Not knowing is no reason to refuse: the write itself will tell.
+    let Ok(free) = free else { return Ok(()) };
+    let reserve = state.disk.min_free;
+    if free >= size.saturating_add(reserve) {
+        return Ok(());
+    }
+    state.disk.count_refusal(Part::DataDir);
+    tracing::warn!(
+        size,
+        free,
+        reserve,
+        "{what} refused: the data disk is too full"
+    );
+    Err(ApiError::over_reserve(format!(
+        "{what} ({size} bytes) was not stored: the server's data disk has {free} bytes \
+         free and keeps {reserve} (min_free_disk_bytes); retry later"
+    )))
 }
 
 fn check_digest(sha256: &str) -> ApiResult<()> {
@@ -190,11 +256,7 @@ async fn upload_artifact(
              {stage_limit} bytes (max_stage_artifact_bytes)"
         )));
     }
-    let blob = state
-        .blobs
-        .put(&q.sha256, q.size, limit, body.into_data_stream())
-        .await
-        .map_err(|e| blob_error(&what, e))?;
+    let blob = store_upload(&state, &what, &q.sha256, q.size, limit, body).await?;
     // The upload may have outlived the lease.
     leased(&state, id, &q.lease_token).await?;
     let record = state
@@ -319,16 +381,9 @@ async fn put_cache(
             "a pull request from a fork may not save caches",
         ));
     }
-    let blob = state
-        .blobs
-        .put(
-            &q.sha256,
-            q.size,
-            state.config.max_cache_bytes,
-            body.into_data_stream(),
-        )
-        .await
-        .map_err(|e| blob_error("the cache archive", e))?;
+    let what = "the cache archive";
+    let limit = state.config.max_cache_bytes;
+    let blob = store_upload(&state, what, &q.sha256, q.size, limit, body).await?;
     let saved = state
         .store
         .put_cache(

@@ -423,7 +423,14 @@ async fn note_withheld(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(|e| match e.is_disk_full() {
+        true => ApiError::disk_full(
+            crate::daemon::disk::Part::DataDir,
+            "the stage's first log line",
+            e,
+        ),
+        false => ApiError::internal(e),
+    })?;
     state.store.add_step_log_stats(first.id, 1, bytes).await?;
     Ok(())
 }

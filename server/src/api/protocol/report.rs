@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
+use crate::daemon::disk::Part;
 use crate::daemon::state::AppState;
 use crate::logs::{NewLine, StepKey};
 use crate::protocol::{
@@ -205,13 +206,29 @@ async fn step_logs(
                 format!("batch starts at line {first} but the step has {have} lines"),
             ));
         }
+        Err(e) if e.is_disk_full() => {
+            return Err(ApiError::disk_full(Part::DataDir, "the log batch", e));
+        }
         Err(e) => return Err(ApiError::internal(e)),
     };
-    if fresh_lines > 0 {
-        state
+    if fresh_lines > 0
+        && let Err(e) = state
             .store
             .add_step_log_stats(step.id, fresh_lines as i64, fresh_bytes as i64)
-            .await?;
+            .await
+    {
+        // Keep the log and its counters in step: the runner resends the batch whole.
+        let st = state.clone();
+        let kept = total - fresh_lines;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _guard = log_lock(key).lock().unwrap_or_else(|e| e.into_inner());
+            st.logs.take_back(key, total, kept)
+        })
+        .await;
+        return Err(match e.is_disk_full() {
+            true => ApiError::disk_full(Part::Database, "the log batch", e),
+            false => e.into(),
+        });
     }
     Ok(Json(LogAck { lines: total }))
 }

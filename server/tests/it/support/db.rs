@@ -46,6 +46,11 @@ pub fn pg_server() -> String {
 
 impl PgDatabase {
     pub async fn create() -> PgDatabase {
+        PgDatabase::create_in(None).await
+    }
+
+    /// [`PgDatabase::create`] with its tables in `tablespace` (which the role may use).
+    pub async fn create_in(tablespace: Option<&str>) -> PgDatabase {
         let server = pg_server();
         let mut admin = sqlx::PgConnection::connect(&server)
             .await
@@ -56,8 +61,11 @@ impl PgDatabase {
                 )
             });
         let name = format!("slipway_test_{:016x}", rand::random::<u64>());
+        let place = tablespace
+            .map(|t| format!(" TABLESPACE {t}"))
+            .unwrap_or_default();
         admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
+            .execute(format!("CREATE DATABASE {name}{place}").as_str())
             .await
             .unwrap();
         let url = database_url(&server, &name);

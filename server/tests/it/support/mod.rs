@@ -2,7 +2,8 @@
 //! real processes ([`process`]; [`served`]: one with a registered repository and
 //! tokens), both databases ([`db`]), bounded waits ([`poll`]), git
 //! repositories ([`git`]), forges and their webhooks ([`forge`]), requests without a
-//! socket ([`http`]) and what runners leave on the Docker engine ([`docker`]).
+//! socket ([`http`]), small filesystems to fill ([`tmpfs`]) and what runners leave on
+//! the Docker engine ([`docker`]).
 
 pub mod browser;
 pub mod db;
@@ -14,5 +15,6 @@ pub mod poll;
 pub mod process;
 pub mod served;
 pub mod test_server;
+pub mod tmpfs;
 
 pub(crate) use db::both_databases;
