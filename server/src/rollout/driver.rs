@@ -88,6 +88,11 @@ impl Tick<'_> {
             }
             Some(PromoteRequest::Step) => {
                 r.memo["promoted_step"] = json!(r.step);
+                // A person looked at the inconclusive measurements and went on: the
+                // background analysis counts afresh from here.
+                if r.phase == RolloutPhase::Paused {
+                    r.memo["background_since"] = json!(self.store.now_ms());
+                }
             }
             _ => {}
         }
@@ -644,7 +649,16 @@ impl Tick<'_> {
             .iter()
             .filter(|m| m.step == step && m.analysis == kind.as_str())
             .collect();
-        let v = verdict(a, &mine);
+        // What counts toward the verdict (see the promote above); numbering and the
+        // interval still go by every measurement.
+        let since = match kind {
+            AnalysisKind::Background => r.memo["background_since"].as_i64().unwrap_or(0),
+            _ => 0,
+        };
+        fn counted<'a>(ms: &[&'a Measurement], since: i64) -> Vec<&'a Measurement> {
+            ms.iter().filter(|m| m.at >= since).copied().collect()
+        }
+        let v = verdict(a, &counted(&mine, since));
         if v != Verdict::Running {
             return Ok(v);
         }
@@ -688,7 +702,7 @@ impl Tick<'_> {
         }
         let mut mine = mine;
         mine.extend(fresh.iter());
-        Ok(verdict(a, &mine))
+        Ok(verdict(a, &counted(&mine, since)))
     }
 }
 

@@ -243,3 +243,74 @@ async fn a_prometheus_error_rate_over_its_threshold_rolls_back_within_an_interva
     .await;
     rig.double.shutdown().await;
 }
+
+/// A canary's background analysis runs through the steps: a value between `pass` and
+/// `fail` pauses the rollout for a person; after their promote it counts afresh, and a
+/// value over `fail` rolls back at once, the stable version untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_analysis_pauses_when_inconclusive_and_rolls_back_when_failing() {
+    let ratio = Arc::new(Mutex::new(0.0));
+    let target = metrics(ratio.clone()).await;
+    let prom = Prometheus::start(target).await;
+    prom.wait_for("demo_error_ratio", 0.0).await;
+    let mut rig = Rig::start(1).await;
+    let yaml = format!(
+        r#"stages:
+  deploy:
+    kind: deploy
+    environment: prod
+    target: {{ deployment: web }}
+    image: {}
+    strategy:
+      canary:
+        traffic: {{ gateway: {{ route: web }} }}
+        analysis:
+          interval: 1s
+          prometheus: {{ address: "http://{}", query: demo_error_ratio, pass: "< 0.05", fail: ">= 0.5" }}
+        steps:
+          - weight: 20
+          - pause: 10m
+          - weight: 100
+          - pause: 10m
+"#,
+        rig.images.v2, prom.addr
+    );
+    let run = rig.push(&yaml).await;
+    rig.rollout_when(run, "deploy", "the long pause", |v| {
+        v["rollout"]["step"] == 1 && v["measurements"].as_array().is_some_and(|m| m.len() >= 2)
+    })
+    .await;
+    *ratio.lock().unwrap() = 0.2;
+    let v = rig
+        .rollout_when(run, "deploy", "a pause for the inconclusive value", |v| {
+            v["rollout"]["phase"] == "paused"
+        })
+        .await;
+    let message = v["rollout"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("background analysis inconclusive"),
+        "{v:#}"
+    );
+    assert_eq!(v["rollout"]["step"], 1);
+    // The person goes on (past the pause, too); the analysis keeps running.
+    *ratio.lock().unwrap() = 0.0;
+    prom.wait_for("demo_error_ratio", 0.0).await;
+    rig.ok_as(
+        &rig.token("rm"),
+        &["rollout", "promote", "team/app", &run.to_string(), "deploy"],
+    );
+    let v = rig
+        .rollout_when(run, "deploy", "the rollout going on", |v| {
+            v["rollout"]["phase"] == "progressing" && v["rollout"]["step"] == 3
+        })
+        .await;
+    assert!(v["rollout"]["message"].is_null(), "{v:#}");
+    *ratio.lock().unwrap() = 0.9;
+    let done = rig.finished(run).await;
+    assert_eq!(done["run"]["status"], "failure", "{done:#}");
+    let reason = done["stages"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("background analysis failed"), "{reason}");
+    assert_eq!(rig.stable_image().await, rig.images.v1);
+    assert_eq!(rig.leftovers().await, Vec::<String>::new());
+    rig.double.shutdown().await;
+}
