@@ -4,6 +4,11 @@
 //! Nothing here remembers anything between ticks but the rollout row (step, memo) and
 //! the measurements: a replica that takes a rollout over after a crash re-applies the
 //! persisted step — the same objects, so nothing changes — and goes on from there.
+//!
+//! Longer than the project's files usually are: it is one job (a tick), and its parts —
+//! the step loop, applying the traffic, finishing and rolling back, analysing — share
+//! the lease- and step-conditional saves. The next change here should move the cluster
+//! half (`apply`, `finish`, `restore_traffic`, `remove_objects`) into a module of its own.
 
 use std::collections::BTreeMap;
 
