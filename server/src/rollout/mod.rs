@@ -4,13 +4,14 @@
 //!
 //! `start` turns a queued rollout stage into a rollout row; the worker
 //! ([`crate::workers::rollouts`]) leases rows and runs one [`driver::Tick`] per rollout
-//! per round. The strategy becomes a flat list of `actions`; `objects` builds the
+//! per round (`apply`: its cluster half). The strategy becomes a flat list of `actions`; `objects` builds the
 //! rollout's Deployment and Services from the stable ones; `traffic` edits the
 //! HTTPRoute or builds the ingress-nginx canary Ingress; `analysis` measures HTTP and
 //! Prometheus checks and judges them; `cluster` is the "make it so" client.
 
 pub mod actions;
 pub mod analysis;
+mod apply;
 pub mod cluster;
 pub mod driver;
 pub mod objects;
