@@ -18,6 +18,7 @@ mod kube_support;
 mod purity;
 mod rollout_objects;
 mod rollouts;
+mod test_command;
 mod validate_agrees;
 
 // The server's test harness (`server/tests/it/support`), the parts kube_runner and the
