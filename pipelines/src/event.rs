@@ -91,4 +91,6 @@ pub struct EventContext {
     pub author: Option<String>,
     /// The pull request comes from a fork: the server must not hand it secrets.
     pub fork: bool,
+    /// For `pull_request`: its number on the forge.
+    pub pr_number: Option<u64>,
 }

@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use finding::Finding;
 pub use kubernetes::{KubernetesBackend, KubernetesOptions};
 pub use local::LocalBackend;
-pub use local::SweepReport;
+pub use local::{SweepReport, TOOLCHAIN_VARS, host_env};
 pub use mask::Masker;
 pub use spec::{
     ContainerSettings, IMAGE_STEP, ImageSpec, PodSettings, RegistryAuth, SCAN_STEP, ScanSpec,

@@ -35,6 +35,16 @@ pub(super) fn plan_stage(
     if let Some(repo) = &ev.repo {
         env.insert("SLIPWAY_REPO".into(), repo.clone());
     }
+    if ev.event == crate::Event::PullRequest {
+        let pr = [
+            ("SLIPWAY_PR_NUMBER", ev.pr_number.map(|n| n.to_string())),
+            ("SLIPWAY_SOURCE_BRANCH", ev.source_branch.clone()),
+            ("SLIPWAY_TARGET_BRANCH", ev.branch.clone()),
+        ];
+        for (k, v) in pr {
+            env.insert(k.to_string(), v.unwrap_or_default());
+        }
+    }
     for (k, v) in &combo {
         env.insert(Expr::Matrix(k.clone()).env_var(), v.clone());
     }

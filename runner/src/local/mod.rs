@@ -24,6 +24,7 @@
 //! `oom_killed` is always false here: without a per-step cgroup the runner cannot
 //! tell an OOM kill from any other SIGKILL (the exit code shows `137` either way).
 
+mod host_env;
 mod stage_dir;
 mod step;
 mod sweep;
@@ -44,6 +45,7 @@ use crate::workspace;
 use stage_dir::StageDir;
 use step::LocalStep;
 
+pub use host_env::{TOOLCHAIN_VARS, host_env};
 pub use sweep::SweepReport;
 
 /// Runs steps as local processes. Cheap to clone; clones share state.
@@ -55,6 +57,8 @@ pub struct LocalBackend {
 struct Inner {
     base_dir: Option<PathBuf>,
     kill_grace: Duration,
+    /// Host variables every step gets (see [`host_env`]); the stage's own win.
+    host_env: BTreeMap<String, String>,
     stages: Registry<LocalStage>,
 }
 
@@ -84,6 +88,7 @@ impl LocalBackend {
             inner: Arc::new(Inner {
                 base_dir,
                 kill_grace: Duration::from_secs(2),
+                host_env: BTreeMap::new(),
                 stages: Registry::new("stage"),
             }),
         }
@@ -96,6 +101,21 @@ impl LocalBackend {
         let inner = Inner {
             base_dir: self.inner.base_dir.clone(),
             kill_grace: grace,
+            host_env: self.inner.host_env.clone(),
+            stages: Registry::new("stage"),
+        };
+        LocalBackend {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Host variables every step gets, under its own (usually [`host_env`]). A
+    /// builder method: the returned backend does not share stages with `self`.
+    pub fn with_host_env(self, env: BTreeMap<String, String>) -> Self {
+        let inner = Inner {
+            base_dir: self.inner.base_dir.clone(),
+            kill_grace: self.inner.kill_grace,
+            host_env: env,
             stages: Registry::new("stage"),
         };
         LocalBackend {
@@ -159,9 +179,11 @@ impl Backend for LocalBackend {
             id: id.clone(),
             workspace: Some(dir.workspace.clone()),
         };
+        let mut env = self.inner.host_env.clone();
+        env.extend(spec.env.clone());
         let stage = LocalStage {
             dir,
-            env: spec.env.clone(),
+            env,
             steps: Registry::new("step"),
         };
         self.inner.stages.insert(id, stage);

@@ -42,6 +42,29 @@ impl BackendKind {
     }
 }
 
+/// Names more host variables for local steps, comma-separated (`NVM_DIR,JAVA_HOME`);
+/// read by `slipway exec`, `slipway runner` and the server's in-process runner, on top
+/// of their `--pass-env` flags.
+pub const PASS_ENV_VAR: &str = "SLIPWAY_LOCAL_PASS_ENV";
+
+/// The host variables local steps get: the toolchain ones ([`runner::TOOLCHAIN_VARS`])
+/// and those named by `pass_env` or by [`PASS_ENV_VAR`], from `lookup`.
+pub fn local_host_env(
+    pass_env: &[String],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut names: Vec<String> = pass_env.to_vec();
+    if let Some(list) = lookup(PASS_ENV_VAR) {
+        names.extend(
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        );
+    }
+    runner::host_env(&names, lookup)
+}
+
 /// An opened backend, with what its start-up sweep needs.
 #[derive(Clone)]
 pub enum Opened {
@@ -53,15 +76,20 @@ pub enum Opened {
 impl Opened {
     /// Opens `kind`. `runner_name` labels the Docker objects (keep it stable per
     /// runner: the sweep removes what carries it); `work_dir` holds local
-    /// workspaces.
+    /// workspaces; `pass_env` names host variables local steps get (see
+    /// [`local_host_env`]).
     pub async fn open(
         kind: BackendKind,
         runner_name: &str,
         work_dir: Option<PathBuf>,
         kube: &KubeSettings,
+        pass_env: &[String],
     ) -> anyhow::Result<Opened> {
         Ok(match kind {
-            BackendKind::Local => Opened::Local(LocalBackend::new(work_dir)),
+            BackendKind::Local => Opened::Local(
+                LocalBackend::new(work_dir)
+                    .with_host_env(local_host_env(pass_env, |k| std::env::var(k).ok())),
+            ),
             BackendKind::Docker => Opened::Docker(
                 DockerBackend::connect(DockerOptions::new(runner_name))
                     .await

@@ -48,6 +48,10 @@ pub struct RunnerArgs {
     /// cancelled and handed back to the server to run elsewhere.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Local backend: pass this host variable to steps (repeatable), besides
+    /// RUSTUP_HOME and CARGO_HOME; SLIPWAY_LOCAL_PASS_ENV=A,B names more.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
 }
 
 pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
@@ -90,6 +94,7 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         &name,
         args.work_dir.clone(),
         &crate::agent::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+        &args.pass_env,
     ))?;
     let mut agent = Agent::new(server, token, name, opened.backend())
         .with_capacity(args.capacity)

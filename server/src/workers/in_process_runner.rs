@@ -74,16 +74,17 @@ pub fn spawn(state: AppState, addr: SocketAddr) -> JoinHandle<()> {
             return;
         }
         let kind = state.config.runner_backend;
-        let opened = match Opened::open(kind, &name, Some(work.clone()), &state.config.kube).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "cannot open the in-process runner's backend; it will not run"
-                );
-                return;
-            }
-        };
+        let opened =
+            match Opened::open(kind, &name, Some(work.clone()), &state.config.kube, &[]).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "cannot open the in-process runner's backend; it will not run"
+                    );
+                    return;
+                }
+            };
         // Before leasing anything: a previous server process killed mid-stage left
         // its steps running; they must be dead before their stage runs again —
         // unless the backend can hand them over (Kubernetes), then they go on.

@@ -504,6 +504,7 @@ fn event_context(
         event: run.event,
         branch: run.branch.clone(),
         source_branch: run.source_branch.clone(),
+        pr_number: run.pr_number.and_then(|n| u64::try_from(n).ok()),
         tag: run.tag.clone(),
         sha: commit.sha.clone(),
         changed_paths: commit.changed_paths.clone(),

@@ -289,16 +289,14 @@ fn unsupported_kinds_say_which_backend_they_need() {
     );
     let out = slipway(&["exec", "."], dir.path());
     let (stdout, stderr) = text(&out);
-    // The local backend cannot build images: the stage's `build image` step fails
-    // and says which backends can, and what needs it does not run.
+    // The local backend cannot build images: the stage is not run, says which backend
+    // it needs, what needs it does not run, and the exit code says so.
     assert!(!out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(row(&stdout, "image")[1], "failure", "{stdout}");
+    assert_eq!(row(&stdout, "image")[1], "not run", "{stdout}");
     assert!(
-        row(&stdout, "image").join(" ").contains("build image"),
-        "{stdout}"
-    );
-    assert!(
-        format!("{stdout}{stderr}").contains("needs the docker or kubernetes backend"),
+        format!("{stdout}{stderr}").contains(
+            "needs the docker backend (builds an image); this is the local backend: pass --backend docker"
+        ),
         "{stdout}\n{stderr}"
     );
     assert_eq!(row(&stdout, "after")[1], "skipped", "{stdout}");
@@ -314,8 +312,13 @@ fn exec_never_deploys() {
     );
     let out = slipway(&["exec", "."], dir.path());
     let (stdout, stderr) = text(&out);
-    // The deploy stage is skipped with the reason, and so is what needs it; the run
-    // is not a failure, and nothing was deployed.
+    // The deploy stage is not run, with the reason, and neither is what needs it;
+    // nothing was deployed, and the exit code says a stage could not run…
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("--allow-skip"), "{stderr}");
+    // …unless that is accepted.
+    let out = slipway(&["exec", ".", "--allow-skip"], dir.path());
+    let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(row(&stdout, "build")[1], "success", "{stdout}");
     assert_eq!(row(&stdout, "production")[1], "not run", "{stdout}");

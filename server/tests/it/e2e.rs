@@ -29,6 +29,7 @@ const E2E_PIPELINE: &str = "stages:
         run: |
           echo tests pass
           echo \"on $SLIPWAY_EVENT\"
+          echo \"pr=${SLIPWAY_PR_NUMBER-unset} ${SLIPWAY_SOURCE_BRANCH-unset} into ${SLIPWAY_TARGET_BRANCH-unset}\"
 ";
 
 struct Case {
@@ -211,14 +212,20 @@ async fn every_forge_end_to_end(db: Dialect) {
             "{}",
             case.fixture
         );
-        let expected_event = if d.event.pr.is_some() {
-            "pull_request"
-        } else {
-            "push"
+        // Pull-request runs see the request's number and branches; pushes do not.
+        let (expected_event, pr) = match &d.event.pr {
+            Some(pr) => (
+                "pull_request",
+                format!(
+                    "pr={} {} into {}",
+                    pr.number, pr.source_branch, pr.target_branch
+                ),
+            ),
+            None => ("push", "pr=unset unset into unset".to_string()),
         };
         assert_eq!(
             log(test_id).await,
-            format!("tests pass\non {expected_event}\n")
+            format!("tests pass\non {expected_event}\n{pr}\n")
         );
 
         // Commit statuses: the final one says success, on the right path, with auth.

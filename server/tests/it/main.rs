@@ -15,6 +15,7 @@ mod crypto;
 mod docker_e2e;
 mod docker_sweep;
 mod e2e;
+mod exec_parity;
 mod expressions;
 mod forge;
 mod full_disk;

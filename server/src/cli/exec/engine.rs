@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::inputs::{self, Input};
 use crate::agent::stage_spec::{
     OnMissing, RunInfo, SpecError, add_run_info, add_stage_outputs, stage_spec,
 };
@@ -130,7 +131,7 @@ pub async fn execute(
             nodes.push(Node {
                 stage: stage.stage.clone(),
                 needs: stage.needs.iter().map(|n| qualify(n)).collect(),
-                work: Some(work_for(stage, &id, opts)?),
+                work: Some(work_for(stage, &id, opts, backend.name())?),
                 id,
                 status: StageStatus::Waiting,
             });
@@ -141,6 +142,9 @@ pub async fn execute(
     // Node id → (plan stage name, outputs) of stages that ran, for the stages that
     // need them.
     let mut outputs: HashMap<String, (String, BTreeMap<String, String>)> = HashMap::new();
+    // Node id → the artifacts it collected (where they are kept, what was recorded),
+    // placed into the workspaces of the stages that need it.
+    let mut collected: HashMap<String, (PathBuf, Vec<runner::Artifact>)> = HashMap::new();
     let mut running = JoinSet::new();
     // Task → node index.
     let mut running_nodes: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -193,10 +197,23 @@ pub async fn execute(
                                 },
                             ),
                         );
+                        let inputs: Vec<Input> = node
+                            .needs
+                            .iter()
+                            .filter_map(|n| collected.get(n).map(|c| (n, c)))
+                            .flat_map(|(n, (dir, artifacts))| {
+                                artifacts.iter().map(|a| Input {
+                                    stage: n.clone(),
+                                    dir: dir.clone(),
+                                    artifact: a.clone(),
+                                })
+                            })
+                            .collect();
                         let handle = running.spawn(run_with_retries(
                             backend.clone(),
                             *spec,
                             retries,
+                            inputs,
                             opts.artifact_dir
                                 .as_ref()
                                 .map(|d| d.join(safe_dir(&node.id))),
@@ -221,21 +238,7 @@ pub async fn execute(
             // A panicking stage task is a bug; report it rather than hang the run.
             Err(e) => {
                 let i = running_nodes[&e.id()];
-                let id = nodes[i].id.clone();
-                let result = StageReport {
-                    id: id.clone(),
-                    result: StageResult::Ran(StageOutcome {
-                        id,
-                        status: Status::Error(format!("stage task failed: {e}")),
-                        steps: Vec::new(),
-                        artifacts: Vec::new(),
-                        outputs: Default::default(),
-                        findings: Vec::new(),
-                        retryable: false,
-                        duration: Duration::ZERO,
-                    }),
-                    attempts: 1,
-                };
+                let result = ended_early(&nodes[i].id, format!("stage task failed: {e}"));
                 (i, result)
             }
         };
@@ -243,6 +246,12 @@ pub async fn execute(
         node.status = stage_status(&result.result);
         if let StageResult::Ran(o) = &result.result {
             outputs.insert(node.id.clone(), (node.stage.clone(), o.outputs.clone()));
+            if let Some(dir) = &opts.artifact_dir
+                && o.status == Status::Success
+            {
+                let kept = dir.join(safe_dir(&node.id));
+                collected.insert(node.id.clone(), (kept, o.artifacts.clone()));
+            }
         }
         report(result);
     }
@@ -280,14 +289,31 @@ fn stage_status(result: &StageResult) -> StageStatus {
 
 /// Runs a stage, then again while it fails and retries remain. Infrastructure errors
 /// get one extra attempt even without `retry`, since they say nothing about the code.
+/// With `inputs`, every attempt starts from the source with those artifacts placed.
 async fn run_with_retries(
     backend: Arc<dyn Backend>,
-    spec: StageSpec,
+    mut spec: StageSpec,
     retries: u32,
+    inputs: Vec<Input>,
     artifact_dir: Option<PathBuf>,
     events: UnboundedSender<ExecEvent>,
     cancel: CancellationToken,
 ) -> StageReport {
+    let _prepared = if inputs.is_empty() {
+        None
+    } else {
+        let source = spec.source.clone();
+        let prepared = tokio::task::spawn_blocking(move || inputs::prepare(&source, &inputs))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match prepared {
+            Ok(p) => {
+                spec.source = p.source();
+                Some(p)
+            }
+            Err(why) => return ended_early(&spec.id, why),
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let forward_to = events.clone();
     let forward = tokio::spawn(async move {
@@ -329,12 +355,55 @@ async fn run_with_retries(
     }
 }
 
-fn work_for(stage: &PlannedStage, id: &str, opts: &ExecOptions) -> Result<Work, Error> {
+/// The report of a stage that ended without running: its inputs could not be
+/// placed, or its task failed.
+fn ended_early(id: &str, why: String) -> StageReport {
+    StageReport {
+        id: id.to_string(),
+        result: StageResult::Ran(StageOutcome {
+            id: id.to_string(),
+            status: Status::Error(why),
+            steps: Vec::new(),
+            artifacts: Vec::new(),
+            outputs: Default::default(),
+            findings: Vec::new(),
+            retryable: false,
+            duration: Duration::ZERO,
+        }),
+        attempts: 0,
+    }
+}
+
+/// What to do with `stage` on the backend named `backend`. A stage that cannot run
+/// here is decided before its secrets are looked at, so none is asked for in vain.
+fn work_for(
+    stage: &PlannedStage,
+    id: &str,
+    opts: &ExecOptions,
+    backend: &str,
+) -> Result<Work, Error> {
     if let PlannedKind::Deploy { environment, .. } = &stage.kind {
         // Deployments go out from the server, through the environment's gate and with
         // its credentials; a laptop never deploys by accident.
         return Ok(Work::Unsupported(format!(
             "deploys to `{environment}`, which only the server does (through the environment's gate)"
+        )));
+    }
+    // The backend a runner must have for it (`runs_on: backend:…`, or docker for an
+    // image build), as the server routes it.
+    let bound = crate::runs::routing::stage_labels(stage)
+        .into_iter()
+        .find_map(|l| {
+            l.strip_prefix(pipelines::BACKEND_LABEL_PREFIX)
+                .map(str::to_string)
+        });
+    if let Some(wanted) = bound.filter(|b| b != backend) {
+        let why = match stage.kind {
+            PlannedKind::Image { .. } => "builds an image",
+            _ => "is bound to it by `runs_on`",
+        };
+        return Ok(Work::Unsupported(format!(
+            "needs the {wanted} backend ({why}); this is the {backend} backend: pass --backend {wanted}"
         )));
     }
     match stage_spec(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub(crate) mod engine;
+mod inputs;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -33,6 +34,13 @@ pub struct ExecArgs {
     /// The branch (default: the checked-out branch). For pull_request: the target branch.
     #[arg(long)]
     pub branch: Option<String>,
+    /// For pull_request: the branch the change comes from (default: the checked-out
+    /// branch).
+    #[arg(long)]
+    pub source_branch: Option<String>,
+    /// For pull_request: its number (`SLIPWAY_PR_NUMBER` in steps).
+    #[arg(long, value_name = "N")]
+    pub pr_number: Option<u64>,
     /// The tag, for `--event tag`.
     #[arg(long)]
     pub tag: Option<String>,
@@ -64,11 +72,22 @@ pub struct ExecArgs {
     /// Where steps run: host processes, or containers on the Docker engine.
     #[arg(long, value_enum, default_value_t = BackendKind::Local)]
     pub backend: BackendKind,
+    /// Succeed even when a stage could not run on this backend (a deploy, an image
+    /// build on the local backend, a stage bound to another backend); without it such
+    /// a stage makes the exit code non-zero.
+    #[arg(long)]
+    pub allow_skip: bool,
+    /// Local backend: pass this host variable to steps (repeatable), besides
+    /// RUSTUP_HOME and CARGO_HOME; SLIPWAY_LOCAL_PASS_ENV=A,B names more.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EventArg {
     Push,
+    /// Written as in the YAML's `on:`; `pull-request` works too.
+    #[value(name = "pull_request", alias = "pull-request")]
     PullRequest,
     Tag,
     Cron,
@@ -115,8 +134,13 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 
     let (message, author) =
         pipeline_files::commit_message_author(&dir, args.commit.as_deref().unwrap_or("HEAD"));
+    let pull_request = matches!(args.event, EventArg::PullRequest);
     let ctx = EventContext {
         event: args.event.into(),
+        source_branch: pull_request
+            .then(|| args.source_branch.clone().or(head_branch.clone()))
+            .flatten(),
+        pr_number: args.pr_number.filter(|_| pull_request),
         branch: args.branch.clone().or(head_branch),
         tag: args.tag.clone(),
         sha,
@@ -158,8 +182,17 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         secrets: parse_secrets(&args.secrets)?,
         artifact_dir: Some(artifacts.path()),
     };
+    if matches!(args.backend, BackendKind::Local) {
+        ignored_by_local(&plans);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
-    let ok = runtime.block_on(run_plans(&plans, opts, args.backend, colour))?;
+    let ok = runtime.block_on(run_plans(
+        &plans,
+        opts,
+        (args.backend, &args.pass_env),
+        colour,
+        args.allow_skip,
+    ))?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -181,11 +214,38 @@ impl Artifacts {
     }
 }
 
+/// One line per stage whose `image:` or `services:` the local backend does not use, so
+/// a step that works only in its container is not a surprise.
+fn ignored_by_local(plans: &[pipelines::Plan]) {
+    for stage in plans.iter().flat_map(|p| &p.stages) {
+        if matches!(stage.kind, pipelines::PlannedKind::Deploy { .. }) {
+            continue;
+        }
+        let ignored: Vec<&str> = [
+            stage.image.as_ref().map(|_| "`image:`"),
+            (!stage.services.is_empty()).then_some("`services:`"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !ignored.is_empty() {
+            errln!(
+                "note: stage `{}`: the local backend ignores {} (steps run on this host; --backend docker uses them)",
+                stage.id,
+                ignored.join(" and ")
+            );
+        }
+    }
+}
+
+/// Runs the plans; true when the run succeeded and, unless `allow_skip`, every stage
+/// that should run could run here.
 async fn run_plans(
     plans: &[pipelines::Plan],
     opts: ExecOptions,
-    backend: BackendKind,
+    (backend, pass_env): (BackendKind, &[String]),
     colour: bool,
+    allow_skip: bool,
 ) -> anyhow::Result<bool> {
     // Unique per process: `exec` never sweeps, and two of them on one engine must
     // not share a label.
@@ -195,6 +255,7 @@ async fn run_plans(
         &name,
         None,
         &crate::agent::backends::KubeSettings::from_env(|k| std::env::var(k).ok()),
+        pass_env,
     )
     .await?
     .backend();
@@ -237,6 +298,16 @@ async fn run_plans(
         None => (Vec::new(), RunStatus::Success),
     };
     output.summary(&reports, status)?;
+    let not_run = reports
+        .iter()
+        .filter(|r| matches!(r.result, engine::StageResult::Unsupported(_)))
+        .count();
+    if not_run > 0 && !allow_skip {
+        errln!(
+            "{not_run} stage(s) could not run on this backend (see `not run` above): failing; pass --allow-skip to accept that"
+        );
+        return Ok(false);
+    }
     Ok(status == RunStatus::Success)
 }
 
