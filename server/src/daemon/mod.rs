@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod disk;
+pub mod first_steps;
 pub mod listener;
 pub mod metrics;
 pub mod serve;

@@ -75,6 +75,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn run(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "slipway listening");
+    crate::daemon::first_steps::log(&state.config, &state.store).await;
     let workers = crate::workers::spawn_all(&state, addr);
     let shutdown = state.shutdown.clone();
     tokio::spawn(shutdown_on_signal(shutdown.clone(), "shutdown requested"));

@@ -17,6 +17,7 @@ mod docker_sweep;
 mod e2e;
 mod exec_parity;
 mod expressions;
+mod first_steps;
 mod forge;
 mod full_disk;
 mod git_mirror;
