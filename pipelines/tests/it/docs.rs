@@ -3,7 +3,8 @@
 //! and `docs/migrating.md` validates.
 //!
 //! A key counts as documented when it is written in backticks in the first cell of a
-//! table row, or in a heading (`key` or a dotted path ending in it, `on.push.branches`).
+//! row of a table whose first column is headed `Key` (the key, or a dotted path ending
+//! in it: `approval.role`), a table that also gives its type, default and meaning.
 //! A whole pipeline is a ```` ```yaml ```` block whose first line that is not blank or a
 //! comment starts with a top-level key (`stages:`, `on:`, …). Another tool's YAML is
 //! fenced as ```` ```yaml <its file name> ```` and left alone.
@@ -50,29 +51,31 @@ fn backticked(text: &str) -> impl Iterator<Item = &str> {
     text.split('`').skip(1).step_by(2)
 }
 
-/// Keys written where a reference documents them: a table row's first cell, a heading.
+/// Keys a table documents: backticked in the first cell of a row of a table whose
+/// header's first cell is `Key` (a dotted path counts for its last part).
 fn documented_keys(markdown: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut in_code = false;
+    // `Some(is_key_table)` while inside a table.
+    let mut table: Option<bool> = None;
     for line in markdown.lines() {
-        let line = line.trim_start();
+        let line = line.trim();
         if line.starts_with("```") {
             in_code = !in_code;
-            continue;
         }
-        if in_code {
-            continue;
-        }
-        let place = if line.starts_with('#') {
-            line
-        } else if let Some(row) = line.strip_prefix('|') {
-            row.split('|').next().unwrap_or_default()
-        } else {
+        let Some(row) = line.strip_prefix('|').filter(|_| !in_code) else {
+            table = None;
             continue;
         };
-        for word in backticked(place) {
-            let key = word.rsplit('.').next().unwrap_or(word);
-            out.insert(key.to_string());
+        let first = row.split('|').next().unwrap_or_default().trim();
+        let Some(is_key_table) = table else {
+            table = Some(first == "Key");
+            continue;
+        };
+        if is_key_table {
+            for word in backticked(first) {
+                out.insert(word.rsplit('.').next().unwrap_or(word).to_string());
+            }
         }
     }
     out
@@ -92,7 +95,7 @@ fn pipeline_reference_documents_every_schema_key() {
     assert!(
         missing.is_empty(),
         "docs/pipeline.md does not document these keys of the JSON Schema (write each as \
-         `key` in the first cell of a table row, with its type, default and meaning): {missing:?}"
+         `key` in the first cell of a row of a `| Key | Type | Default | Meaning |` table): {missing:?}"
     );
 }
 
