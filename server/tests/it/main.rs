@@ -7,6 +7,7 @@ mod admin_cli;
 mod api;
 mod artifacts;
 mod cache_paths;
+mod chaos;
 mod cli;
 mod cli_docker;
 mod crash;
