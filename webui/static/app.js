@@ -20,8 +20,10 @@ function morph(old, fresh) {
     if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
     return;
   }
-  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
-  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  // A group a person folded or unfolded (`<details open>`) stays as they left it.
+  const kept = (a) => old.tagName === "DETAILS" && a.name === "open";
+  for (const a of [...old.attributes]) if (!kept(a) && !fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (!kept(a) && old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
   const olds = [...old.childNodes];
   const fresh_ = [...fresh.childNodes];
   fresh_.forEach((n, i) => {

@@ -319,4 +319,34 @@ async fn people_forms_need_the_csrf_token_and_an_admin() {
     assert_eq!(names, ["ada", "dev"]);
     let d = ui.api("GET", "/api/users/dev", &ui.admin, None).await;
     assert_eq!(d["roles"][0]["role"], "developer", "{d:#}");
+
+    // The API holds the same rule as the page: the last enabled admin stays one.
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/api/users/ada/roles",
+            Some(serde_json::json!({ "role": "developer" })),
+        ),
+        ("DELETE", "/api/users/ada/roles", None),
+        (
+            "PATCH",
+            "/api/users/ada",
+            Some(serde_json::json!({ "disabled": true })),
+        ),
+    ] {
+        let mut req = ui
+            .http
+            .request(method.parse().unwrap(), ui.p.url(path))
+            .bearer_auth(&ui.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 409, "{method} {path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("last enabled admin"), "{body}");
+    }
+    let d = ui.api("GET", "/api/users/ada", &ui.admin, None).await;
+    assert_eq!(d["roles"][0]["role"], "admin", "{d:#}");
+    assert_eq!(d["disabled"], false, "{d:#}");
 }
