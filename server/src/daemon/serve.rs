@@ -64,6 +64,7 @@ pub async fn build_state_with_clock(
         ),
         metrics,
         disk,
+        failures: crate::web::FailureCache::default(),
         shutdown: CancellationToken::new(),
         config,
     }))
