@@ -45,7 +45,7 @@ pub use crate::plan::{
     Plan, PlanError, PlannedKind, PlannedService, PlannedStage, PlannedStep, SkippedStage, plan,
     untrusted_service_accounts,
 };
-pub use crate::quantity::{parse_cpu, parse_memory};
+pub use crate::quantity::{parse_cpu, parse_disk, parse_memory};
 pub use crate::schema::json_schema;
 pub use crate::when::{check_ref_pattern, ref_matches};
 

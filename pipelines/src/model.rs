@@ -128,6 +128,9 @@ pub struct Container {
     /// CPU limit in thousandths of a CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    /// Disk (workspace and container files) in bytes; Kubernetes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl Container {

@@ -47,13 +47,26 @@ fn scaled(number: &str, scale: u32) -> Result<Option<u128>, String> {
         .ok_or_else(too_large)
 }
 
+/// Smallest disk accepted: room for a checkout, and a guard against a missing unit.
+pub const MIN_DISK_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A memory quantity in bytes: a whole number of bytes, or a decimal number with a
 /// binary (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`) or decimal (`k`, `M`, `G`, `T`, `P`, `E`)
 /// suffix. A fraction of a byte is rounded up.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
+    parse_bytes(text, "memory", MIN_MEMORY_BYTES, "Mi")
+}
+
+/// A disk quantity in bytes, written like memory; at least [`MIN_DISK_BYTES`].
+pub fn parse_disk(text: &str) -> Result<u64, String> {
+    parse_bytes(text, "disk", MIN_DISK_BYTES, "Gi")
+}
+
+/// `likely_unit`: what a bare number most likely lacks, for the hint.
+fn parse_bytes(text: &str, what: &str, min: u64, likely_unit: &str) -> Result<u64, String> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("empty memory quantity".into());
+        return Err(format!("empty {what} quantity"));
     }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -94,16 +107,17 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         .and_then(|b| u64::try_from(b).ok())
         .ok_or_else(|| format!("`{s}` is too large"))?;
     if bytes == 0 {
-        return Err("memory must be greater than zero".into());
+        return Err(format!("{what} must be greater than zero"));
     }
-    if bytes < MIN_MEMORY_BYTES {
+    if bytes < min {
         let unit_hint = if suffix.is_empty() {
-            format!(" (`{s}` is bytes; did you mean `{s}Mi`?)")
+            format!(" (`{s}` is bytes; did you mean `{s}{likely_unit}`?)")
         } else {
             String::new()
         };
         return Err(format!(
-            "memory `{s}` is below the minimum of 6Mi{unit_hint}"
+            "{what} `{s}` is below the minimum of {}Mi{unit_hint}",
+            min >> 20
         ));
     }
     Ok(bytes)
@@ -186,5 +200,20 @@ mod tests {
             assert!(parse_cpu(bad).is_err(), "{bad:?}");
         }
         assert!(parse_cpu("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn disk_is_written_like_memory_with_its_own_minimum() {
+        assert_eq!(parse_disk("20Gi"), Ok(20 << 30));
+        assert_eq!(parse_disk("64Mi"), Ok(64 << 20));
+        let err = parse_disk("512").unwrap_err();
+        assert!(
+            err.contains("disk `512` is below the minimum of 64Mi") && err.contains("`512Gi`"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_disk("0Gi").unwrap_err(),
+            "disk must be greater than zero"
+        );
     }
 }

@@ -248,6 +248,9 @@ pub struct ContainerSettings {
     pub memory_bytes: Option<u64>,
     /// CPU limit in thousandths of a CPU.
     pub cpu_millis: Option<u64>,
+    /// Disk for the workspace and the containers' files (Kubernetes backend only).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 /// The pod settings a pipeline may choose (`kubernetes:` in a stage). This is the

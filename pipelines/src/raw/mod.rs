@@ -352,6 +352,11 @@ pub struct Resources {
     /// CPUs: `1`, `1.5`, `0.25`, or millicpus as `500m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
+    /// Disk for the workspace and the containers' own files, written like memory; at
+    /// least `64Mi`. The Kubernetes backend requests it as `ephemeral-storage` and
+    /// size-limits the workspace with it; other backends ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Quantity>,
 }
 
 /// The pod settings a pipeline may choose on the Kubernetes backend: this is the whole

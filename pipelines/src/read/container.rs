@@ -5,7 +5,7 @@ use marked_yaml::Node;
 use super::{Ctx, Field, Fields, is_null, keys};
 use crate::diagnostic::codes;
 use crate::model::Container;
-use crate::quantity::{CPU_HINT, MEMORY_HINT, parse_cpu, parse_memory};
+use crate::quantity::{CPU_HINT, MEMORY_HINT, parse_cpu, parse_disk, parse_memory};
 
 /// `user`, `workdir` and `resources`.
 pub(crate) fn read_container(ctx: &mut Ctx<'_>, fields: &Fields<'_>, what: &str) -> Container {
@@ -26,6 +26,9 @@ pub(crate) fn read_container(ctx: &mut Ctx<'_>, fields: &Fields<'_>, what: &str)
         }
         if let Some(cpu) = res.get("cpu") {
             c.cpu_millis = quantity(ctx, cpu, &rwhat, parse_cpu, CPU_HINT);
+        }
+        if let Some(disk) = res.get("disk") {
+            c.disk_bytes = quantity(ctx, disk, &rwhat, parse_disk, MEMORY_HINT);
         }
     }
     c

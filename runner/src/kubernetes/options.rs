@@ -25,6 +25,9 @@ pub struct KubernetesOptions {
     /// sets no `resources`: requested and limited alike.
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Disk of the workspace when the stage sets no `resources.disk`: the workspace
+    /// emptyDir's `sizeLimit`, and requested as `ephemeral-storage`.
+    pub disk_bytes: u64,
     /// Resources of each service container.
     pub service_cpu_millis: u64,
     pub service_memory_bytes: u64,
@@ -95,6 +98,7 @@ impl KubernetesOptions {
             },
             cpu_millis: 1000,
             memory_bytes: 2 * 1024 * 1024 * 1024,
+            disk_bytes: 10 * 1024 * 1024 * 1024,
             service_cpu_millis: 500,
             service_memory_bytes: 512 * 1024 * 1024,
             kill_grace: Duration::from_secs(2),

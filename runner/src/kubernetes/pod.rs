@@ -60,6 +60,16 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(300);
 const HELPER_CPU: &str = "100m";
 const HELPER_MEMORY: &str = "128Mi";
 
+/// `ephemeral-storage` of a container's own files (writable layer, logs): small for
+/// the helpers, 1Gi for a step's or service's image. The workspace is counted apart:
+/// an emptyDir of the stage's `disk`, which the `workspace` container requests (it
+/// lives as long as the pod, so the scheduler reserves the disk for the whole stage,
+/// and the kubelet's pod-level limit — the sum of the containers' — covers it).
+const HELPER_DISK: u64 = 64 << 20;
+const LAYER_DISK: u64 = 1 << 30;
+/// The control volume holds the step scripts and markers.
+const CONTROL_DISK: &str = "16Mi";
+
 /// The uid and gid the containers run as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunAs {
@@ -197,10 +207,14 @@ pub fn stage_objects(
         mount_path: WORKSPACE.into(),
         ..Default::default()
     };
-    let step_resources = resources(
-        &cpu_quantity(spec.container.cpu_millis.unwrap_or(options.cpu_millis)),
-        &memory_quantity(spec.container.memory_bytes.unwrap_or(options.memory_bytes)),
+    let step_resources = with_disk(
+        resources(
+            &cpu_quantity(spec.container.cpu_millis.unwrap_or(options.cpu_millis)),
+            &memory_quantity(spec.container.memory_bytes.unwrap_or(options.memory_bytes)),
+        ),
+        LAYER_DISK,
     );
+    let disk = spec.container.disk_bytes.unwrap_or(options.disk_bytes);
 
     let mut init = vec![Container {
         name: SOURCE_CONTAINER.into(),
@@ -219,7 +233,7 @@ pub fn stage_objects(
                 ..Default::default()
             },
         ]),
-        resources: Some(resources(HELPER_CPU, HELPER_MEMORY)),
+        resources: Some(with_disk(helper_resources(), HELPER_DISK)),
         security_context: Some(container_security()),
         ..Default::default()
     }];
@@ -232,9 +246,12 @@ pub fn stage_objects(
             // `command` replaces the image's CMD (its arguments), as on Docker.
             args: service.command.clone(),
             restart_policy: Some("Always".into()),
-            resources: Some(resources(
-                &cpu_quantity(options.service_cpu_millis),
-                &memory_quantity(options.service_memory_bytes),
+            resources: Some(with_disk(
+                resources(
+                    &cpu_quantity(options.service_cpu_millis),
+                    &memory_quantity(options.service_memory_bytes),
+                ),
+                LAYER_DISK,
             )),
             security_context: Some(container_security()),
             ..Default::default()
@@ -265,7 +282,7 @@ pub fn stage_objects(
         ]),
         working_dir: Some(WORKSPACE.into()),
         volume_mounts: Some(vec![workspace_mount]),
-        resources: Some(resources(HELPER_CPU, HELPER_MEMORY)),
+        resources: Some(with_disk(helper_resources(), disk + LAYER_DISK)),
         security_context: Some(container_security()),
         ..Default::default()
     };
@@ -332,12 +349,18 @@ pub fn stage_objects(
             volumes: Some(vec![
                 Volume {
                     name: "workspace".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity(memory_quantity(disk))),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
                 Volume {
                     name: "control".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity(CONTROL_DISK.into())),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
             ]),
@@ -431,6 +454,20 @@ fn resources(cpu: &str, memory: &str) -> ResourceRequirements {
     }
 }
 
+/// `r` with `bytes` of `ephemeral-storage`, requested and limited alike.
+fn with_disk(mut r: ResourceRequirements, bytes: u64) -> ResourceRequirements {
+    for map in [r.limits.as_mut(), r.requests.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        map.insert(
+            "ephemeral-storage".to_owned(),
+            Quantity(memory_quantity(bytes)),
+        );
+    }
+    r
+}
+
 fn cpu_quantity(millis: u64) -> String {
     format!("{}m", millis.max(1))
 }
@@ -495,5 +532,44 @@ mod tests {
         s.image = Some("busybox".into());
         s.container.workdir = Some("../etc".into());
         assert!(stage_objects(&s, "p", &options()).is_err());
+    }
+
+    #[test]
+    fn the_stage_disk_limits_the_workspace_and_is_requested() {
+        let storage = |c: &Container| {
+            let r = c.resources.as_ref().unwrap();
+            let req = r.requests.as_ref().unwrap()["ephemeral-storage"].0.clone();
+            assert_eq!(
+                Some(&Quantity(req.clone())),
+                r.limits.as_ref().unwrap().get("ephemeral-storage")
+            );
+            req
+        };
+        let mut s = StageSpec::new("a");
+        s.image = Some("busybox".into());
+        s.steps = vec![StepSpec::new("s", "true")];
+        for (disk, limit, keeper) in [
+            (None, "10240Mi", "11264Mi"),
+            (Some(20u64 << 30), "20480Mi", "21504Mi"),
+        ] {
+            s.container.disk_bytes = disk;
+            let pod = stage_objects(&s, "p", &options()).unwrap().pod;
+            let spec = pod.spec.unwrap();
+            let workspace = spec
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "workspace")
+                .unwrap();
+            assert_eq!(
+                workspace.empty_dir.as_ref().unwrap().size_limit,
+                Some(Quantity(limit.into()))
+            );
+            assert_eq!(storage(&spec.containers[0]), keeper);
+            let inits = spec.init_containers.unwrap();
+            assert_eq!(storage(&inits[0]), "64Mi");
+            assert_eq!(storage(inits.last().unwrap()), "1024Mi");
+        }
     }
 }

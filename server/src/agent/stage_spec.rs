@@ -357,6 +357,7 @@ fn container_settings(c: &pipelines::Container) -> ContainerSettings {
         workdir: c.workdir.clone(),
         memory_bytes: c.memory_bytes,
         cpu_millis: c.cpu_millis,
+        disk_bytes: c.disk_bytes,
     }
 }
 
@@ -432,7 +433,7 @@ mod tests {
     #[test]
     fn container_settings_come_from_the_yaml() {
         let stage = planned(
-            "stages:\n  build:\n    user: \"1000:1000\"\n    workdir: ./api/\n    resources: { memory: 512Mi, cpu: 500m }\n    steps: [make]\n",
+            "stages:\n  build:\n    user: \"1000:1000\"\n    workdir: ./api/\n    resources: { memory: 512Mi, cpu: 500m, disk: 20Gi }\n    steps: [make]\n",
         );
         let spec = stage_spec(
             &stage,
@@ -449,6 +450,7 @@ mod tests {
                 workdir: Some("api".into()),
                 memory_bytes: Some(512 * 1024 * 1024),
                 cpu_millis: Some(500),
+                disk_bytes: Some(20 << 30),
             }
         );
         let plain = planned("stages:\n  build:\n    steps: [make]\n");
