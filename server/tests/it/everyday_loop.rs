@@ -311,8 +311,34 @@ fn the_readmes_everyday_loop_works_through_the_api_from_a_fresh_home() {
                     Err(text)
                 }
             });
+            // A follower of the running step is live, and ends when the run does.
+            let files = tempfile::tempdir().unwrap();
+            let followed = files.path().join("followed");
+            let mut follower = desk.command("slipway logs team/app 2 -f", desk.cwd.path(), &[]);
+            follower
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&followed).unwrap());
+            let mut follower = Killed::spawn(&mut follower);
+            eventually_blocking(
+                "the follower to print the running step",
+                Duration::from_secs(30),
+                || {
+                    let text = std::fs::read_to_string(&followed).unwrap_or_default();
+                    if text.contains("waiting for cancel") {
+                        Ok(())
+                    } else {
+                        Err(text)
+                    }
+                },
+            );
+            assert!(
+                follower.try_wait().unwrap().is_none(),
+                "it follows while the step runs"
+            );
             let out = desk.ok(line, "");
             assert!(out.contains("run #2 of team/app is cancelled"), "{out}");
+            let status = wait_exit(&mut follower, Duration::from_secs(30));
+            assert!(status.success(), "{status}");
             let shown = desk.ok("slipway runs show team/app 2", "");
             assert!(shown.contains("team/app #2: cancelled"), "{shown}");
             // Only the failed stage ran again.
