@@ -12,7 +12,7 @@ use crate::daemon::config::{Config, Settings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct DbArgs {
-    /// The server's data directory: work on its database directly, not through the API.
+    /// The server's data directory: the command works on its database directly.
     #[arg(long, env = "SLIPWAY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The server's database URL (`postgres://…`), with the server's --data-dir.
@@ -32,6 +32,16 @@ impl DbArgs {
     /// The server's configuration: these flags, then every other setting from the
     /// server's `SLIPWAY_*` variables and the file, as `slipway server` reads them.
     pub fn resolve(&self) -> anyhow::Result<Config> {
+        self.resolve_needing(true)
+    }
+
+    /// [`DbArgs::resolve`] for a command that only needs the database (`migrate`): a
+    /// `--database-url` alone is enough.
+    pub fn resolve_database(&self) -> anyhow::Result<Config> {
+        self.resolve_needing(false)
+    }
+
+    fn resolve_needing(&self, data_dir: bool) -> anyhow::Result<Config> {
         let mut settings = settings_from_env()?;
         if let Some(d) = &self.data_dir {
             settings.data_dir = Some(d.clone());
@@ -45,7 +55,10 @@ impl DbArgs {
         };
         // The data dir holds the key that seals secrets and the logs: a command that
         // guessed it would make a second, empty one.
-        if settings.data_dir.is_none() && file.data_dir.is_none() {
+        let located = settings.data_dir.is_some()
+            || file.data_dir.is_some()
+            || (!data_dir && (settings.database_url.is_some() || file.database_url.is_some()));
+        if !located {
             bail!(
                 "this command works on the server's database directly: give the server's \
                  --data-dir (with --database-url if it uses PostgreSQL) or --config"

@@ -141,6 +141,21 @@ impl ServerArgs {
     }
 }
 
+/// The directory of a SQLite database file (`sqlite://dir/x.db?mode=rwc`), if any.
+fn sqlite_dir(url: &str) -> Option<PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    PathBuf::from(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+}
+
 /// Structured logs to stderr; `RUST_LOG` filters (default: info).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -173,9 +188,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hook(args) => hook::run(args),
         Command::Migrate(args) => {
             init_tracing();
-            let config = args.resolve()?;
-            if config.database_url.starts_with("sqlite:") {
-                std::fs::create_dir_all(&config.data_dir)?;
+            let config = args.resolve_database()?;
+            // SQLite makes the file, not its directory; nothing else is made here.
+            if let Some(dir) = sqlite_dir(&config.database_url) {
+                std::fs::create_dir_all(dir)?;
             }
             tokio::runtime::Runtime::new()?.block_on(async {
                 let store = crate::store::Store::connect(&config.database_url).await?;
@@ -207,5 +223,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Promote(args) => release::promote(args),
         Command::Rollback(args) => release::rollback(args),
         Command::Runner(args) => runner::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_directory_of_a_sqlite_database() {
+        assert_eq!(
+            sqlite_dir("sqlite:///srv/slipway/slipway.db?mode=rwc"),
+            Some(PathBuf::from("/srv/slipway"))
+        );
+        assert_eq!(sqlite_dir("sqlite://d/x.db"), Some(PathBuf::from("d")));
+        assert_eq!(sqlite_dir("sqlite:x.db"), None);
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_dir("postgres://u@h/db"), None);
     }
 }

@@ -416,6 +416,12 @@ fn without_a_login_api_commands_say_to_run_slipway_login() {
     assert!(said.contains("--data-dir"), "{said}");
     let said = desk.fails("slipway migrate", &[]);
     assert!(said.contains("--data-dir"), "{said}");
+    // `migrate` needs only the database: a URL alone is enough.
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/db/slipway.db?mode=rwc", db.path().display());
+    let said = desk.ok(&format!("slipway migrate --database-url '{url}'"), "");
+    assert!(said.contains("migrations applied"), "{said}");
+    assert!(db.path().join("db/slipway.db").exists());
     assert_eq!(data_dirs_under(desk.cwd.path()), Vec::<PathBuf>::new());
     assert_eq!(std::fs::read_dir(desk.cwd.path()).unwrap().count(), 0);
 }
