@@ -36,7 +36,12 @@ impl Target {
         if self.db.given() {
             return Ok(Via::Db(self.db));
         }
-        Ok(Via::Api(Api::new(&self.api)?))
+        let api = Api::new(&self.api).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; on the server's host, --data-dir DIR works on its database directly"
+            )
+        })?;
+        Ok(Via::Api(api))
     }
 }
 

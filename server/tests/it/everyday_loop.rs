@@ -175,7 +175,7 @@ fn pipeline(marker: &Path) -> String {
         "on:\n  push: {{ branches: [main] }}\nstages:\n  build:\n    steps:\n      - name: compile\n        \
          run: echo building the app\n  test:\n    needs: [build]\n    steps:\n      - name: unit\n        \
          run: |\n          if [ -e {m} ]; then echo waiting for cancel; sleep 600; fi\n          \
-         echo 'error: 1 test failed'\n          exit 1\n",
+         printf '\\033[31merror: 1 test failed\\033[0m\\n'\n          exit 1\n",
         m = marker.display()
     )
 }
@@ -245,6 +245,18 @@ fn the_readmes_everyday_loop_works_through_the_api_from_a_fresh_home() {
                 out.contains(&format!("webhook url:    {server}/hooks/git/team/app")),
                 "the server's own webhook URL: {out}"
             );
+            // The rest of the repository's commands, through the API too.
+            let shown = desk.ok("slipway repo show team/app", "");
+            assert!(shown.contains("trusted:        false"), "{shown}");
+            let edited = desk.ok("slipway repo edit team/app --trusted true", "");
+            assert!(edited.contains("trusted:        true"), "{edited}");
+            let set = desk.ok("slipway secret set team/app DEPLOY_KEY", "s3cret-value\n");
+            assert!(set.contains("set secret DEPLOY_KEY of team/app"), "{set}");
+            let listed = desk.ok("slipway secret list team/app", "");
+            assert_eq!(listed.trim(), "DEPLOY_KEY\tno pull requests");
+            desk.ok("slipway secret rm team/app DEPLOY_KEY", "");
+            let listed = desk.ok("slipway secret list team/app", "");
+            assert!(!listed.contains("DEPLOY_KEY"), "{listed}");
             out
         } else if line.starts_with("slipway token create git-hook") {
             let out = desk.ok(line, "");
@@ -279,6 +291,10 @@ fn the_readmes_everyday_loop_works_through_the_api_from_a_fresh_home() {
             let out = desk.ok(line, "");
             assert!(out.contains("building the app"), "{out}");
             assert!(out.contains("error: 1 test failed"), "{out}");
+            assert!(
+                !out.contains('\x1b'),
+                "no colour codes into a pipe: {out:?}"
+            );
             out
         } else if line.starts_with("slipway runs show team/app 1") {
             let out = desk.ok(line, "");
