@@ -285,6 +285,11 @@ fn the_readmes_everyday_loop_works_through_the_api_from_a_fresh_home() {
         } else if line.starts_with("slipway runs list") {
             let out = desk.ok(line, "");
             assert!(out.contains("team/app\t#1\t"), "{out}");
+            // Every repository's runs, narrowed by branch.
+            let all = desk.ok("slipway runs list --branch main", "");
+            assert!(all.contains("team/app\t#1\t"), "{all}");
+            let none = desk.ok("slipway runs list --branch nope", "");
+            assert!(!none.contains("#1"), "{none}");
             out
         } else if line.starts_with("slipway logs team/app 1 -f") {
             // Follows to the end of the run: every step's lines, then it exits.
@@ -295,6 +300,12 @@ fn the_readmes_everyday_loop_works_through_the_api_from_a_fresh_home() {
                 !out.contains('\x1b'),
                 "no colour codes into a pipe: {out:?}"
             );
+            // On a terminal (util-linux `script` gives it one) the step's colours stay.
+            let tty = desk.ok(
+                "env -u NO_COLOR script -qec 'slipway logs team/app 1 test unit' /dev/null",
+                "",
+            );
+            assert!(tty.contains("\x1b[31merror: 1 test failed"), "{tty:?}");
             out
         } else if line.starts_with("slipway runs show team/app 1") {
             let out = desk.ok(line, "");
