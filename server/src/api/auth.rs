@@ -39,6 +39,8 @@ pub enum Access {
     Runner,
     /// A post-receive hook token (an admin token too).
     Hook,
+    /// Any valid token or session, whatever it may do elsewhere: for "who am I".
+    Signed,
 }
 
 impl Access {
@@ -47,7 +49,9 @@ impl Access {
     pub fn scope(self) -> Option<TokenScope> {
         match self {
             Access::Public => None,
-            Access::Role(_) | Access::AnyRole(_) | Access::SelfOrAdmin => Some(TokenScope::Admin),
+            Access::Role(_) | Access::AnyRole(_) | Access::SelfOrAdmin | Access::Signed => {
+                Some(TokenScope::Admin)
+            }
             Access::Runner => Some(TokenScope::Runner),
             Access::Hook => Some(TokenScope::Hook),
         }
@@ -238,6 +242,9 @@ async fn permit(
     caller: &Caller,
     parts: &mut Parts,
 ) -> ApiResult<()> {
+    if access == Access::Signed {
+        return Ok(());
+    }
     let user = match caller {
         Caller::Machine(token) => {
             let needed = access.scope().unwrap_or(TokenScope::Admin);
@@ -252,7 +259,7 @@ async fn permit(
         Caller::User { user, .. } | Caller::Session { user, .. } => user,
     };
     match access {
-        Access::Public => Ok(()),
+        Access::Public | Access::Signed => Ok(()),
         Access::Runner | Access::Hook => Err(ApiError::forbidden(format!(
             "a personal token cannot be used here: this route needs a `{}` token",
             access.scope().unwrap_or(TokenScope::Admin)

@@ -12,6 +12,7 @@ pub mod extract;
 pub(crate) mod health;
 pub(crate) mod hooks;
 pub(crate) mod logs;
+pub(crate) mod me;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod promotions;
@@ -53,6 +54,7 @@ pub fn routes() -> RouteTable {
         .merge(runners::routes())
         .merge(users::routes())
         .merge(user_tokens::routes())
+        .merge(me::routes())
         .merge(audit::routes())
         .merge(environments::routes())
         .merge(approvals::routes())

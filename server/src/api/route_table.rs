@@ -41,6 +41,7 @@ fn describe(access: Access, repo_in: RepoIn) -> String {
         Access::SelfOrAdmin => "the user named in the path, or an admin".into(),
         Access::Runner => "a runner token (or an admin token)".into(),
         Access::Hook => "a hook token (or an admin token)".into(),
+        Access::Signed => "any valid token or session".into(),
     }
 }
 

@@ -70,6 +70,10 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// Only runs numbered below this (pass the last number of the previous page).
     pub before: Option<i64>,
+    /// Only runs in this state (`running`, `failure`, …).
+    pub status: Option<RunStatus>,
+    /// Only runs of this branch.
+    pub branch: Option<String>,
 }
 
 /// A repository's runs, newest first.
@@ -88,7 +92,10 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<Run>>> {
     let repo = find_repo(&state, &p.owner, &p.name).await?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let mut runs = state.store.list_runs(repo.id, limit, q.before).await?;
+    let mut runs = state
+        .store
+        .list_runs_where(repo.id, limit, q.before, q.status, q.branch.as_deref())
+        .await?;
     for r in &mut runs {
         // Plans can be large; a page of runs should stay small.
         r.plan = None;
@@ -103,6 +110,48 @@ pub async fn list(
 pub struct RunDetail {
     pub run: Run,
     pub stages: Vec<StageWithSteps>,
+    /// For a run that failed: the failing stage and step and the log lines that
+    /// explain it (what the run page shows first). None otherwise.
+    pub failure: Option<FailureSummary>,
+}
+
+/// Why a run failed, as the run page shows it first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailureSummary {
+    /// The failing stage's key.
+    pub stage: String,
+    /// The failing step's name (`(before any step)` if the stage failed before one ran).
+    pub step: String,
+    /// The stage's reason, with the exit code.
+    pub reason: String,
+    /// The first error-looking lines of the step's log, ANSI colours removed.
+    pub first: Vec<NumberedLine>,
+    /// The last lines of the step's log, ANSI colours removed.
+    pub last: Vec<NumberedLine>,
+}
+
+/// A log line with its 1-based number in the step's log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NumberedLine {
+    pub number: u64,
+    pub text: String,
+}
+
+impl From<crate::web::failure::Failure> for FailureSummary {
+    fn from(f: crate::web::failure::Failure) -> Self {
+        let lines = |v: Vec<(u64, String)>| {
+            v.into_iter()
+                .map(|(number, text)| NumberedLine { number, text })
+                .collect()
+        };
+        FailureSummary {
+            stage: f.stage,
+            step: f.step,
+            reason: f.reason,
+            first: lines(f.first),
+            last: lines(f.last),
+        }
+    }
 }
 
 /// One run with its stages, steps and outputs.
@@ -124,7 +173,18 @@ pub async fn show(
             }
         }
     }
-    Ok(Json(RunDetail { run, stages }))
+    let failure = if matches!(run.status, RunStatus::Failure | RunStatus::Error) {
+        crate::web::failure::of(&state, &stages, |_, _| String::new())
+            .await
+            .map(FailureSummary::from)
+    } else {
+        None
+    };
+    Ok(Json(RunDetail {
+        run,
+        stages,
+        failure,
+    }))
 }
 
 /// What a run's scan stages found.

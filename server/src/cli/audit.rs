@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::ServerArgs;
 use super::admin::with_state;
+use super::database::DbArgs;
 use crate::cli::stdio::outln;
 use crate::store::audit::AuditFilter;
 
@@ -16,7 +16,7 @@ pub enum AuditCommand {
     /// or exit 1 and name the first entry that breaks it and why.
     Verify {
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Print entries, oldest first, one per line: id, time, actor, action, subject,
     /// detail.
@@ -37,7 +37,7 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
 }
 

@@ -1,6 +1,6 @@
-//! The CLI's side of the HTTP API: the server's URL and a token from the environment,
-//! JSON in and out, and the server's error message (not a stack of context) when it
-//! refuses.
+//! The CLI's side of the HTTP API: the server's URL and a token (from `--server`,
+//! `SLIPWAY_SERVER` and `SLIPWAY_TOKEN`, else from what `slipway login` stored), JSON in
+//! and out, and the server's error message (not a stack of context) when it refuses.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -10,12 +10,47 @@ use zeroize::Zeroizing;
 /// a running server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
-    /// The server's URL.
-    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// Name of the environment variable holding your personal API token.
+    /// The server's URL (default: the one `slipway login` stored).
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    pub server: Option<String>,
+    /// Name of the environment variable holding your API token (default: the token
+    /// `slipway login` stored, when it is for this server).
     #[arg(long, value_name = "VAR", default_value = "SLIPWAY_TOKEN")]
     pub token_env: String,
+}
+
+impl ApiArgs {
+    /// Whether a server was named here (flag or `SLIPWAY_SERVER`), not only stored.
+    pub fn named(&self) -> bool {
+        self.server.is_some()
+    }
+}
+
+/// The server and token to use: the environment over the stored login. The stored
+/// token goes only to the server it was stored for.
+pub fn resolve(args: &ApiArgs) -> anyhow::Result<(String, Zeroizing<String>)> {
+    let stored = super::credentials::load()?;
+    let server = match (&args.server, &stored) {
+        (Some(s), _) => s.trim_end_matches('/').to_string(),
+        (None, Some(c)) => c.server.clone(),
+        (None, None) => bail!(
+            "not logged in: run `slipway login SERVER` first (or set SLIPWAY_SERVER and {})",
+            args.token_env
+        ),
+    };
+    reqwest::Url::parse(&server).with_context(|| format!("--server `{server}` is not a URL"))?;
+    if let Ok(token) = std::env::var(&args.token_env)
+        && !token.is_empty()
+    {
+        return Ok((server, Zeroizing::new(token)));
+    }
+    match stored {
+        Some(c) if c.server == server => Ok((server, Zeroizing::new(c.token.clone()))),
+        _ => bail!(
+            "no token for {server}: run `slipway login {server}` (or set {})",
+            args.token_env
+        ),
+    }
 }
 
 /// A client of one server, with one token.
@@ -28,16 +63,15 @@ pub struct Api {
 
 impl Api {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Api> {
-        let token = std::env::var(&args.token_env)
-            .with_context(|| format!("environment variable {} is not set", args.token_env))?;
-        if token.is_empty() {
-            bail!("environment variable {} is empty", args.token_env);
-        }
-        reqwest::Url::parse(&args.server)
-            .with_context(|| format!("--server `{}` is not a URL", args.server))?;
+        let (server, token) = resolve(args)?;
+        Api::with(server, token)
+    }
+
+    /// A client of `server` with `token`.
+    pub fn with(server: String, token: Zeroizing<String>) -> anyhow::Result<Api> {
         Ok(Api {
-            base: args.server.trim_end_matches('/').to_string(),
-            token: Zeroizing::new(token),
+            base: server,
+            token,
             http: reqwest::Client::builder().tcp_nodelay(true).build()?,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -55,6 +89,25 @@ impl Api {
 
     pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::PUT, path, Some(body))
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::PATCH, path, Some(body))
+    }
+
+    /// The server's URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Runs `f` on this client's runtime with its HTTP client, the base URL and the
+    /// token: for streams (server-sent events) that [`Api::get`] cannot read.
+    pub fn block_on<T>(
+        &self,
+        f: impl AsyncFnOnce(&reqwest::Client, &str, &str) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.rt
+            .block_on(f(&self.http, &self.base, self.token.as_str()))
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {

@@ -6,16 +6,24 @@
 mod admin;
 mod audit;
 mod client;
+mod credentials;
+mod database;
 mod diagnostics;
 mod exec;
 pub mod hook;
+mod login;
+mod logs;
 mod output;
 mod people;
 mod pipeline_files;
 mod release;
+mod repo;
 mod rollout;
 mod runner;
+mod runs;
+mod secret;
 pub mod stdio;
+mod token;
 mod validate;
 
 use std::path::PathBuf;
@@ -44,30 +52,51 @@ pub enum Command {
     /// Print the JSON Schema of the pipeline format, for editors.
     Schema,
     /// Run the CI server: webhooks, API, scheduler and an in-process runner.
-    Server(ServerArgs),
-    /// Apply database migrations and exit.
-    Migrate(ServerArgs),
+    Server(Box<ServerArgs>),
+    /// Apply database migrations and exit (works on the server's database directly:
+    /// give its --data-dir or --database-url).
+    Migrate(database::DbArgs),
     /// Post-receive hook for plain git servers: reads `old new ref` lines from stdin and
     /// asks the server for runs (token from SLIPWAY_TOKEN).
     Hook(hook::HookArgs),
-    /// Register and list repositories (works on the server's database).
+    /// Check an API token against a server and store both for the other commands.
+    Login(login::LoginArgs),
+    /// Forget the server and token `slipway login` stored.
+    Logout,
+    /// Register, list, show, change and delete repositories (through the API; on the
+    /// server's database with --data-dir).
     #[command(subcommand)]
-    Repo(admin::RepoCommand),
-    /// Manage a repository's secrets (works on the server's database).
+    Repo(repo::RepoCommand),
+    /// Manage a repository's secrets (through the API; on the server's database with
+    /// --data-dir).
     #[command(subcommand)]
-    Secret(admin::SecretCommand),
-    /// Create API tokens (works on the server's database).
+    Secret(secret::SecretCommand),
+    /// Create, list and revoke API tokens (through the API; on the server's database
+    /// with --data-dir, for the first admin's token).
     #[command(subcommand)]
-    Token(admin::TokenCommand),
-    /// Manage users and their roles (works on the server's database).
+    Token(token::TokenCommand),
+    /// List runs and show one with its stages, steps and failure.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Print a run's step logs, or follow them live (-f).
+    Logs(logs::LogsArgs),
+    /// Start a run of a branch head, with manual parameters.
+    Trigger(runs::TriggerArgs),
+    /// Cancel a run: waiting stages are cancelled, running ones stopped.
+    Cancel(runs::RunRef),
+    /// Run a finished run again from its stored plan (all of it, or --failed stages).
+    Rerun(runs::RerunArgs),
+    /// Manage users and their roles (works on the server's database directly: give its
+    /// --data-dir; the first admin is made this way).
     #[command(subcommand)]
     User(people::UserCommand),
-    /// Verify and read the audit log (works on the server's database).
+    /// Verify and read the audit log (works on the server's database directly: give
+    /// its --data-dir).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Trigger runs through a running server's API.
+    /// `slipway run trigger`: the same as `slipway trigger`.
     #[command(subcommand)]
-    Run(admin::RunCommand),
+    Run(RunCommand),
     /// Environments: what is live, their rules (through the server's API).
     #[command(subcommand)]
     Env(release::EnvCommand),
@@ -88,6 +117,12 @@ pub enum Command {
     Runner(runner::RunnerArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run of a branch head (the same as `slipway trigger`).
+    Trigger(runs::TriggerArgs),
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
     /// A TOML configuration file (keys as the long flags, with `_` for `-`).
@@ -104,6 +139,21 @@ impl ServerArgs {
             self.config.as_deref(),
         )?)
     }
+}
+
+/// The directory of a SQLite database file (`sqlite://dir/x.db?mode=rwc`), if any.
+fn sqlite_dir(url: &str) -> Option<PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    PathBuf::from(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters (default: info).
@@ -131,15 +181,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Server(args) => {
             init_tracing();
-            let config = args.resolve()?;
+            let config = (*args).resolve()?;
             tokio::runtime::Runtime::new()?.block_on(crate::daemon::serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Hook(args) => hook::run(args),
         Command::Migrate(args) => {
             init_tracing();
-            let config = args.resolve()?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            let config = args.resolve_database()?;
+            // SQLite makes the file, not its directory; nothing else is made here.
+            if let Some(dir) = sqlite_dir(&config.database_url) {
+                std::fs::create_dir_all(dir)?;
+            }
             tokio::runtime::Runtime::new()?.block_on(async {
                 let store = crate::store::Store::connect(&config.database_url).await?;
                 store.migrate().await?;
@@ -149,12 +202,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             outln!("migrations applied")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Repo(cmd) => admin::repo(cmd),
-        Command::Secret(cmd) => admin::secret(cmd),
-        Command::Token(cmd) => admin::token(cmd),
+        Command::Login(args) => login::login(args),
+        Command::Logout => login::logout(),
+        Command::Repo(cmd) => repo::repo(cmd),
+        Command::Secret(cmd) => secret::secret(cmd),
+        Command::Token(cmd) => token::token(cmd),
+        Command::Runs(cmd) => runs::runs(cmd),
+        Command::Logs(args) => logs::logs(args),
+        Command::Trigger(args) => runs::trigger(args),
+        Command::Cancel(args) => runs::cancel(args),
+        Command::Rerun(args) => runs::rerun(args),
         Command::User(cmd) => people::user(cmd),
         Command::Audit(cmd) => audit::audit(cmd),
-        Command::Run(cmd) => admin::run(cmd),
+        Command::Run(RunCommand::Trigger(args)) => runs::trigger(args),
         Command::Env(cmd) => release::env(cmd),
         Command::Approve(args) => release::vote(args, true),
         Command::Reject(args) => release::vote(args, false),
@@ -163,5 +223,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Promote(args) => release::promote(args),
         Command::Rollback(args) => release::rollback(args),
         Command::Runner(args) => runner::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_directory_of_a_sqlite_database() {
+        assert_eq!(
+            sqlite_dir("sqlite:///srv/slipway/slipway.db?mode=rwc"),
+            Some(PathBuf::from("/srv/slipway"))
+        );
+        assert_eq!(sqlite_dir("sqlite://d/x.db"), Some(PathBuf::from("d")));
+        assert_eq!(sqlite_dir("sqlite:x.db"), None);
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_dir("postgres://u@h/db"), None);
     }
 }

@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
-use super::ServerArgs;
 use super::admin::with_state;
+use super::database::DbArgs;
 use crate::admin::people;
 use crate::cli::stdio::{errln, outln};
 use crate::store::{Role, audit};
@@ -36,26 +36,26 @@ pub enum UserCommand {
         #[arg(long, value_name = "OWNER/NAME")]
         repo: Option<String>,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// List users with their roles, linked identities and whether they are disabled.
     List {
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Disable a user: their tokens are refused until they are enabled again.
     Disable {
         /// The user's name.
         name: String,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Enable a disabled user again.
     Enable {
         /// The user's name.
         name: String,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Set a user's role, globally or on one repository (it replaces the role they had
     /// there).
@@ -69,7 +69,7 @@ pub enum UserCommand {
         #[arg(long, value_name = "OWNER/NAME")]
         repo: Option<String>,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Link a forge account to a user (`github:alice`, `gitlab:alice`, `gitea:alice`,
     /// `forgejo:alice`, `git:alice@example.com`): runs it pushes name it as their pusher.
@@ -79,7 +79,7 @@ pub enum UserCommand {
         /// The account, `FORGE:LOGIN` (`git:EMAIL` for plain git).
         identity: String,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
     /// Unlink a forge account from a user.
     Unlink {
@@ -88,47 +88,67 @@ pub enum UserCommand {
         /// The account, `FORGE:LOGIN` (`git:EMAIL` for plain git).
         identity: String,
         #[command(flatten)]
-        server: ServerArgs,
+        server: DbArgs,
     },
 }
 
 /// The password from stdin: a line typed at a terminal (not echoed), or everything
 /// piped in, one trailing newline dropped.
 fn read_password(name: &str) -> anyhow::Result<Zeroizing<String>> {
+    read_hidden(&format!("Password for {name}: "), "password")
+}
+
+/// A secret (`what`: password, token) from stdin: asked for with `prompt` and read
+/// unechoed at a terminal, else everything piped in; one trailing newline dropped.
+pub(super) fn read_hidden(prompt: &str, what: &str) -> anyhow::Result<Zeroizing<String>> {
     let stdin = std::io::stdin();
-    let mut password = Zeroizing::new(String::new());
-    if stdin.is_terminal() {
-        errln!("Password for {name}: ");
-        let echo_off = std::process::Command::new("stty")
-            .arg("-echo")
+    if !stdin.is_terminal() {
+        return read_stdin_value(what);
+    }
+    let mut value = Zeroizing::new(String::new());
+    errln!("{prompt}");
+    let echo_off = std::process::Command::new("stty")
+        .arg("-echo")
+        .stdin(std::process::Stdio::inherit())
+        .status()
+        .is_ok_and(|s| s.success());
+    let read = stdin.lock().read_line(&mut value);
+    if echo_off {
+        let _ = std::process::Command::new("stty")
+            .arg("echo")
             .stdin(std::process::Stdio::inherit())
-            .status()
-            .is_ok_and(|s| s.success());
-        let read = stdin.lock().read_line(&mut password);
-        if echo_off {
-            let _ = std::process::Command::new("stty")
-                .arg("echo")
-                .stdin(std::process::Stdio::inherit())
-                .status();
+            .status();
+    }
+    errln!();
+    read.with_context(|| format!("reading the {what}"))?;
+    trim_newline(&mut value);
+    if value.is_empty() {
+        bail!("empty {what}");
+    }
+    Ok(value)
+}
+
+/// Everything on stdin, one trailing newline dropped; refused when empty.
+pub(super) fn read_stdin_value(what: &str) -> anyhow::Result<Zeroizing<String>> {
+    let mut value = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_to_string(&mut value)
+        .with_context(|| format!("reading the {what} from stdin"))?;
+    trim_newline(&mut value);
+    if value.is_empty() {
+        bail!("empty {what} (pipe it on stdin)");
+    }
+    Ok(value)
+}
+
+fn trim_newline(value: &mut String) {
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
         }
-        errln!();
-        read.context("reading the password")?;
-    } else {
-        stdin
-            .lock()
-            .read_to_string(&mut password)
-            .context("reading the password from stdin")?;
     }
-    if password.ends_with('\n') {
-        password.pop();
-        if password.ends_with('\r') {
-            password.pop();
-        }
-    }
-    if password.is_empty() {
-        bail!("empty password (pipe it on stdin)");
-    }
-    Ok(password)
 }
 
 pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
@@ -251,7 +271,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn set_disabled(name: String, disabled: bool, server: ServerArgs) -> anyhow::Result<ExitCode> {
+fn set_disabled(name: String, disabled: bool, server: DbArgs) -> anyhow::Result<ExitCode> {
     with_state(server, async |state| {
         let user = state.store.get_user_by_name(&name).await?;
         Ok(state

@@ -357,7 +357,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+pub(crate) fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,

@@ -156,6 +156,39 @@ impl Store {
         rows(&rs, run_row)
     }
 
+    /// [`Store::list_runs`] narrowed to runs in `status` and/or on `branch`.
+    pub async fn list_runs_where(
+        &self,
+        repo: RepoId,
+        limit: u32,
+        before_number: Option<i64>,
+        status: Option<RunStatus>,
+        branch: Option<&str>,
+    ) -> Result<Vec<Run>> {
+        let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE repo_id = $1 AND number < $2");
+        let mut next = 4;
+        if status.is_some() {
+            sql.push_str(&format!(" AND status = ${next}"));
+            next += 1;
+        }
+        if branch.is_some() {
+            sql.push_str(&format!(" AND branch = ${next}"));
+        }
+        sql.push_str(" ORDER BY number DESC LIMIT $3");
+        let mut q = query(&sql)
+            .bind(repo)
+            .bind(before_number.unwrap_or(i64::MAX))
+            .bind(i64::from(limit));
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        if let Some(b) = branch {
+            q = q.bind(b);
+        }
+        let rs = q.fetch_all(&self.read).await?;
+        rows(&rs, run_row)
+    }
+
     /// Runs waiting to be planned (`pending`), oldest first: the planner's work list,
     /// also after a crash.
     pub async fn pending_runs(&self, limit: u32) -> Result<Vec<Run>> {

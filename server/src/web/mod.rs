@@ -11,7 +11,7 @@ mod admin_pages;
 mod assets;
 mod dashboard;
 mod env_page;
-mod failure;
+pub(crate) mod failure;
 mod findings;
 mod headers;
 mod inbox;

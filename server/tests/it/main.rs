@@ -16,6 +16,7 @@ mod crypto;
 mod docker_e2e;
 mod docker_sweep;
 mod e2e;
+mod everyday_loop;
 mod exec_parity;
 mod expressions;
 mod first_steps;

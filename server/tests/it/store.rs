@@ -18,6 +18,7 @@ both_databases!(
     repo_crud,
     duplicate_deliveries_make_one_run,
     concurrent_runs_get_dense_numbers,
+    runs_are_listed_by_status_and_branch,
     invalid_pipeline_becomes_error_run,
     plan_is_validated_before_writing,
     needs_promote_and_failures_skip,
@@ -380,6 +381,37 @@ async fn concurrent_runs_get_dense_numbers(db: Dialect) {
         store.get_run_by_number(a.id, 201).await,
         Err(Error::NotFound(_))
     ));
+}
+
+async fn runs_are_listed_by_status_and_branch(db: Dialect) {
+    let store = TestStore::open(db).await;
+    let r = repo(&store, "team/app").await;
+    for branch in ["main", "dev", "main", "dev"] {
+        store.create_run(r.id, push(branch)).await.unwrap();
+    }
+    let one = store.get_run_by_number(r.id, 1).await.unwrap();
+    assert!(store.cancel_run(one.id, "test").await.unwrap());
+    let numbers = |runs: Vec<Run>| runs.iter().map(|r| r.number).collect::<Vec<i64>>();
+    let all = store
+        .list_runs_where(r.id, 10, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(numbers(all), [4, 3, 2, 1]);
+    let dev = store
+        .list_runs_where(r.id, 10, None, None, Some("dev"))
+        .await
+        .unwrap();
+    assert_eq!(numbers(dev), [4, 2]);
+    let cancelled = store
+        .list_runs_where(r.id, 10, None, Some(RunStatus::Cancelled), None)
+        .await
+        .unwrap();
+    assert_eq!(numbers(cancelled), [1]);
+    let pending_main = store
+        .list_runs_where(r.id, 1, Some(4), Some(RunStatus::Pending), Some("main"))
+        .await
+        .unwrap();
+    assert_eq!(numbers(pending_main), [3]);
 }
 
 async fn invalid_pipeline_becomes_error_run(db: Dialect) {
