@@ -105,6 +105,13 @@ pub enum TokenCommand {
         /// A personal token acting as this user, with their roles.
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// A runner token for the repositories of this owner only.
+        #[arg(long, value_name = "OWNER", requires = "scope")]
+        owner: Option<String>,
+        /// Hook token: the one repository it may trigger (required). Runner token:
+        /// only this repository (repeatable).
+        #[arg(long = "repo", value_name = "OWNER/NAME", requires = "scope")]
+        repos: Vec<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -309,19 +316,32 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             name,
             scope,
             user,
+            owner,
+            repos,
             server,
         } => {
             let token = match (scope, user) {
                 (Some(scope), _) => {
+                    // Checked before opening the database, so a missing --repo says so
+                    // even where the server's data cannot be reached.
+                    crate::admin::token_scope::for_new_token(scope, owner.as_deref(), &repos)?;
                     let (info, token) = with_state(server, async |state| {
-                        crate::api::tokens::create_token_as(&state.store, audit::CLI, &name, scope)
-                            .await
-                            .map_err(|e| anyhow::anyhow!(e.message))
+                        crate::api::tokens::create_token_as(
+                            &state.store,
+                            audit::CLI,
+                            &name,
+                            scope,
+                            owner.as_deref(),
+                            &repos,
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e.message))
                     })?;
                     errln!(
-                        "created {scope} token {:?} (id {}); it is shown only now:",
+                        "created {scope} token {:?} (id {}) for {}; it is shown only now:",
                         info.name,
-                        info.id
+                        info.id,
+                        info.repos
                     );
                     token
                 }

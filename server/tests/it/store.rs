@@ -99,7 +99,11 @@ async fn planned(store: &Store, repo_name: &str, stages: Vec<NewStage>) -> (Repo
 /// A registered runner without labels that may run any number of stages; the same
 /// runner again for the same name.
 async fn runner_id(store: &Store, name: &str) -> RunnerId {
-    store.register_runner(name, &[], 10_000).await.unwrap().id
+    store
+        .register_runner(name, &[], 10_000, &RepoScope::All)
+        .await
+        .unwrap()
+        .id
 }
 
 async fn lease(store: &Store) -> Lease {
@@ -1528,7 +1532,7 @@ async fn cron_claims_once(db: Dialect) {
 async fn runners_register(db: Dialect) {
     let store = TestStore::open(db).await;
     let a = store
-        .register_runner("host-a", &["linux".into()], 2)
+        .register_runner("host-a", &["linux".into()], 2, &RepoScope::All)
         .await
         .unwrap();
     assert_eq!(
@@ -1537,7 +1541,12 @@ async fn runners_register(db: Dialect) {
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
     let again = store
-        .register_runner("host-a", &["linux".into(), "docker".into()], 4)
+        .register_runner(
+            "host-a",
+            &["linux".into(), "docker".into()],
+            4,
+            &RepoScope::All,
+        )
         .await
         .unwrap();
     assert_eq!(again.id, a.id);
@@ -1545,7 +1554,10 @@ async fn runners_register(db: Dialect) {
     assert_eq!(again.labels, ["linux", "docker"]);
     assert!(again.last_seen_at > a.last_seen_at);
     assert_eq!(again.created_at, a.created_at);
-    store.register_runner("host-b", &[], 1).await.unwrap();
+    store
+        .register_runner("host-b", &[], 1, &RepoScope::All)
+        .await
+        .unwrap();
     store.touch_runner(a.id).await.unwrap();
     assert!(matches!(
         store.touch_runner(a.id + 100).await,
@@ -1879,7 +1891,7 @@ fn labelled(key: &str, labels: &[&str]) -> NewStage {
 async fn registered(store: &Store, name: &str, labels: &[&str], capacity: u32) -> RunnerId {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     store
-        .register_runner(name, &labels, capacity)
+        .register_runner(name, &labels, capacity, &RepoScope::All)
         .await
         .unwrap()
         .id
