@@ -721,11 +721,16 @@ async fn a_thousand_concurrent_copies_make_one_run(db: Dialect) {
 
 // ------------------------------------------------------------ plain git
 
+/// A token of `scope`, for the repository `team/app` when it is a hook token.
 async fn hook_token(state: &server::daemon::state::AppState, scope: TokenScope) -> String {
     let token = generate_token("slw");
+    let repos = match scope {
+        TokenScope::Hook => store::RepoScope::Repos(vec!["team/app".into()]),
+        _ => store::RepoScope::All,
+    };
     state
         .store
-        .create_token("hook", &hash_token(&token), scope)
+        .create_scoped_token_by("test", "hook", &hash_token(&token), scope, &repos)
         .await
         .unwrap();
     token
