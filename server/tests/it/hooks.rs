@@ -845,8 +845,12 @@ async fn plain_git_hook_creates_one_run_per_ref() {
         true,
     )
     .await;
-    let (status, _) = post_git(state, "gh/app", Some(&token), json!({ "updates": [] })).await;
+    // (An admin token may name any repository; the hook token only its own.)
+    let admin = hook_token(state, TokenScope::Admin).await;
+    let (status, _) = post_git(state, "gh/app", Some(&admin), json!({ "updates": [] })).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = post_git(state, "gh/app", Some(&token), json!({ "updates": [] })).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     // Both runs plan from the real repository.
     let report = server::workers::planner::plan_pending(state).await.unwrap();
