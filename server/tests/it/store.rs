@@ -45,6 +45,7 @@ both_databases!(
     finish_report_names_the_call_that_ends_the_run,
     stage_results_are_stored_with_the_finish_and_replaced_by_a_retry,
     labels_route_stages_to_runners,
+    repo_scopes_route_stages_to_runners,
     runner_capacity_holds_under_concurrency,
 );
 
@@ -2037,4 +2038,47 @@ async fn runner_capacity_holds_under_concurrency(db: Dialect) {
         status_of(&store, run.id, "later").await,
         StageStatus::Running
     );
+}
+
+/// A runner leases only stages of repositories in its scope; the queue skips the
+/// others however old they are.
+async fn repo_scopes_route_stages_to_runners(db: Dialect) {
+    let store = TestStore::open(db).await;
+    let (_, acme) = planned(&store, "acme/web", vec![labelled("a", &[])]).await;
+    // `team` is a prefix of `teammate`: an owner matches whole.
+    let (_, mate) = planned(&store, "teammate/x", vec![labelled("m", &[])]).await;
+    let (_, team) = planned(&store, "team/app", vec![labelled("t", &[])]).await;
+    let scoped = |name: &'static str, scope: RepoScope| {
+        let store = &store;
+        async move { store.register_runner(name, &[], 5, &scope).await.unwrap() }
+    };
+    let team_runner = scoped("team", RepoScope::Owner("team".into())).await;
+    assert_eq!(team_runner.repos, RepoScope::Owner("team".into()));
+    let named = scoped("named", RepoScope::Repos(vec!["teammate/x".into()])).await;
+    let queued = store.queued_stage_labels(10).await.unwrap();
+    let repos: Vec<&str> = queued.iter().map(|q| q.repo.as_str()).collect();
+    assert_eq!(repos, ["acme/web", "teammate/x", "team/app"]);
+
+    assert_eq!(
+        lease_key(&store, team_runner.id).await.as_deref(),
+        Some("t")
+    );
+    assert_eq!(lease_key(&store, team_runner.id).await, None);
+    assert_eq!(lease_key(&store, named.id).await.as_deref(), Some("m"));
+    assert_eq!(lease_key(&store, named.id).await, None);
+    assert_eq!(status_of(&store, acme.id, "a").await, StageStatus::Queued);
+    // Registering again under the same name takes the new scope.
+    let all = scoped("named", RepoScope::All).await;
+    assert_eq!(all.id, named.id);
+    assert_eq!(lease_key(&store, all.id).await.as_deref(), Some("a"));
+    for run in [team.id, mate.id] {
+        assert!(
+            store
+                .list_stages(run)
+                .await
+                .unwrap()
+                .iter()
+                .all(|s| s.stage.status == StageStatus::Running)
+        );
+    }
 }
