@@ -229,4 +229,33 @@ async fn a_runner_scoped_to_an_owner_never_leases_another_owners_stage_or_secret
         "{got}"
     );
     assert!(!got.contains("work-team-runner"), "{got}");
+
+    // A token cannot borrow the scope of a runner registered with another token by
+    // naming that runner's id in its lease requests.
+    let http = reqwest::Client::new();
+    let registered: Value = http
+        .post(env.url("/api/runner/register"))
+        .bearer_auth(&acme_runner)
+        .json(&json!({ "name": "acme-2", "labels": [], "capacity": 1 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(env.url("/api/runner/lease"))
+        .bearer_auth(&team_runner)
+        .json(&json!({ "runner_id": registered["runner_id"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("register again")),
+        "{body}"
+    );
 }
