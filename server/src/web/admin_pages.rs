@@ -110,6 +110,8 @@ pub struct PersonRow {
 pub struct TokenRow {
     pub name: String,
     pub scope: String,
+    /// The repositories it is for (`all repositories`, an owner's, named ones).
+    pub repos: String,
     pub created: String,
 }
 
@@ -169,6 +171,7 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
             .map(|t| TokenRow {
                 name: t.name,
                 scope: t.scope.to_string(),
+                repos: t.repos.to_string(),
                 created: ago(t.created_at, now),
             })
             .collect(),
