@@ -48,7 +48,8 @@ pub enum Command {
     /// Apply database migrations and exit.
     Migrate(ServerArgs),
     /// Post-receive hook for plain git servers: reads `old new ref` lines from stdin and
-    /// asks the server for runs (token from SLIPWAY_TOKEN).
+    /// asks the server for runs (token from SLIPWAY_TOKEN: a hook token made with
+    /// `--repo` for this repository).
     Hook(hook::HookArgs),
     /// Register and list repositories (works on the server's database).
     #[command(subcommand)]
