@@ -5,7 +5,11 @@
 //! No cluster runs here, so the tests check every pod Slipway ships or generates with
 //! this instead: `deploy/` manifests and, with the Kubernetes backend, each build pod.
 //! The rules follow <https://kubernetes.io/docs/concepts/security/pod-security-standards/>
-//! (baseline, then what restricted adds); each violation is reported with the field path.
+//! (baseline, then what restricted adds) and upstream's checks in
+//! `k8s.io/pod-security-admission/policy` (`check_runAsNonRoot.go`: a pod-level `false`
+//! is refused even when every container says `true`; `check_hostProbesAndHostLifecycle.go`,
+//! baseline from 1.34: no `host` in a probe's or lifecycle handler's `httpGet`/`tcpSocket`);
+//! each violation is reported with the field path.
 
 use serde_json::Value;
 
@@ -109,6 +113,9 @@ pub fn restricted_violations(pod: &Value) -> Vec<String> {
         v.push("spec.securityContext.runAsUser: must not be 0 (root)".into());
     }
     let pod_non_root = pod_sc["runAsNonRoot"] == Value::Bool(true);
+    if pod_sc["runAsNonRoot"] == Value::Bool(false) {
+        v.push("spec.securityContext.runAsNonRoot: must not be false".into());
+    }
     let pod_seccomp_ok = seccomp_confined(&pod_sc["seccompProfile"]);
     if pod_sc["seccompProfile"]["type"] == "Unconfined" {
         v.push("spec.securityContext.seccompProfile.type: must not be Unconfined".into());
@@ -150,6 +157,20 @@ fn check_container(
     for (j, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
         if port["hostPort"].as_i64().is_some_and(|p| p != 0) {
             v.push(format!("{at}: ports[{j}].hostPort must not be set"));
+        }
+    }
+    for handler in ["livenessProbe", "readinessProbe", "startupProbe"]
+        .map(|p| (p.to_string(), &c[p]))
+        .into_iter()
+        .chain(["postStart", "preStop"].map(|h| (format!("lifecycle.{h}"), &c["lifecycle"][h])))
+    {
+        for action in ["httpGet", "tcpSocket"] {
+            if handler.1[action]["host"]
+                .as_str()
+                .is_some_and(|h| !h.is_empty())
+            {
+                v.push(format!("{at}: {}.{action}.host must not be set", handler.0));
+            }
         }
     }
     if sc["procMount"].as_str().is_some_and(|m| m != "Default") {
@@ -291,6 +312,38 @@ mod tests {
             assert!(v.iter().any(|m| m.contains(e)), "no `{e}` in {v:#?}");
         }
         assert_eq!(v.len(), expect.len(), "{v:#?}");
+    }
+
+    #[test]
+    fn a_pod_level_false_loses_even_when_every_container_says_true() {
+        let mut pod = compliant();
+        pod["spec"]["securityContext"]["runAsNonRoot"] = json!(false);
+        pod["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = json!(true);
+        assert_eq!(
+            restricted_violations(&pod),
+            vec!["spec.securityContext.runAsNonRoot: must not be false".to_string()]
+        );
+    }
+
+    #[test]
+    fn probe_and_lifecycle_hosts_are_refused() {
+        let mut pod = compliant();
+        let c = &mut pod["spec"]["containers"][0];
+        // Unset or empty hosts (the pod's own IP) are fine.
+        c["readinessProbe"] = json!({"httpGet": {"port": 80, "host": ""}});
+        c["startupProbe"] = json!({"tcpSocket": {"port": 80}});
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        let c = &mut pod["spec"]["containers"][0];
+        c["livenessProbe"] = json!({"httpGet": {"port": 80, "host": "169.254.169.254"}});
+        c["lifecycle"] = json!({"preStop": {"tcpSocket": {"port": 22, "host": "10.0.0.1"}}});
+        let v = restricted_violations(&pod);
+        assert_eq!(
+            v,
+            vec![
+                "spec.containers[0] (step): livenessProbe.httpGet.host must not be set",
+                "spec.containers[0] (step): lifecycle.preStop.tcpSocket.host must not be set",
+            ],
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 // ---------------------------------------------------------------- run page, live
 
 // On every status change of the run (server-sent events), the live part of the page
+// (a run page's, or an environment page's rollouts)
 // is fetched again from the server, which renders it, and patched in place. A rollout
 // moves on (steps, weights, measurements) without a stage changing state, so while one
 // on the page has not ended, the part is fetched every two seconds too. The patch
@@ -19,8 +20,10 @@ function morph(old, fresh) {
     if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
     return;
   }
-  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
-  for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  // A group a person folded or unfolded (`<details open>`) stays as they left it.
+  const kept = (a) => old.tagName === "DETAILS" && a.name === "open";
+  for (const a of [...old.attributes]) if (!kept(a) && !fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of [...fresh.attributes]) if (!kept(a) && old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
   const olds = [...old.childNodes];
   const fresh_ = [...fresh.childNodes];
   fresh_.forEach((n, i) => {
@@ -83,9 +86,12 @@ function liveRun(section) {
       } catch (_) { /* the next event tries again */ }
     }, 150);
   };
-  const events = new EventSource(section.dataset.events);
-  for (const kind of ["run", "stage"]) events.addEventListener(kind, refresh);
-  events.addEventListener("end", () => { refresh(); events.close(); });
+  // A run page follows its run's events; an environment page only polls its rollouts.
+  if (section.dataset.events) {
+    const events = new EventSource(section.dataset.events);
+    for (const kind of ["run", "stage"]) events.addEventListener(kind, refresh);
+    events.addEventListener("end", () => { refresh(); events.close(); });
+  }
   const poll = () => {
     if (section.querySelector("[data-rollout-live]") && !document.hidden) refresh();
     setTimeout(poll, ROLLOUT_POLL_MS);
@@ -261,9 +267,96 @@ function logViewer(box) {
   box.dataset.ready = "true";
 }
 
+// ---------------------------------------------------------------- keyboard
+
+// Shortcuts beyond Tab: `j`/`k` move through the page's list (runs, stages, gates,
+// people, deployments), `Enter` then opens the item's link as usual; `/` goes to the
+// page's search or filter; `g` then `d`, `i` or `l` goes to the dashboard, the
+// approvals inbox or the failing step's log; `g` then `e` to the end of a log; `?`
+// shows them all. Nothing happens while a person types in a field or holds a modifier.
+const NAV_ITEMS = "#runs tbody tr, #repos tbody tr, .stages .stage, .gate, .findings li, "
+  + "#people tbody tr, #tokens tbody tr, #deployments tbody tr, #audit tbody tr, #matches a.no";
+const GO_MS = 1500;
+
+function typing(e) {
+  const t = e.target;
+  return t instanceof HTMLElement
+    && (t.isContentEditable || t.matches("input, textarea, select"));
+}
+
+function moveThrough(step) {
+  const items = [...document.querySelectorAll(NAV_ITEMS)].filter((e) => e.offsetParent !== null);
+  if (!items.length) return;
+  const at = items.findIndex((e) => e.classList.contains("kb-current"));
+  const next = items[at < 0 ? (step > 0 ? 0 : items.length - 1)
+    : Math.max(0, Math.min(items.length - 1, at + step))];
+  for (const e of items) e.classList.remove("kb-current");
+  next.classList.add("kb-current");
+  // The item's own link takes the focus (so Enter opens it); else the item itself.
+  let target = next.matches("a[href]") ? next : next.querySelector("a[href]");
+  if (!target) {
+    if (!next.hasAttribute("tabindex")) next.setAttribute("tabindex", "-1");
+    target = next;
+  }
+  target.focus();
+  next.scrollIntoView({ block: "nearest" });
+}
+
+function goTo(where) {
+  if (where === "d") location.href = "/";
+  else if (where === "i") location.href = "/inbox";
+  else if (where === "l") {
+    const log = document.querySelector("#failure a[href*='/logs/']")
+      || document.querySelector(".steps a[href*='/logs/']");
+    if (log) location.href = log.getAttribute("href");
+  } else if (where === "e") {
+    const end = document.getElementById("log-end");
+    if (end) end.click();
+  }
+}
+
+function shortcuts() {
+  const help = document.getElementById("shortcuts");
+  let go = 0;
+  document.addEventListener("keydown", (e) => {
+    if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+    if (help && help.open) return; // the dialog answers Escape itself
+    if (go && Date.now() - go < GO_MS) {
+      go = 0;
+      goTo(e.key);
+      e.preventDefault();
+      return;
+    }
+    go = 0;
+    switch (e.key) {
+      case "j": moveThrough(1); break;
+      case "k": moveThrough(-1); break;
+      case "g": go = Date.now(); break;
+      case "/": {
+        const search = document.querySelector("form[role=search] input, form.filters input, main input[type=search]");
+        if (!search) return;
+        search.focus();
+        search.select();
+        break;
+      }
+      case "?":
+        if (!help) return;
+        help.showModal();
+        break;
+      default: return;
+    }
+    e.preventDefault();
+  });
+  if (help) {
+    const close = help.querySelector("button");
+    if (close) close.addEventListener("click", () => help.close());
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  const live = document.getElementById("live");
-  if (live && live.dataset.events) liveRun(live);
+  shortcuts();
+  const live = document.querySelector("section[data-partial]");
+  if (live) liveRun(live);
   const log = document.getElementById("log");
   if (log) logViewer(log);
 });

@@ -6,11 +6,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{AsyncReadExt as _, StreamExt};
-use kube::api::{LogParams, PostParams};
+use kube::api::LogParams;
 
 use super::status::{self, Progress};
 use super::watch::PodView;
-use super::{KubernetesBackend, api_err, copy, names, pod};
+use super::{KubernetesBackend, api_err, copy, names, pod, strict};
 use crate::archive;
 use crate::artifacts::Artifact;
 use crate::backend::{
@@ -47,10 +47,7 @@ impl Backend for KubernetesBackend {
             message: e.to_string(),
         })??;
 
-        let created = self
-            .inner
-            .pods
-            .create(&PostParams::default(), &objects.pod)
+        let created = strict::create(&self.inner.client, &self.inner.pods, &objects.pod)
             .await
             .map_err(|e| match e {
                 // The API server refused the pod itself (422): the spec's fault.

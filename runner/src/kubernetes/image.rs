@@ -10,13 +10,13 @@ use futures::AsyncBufReadExt as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, LogParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, LogParams, PropagationPolicy};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::builder::{self, BuildPaths};
 use super::status::{self, Progress};
 use super::watch::{self, PodView};
-use super::{KubeStage, KubernetesBackend, api_err, copy, ignore_not_found, names, pod};
+use super::{KubeStage, KubernetesBackend, api_err, copy, ignore_not_found, names, pod, strict};
 use crate::backend::{BuiltImage, LogChunk, LogStreamKind, StageHandle};
 use crate::error::{Error, Result};
 use crate::image_build::{Reference, push_error_is_retryable};
@@ -108,8 +108,7 @@ impl KubernetesBackend {
             &self.inner.options,
             builder_options,
         )?;
-        let created = pods
-            .create(&PostParams::default(), &builder_pod)
+        let created = strict::create(&self.inner.client, &pods, &builder_pod)
             .await
             .map_err(|e| match e {
                 kube::Error::Api(s) if s.code == 422 || s.code == 400 => Error::InvalidSpec(
@@ -156,8 +155,7 @@ impl KubernetesBackend {
         let uid = created.metadata.uid.clone().unwrap_or_default();
         if let Some(mut secret) = secret {
             secret.metadata.owner_references = Some(vec![pod::owned_by_pod(&name, &uid)]);
-            secrets
-                .create(&PostParams::default(), &secret)
+            strict::create(&self.inner.client, secrets, &secret)
                 .await
                 .map_err(api_err("create registry secret"))?;
         }

@@ -16,7 +16,9 @@
 //! outlive the runner, so a finished step reports again from its container status
 //! and log, and a running one is simply followed on.
 //!
-//! Needs Kubernetes 1.29 or later (native sidecars for services). The runner's
+//! Needs Kubernetes 1.30 or later (native sidecars for services, the builder pod's
+//! `appArmorProfile`): `connect` reads `/version` and refuses older clusters, and
+//! every object is created with strict field validation ([`strict`]). The runner's
 //! Role needs, in the build namespace only: pods
 //! create/get/list/watch/delete, pods/log get, pods/exec create and get, secrets
 //! create/get/list/delete (`deploy/kubernetes/base/rbac.yaml`); the same again in the
@@ -37,6 +39,7 @@ mod options;
 pub mod pod;
 mod setup;
 mod status;
+pub mod strict;
 mod wait;
 mod watch;
 
@@ -138,7 +141,27 @@ impl KubernetesBackend {
                 op: "connect",
                 message: format!("cannot configure a Kubernetes client: {e}"),
             })?;
-        KubernetesBackend::new(client, options)
+        let backend = KubernetesBackend::new(client, options)?;
+        backend.check_cluster().await?;
+        Ok(backend)
+    }
+
+    /// Reads the cluster's `/version` and refuses one older than
+    /// [`strict::MIN_VERSION`]; returns its `gitVersion`.
+    pub async fn check_cluster(&self) -> Result<String> {
+        let info = self
+            .inner
+            .client
+            .apiserver_version()
+            .await
+            .map_err(api_err("read the cluster's /version"))?;
+        match strict::refuse_version(&info) {
+            Some(why) => Err(Error::Backend {
+                op: "connect",
+                message: why,
+            }),
+            None => Ok(info.git_version),
+        }
     }
 
     pub fn options(&self) -> &KubernetesOptions {

@@ -6,10 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::PostParams;
 
 use super::status::{self, Progress};
-use super::{KubeStage, KubernetesBackend, RunAs, api_err, copy, names, pod, watch};
+use super::{KubeStage, KubernetesBackend, RunAs, api_err, copy, names, pod, strict, watch};
 use crate::archive;
 use crate::error::{Error, Result};
 use crate::spec::StageSpec;
@@ -75,9 +74,7 @@ impl KubernetesBackend {
         let uid = created.metadata.uid.clone().unwrap_or_default();
         if let Some(mut secret) = secret {
             secret.metadata.owner_references = Some(vec![pod::owned_by_pod(&name, &uid)]);
-            self.inner
-                .secrets
-                .create(&PostParams::default(), &secret)
+            strict::create(&self.inner.client, &self.inner.secrets, &secret)
                 .await
                 .map_err(api_err("create secret"))?;
         }

@@ -130,7 +130,10 @@ pub struct UpdateUser {
 /// Change a user: password, disabled.
 #[utoipa::path(
     patch, path = "/api/users/{user}", tag = "users", params(UserPath), request_body = UpdateUser,
-    responses((status = 200, body = UserDetail), (status = 401), (status = 403), (status = 404), (status = 422))
+    responses(
+        (status = 200, body = UserDetail), (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "They are the last enabled admin"), (status = 422)
+    )
 )]
 pub async fn update(
     caller: Caller,
@@ -162,7 +165,9 @@ pub struct SetRole {
     put, path = "/api/users/{user}/roles", tag = "users", params(UserPath), request_body = SetRole,
     responses(
         (status = 200, description = "The role replaces the one the user had there", body = UserDetail),
-        (status = 401), (status = 403), (status = 404), (status = 422)
+        (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "It would take the admin role from the last enabled admin"),
+        (status = 422)
     )
 )]
 pub async fn set_role(
@@ -197,6 +202,7 @@ pub struct RoleQuery {
         (status = 200, body = UserDetail),
         (status = 401), (status = 403),
         (status = 404, description = "No such user or repository, or no role there"),
+        (status = 409, description = "It would take the admin role from the last enabled admin"),
     )
 )]
 pub async fn remove_role(

@@ -42,13 +42,21 @@ pub async fn build_state_with_clock(
     store.migrate().await.context("applying migrations")?;
     let key = SecretKey::from_env_or_file(&config.secret_key_file)?;
     tracing::info!(key = %key.fingerprint(), "secret key loaded");
+    let blobs = crate::store::blobs::BlobStore::new(&config.data_dir);
+    let swept = blobs.sweep_abandoned_uploads();
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "removed uploads a stopped server left half-written"
+        );
+    }
     let metrics = crate::daemon::metrics::Metrics::new();
     let disk = crate::daemon::disk::DiskHealth::new(config.min_free_disk_bytes, metrics.storage());
     Ok(AppState::new(Inner {
         store,
         secret_box: SecretBox::new(&key),
         logs: LogStore::new(config.data_dir.join("logs")),
-        blobs: crate::store::blobs::BlobStore::new(&config.data_dir),
+        blobs,
         status: StatusReporter::new(),
         wake: Wake::default(),
         webhook_budget: crate::api::webhook_body::BodyBudget::new(
@@ -56,6 +64,7 @@ pub async fn build_state_with_clock(
         ),
         metrics,
         disk,
+        failures: crate::web::FailureCache::default(),
         shutdown: CancellationToken::new(),
         config,
     }))

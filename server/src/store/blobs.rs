@@ -7,7 +7,10 @@
 //! identical content is stored once (an existing blob is left alone, never rewritten).
 //! Memory stays flat whatever the size: one chunk at a time. A write that fails, is
 //! refused or is abandoned half-way (the client went away and the future was dropped)
-//! removes its temp file.
+//! removes its temp file. One that a killed process left behind is removed by the next
+//! server's start-up sweep: every temp file is `flock`ed by its writer for as long as
+//! it is written, so a file whose lock can be taken has no live writer (and a replica
+//! sharing the directory keeps its own uploads).
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +74,35 @@ impl BlobStore {
         BlobStore {
             root: data_dir.join("blobs").join("sha256"),
         }
+    }
+
+    /// Removes the temp files of uploads whose writer is gone (a killed server), and
+    /// returns how many. Uploads in progress, here or in a replica sharing the
+    /// directory, hold their file's lock and are left alone.
+    pub fn sweep_abandoned_uploads(&self) -> usize {
+        let mut removed = 0;
+        let Ok(prefixes) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        for dir in prefixes.flatten() {
+            let Ok(entries) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let Ok(file) = std::fs::File::open(entry.path()) else {
+                    continue;
+                };
+                let free =
+                    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock);
+                if free.is_ok() && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Where the blob with this digest lives (whether or not it exists).
@@ -164,21 +196,37 @@ impl BlobStore {
     }
 }
 
-/// A temp file next to its destination, removed on drop unless persisted.
+const TEMP_PREFIX: &str = ".upload-";
+
+/// A temp file next to its destination, removed on drop unless persisted, and locked
+/// while it lives so that the start-up sweep can tell it from a dead writer's.
 struct TempFile {
     path: Option<PathBuf>,
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl TempFile {
     async fn new(dir: &Path) -> std::io::Result<TempFile> {
-        let name = format!(".upload-{:016x}", rand::random::<u64>());
+        let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
         let path = dir.join(name);
-        tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .await?;
-        Ok(TempFile { path: Some(path) })
+            .await?
+            .into_std()
+            .await;
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+            Ok(lock) => lock,
+            Err((_, errno)) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(errno.into());
+            }
+        };
+        Ok(TempFile {
+            path: Some(path),
+            _lock: lock,
+        })
     }
 
     async fn file(&self) -> std::io::Result<tokio::fs::File> {
@@ -295,5 +343,29 @@ mod tests {
         assert!(matches!(err, BlobError::BadDigest(_)), "{err}");
         // Only the one good blob is left: no temp files, no refused content.
         assert_eq!(files(dir.path()), vec![path]);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_uploads_nobody_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path());
+        let shard = store.root.join("ab");
+        std::fs::create_dir_all(&shard).unwrap();
+        // A dead writer's file: nobody holds its lock.
+        let dead = shard.join(format!("{TEMP_PREFIX}dead"));
+        std::fs::write(&dead, b"half an upload").unwrap();
+        // A live upload, locked by its writer.
+        let live = TempFile::new(&shard).await.unwrap();
+        let live_path = live.path.clone().unwrap();
+        // A blob is never touched.
+        let blob = shard.join("c".repeat(62));
+        std::fs::write(&blob, b"content").unwrap();
+
+        assert_eq!(store.sweep_abandoned_uploads(), 1);
+        assert!(!dead.exists());
+        assert!(live_path.exists() && blob.exists());
+        drop(live);
+        assert!(!live_path.exists());
+        assert_eq!(store.sweep_abandoned_uploads(), 0);
     }
 }

@@ -227,8 +227,10 @@ impl Store {
     }
 
     /// Disables (or enables again) a user: a disabled user's tokens stop working.
+    /// Refused (`Conflict`) when it would disable the last enabled admin.
     pub async fn set_user_disabled(&self, actor: &str, id: UserId, disabled: bool) -> Result<User> {
         let mut tx = self.begin().await?;
+        let admins_before = enabled_admins_tx(&mut tx).await?;
         let sql = format!("UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLS}");
         let changed = query(&sql)
             .bind(id)
@@ -239,6 +241,7 @@ impl Store {
             .map(user)
             .transpose()?
             .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        keeps_an_admin(&mut tx, admins_before, &changed.name).await?;
         let what = if disabled {
             action::USER_DISABLE
         } else {
@@ -252,7 +255,8 @@ impl Store {
 
     /// Gives `user` the role `role` globally (`repo` None) or on one repository,
     /// replacing the role they had there; `None` removes it (`NotFound` if there was
-    /// none). Returns the previous role.
+    /// none). Returns the previous role. Refused (`Conflict`) when it would take the
+    /// admin role from the last enabled admin.
     pub async fn set_role(
         &self,
         actor: &str,
@@ -275,6 +279,7 @@ impl Store {
         role: Option<Role>,
     ) -> Result<Option<Role>> {
         let repo_key = repo.map_or(0, |r| r.id);
+        let admins_before = enabled_admins_tx(tx).await?;
         let before = query(
             "SELECT role FROM role_bindings WHERE user_id = $1 AND COALESCE(repo_id, 0) = $2",
         )
@@ -308,6 +313,7 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
+        keeps_an_admin(tx, admins_before, &user.name).await?;
         let what = if role.is_some() {
             action::ROLE_SET
         } else {
@@ -532,4 +538,28 @@ async fn identity_holder(tx: &mut Tx, forge: ForgeKind, login: &str) -> Result<O
     .await?
     .map(|r| r.text("name"))
     .transpose()
+}
+
+/// How many enabled users hold the global admin role, as `tx` sees it.
+async fn enabled_admins_tx(tx: &mut Tx) -> Result<usize> {
+    let rs = query(
+        "SELECT u.disabled FROM role_bindings b JOIN users u ON u.id = b.user_id \
+         WHERE b.repo_id IS NULL AND b.role = 'admin'",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let disabled = rows(&rs, |r| r.flag("disabled"))?;
+    Ok(disabled.into_iter().filter(|d| !d).count())
+}
+
+/// Refuses a change (made in `tx`, not yet committed) that left no enabled admin where
+/// there was one: nobody could then manage people from the API or the web UI. A server
+/// that never had an admin user (machine tokens only) is not held to it.
+async fn keeps_an_admin(tx: &mut Tx, admins_before: usize, user: &str) -> Result<()> {
+    if admins_before > 0 && enabled_admins_tx(tx).await? == 0 {
+        return Err(Error::Conflict(format!(
+            "`{user}` is the last enabled admin: make another user admin first"
+        )));
+    }
+    Ok(())
 }

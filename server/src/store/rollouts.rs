@@ -391,6 +391,27 @@ impl Store {
         rows(&query(&sql).bind(run).fetch_all(&self.read).await?, decode)
     }
 
+    /// The newest `limit` rollouts to an environment of a repository, newest first
+    /// (for the environment page: the ones still going, or the last one).
+    pub async fn rollouts_of_environment(
+        &self,
+        repo: i64,
+        environment: &str,
+        limit: i64,
+    ) -> Result<Vec<RolloutRecord>> {
+        let sql = format!(
+            "SELECT {COLS} FROM rollouts WHERE repo_id = $1 AND environment = $2 \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rs = query(&sql)
+            .bind(repo)
+            .bind(environment)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        rows(&rs, decode)
+    }
+
     /// Stores a measurement once: a tick re-run after a crash with the same
     /// (step, analysis, seq, check) keeps the first.
     pub async fn record_measurement(&self, rollout: i64, m: &Measurement) -> Result<()> {

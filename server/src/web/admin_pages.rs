@@ -1,7 +1,7 @@
 //! Admin pages: the audit log (newest first, filtered by action or actor, with the
 //! chain's verification) and people (users with their roles and linked identities,
-//! personal tokens by name; machine tokens by name and scope). Read-only: changes go
-//! through the CLI and the API, where they are audited.
+//! personal tokens by name; machine tokens by name and scope), with the forms that
+//! change them (`people_actions`).
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -13,9 +13,11 @@ use super::session::SignedIn;
 use super::view::ago;
 use super::{Chrome, message_page, render, store_error};
 use crate::daemon::state::AppState;
+use crate::store::Role;
 use crate::store::audit::AuditFilter;
 
-fn admin_only(me: &SignedIn) -> Option<Response> {
+/// The page for someone without the admin role, if `me` is.
+pub(super) fn admin_only(me: &SignedIn) -> Option<Response> {
     (!me.is_admin()).then(|| {
         message_page(
             StatusCode::FORBIDDEN,
@@ -102,17 +104,35 @@ pub async fn audit(
 pub struct PersonRow {
     pub name: String,
     pub disabled: bool,
-    pub roles: String,
+    /// (role, `owner/name` or empty for the global role), for the forms.
+    pub roles: Vec<(String, String)>,
     pub identities: String,
-    pub tokens: String,
+    pub tokens: Vec<PersonalTokenRow>,
+    /// The signed-in admin themselves.
+    pub me: bool,
+}
+
+pub struct PersonalTokenRow {
+    pub id: i64,
+    pub name: String,
+    pub last_used: String,
 }
 
 pub struct TokenRow {
+    pub id: i64,
     pub name: String,
     pub scope: String,
     /// The repositories it is for (`all repositories`, an owner's, named ones).
     pub repos: String,
     pub created: String,
+    pub last_used: String,
+}
+
+fn last_used(at: Option<i64>, now: i64) -> String {
+    at.map_or_else(
+        || "never used".to_string(),
+        |t| format!("used {}", ago(t, now)),
+    )
 }
 
 #[derive(Template)]
@@ -121,6 +141,8 @@ struct PeoplePage {
     chrome: Chrome,
     people: Vec<PersonRow>,
     tokens: Vec<TokenRow>,
+    /// Every role's name, lowest first, for the forms' choices.
+    roles: Vec<&'static str>,
 }
 
 pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
@@ -145,23 +167,23 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
         people.push(PersonRow {
             roles: roles
                 .iter()
-                .map(|b| match &b.repo {
-                    Some(repo) => format!("{} on {repo}", b.role),
-                    None => b.role.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
+                .map(|b| (b.role.to_string(), b.repo.clone().unwrap_or_default()))
+                .collect(),
             identities: ids
                 .iter()
                 .map(|i| format!("{}:{}", i.forge, i.login))
                 .collect::<Vec<_>>()
                 .join(", "),
             tokens: tokens
-                .iter()
-                .map(|t| t.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
+                .into_iter()
+                .map(|t| PersonalTokenRow {
+                    id: t.id,
+                    name: t.name,
+                    last_used: last_used(t.last_used_at, now),
+                })
+                .collect(),
             disabled: u.disabled,
+            me: u.id == me.session.user.id,
             name: u.name,
         });
     }
@@ -169,10 +191,12 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
         Ok(t) => t
             .into_iter()
             .map(|t| TokenRow {
+                id: t.id,
                 name: t.name,
                 scope: t.scope.to_string(),
                 repos: t.repos.to_string(),
                 created: ago(t.created_at, now),
+                last_used: last_used(t.last_used_at, now),
             })
             .collect(),
         Err(e) => return store_error(e),
@@ -181,5 +205,6 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
         chrome: Chrome::of(&me),
         people,
         tokens,
+        roles: Role::ALL.iter().map(|r| r.as_str()).collect(),
     })
 }

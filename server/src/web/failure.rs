@@ -2,6 +2,14 @@
 //! log lines that explain it — the first lines that look like errors and the last
 //! lines before it ended — each linked into the log, so nobody scrolls a huge log to
 //! find why.
+//!
+//! Finding those lines reads up to [`SCAN_LINES`] of the log; a failed run's page is
+//! viewed again and again (and its live part re-fetched on every event), so the lines
+//! are kept in a [`FailureCache`] keyed by the step and its log's line count: a log
+//! that grew (a live step) is read again, an ended one never.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use crate::daemon::state::AppState;
 use crate::logs::StepKey;
@@ -108,11 +116,20 @@ pub async fn of(
         step: u32::try_from(step.idx).ok()?,
     };
     let logs = state.clone();
-    let (first, last) = tokio::task::spawn_blocking(move || {
+    let lines = tokio::task::spawn_blocking(move || {
+        let count = logs.logs.count(key).unwrap_or(0);
+        if let Some(hit) = logs.failures.get(key, count) {
+            return hit;
+        }
+        // A log that could not be read shows what was read, and is not kept.
+        let mut whole = true;
         let mut first = Vec::new();
         let mut from = 1;
         while first.len() < FIRST && from <= SCAN_LINES {
-            let lines = logs.logs.read(key, from, 5_000).unwrap_or_default();
+            let lines = logs.logs.read(key, from, 5_000).unwrap_or_else(|_| {
+                whole = false;
+                Vec::new()
+            });
             let Some(end) = lines.last().map(|l| l.number) else {
                 break;
             };
@@ -127,11 +144,18 @@ pub async fn of(
         let last: Vec<(u64, String)> = logs
             .logs
             .tail(key, LAST)
-            .unwrap_or_default()
+            .unwrap_or_else(|_| {
+                whole = false;
+                Vec::new()
+            })
             .into_iter()
             .map(|l| (l.number, plain(&l.bytes)))
             .collect();
-        (first, last)
+        let lines = Arc::new(Lines { first, last });
+        if whole {
+            logs.failures.put(key, count, lines.clone());
+        }
+        lines
     })
     .await
     .ok()?;
@@ -145,9 +169,55 @@ pub async fn of(
         step: step.name.clone(),
         reason: format!("{reason}{exit}"),
         log: log_url(stage.stage.id, step.idx),
-        first,
-        last,
+        first: lines.first.clone(),
+        last: lines.last.clone(),
     })
+}
+
+/// The lines a failure shows from one step's log.
+#[derive(Debug)]
+pub struct Lines {
+    first: Vec<(u64, String)>,
+    last: Vec<(u64, String)>,
+}
+
+/// Failures' lines kept, at most (each a few KiB: 17 lines of a log).
+const CACHED: usize = 256;
+
+/// The lines of the failures shown lately, by step and the log's line count when they
+/// were read; the oldest entry goes first when it is full.
+#[derive(Default)]
+pub struct FailureCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<StepKey, (u64, Arc<Lines>)>,
+    order: VecDeque<StepKey>,
+}
+
+impl FailureCache {
+    /// The lines read from `key`'s log when it had `count` lines.
+    pub fn get(&self, key: StepKey, count: u64) -> Option<Arc<Lines>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.map.get(&key) {
+            Some((c, lines)) if *c == count => Some(lines.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, key: StepKey, count: u64, lines: Arc<Lines>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.map.insert(key, (count, lines)).is_none() {
+            inner.order.push_back(key);
+        }
+        while inner.order.len() > CACHED {
+            if let Some(old) = inner.order.pop_front() {
+                inner.map.remove(&old);
+            }
+        }
+    }
 }
 
 fn failed_step(s: StepStatus) -> bool {
@@ -160,6 +230,38 @@ fn failed_step(s: StepStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(step: u32) -> StepKey {
+        StepKey {
+            run: 1,
+            stage: 1,
+            step,
+        }
+    }
+
+    fn lines(text: &str) -> Arc<Lines> {
+        Arc::new(Lines {
+            first: vec![(1, text.into())],
+            last: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_cache_answers_for_the_same_log_length_only_and_stays_bounded() {
+        let cache = FailureCache::default();
+        cache.put(key(0), 10, lines("a"));
+        assert_eq!(cache.get(key(0), 10).unwrap().first[0].1, "a");
+        // The log grew: read it again.
+        assert!(cache.get(key(0), 11).is_none());
+        cache.put(key(0), 11, lines("b"));
+        assert_eq!(cache.get(key(0), 11).unwrap().first[0].1, "b");
+        for step in 1..=CACHED as u32 {
+            cache.put(key(step), 1, lines("x"));
+        }
+        assert!(cache.get(key(0), 11).is_none(), "the oldest went first");
+        assert!(cache.get(key(CACHED as u32), 1).is_some());
+        assert_eq!(cache.inner.lock().unwrap().map.len(), CACHED);
+    }
 
     #[test]
     fn ansi_is_stripped_and_errors_are_recognised() {

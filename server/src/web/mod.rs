@@ -12,10 +12,12 @@ mod assets;
 mod dashboard;
 mod env_page;
 mod failure;
+mod findings;
 mod headers;
 mod inbox;
 mod log_page;
 mod login;
+mod people_actions;
 mod repo_actions;
 mod repo_page;
 mod rollout_actions;
@@ -32,6 +34,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::daemon::state::AppState;
+pub use failure::FailureCache;
 pub use headers::security_headers;
 use session::SignedIn;
 
@@ -45,6 +48,25 @@ pub fn routes() -> Router<AppState> {
         .route("/inbox", get(inbox::page))
         .route("/audit", get(admin_pages::audit))
         .route("/people", get(admin_pages::people))
+        .route("/people/users", post(people_actions::create_user))
+        .route("/people/users/{user}/role", post(people_actions::set_role))
+        .route(
+            "/people/users/{user}/disabled",
+            post(people_actions::set_disabled),
+        )
+        .route(
+            "/people/users/{user}/tokens",
+            post(people_actions::create_user_token),
+        )
+        .route(
+            "/people/users/{user}/tokens/{id}/revoke",
+            post(people_actions::revoke_user_token),
+        )
+        .route("/people/tokens", post(people_actions::create_machine_token))
+        .route(
+            "/people/tokens/{id}/revoke",
+            post(people_actions::revoke_machine_token),
+        )
         .route("/repos/{owner}/{name}", get(repo_page::page))
         .route("/repos/{owner}/{name}/trigger", post(repo_actions::trigger))
         .route(

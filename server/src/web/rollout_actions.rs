@@ -2,7 +2,8 @@
 //! carries the session's CSRF token and names the stage; the action is the API's own
 //! handler (`api::rollouts::{promote, abort, retry}`), so the release permission is
 //! checked — and a refusal audited as `rollout.refused` — in exactly one place. Then
-//! back to the run page (a retry: to the new run), or a page with the refusal.
+//! back to the page the form was on (the run page, or the environment page; a retry:
+//! to the new run), or a page with the refusal.
 
 use axum::Form;
 use axum::body::Bytes;
@@ -13,8 +14,8 @@ use serde::Deserialize;
 
 use super::actions::{caller, csrf_refused};
 use super::dashboard::find_visible;
-use super::message_page_back;
 use super::session::{self, SignedIn};
+use super::{message_page_back, safe_next};
 use crate::api::auth::Caller;
 use crate::api::error::ApiResult;
 use crate::api::extract::ApiPath;
@@ -31,6 +32,9 @@ pub struct RolloutForm {
     /// `true`: promote fully (skip every remaining step).
     #[serde(default)]
     full: Option<String>,
+    /// The page the form is on when it is not the run page (the environment page).
+    #[serde(default)]
+    back: String,
 }
 
 /// Checks the token and that the person can see the repository, then runs `act` (an
@@ -55,8 +59,12 @@ where
         Ok(r) => r,
         Err(page) => return page,
     };
-    let back = format!("/repos/{}/runs/{number}", repo.name);
-    let rollouts = format!("{back}#rollouts");
+    let (back, rollouts) = if f.back.is_empty() {
+        let run_page = format!("/repos/{}/runs/{number}", repo.name);
+        (run_page.clone(), format!("{run_page}#rollouts"))
+    } else {
+        (safe_next(&f.back), safe_next(&f.back))
+    };
     if f.stage.is_empty() {
         return message_page_back(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -81,6 +81,12 @@ pub struct RolloutPanel {
     pub can_retry: bool,
     /// Who may act, for someone who may not.
     pub who_may: String,
+    /// The run page of the rollout's run (`/repos/o/n/runs/7`): its forms post there.
+    pub run_page: String,
+    /// The session's CSRF token, for the forms.
+    pub csrf: String,
+    /// Where the forms come back to (empty: the run page).
+    pub back: String,
 }
 
 /// The panels of a run's rollouts, in stage order.
@@ -92,34 +98,45 @@ pub async fn panels(
     stages: &[StageWithSteps],
 ) -> crate::store::Result<Vec<RolloutPanel>> {
     let rollouts = state.store.rollouts_of_run(run.id).await?;
-    if rollouts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let caller = super::actions::caller(me);
-    let now = state.store.now_ms();
     let mut out = Vec::new();
     for s in stages {
         let Some(r) = rollouts.iter().find(|r| r.stage_id == s.stage.id) else {
             continue;
         };
-        let measurements = state.store.measurements(r.id).await?;
-        let can_release = may_release(state, &caller, repo, &r.environment).await?;
-        let who_may = if can_release {
-            String::new()
-        } else {
-            let approvers = state
-                .store
-                .find_environment(repo.id, &r.environment)
-                .await?
-                .map(|e| e.rules.approver_users)
-                .unwrap_or_default();
-            who_may_release(repo, &r.environment, &approvers)
-        };
-        let mut p = panel(&s.stage.key, r, &measurements, now, can_release);
-        p.who_may = who_may;
-        out.push(p);
+        out.push(panel_of(state, me, repo, run.number, &s.stage.key, r).await?);
     }
     Ok(out)
+}
+
+/// One rollout's panel as `me` sees it: its measurements from the store and whether
+/// they may act (else who may). Shared by the run page and the environment page.
+pub async fn panel_of(
+    state: &AppState,
+    me: &SignedIn,
+    repo: &Repo,
+    run_number: i64,
+    stage: &str,
+    r: &RolloutRecord,
+) -> crate::store::Result<RolloutPanel> {
+    let caller = super::actions::caller(me);
+    let measurements = state.store.measurements(r.id).await?;
+    let can_release = may_release(state, &caller, repo, &r.environment).await?;
+    let who_may = if can_release {
+        String::new()
+    } else {
+        let approvers = state
+            .store
+            .find_environment(repo.id, &r.environment)
+            .await?
+            .map(|e| e.rules.approver_users)
+            .unwrap_or_default();
+        who_may_release(repo, &r.environment, &approvers)
+    };
+    let mut p = panel(stage, r, &measurements, state.store.now_ms(), can_release);
+    p.who_may = who_may;
+    p.run_page = format!("/repos/{}/runs/{run_number}", repo.name);
+    p.csrf = me.csrf().to_string();
+    Ok(p)
 }
 
 /// One rollout's panel (pure: everything it shows comes in).
@@ -240,6 +257,9 @@ pub fn panel(
         can_abort: can_release && moving,
         can_retry: can_release && matches!(r.phase, RolloutPhase::Failed | RolloutPhase::Aborted),
         who_may: String::new(),
+        run_page: String::new(),
+        csrf: String::new(),
+        back: String::new(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! A run's page: its status, the failure up front when it failed, the gates waiting
 //! for approval (with the vote form, or why the viewer may not vote), its rollouts
 //! (`rollout_panel`), the stage graph, stages and steps with durations and links into
-//! their logs, artifacts. The part that changes is rendered on its own too
+//! their logs, scan findings by severity (`findings`), artifacts. The part that changes is rendered on its own too
 //! (`?partial=1`), which the page's script fetches again on every status event — and
 //! every two seconds while a rollout on it has not ended, as its steps and
 //! measurements change without a stage changing state.
@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::dashboard::{find_visible, inbox_count, shown_status};
 use super::failure::{self, Failure};
+use super::findings::{self, SeverityGroup};
 use super::rollout_panel::{self, RolloutPanel};
 use super::session::SignedIn;
 use super::view::{Badge, DagNode, ago, badge, dag_svg, duration, short};
@@ -75,6 +76,8 @@ pub struct Live {
     pub stages: Vec<StageView>,
     /// (name, size, download URL — empty for an image).
     pub artifacts: Vec<(String, String, String)>,
+    /// The scan stages' findings, worst severity first (`findings`).
+    pub findings: Vec<SeverityGroup>,
 }
 
 #[derive(Template)]
@@ -94,8 +97,9 @@ struct LivePart {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct PageQuery {
+    /// Present: only the page's live part.
     #[serde(default)]
-    partial: Option<String>,
+    pub partial: Option<String>,
 }
 
 pub async fn page(
@@ -249,6 +253,7 @@ async fn live(
             ),
         })
         .collect();
+    let findings = findings::grouped(state.store.list_findings(run.id).await?);
     let who = match (&run.pusher, run.triggered_by) {
         (Some(p), _) => format!("pushed by {p}"),
         (None, Some(_)) => format!("started {}", ago(run.created_at, now)),
@@ -285,5 +290,6 @@ async fn live(
         dag,
         stages: stage_views,
         artifacts,
+        findings,
     })
 }

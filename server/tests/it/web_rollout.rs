@@ -28,9 +28,9 @@ use crate::support::poll::eventually;
 use crate::support::test_server::TestServer;
 
 const WAIT: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// The test's controller: it holds every rollout's lease for a day.
-const OWNER: &str = "test-controller";
+pub(crate) const OWNER: &str = "test-controller";
 const DIGEST: &str = "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945";
 
 fn pipeline() -> String {
@@ -58,16 +58,17 @@ fn pipeline() -> String {
 }
 
 /// The server's routes on loopback (no workers), `team/app-0` with a run of the
-/// pipeline whose rollout the test controller started, and two people.
-struct Scene {
-    ts: TestServer,
-    base: String,
-    repo: String,
-    rollout: RolloutRecord,
+/// pipeline whose rollout the test controller started, and two people. Also the scene
+/// of the environment page's rollout test (`web_env_rollout`).
+pub(crate) struct Scene {
+    pub ts: TestServer,
+    pub base: String,
+    pub repo: String,
+    pub rollout: RolloutRecord,
 }
 
 impl Scene {
-    async fn start(db: Dialect) -> Scene {
+    pub async fn start(db: Dialect) -> Scene {
         let ts = TestServer::builder().on(db).build().await;
         let addr = ts.serve_routes().await;
         let store = &ts.state.store;
@@ -156,15 +157,15 @@ impl Scene {
         format!("{}/repos/{}/runs/1", self.base, self.repo)
     }
 
-    fn panel(&self) -> String {
+    pub fn panel(&self) -> String {
         format!("#rollout-{}", self.rollout.stage_id)
     }
 
-    fn button(&self, which: &str) -> String {
+    pub fn button(&self, which: &str) -> String {
         format!("rollout-{}-{which}", self.rollout.stage_id)
     }
 
-    async fn now(&self) -> RolloutRecord {
+    pub async fn now(&self) -> RolloutRecord {
         self.ts
             .state
             .store
@@ -174,7 +175,7 @@ impl Scene {
             .unwrap()
     }
 
-    async fn audit(&self, action: &str) -> Vec<server::store::audit::AuditEntry> {
+    pub async fn audit(&self, action: &str) -> Vec<server::store::audit::AuditEntry> {
         let filter = server::store::audit::AuditFilter {
             action: Some(action.into()),
             ..Default::default()

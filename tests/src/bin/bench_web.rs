@@ -1,8 +1,10 @@
 //! The web UI's server time per page, against the real `slipway server` process, each
 //! printed beside a floor measured in the same run: `GET /healthz` (the same socket,
 //! the same HTTP stack, no work). The pages are signed in (session cookie) and show a
-//! repository with 30 runs, a failed run with a 100,000-line log (the failure up front
-//! reads it), a gate waiting for approval, environments, the audit log and people.
+//! repository with 32 runs, failed runs with a 100,000-line and a 1,000,000-line log
+//! (the failure up front reads the log once, then keeps its lines: the first view is
+//! timed on its own), a gate waiting for approval, environments, the audit log and
+//! people.
 //!
 //! Run: `cargo build --release -p server -p tests && target/release/bench_web`
 //! (`--quick` for fewer requests).
@@ -230,9 +232,13 @@ async fn run(bin: &Path, n: usize) -> anyhow::Result<()> {
     let quick = "stages:\n  build:\n    steps: [echo ok]\n";
     let failing = "stages:\n  test:\n    steps:\n      - run: |\n          seq 1 100000 | sed 's/^/line /'\n          echo 'error: boom'\n          exit 1\n";
     let gated = "stages:\n  build:\n    steps: [echo ok]\n  production:\n    needs: [build]\n    kind: deploy\n    environment: production\n    steps: [echo deployed]\n";
+    // Run 32: a million lines before the error, so the first view reads 200,000 of
+    // them (the bound) and the last lines from the end.
+    let failing_big = "stages:\n  test:\n    steps:\n      - run: |\n          seq 1 1000000 | sed 's/^/line /'\n          echo 'error: boom'\n          exit 1\n";
     let mut yamls: Vec<&str> = vec![quick; 29];
     yamls.push(failing);
     yamls.push(gated);
+    yamls.push(failing_big);
     for (i, yaml) in yamls.iter().enumerate() {
         let sha = commit(&source, yaml, i)?;
         server
@@ -272,6 +278,15 @@ async fn run(bin: &Path, n: usize) -> anyhow::Result<()> {
         .to_string();
 
     let (floor50, floor95) = time_get(&server.http, &server.base, "/healthz", &cookie, n).await?;
+    // The big failed run's first view, before anything is kept: one request.
+    let (first_view, _) = time_get(
+        &server.http,
+        &server.base,
+        "/repos/bench/app/runs/32",
+        &cookie,
+        1,
+    )
+    .await?;
     println!("floor: GET /healthz p50 {floor50:.2} ms, p95 {floor95:.2} ms ({n} requests each)");
     println!(
         "{:<52} {:>9} {:>9} {:>8}",
@@ -281,12 +296,16 @@ async fn run(bin: &Path, n: usize) -> anyhow::Result<()> {
     let pages = [
         ("dashboard", "/".to_string()),
         (
-            "repository (31 runs, environments, secrets)",
+            "repository (32 runs, environments, secrets)",
             "/repos/bench/app".into(),
         ),
         (
             "run that failed (failure up front, 100k-line log)",
             "/repos/bench/app/runs/30".into(),
+        ),
+        (
+            "run that failed (1M-line log; after its first view)",
+            "/repos/bench/app/runs/32".into(),
         ),
         ("run at a gate", "/repos/bench/app/runs/31".into()),
         (
@@ -304,6 +323,12 @@ async fn run(bin: &Path, n: usize) -> anyhow::Result<()> {
         ("people", "/people".into()),
         ("sign-in page", "/login".into()),
     ];
+    println!(
+        "{:<52} {first_view:>9.2} {:>9} {:>8.1}x",
+        "run that failed (1M-line log), its first view",
+        "-",
+        first_view / floor50
+    );
     for (name, path) in pages {
         let (p50, p95) = time_get(&server.http, &server.base, &path, &cookie, n).await?;
         println!("{name:<52} {p50:>9.2} {p95:>9.2} {:>8.1}x", p50 / floor50);

@@ -22,7 +22,8 @@
 //! - Pods (`/api/v1/namespaces/{ns}/pods[/{name}]`, and `/api/v1/pods`): create
 //!   (201; `generateName`; 409 AlreadyExists; 422 Invalid with field paths;
 //!   unknown fields per `fieldValidation`: Strict → 400, default → `Warning`
-//!   header), get (404 NotFound), list with `labelSelector` (`=`, `==`, `!=`, `in`,
+//!   header; fields newer than [`KubeDoubleOptions::version`], e.g.
+//!   `appArmorProfile` before 1.30, are unknown fields too), get (404 NotFound), list with `labelSelector` (`=`, `==`, `!=`, `in`,
 //!   `notin`, exists, `!`) and `fieldSelector` (metadata.name, metadata.namespace,
 //!   status.phase, …), watch, delete (graceful: 200 with `deletionTimestamp`, then
 //!   DELETED once the containers are stopped with `gracePeriodSeconds` and removed;
@@ -233,6 +234,7 @@ mod selector;
 mod status;
 mod store;
 mod validate;
+mod versions;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -274,6 +276,9 @@ pub struct KubeDoubleOptions {
     /// (the kubelet's 10 s and 5 min; tests shorten them).
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
+    /// The Kubernetes `(major, minor)` served at `/version`; pod fields that came
+    /// later are unknown fields (see `versions`). Default 1.33.
+    pub version: (u32, u32),
 }
 
 impl Default for KubeDoubleOptions {
@@ -293,6 +298,7 @@ impl Default for KubeDoubleOptions {
             .collect(),
             restart_backoff: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
+            version: (1, 33),
         }
     }
 }

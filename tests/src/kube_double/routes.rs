@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::pod_runtime::Ctx;
 use super::status::{self, ApiError};
 use super::store::{Object, now};
-use super::{exec, logs, scheduling, validate, watch};
+use super::{exec, logs, scheduling, validate, versions, watch};
 
 pub(super) type Q = Query<HashMap<String, String>>;
 
@@ -104,11 +104,8 @@ pub(super) async fn count(
     next.run(req).await
 }
 
-async fn version() -> axum::Json<Value> {
-    axum::Json(json!({
-        "major": "1", "minor": "33", "gitVersion": "v1.33.0-slipway-kube-double",
-        "platform": "linux/amd64",
-    }))
+async fn version(State(ctx): State<Arc<Ctx>>) -> axum::Json<Value> {
+    axum::Json(versions::info(ctx.options.version))
 }
 
 fn is_watch(q: &HashMap<String, String>) -> bool {
@@ -269,7 +266,23 @@ async fn create_pod(
     Query(q): Q,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (pod, unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    // What this API server's version does not know is unknown, like a typo.
+    let mut sent: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let too_new = versions::strip_unknown_pod_fields(&mut sent, ctx.options.version);
+    if !too_new.is_empty() && q.get("fieldValidation").is_some_and(|v| v == "Strict") {
+        let list: Vec<String> = too_new
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: {}",
+            list.join(", ")
+        )));
+    }
+    let body = Bytes::from(serde_json::to_vec(&sent).expect("JSON serializes"));
+    let (pod, mut unknown): (Pod, _) = decode(&body, &ns, &q)?;
+    unknown.extend(too_new);
     let pod = admit_pod(&ctx, &ns, pod)?;
     Ok(created(&pod, &unknown))
 }

@@ -329,3 +329,67 @@ async fn a_cancelled_or_abandoned_build_leaves_no_builder_pod() {
     assert_eq!(swept.len(), 1, "{swept:?}");
     assert_eq!(builder_objects_left(&d, &runner).await, 0);
 }
+
+/// An API server older than 1.30 does not know the builder pod's `appArmorProfile`
+/// and would drop it, leaving rootless buildah to fail far from the cause: connecting
+/// refuses such a cluster, and a builder pod sent anyway is refused by the strict
+/// field validation every create uses, naming the field — never silently weakened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_older_than_1_30_is_refused_and_never_silently_drops_a_field() {
+    let d = kube_double::start(KubeDoubleOptions {
+        pod_network: PodNetwork::Host,
+        version: (1, 29),
+        ..Default::default()
+    })
+    .await
+    .expect("starting the kube double");
+    let runner = unique_runner("old-cluster");
+    let backend = backend(&d, &runner);
+    let refused = backend.check_cluster().await.unwrap_err().to_string();
+    assert!(
+        refused.contains("v1.29") && refused.contains("needs 1.30 or later"),
+        "{refused}"
+    );
+
+    let dir = workspace(DOCKERFILE);
+    let spec = image_stage("old", &dir, None, PASSWORD);
+    let r = run(&backend, &spec).await;
+    let said = format!("{:?}\n{}", r.outcome, log(&r));
+    assert_ne!(r.outcome.status, Status::Success, "{said}");
+    assert!(
+        said.contains("unknown field") && said.contains("appArmorProfile"),
+        "{said}"
+    );
+    // What a plain create would have done: the field silently gone.
+    let pods: Api<Pod> = Api::namespaced(d.client(), BUILDER_NAMESPACE);
+    let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe-dropped"},
+        "spec": {"containers": [{"name": "c", "image": "slipway-test/busybox:latest",
+            "command": ["true"],
+            "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}]}
+    }))
+    .unwrap();
+    let created = pods
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let sc = created.spec.unwrap().containers[0].security_context.clone();
+    assert!(sc.and_then(|s| s.app_armor_profile).is_none());
+    pod.metadata.name = Some("probe-strict".into());
+    let err = runner::kubernetes::strict::create(&d.client(), &pods, &pod)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.containers[0].securityContext.appArmorProfile"),
+        "{err}"
+    );
+
+    // A current cluster is accepted.
+    let current = kube_double::start(KubeDoubleOptions::default())
+        .await
+        .unwrap();
+    let backend = KubernetesBackend::new(current.client(), options(&unique_runner("new"))).unwrap();
+    assert!(backend.check_cluster().await.unwrap().starts_with("v1.33"));
+    assert_eq!(builder_objects_left(&d, &runner).await, 0);
+}

@@ -3,7 +3,7 @@
 //! tokens), both databases ([`db`]), bounded waits ([`poll`]), git
 //! repositories ([`git`]), forges and their webhooks ([`forge`]), requests without a
 //! socket ([`http`]), small filesystems to fill ([`tmpfs`]) and what runners leave on
-//! the Docker engine ([`docker`]).
+//! the Docker engine ([`docker`]), the web UI's scene ([`ui`]).
 
 pub mod browser;
 pub mod db;
@@ -16,5 +16,6 @@ pub mod process;
 pub mod served;
 pub mod test_server;
 pub mod tmpfs;
+pub mod ui;
 
 pub(crate) use db::both_databases;
