@@ -59,7 +59,7 @@ say "a plain git repository, registered with a post-receive hook"
 bare="$work/forge/shell-project.git"
 git init -q --bare "$bare"
 "$slipway" repo add "$repo" --forge git --clone-url "$bare" > "$work/repo.txt"
-hook_token=$("$slipway" token create post-receive --scope hook)
+hook_token=$("$slipway" token create post-receive --scope hook --repo "$repo")
 admin_token=$("$slipway" token create quickstart --scope admin)
 cat > "$bare/hooks/post-receive" <<EOF
 #!/bin/sh

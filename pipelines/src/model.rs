@@ -100,6 +100,8 @@ pub struct Stage {
     pub steps: Vec<Step>,
     pub services: BTreeMap<String, Service>,
     pub artifacts: Vec<String>,
+    /// The artifacts may hold secret values (not scanned for them).
+    pub allow_secrets_in_artifacts: bool,
     pub cache: Vec<String>,
     pub retry: u32,
     pub timeout_secs: Option<u64>,

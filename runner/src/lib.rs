@@ -14,12 +14,14 @@
 //! [`StageSpec`], which keeps a remote runner's dependencies small.
 
 mod archive;
+pub mod artifact_secrets;
 pub mod artifacts;
 mod backend;
 mod docker;
 mod error;
 mod finding;
 pub mod image_build;
+pub mod interleave;
 pub mod kubernetes;
 mod local;
 mod lock;

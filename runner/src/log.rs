@@ -33,6 +33,12 @@ pub struct LineAssembler {
     /// Whether part of the current line was already emitted by a forced split, so
     /// that an empty remainder at the newline is not emitted as an extra line.
     continued: bool,
+    /// Offset in the stream (all bytes ever pushed, newlines included) of `buf[0]`.
+    start: u64,
+    /// Stream ranges to hide whatever the masker finds in them: parts of a secret
+    /// whose other part went to another stream ([`crate::interleave`]). Sorted by
+    /// start; dropped once emitted.
+    forced: Vec<Range<u64>>,
 }
 
 impl LineAssembler {
@@ -48,7 +54,35 @@ impl LineAssembler {
             max_line,
             buf: Vec::new(),
             continued: false,
+            start: 0,
+            forced: Vec::new(),
         }
+    }
+
+    /// Bytes pushed so far: the stream offset of the next byte.
+    pub fn offset(&self) -> u64 {
+        self.start + self.buf.len() as u64
+    }
+
+    /// Hides stream bytes `range` (stream offsets, see [`LineAssembler::offset`]) when
+    /// their line is emitted, whatever the masker finds there. Bytes already emitted
+    /// cannot be hidden any more: a caller marks ranges before pushing their bytes, or
+    /// while they are still held (the unfinished line).
+    pub fn force_mask(&mut self, range: Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        // Touching or overlapping parts of one secret become one replacement.
+        let mut merged = range;
+        self.forced.retain(|r| {
+            let joins = r.start <= merged.end && merged.start <= r.end;
+            if joins {
+                merged = merged.start.min(r.start)..merged.end.max(r.end);
+            }
+            !joins
+        });
+        let at = self.forced.partition_point(|r| r.start <= merged.start);
+        self.forced.insert(at, merged);
     }
 
     /// Feeds raw bytes; `emit` receives each finished line, masked, without its `\n`.
@@ -62,14 +96,17 @@ impl LineAssembler {
                 if !(line.is_empty() && self.continued) {
                     self.emit_complete(line, emit);
                 }
+                self.start += line.len() as u64 + 1;
             } else {
                 self.buf.extend_from_slice(line);
                 let full = std::mem::take(&mut self.buf);
                 self.emit_complete(&full, emit);
+                self.start += full.len() as u64 + 1;
                 self.buf = full;
                 self.buf.clear();
             }
             self.continued = false;
+            self.drop_forced_before(self.start);
             rest = after;
         }
         self.buf.extend_from_slice(rest);
@@ -81,8 +118,40 @@ impl LineAssembler {
         if !self.buf.is_empty() {
             let full = std::mem::take(&mut self.buf);
             self.emit_complete(&full, emit);
+            self.start += full.len() as u64;
         }
         self.continued = false;
+        self.drop_forced_before(self.start);
+    }
+
+    fn drop_forced_before(&mut self, offset: u64) {
+        self.forced.retain(|r| r.end > offset);
+    }
+
+    /// What to hide in `data`, which starts at stream offset `at`: the masker's
+    /// ranges and the forced ones, merged.
+    fn ranges_at(&self, data: &[u8], at: u64) -> Vec<Range<usize>> {
+        let mut ranges = self.masker.ranges(data);
+        if self.forced.is_empty() {
+            return ranges;
+        }
+        let end = at + data.len() as u64;
+        for r in &self.forced {
+            if r.start < end && r.end > at {
+                let from = r.start.saturating_sub(at) as usize;
+                let to = (r.end.min(end) - at) as usize;
+                ranges.push(from..to);
+            }
+        }
+        ranges.sort_by_key(|r| (r.start, r.end));
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        merged
     }
 
     /// Whether bytes of an unfinished line are buffered.
@@ -92,13 +161,20 @@ impl LineAssembler {
 
     /// Emits a complete line (all its bytes are known), in pieces of at most
     /// `max_line` raw bytes.
+    /// `line` starts at stream offset `self.start`.
     fn emit_complete(&self, line: &[u8], emit: &mut impl FnMut(Vec<u8>)) {
         let mut pos = 0;
         while line.len() - pos > self.max_line {
-            pos += self.emit_piece(&line[pos..], emit);
+            pos += self.emit_piece(&line[pos..], self.start + pos as u64, emit);
         }
         if pos < line.len() || line.is_empty() {
-            emit(self.masker.mask(&line[pos..]).into_owned());
+            let rest = &line[pos..];
+            let ranges = self.ranges_at(rest, self.start + pos as u64);
+            emit(if ranges.is_empty() {
+                rest.to_vec()
+            } else {
+                mask::apply(rest, &ranges)
+            });
         }
     }
 
@@ -108,24 +184,26 @@ impl LineAssembler {
         let hold = self.masker.max_pattern_len().saturating_sub(1);
         let mut pos = 0;
         while self.buf.len() - pos > self.max_line + hold {
-            pos += self.emit_piece(&self.buf[pos..], emit);
+            pos += self.emit_piece(&self.buf[pos..], self.start + pos as u64, emit);
             self.continued = true;
         }
         if pos > 0 {
             self.buf.drain(..pos);
+            self.start += pos as u64;
+            self.drop_forced_before(self.start);
         }
     }
 
-    /// Emits one piece from the start of `data` (longer than `max_line`) and
-    /// returns how many raw bytes it consumed.
-    fn emit_piece(&self, data: &[u8], emit: &mut impl FnMut(Vec<u8>)) -> usize {
+    /// Emits one piece from the start of `data` (longer than `max_line`, at stream
+    /// offset `at`) and returns how many raw bytes it consumed.
+    fn emit_piece(&self, data: &[u8], at: u64, emit: &mut impl FnMut(Vec<u8>)) -> usize {
         // A match that straddles a cut at or before `max_line` ends before
         // `max_line + max_pattern_len`, so that window is enough context.
         let window_len = data
             .len()
             .min(self.max_line + self.masker.max_pattern_len().max(4));
         let window = &data[..window_len];
-        let ranges = self.masker.ranges(window);
+        let ranges = self.ranges_at(window, at);
         let cut = cut_point(window, self.max_line, &ranges);
         let inside: Vec<Range<usize>> = ranges.into_iter().filter(|r| r.end <= cut).collect();
         emit(if inside.is_empty() {

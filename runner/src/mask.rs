@@ -7,7 +7,14 @@
 //! - its base64 encodings (standard and URL-safe alphabets, padded and unpadded);
 //! - the parts of its base64 encoding that are the same whatever surrounds it, for
 //!   each of the 3 byte alignments it can have inside a longer base64 blob (e.g. a
-//!   secret inside a base64-encoded kubeconfig or `user:password` header).
+//!   secret inside a base64-encoded kubeconfig or `user:password` header);
+//! - its hex encoding, lower and upper case (`xxd -p`, `od`, `hexdump`), and, because
+//!   `xxd -p` wraps at [`XXD_LINE`] hex characters, every part of it that a line of
+//!   such a dump can hold (a prefix ending a line, a suffix starting one, a whole
+//!   line inside a long secret), down to [`MIN_PATTERN_LEN`] bytes of the secret;
+//! - its URL (percent) encodings, as the usual encoders write them: every byte but
+//!   the unreserved ones, or also keeping `/` (Python's `quote`) or `!'()*`
+//!   (`encodeURIComponent`), hex digits in either case, space as `%20` or `+`.
 //!
 //! Patterns shorter than [`MIN_PATTERN_LEN`] bytes or made of whitespace only are
 //! ignored: a secret line such as `}` or `  ` would otherwise redact every brace or
@@ -38,6 +45,14 @@ pub const REPLACEMENT: &[u8] = b"********";
 
 /// Patterns shorter than this are not masked (see the module docs for why).
 pub const MIN_PATTERN_LEN: usize = 4;
+
+/// Hex characters per line of `xxd -p` output (30 bytes).
+pub const XXD_LINE: usize = 60;
+
+/// Longest secret whose every `xxd -p` line is a pattern of its own (one per byte
+/// offset); longer values (certificates, kubeconfigs) are covered whole and by the
+/// parts at their ends.
+const MAX_HEX_INFIX_SECRET: usize = 4096;
 
 /// A compiled set of secrets. Cheap to clone (shared automaton).
 #[derive(Clone, Default)]
@@ -174,11 +189,84 @@ fn patterns_for(secret: &[u8], out: &mut BTreeSet<Vec<u8>>) {
     // The whole value base64-encoded is how a multi-line secret (a PEM key, a
     // kubeconfig) usually travels; single lines of it are covered too.
     add_base64(secret, out);
+    add_hex(secret, out);
+    add_url_encoded(secret, out);
     if lines.len() > 1 {
         for line in &lines {
             add_base64(line, out);
+            add_hex(line, out);
+            add_url_encoded(line, out);
         }
     }
+}
+
+fn is_masked_value(value: &[u8]) -> bool {
+    value.len() >= MIN_PATTERN_LEN && !value.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The hex encoding of `value` and the parts of it an `xxd -p` line can hold, in
+/// both cases. xxd cuts between bytes, so every part is the encoding of a run of
+/// whole bytes: a prefix (the secret starts late on a line), a suffix (it ends
+/// early on the next), or exactly one line's worth from inside a longer secret.
+fn add_hex(value: &[u8], out: &mut BTreeSet<Vec<u8>>) {
+    if !is_masked_value(value) {
+        return;
+    }
+    let per_line = XXD_LINE / 2;
+    let mut parts: Vec<&[u8]> = vec![value];
+    for len in MIN_PATTERN_LEN..value.len().min(per_line + 1) {
+        parts.push(&value[..len]);
+        parts.push(&value[value.len() - len..]);
+    }
+    if value.len() > per_line && value.len() <= MAX_HEX_INFIX_SECRET {
+        parts.extend(value.windows(per_line));
+    }
+    for part in parts {
+        let lower = hex::encode(part);
+        out.insert(lower.to_ascii_uppercase().into_bytes());
+        out.insert(lower.into_bytes());
+    }
+}
+
+/// The percent-encodings of `value` the usual encoders produce (module docs). Only
+/// added where they differ from the value itself.
+fn add_url_encoded(value: &[u8], out: &mut BTreeSet<Vec<u8>>) {
+    if !is_masked_value(value) {
+        return;
+    }
+    for keep in ["", "/", "!'()*"] {
+        for upper in [true, false] {
+            for plus in [false, true] {
+                let encoded = percent_encode(value, keep.as_bytes(), upper, plus);
+                if encoded != value {
+                    out.insert(encoded);
+                }
+            }
+        }
+    }
+}
+
+fn percent_encode(value: &[u8], keep: &[u8], upper: bool, plus_for_space: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
+    let mut out = Vec::with_capacity(value.len() * 3);
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b);
+        } else if b == b' ' && plus_for_space {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[
+                b'%',
+                digits[usize::from(b >> 4)],
+                digits[usize::from(b & 15)],
+            ]);
+        }
+    }
+    out
 }
 
 fn add_plain(p: &[u8], out: &mut BTreeSet<Vec<u8>>) {
@@ -335,6 +423,59 @@ mod tests {
                     assert_eq!(masked(&m, line), "********", "width {width}: {line}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn hex_forms_are_masked_in_either_case() {
+        let secret = "s3cret-Hex-value";
+        let m = Masker::new(&[secret.into()]);
+        let lower = hex::encode(secret);
+        for enc in [lower.clone(), lower.to_ascii_uppercase()] {
+            assert_eq!(masked(&m, &format!("dump {enc} end")), "dump ******** end");
+        }
+    }
+
+    #[test]
+    fn xxd_wrapped_hex_is_masked_line_by_line() {
+        let secret = "tok_0123456789abcdefghijklmnopqrstuvwxyz";
+        let m = Masker::new(&[secret.into()]);
+        // The secret at every offset inside a longer blob, dumped as `xxd -p` does.
+        for prefix in 0..XXD_LINE / 2 {
+            let mut blob = vec![b'='; prefix];
+            blob.extend_from_slice(secret.as_bytes());
+            blob.extend_from_slice(b"=====");
+            let dump = hex::encode(&blob);
+            for line in dump.as_bytes().chunks(XXD_LINE) {
+                let line = std::str::from_utf8(line).unwrap();
+                let out = masked(&m, line);
+                // Whatever of the secret the line holds (4 bytes or more) is gone.
+                for len in (MIN_PATTERN_LEN..=secret.len()).rev() {
+                    for piece in secret.as_bytes().windows(len) {
+                        let piece = hex::encode(piece);
+                        if line.contains(&piece) && piece.len() >= 2 * MIN_PATTERN_LEN {
+                            assert!(!out.contains(&piece), "offset {prefix}: {line} -> {out}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn url_encoded_forms_are_masked() {
+        let secret = "p@ss w/rd!(x)";
+        let m = Masker::new(&[secret.into()]);
+        for enc in [
+            "p%40ss%20w%2Frd%21%28x%29",
+            "p%40ss+w%2frd%21%28x%29",
+            "p%40ss%20w/rd%21%28x%29",
+            "p%40ss%20w%2Frd!(x)",
+        ] {
+            assert_eq!(
+                masked(&m, &format!("url=?q={enc}&a=1")),
+                "url=?q=********&a=1"
+            );
         }
     }
 

@@ -156,7 +156,9 @@ impl Rig {
             "--clone-url",
             source.to_str().unwrap(),
         ]);
-        let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+        let hook = p.cli(&[
+            "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+        ]);
         let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
         let mut tokens = HashMap::new();
         for (name, role) in [("rm", "release-manager"), ("dev", "developer")] {

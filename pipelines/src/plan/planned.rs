@@ -42,6 +42,10 @@ pub struct PlannedStage {
     pub steps: Vec<PlannedStep>,
     pub services: BTreeMap<String, PlannedService>,
     pub artifacts: Vec<String>,
+    /// The artifacts may hold secret values: the runner does not scan them. Plans
+    /// stored before it existed read back as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_secrets_in_artifacts: bool,
     pub cache: Vec<String>,
     pub retry: u32,
     pub timeout_secs: Option<u64>,

@@ -152,6 +152,7 @@ pub(super) fn plan_stage(
         steps,
         services,
         artifacts: stage.artifacts.clone(),
+        allow_secrets_in_artifacts: stage.allow_secrets_in_artifacts,
         cache: stage.cache.clone(),
         retry: stage.retry,
         timeout_secs: stage.timeout_secs,

@@ -240,6 +240,11 @@ pub struct Stage {
     /// `needs` this one find them at the same paths in their workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<OneOrMany<String>>,
+    /// Let the artifacts hold secret values. By default the runner scans the
+    /// artifacts for the stage's secrets (and their base64, hex and URL-encoded forms)
+    /// before uploading them, and the stage fails naming the artifact and the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_secrets_in_artifacts: Option<bool>,
     /// Paths (globs) restored before and saved after the stage, per repository:
     /// relative to the workspace, no `..`. The cache key
     /// is the stage (with its matrix values), these paths, and the content of the lock

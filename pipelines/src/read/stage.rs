@@ -188,6 +188,10 @@ fn read_stage(
         .get("artifacts")
         .map(|f| workspace_globs(ctx, f, &what))
         .unwrap_or_default();
+    let allow_secrets_in_artifacts = fields
+        .get("allow_secrets_in_artifacts")
+        .and_then(|f| ctx.boolean(f, &what))
+        .unwrap_or(false);
     let cache = fields
         .get("cache")
         .map(|f| workspace_globs(ctx, f, &what))
@@ -263,6 +267,7 @@ fn read_stage(
         steps,
         services,
         artifacts,
+        allow_secrets_in_artifacts,
         cache,
         retry,
         timeout_secs,

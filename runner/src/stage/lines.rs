@@ -6,17 +6,17 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::outcome::{LogLine, StageEvent};
 use crate::backend::{LogChunk, LogStreamKind};
-use crate::log::LineAssembler;
+use crate::interleave::StreamPair;
 use crate::mask::Masker;
 
 /// Line assembly for one step: one assembler per stream (so stdout and stderr
-/// lines never mix), one line counter for both.
+/// lines never mix) that also masks secrets split across the two
+/// ([`StreamPair`]), one line counter for both.
 pub(super) struct StepLines<'a> {
     stage: String,
     step: usize,
     number: u64,
-    stdout: LineAssembler,
-    stderr: LineAssembler,
+    streams: StreamPair,
     events: &'a UnboundedSender<StageEvent>,
 }
 
@@ -31,8 +31,7 @@ impl<'a> StepLines<'a> {
             stage,
             step,
             number: 0,
-            stdout: masker.lines(),
-            stderr: masker.lines(),
+            streams: StreamPair::new(masker),
             events,
         }
     }
@@ -42,24 +41,11 @@ impl<'a> StepLines<'a> {
             stage,
             step,
             number,
-            stdout,
-            stderr,
+            streams,
             events,
         } = self;
-        let asm = match chunk.stream {
-            LogStreamKind::Stdout => stdout,
-            LogStreamKind::Stderr => stderr,
-        };
-        asm.push(&chunk.bytes, &mut |bytes| {
-            *number += 1;
-            let _ = events.send(StageEvent::Line(LogLine {
-                stage: stage.clone(),
-                step: *step,
-                number: *number,
-                stream: chunk.stream,
-                time: SystemTime::now(),
-                bytes,
-            }));
+        streams.push(chunk.stream, &chunk.bytes, &mut |stream, bytes| {
+            send(events, stage, *step, number, stream, bytes);
         });
     }
 
@@ -73,30 +59,34 @@ impl<'a> StepLines<'a> {
     }
 
     pub(super) fn finish(&mut self) {
-        for kind in [LogStreamKind::Stdout, LogStreamKind::Stderr] {
-            let StepLines {
-                stage,
-                step,
-                number,
-                stdout,
-                stderr,
-                events,
-            } = self;
-            let asm = match kind {
-                LogStreamKind::Stdout => stdout,
-                LogStreamKind::Stderr => stderr,
-            };
-            asm.finish(&mut |bytes| {
-                *number += 1;
-                let _ = events.send(StageEvent::Line(LogLine {
-                    stage: stage.clone(),
-                    step: *step,
-                    number: *number,
-                    stream: kind,
-                    time: SystemTime::now(),
-                    bytes,
-                }));
-            });
-        }
+        let StepLines {
+            stage,
+            step,
+            number,
+            streams,
+            events,
+        } = self;
+        streams.finish(&mut |stream, bytes| {
+            send(events, stage, *step, number, stream, bytes);
+        });
     }
+}
+
+fn send(
+    events: &UnboundedSender<StageEvent>,
+    stage: &str,
+    step: usize,
+    number: &mut u64,
+    stream: LogStreamKind,
+    bytes: Vec<u8>,
+) {
+    *number += 1;
+    let _ = events.send(StageEvent::Line(LogLine {
+        stage: stage.to_string(),
+        step,
+        number: *number,
+        stream,
+        time: SystemTime::now(),
+        bytes,
+    }));
 }

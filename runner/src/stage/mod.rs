@@ -44,6 +44,12 @@ pub struct RunOptions {
     /// exit and their whole log again, the running one is followed to its end.
     /// Backends that support it say how to get one (Kubernetes: `adoptable`).
     pub adopt: Option<StageHandle>,
+    /// The stage's declared artifact globs, to scan the collected files they select
+    /// for the stage's secret values before anything is uploaded: a stage whose
+    /// artifacts hold one fails, naming the artifact and the file
+    /// ([`crate::artifact_secrets`]). `None`: not scanned (the stage set
+    /// `allow_secrets_in_artifacts`, or the caller does not upload).
+    pub secret_scan: Option<Vec<String>>,
 }
 
 /// Runs `spec` on `backend`: set-up, steps in order (stopping at the first failing
@@ -166,7 +172,17 @@ impl Driver<'_> {
                 .backend
                 .collect_artifacts(&handle, &self.spec.artifacts, dir);
             match self.race(collect, self.stage_deadline).await {
-                Raced::Done(Ok(a)) => outcome.artifacts = a,
+                Raced::Done(Ok(a)) => match self.secret_in(&a, dir, &opts).await {
+                    Ok(None) => outcome.artifacts = a,
+                    Ok(Some(found)) => {
+                        stage_status = Status::Error(found.to_string());
+                        retryable = false;
+                    }
+                    Err(e) => {
+                        stage_status = Status::Error(self.mask_err(&e));
+                        retryable = e.is_retryable();
+                    }
+                },
                 Raced::Done(Err(e)) => {
                     stage_status = Status::Error(self.mask_err(&e));
                     retryable = e.is_retryable();
@@ -180,6 +196,24 @@ impl Driver<'_> {
         let retryable = retryable && matches!(stage_status, Status::Error(_));
         outcome.status = stage_status;
         (outcome, retryable)
+    }
+
+    /// A collected artifact holding a secret value, if the options ask for the scan.
+    async fn secret_in(
+        &self,
+        collected: &[crate::Artifact],
+        dir: &std::path::Path,
+        opts: &RunOptions,
+    ) -> crate::Result<Option<crate::artifact_secrets::SecretInArtifact>> {
+        let Some(globs) = opts.secret_scan.clone() else {
+            return Ok(None);
+        };
+        let (masker, dir, collected) = (self.masker.clone(), dir.to_path_buf(), collected.to_vec());
+        tokio::task::spawn_blocking(move || {
+            crate::artifact_secrets::find(&masker, &dir, &collected, &globs)
+        })
+        .await
+        .map_err(|e| crate::Error::io("scanning artifacts for secrets", std::io::Error::other(e)))?
     }
 
     /// The outcome when no step could run: every step skipped.

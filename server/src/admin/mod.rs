@@ -1,9 +1,11 @@
 //! What an admin does, as operations shared by the API and the CLI (so both check and
 //! record the same things): registering and editing repositories (`repos`), and users,
-//! roles, personal tokens and identities (`people`).
+//! roles, personal tokens and identities (`people`), and the repository scope of a new
+//! machine token (`token_scope`).
 
 pub mod people;
 pub mod repos;
+pub mod token_scope;
 
 use crate::api::error::ApiError;
 use crate::store;

@@ -209,6 +209,8 @@ impl Agent {
         let opts = RunOptions {
             artifact_dir: (!spec.artifacts.is_empty()).then(|| collected.clone()),
             adopt,
+            // Only the declared artifacts are uploaded with the run: scan those.
+            secret_scan: (!lease.spec.allow_secrets_in_artifacts).then(|| declared.clone()),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward(ctx.clone(), rx, cancel.clone()));

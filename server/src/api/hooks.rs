@@ -21,7 +21,8 @@
 //!    creates no second run however many copies race. Then the planner is woken.
 //!
 //! Plain git has no webhook signature: the post-receive hook authenticates with an API
-//! token of scope `hook` (or `admin`), and each updated ref becomes a run whose delivery
+//! token of scope `hook` bound to that repository (a push to another one is 403), or
+//! `admin`, and each updated ref becomes a run whose delivery
 //! id is `hook:<ref>:<new sha>`, so a re-sent hook is de-duplicated the same way.
 
 use axum::Json;
@@ -39,7 +40,7 @@ use super::route_table::{Access, RouteTable};
 use super::webhook_body::{read_capped, read_unverified};
 use crate::daemon::state::{self, AppState};
 use crate::forge::{self, ForgeEvent, ForgeKind, Parsed};
-use crate::store::{self, Event, NewRun, Repo, Trigger};
+use crate::store::{self, Event, NewRun, Repo, RepoScope, TokenScope, Trigger};
 
 pub fn routes() -> RouteTable {
     // The static `git` segment wins over `{forge}` (matchit prefers static routes).
@@ -313,6 +314,31 @@ async fn git_hook(
     response
 }
 
+/// A hook token is bound to one repository: a push to any other is refused (403). An
+/// admin token may trigger any repository.
+fn hook_token_allows(caller: &Caller, repo_name: &str) -> ApiResult<()> {
+    let Caller::Machine(token) = caller else {
+        return Ok(());
+    };
+    if token.scope != TokenScope::Hook {
+        return Ok(());
+    }
+    match &token.repos {
+        RepoScope::Repos(_) if token.repos.allows(repo_name) => Ok(()),
+        RepoScope::Repos(bound) => Err(ApiError::forbidden(format!(
+            "hook token `{}` may only trigger {}, not `{}`",
+            token.name,
+            bound.join(", "),
+            printable(repo_name)
+        ))),
+        RepoScope::All | RepoScope::Owner(_) => Err(ApiError::forbidden(format!(
+            "hook token `{}` is bound to no repository; create one for this repository: \
+             slipway token create NAME --scope hook --repo owner/name",
+            token.name
+        ))),
+    }
+}
+
 async fn handle_git_hook(
     state: AppState,
     caller: Caller,
@@ -320,6 +346,9 @@ async fn handle_git_hook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    // Before the repository is looked up: a token for another repository learns
+    // nothing, not even whether this one exists.
+    hook_token_allows(&caller, &repo_name)?;
     let repo = find_repo(&state, ForgeKind::Git, &repo_name).await?;
     let limit = MAX_HOOK_BYTES.min(state.config.max_webhook_bytes);
     let body = read_capped(&headers, body, limit).await?;

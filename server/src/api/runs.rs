@@ -163,13 +163,14 @@ pub async fn show(
     State(state): State<AppState>,
     ApiPath(p): ApiPath<RunPath>,
 ) -> ApiResult<Json<RunDetail>> {
-    let (_, run) = find_run(&state, &p).await?;
+    let (repo, run) = find_run(&state, &p).await?;
     let mut stages = state.store.list_stages(run.id).await?;
     if stages.iter().any(|s| s.stage.status == StageStatus::Queued) {
         let runners = state.store.list_runners().await?;
         for s in &mut stages {
             if s.stage.status == StageStatus::Queued {
-                s.unroutable = crate::runs::routing::unroutable_reason(&s.stage.labels, &runners);
+                s.unroutable =
+                    crate::runs::routing::unroutable_reason(&s.stage.labels, &repo.name, &runners);
             }
         }
     }

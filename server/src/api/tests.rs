@@ -49,10 +49,22 @@ impl Ctx {
         Ctx { _dir: dir, state }
     }
 
+    /// A machine token of `scope`; a hook token is bound to `team/app`.
     async fn token(&self, scope: TokenScope) -> String {
-        let (_, t) = super::tokens::create_token(&self.state.store, scope.as_str(), scope)
-            .await
-            .unwrap();
+        let repos: &[String] = match scope {
+            TokenScope::Hook => &[HOOK_REPO.to_string()],
+            _ => &[],
+        };
+        let (_, t) = super::tokens::create_token_as(
+            &self.state.store,
+            audit::SYSTEM,
+            scope.as_str(),
+            scope,
+            None,
+            repos,
+        )
+        .await
+        .unwrap();
         t.to_string()
     }
 
@@ -124,6 +136,9 @@ impl Ctx {
 
 /// The route's path with every parameter filled in: a number, as some parameters are
 /// ids, that names nothing stored.
+/// The repository the tests' hook token is bound to.
+const HOOK_REPO: &str = "team/app";
+
 fn concrete(path: &str) -> String {
     concrete_with(path, &[])
 }
@@ -465,7 +480,8 @@ async fn every_route_needs_the_token_it_declares() {
     // the declaration is not stricter than the handler either.
     for route in &guarded {
         let method = route.method.as_str();
-        let uri = concrete(&route.path);
+        // A hook token only passes for its own repository.
+        let uri = concrete_with(&route.path, &[("repo", HOOK_REPO)]);
         let needed = route.access.scope().unwrap();
         let token = &tokens.iter().find(|(s, _)| *s == needed).unwrap().1;
         let r = ctx.send(method, &uri, Some(token), None).await;

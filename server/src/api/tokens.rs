@@ -1,5 +1,6 @@
 //! Machine API tokens (admin, runner, hook): create (shown once), list, delete. Admin
-//! only; each creation and deletion is in the audit log. Personal tokens: `api::users`.
+//! only; runner tokens may be limited to an owner's or named repositories and a hook
+//! token is bound to one repository ([`token_scope`]); each creation and deletion is in the audit log. Personal tokens: `api::users`.
 //!
 //! Tokens are 256-bit random strings; the store keeps only their SHA-256
 //! (`crypto::hash_token`), so a database leak yields nothing that authenticates.
@@ -16,8 +17,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath};
 use super::route_table::{Access, RouteTable};
+use crate::admin::token_scope;
 use crate::daemon::state::AppState;
-use crate::store::{ApiToken, Role, Store, TokenScope, audit};
+use crate::store::{ApiToken, RepoScope, Role, Store, TokenScope, audit};
 
 pub fn routes() -> RouteTable {
     RouteTable::new()
@@ -29,30 +31,52 @@ pub fn routes() -> RouteTable {
 /// The prefix of every token, so secret scanners can recognise leaked ones.
 pub const TOKEN_PREFIX: &str = "slp_";
 
-/// Creates a token and returns it in clear, the only time it exists outside the caller;
-/// the audit log names the server itself as its maker ([`create_token_as`] names one).
+/// Creates a token for every repository and returns it in clear, the only time it
+/// exists outside the caller; the audit log names the server itself as its maker
+/// ([`create_token_as`] names one and limits it to repositories). A hook token made
+/// here is bound to no repository, so the hook endpoint refuses it.
 pub async fn create_token(
     store: &Store,
     name: &str,
     scope: TokenScope,
 ) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
-    create_token_as(store, audit::SYSTEM, name, scope).await
+    store_token(store, audit::SYSTEM, name, scope, &RepoScope::All).await
 }
 
-/// [`create_token`] on behalf of `actor` (as the audit log names it). Shared by the
-/// API and `slipway token create`.
+/// A token on behalf of `actor` (as the audit log names it), for the repositories
+/// `owner` and `repos` name (checked by [`token_scope::for_new_token`]: a hook token
+/// names exactly one). Shared by the API and `slipway token create`.
 pub async fn create_token_as(
     store: &Store,
     actor: &str,
     name: &str,
     scope: TokenScope,
+    owner: Option<&str>,
+    repos: &[String],
+) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
+    let limit = token_scope::for_new_token(scope, owner, repos)?;
+    store_token(store, actor, name, scope, &limit).await
+}
+
+async fn store_token(
+    store: &Store,
+    actor: &str,
+    name: &str,
+    scope: TokenScope,
+    repos: &RepoScope,
 ) -> Result<(ApiToken, Zeroizing<String>), ApiError> {
     let name = crate::admin::people::token_name(name)?;
     let token = Zeroizing::new(crate::crypto::generate_token(TOKEN_PREFIX));
     let stored = store
-        .create_token_by(actor, name, &crate::crypto::hash_token(&token), scope)
+        .create_scoped_token_by(
+            actor,
+            name,
+            &crate::crypto::hash_token(&token),
+            scope,
+            repos,
+        )
         .await?;
-    tracing::info!(token = %stored.name, id = stored.id, scope = %scope, "API token created");
+    tracing::info!(token = %stored.name, id = stored.id, scope = %scope, repos = %repos, "API token created");
     Ok((stored, token))
 }
 
@@ -61,6 +85,12 @@ pub async fn create_token_as(
 pub struct CreateToken {
     pub name: String,
     pub scope: TokenScope,
+    /// Runner tokens: only the repositories of this owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Runner tokens: only these repositories (`owner/name`); hook tokens: exactly one.
+    #[serde(default)]
+    pub repos: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,8 +114,15 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let (info, token) =
-        create_token_as(&state.store, &caller.actor(), &body.name, body.scope).await?;
+    let (info, token) = create_token_as(
+        &state.store,
+        &caller.actor(),
+        &body.name,
+        body.scope,
+        body.owner.as_deref(),
+        &body.repos,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {

@@ -8,7 +8,9 @@
 //! git feeds it one `old new ref` line per updated ref; it posts them to
 //! `POST /hooks/git/{repo}` and prints the runs created. The token comes from the
 //! environment only (`SLIPWAY_TOKEN`), never from the command line, where any local
-//! user could read it in the process list.
+//! user could read it in the process list. It is a hook token bound to this repository
+//! (`slipway token create NAME --scope hook --repo team/app`): the server refuses it
+//! for any other.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;

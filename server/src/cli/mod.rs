@@ -57,7 +57,8 @@ pub enum Command {
     /// give its --data-dir or --database-url).
     Migrate(database::DbArgs),
     /// Post-receive hook for plain git servers: reads `old new ref` lines from stdin and
-    /// asks the server for runs (token from SLIPWAY_TOKEN).
+    /// asks the server for runs (token from SLIPWAY_TOKEN: a hook token made with
+    /// `--repo` for this repository).
     Hook(hook::HookArgs),
     /// Check an API token against a server and store both for the other commands.
     Login(login::LoginArgs),

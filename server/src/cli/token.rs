@@ -32,6 +32,13 @@ pub enum TokenCommand {
         /// A personal token of this user (default: yours), acting with their roles.
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// A runner token for the repositories of this owner only.
+        #[arg(long, value_name = "OWNER", requires = "scope")]
+        owner: Option<String>,
+        /// Hook token: the one repository it may trigger (required). Runner token:
+        /// only this repository (repeatable).
+        #[arg(long = "repo", value_name = "OWNER/NAME", requires = "scope")]
+        repos: Vec<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -102,8 +109,10 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             name,
             scope,
             user,
+            owner,
+            repos,
             target,
-        } => create(name, scope, user, target),
+        } => create(name, scope, user, Reach { owner, repos }, target),
         TokenCommand::List {
             user,
             machine,
@@ -177,18 +186,31 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Which repositories a machine token may act on (`--owner`, `--repo`).
+struct Reach {
+    owner: Option<String>,
+    repos: Vec<String>,
+}
+
 fn create(
     name: String,
     scope: Option<TokenScope>,
     user: Option<String>,
+    reach: Reach,
     target: Target,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(scope) = scope {
+        // Checked before reaching the server or its database, so a missing --repo
+        // says so wherever the command runs.
+        crate::admin::token_scope::for_new_token(scope, reach.owner.as_deref(), &reach.repos)?;
+    }
     let (info, token) = match target.via()? {
         Via::Api(api) => {
             let answer = match (scope, user) {
-                (Some(scope), _) => {
-                    api.post("/api/tokens", &json!({"name": name, "scope": scope}))?
-                }
+                (Some(scope), _) => api.post(
+                    "/api/tokens",
+                    &json!({"name": name, "scope": scope, "owner": reach.owner, "repos": reach.repos}),
+                )?,
                 (None, user) => {
                     let owner = match user {
                         Some(u) => u,
@@ -208,9 +230,16 @@ fn create(
         Via::Db(db) => match (scope, user) {
             (Some(scope), _) => {
                 let (info, token) = with_state(db, async |state| {
-                    crate::api::tokens::create_token_as(&state.store, audit::CLI, &name, scope)
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e.message))
+                    crate::api::tokens::create_token_as(
+                        &state.store,
+                        audit::CLI,
+                        &name,
+                        scope,
+                        reach.owner.as_deref(),
+                        &reach.repos,
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.message))
                 })?;
                 (serde_json::to_value(info)?, token)
             }
@@ -230,9 +259,11 @@ fn create(
             (None, None) => bail!("on the database directly, give --scope or --user"),
         },
     };
-    let what = match info.get("scope").and_then(Value::as_str) {
-        Some(scope) => format!("{scope} token"),
-        None => "personal token".to_string(),
+    let reach = serde_json::from_value::<crate::store::RepoScope>(info["repos"].clone()).ok();
+    let what = match (info.get("scope").and_then(Value::as_str), reach) {
+        (Some(scope), Some(reach)) => format!("{scope} token for {reach}"),
+        (Some(scope), None) => format!("{scope} token"),
+        (None, _) => "personal token".to_string(),
     };
     errln!(
         "created {what} {:?} (id {}); it is shown only now:",

@@ -4,7 +4,9 @@
 //! implies. A runner registers with labels: its `--labels`, plus `backend:<name>` for
 //! the backend it runs stages on. The queue hands a runner only stages whose labels are
 //! all among the runner's ([`Store::lease_stage`](crate::store::Store::lease_stage)); a
-//! stage without labels goes to any runner.
+//! stage without labels goes to any runner. A runner also has a repository scope
+//! ([`RepoScope`](crate::store::RepoScope), from the token it registered with): it only ever leases stages of
+//! repositories in that scope, so their secrets only reach runners allowed for them.
 //!
 //! The implied requirement, kept deliberately small: a `kind: image` stage needs a
 //! container engine, so it requires `backend:docker`, unless its `runs_on` already
@@ -55,20 +57,34 @@ pub fn can_take(runner: &[String], stage: &[String]) -> bool {
     stage.iter().all(|l| runner.contains(l))
 }
 
-/// Why no registered runner can take a stage needing `labels` (`None`: one can).
-pub fn unroutable_reason(labels: &[String], runners: &[Runner]) -> Option<String> {
-    if runners.iter().any(|r| can_take(&r.labels, labels)) {
+/// Why no registered runner can take a stage of repository `repo` needing `labels`
+/// (`None`: one can). A runner must have every label and have `repo` in its scope
+/// ([`RepoScope`](crate::store::RepoScope)); the reason names whichever of the two is missing.
+pub fn unroutable_reason(labels: &[String], repo: &str, runners: &[Runner]) -> Option<String> {
+    if runners
+        .iter()
+        .any(|r| can_take(&r.labels, labels) && r.repos.allows(repo))
+    {
         return None;
     }
+    let labelled = runners.iter().any(|r| can_take(&r.labels, labels));
+    let scoped = runners.iter().any(|r| r.repos.allows(repo));
     Some(if runners.is_empty() {
         "no runner is registered".to_string()
-    } else if labels.is_empty() {
+    } else if !scoped {
+        format!("no registered runner may run stages of {repo} (runner scopes)")
+    } else if !labelled && labels.is_empty() {
         // Unreachable with registered runners (an empty set is always covered); kept
         // so the function never says something false.
         "no registered runner can take it".to_string()
-    } else {
+    } else if !labelled {
         format!(
             "no registered runner has all of the labels {}",
+            labels.join(", ")
+        )
+    } else {
+        format!(
+            "no registered runner that may run stages of {repo} has all of the labels {}",
             labels.join(", ")
         )
     })
@@ -77,6 +93,7 @@ pub fn unroutable_reason(labels: &[String], runners: &[Runner]) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RepoScope;
 
     fn planned(yaml: &str) -> PlannedStage {
         let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid yaml");
@@ -97,6 +114,7 @@ mod tests {
             name: "r".into(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             capacity: 1,
+            repos: RepoScope::All,
             created_at: 0,
             last_seen_at: 0,
         }
@@ -163,20 +181,39 @@ mod tests {
     fn reasons() {
         let gpu = vec!["gpu".to_string()];
         assert_eq!(
-            unroutable_reason(&gpu, &[]).as_deref(),
+            unroutable_reason(&gpu, "a/b", &[]).as_deref(),
             Some("no runner is registered")
         );
         assert_eq!(
-            unroutable_reason(&[], &[]).as_deref(),
+            unroutable_reason(&[], "a/b", &[]).as_deref(),
             Some("no runner is registered")
         );
         let runners = [runner(&["linux"]), runner(&["gpu", "linux"])];
-        assert_eq!(unroutable_reason(&gpu, &runners), None);
-        assert_eq!(unroutable_reason(&[], &runners), None);
+        assert_eq!(unroutable_reason(&gpu, "a/b", &runners), None);
+        assert_eq!(unroutable_reason(&[], "a/b", &runners), None);
         let arm = vec!["gpu".to_string(), "arm64".into()];
         assert_eq!(
-            unroutable_reason(&arm, &runners).as_deref(),
+            unroutable_reason(&arm, "a/b", &runners).as_deref(),
             Some("no registered runner has all of the labels gpu, arm64")
+        );
+    }
+
+    #[test]
+    fn reasons_with_scopes() {
+        let mut team = runner(&["linux"]);
+        team.repos = RepoScope::Owner("team".into());
+        let mut gpu_elsewhere = runner(&["gpu"]);
+        gpu_elsewhere.repos = RepoScope::Repos(vec!["other/x".into()]);
+        let runners = [team, gpu_elsewhere];
+        assert_eq!(unroutable_reason(&[], "team/app", &runners), None);
+        assert_eq!(
+            unroutable_reason(&[], "acme/app", &runners).as_deref(),
+            Some("no registered runner may run stages of acme/app (runner scopes)")
+        );
+        let gpu = vec!["gpu".to_string()];
+        assert_eq!(
+            unroutable_reason(&gpu, "team/app", &runners).as_deref(),
+            Some("no registered runner that may run stages of team/app has all of the labels gpu")
         );
     }
 }

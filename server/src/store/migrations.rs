@@ -30,6 +30,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0005_sessions.sql",
     "0006_rollouts.sql",
     "0007_write_probe.sql",
+    "0008_repo_scopes.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
@@ -40,6 +41,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0005_sessions.sql",
     "0006_rollouts.sql",
     "0007_write_probe.sql",
+    "0008_repo_scopes.sql",
 );
 
 /// The migrator for one dialect's files.

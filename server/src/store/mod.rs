@@ -47,6 +47,7 @@ mod people;
 mod probe;
 mod queue;
 mod records;
+mod repo_scope;
 mod repos;
 mod results;
 pub mod rollouts;
@@ -62,6 +63,7 @@ pub use deployments::{Decision, DeployedImage, Deployment, Vote};
 pub use environments::{Environment, EnvironmentUpdate};
 pub use people::{Identity, Role, RoleBinding, User, UserToken};
 pub use queue::RUNNER_LOST;
+pub use repo_scope::RepoScope;
 pub use results::{
     ImageRecord, MAX_FINDINGS, MAX_OUTPUT_BYTES, MAX_OUTPUTS, OUTPUT_DIGEST, OUTPUT_IMAGE,
     RunOutput, StageResults, StoredFinding, digest_hex,

@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Leases to `runner` the oldest `queued` stage of a running run whose labels are
-    /// all among the runner's, if the limits allow another running stage in total, in
+    /// all among the runner's and whose repository is in the runner's scope, if the limits allow another running stage in total, in
     /// its repository and on this runner (its registered capacity). The stage becomes
     /// `running` with a fresh random token valid for `lease_for`. No two callers —
     /// tasks or server replicas — ever get the same stage. `NotFound` if the runner is
@@ -159,9 +159,10 @@ impl Store {
              WHERE s.status = 'queued' AND r.status = 'running' AND NOT s.rollout \
              AND (SELECT COUNT(*) FROM stages c WHERE c.status = 'running' \
                   AND NOT c.rollout AND c.repo_id = s.repo_id) < $1 \
-             AND {} \
+             AND {} AND {} \
              ORDER BY s.queued_at, s.id LIMIT 1{}",
             self.labels_subset("s.labels", "$2"),
+            self.in_repo_scope("s.repo_id", "$3", "$4"),
             match self.dialect {
                 Dialect::Postgres => " FOR UPDATE OF s SKIP LOCKED",
                 Dialect::Sqlite => "",
@@ -170,6 +171,8 @@ impl Store {
         let Some(row) = query(&sql)
             .bind(cap(limits.per_repo))
             .bind(json_text(&me.labels))
+            .bind(me.repos.owner_column())
+            .bind(me.repos.repos_column())
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -221,12 +224,28 @@ impl Store {
         }
     }
 
+    /// SQL that is true when the repository `repo_id` (a column) is in the runner's
+    /// scope: the parameters `owner` (NULL or an owner) and `repos` (NULL or a JSON
+    /// array of `owner/name`), as stored by [`super::RepoScope`].
+    fn in_repo_scope(&self, repo_id: &str, owner: &str, repos: &str) -> String {
+        let names = match self.dialect {
+            Dialect::Postgres => format!("SELECT jsonb_array_elements_text(({repos})::jsonb)"),
+            Dialect::Sqlite => format!("SELECT value FROM json_each({repos})"),
+        };
+        format!(
+            "EXISTS (SELECT 1 FROM repos rp WHERE rp.id = {repo_id} \
+             AND ({owner} IS NULL OR substr(rp.name, 1, length({owner}) + 1) = {owner} || '/') \
+             AND ({repos} IS NULL OR rp.name IN ({names})))"
+        )
+    }
+
     /// The labels of queued stages (the oldest `limit`), to find the ones no registered
     /// runner can take.
     pub async fn queued_stage_labels(&self, limit: usize) -> Result<Vec<QueuedLabels>> {
         let rs = query(
-            "SELECT id, run_id, stage_key, labels FROM stages WHERE status = 'queued' \
-             AND NOT rollout ORDER BY queued_at, id LIMIT $1",
+            "SELECT s.id, s.run_id, s.stage_key, s.labels, rp.name AS repo FROM stages s \
+             JOIN repos rp ON rp.id = s.repo_id WHERE s.status = 'queued' \
+             AND NOT s.rollout ORDER BY s.queued_at, s.id LIMIT $1",
         )
         .bind(cap(limit))
         .fetch_all(&self.read)
@@ -237,6 +256,7 @@ impl Store {
                 run_id: r.int("run_id")?,
                 key: r.text("stage_key")?,
                 labels: r.json("labels")?,
+                repo: r.text("repo")?,
             })
         })
     }

@@ -6,8 +6,8 @@ use sqlx::query;
 use super::audit::{SYSTEM, action};
 use super::row::{RUNNER_COLS, RowExt, TOKEN_COLS, json_text, rows, runner, token};
 use super::{
-    ApiToken, Error, NewAudit, RepoId, Result, Runner, RunnerId, SecretMeta, SecretValue, Store,
-    StoredEvent, TokenId, TokenScope, affected,
+    ApiToken, Error, NewAudit, RepoId, RepoScope, Result, Runner, RunnerId, SecretMeta,
+    SecretValue, Store, StoredEvent, TokenId, TokenScope, affected,
 };
 
 impl Store {
@@ -99,7 +99,7 @@ impl Store {
         self.create_token_by(SYSTEM, name, token_hash, scope).await
     }
 
-    /// [`Store::create_token`] on behalf of `actor`.
+    /// [`Store::create_token`] on behalf of `actor`, for every repository.
     pub async fn create_token_by(
         &self,
         actor: &str,
@@ -107,21 +107,37 @@ impl Store {
         token_hash: &str,
         scope: TokenScope,
     ) -> Result<ApiToken> {
+        self.create_scoped_token_by(actor, name, token_hash, scope, &RepoScope::All)
+            .await
+    }
+
+    /// [`Store::create_token_by`] for the repositories `repos` (the caller has checked
+    /// that the combination makes sense: `admin::token_scope`).
+    pub async fn create_scoped_token_by(
+        &self,
+        actor: &str,
+        name: &str,
+        token_hash: &str,
+        scope: TokenScope,
+        repos: &RepoScope,
+    ) -> Result<ApiToken> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "INSERT INTO api_tokens (name, token_hash, scope, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLS}"
+            "INSERT INTO api_tokens (name, token_hash, scope, scope_owner, scope_repos, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLS}"
         );
         let row = query(&sql)
             .bind(name)
             .bind(token_hash)
             .bind(scope.as_str())
+            .bind(repos.owner_column())
+            .bind(repos.repos_column())
             .bind(self.now_ms())
             .fetch_one(&mut *tx)
             .await?;
         let created = token(&row)?;
         let entry = NewAudit::new(actor, action::TOKEN_CREATE, format!("token:{name}"))
-            .detail(json!({ "token_id": created.id, "scope": scope.as_str() }));
+            .detail(json!({ "token_id": created.id, "scope": scope.as_str(), "repos": repos }));
         self.append_audit_tx(&mut tx, &entry).await?;
         tx.commit().await?;
         Ok(created)
@@ -165,40 +181,47 @@ impl Store {
         Ok(true)
     }
 
-    /// Registers a runner by name, or updates the labels and capacity of the runner
-    /// with that name; either way it was seen now.
+    /// Registers a runner by name, or updates the labels, capacity and repository scope
+    /// of the runner with that name; either way it was seen now.
     pub async fn register_runner(
         &self,
         name: &str,
         labels: &[String],
         capacity: u32,
+        repos: &RepoScope,
     ) -> Result<Runner> {
         let sql = format!(
-            "INSERT INTO runners (name, labels, capacity, created_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET \
-             labels = excluded.labels, capacity = excluded.capacity, \
-             last_seen_at = excluded.last_seen_at RETURNING {RUNNER_COLS}"
+            "INSERT INTO runners (name, labels, capacity, scope_owner, scope_repos, \
+             created_at, last_seen_at) VALUES ($1, $2, $3, $5, $6, $4, $4) \
+             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
+             capacity = excluded.capacity, scope_owner = excluded.scope_owner, \
+             scope_repos = excluded.scope_repos, last_seen_at = excluded.last_seen_at \
+             RETURNING {RUNNER_COLS}"
         );
         let row = query(&sql)
             .bind(name)
             .bind(json_text(&labels))
             .bind(i64::from(capacity))
             .bind(self.now_ms())
+            .bind(repos.owner_column())
+            .bind(repos.repos_column())
             .fetch_one(&self.write)
             .await?;
         runner(&row)
     }
 
-    /// Records that a runner was seen now.
-    pub async fn touch_runner(&self, id: RunnerId) -> Result<()> {
-        let r = query("UPDATE runners SET last_seen_at = $2 WHERE id = $1")
+    /// Records that a runner was seen now; the runner as registered.
+    pub async fn touch_runner(&self, id: RunnerId) -> Result<Runner> {
+        let sql =
+            format!("UPDATE runners SET last_seen_at = $2 WHERE id = $1 RETURNING {RUNNER_COLS}");
+        match query(&sql)
             .bind(id)
             .bind(self.now_ms())
-            .execute(&self.write)
-            .await?;
-        match affected(r) {
-            0 => Err(Error::NotFound(format!("runner {id}"))),
-            _ => Ok(()),
+            .fetch_optional(&self.write)
+            .await?
+        {
+            Some(row) => runner(&row),
+            None => Err(Error::NotFound(format!("runner {id}"))),
         }
     }
 

@@ -192,19 +192,22 @@ pub(crate) fn step(r: &AnyRow) -> Result<Step> {
     })
 }
 
-pub(crate) const TOKEN_COLS: &str = "id, name, scope, created_at, last_used_at";
+pub(crate) const TOKEN_COLS: &str =
+    "id, name, scope, scope_owner, scope_repos, created_at, last_used_at";
 
 pub(crate) fn token(r: &AnyRow) -> Result<ApiToken> {
     Ok(ApiToken {
         id: r.int("id")?,
         name: r.text("name")?,
         scope: r.parsed("scope")?,
+        repos: repo_scope(r)?,
         created_at: r.int("created_at")?,
         last_used_at: r.opt_int("last_used_at")?,
     })
 }
 
-pub(crate) const RUNNER_COLS: &str = "id, name, labels, capacity, created_at, last_seen_at";
+pub(crate) const RUNNER_COLS: &str =
+    "id, name, labels, capacity, scope_owner, scope_repos, created_at, last_seen_at";
 
 pub(crate) fn runner(r: &AnyRow) -> Result<Runner> {
     Ok(Runner {
@@ -212,9 +215,18 @@ pub(crate) fn runner(r: &AnyRow) -> Result<Runner> {
         name: r.text("name")?,
         labels: r.json("labels")?,
         capacity: r.int("capacity")?,
+        repos: repo_scope(r)?,
         created_at: r.int("created_at")?,
         last_seen_at: r.int("last_seen_at")?,
     })
+}
+
+/// The `scope_owner` and `scope_repos` columns of a token or runner.
+fn repo_scope(r: &AnyRow) -> Result<super::RepoScope> {
+    Ok(super::RepoScope::from_columns(
+        r.opt_text("scope_owner")?,
+        r.opt_json("scope_repos")?,
+    ))
 }
 
 pub(crate) fn rows<T>(rows: &[AnyRow], f: fn(&AnyRow) -> Result<T>) -> Result<Vec<T>> {

@@ -429,6 +429,8 @@ pub struct QueuedLabels {
     pub run_id: RunId,
     pub key: String,
     pub labels: Vec<String>,
+    /// Its repository's `owner/name`, for the runners' repository scopes.
+    pub repo: String,
 }
 
 /// Concurrency limits for [`Store::lease_stage`](super::Store::lease_stage): the
@@ -532,6 +534,8 @@ pub struct ApiToken {
     pub id: TokenId,
     pub name: String,
     pub scope: TokenScope,
+    /// The repositories it acts for (runner and hook tokens).
+    pub repos: super::RepoScope,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
 }
@@ -543,6 +547,8 @@ pub struct Runner {
     pub name: String,
     pub labels: Vec<String>,
     pub capacity: i64,
+    /// The repositories whose stages it may lease (its token's scope).
+    pub repos: super::RepoScope,
     pub created_at: i64,
     pub last_seen_at: i64,
 }

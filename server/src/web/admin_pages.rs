@@ -122,6 +122,8 @@ pub struct TokenRow {
     pub id: i64,
     pub name: String,
     pub scope: String,
+    /// The repositories it is for (`all repositories`, an owner's, named ones).
+    pub repos: String,
     pub created: String,
     pub last_used: String,
 }
@@ -192,6 +194,7 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
                 id: t.id,
                 name: t.name,
                 scope: t.scope.to_string(),
+                repos: t.repos.to_string(),
                 created: ago(t.created_at, now),
                 last_used: last_used(t.last_used_at, now),
             })

@@ -35,6 +35,8 @@ pub struct RunRow {
 pub struct RunnerRow {
     pub name: String,
     pub labels: String,
+    /// The repositories whose stages it may run.
+    pub repos: String,
     pub capacity: i64,
     pub running: i64,
     pub seen: String,
@@ -188,6 +190,7 @@ pub async fn page(
         .map(|r| RunnerRow {
             running: running.get(&r.id).copied().unwrap_or(0),
             labels: r.labels.join(", "),
+            repos: r.repos.to_string(),
             capacity: r.capacity,
             seen: ago(r.last_seen_at, now),
             name: r.name,

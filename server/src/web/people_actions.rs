@@ -202,6 +202,12 @@ pub struct TokenForm {
     /// A machine token's scope.
     #[serde(default)]
     scope: String,
+    /// A runner token: only this owner's repositories (empty: not limited by owner).
+    #[serde(default)]
+    owner: String,
+    /// Runner and hook tokens: these repositories, separated by spaces or commas.
+    #[serde(default)]
+    repos: String,
 }
 
 #[derive(Template)]
@@ -303,6 +309,13 @@ pub async fn create_machine_token(
         ApiJson(CreateToken {
             name: f.name,
             scope,
+            owner: Some(f.owner.trim().to_string()).filter(|o| !o.is_empty()),
+            repos: f
+                .repos
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
         }),
     )
     .await

@@ -138,7 +138,8 @@ pub async fn warn_unroutable(
     let runners = state.store.list_runners().await?;
     let mut now = Vec::new();
     for q in queued {
-        let Some(reason) = crate::runs::routing::unroutable_reason(&q.labels, &runners) else {
+        let Some(reason) = crate::runs::routing::unroutable_reason(&q.labels, &q.repo, &runners)
+        else {
             continue;
         };
         if warned.insert(q.stage_id) {

@@ -298,9 +298,25 @@ async fn secrets_come_from_stdin_or_the_environment_never_argv() {
 async fn token_create_prints_a_working_token_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // A hook token names the one repository it may trigger.
     let out = run(&mut slipway(
         &data,
         &["token", "create", "deploy bot", "--scope", "hook"],
+    ));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--repo owner/name"), "{err}");
+    let out = run(&mut slipway(
+        &data,
+        &[
+            "token",
+            "create",
+            "deploy bot",
+            "--scope",
+            "hook",
+            "--repo",
+            "team/app",
+        ],
     ));
     let token = ok(&out).trim().to_string();
     assert!(token.starts_with("slp_"), "{token}");
@@ -314,8 +330,12 @@ async fn token_create_prints_a_working_token_once() {
         .unwrap()
         .expect("stored by hash");
     assert_eq!(
-        (found.name.as_str(), found.scope),
-        ("deploy bot", TokenScope::Hook)
+        (found.name.as_str(), found.scope, found.repos),
+        (
+            "deploy bot",
+            TokenScope::Hook,
+            server::store::RepoScope::Repos(vec!["team/app".into()])
+        )
     );
     state.store.close().await;
     let out = run(&mut slipway(

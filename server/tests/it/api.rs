@@ -636,7 +636,10 @@ async fn planned_run(ctx: &Ctx, repo: &str) -> Run {
 
 async fn lease_and_finish(ctx: &Ctx, key: &str, status: StageStatus) {
     let store = &ctx.state.store;
-    let runner = store.register_runner("r1", &[], 4).await.unwrap();
+    let runner = store
+        .register_runner("r1", &[], 4, &server::store::RepoScope::All)
+        .await
+        .unwrap();
     let lease = store
         .lease_stage(runner.id, Duration::from_secs(60), &Limits::UNLIMITED)
         .await
@@ -1376,7 +1379,10 @@ async fn follow_ends_when_the_database_says_the_step_finished() {
     let ctx = Ctx::new().await;
     let (step, _key) = run_with_log(&ctx, 1).await;
     let store = &ctx.state.store;
-    let runner = store.register_runner("r1", &[], 1).await.unwrap();
+    let runner = store
+        .register_runner("r1", &[], 1, &server::store::RepoScope::All)
+        .await
+        .unwrap();
     let lease = store
         .lease_stage(runner.id, Duration::from_secs(60), &Limits::UNLIMITED)
         .await

@@ -73,7 +73,9 @@ async fn a_restored_cache_writes_only_under_the_declared_paths() {
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let rogue = env.cli(&["token", "create", "rogue", "--scope", "runner"]);
     let honest = env.cli(&["token", "create", "honest", "--scope", "runner"]);

@@ -120,7 +120,9 @@ async fn twenty_random_kills_leave_no_run_stuck_no_step_doubled_and_nothing_behi
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))

@@ -89,7 +89,9 @@ stages:
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook_token = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let (hook_token, admin_token) = (hook_token.as_str(), admin_token.as_str());
 

@@ -156,7 +156,7 @@ fn a_push_builds_tests_scans_and_pushes_the_image_by_digest() {
         bare.to_str().unwrap(),
     ]);
     server.cli_with_input(&["secret", "set", REPO, "REGISTRY_AUTH"], REGISTRY_AUTH);
-    let hook_token = server.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook_token = server.cli(&["token", "create", "hook", "--scope", "hook", "--repo", REPO]);
     let admin = server.cli(&["token", "create", "e2e", "--scope", "admin"]);
     let hook = bare.join("hooks/post-receive");
     std::fs::write(

@@ -176,7 +176,15 @@ async fn every_documented_expression_has_its_value_on_the_server() {
         repo.to_str().unwrap(),
     ]);
     env.cli_with_input(&["secret", "set", "team/shop", "TOKEN"], "s3cr3t-value");
-    let hook = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = env.cli(&[
+        "token",
+        "create",
+        "hook",
+        "--scope",
+        "hook",
+        "--repo",
+        "team/shop",
+    ]);
     let admin = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     // What `slipway hook` sends for the push (`git show --format=%an%x00%B`).
     let r = reqwest::Client::new()

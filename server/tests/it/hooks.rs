@@ -721,11 +721,16 @@ async fn a_thousand_concurrent_copies_make_one_run(db: Dialect) {
 
 // ------------------------------------------------------------ plain git
 
+/// A token of `scope`, for the repository `team/app` when it is a hook token.
 async fn hook_token(state: &server::daemon::state::AppState, scope: TokenScope) -> String {
     let token = generate_token("slw");
+    let repos = match scope {
+        TokenScope::Hook => store::RepoScope::Repos(vec!["team/app".into()]),
+        _ => store::RepoScope::All,
+    };
     state
         .store
-        .create_token("hook", &hash_token(&token), scope)
+        .create_scoped_token_by("test", "hook", &hash_token(&token), scope, &repos)
         .await
         .unwrap();
     token
@@ -840,8 +845,12 @@ async fn plain_git_hook_creates_one_run_per_ref() {
         true,
     )
     .await;
-    let (status, _) = post_git(state, "gh/app", Some(&token), json!({ "updates": [] })).await;
+    // (An admin token may name any repository; the hook token only its own.)
+    let admin = hook_token(state, TokenScope::Admin).await;
+    let (status, _) = post_git(state, "gh/app", Some(&admin), json!({ "updates": [] })).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = post_git(state, "gh/app", Some(&token), json!({ "updates": [] })).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     // Both runs plan from the real repository.
     let report = server::workers::planner::plan_pending(state).await.unwrap();

@@ -75,7 +75,9 @@ async fn twenty_kills_mid_stage_leave_no_directory_behind() {
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let runner_token = env.cli(&["token", "create", "ext", "--scope", "runner"]);
     let runner_args = ["--labels", "ext", "--capacity", "8"];

@@ -34,6 +34,8 @@ mod quickstart;
 mod release;
 mod runner_protocol;
 mod runners;
+mod scoped_credentials;
+mod secret_masking;
 mod slow_clients;
 mod status;
 mod store;

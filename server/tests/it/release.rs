@@ -98,7 +98,9 @@ impl Release {
             "--clone-url",
             source.to_str().unwrap(),
         ]);
-        let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+        let hook = p.cli(&[
+            "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+        ]);
         let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
         let mut r = Release {
             p,
@@ -1088,7 +1090,9 @@ async fn the_readme_release_section_works_as_written() {
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = p.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let work = p.dir.path().join("work-dir");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("prod.kubeconfig"), KUBECONFIG).unwrap();
@@ -1277,7 +1281,9 @@ async fn a_promotion_deploys_the_pushed_digest_without_rebuilding() {
         &["secret", "set", "team/img", "REGISTRY_AUTH"],
         "slipway:slipway-test",
     );
-    let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook = p.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/img",
+    ]);
     let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
     let yaml = "\
 stages:

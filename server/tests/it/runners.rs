@@ -179,7 +179,9 @@ async fn two_labelled_runners_share_the_queue_and_a_killed_one_loses_only_its_st
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook_token = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let runner_token = env.cli(&["token", "create", "runners", "--scope", "runner"]);
     start_runner(&mut env, "alpha", &runner_token, "alpha,linux", 2, "local");
@@ -413,7 +415,9 @@ stages:
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook_token = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let runner_token = env.cli(&["token", "create", "runners", "--scope", "runner"]);
     start_runner(&mut env, &alpha, &runner_token, "alpha", 1, "docker");

@@ -235,7 +235,9 @@ async fn idle_connections_beyond_the_fd_limit_do_not_stop_health_checks_or_runne
         "--clone-url",
         source.to_str().unwrap(),
     ]);
-    let hook_token = env.cli(&["token", "create", "hook", "--scope", "hook"]);
+    let hook_token = env.cli(&[
+        "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+    ]);
     let admin_token = env.cli(&["token", "create", "admin", "--scope", "admin"]);
     let addr = env.addr();
 

@@ -46,6 +46,7 @@ both_databases!(
     finish_report_names_the_call_that_ends_the_run,
     stage_results_are_stored_with_the_finish_and_replaced_by_a_retry,
     labels_route_stages_to_runners,
+    repo_scopes_route_stages_to_runners,
     runner_capacity_holds_under_concurrency,
 );
 
@@ -100,7 +101,11 @@ async fn planned(store: &Store, repo_name: &str, stages: Vec<NewStage>) -> (Repo
 /// A registered runner without labels that may run any number of stages; the same
 /// runner again for the same name.
 async fn runner_id(store: &Store, name: &str) -> RunnerId {
-    store.register_runner(name, &[], 10_000).await.unwrap().id
+    store
+        .register_runner(name, &[], 10_000, &RepoScope::All)
+        .await
+        .unwrap()
+        .id
 }
 
 async fn lease(store: &Store) -> Lease {
@@ -1560,7 +1565,7 @@ async fn cron_claims_once(db: Dialect) {
 async fn runners_register(db: Dialect) {
     let store = TestStore::open(db).await;
     let a = store
-        .register_runner("host-a", &["linux".into()], 2)
+        .register_runner("host-a", &["linux".into()], 2, &RepoScope::All)
         .await
         .unwrap();
     assert_eq!(
@@ -1569,7 +1574,12 @@ async fn runners_register(db: Dialect) {
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
     let again = store
-        .register_runner("host-a", &["linux".into(), "docker".into()], 4)
+        .register_runner(
+            "host-a",
+            &["linux".into(), "docker".into()],
+            4,
+            &RepoScope::All,
+        )
         .await
         .unwrap();
     assert_eq!(again.id, a.id);
@@ -1577,7 +1587,10 @@ async fn runners_register(db: Dialect) {
     assert_eq!(again.labels, ["linux", "docker"]);
     assert!(again.last_seen_at > a.last_seen_at);
     assert_eq!(again.created_at, a.created_at);
-    store.register_runner("host-b", &[], 1).await.unwrap();
+    store
+        .register_runner("host-b", &[], 1, &RepoScope::All)
+        .await
+        .unwrap();
     store.touch_runner(a.id).await.unwrap();
     assert!(matches!(
         store.touch_runner(a.id + 100).await,
@@ -1911,7 +1924,7 @@ fn labelled(key: &str, labels: &[&str]) -> NewStage {
 async fn registered(store: &Store, name: &str, labels: &[&str], capacity: u32) -> RunnerId {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     store
-        .register_runner(name, &labels, capacity)
+        .register_runner(name, &labels, capacity, &RepoScope::All)
         .await
         .unwrap()
         .id
@@ -2057,4 +2070,47 @@ async fn runner_capacity_holds_under_concurrency(db: Dialect) {
         status_of(&store, run.id, "later").await,
         StageStatus::Running
     );
+}
+
+/// A runner leases only stages of repositories in its scope; the queue skips the
+/// others however old they are.
+async fn repo_scopes_route_stages_to_runners(db: Dialect) {
+    let store = TestStore::open(db).await;
+    let (_, acme) = planned(&store, "acme/web", vec![labelled("a", &[])]).await;
+    // `team` is a prefix of `teammate`: an owner matches whole.
+    let (_, mate) = planned(&store, "teammate/x", vec![labelled("m", &[])]).await;
+    let (_, team) = planned(&store, "team/app", vec![labelled("t", &[])]).await;
+    let scoped = |name: &'static str, scope: RepoScope| {
+        let store = &store;
+        async move { store.register_runner(name, &[], 5, &scope).await.unwrap() }
+    };
+    let team_runner = scoped("team", RepoScope::Owner("team".into())).await;
+    assert_eq!(team_runner.repos, RepoScope::Owner("team".into()));
+    let named = scoped("named", RepoScope::Repos(vec!["teammate/x".into()])).await;
+    let queued = store.queued_stage_labels(10).await.unwrap();
+    let repos: Vec<&str> = queued.iter().map(|q| q.repo.as_str()).collect();
+    assert_eq!(repos, ["acme/web", "teammate/x", "team/app"]);
+
+    assert_eq!(
+        lease_key(&store, team_runner.id).await.as_deref(),
+        Some("t")
+    );
+    assert_eq!(lease_key(&store, team_runner.id).await, None);
+    assert_eq!(lease_key(&store, named.id).await.as_deref(), Some("m"));
+    assert_eq!(lease_key(&store, named.id).await, None);
+    assert_eq!(status_of(&store, acme.id, "a").await, StageStatus::Queued);
+    // Registering again under the same name takes the new scope.
+    let all = scoped("named", RepoScope::All).await;
+    assert_eq!(all.id, named.id);
+    assert_eq!(lease_key(&store, all.id).await.as_deref(), Some("a"));
+    for run in [team.id, mate.id] {
+        assert!(
+            store
+                .list_stages(run)
+                .await
+                .unwrap()
+                .iter()
+                .all(|s| s.stage.status == StageStatus::Running)
+        );
+    }
 }

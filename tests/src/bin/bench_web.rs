@@ -206,7 +206,18 @@ async fn run(bin: &Path, n: usize) -> anyhow::Result<()> {
         &["user", "add", "ada", "--role", "admin"],
         "a long bench password",
     )?;
-    let hook = server.cli(&["token", "create", "hook", "--scope", "hook"], "")?;
+    let hook = server.cli(
+        &[
+            "token",
+            "create",
+            "hook",
+            "--scope",
+            "hook",
+            "--repo",
+            "bench/app",
+        ],
+        "",
+    )?;
     let admin = server.cli(&["token", "create", "admin", "--scope", "admin"], "")?;
     server
         .json(

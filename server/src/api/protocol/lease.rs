@@ -6,6 +6,10 @@
 //! current lease token; a stale one (the lease expired and was re-queued, the stage was
 //! finished) gets `409 lease_lost`, and the runner drops the work.
 //!
+//! A runner registers with its token's repository scope ([`crate::store::RepoScope`])
+//! and only ever leases stages of repositories in it, so a stage's secrets only go to
+//! runners allowed for its repository.
+//!
 //! Secrets are resolved here, when a stage is handed out: only the secrets the stage
 //! references are decrypted and sent. For a pull request from a fork (`run.fork`), a
 //! secret is withheld unless it is marked `allow_pull_requests` — `fork` is the
@@ -30,6 +34,7 @@ use tokio::time::Instant;
 use utoipa_axum::routes;
 
 use crate::agent::stage_spec::{add_stage_outputs, referenced_secrets};
+use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::state::AppState;
@@ -38,7 +43,9 @@ use crate::protocol::{
     LONG_POLL_SECS, LeaseArtifact, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
     routes,
 };
-use crate::store::{Lease, Limits, RunnerId, Stage, StageOutcome, StageStatus};
+use crate::store::{
+    Lease, Limits, RepoScope, RunnerId, Stage, StageOutcome, StageStatus, TokenScope,
+};
 
 use super::{json, step_key};
 /// While a lease request waits, how often it looks at the queue even without a nudge.
@@ -66,6 +73,7 @@ pub fn heartbeat_interval(timeout: Duration) -> Duration {
 )]
 async fn register(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req = json(body)?;
@@ -92,7 +100,7 @@ async fn register(
     }
     let runner = state
         .store
-        .register_runner(name, &req.labels, req.capacity)
+        .register_runner(name, &req.labels, req.capacity, &token_repos(&caller))
         .await?;
     let timeout = state.config.heartbeat_timeout;
     tracing::info!(
@@ -100,6 +108,7 @@ async fn register(
         name = %runner.name,
         capacity = req.capacity,
         labels = %runner.labels.join(","),
+        repos = %runner.repos,
         "runner registered"
     );
     Ok(Json(RegisterResponse {
@@ -107,6 +116,14 @@ async fn register(
         heartbeat_secs: heartbeat_interval(timeout).as_secs().max(1),
         lease_secs: timeout.as_secs().max(1),
     }))
+}
+
+/// The repositories the calling token may run stages of (an admin token: all).
+fn token_repos(caller: &Caller) -> RepoScope {
+    match caller {
+        Caller::Machine(t) if t.scope == TokenScope::Runner => t.repos.clone(),
+        _ => RepoScope::All,
+    }
 }
 
 /// Hands out the oldest runnable stage, waiting up to [`LONG_POLL_SECS`] for one.
@@ -121,11 +138,22 @@ async fn register(
 )]
 async fn lease(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let req = json(body)?;
     // Unknown runner id → 404: the runner registers again.
-    state.store.touch_runner(req.runner_id).await?;
+    let runner = state.store.touch_runner(req.runner_id).await?;
+    // The queue applies the scope the runner registered with; a token of another
+    // scope must not borrow it by naming that runner's id.
+    if runner.repos != token_repos(&caller) {
+        return Err(ApiError::forbidden(format!(
+            "runner `{}` was registered with a token for {}; this token is for {}: register again",
+            runner.name,
+            runner.repos,
+            token_repos(&caller)
+        )));
+    }
     let limits = Limits {
         global: state.config.max_running,
         per_repo: state.config.max_running_per_repo,

@@ -1,13 +1,15 @@
 //! The runner protocol, server side (wire types and route templates:
 //! [`crate::protocol`]): `lease` (register, lease: secrets resolved here), `source`
 //! (the commit's tar), `report` (heartbeat, steps, logs, the stage's finish) and `files`
-//! (artifacts and caches). Every stage-scoped request presents the stage's current
+//! (artifacts and caches). What runners report is masked again on arrival
+//! (`stored_mask`). Every stage-scoped request presents the stage's current
 //! lease token ([`leased`]); a stale one gets `409 lease_lost`.
 
 pub mod files;
 pub mod lease;
 pub mod report;
 pub mod source;
+mod stored_mask;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;

@@ -1,7 +1,8 @@
 //! The runner protocol's reports on a leased stage: heartbeats (which carry the
 //! server's cancel; held open until a cancel or the runner's wait, so a cancel is heard
 //! at once), step starts, log batches (idempotent by line number), step results
-//! and the stage's finish with its outputs and findings.
+//! and the stage's finish with its outputs and findings. Log lines, outputs and the
+//! reason are masked with the repository's secrets on arrival ([`super::stored_mask`]).
 
 use super::leased;
 use axum::Json;
@@ -27,6 +28,7 @@ use crate::store::{
 };
 
 use super::lease::heartbeat_interval;
+use super::stored_mask::{mask_multiline, mask_outputs, repo_masker};
 use super::{json, log_lock, step_key};
 
 /// Longest reason stored for a stage (runner-supplied text).
@@ -166,6 +168,8 @@ async fn step_logs(
         return Err(ApiError::bad_request("first_line is 1-based"));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
+    // Masked again here: a modified runner must not get a secret stored in the clear.
+    let masker = repo_masker(&state, stage.repo_id).await?;
     let mut lines = Vec::with_capacity(req.lines.len());
     for l in &req.lines {
         let bytes = b64
@@ -176,6 +180,10 @@ async fn step_logs(
                 "a log line may not contain a newline",
             ));
         }
+        let bytes = match masker.mask(&bytes) {
+            std::borrow::Cow::Borrowed(_) => bytes,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
         lines.push(NewLine {
             time_ms: l.time_ms,
             stream: l.stream,
@@ -294,12 +302,19 @@ async fn stage_finish(
     Path(id): Path<StageId>,
     body: Result<Json<StageFinish>, JsonRejection>,
 ) -> ApiResult<Json<StageFinished>> {
-    let req = json(body)?;
+    let mut req = json(body)?;
     let status = stage_status(req.status)
         .ok_or_else(|| ApiError::bad_request("a stage cannot finish as skipped"))?;
-    let mut reason = req
-        .reason
-        .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+    // Only the lease holder's report is stored; checked before the secrets are opened.
+    let stage = leased(&state, id, &req.lease_token).await?;
+    let masker = repo_masker(&state, stage.repo_id).await?;
+    mask_outputs(&masker, &mut req.outputs);
+    let mut reason = req.reason.map(|r| {
+        mask_multiline(&masker, &r)
+            .chars()
+            .take(MAX_REASON_CHARS)
+            .collect::<String>()
+    });
     let results = StageResults {
         outputs: req.outputs,
         findings: req.findings,

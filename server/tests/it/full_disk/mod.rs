@@ -12,7 +12,7 @@
 //! - `pg_kill`: PostgreSQL connections killed mid-transaction under a webhook and
 //!   run load: no half-created run.
 
-mod manual_runner;
+pub(crate) mod manual_runner;
 mod pg_kill;
 mod planning;
 mod server_process;

@@ -48,7 +48,7 @@ impl Served {
             .find_map(|l| l.trim().strip_prefix("webhook secret:"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+        let hook = p.cli(&["token", "create", "hook", "--scope", "hook", "--repo", REPO]);
         let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
         Served {
             p,

@@ -41,7 +41,9 @@ impl Ui {
         for (name, role) in people {
             p.cli_with_input(&["user", "add", name, "--role", role], PASSWORD);
         }
-        let hook = p.cli(&["token", "create", "hook", "--scope", "hook"]);
+        let hook = p.cli(&[
+            "token", "create", "hook", "--scope", "hook", "--repo", "team/app",
+        ]);
         let admin = p.cli(&["token", "create", "admin", "--scope", "admin"]);
         Ui {
             p,
