@@ -501,7 +501,7 @@ fn each_commands_help_lists_only_its_own_flags() {
         ("secret rm", target.clone()),
         (
             "token create",
-            [&["--scope", "--user"][..], &target].concat(),
+            [&["--scope", "--user", "--owner", "--repo"][..], &target].concat(),
         ),
         (
             "token list",
