@@ -64,7 +64,7 @@ pub async fn build_state_with_clock(
         ),
         metrics,
         disk,
-        failures: crate::web::FailureCache::default(),
+        failures: crate::logs::failure_cache::FailureCache::default(),
         shutdown: CancellationToken::new(),
         config,
     }))

@@ -33,7 +33,7 @@ pub struct Inner {
     /// Whether the database and the data directory can be written (`/readyz`, 507s).
     pub disk: crate::daemon::disk::DiskHealth,
     /// The lines failed runs' pages show from their logs, read once (`web::failure`).
-    pub failures: crate::web::FailureCache,
+    pub failures: crate::logs::failure_cache::FailureCache,
     /// Cancelled when the server shuts down; workers stop at their next await.
     pub shutdown: CancellationToken,
 }

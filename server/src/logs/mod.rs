@@ -18,6 +18,8 @@
 //! Appends are idempotent by line number, so a runner may resend a batch after a
 //! timeout without duplicating lines.
 
+pub mod failure_cache;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

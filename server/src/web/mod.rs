@@ -34,7 +34,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::daemon::state::AppState;
-pub use failure::FailureCache;
 pub use headers::security_headers;
 use session::SignedIn;
 
