@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::git::{commit, git};
 use crate::support::process::Processes;
@@ -135,28 +135,8 @@ async fn twenty_random_kills_leave_no_run_stuck_no_step_doubled_and_nothing_behi
         // sent again, as git's hook would be re-run by the pusher).
         let branch = format!("c{kill}");
         git(&source, &["branch", &branch, "main"]);
-        let body = json!({ "updates": [{
-            "old": "0".repeat(40), "new": sha, "ref": format!("refs/heads/{branch}")
-        }] });
-        env.wait(
-            "the hook to be accepted",
-            Duration::from_secs(30),
-            || async {
-                let r = client
-                    .post(env.url("/hooks/git/team/app"))
-                    .bearer_auth(&hook)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("{}", r.status()))
-                }
-            },
-        )
-        .await;
+        env.hook_push_until_accepted(&hook, "team/app", &sha, &format!("refs/heads/{branch}"))
+            .await;
         // Then a random moment: planning, leasing, mid-step, mid-log, finishing.
         let delay = rng.below(2_000);
         delays.push(delay);

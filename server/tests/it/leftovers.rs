@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::git::{commit, git};
 use crate::support::process::Processes;
@@ -92,28 +92,8 @@ async fn twenty_kills_mid_stage_leave_no_directory_behind() {
     for kill in 0..KILLS {
         let branch = format!("k{kill}");
         git(&source, &["branch", &branch, "main"]);
-        let body = json!({ "updates": [{
-            "old": "0".repeat(40), "new": sha, "ref": format!("refs/heads/{branch}")
-        }] });
-        env.wait(
-            "the hook to be accepted",
-            Duration::from_secs(30),
-            || async {
-                let r = client
-                    .post(env.url("/hooks/git/team/app"))
-                    .bearer_auth(&hook)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("{}", r.status()))
-                }
-            },
-        )
-        .await;
+        env.hook_push_until_accepted(&hook, "team/app", &sha, &format!("refs/heads/{branch}"))
+            .await;
         // Both stages of this run are running: one on each runner.
         env.wait("both stages to start", Duration::from_secs(60), || async {
             let s = starts(&markers);

@@ -347,6 +347,39 @@ impl Processes {
         .await
     }
 
+    /// Reports a push of `sha` to `git_ref` of `repo` (`owner/name`) through the
+    /// plain-git hook endpoint with `hook` (a hook token), again until the server
+    /// accepts it: across restarts a delivery cut off is sent again, as a pusher re-runs
+    /// git's hook.
+    pub async fn hook_push_until_accepted(&self, hook: &str, repo: &str, sha: &str, git_ref: &str) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let body = serde_json::json!({ "updates": [{
+            "old": "0".repeat(40), "new": sha, "ref": git_ref
+        }] });
+        self.wait(
+            "the hook to be accepted",
+            Duration::from_secs(30),
+            || async {
+                let r = client
+                    .post(self.url(&format!("/hooks/git/{repo}")))
+                    .bearer_auth(hook)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("{}", r.status()))
+                }
+            },
+        )
+        .await
+    }
+
     /// The text log of step `idx` of stage `key` in run `number` of `repo`.
     pub async fn step_log(
         &self,
