@@ -27,6 +27,9 @@ pub struct Registration {
     /// The forge API token for commit statuses; sealed before it is stored.
     pub forge_token: Option<Zeroizing<String>>,
     pub trusted: bool,
+    /// The forge's API base URL for commit statuses, where it cannot be derived from the
+    /// clone URL ([`api_base`]).
+    pub api_url: Option<String>,
 }
 
 /// A registered repository and its webhook secret, which is shown to the caller this
@@ -60,6 +63,8 @@ pub struct RepoView {
     pub trusted: bool,
     /// Whether a forge token for commit statuses is stored (the token is never shown).
     pub has_forge_token: bool,
+    /// The forge API base URL set for this repository, if any.
+    pub api_url: Option<String>,
     /// Where the forge should deliver webhooks.
     pub webhook_url: String,
     pub created_at: i64,
@@ -75,31 +80,48 @@ impl RepoView {
             default_branch: repo.default_branch.clone(),
             trusted: repo.trusted,
             has_forge_token: repo.forge_token_enc.is_some(),
+            api_url: repo.api_url.clone(),
             webhook_url: webhook_url(public_url, repo.forge, &repo.name),
             created_at: repo.created_at,
         }
     }
 }
 
-/// `{public_url}/hooks/{forge}/{owner}/{name}`.
+/// `{public_url}/hooks/{forge}/{owner}/{name}` (a GitLab project in subgroups keeps
+/// its whole path: the route takes the rest of the URL).
 pub fn webhook_url(public_url: &str, forge: ForgeKind, name: &str) -> String {
     format!("{}/hooks/{forge}/{name}", public_url.trim_end_matches('/'))
 }
 
-/// `owner/name`: exactly one `/`, each segment of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub fn validate_name(name: &str) -> Result<(), Error> {
+/// Most segments a GitLab project path has: GitLab nests subgroups 20 deep.
+pub const MAX_GITLAB_DEPTH: usize = 21;
+
+/// The repository's path on its forge: `owner/name`, or for GitLab the project's full
+/// path with its subgroups (`group/subgroup/project`). Each segment of
+/// `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str, forge: ForgeKind) -> Result<(), Error> {
+    let expected = if forge == ForgeKind::Gitlab {
+        "`group/project` or `group/subgroup/…/project`"
+    } else {
+        "`owner/name`"
+    };
     let bad = |why: &str| {
         Err(Error::Invalid(format!(
-            "repository name {name:?} {why}; expected `owner/name` made of letters, digits, `.`, `_` and `-`"
+            "repository name {name:?} {why}; expected {expected} made of letters, digits, `.`, `_` and `-`"
         )))
     };
     if name.len() > MAX_NAME_LEN {
         return bad("is too long");
     }
-    let Some((owner, repo)) = name.split_once('/') else {
-        return bad("has no `/`");
-    };
-    for segment in [owner, repo] {
+    let segments: Vec<&str> = name.split('/').collect();
+    match segments.len() {
+        1 => return bad("has no `/`"),
+        2 => {}
+        n if forge == ForgeKind::Gitlab && n <= MAX_GITLAB_DEPTH => {}
+        _ if forge == ForgeKind::Gitlab => return bad("has too many subgroups"),
+        _ => return bad("has more than one `/` (only GitLab has subgroups)"),
+    }
+    for segment in segments {
         if segment.is_empty() || segment == "." || segment == ".." {
             return bad("has an empty or dot-only segment");
         }
@@ -142,6 +164,45 @@ pub fn validate_clone_url(url: &str) -> Result<(), Error> {
     }
 }
 
+/// A forge API base URL ([`crate::forge::check_api_base`]).
+pub fn validate_api_url(url: &str) -> Result<(), Error> {
+    crate::forge::check_api_base(url).map_err(Error::Invalid)
+}
+
+/// Where the forge's API is for `repo`: its own `api_url`, else the server's
+/// `forge_api_urls` entry for its clone URL's host, else derived from the clone URL
+/// and the repository's path ([`crate::forge::api_base_for`]).
+pub fn api_base(config: &crate::daemon::config::Config, repo: &Repo) -> Option<String> {
+    if let Some(url) = &repo.api_url {
+        return Some(url.trim_end_matches('/').to_owned());
+    }
+    let configured = crate::forge::clone_host(&repo.clone_url).and_then(|host| {
+        config
+            .forge_api_urls
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(&host))
+            .map(|(_, url)| url.trim_end_matches('/').to_owned())
+    });
+    configured.or_else(|| crate::forge::api_base_for(repo.forge, &repo.clone_url, &repo.name))
+}
+
+/// The repository's name as it goes into a URL whose route takes `{owner}/{name}`:
+/// every `/` but the last is encoded, so a GitLab project in subgroups stays two
+/// segments (`g1/g2/app` → `g1%2Fg2/app`). Names hold no other character that needs
+/// encoding ([`validate_name`]).
+pub fn url_path(name: &str) -> String {
+    match name.rsplit_once('/') {
+        Some((owner, last)) => format!("{}/{last}", owner.replace('/', "%2F")),
+        None => name.to_owned(),
+    }
+}
+
+/// A name that may be a registered repository's, whatever its forge: what a command
+/// naming an existing repository checks before asking for it.
+pub fn validate_reference(name: &str) -> Result<(), Error> {
+    validate_name(name, ForgeKind::Gitlab)
+}
+
 fn seal_forge_token(state: &AppState, repo_name: &str, token: &str) -> Result<Vec<u8>, Error> {
     if token.is_empty() {
         return Err(Error::Invalid("forge_token must not be empty".into()));
@@ -154,8 +215,11 @@ fn seal_forge_token(state: &AppState, repo_name: &str, token: &str) -> Result<Ve
 /// Validates, generates the webhook secret, seals it (and the forge token) and stores
 /// the repository.
 pub async fn register(state: &AppState, reg: Registration) -> Result<Registered, Error> {
-    validate_name(&reg.name)?;
+    validate_name(&reg.name, reg.forge)?;
     validate_clone_url(&reg.clone_url)?;
+    if let Some(url) = &reg.api_url {
+        validate_api_url(url)?;
+    }
     let default_branch = reg.default_branch.unwrap_or_else(|| "main".to_string());
     validate_branch(&default_branch)?;
     let forge_token_enc = reg
@@ -171,6 +235,7 @@ pub async fn register(state: &AppState, reg: Registration) -> Result<Registered,
     let repo = state
         .store
         .create_repo(NewRepo {
+            api_url: reg.api_url,
             name: reg.name,
             forge: reg.forge,
             clone_url: reg.clone_url,
@@ -197,6 +262,8 @@ pub struct Update {
     /// `Some(None)` removes the stored token.
     pub forge_token: Option<Option<Zeroizing<String>>>,
     pub clone_url: Option<String>,
+    /// `Some(None)` goes back to the API base derived from the clone URL.
+    pub api_url: Option<Option<String>>,
 }
 
 /// Applies `update` to the repository named `name`.
@@ -212,6 +279,12 @@ pub async fn update(state: &AppState, name: &str, update: Update) -> Result<Repo
     }
     if let Some(trusted) = update.trusted {
         repo.trusted = trusted;
+    }
+    if let Some(api_url) = update.api_url {
+        if let Some(url) = &api_url {
+            validate_api_url(url)?;
+        }
+        repo.api_url = api_url;
     }
     if let Some(token) = update.forge_token {
         repo.forge_token_enc = token
@@ -382,15 +455,29 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a/b", "team/app", "My.Org/re_po-1", "a/.github"] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
+        for forge in ForgeKind::ALL {
+            for ok in ["a/b", "team/app", "My.Org/re_po-1", "a/.github"] {
+                assert!(validate_name(ok, forge).is_ok(), "{ok}");
+            }
+            for bad in [
+                "", "a", "/b", "a/", "a/..", "./b", "a b/c", "a/b\n", "ä/b", "a/b?x", "a//b",
+            ] {
+                assert!(validate_name(bad, forge).is_err(), "{bad:?}");
+            }
+            assert!(validate_name(&format!("a/{}", "x".repeat(MAX_NAME_LEN)), forge).is_err());
         }
-        for bad in [
-            "", "a", "/b", "a/", "a/b/c", "a/..", "./b", "a b/c", "a/b\n", "ä/b", "a/b?x",
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_name(&format!("a/{}", "x".repeat(MAX_NAME_LEN))).is_err());
+        // Only GitLab has subgroups, up to 20 deep.
+        assert!(validate_name("g1/g2/project", ForgeKind::Gitlab).is_ok());
+        assert!(validate_name("g1/g2/project", ForgeKind::Github).is_err());
+        let deep = vec!["g"; MAX_GITLAB_DEPTH + 1].join("/");
+        assert!(validate_name(&deep, ForgeKind::Gitlab).is_err());
+        assert!(validate_name("g1/../p", ForgeKind::Gitlab).is_err());
+    }
+
+    #[test]
+    fn url_paths_keep_two_segments() {
+        assert_eq!(url_path("team/app"), "team/app");
+        assert_eq!(url_path("g1/g2/app"), "g1%2Fg2/app");
     }
 
     #[test]

@@ -17,11 +17,11 @@ pub fn for_new_token(
 ) -> Result<RepoScope> {
     let invalid = |m: &str| Err(Error::Invalid(m.to_string()));
     for repo in repos {
-        super::repos::validate_name(repo)?;
+        super::repos::validate_reference(repo)?;
     }
     if let Some(owner) = owner {
         // An owner is the first half of a repository name: same rules.
-        super::repos::validate_name(&format!("{owner}/x")).map_err(|_| {
+        super::repos::validate_reference(&format!("{owner}/x")).map_err(|_| {
             Error::Invalid(format!(
                 "owner {owner:?} is not valid: letters, digits, `.`, `_` and `-` only"
             ))

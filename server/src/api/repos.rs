@@ -56,7 +56,8 @@ pub(crate) async fn find_repo(state: &AppState, owner: &str, name: &str) -> ApiR
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRepo {
-    /// `owner/name`, segments of `[A-Za-z0-9._-]`.
+    /// The repository's path on its forge: `owner/name`, or a GitLab project's full
+    /// path with its subgroups (`group/subgroup/project`); segments of `[A-Za-z0-9._-]`.
     pub name: String,
     pub forge: ForgeKind,
     pub clone_url: String,
@@ -69,6 +70,11 @@ pub struct CreateRepo {
     /// Whether runs may see secrets and privileged settings by default. Default: false.
     #[serde(default)]
     pub trusted: bool,
+    /// The forge's API base URL for commit statuses (e.g.
+    /// `https://example.com/gitlab/api/v4`). Default: the server's `forge_api_urls`
+    /// entry for the clone URL's host, else derived from the clone URL.
+    #[serde(default)]
+    pub api_url: Option<String>,
 }
 
 /// The answer to a registration: the only time the webhook secret is shown.
@@ -105,6 +111,7 @@ pub async fn create(
             default_branch: body.default_branch,
             forge_token: body.forge_token.map(Zeroizing::new),
             trusted: body.trusted,
+            api_url: body.api_url,
         },
     )
     .await?;
@@ -158,6 +165,10 @@ pub struct UpdateRepo {
     #[schema(value_type = Option<String>)]
     pub forge_token: Option<Option<String>>,
     pub clone_url: Option<String>,
+    /// A forge API base URL, or `null` to derive it again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub api_url: Option<Option<String>>,
 }
 
 /// Tells an absent field (`None`, by `default`) from an explicit `null` (`Some(None)`).
@@ -186,6 +197,7 @@ pub async fn update(
             trusted: body.trusted,
             forge_token: body.forge_token.map(|t| t.map(Zeroizing::new)),
             clone_url: body.clone_url,
+            api_url: body.api_url,
         },
     )
     .await?;

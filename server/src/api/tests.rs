@@ -93,6 +93,7 @@ impl Ctx {
         self.state
             .store
             .create_repo(NewRepo {
+                api_url: None,
                 name: name.into(),
                 forge: crate::store::ForgeKind::Github,
                 clone_url: "/nonexistent".into(),

@@ -158,9 +158,10 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-/// `owner/name` as two path segments.
+/// `owner/name` as two path segments (a GitLab project in subgroups: the groups are
+/// the first segment, their `/` encoded).
 pub fn repo_path(repo: &str) -> anyhow::Result<String> {
-    crate::admin::repos::validate_name(repo)?;
-    let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+    crate::admin::repos::validate_reference(repo)?;
+    let (owner, name) = repo.rsplit_once('/').unwrap_or((repo, ""));
     Ok(format!("/api/repos/{}/{}", segment(owner), segment(name)))
 }

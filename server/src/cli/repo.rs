@@ -22,7 +22,8 @@ pub enum RepoCommand {
     /// Register a repository; prints the server's webhook URL for it and its secret
     /// (shown only this once).
     Add {
-        /// The repository, `owner/name`.
+        /// The repository's path on its forge: `owner/name`, or a GitLab project's full
+        /// path with its subgroups (`group/subgroup/project`).
         name: String,
         /// Its forge: github, gitlab, gitea, forgejo or git (a plain git server).
         #[arg(long, value_parser = parse_forge)]
@@ -39,6 +40,11 @@ pub enum RepoCommand {
         /// Name of an environment variable holding the forge API token (for commit statuses).
         #[arg(long, value_name = "VAR")]
         forge_token_env: Option<String>,
+        /// The forge's API base URL for commit statuses, where the clone URL does not
+        /// tell it (e.g. GitLab under a relative URL root:
+        /// `https://example.com/gitlab/api/v4`).
+        #[arg(long, value_name = "URL")]
+        api_url: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -73,6 +79,12 @@ pub enum RepoCommand {
         /// Remove the stored forge API token.
         #[arg(long)]
         no_forge_token: bool,
+        /// A new forge API base URL for commit statuses.
+        #[arg(long, value_name = "URL", conflicts_with = "no_api_url")]
+        api_url: Option<String>,
+        /// Forget the API base URL set with --api-url: derive it from the clone URL again.
+        #[arg(long)]
+        no_api_url: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -94,9 +106,13 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
             default_branch,
             trusted,
             forge_token_env,
+            api_url,
             target,
         } => {
             let forge_token = forge_token_env.as_deref().map(env_value).transpose()?;
+            if let Some(url) = &api_url {
+                repos::validate_api_url(url)?;
+            }
             let (id, webhook_url, secret) = match target.via()? {
                 Via::Api(api) => {
                     let mut body = json!({
@@ -105,6 +121,9 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                     });
                     if let Some(t) = &forge_token {
                         body["forge_token"] = json!(t.as_str());
+                    }
+                    if let Some(u) = &api_url {
+                        body["api_url"] = json!(u);
                     }
                     let a = api.post("/api/repos", &body)?;
                     (
@@ -123,6 +142,7 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                             default_branch: Some(default_branch),
                             forge_token,
                             trusted,
+                            api_url,
                         },
                     )
                     .await?;
@@ -191,6 +211,8 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
             clone_url,
             forge_token_env,
             no_forge_token,
+            api_url,
+            no_api_url,
             target,
         } => {
             let forge_token = match (forge_token_env, no_forge_token) {
@@ -198,29 +220,33 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
                 (None, true) => Some(None),
                 (None, false) => None,
             };
-            if default_branch.is_none()
-                && trusted.is_none()
-                && clone_url.is_none()
-                && forge_token.is_none()
+            let api_url = match (api_url, no_api_url) {
+                (Some(url), _) => {
+                    repos::validate_api_url(&url)?;
+                    Some(Some(url))
+                }
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let update = repos::Update {
+                default_branch,
+                trusted,
+                forge_token,
+                clone_url,
+                api_url,
+            };
+            if update.default_branch.is_none()
+                && update.trusted.is_none()
+                && update.clone_url.is_none()
+                && update.forge_token.is_none()
+                && update.api_url.is_none()
             {
                 anyhow::bail!("nothing to change: give at least one setting (see --help)");
             }
             let v = match target.via()? {
-                Via::Api(api) => {
-                    edit_through(&api, &name, default_branch, trusted, clone_url, forge_token)?
-                }
+                Via::Api(api) => edit_through(&api, &name, update)?,
                 Via::Db(db) => with_state(db, async |state| {
-                    let r = repos::update(
-                        state,
-                        &name,
-                        repos::Update {
-                            default_branch,
-                            trusted,
-                            forge_token,
-                            clone_url,
-                        },
-                    )
-                    .await?;
+                    let r = repos::update(state, &name, update).await?;
                     Ok(serde_json::to_value(RepoView::new(
                         &r,
                         &state.config.public_url,
@@ -244,26 +270,23 @@ pub fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn edit_through(
-    api: &Api,
-    name: &str,
-    default_branch: Option<String>,
-    trusted: Option<bool>,
-    clone_url: Option<String>,
-    forge_token: Option<Option<zeroize::Zeroizing<String>>>,
-) -> anyhow::Result<Value> {
+/// The API's `PATCH` body for `update`: only the fields it changes, `null` to remove.
+fn edit_through(api: &Api, name: &str, update: repos::Update) -> anyhow::Result<Value> {
     let mut body = serde_json::Map::new();
-    if let Some(b) = default_branch {
+    if let Some(b) = update.default_branch {
         body.insert("default_branch".into(), json!(b));
     }
-    if let Some(t) = trusted {
+    if let Some(t) = update.trusted {
         body.insert("trusted".into(), json!(t));
     }
-    if let Some(u) = clone_url {
+    if let Some(u) = update.clone_url {
         body.insert("clone_url".into(), json!(u));
     }
-    if let Some(t) = forge_token {
+    if let Some(t) = update.forge_token {
         body.insert("forge_token".into(), json!(t.as_ref().map(|t| t.as_str())));
+    }
+    if let Some(u) = update.api_url {
+        body.insert("api_url".into(), json!(u));
     }
     api.patch(&repo_path(name)?, &Value::Object(body))
 }
@@ -281,6 +304,12 @@ fn print_repo(v: &Value) -> anyhow::Result<ExitCode> {
         } else {
             "none"
         }
+    )?;
+    outln!(
+        "api url:        {}",
+        v["api_url"]
+            .as_str()
+            .unwrap_or("(derived from the clone URL or the server's forge_api_urls)")
     )?;
     outln!("webhook url:    {}", text(v, "webhook_url"))?;
     Ok(ExitCode::SUCCESS)

@@ -281,7 +281,7 @@ fn shell_word(s: &str) -> String {
 }
 
 pub fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
-    crate::admin::repos::validate_name(&args.repo)?;
+    crate::admin::repos::validate_reference(&args.repo)?;
     let mut map = serde_json::Map::new();
     for p in &args.params {
         let Some((k, v)) = p.split_once('=') else {

@@ -91,7 +91,7 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             allow_pull_requests,
             target,
         } => {
-            repos::validate_name(&repo)?;
+            repos::validate_reference(&repo)?;
             repos::validate_secret_name(&name)?;
             let value = read_secret_value(value_env.as_deref())?;
             repos::validate_secret_value(value.as_bytes())?;

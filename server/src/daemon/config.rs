@@ -114,6 +114,13 @@ pub struct Settings {
     /// reach over plain HTTP or without a trusted certificate.
     #[arg(long, env = "SLIPWAY_KUBE_INSECURE_REGISTRIES")]
     pub kube_insecure_registries: Option<String>,
+    /// Forge API base URLs by clone-URL host (`host`, or `host:port` where the clone URL
+    /// names a port), for forges whose API is not where the clone URL suggests: GitLab
+    /// under a relative URL root, GitHub Enterprise Cloud at `api.<sub>.ghe.com`, SSH
+    /// clone hosts that differ from the web host. A repository's own `api_url` wins.
+    /// Config file only, as a `[forge_api_urls]` table.
+    #[arg(skip)]
+    pub forge_api_urls: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Settings {
@@ -158,6 +165,7 @@ impl Settings {
             kube_insecure_registries: self
                 .kube_insecure_registries
                 .or(other.kube_insecure_registries),
+            forge_api_urls: self.forge_api_urls.or(other.forge_api_urls),
         }
     }
 }
@@ -189,6 +197,8 @@ pub struct Config {
     pub max_cache_bytes: u64,
     /// Bytes kept free on the data disk (see `daemon::disk`).
     pub min_free_disk_bytes: u64,
+    /// `(host, API base)` pairs from `[forge_api_urls]`, checked at start-up.
+    pub forge_api_urls: Vec<(String, String)>,
 }
 
 /// What the HTTP listener allows a client (see `daemon::listener`).
@@ -307,7 +317,19 @@ impl Config {
                  could ever be read"
             )));
         }
+        let mut forge_api_urls = Vec::new();
+        for (host, url) in s.forge_api_urls.clone().unwrap_or_default() {
+            crate::forge::check_api_base(&url)
+                .map_err(|e| ConfigError::Invalid(format!("forge_api_urls.\"{host}\": {e}")))?;
+            if host.is_empty() || host.contains(['/', '@', ' ']) {
+                return Err(ConfigError::Invalid(format!(
+                    "forge_api_urls: `{host}` is not a host or host:port as in a clone URL"
+                )));
+            }
+            forge_api_urls.push((host, url));
+        }
         Ok(Config {
+            forge_api_urls,
             listen,
             secret_key_file: s
                 .secret_key_file

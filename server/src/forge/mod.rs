@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 pub use event::{ForgeEvent, Parsed, PayloadError, PrAction, PullRequest};
 pub use pipelines::Event;
 pub use status::{
-    CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for,
-    description_limit, repo_path_for,
+    CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for, check_api_base,
+    clone_host, description_limit,
 };
 pub use verify::{VerifyError, delivery_id, event_name, verify};
 

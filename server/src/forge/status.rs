@@ -29,6 +29,13 @@ pub enum State {
     Cancelled,
 }
 
+impl State {
+    /// Whether the state is one a run ends in.
+    pub fn is_final(self) -> bool {
+        !matches!(self, State::Pending | State::Running)
+    }
+}
+
 /// Where to report: the repository on its forge, and the credentials to do it with.
 #[derive(Clone)]
 pub struct StatusTarget {
@@ -375,20 +382,23 @@ fn strip_userinfo(url: &str) -> String {
     }
 }
 
-/// The API base URL for a repository, derived from its clone URL.
+/// The API base URL for a repository, derived from its clone URL and its path on the
+/// forge (`repo_path`, e.g. `owner/name` or GitLab's `group/subgroup/project`).
 ///
 /// * `github.com` → `https://api.github.com`; any other GitHub host (Enterprise
-///   Server) → `https://host/api/v3`.
-/// * GitLab → `https://host/api/v4`.
-/// * Gitea/Forgejo → `https://host[/prefix]/api/v1`; the prefix supports instances
-///   served under a sub-path (their clone URLs are `…/prefix/owner/repo.git`).
+///   Server) → `https://host/api/v3`. GitHub Enterprise Cloud with data residency
+///   (`api.<sub>.ghe.com`) needs the repository's `api_url` or the server's
+///   `forge_api_urls`.
+/// * GitLab → `https://host[/prefix]/api/v4`, Gitea/Forgejo →
+///   `https://host[/prefix]/api/v1`: whatever precedes the repository's path in the
+///   clone URL is the instance's sub-path (GitLab's relative URL root).
 ///
 /// HTTP(S) clone URLs keep their scheme and port. SSH clone URLs
 /// (`git@host:owner/repo.git`, `ssh://git@host:2222/owner/repo.git`) map to
-/// `https://host` — the SSH port says nothing about the web port. Credentials in the
-/// clone URL are never carried over. `None` for `Git` or an unparseable URL;
-/// configuration can always override the result.
-pub fn api_base_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
+/// `https://host` — the SSH port says nothing about the web port, and where the web
+/// host differs, configuration says so. Credentials in the clone URL are never carried
+/// over. `None` for `Git` or an unparseable URL.
+pub fn api_base_for(kind: ForgeKind, clone_url: &str, repo_path: &str) -> Option<String> {
     if kind == ForgeKind::Git {
         return None;
     }
@@ -396,44 +406,71 @@ pub fn api_base_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
     if kind == ForgeKind::Github && host.eq_ignore_ascii_case("github.com") {
         return Some("https://api.github.com".into());
     }
+    let prefix = {
+        let path = path.trim_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let depth = repo_path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .count()
+            .max(2);
+        segments
+            .len()
+            .checked_sub(depth)
+            .map(|n| segments[..n].join("/"))
+            .unwrap_or_default()
+    };
+    let root = if prefix.is_empty() {
+        origin
+    } else {
+        format!("{origin}/{prefix}")
+    };
     Some(match kind {
-        ForgeKind::Github => format!("{origin}/api/v3"),
-        ForgeKind::Gitlab => format!("{origin}/api/v4"),
-        _ => {
-            // Everything before the trailing `owner/repo` is the instance's sub-path.
-            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            let prefix = segments
-                .len()
-                .checked_sub(2)
-                .map(|n| segments[..n].join("/"))
-                .unwrap_or_default();
-            if prefix.is_empty() {
-                format!("{origin}/api/v1")
-            } else {
-                format!("{origin}/{prefix}/api/v1")
-            }
-        }
+        ForgeKind::Github => format!("{root}/api/v3"),
+        ForgeKind::Gitlab => format!("{root}/api/v4"),
+        _ => format!("{root}/api/v1"),
     })
 }
 
-/// The `repo_path` for a [`StatusTarget`], derived from a clone URL: `owner/name` for
-/// GitHub/Gitea/Forgejo (last two path segments), the full project path for GitLab
-/// (which may have nested groups, so it assumes GitLab is served at the host root).
-pub fn repo_path_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
-    if kind == ForgeKind::Git {
-        return None;
+/// An absolute `http(s)` URL without credentials, query or fragment: a forge API root
+/// that status paths are appended to (the token travels in a header, never in the URL,
+/// and the URL is shown by `repo show`). The error names the URL with any credentials
+/// removed.
+pub fn check_api_base(url: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "api_url `{}` {why}; expected e.g. `https://gitlab.example.com/gitlab/api/v4`",
+            strip_userinfo(url)
+        ))
+    };
+    if url.len() > 2048 {
+        return bad("is too long");
     }
-    let (_, _, path) = split_clone_url(clone_url)?;
-    let path = path.trim_matches('/');
-    let path = path.strip_suffix(".git").unwrap_or(path);
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.len() < 2 {
-        return None;
+    let Ok(parsed) = Url::parse(url) else {
+        return bad("is not an absolute URL");
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return bad("is not http or https");
     }
-    Some(match kind {
-        ForgeKind::Gitlab => segments.join("/"),
-        _ => segments[segments.len() - 2..].join("/"),
-    })
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad("holds credentials (the forge token is set apart, as forge_token)");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return bad("has a query or fragment");
+    }
+    Ok(())
+}
+
+/// The host (with its port, for HTTP(S) URLs that name one) of a clone URL: the key of
+/// the server's `forge_api_urls`.
+pub fn clone_host(clone_url: &str) -> Option<String> {
+    let (origin, host, _) = split_clone_url(clone_url)?;
+    Some(
+        origin
+            .split_once("://")
+            .map_or(host, |(_, authority)| authority.to_owned()),
+    )
 }
 
 /// `(origin, host, path)` of a clone URL; origin is `scheme://host[:port]` for HTTP(S)

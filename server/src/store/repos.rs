@@ -14,7 +14,8 @@ impl Store {
     pub async fn create_repo(&self, new: NewRepo) -> Result<Repo> {
         let sql = format!(
             "INSERT INTO repos (name, forge, clone_url, default_branch, webhook_secret_enc, \
-             forge_token_enc, trusted, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             forge_token_enc, trusted, api_url, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              RETURNING {REPO_COLS}"
         );
         let row = query(&sql)
@@ -25,6 +26,7 @@ impl Store {
             .bind(new.webhook_secret_enc)
             .bind(new.forge_token_enc)
             .bind(new.trusted)
+            .bind(&new.api_url)
             .bind(self.now_ms())
             .fetch_one(&self.write)
             .await
@@ -62,11 +64,12 @@ impl Store {
     }
 
     /// Writes the editable fields of `repo` (everything but id, run counter and
-    /// creation time) and returns the stored row.
+    /// creation time, the API URL included) and returns the stored row.
     pub async fn update_repo(&self, r: &Repo) -> Result<Repo> {
         let sql = format!(
             "UPDATE repos SET name = $2, forge = $3, clone_url = $4, default_branch = $5, \
-             webhook_secret_enc = $6, forge_token_enc = $7, trusted = $8 WHERE id = $1 \
+             webhook_secret_enc = $6, forge_token_enc = $7, trusted = $8, api_url = $9 \
+             WHERE id = $1 \
              RETURNING {REPO_COLS}"
         );
         let row = query(&sql)
@@ -78,6 +81,7 @@ impl Store {
             .bind(&r.webhook_secret_enc)
             .bind(&r.forge_token_enc)
             .bind(r.trusted)
+            .bind(&r.api_url)
             .fetch_optional(&self.write)
             .await?;
         match row {

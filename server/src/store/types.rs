@@ -143,6 +143,8 @@ pub struct NewRepo {
     /// Encrypted by the caller.
     pub forge_token_enc: Option<Vec<u8>>,
     pub trusted: bool,
+    /// The forge's API base URL, where it cannot be derived from the clone URL.
+    pub api_url: Option<String>,
 }
 
 /// A registered repository. The encrypted fields are never serialised.

@@ -106,7 +106,10 @@ pub async fn vote(
             tracing::info!(repo = %repo.name, run = number, stage = %f.stage, decision = decision.as_str(), state = d.state.as_str(), by = %me.name(), "vote (web)");
             state.wake.queue.notify_waiters();
             let back = if f.back.is_empty() {
-                format!("/repos/{}/runs/{number}", repo.name)
+                format!(
+                    "/repos/{}/runs/{number}",
+                    crate::admin::repos::url_path(&repo.name)
+                )
             } else {
                 safe_next(&f.back)
             };
@@ -181,7 +184,10 @@ pub async fn cancel(
     Path((owner, name, number)): Path<(String, String, i64)>,
     Form(f): Form<RunForm>,
 ) -> Response {
-    let back = format!("/repos/{owner}/{name}/runs/{number}");
+    let back = format!(
+        "/repos/{}/runs/{number}",
+        crate::admin::repos::url_path(&format!("{owner}/{name}"))
+    );
     developer_action(
         state,
         me,

@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::session::SignedIn;
+use super::view::filters;
 use super::view::{Badge, ago, badge, short};
 use super::{Chrome, render, store_error};
 use crate::api::auth::{Caller, visible_to};

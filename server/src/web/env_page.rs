@@ -15,6 +15,7 @@ use super::repo_page::version;
 use super::rollout_panel::{self, RolloutPanel};
 use super::run_page::PageQuery;
 use super::session::SignedIn;
+use super::view::filters;
 use super::view::{Badge, ago, badge, duration, short};
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
@@ -78,7 +79,10 @@ async fn rollouts(
     } else {
         going
     };
-    let back = format!("/repos/{}/environments/{env}", repo.name);
+    let back = format!(
+        "/repos/{}/environments/{env}",
+        crate::admin::repos::url_path(&repo.name)
+    );
     let mut panels = Vec::new();
     for r in shown {
         let stage = state.store.get_stage(r.stage_id).await?;

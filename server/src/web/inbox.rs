@@ -8,6 +8,7 @@ use axum::response::Response;
 
 use super::dashboard::visible_repos;
 use super::session::SignedIn;
+use super::view::filters;
 use super::view::short;
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::dashboard::{find_visible, inbox_count};
 use super::failure::plain;
 use super::session::SignedIn;
+use super::view::filters;
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
 use crate::logs::StepKey;
@@ -118,7 +119,10 @@ pub async fn page(
     };
     let api = format!(
         "/api/repos/{}/runs/{}/stages/{}/steps/{}",
-        repo.name, run.number, stage_id, idx
+        crate::admin::repos::url_path(&repo.name),
+        run.number,
+        stage_id,
+        idx
     );
     let mut chrome = Chrome::of(&me);
     chrome.inbox = inbox_count(&state, std::slice::from_ref(&repo)).await;

@@ -97,9 +97,12 @@ pub async fn trigger(
     )
     .await
     {
-        Ok((_, axum::Json(run))) => {
-            Redirect::to(&format!("/repos/{owner}/{name}/runs/{}", run.number)).into_response()
-        }
+        Ok((_, axum::Json(run))) => Redirect::to(&format!(
+            "/repos/{}/runs/{}",
+            crate::admin::repos::url_path(&format!("{owner}/{name}")),
+            run.number
+        ))
+        .into_response(),
         Err(e) => message_page(e.status, "The run was not started", e.message),
     }
 }
@@ -132,7 +135,11 @@ pub async fn add_secret(
     match crate::admin::repos::put_secret(&state, &repo, &f.name, value.as_bytes(), allow).await {
         Ok(_) => {
             tracing::info!(repo = %repo.name, secret = %f.name, by = %me.name(), "secret set (web)");
-            Redirect::to(&format!("/repos/{}#secrets", repo.name)).into_response()
+            Redirect::to(&format!(
+                "/repos/{}#secrets",
+                crate::admin::repos::url_path(&repo.name)
+            ))
+            .into_response()
         }
         Err(e) => message_page(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -164,7 +171,11 @@ pub async fn delete_secret(
     match state.store.delete_secret(repo.id, &secret).await {
         Ok(_) => {
             tracing::info!(repo = %repo.name, secret = %secret, by = %me.name(), "secret deleted (web)");
-            Redirect::to(&format!("/repos/{}#secrets", repo.name)).into_response()
+            Redirect::to(&format!(
+                "/repos/{}#secrets",
+                crate::admin::repos::url_path(&repo.name)
+            ))
+            .into_response()
         }
         Err(e) => store_error(e),
     }

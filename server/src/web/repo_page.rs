@@ -10,6 +10,7 @@ use axum::response::Response;
 
 use super::dashboard::{RunRow, find_visible, inbox_count, run_row, shown_status};
 use super::session::SignedIn;
+use super::view::filters;
 use super::view::{Badge, ago, badge, short};
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;

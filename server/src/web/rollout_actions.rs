@@ -60,7 +60,10 @@ where
         Err(page) => return page,
     };
     let (back, rollouts) = if f.back.is_empty() {
-        let run_page = format!("/repos/{}/runs/{number}", repo.name);
+        let run_page = format!(
+            "/repos/{}/runs/{number}",
+            crate::admin::repos::url_path(&repo.name)
+        );
         (run_page.clone(), format!("{run_page}#rollouts"))
     } else {
         (safe_next(&f.back), safe_next(&f.back))
@@ -150,7 +153,10 @@ pub async fn retry(
         &f,
         "retried",
         |caller, state, p, _| async move {
-            let runs = format!("/repos/{}/{}/runs", p.owner, p.name);
+            let runs = format!(
+                "/repos/{}/runs",
+                crate::admin::repos::url_path(&format!("{}/{}", p.owner, p.name))
+            );
             let (_, axum::Json(run)) =
                 crate::api::rollouts::retry(caller, State(state), ApiPath(p)).await?;
             Ok(Redirect::to(&format!("{runs}/{}", run.number)).into_response())

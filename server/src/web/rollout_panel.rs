@@ -134,7 +134,10 @@ pub async fn panel_of(
     };
     let mut p = panel(stage, r, &measurements, state.store.now_ms(), can_release);
     p.who_may = who_may;
-    p.run_page = format!("/repos/{}/runs/{run_number}", repo.name);
+    p.run_page = format!(
+        "/repos/{}/runs/{run_number}",
+        crate::admin::repos::url_path(&repo.name)
+    );
     p.csrf = me.csrf().to_string();
     Ok(p)
 }

@@ -16,6 +16,7 @@ use super::failure::{self, Failure};
 use super::findings::{self, SeverityGroup};
 use super::rollout_panel::{self, RolloutPanel};
 use super::session::SignedIn;
+use super::view::filters;
 use super::view::{Badge, DagNode, ago, badge, dag_svg, duration, short};
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
@@ -153,7 +154,11 @@ async fn live(
         .await?;
     let developer = role >= Some(Role::Developer);
     let stages = state.store.list_stages(run.id).await?;
-    let base = format!("/repos/{}/runs/{}", repo.name, run.number);
+    let base = format!(
+        "/repos/{}/runs/{}",
+        crate::admin::repos::url_path(&repo.name),
+        run.number
+    );
     let log_url = |stage: i64, idx: i64| format!("{base}/logs/{stage}/{idx}");
     let failure = if run.status.is_final() && stages.iter().any(|s| failed(s.stage.status)) {
         failure::of(state, &stages, log_url).await

@@ -189,3 +189,15 @@ mod tests {
         assert_eq!(duration(None, None, 5), "");
     }
 }
+
+/// Template filters: askama looks them up in a `filters` module in the template's scope.
+pub mod filters {
+    /// A repository name in a URL path, `/repos/{{ repo|repo_url }}/…`: a GitLab project
+    /// in subgroups stays two segments ([`crate::admin::repos::url_path`]).
+    pub fn repo_url<T: std::fmt::Display>(
+        name: T,
+        _: &dyn askama::Values,
+    ) -> askama::Result<String> {
+        Ok(crate::admin::repos::url_path(&name.to_string()))
+    }
+}

@@ -1061,69 +1061,88 @@ proptest! {
 // ---------------------------------------------------------------- API base derivation
 
 #[test]
-fn api_bases_and_repo_paths_are_derived_from_clone_urls() {
-    use forge::{api_base_for, repo_path_for};
-    let cases: &[(ForgeKind, &str, Option<&str>, Option<&str>)] = &[
+fn api_bases_are_derived_from_clone_urls_and_repository_paths() {
+    use forge::{api_base_for, clone_host};
+    // (kind, clone URL, the repository's path on the forge, API base)
+    let cases: &[(ForgeKind, &str, &str, Option<&str>)] = &[
         (
             ForgeKind::Github,
             "https://github.com/octo-org/hello-world.git",
+            "octo-org/hello-world",
             Some("https://api.github.com"),
-            Some("octo-org/hello-world"),
         ),
         (
             ForgeKind::Github,
             "git@github.com:octo-org/hello-world.git",
+            "octo-org/hello-world",
             Some("https://api.github.com"),
-            Some("octo-org/hello-world"),
         ),
         (
             ForgeKind::Github,
             "https://ghe.corp.example/team/app.git",
+            "team/app",
             Some("https://ghe.corp.example/api/v3"),
-            Some("team/app"),
         ),
         (
             ForgeKind::Gitlab,
             "https://gitlab.example.com/group/sub/project.git",
+            "group/sub/project",
             Some("https://gitlab.example.com/api/v4"),
-            Some("group/sub/project"),
+        ),
+        // GitLab under a relative URL root, a project in two subgroups.
+        (
+            ForgeKind::Gitlab,
+            "https://example.com/gitlab/g1/g2/project.git",
+            "g1/g2/project",
+            Some("https://example.com/gitlab/api/v4"),
         ),
         (
             ForgeKind::Gitlab,
             "ssh://git@gitlab.example.com:2222/group/project.git",
+            "group/project",
             Some("https://gitlab.example.com/api/v4"),
-            Some("group/project"),
         ),
         (
             ForgeKind::Gitea,
             "http://127.0.0.1:3000/owner/repo.git",
+            "owner/repo",
             Some("http://127.0.0.1:3000/api/v1"),
-            Some("owner/repo"),
         ),
         (
             ForgeKind::Gitea,
             "https://example.org/git/owner/repo.git",
+            "owner/repo",
             Some("https://example.org/git/api/v1"),
-            Some("owner/repo"),
         ),
         (
             ForgeKind::Forgejo,
             "https://user:hunter2@codeberg.org/owner/repo.git",
+            "owner/repo",
             Some("https://codeberg.org/api/v1"),
-            Some("owner/repo"),
         ),
         (
             ForgeKind::Git,
             "https://git.example.com/repo.git",
-            None,
+            "team/repo",
             None,
         ),
-        (ForgeKind::Github, "not a url", None, None),
+        (ForgeKind::Github, "not a url", "team/app", None),
     ];
-    for (kind, url, base, path) in cases {
-        assert_eq!(api_base_for(*kind, url).as_deref(), *base, "{kind} {url}");
-        assert_eq!(repo_path_for(*kind, url).as_deref(), *path, "{kind} {url}");
+    for (kind, url, path, base) in cases {
+        assert_eq!(
+            api_base_for(*kind, url, path).as_deref(),
+            *base,
+            "{kind} {url}"
+        );
     }
+    assert_eq!(
+        clone_host("http://127.0.0.1:3000/owner/repo.git").as_deref(),
+        Some("127.0.0.1:3000")
+    );
+    assert_eq!(
+        clone_host("git@gitlab.example.com:g1/g2/p.git").as_deref(),
+        Some("gitlab.example.com")
+    );
 }
 
 // ---------------------------------------------------------------- status reporting

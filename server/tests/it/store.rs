@@ -56,6 +56,7 @@ const LEASE: Duration = Duration::from_secs(60);
 
 fn new_repo(name: &str) -> NewRepo {
     NewRepo {
+        api_url: None,
         name: name.to_string(),
         forge: ForgeKind::Github,
         clone_url: format!("https://example.com/{name}.git"),

@@ -84,6 +84,7 @@ async fn run(size: usize, rounds: u64) -> anyhow::Result<()> {
     let repo = state
         .store
         .create_repo(NewRepo {
+            api_url: None,
             name: "bench/artifacts".into(),
             forge: server::store::ForgeKind::Git,
             clone_url: forge.display().to_string(),

@@ -291,7 +291,7 @@ async fn prepare(
     let run_url = format!(
         "{}/repos/{}/runs/{}",
         state.config.public_url,
-        state.store.get_repo(run.repo_id).await?.name,
+        crate::admin::repos::url_path(&state.store.get_repo(run.repo_id).await?.name),
         run.number
     );
     crate::agent::stage_spec::add_run_info(

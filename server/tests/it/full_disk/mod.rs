@@ -27,6 +27,7 @@ use crate::support::tmpfs::Tmpfs;
 
 pub(crate) fn new_repo(name: &str) -> NewRepo {
     NewRepo {
+        api_url: None,
         name: name.to_string(),
         forge: ForgeKind::Github,
         clone_url: format!("https://example.com/{name}.git"),

@@ -45,6 +45,7 @@ pub async fn register(
     state
         .store
         .create_repo(NewRepo {
+            api_url: None,
             name: name.to_string(),
             forge,
             clone_url: clone_url.to_string(),

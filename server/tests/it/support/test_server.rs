@@ -232,6 +232,7 @@ impl TestServer {
             .state
             .store
             .create_repo(NewRepo {
+                api_url: None,
                 name: format!("team/app-{n}"),
                 forge: ForgeKind::Git,
                 clone_url: forge.display().to_string(),
