@@ -248,7 +248,11 @@ pub fn pipeline_statuses(run: &Run, stages: &[StageState]) -> Vec<PipelineStatus
         .into_iter()
         .map(|(pipeline, stages)| {
             let state = pipeline_state(run.status, &stages);
-            let name = if pipeline.is_empty() { "ci" } else { pipeline };
+            let name = if pipeline.is_empty() {
+                "default"
+            } else {
+                pipeline
+            };
             PipelineStatus {
                 context: format!("slipway/{name}/{event}"),
                 state,

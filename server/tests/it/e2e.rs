@@ -268,6 +268,35 @@ async fn every_forge_end_to_end(db: Dialect) {
             "{:?}",
             mine.last()
         );
+        // One status per pipeline and event; GitLab's is on the branch, by its name.
+        let last = mine.last().unwrap().json();
+        let context = match case.kind {
+            ForgeKind::Gitlab => &last["name"],
+            _ => &last["context"],
+        };
+        assert_eq!(
+            context,
+            &format!("slipway/default/{}", run.event.as_str()),
+            "{}",
+            case.fixture
+        );
+        if case.kind == ForgeKind::Gitlab {
+            assert_eq!(last["ref"], default.as_str(), "{}", case.fixture);
+        }
+        // The target URL is the run's page under the server's public URL, which answers
+        // (with the sign-in page here; the test server listens elsewhere than its
+        // configured public URL).
+        let target = last["target_url"].as_str().unwrap();
+        let path = target
+            .strip_prefix(state.config.public_url.as_str())
+            .unwrap_or_else(|| panic!("{target} is not under the public URL"));
+        let page = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(
+            page.status().is_success(),
+            "{}: {}",
+            case.fixture,
+            page.status()
+        );
     }
     env.stop().await;
 }

@@ -21,6 +21,7 @@ mod exec_parity;
 mod expressions;
 mod first_steps;
 mod forge;
+mod forge_api_url;
 mod full_disk;
 mod git_mirror;
 mod harness;
