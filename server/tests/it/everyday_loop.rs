@@ -471,6 +471,7 @@ fn each_commands_help_lists_only_its_own_flags() {
                     "--default-branch",
                     "--trusted",
                     "--forge-token-env",
+                    "--api-url",
                 ][..],
                 &target,
             ]
@@ -487,6 +488,8 @@ fn each_commands_help_lists_only_its_own_flags() {
                     "--clone-url",
                     "--forge-token-env",
                     "--no-forge-token",
+                    "--api-url",
+                    "--no-api-url",
                 ][..],
                 &target,
             ]
