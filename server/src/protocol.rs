@@ -53,6 +53,7 @@ pub mod routes {
 
     pub const REGISTER: &str = "/api/runner/register";
     pub const LEASE: &str = "/api/runner/lease";
+    pub const RESUME: &str = "/api/runner/resume";
     pub const SOURCE: &str = stage_route!("/source");
     pub const HEARTBEAT: &str = stage_route!("/heartbeat");
     pub const STEP_START: &str = stage_route!("/steps/{idx}/start");
@@ -63,7 +64,7 @@ pub mod routes {
     pub const ARTIFACT: &str = stage_route!("/artifacts/{artifact_id}");
     pub const CACHE: &str = stage_route!("/cache");
 }
-pub use routes::{LEASE, REGISTER};
+pub use routes::{LEASE, REGISTER, RESUME};
 
 fn stage_path(template: &str, stage: i64) -> String {
     template.replace("{id}", &stage.to_string())
@@ -345,4 +346,102 @@ pub struct StageFinished {
     pub settled: String,
     /// The stage's status now, by name (`queued` when retrying).
     pub status: String,
+}
+
+/// What a Kubernetes stage keeps in its Secret so that a restarted runner can resume it
+/// ([`AdoptionRecord::resume`]): the lease without its token and without any secret
+/// value. A pod's Secret is readable by whoever may read Secrets in the build
+/// namespace; the token and the values come back from the server when the runner
+/// resumes the stage (`POST /api/runner/resume`), to a runner of the same name only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdoptionRecord {
+    pub stage_id: i64,
+    pub run_id: i64,
+    pub attempt: i64,
+    pub stage_key: String,
+    /// The plan as leased: it names secrets, never holds their values.
+    pub spec: PlannedStage,
+    pub steps: Vec<String>,
+    /// As leased: lines the attempt already sent are not counted again on resume, so
+    /// a re-read log lands on the same line numbers (and is de-duplicated).
+    pub log_offsets: Vec<u64>,
+    pub repo: String,
+    pub sha: String,
+    pub git_ref: String,
+    pub run_number: i64,
+    pub run_url: String,
+    #[serde(default)]
+    pub cache_writable: bool,
+}
+
+impl From<&LeaseResponse> for AdoptionRecord {
+    fn from(l: &LeaseResponse) -> AdoptionRecord {
+        AdoptionRecord {
+            stage_id: l.stage_id,
+            run_id: l.run_id,
+            attempt: l.attempt,
+            stage_key: l.stage_key.clone(),
+            spec: l.spec.clone(),
+            steps: l.steps.clone(),
+            log_offsets: l.log_offsets.clone(),
+            repo: l.repo.clone(),
+            sha: l.sha.clone(),
+            git_ref: l.git_ref.clone(),
+            run_number: l.run_number,
+            run_url: l.run_url.clone(),
+            cache_writable: l.cache_writable,
+        }
+    }
+}
+
+impl AdoptionRecord {
+    /// The lease to go on with: this record and what the server answered to resume.
+    /// No artifacts: they are in the stage's workspace already.
+    pub fn resume(self, resumed: ResumeResponse) -> LeaseResponse {
+        LeaseResponse {
+            stage_id: self.stage_id,
+            run_id: self.run_id,
+            lease_token: resumed.lease_token,
+            attempt: self.attempt,
+            stage_key: self.stage_key,
+            spec: self.spec,
+            steps: self.steps,
+            log_offsets: self.log_offsets,
+            secrets: resumed.secrets,
+            repo: self.repo,
+            sha: self.sha,
+            git_ref: self.git_ref,
+            run_number: self.run_number,
+            run_url: self.run_url,
+            artifacts: Vec::new(),
+            cache_writable: self.cache_writable,
+        }
+    }
+}
+
+/// A restarted runner takes back a stage it left running: the stage and the attempt
+/// from its [`AdoptionRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    pub runner_id: i64,
+    pub stage_id: i64,
+    pub attempt: i64,
+}
+
+/// A new lease token for the resumed stage (the old one no longer works) and the
+/// secret values it may see, which the runner masks in the logs it reads back.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ResumeResponse {
+    pub lease_token: String,
+    pub secrets: BTreeMap<String, String>,
+}
+
+// Hand-written so neither the token nor a secret value can reach a log through `{:?}`.
+impl std::fmt::Debug for ResumeResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeResponse")
+            .field("lease_token", &"[redacted]")
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }

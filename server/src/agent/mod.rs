@@ -28,7 +28,10 @@ use runner::Backend;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{self, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse};
+use crate::protocol::{
+    self, AdoptionRecord, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
+    ResumeRequest, ResumeResponse,
+};
 use client::{BACKOFF_MAX, Backoff, CallError, Client, REQUEST_TIMEOUT};
 
 pub mod backends;
@@ -182,17 +185,28 @@ impl Agent {
         for (handle, data) in &me.adopted {
             let (me, session, shutdown) = (me.clone(), session.clone(), shutdown.clone());
             let handle = handle.clone();
-            let lease = serde_json::from_str::<LeaseResponse>(data);
+            let record = serde_json::from_str::<AdoptionRecord>(data);
             slots.spawn(async move {
-                match lease {
-                    Ok(lease) => {
-                        tracing::info!(stage_id = lease.stage_id, pod = %handle.id, "resuming a stage left running");
+                let record = match record {
+                    Ok(record) => record,
+                    Err(e) => {
+                        tracing::warn!(pod = %handle.id, error = %e, "a stage left running has no usable adoption record; removing it");
+                        let _ = me.backend.destroy_stage(&handle).await;
+                        return;
+                    }
+                };
+                match me.resume(&record, &session, &shutdown).await {
+                    Some(Ok(resumed)) => {
+                        tracing::info!(stage_id = record.stage_id, pod = %handle.id, "resuming a stage left running");
+                        let lease = record.resume(resumed);
                         me.run_leased(lease, &session, &shutdown, Some(handle)).await;
                     }
-                    Err(e) => {
-                        tracing::warn!(pod = %handle.id, error = %e, "a stage left running has no usable lease; removing it");
+                    Some(Err(message)) => {
+                        tracing::warn!(stage_id = record.stage_id, pod = %handle.id, reason = %message, "the server did not give the stage back; removing its pod");
                         let _ = me.backend.destroy_stage(&handle).await;
                     }
+                    // Shut down meanwhile: the pod stays for the next start.
+                    None => {}
                 }
             });
         }
@@ -254,6 +268,46 @@ impl Agent {
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next()) => {}
                 _ = shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    /// Asks the server for a stage this runner left running ([`AdoptionRecord`]): a new
+    /// lease token and the secret values, which the record never holds. Transient
+    /// failures are retried; `Some(Err)` when the server refuses (the stage moved on
+    /// or is not ours), `None` on shutdown.
+    async fn resume(
+        &self,
+        record: &AdoptionRecord,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<ResumeResponse, String>> {
+        let mut backoff = Backoff::new();
+        loop {
+            let req = ResumeRequest {
+                runner_id: session.runner_id.load(Ordering::Relaxed),
+                stage_id: record.stage_id,
+                attempt: record.attempt,
+            };
+            let call = self.client.call::<_, ResumeResponse>(
+                reqwest::Method::POST,
+                protocol::RESUME,
+                &req,
+                REQUEST_TIMEOUT,
+            );
+            let result = tokio::select! {
+                r = call => r,
+                _ = shutdown.cancelled() => return None,
+            };
+            match result {
+                Ok(Some(resumed)) => return Some(Ok(resumed)),
+                Ok(None) => tracing::warn!("resume answered without a body; retrying"),
+                Err(CallError::Refused { message, .. }) => return Some(Err(message)),
+                Err(e) => tracing::warn!(error = %e, "resuming a stage failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = shutdown.cancelled() => return None,
             }
         }
     }

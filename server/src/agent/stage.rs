@@ -15,7 +15,7 @@ use super::files;
 use super::forward::{StageCtx, forward, heartbeat_loop};
 use super::stage_spec::{OnMissing, SpecError, stage_spec};
 use super::{Agent, Session};
-use crate::protocol::{self, LeaseResponse, StageFinish, WireStatus};
+use crate::protocol::{self, AdoptionRecord, LeaseResponse, StageFinish, WireStatus};
 
 impl Agent {
     /// Runs one leased stage to the end and reports it.
@@ -197,7 +197,9 @@ impl Agent {
         ]);
         if self.backend.name() == "kubernetes" {
             // Kept in the stage's Secret: a restarted runner resumes the stage with it.
-            spec.adoption = serde_json::to_string(lease).ok();
+            // Never the lease token or a secret value: those come back from the server
+            // on resume.
+            spec.adoption = serde_json::to_string(&AdoptionRecord::from(lease)).ok();
         }
         let declared = spec.artifacts.clone();
         if let Some(c) = cache.as_ref().filter(|c| c.save) {

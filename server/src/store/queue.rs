@@ -212,6 +212,96 @@ impl Store {
         }))
     }
 
+    /// Takes back a running stage for a restarted runner: the same stage and attempt,
+    /// held by a runner of the same name (the one that left it running: Kubernetes
+    /// pods are found again by the runner's name), in the caller's repository scope.
+    /// The lease gets a new token — the old one, which was never stored anywhere but
+    /// the dead runner, stops working — and a fresh expiry. `LeaseLost` when the stage
+    /// has moved on (finished, re-queued after the lease expired, another attempt) or
+    /// is another runner's.
+    pub async fn resume_stage(
+        &self,
+        runner: RunnerId,
+        stage: StageId,
+        attempt: i64,
+        lease_for: Duration,
+    ) -> Result<Lease> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT {RUNNER_COLS} FROM runners WHERE id = $1");
+        let me = match query(&sql).bind(runner).fetch_optional(&mut *tx).await? {
+            Some(row) => runner_row(&row)?,
+            None => return Err(Error::NotFound(format!("runner {runner}"))),
+        };
+        let sql = format!(
+            "SELECT {STAGE_COLS} FROM stages WHERE id = $1 AND attempt = $2 \
+             AND status = 'running' AND NOT rollout{}",
+            self.for_update()
+        );
+        let Some(row) = query(&sql)
+            .bind(stage)
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(Error::LeaseLost);
+        };
+        let found = stage_row(&row)?;
+        let holder = match found.runner_id {
+            Some(id) => query("SELECT name FROM runners WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.text("name"))
+                .transpose()?,
+            None => None,
+        };
+        let sql = format!(
+            "SELECT CASE WHEN {} THEN 1 ELSE 0 END AS ok",
+            self.in_repo_scope("$1", "$2", "$3")
+        );
+        let in_scope = query(&sql)
+            .bind(found.repo_id)
+            .bind(me.repos.owner_column())
+            .bind(me.repos.repos_column())
+            .fetch_one(&mut *tx)
+            .await?
+            .int("ok")?
+            == 1;
+        if holder.as_deref() != Some(me.name.as_str()) || !in_scope {
+            return Err(Error::LeaseLost);
+        }
+        let token = format!("{:032x}", rand::thread_rng().r#gen::<u128>());
+        let expires_at = self.now_ms().saturating_add(duration_ms(lease_for));
+        let sql = format!(
+            "UPDATE stages SET runner_id = $2, lease_token = $3, lease_expires_at = $4 \
+             WHERE id = $1 RETURNING {STAGE_COLS}"
+        );
+        let stage = stage_row(
+            &query(&sql)
+                .bind(stage)
+                .bind(runner)
+                .bind(&token)
+                .bind(expires_at)
+                .fetch_one(&mut *tx)
+                .await?,
+        )?;
+        let sql = format!("SELECT {STEP_COLS} FROM steps WHERE stage_id = $1 ORDER BY idx");
+        let steps = rows(
+            &query(&sql).bind(stage.id).fetch_all(&mut *tx).await?,
+            step_row,
+        )?;
+        let sql = format!("SELECT {} FROM runs WHERE id = $1", super::row::RUN_COLS);
+        let run = super::row::run(&query(&sql).bind(stage.run_id).fetch_one(&mut *tx).await?)?;
+        tx.commit().await?;
+        Ok(Lease {
+            token,
+            expires_at,
+            stage,
+            steps,
+            run,
+        })
+    }
+
     /// SQL that is true when every label in the JSON array `stage` (a column) is in the
     /// JSON array `runner` (a parameter): an empty array is in anything.
     fn labels_subset(&self, stage: &str, runner: &str) -> String {

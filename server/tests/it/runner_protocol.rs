@@ -1172,3 +1172,110 @@ async fn stage_results_are_stored_and_outputs_reach_later_stages(db: Dialect) {
     assert_eq!(r.status(), 404);
     server.stop().await;
 }
+
+/// `POST /api/runner/resume`: a restarted runner takes back the stage it left running
+/// with a new lease token (the old one stops working) and the secret values; a runner
+/// of another name, another attempt or a stage that moved on gets 409, and the answer
+/// never shows the token or a value in its `Debug` form.
+#[tokio::test]
+async fn a_restarted_runner_resumes_its_stage_with_a_new_token() {
+    let server = TestServer::builder()
+        .in_process_runner(false)
+        .heartbeat_secs(30)
+        .start()
+        .await;
+    let (repo, sha) = server.repo(FILES).await;
+    server
+        .secret(&repo, "API_TOKEN", "tok_resume_5e6f7a8b", false)
+        .await;
+    let yaml = "stages:\n  one:\n    steps:\n      - name: s\n        run: echo $T\n        env:\n          T: ${{ secrets.API_TOKEN }}\n";
+    let _run = server.run(&repo, &sha, yaml, false).await;
+    let token = server.runner_token("resumer").await;
+    let http = reqwest::Client::new();
+    let base = server.url();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let register = |name: &str| {
+        let body = serde_json::json!({"name": name, "capacity": 1});
+        let post = &post;
+        async move {
+            post(REGISTER, body)
+                .await
+                .unwrap()
+                .json::<RegisterResponse>()
+                .await
+                .unwrap()
+                .runner_id
+        }
+    };
+    let me = register("pod-runner").await;
+    let lease: LeaseResponse = post(LEASE, serde_json::json!({"runner_id": me}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record = AdoptionRecord::from(&lease);
+    let kept = serde_json::to_string(&record).unwrap();
+    assert!(!kept.contains("tok_resume_5e6f7a8b") && !kept.contains(&lease.lease_token));
+
+    // Another runner may not take it, nor may anyone resume another attempt.
+    let other = register("someone-else").await;
+    let refused = |runner: i64, attempt: i64| {
+        let post = &post;
+        let stage = lease.stage_id;
+        async move {
+            post(
+                RESUME,
+                serde_json::json!({"runner_id": runner, "stage_id": stage, "attempt": attempt}),
+            )
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        }
+    };
+    assert_eq!(refused(other, 1).await, 409);
+    assert_eq!(refused(me, 2).await, 409);
+
+    // The same runner, registered again after its restart: a new token and the values.
+    let again = register("pod-runner").await;
+    let resumed: ResumeResponse = post(
+        RESUME,
+        serde_json::json!({"runner_id": again, "stage_id": lease.stage_id, "attempt": 1}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_ne!(resumed.lease_token, lease.lease_token);
+    assert_eq!(resumed.secrets["API_TOKEN"], "tok_resume_5e6f7a8b");
+    let shown = format!("{resumed:?}");
+    assert!(
+        !shown.contains("tok_resume") && !shown.contains(&resumed.lease_token),
+        "{shown}"
+    );
+    // The old token no longer works; the new one does.
+    let beat = |t: &str| {
+        http.post(format!("{base}{}", heartbeat_path(lease.stage_id)))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"lease_token": t}))
+            .send()
+    };
+    assert_eq!(beat(&lease.lease_token).await.unwrap().status(), 409);
+    assert!(
+        beat(&resumed.lease_token)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let lease = record.resume(resumed);
+    assert_eq!(lease.secrets["API_TOKEN"], "tok_resume_5e6f7a8b");
+    server.stop().await;
+}

@@ -779,3 +779,121 @@ fn names_labels_and_keys_are_what_the_api_server_accepts() {
         "{name}"
     );
 }
+
+/// What the runner agent sends for a Kubernetes stage that has secrets, a registry
+/// login and an adoption record: no secret value and no lease token anywhere in any
+/// object, except the stage Secret's keys that a container reads (`secretKeyRef`).
+/// The adoption record a restarted runner resumes from holds neither (#14 item 4).
+#[test]
+fn no_secret_value_or_lease_token_is_anywhere_but_the_keys_the_steps_read() {
+    use server::agent::stage_spec::{OnMissing, stage_spec};
+    use server::protocol::{AdoptionRecord, LeaseResponse};
+
+    const LEASE_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const REGISTRY_AUTH: &str =
+        "{\"auths\":{\"registry.example\":{\"auth\":\"dXNlcjpyZWctcHc=\"}}}";
+    let yaml = "stages:
+  build:
+    image: registry.example/team/builder:1
+    env:
+      DB_PASSWORD: ${{ secrets.DB_PASSWORD }}
+    steps:
+      - name: test
+        run: ./test.sh
+        env:
+          API_TOKEN: ${{ secrets.API_TOKEN }}
+";
+    let pipeline = pipelines::parse(".slipway.yml", yaml).expect("valid yaml");
+    let ctx = pipelines::EventContext {
+        branch: Some("main".into()),
+        sha: "0".repeat(40),
+        ..Default::default()
+    };
+    let planned = pipelines::plan(&pipeline, &ctx)
+        .expect("plan")
+        .stages
+        .remove(0);
+    let secrets = BTreeMap::from([
+        ("DB_PASSWORD".to_string(), DB_PASSWORD.to_string()),
+        ("API_TOKEN".to_string(), API_TOKEN.to_string()),
+        ("REGISTRY_AUTH".to_string(), REGISTRY_AUTH.to_string()),
+    ]);
+    let lease = LeaseResponse {
+        stage_id: 7,
+        run_id: 3,
+        lease_token: LEASE_TOKEN.into(),
+        attempt: 1,
+        stage_key: "build".into(),
+        spec: planned.clone(),
+        steps: vec!["test".into()],
+        log_offsets: vec![0],
+        secrets: secrets.clone(),
+        repo: "team/app".into(),
+        sha: "0".repeat(40),
+        git_ref: "refs/heads/main".into(),
+        run_number: 3,
+        run_url: "https://ci.example/repos/team/app/runs/3".into(),
+        artifacts: Vec::new(),
+        cache_writable: true,
+    };
+    let mut spec = stage_spec(
+        &planned,
+        "build",
+        runner::Source::Empty,
+        &secrets,
+        OnMissing::Error,
+    )
+    .expect("a stage spec");
+    // As the agent does (server/src/agent/stage.rs).
+    spec.adoption = Some(serde_json::to_string(&AdoptionRecord::from(&lease)).unwrap());
+    let g = generate(Case {
+        name: "adoption",
+        spec,
+        options: options(),
+    });
+
+    // Every string in the pod, and in the Secret outside the keys containers read.
+    let read_keys: Vec<String> = containers(&g.pod)
+        .iter()
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| {
+            v["valueFrom"]["secretKeyRef"]["key"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert!(
+        !read_keys.is_empty(),
+        "the steps read their secrets from the Secret"
+    );
+    let mut secret = g.secret.clone().expect("a stage Secret");
+    let data = secret["stringData"].as_object_mut().unwrap();
+    let record = data
+        .get(pod::ADOPTION_KEY)
+        .and_then(Value::as_str)
+        .expect("an adoption record")
+        .to_string();
+    for key in &read_keys {
+        data.remove(key);
+    }
+    let elsewhere = [
+        serde_json::to_string(&g.pod).unwrap(),
+        serde_json::to_string(&secret).unwrap(),
+        record,
+    ];
+    let mut needles: Vec<&str> = secrets.values().map(String::as_str).collect();
+    needles.push(LEASE_TOKEN);
+    for needle in needles {
+        let escaped = serde_json::to_string(needle).unwrap();
+        let escaped = escaped.trim_matches('"').to_string();
+        for text in &elsewhere {
+            assert!(
+                !text.contains(needle) && !text.contains(&escaped),
+                "{needle:?} is in a generated object outside the keys the steps read"
+            );
+        }
+    }
+    // The record still has what resuming needs.
+    let back: AdoptionRecord = serde_json::from_str(&elsewhere[2]).unwrap();
+    assert_eq!((back.stage_id, back.attempt), (7, 1));
+}

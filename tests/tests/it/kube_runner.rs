@@ -1,9 +1,10 @@
 //! A runner on the Kubernetes backend that dies mid-stage (its process state lost,
 //! its pod left running) resumes the stage after a restart: the new runner finds
-//! the pod by its label, reads back the lease it kept in the stage's Secret,
-//! adopts the pod and finishes the stage under the same lease — no second attempt,
-//! no step run twice, no log line stored twice. Real server (SQLite), real runner
-//! agent, the API-server test double.
+//! the pod by its label, reads back the adoption record it kept in the stage's Secret
+//! (which holds neither the lease token nor a secret value), asks the server for the
+//! stage back, adopts the pod and finishes the stage — no second attempt, no step run
+//! twice, no log line stored twice, secrets still masked. Real server (SQLite), real
+//! runner agent, the API-server test double.
 
 use crate::kube_support::{self, Poll, poll_until};
 use crate::test_server::TestServer;
@@ -25,9 +26,13 @@ const PIPELINE: &str = "stages:
     image: slipway-test/busybox:latest
     steps:
       - cat hello.txt; echo one >> runs.log
-      - echo two >> runs.log; while [ ! -e go ]; do sleep 0.1; done; echo released
+      - echo two >> runs.log; while [ ! -e go ]; do sleep 0.1; done; echo released; echo \"key=$DEPLOY_KEY\"
       - cat runs.log
+    env:
+      DEPLOY_KEY: ${{ secrets.DEPLOY_KEY }}
 ";
+
+const DEPLOY_KEY: &str = "dk_live_7f3a9c2e51b8";
 
 /// Starts a runner agent (as `slipway runner --backend kubernetes` does: recover,
 /// then run) on a fresh backend; the returned task is the runner's whole life.
@@ -68,6 +73,7 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
     let name = kube_support::unique_runner("agent");
     let token = server.runner_token(&name).await;
     let (repo, sha) = server.repo(&[("hello.txt", "hello from git\n")]).await;
+    server.secret(&repo, "DEPLOY_KEY", DEPLOY_KEY, false).await;
     let run = server.run(&repo, &sha, PIPELINE, false).await;
 
     let (first, adopted) = start_runner(&d, &server, &name, &token).await;
@@ -107,12 +113,44 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
         .unwrap();
     assert!(swept.is_empty(), "{swept:?}");
 
+    let first_token = server
+        .stage(run.id, "build")
+        .await
+        .stage
+        .lease_token
+        .expect("a lease token");
     // The runner dies: nothing of it runs any more, nothing was cleaned up.
     first.abort();
     let _ = first.await;
 
     let (second, adopted) = start_runner(&d, &server, &name, &token).await;
     assert_eq!(adopted, 1, "the restarted runner adopts the pod");
+    // The stage's Secret holds the step's secret value (what the container reads)
+    // and the adoption record, which holds neither that value nor the lease token.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(d.client(), kube_support::NAMESPACE);
+    let secret = secrets.get(&pod_name).await.unwrap();
+    let data = secret.data.clone().unwrap_or_default();
+    let record = data
+        .get(runner::kubernetes::pod::ADOPTION_KEY)
+        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+        .expect("an adoption record");
+    let token = first_token.clone();
+    assert!(
+        !record.contains(DEPLOY_KEY),
+        "secret value in the adoption record"
+    );
+    assert!(
+        !record.contains(&token),
+        "lease token in the adoption record"
+    );
+    assert!(
+        data.iter()
+            .filter(|(k, _)| k.as_str() != runner::kubernetes::pod::ADOPTION_KEY)
+            .any(|(_, v)| v.0 == DEPLOY_KEY.as_bytes()),
+        "the step reads the secret from the stage's Secret"
+    );
+
     // Let step 1 finish.
     let ap = AttachParams::default()
         .container("step-1")
@@ -135,7 +173,11 @@ async fn a_runner_killed_mid_stage_resumes_its_pod_after_a_restart() {
     let stage = server.stage(run.id, "build").await;
     assert_eq!(stage.stage.attempt, 1, "resumed, not run again");
     assert_eq!(server.log_lines(&stage.stage, 0), vec!["hello from git"]);
-    assert_eq!(server.log_lines(&stage.stage, 1), vec!["released"]);
+    // The resumed runner got the secret values back: still masked.
+    assert_eq!(
+        server.log_lines(&stage.stage, 1),
+        vec!["released", "key=********"]
+    );
     // Every step ran once, and every line is stored once.
     assert_eq!(server.log_lines(&stage.stage, 2), vec!["one", "two"]);
     assert!(pods.get_opt(&pod_name).await.unwrap().is_none(), "pod left");

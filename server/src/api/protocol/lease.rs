@@ -41,10 +41,10 @@ use crate::daemon::state::AppState;
 use crate::logs::StepKey;
 use crate::protocol::{
     LONG_POLL_SECS, LeaseArtifact, LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
-    routes,
+    ResumeRequest, ResumeResponse, routes,
 };
 use crate::store::{
-    Lease, Limits, RepoScope, RunnerId, Stage, StageOutcome, StageStatus, TokenScope,
+    Lease, Limits, RepoScope, Run, Runner, RunnerId, Stage, StageOutcome, StageStatus, TokenScope,
 };
 
 use super::{json, step_key};
@@ -55,6 +55,7 @@ pub(super) fn routes() -> RouteTable {
     RouteTable::new()
         .add(Access::Runner, routes!(register))
         .add(Access::Runner, routes!(lease))
+        .add(Access::Runner, routes!(resume))
 }
 
 /// How often runners heartbeat: three chances before the lease runs out.
@@ -126,6 +127,23 @@ fn token_repos(caller: &Caller) -> RepoScope {
     }
 }
 
+/// The runner `id`, seen now, if `caller`'s token is the kind it registered with.
+/// Unknown id → 404: the runner registers again. The queue applies the scope the runner
+/// registered with; a token of another scope must not borrow it by naming that
+/// runner's id.
+async fn runner_of(state: &AppState, caller: &Caller, id: RunnerId) -> ApiResult<Runner> {
+    let runner = state.store.touch_runner(id).await?;
+    if runner.repos != token_repos(caller) {
+        return Err(ApiError::forbidden(format!(
+            "runner `{}` was registered with a token for {}; this token is for {}: register again",
+            runner.name,
+            runner.repos,
+            token_repos(caller)
+        )));
+    }
+    Ok(runner)
+}
+
 /// Hands out the oldest runnable stage, waiting up to [`LONG_POLL_SECS`] for one.
 #[utoipa::path(
     post, path = routes::LEASE, tag = "runner",
@@ -142,18 +160,7 @@ async fn lease(
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let req = json(body)?;
-    // Unknown runner id → 404: the runner registers again.
-    let runner = state.store.touch_runner(req.runner_id).await?;
-    // The queue applies the scope the runner registered with; a token of another
-    // scope must not borrow it by naming that runner's id.
-    if runner.repos != token_repos(&caller) {
-        return Err(ApiError::forbidden(format!(
-            "runner `{}` was registered with a token for {}; this token is for {}: register again",
-            runner.name,
-            runner.repos,
-            token_repos(&caller)
-        )));
-    }
+    runner_of(&state, &caller, req.runner_id).await?;
     let limits = Limits {
         global: state.config.max_running,
         per_repo: state.config.max_running_per_repo,
@@ -193,6 +200,71 @@ async fn lease(
     }
 }
 
+/// A restarted runner takes back a stage it left running (a Kubernetes pod it found
+/// again): the stage and attempt of the pod's adoption record, which holds neither the
+/// lease token nor any secret value. The runner must have the name of the one that
+/// held the stage.
+#[utoipa::path(
+    post, path = routes::RESUME, tag = "runner",
+    request_body(content = Object, description = "`ResumeRequest`: the runner id, the stage id and its attempt"),
+    responses(
+        (status = 200, description = "`ResumeResponse`: a new lease token and the secret values the stage may see", body = Object),
+        (status = 401), (status = 403),
+        (status = 404, description = "Unknown runner: register again"),
+        (status = 409, description = "The stage moved on (finished, re-queued, another attempt) or is another runner's"),
+    )
+)]
+async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<ResumeRequest>, JsonRejection>,
+) -> ApiResult<Json<ResumeResponse>> {
+    let req = json(body)?;
+    let runner = runner_of(&state, &caller, req.runner_id).await?;
+    let lease = state
+        .store
+        .resume_stage(
+            runner.id,
+            req.stage_id,
+            req.attempt,
+            state.config.heartbeat_timeout,
+        )
+        .await?;
+    let (stage, run) = (&lease.stage, &lease.run);
+    match resolve(&state, stage, run).await? {
+        Ok(resolved) => {
+            tracing::info!(
+                stage_id = stage.id,
+                run_id = run.id,
+                runner_id = runner.id,
+                attempt = stage.attempt,
+                "stage resumed by a restarted runner"
+            );
+            Ok(Json(ResumeResponse {
+                lease_token: lease.token,
+                secrets: resolved.secrets,
+            }))
+        }
+        // A secret was deleted while the runner was away, say: the stage ends as a
+        // fresh lease of it would.
+        Err((status, reason)) => {
+            state
+                .store
+                .finish_stage(
+                    stage.id,
+                    &lease.token,
+                    StageOutcome {
+                        status,
+                        reason: Some(reason.clone()),
+                    },
+                )
+                .await?;
+            state.wake.queue.notify_waiters();
+            Err(ApiError::conflict(reason))
+        }
+    }
+}
+
 /// Turns a fresh lease into what the runner needs, or finishes the stage at once when
 /// it cannot run (`None`).
 async fn prepare(
@@ -219,95 +291,15 @@ async fn prepare(
         state.wake.queue.notify_waiters();
         ApiResult::Ok(None)
     };
-    let mut planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            return refuse(
-                StageStatus::Error,
-                format!("the stage's plan cannot be read: {e}"),
-            )
-            .await;
-        }
+    let Resolved {
+        planned,
+        secrets,
+        withheld,
+        run_url,
+    } = match resolve(state, stage, run).await? {
+        Ok(resolved) => resolved,
+        Err((status, reason)) => return refuse(status, reason).await,
     };
-    // The planner and reruns never plan such a stage for an untrusted run
-    // (`runs::from_plan::check_trust`); this is the last line, where the pod would be asked for.
-    if let Some(sa) = &planned.kubernetes.service_account
-        && !run.trusted
-    {
-        return refuse(
-            StageStatus::Failure,
-            format!(
-                "the stage asks for service account `{}`, but the run is not trusted",
-                sa.name
-            ),
-        )
-        .await;
-    }
-    add_needed_outputs(state, stage, &mut planned).await?;
-    let referenced = referenced_secrets(&planned);
-    let mut secrets = BTreeMap::new();
-    // Names only: what the step log says was kept from this run.
-    let mut withheld: Vec<String> = Vec::new();
-    if !referenced.is_empty() {
-        let stored = state.store.get_secret_values_enc(run.repo_id).await?;
-        for name in &referenced {
-            let Some(secret) = stored.iter().find(|s| &s.name == name) else {
-                return refuse(
-                    StageStatus::Failure,
-                    format!("secret `{name}` is not defined for this repository"),
-                )
-                .await;
-            };
-            if run.fork && !secret.allow_pull_requests {
-                withheld.push(name.clone());
-                continue;
-            }
-            let aad = crate::crypto::secret_aad(run.repo_id, name);
-            let value = match state.secret_box.open(&secret.value_enc, &aad) {
-                Ok(plain) => match std::str::from_utf8(&plain) {
-                    Ok(text) => text.to_string(),
-                    Err(_) => {
-                        return refuse(
-                            StageStatus::Failure,
-                            format!("secret `{name}` is not valid UTF-8"),
-                        )
-                        .await;
-                    }
-                },
-                Err(_) => {
-                    return refuse(
-                        StageStatus::Error,
-                        format!(
-                            "secret `{name}` cannot be decrypted with the server's key (was the key changed?)"
-                        ),
-                    )
-                    .await;
-                }
-            };
-            secrets.insert(name.clone(), value);
-        }
-    }
-    // Known only now: a stored plan is the same for every run that reuses it.
-    let run_url = format!(
-        "{}/repos/{}/runs/{}",
-        state.config.public_url,
-        crate::admin::repos::url_path(&state.store.get_repo(run.repo_id).await?.name),
-        run.number
-    );
-    crate::agent::stage_spec::add_run_info(
-        &mut planned.env,
-        &crate::agent::stage_spec::RunInfo {
-            number: run.number,
-            id: run.id,
-            url: run_url.clone(),
-        },
-    );
-    if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
-        && let Err(reason) =
-            add_environment(state, run, &env, &mut planned, &mut secrets, &mut withheld).await?
-    {
-        return refuse(StageStatus::Error, reason).await;
-    }
     let repo = state.store.get_repo(run.repo_id).await?;
     if !withheld.is_empty() {
         note_withheld(state, stage, &lease.steps, &withheld).await?;
@@ -367,6 +359,117 @@ async fn prepare(
         // A fork's pull request may read caches but not write them: its content would
         // otherwise be restored into trusted runs.
         cache_writable: !run.fork,
+    }))
+}
+
+/// What a leased stage needs that is known only when it is handed out: its plan with
+/// the outputs of the stages it needs, the run's URL and its environment, and the
+/// values of the secrets it references and may see (`withheld`: the names it may not).
+struct Resolved {
+    planned: PlannedStage,
+    secrets: BTreeMap<String, String>,
+    withheld: Vec<String>,
+    run_url: String,
+}
+
+/// Why a stage cannot run: how it ends, and the reason.
+type Refusal = (StageStatus, String);
+
+/// Resolves `stage` of `run` for a runner ([`Resolved`]), or says why it cannot run.
+async fn resolve(
+    state: &AppState,
+    stage: &Stage,
+    run: &Run,
+) -> ApiResult<Result<Resolved, Refusal>> {
+    let mut planned: PlannedStage = match serde_json::from_value(stage.spec.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Err((
+                StageStatus::Error,
+                format!("the stage's plan cannot be read: {e}"),
+            )));
+        }
+    };
+    // The planner and reruns never plan such a stage for an untrusted run
+    // (`runs::from_plan::check_trust`); this is the last line, where the pod would be asked for.
+    if let Some(sa) = &planned.kubernetes.service_account
+        && !run.trusted
+    {
+        return Ok(Err((
+            StageStatus::Failure,
+            format!(
+                "the stage asks for service account `{}`, but the run is not trusted",
+                sa.name
+            ),
+        )));
+    }
+    add_needed_outputs(state, stage, &mut planned).await?;
+    let referenced = referenced_secrets(&planned);
+    let mut secrets = BTreeMap::new();
+    // Names only: what the step log says was kept from this run.
+    let mut withheld: Vec<String> = Vec::new();
+    if !referenced.is_empty() {
+        let stored = state.store.get_secret_values_enc(run.repo_id).await?;
+        for name in &referenced {
+            let Some(secret) = stored.iter().find(|s| &s.name == name) else {
+                return Ok(Err((
+                    StageStatus::Failure,
+                    format!("secret `{name}` is not defined for this repository"),
+                )));
+            };
+            if run.fork && !secret.allow_pull_requests {
+                withheld.push(name.clone());
+                continue;
+            }
+            let aad = crate::crypto::secret_aad(run.repo_id, name);
+            let value = match state.secret_box.open(&secret.value_enc, &aad) {
+                Ok(plain) => match std::str::from_utf8(&plain) {
+                    Ok(text) => text.to_string(),
+                    Err(_) => {
+                        return Ok(Err((
+                            StageStatus::Failure,
+                            format!("secret `{name}` is not valid UTF-8"),
+                        )));
+                    }
+                },
+                Err(_) => {
+                    return Ok(Err((
+                        StageStatus::Error,
+                        format!(
+                            "secret `{name}` cannot be decrypted with the server's key (was the key changed?)"
+                        ),
+                    )));
+                }
+            };
+            secrets.insert(name.clone(), value);
+        }
+    }
+    // Known only now: a stored plan is the same for every run that reuses it.
+    let run_url = format!(
+        "{}/repos/{}/runs/{}",
+        state.config.public_url,
+        crate::admin::repos::url_path(&state.store.get_repo(run.repo_id).await?.name),
+        run.number
+    );
+    crate::agent::stage_spec::add_run_info(
+        &mut planned.env,
+        &crate::agent::stage_spec::RunInfo {
+            number: run.number,
+            id: run.id,
+            url: run_url.clone(),
+        },
+    );
+    if let Some((env, _)) = crate::store::deployments::deploy_target(&stage.spec)
+        && let Err(reason) =
+            add_environment(state, run, &env, &mut planned, &mut secrets, &mut withheld).await?
+    {
+        return Ok(Err((StageStatus::Error, reason)));
+    }
+    Ok(Ok(Resolved {
+        planned,
+        secrets,
+        withheld,
+        run_url,
     }))
 }
 
