@@ -940,6 +940,48 @@ async fn a_signed_push_for_another_repository_is_refused_and_nothing_recorded() 
         );
         assert_eq!(runs(state, &repo).await.len(), 2, "{kind}");
     }
+
+    // A repository renamed on the forge: its pushes carry the new path and clone URL,
+    // refused until the registration's clone URL is updated (what `slipway repo edit
+    // --clone-url` sends), then filed under the repository as registered.
+    let name = format!("team/app-{}", ForgeKind::Github);
+    let repo = state.store.get_repo_by_name(&name).await.unwrap();
+    let renamed_url = "https://forge.example/team/renamed.git";
+    let mut git = GitRepo::bare();
+    let d = adapt_fixture(
+        &mut git,
+        ForgeKind::Github,
+        "push",
+        "github/push.json",
+        &[(".slipway.yml", PIPELINE)],
+        &[(".slipway.yml", PIPELINE)],
+    );
+    let renamed = set_repository(ForgeKind::Github, &d.body, "team/renamed", renamed_url);
+    let headers = forge_headers(
+        ForgeKind::Github,
+        "push",
+        "renamed-1",
+        &renamed,
+        Some(SECRET),
+    );
+    let (status, answer) =
+        post_hook(addr, ForgeKind::Github, &name, &headers, renamed.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let admin = env.token("admin", TokenScope::Admin).await;
+    let edited = reqwest::Client::new()
+        .patch(format!("http://{addr}/api/repos/{name}"))
+        .bearer_auth(&admin)
+        .json(&json!({ "clone_url": renamed_url }))
+        .send()
+        .await
+        .unwrap();
+    assert!(edited.status().is_success(), "{}", edited.status());
+    let (status, answer) = post_hook(addr, ForgeKind::Github, &name, &headers, renamed).await;
+    assert_eq!(
+        (status, answer),
+        (StatusCode::ACCEPTED, json!({ "run": 3 }))
+    );
+    assert_eq!(runs(state, &repo).await.len(), 3);
 }
 
 // ------------------------------------------------------------ size limits, real sockets
