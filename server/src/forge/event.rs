@@ -111,7 +111,7 @@ pub enum PayloadError {
 // ---- helpers shared by the per-forge parsers ----
 
 /// Deserialize `T` from a payload. The error names the path of the offending field
-/// (`pull_request: missing field `head``), not just its last segment.
+/// (``pull_request: missing field `head` ``), not just its last segment.
 pub(super) fn from_json<'a, T: Deserialize<'a>>(
     event: &str,
     body: &'a [u8],
@@ -136,8 +136,8 @@ pub(super) struct ActionOnly {
     pub action: String,
 }
 
-/// The first stage of a push payload: what decides whether it runs (a deletion, a ref
-/// that is neither a branch nor a tag are acknowledged without reading further).
+/// The first stage of a push payload: what decides whether it runs. Deletions and refs
+/// that are neither branches nor tags are acknowledged without reading further.
 #[derive(Deserialize)]
 pub(super) struct PushHead {
     #[serde(rename = "ref")]

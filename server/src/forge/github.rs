@@ -30,6 +30,13 @@ struct EventRepo {
     full_name: String,
 }
 
+/// [`EventRepo`] as a push needs it: no id (that is for a pull request's fork check).
+#[derive(Deserialize)]
+struct PushRepo {
+    clone_url: String,
+    full_name: String,
+}
+
 #[derive(Deserialize)]
 struct User {
     login: String,
@@ -56,7 +63,7 @@ struct Push {
     #[serde(default)]
     deleted: bool,
     head_commit: Option<Commit>,
-    repository: EventRepo,
+    repository: PushRepo,
     pusher: Option<Pusher>,
     sender: Option<User>,
 }
