@@ -11,12 +11,22 @@
 //!    soon as it crosses the cap, so no more than the cap is ever buffered. All bodies
 //!    not yet verified share one budget (`max_unverified_webhook_bytes`): beyond it a
 //!    delivery waits briefly, then gets 503 with `Retry-After` ([`super::webhook_body`]).
-//! 3. **Signature/token** on the raw bytes, constant-time ([`forge::verify`]) — before
-//!    the parser sees a byte: an unauthenticated caller never reaches it. 401, nothing
-//!    stored.
-//! 4. **Delivery id** (missing → 400), then **parse** (malformed → 400 with the reason,
-//!    nothing stored; pings and unknown events → 200 and the delivery is recorded).
-//! 5. **Accept**: the delivery id and the run are written in one transaction under a
+//! 3. **Signature/token**, constant-time, on the bytes the forge signed
+//!    ([`forge::open`]): the raw body — for a form-encoded delivery (`payload=<JSON>`)
+//!    GitHub's raw form body, but Gitea/Forgejo's decoded `payload` field, which is
+//!    what they sign. Before the JSON parser sees a byte: an unauthenticated caller
+//!    never reaches it. 401, nothing stored; a verified GitHub form without a `payload`
+//!    field is 400.
+//! 4. **Delivery id** (missing → 400), then **parse** in two stages: first only what
+//!    decides whether the event runs anything (an `action`, a push's ref) — an ignored
+//!    action, a ping or an unknown event → 200 and the delivery is recorded, whatever
+//!    else its payload lacks — then the fields the event needs (missing or malformed →
+//!    400 naming the field, nothing stored).
+//! 5. **Repository**: the payload must be about the registered repository (its path
+//!    on the forge, case-insensitively, or its clone URL). An organisation-level hook
+//!    sharing this repository's secret must not file other repositories' pushes under
+//!    it: 403 "payload is for repository X, this hook is for Y", nothing stored.
+//! 6. **Accept**: the delivery id and the run are written in one transaction under a
 //!    unique index, so a repeated delivery is acknowledged (`{"duplicate": true}`) and
 //!    creates no second run however many copies race. Then the planner is woken.
 //!
@@ -39,7 +49,7 @@ use super::error::{ApiError, ApiResult};
 use super::route_table::{Access, RouteTable};
 use super::webhook_body::{read_capped, read_unverified};
 use crate::daemon::state::{self, AppState};
-use crate::forge::{self, ForgeEvent, ForgeKind, Parsed};
+use crate::forge::{self, DeliveryError, ForgeEvent, ForgeKind, Parsed};
 use crate::store::{self, Event, NewRun, Repo, RepoScope, TokenScope, Trigger};
 
 pub fn routes() -> RouteTable {
@@ -73,18 +83,31 @@ async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<R
     post, path = "/hooks/{forge}/{*repo}", tag = "hooks",
     summary = "A forge's webhook delivery",
     description = "Verified against the repository's webhook secret (GitHub, Gitea and Forgejo: \
-        HMAC-SHA256 signature; GitLab: the token header) on the raw body, then a `pending` run \
-        is created for a push, tag or pull request.",
+        HMAC-SHA256 signature; GitLab: the token header) on the bytes the forge signs, then a \
+        `pending` run is created for a push, tag or pull request of this repository. The body \
+        is JSON, or (GitHub, Gitea, Forgejo) `application/x-www-form-urlencoded` with the JSON \
+        in its `payload` field.",
     params(
         ("forge" = String, Path, description = "`github`, `gitlab`, `gitea` or `forgejo`"),
         ("repo" = String, Path, description = "The repository's `owner/name`"),
     ),
-    request_body(content = Object, description = "The forge's event payload"),
+    request_body(
+        description = "The forge's event payload: JSON, or a form whose `payload` field is the JSON",
+        content(
+            (Object = "application/json"),
+            (String = "application/x-www-form-urlencoded"),
+        )
+    ),
     responses(
         (status = 202, description = "Accepted: a run was created"),
-        (status = 200, description = "A ping, an ignored event or a repeated delivery"),
-        (status = 400, description = "No delivery id, or a malformed payload"),
-        (status = 401, description = "Bad or missing signature"),
+        (status = 200, description = "A ping, an ignored event or action, or a repeated delivery"),
+        (status = 400, description = "No delivery id, a malformed payload or one missing a field \
+            the event needs (named), or a GitHub form body without a `payload` field"),
+        (status = 401, description = "Bad or missing signature (or a Gitea/Forgejo form body \
+            without the `payload` field they sign)"),
+        (status = 403, description = "Correctly signed, but the payload is about another \
+            repository than the one this hook is registered for (e.g. an organisation-level hook \
+            reusing its secret); nothing is stored"),
         (status = 404, description = "Unknown forge or repository"),
         (status = 413, description = "Larger than `max_webhook_bytes`"),
         (status = 503, description = "The budget for unverified bodies is taken; see `Retry-After`"),
@@ -154,11 +177,19 @@ async fn handle_forge_hook(
         .map_err(|e| {
             ApiError::internal(format!("opening the webhook secret of {}: {e}", repo.name))
         })?;
-    if let Err(e) = forge::verify(kind, &headers, &body, &secret) {
-        tracing::info!(repo = %repo.name, forge = %kind, reason = %e, "webhook refused");
-        return Err(ApiError::unauthorized(e.to_string()));
-    }
+    let payload = match forge::open(kind, &headers, &body, &secret) {
+        Ok(payload) => payload,
+        Err(DeliveryError::Unverified(e)) => {
+            tracing::info!(repo = %repo.name, forge = %kind, reason = %e, "webhook refused");
+            return Err(ApiError::unauthorized(e.to_string()));
+        }
+        Err(e @ DeliveryError::Form(_)) => {
+            tracing::info!(repo = %repo.name, forge = %kind, reason = %e, "malformed webhook");
+            return Err(ApiError::bad_request(e.to_string()));
+        }
+    };
     drop(secret);
+    drop(body);
     // Verified: its bytes no longer count against the budget for unverified bodies.
     drop(held);
 
@@ -166,7 +197,7 @@ async fn handle_forge_hook(
         .ok_or_else(|| ApiError::bad_request("missing delivery id header"))?;
     let event_name = forge::event_name(kind, &headers)
         .ok_or_else(|| ApiError::bad_request("missing event header"))?;
-    let parsed = forge::parse(kind, &event_name, &body).map_err(|e| {
+    let parsed = forge::parse(kind, &event_name, &payload).map_err(|e| {
         tracing::info!(repo = %repo.name, forge = %kind, %delivery, reason = %e, "malformed webhook");
         ApiError::bad_request(e.to_string())
     })?;
@@ -189,10 +220,34 @@ async fn handle_forge_hook(
                 .into_response())
         }
         Parsed::Event(ev) => {
+            check_repository(&repo, &ev)?;
             let new = new_run_from_event(&repo, ev);
             accept(&state, &repo, &delivery, new).await
         }
     }
+}
+
+/// A verified event about another repository than the hook's is refused with 403, not
+/// filed under the hook's repository.
+///
+/// The signature proves only who holds the secret. An organisation- or group-level hook
+/// (or one copied between repositories) that reuses this repository's secret signs
+/// every repository's events with it; without this check a push to any of them would
+/// run this repository's pipeline on a commit fetched from here by id, and report its
+/// status here. 403 rather than 422: the payload is well-formed, but the credential
+/// that signed it does not authorise filing events for that repository. Pings and
+/// ignored events are not checked: they create nothing (and an organisation hook's
+/// ping names no repository).
+fn check_repository(repo: &Repo, ev: &ForgeEvent) -> ApiResult<()> {
+    if ev.is_for(&repo.name, &repo.clone_url) {
+        return Ok(());
+    }
+    tracing::info!(repo = %repo.name, payload_repo = %printable(&ev.repository), "webhook for another repository refused");
+    Err(ApiError::forbidden(format!(
+        "payload is for repository {}, this hook is for {}",
+        printable(&ev.repository),
+        repo.name
+    )))
 }
 
 /// What a verified forge event becomes: a `pending` run for the planner.

@@ -58,6 +58,8 @@ pub struct ForgeEvent {
     pub after: String,
     /// Clone URL of the repository the webhook belongs to (the PR's base repository).
     pub clone_url: String,
+    /// the forge's full path of the repository the payload is about, e.g. `owner/name` or GitLab's `path_with_namespace`
+    pub repository: String,
     pub pr: Option<PullRequest>,
     /// Head commit message for pushes, title for pull requests.
     pub message: String,
@@ -108,14 +110,91 @@ pub enum PayloadError {
 
 // ---- helpers shared by the per-forge parsers ----
 
+/// Deserialize `T` from a payload. The error names the path of the offending field
+/// (``pull_request: missing field `head` ``), not just its last segment.
 pub(super) fn from_json<'a, T: Deserialize<'a>>(
     event: &str,
     body: &'a [u8],
 ) -> Result<T, PayloadError> {
-    serde_json::from_slice(body).map_err(|e| PayloadError::Json {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| PayloadError::Json {
         event: printable(event),
         message: e.to_string(),
-    })
+    })?;
+    // Trailing characters make the payload malformed even when its head parsed.
+    de.end().map_err(|e| PayloadError::Json {
+        event: printable(event),
+        message: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// The first stage of a pull-request payload: only what decides whether Slipway acts on
+/// it. Ignored actions are acknowledged whatever else their payload lacks.
+#[derive(Deserialize)]
+pub(super) struct ActionOnly {
+    pub action: String,
+}
+
+/// The first stage of a push payload: what decides whether it runs. Deletions and refs
+/// that are neither branches nor tags are acknowledged without reading further.
+#[derive(Deserialize)]
+pub(super) struct PushHead {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Checked (and required) by the full parse; absent here means "not a deletion".
+    #[serde(default)]
+    pub after: String,
+    /// GitHub's flag; Gitea and GitLab mark a deletion with an all-zero `after`.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl PushHead {
+    pub fn read(event: &str, body: &[u8]) -> Result<PushHead, PayloadError> {
+        from_json(event, body)
+    }
+
+    /// `Some` when the push is acknowledged without a run.
+    pub fn ignored(&self) -> Option<Parsed> {
+        push_target(&self.git_ref, &self.after, self.deleted)
+            .err()
+            .map(ignored)
+    }
+}
+
+/// What a push builds, or why it starts nothing (the reason it is acknowledged with):
+/// deleted refs and refs that are neither branches nor tags.
+pub(super) fn push_target(git_ref: &str, after: &str, deleted: bool) -> Result<RefTarget, String> {
+    if deleted || is_zero_sha(after) {
+        return Err(format!(
+            "`{}` was deleted; deletions do not trigger runs",
+            printable(git_ref)
+        ));
+    }
+    classify_ref(git_ref)
+        .ok_or_else(|| format!("`{}` is neither a branch nor a tag", printable(git_ref)))
+}
+
+impl ForgeEvent {
+    /// Whether this event is about the repository registered as `name` with
+    /// `clone_url`: the payload's repository path is the name (ignoring ASCII case, as
+    /// GitHub, GitLab and Gitea do for owners and names), or its clone URL is the
+    /// registered one (ignoring case, a trailing `/` and `.git`) — for a repository
+    /// registered under another name than its path on the forge.
+    pub fn is_for(&self, name: &str, clone_url: &str) -> bool {
+        if !self.repository.is_empty() && self.repository.eq_ignore_ascii_case(name) {
+            return true;
+        }
+        let (ours, theirs) = (url_key(clone_url), url_key(&self.clone_url));
+        !ours.is_empty() && ours.eq_ignore_ascii_case(theirs)
+    }
+}
+
+/// A clone URL without what does not change the repository it names.
+fn url_key(url: &str) -> &str {
+    let url = url.trim().trim_end_matches('/');
+    url.strip_suffix(".git").unwrap_or(url)
 }
 
 /// Event names end up in stored reasons and error messages; keep them short and plain
@@ -197,23 +276,20 @@ pub(super) struct PushParts<'a> {
     pub tag_commit: Option<&'a str>,
     pub deleted: bool,
     pub clone_url: &'a str,
+    /// The payload's field name of `clone_url`, for the error when it is empty.
+    pub clone_url_field: &'static str,
+    pub repository: &'a str,
+    /// The payload's field name of `repository`, for the error when it is empty.
+    pub repository_field: &'static str,
     pub message: &'a str,
     pub author: &'a str,
     pub sender: Option<&'a str>,
 }
 
 pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
-    if p.deleted || is_zero_sha(p.after) {
-        return Ok(ignored(format!(
-            "`{}` was deleted; deletions do not trigger runs",
-            printable(p.git_ref)
-        )));
-    }
-    let Some(target) = classify_ref(p.git_ref) else {
-        return Ok(ignored(format!(
-            "`{}` is neither a branch nor a tag",
-            printable(p.git_ref)
-        )));
+    let target = match push_target(p.git_ref, p.after, p.deleted) {
+        Ok(target) => target,
+        Err(reason) => return Ok(ignored(reason)),
     };
     check_ref_name(p.event, "ref", p.git_ref)?;
     let (kind, branch, tag, after) = match target {
@@ -226,9 +302,8 @@ pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
         ),
     };
     check_sha(p.event, "after", after)?;
-    if p.clone_url.is_empty() {
-        return Err(missing(p.event, "repository clone URL"));
-    }
+    require(p.event, p.clone_url_field, p.clone_url)?;
+    require(p.event, p.repository_field, p.repository)?;
     Ok(Parsed::Event(ForgeEvent {
         kind,
         git_ref: p.git_ref.to_owned(),
@@ -237,6 +312,7 @@ pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
         before: before_of(p.event, p.before)?,
         after: after.to_ascii_lowercase(),
         clone_url: p.clone_url.to_owned(),
+        repository: p.repository.to_owned(),
         pr: None,
         message: p.message.to_owned(),
         author: p.author.to_owned(),
@@ -253,12 +329,16 @@ pub(super) fn sender_login(login: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub(super) fn missing(event: &str, what: &str) -> PayloadError {
-    PayloadError::Invalid {
-        event: printable(event),
-        field: "repository",
-        reason: format!("{what} is empty"),
+/// A field Slipway needs must not be empty.
+pub(super) fn require(event: &str, field: &'static str, value: &str) -> Result<(), PayloadError> {
+    if value.trim().is_empty() {
+        return Err(PayloadError::Invalid {
+            event: printable(event),
+            field,
+            reason: "is empty".into(),
+        });
     }
+    Ok(())
 }
 
 /// Branch names from a PR payload must be valid git branch names: they become

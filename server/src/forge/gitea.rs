@@ -2,20 +2,31 @@
 //! `pull_request`, `create`).
 //!
 //! Forgejo is a Gitea fork and sends the same payloads; field names follow Gitea's
-//! `modules/structs` (`PushPayload`, `PullRequestPayload`, `PRBranchInfo`).
+//! `modules/structs` (`PushPayload`, `PullRequestPayload`, `PRBranchInfo`). Parsing is
+//! two-stage, as for GitHub: the `action` (or a push's ref) first, the full struct only
+//! for events that run.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::event::{
-    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, check_branch, check_sha,
-    from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
+    ActionOnly, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushHead, PushParts,
+    check_branch, check_sha, from_json, ignored, printable, push_event, require, sender_login,
+    unknown_event,
 };
 use super::{Event, ForgeKind};
 
 #[derive(Deserialize)]
 struct Repo {
     clone_url: String,
+}
+
+/// The repository the event is about (`repository` at the top level): also its
+/// `owner/name`, checked against the registered repository.
+#[derive(Deserialize)]
+struct EventRepo {
+    clone_url: String,
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -50,7 +61,7 @@ struct Push {
     before: String,
     after: String,
     head_commit: Option<Commit>,
-    repository: Repo,
+    repository: EventRepo,
     pusher: Option<User>,
     sender: Option<User>,
 }
@@ -71,12 +82,13 @@ struct Pr {
     base: Branch,
 }
 
+/// A `pull_request` delivery whose action starts a run (the action itself was read by
+/// the first stage).
 #[derive(Deserialize)]
 struct PrEvent {
-    action: String,
     number: u64,
     pull_request: Pr,
-    repository: Repo,
+    repository: EventRepo,
     sender: Option<User>,
 }
 
@@ -99,6 +111,9 @@ pub(super) fn parse(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed,
 }
 
 fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
+    if let Some(skip) = PushHead::read(event, body)?.ignored() {
+        return Ok(skip);
+    }
     let p: Push = from_json(event, body)?;
     let author = p
         .sender
@@ -116,6 +131,9 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         // Gitea has no `deleted` flag; a deletion has an all-zero `after`.
         deleted: false,
         clone_url: &p.repository.clone_url,
+        clone_url_field: "repository.clone_url",
+        repository: &p.repository.full_name,
+        repository_field: "repository.full_name",
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
         sender: p.sender.as_ref().map(User::name),
@@ -123,8 +141,8 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
 }
 
 fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
-    let e: PrEvent = from_json(event, body)?;
-    let action = match e.action.as_str() {
+    let head: ActionOnly = from_json(event, body)?;
+    let action = match head.action.as_str() {
         "opened" => PrAction::Opened,
         // Gitea spells it with a "d", unlike GitHub's `synchronize`.
         "synchronized" => PrAction::Synchronized,
@@ -136,14 +154,14 @@ fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, Pay
             )));
         }
     };
+    let e: PrEvent = from_json(event, body)?;
     let pr = e.pull_request;
     check_sha(event, "pull_request.head.sha", &pr.head.sha)?;
     check_sha(event, "pull_request.base.sha", &pr.base.sha)?;
     check_branch(event, "pull_request.head.ref", &pr.head.git_ref)?;
     check_branch(event, "pull_request.base.ref", &pr.base.git_ref)?;
-    if e.repository.clone_url.is_empty() {
-        return Err(missing(event, "repository clone URL"));
-    }
+    require(event, "repository.clone_url", &e.repository.clone_url)?;
+    require(event, "repository.full_name", &e.repository.full_name)?;
     let fork = pr.head.repo_id != pr.base.repo_id;
     let head_clone_url = pr
         .head
@@ -161,6 +179,7 @@ fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, Pay
         before: None,
         after: pr.head.sha.to_ascii_lowercase(),
         clone_url: e.repository.clone_url,
+        repository: e.repository.full_name,
         pr: Some(PullRequest {
             number: e.number,
             action,

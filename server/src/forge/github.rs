@@ -1,14 +1,17 @@
 //! GitHub webhook payloads (`X-GitHub-Event`: `ping`, `push`, `pull_request`, `create`).
 //!
 //! Field names follow GitHub's "Webhook events and payloads" reference; only the fields
-//! Slipway uses are declared, serde ignores the rest.
+//! Slipway uses are declared, serde ignores the rest. Parsing is two-stage: first only
+//! what decides whether the delivery runs anything (a pull request's `action`, a
+//! push's `ref`/`after`/`deleted`), then, for events that do, the full struct.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::event::{
-    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
-    check_sha, from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
+    ActionOnly, ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushHead, PushParts,
+    before_of, check_branch, check_sha, from_json, ignored, printable, push_event, require,
+    sender_login, unknown_event,
 };
 use super::{Event, ForgeKind};
 
@@ -16,6 +19,22 @@ use super::{Event, ForgeKind};
 struct Repo {
     id: u64,
     clone_url: String,
+}
+
+/// The repository the event is about (`repository` at the top level): also its
+/// `owner/name`, checked against the registered repository.
+#[derive(Deserialize)]
+struct EventRepo {
+    id: u64,
+    clone_url: String,
+    full_name: String,
+}
+
+/// [`EventRepo`] as a push needs it: no id (that is for a pull request's fork check).
+#[derive(Deserialize)]
+struct PushRepo {
+    clone_url: String,
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -44,7 +63,7 @@ struct Push {
     #[serde(default)]
     deleted: bool,
     head_commit: Option<Commit>,
-    repository: Repo,
+    repository: PushRepo,
     pusher: Option<Pusher>,
     sender: Option<User>,
 }
@@ -65,12 +84,13 @@ struct Pr {
     base: Branch,
 }
 
+/// A `pull_request` delivery whose action starts a run (the action itself was read by
+/// the first stage).
 #[derive(Deserialize)]
 struct PrEvent {
-    action: String,
     number: u64,
     pull_request: Pr,
-    repository: Repo,
+    repository: EventRepo,
     sender: Option<User>,
     /// Present on `synchronize`: the previous head.
     before: Option<String>,
@@ -99,6 +119,9 @@ pub(super) fn parse(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
 }
 
 fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
+    if let Some(skip) = PushHead::read(event, body)?.ignored() {
+        return Ok(skip);
+    }
     let p: Push = from_json(event, body)?;
     let author = p
         .sender
@@ -115,6 +138,9 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         tag_commit: p.head_commit.as_ref().map(|c| c.id.as_str()),
         deleted: p.deleted,
         clone_url: &p.repository.clone_url,
+        clone_url_field: "repository.clone_url",
+        repository: &p.repository.full_name,
+        repository_field: "repository.full_name",
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
         sender: p.sender.as_ref().map(|s| s.login.as_str()),
@@ -122,8 +148,8 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
 }
 
 fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
-    let e: PrEvent = from_json(event, body)?;
-    let action = match e.action.as_str() {
+    let head: ActionOnly = from_json(event, body)?;
+    let action = match head.action.as_str() {
         "opened" => PrAction::Opened,
         "synchronize" => PrAction::Synchronized,
         "reopened" => PrAction::Reopened,
@@ -134,14 +160,14 @@ fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
             )));
         }
     };
+    let e: PrEvent = from_json(event, body)?;
     let pr = e.pull_request;
     check_sha(event, "pull_request.head.sha", &pr.head.sha)?;
     check_sha(event, "pull_request.base.sha", &pr.base.sha)?;
     check_branch(event, "pull_request.head.ref", &pr.head.git_ref)?;
     check_branch(event, "pull_request.base.ref", &pr.base.git_ref)?;
-    if e.repository.clone_url.is_empty() {
-        return Err(missing(event, "repository clone URL"));
-    }
+    require(event, "repository.clone_url", &e.repository.clone_url)?;
+    require(event, "repository.full_name", &e.repository.full_name)?;
     // Compare repository ids rather than trusting `head.repo.fork`: that flag says the
     // head repository is a fork of *something*, which is also true for a same-repo PR
     // inside a repository that is itself a fork.
@@ -165,6 +191,7 @@ fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         before,
         after: pr.head.sha.to_ascii_lowercase(),
         clone_url: e.repository.clone_url,
+        repository: e.repository.full_name,
         pr: Some(PullRequest {
             number: e.number,
             action,

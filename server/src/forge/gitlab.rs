@@ -1,19 +1,31 @@
 //! GitLab webhook payloads (`X-Gitlab-Event`: `Push Hook`, `Tag Push Hook`,
 //! `Merge Request Hook`, and `System Hook` carrying any of those).
 //!
-//! Field names follow GitLab's "Webhook events" reference.
+//! Field names follow GitLab's "Webhook events" reference. Parsing is two-stage: first
+//! only what decides whether the delivery runs anything (a merge request's
+//! `object_attributes.action` and `oldrev`, a push's `ref`/`after`), then the full
+//! struct for those that do.
 
 use serde::Deserialize;
 
 use super::event::{
-    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, before_of, check_branch,
-    check_sha, from_json, ignored, missing, printable, push_event, sender_login, unknown_event,
+    ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushHead, PushParts, before_of,
+    check_branch, check_sha, from_json, ignored, printable, push_event, require, sender_login,
+    unknown_event,
 };
 use super::{Event, ForgeKind};
 
 #[derive(Deserialize)]
 struct Project {
     git_http_url: String,
+}
+
+/// The project the event is about (`project` at the top level): also its path,
+/// checked against the registered repository.
+#[derive(Deserialize)]
+struct EventProject {
+    git_http_url: String,
+    path_with_namespace: String,
 }
 
 #[derive(Deserialize)]
@@ -34,7 +46,7 @@ struct Push {
     checkout_sha: Option<String>,
     user_username: Option<String>,
     user_name: Option<String>,
-    project: Project,
+    project: EventProject,
     #[serde(default)]
     commits: Vec<Commit>,
 }
@@ -52,19 +64,30 @@ struct MrAttributes {
     target_branch: String,
     source_project_id: Option<u64>,
     target_project_id: u64,
-    action: Option<String>,
-    /// Only present when the update pushed new code.
-    oldrev: Option<String>,
     last_commit: Commit,
     /// `null` when the source project has been deleted.
     source: Option<Project>,
 }
 
+/// A merge request delivery whose action starts a run.
 #[derive(Deserialize)]
 struct MergeRequest {
     user: Option<User>,
-    project: Project,
+    project: EventProject,
     object_attributes: MrAttributes,
+}
+
+/// The first stage of a merge request delivery: what decides whether it runs.
+#[derive(Deserialize)]
+struct MrHead {
+    object_attributes: MrDecision,
+}
+
+#[derive(Deserialize)]
+struct MrDecision {
+    action: Option<String>,
+    /// Only present when an update pushed new code.
+    oldrev: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +117,9 @@ pub(super) fn parse(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
 }
 
 fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
+    if let Some(skip) = PushHead::read(event, body)?.ignored() {
+        return Ok(skip);
+    }
     let p: Push = from_json(event, body)?;
     // The head commit is the one whose id is the new tip; GitLab lists at most 20
     // commits, oldest first, so fall back to the last one.
@@ -117,6 +143,9 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         tag_commit: p.checkout_sha.as_deref(),
         deleted: false,
         clone_url: &p.project.git_http_url,
+        clone_url_field: "project.git_http_url",
+        repository: &p.project.path_with_namespace,
+        repository_field: "project.path_with_namespace",
         message,
         author,
         sender: p.user_username.as_deref(),
@@ -124,10 +153,10 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
 }
 
 fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
-    let mr: MergeRequest = from_json(event, body)?;
-    let a = mr.object_attributes;
-    let oldrev = a.oldrev.as_deref().filter(|r| !r.is_empty());
-    let action = match (a.action.as_deref().unwrap_or(""), oldrev) {
+    let head: MrHead = from_json(event, body)?;
+    let decision = head.object_attributes;
+    let oldrev = decision.oldrev.as_deref().filter(|r| !r.is_empty());
+    let action = match (decision.action.as_deref().unwrap_or(""), oldrev) {
         ("open", _) => PrAction::Opened,
         ("reopen", _) => PrAction::Reopened,
         ("update", Some(_)) => PrAction::Synchronized,
@@ -143,12 +172,17 @@ fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
             )));
         }
     };
+    let mr: MergeRequest = from_json(event, body)?;
+    let a = mr.object_attributes;
     check_sha(event, "object_attributes.last_commit.id", &a.last_commit.id)?;
     check_branch(event, "object_attributes.source_branch", &a.source_branch)?;
     check_branch(event, "object_attributes.target_branch", &a.target_branch)?;
-    if mr.project.git_http_url.is_empty() {
-        return Err(missing(event, "project git_http_url"));
-    }
+    require(event, "project.git_http_url", &mr.project.git_http_url)?;
+    require(
+        event,
+        "project.path_with_namespace",
+        &mr.project.path_with_namespace,
+    )?;
     let before = match oldrev {
         Some(r) => before_of(event, r)?,
         None => None,
@@ -173,6 +207,7 @@ fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         before,
         after: head_sha.clone(),
         clone_url: mr.project.git_http_url,
+        repository: mr.project.path_with_namespace,
         pr: Some(PullRequest {
             number: a.iid,
             action,

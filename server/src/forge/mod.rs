@@ -2,13 +2,17 @@
 //!
 //! Three jobs, in the order a webhook meets them:
 //!
-//! 1. [`verify`] checks the request's signature or token on the **raw body bytes**, in
-//!    constant time, before a single byte is parsed (a parser is attack surface; an
-//!    unauthenticated caller must not reach it).
+//! 1. [`open`] checks the request's signature or token on the **bytes the forge
+//!    signed** ([`verify`]: the raw body; for Gitea/Forgejo form deliveries the decoded
+//!    `payload` field, see [`form`]), in constant time, before the JSON parser sees a
+//!    byte (a parser is attack surface; an unauthenticated caller must not reach it),
+//!    and returns the JSON payload — the body, or a form body's `payload` field.
 //! 2. [`delivery_id`] / [`event_name`] read the request metadata the webhook handler
 //!    needs for de-duplication and dispatch, and [`parse`] turns a payload into one
 //!    normalized [`ForgeEvent`] — or says, with a reason, why the delivery is
-//!    acknowledged and ignored.
+//!    acknowledged and ignored. Each parser first reads only what decides that (the
+//!    event's `action`, a push's ref), so an ignored action is acknowledged whatever
+//!    else its payload lacks, and only then the fields the event needs.
 //! 3. [`StatusReporter`] reports a run's state back to the forge's commit-status API.
 //!
 //! The plain-git kind ([`ForgeKind::Git`]) has no webhook format and no status API: a
@@ -19,6 +23,7 @@
 //! reasons, never values.
 
 mod event;
+pub mod form;
 mod gitea;
 mod github;
 mod gitlab;
@@ -36,7 +41,7 @@ pub use status::{
     CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for, check_api_base,
     clone_host, description_limit,
 };
-pub use verify::{VerifyError, delivery_id, event_name, verify};
+pub use verify::{DeliveryError, VerifyError, delivery_id, event_name, open, verify};
 
 /// Which kind of forge a repository lives on. Stored with the repository and used in
 /// the webhook URL (`/hooks/{forge}/{repo}`), hence the lowercase serde form.

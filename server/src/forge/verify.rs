@@ -1,16 +1,19 @@
 //! Webhook authentication and request metadata.
 //!
-//! Every check runs on the raw request bytes before parsing, and every comparison is
-//! constant-time: HMAC tags through `hmac`'s `verify_slice`, GitLab's shared token
+//! Every check runs on the bytes the forge signed before the JSON parser sees any of
+//! them — the raw body, except for Gitea/Forgejo form deliveries ([`open`]) — and every
+//! comparison is constant-time: HMAC tags through `hmac`'s `verify_slice`, GitLab's shared token
 //! through `subtle` on fixed-length SHA-256 digests (so neither the token's content
 //! nor its length leaks through timing).
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ForgeKind;
+use super::form::{self, FormError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,6 +44,63 @@ pub enum VerifyError {
     /// layer; reaching this function with `Git` is a routing bug.
     #[error("`{0}` deliveries are not signed webhooks; they are authenticated by API token")]
     Unsupported(ForgeKind),
+    /// A Gitea/Forgejo form delivery without its one `payload` field: that field is
+    /// what they sign, so there is nothing to check the signature against.
+    #[error("{0}; Gitea and Forgejo sign that field, so there is nothing to verify")]
+    UnsignedForm(FormError),
+}
+
+/// Why a delivery was refused before its payload reached the parser.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Not authenticated: 401.
+    #[error(transparent)]
+    Unverified(#[from] VerifyError),
+    /// Authenticated (GitHub signs the form body itself), but the form carries no
+    /// usable payload: 400.
+    #[error(transparent)]
+    Form(FormError),
+}
+
+/// Authenticate a delivery and return its JSON payload, the bytes to hand to
+/// [`super::parse`].
+///
+/// * JSON bodies: [`verify`] on the body, which is the payload.
+/// * Form bodies (`application/x-www-form-urlencoded`, the JSON in the `payload` field,
+///   see [`form`]):
+///   - GitHub signs the request body as sent ("Validating webhook deliveries": the
+///     HMAC of the payload body), which here is the form: verified on the raw bytes
+///     first, then the field is decoded (none → 400).
+///   - Gitea and Forgejo sign the JSON *before* form-encoding it: their
+///     `services/webhook/deliver.go` (`newDefaultRequest`) sends
+///     `url.Values{"payload": {t.PayloadContent}}.Encode()` as the body but passes
+///     `[]byte(t.PayloadContent)` to `addDefaultHeaders`, which computes the HMAC. So
+///     the field is decoded first — a byte split and percent-decoding, not the JSON
+///     parser — and the signature checked on the decoded bytes; no field → 401
+///     ([`VerifyError::UnsignedForm`]).
+/// * GitLab sends only JSON and signs nothing (its token is a header), so its body is
+///   the payload whatever its `Content-Type`.
+pub fn open(
+    kind: ForgeKind,
+    headers: &HeaderMap,
+    body: &Bytes,
+    secret: &[u8],
+) -> Result<Bytes, DeliveryError> {
+    let signs_decoded_form = matches!(kind, ForgeKind::Gitea | ForgeKind::Forgejo);
+    if !form::is_form(headers) || kind == ForgeKind::Gitlab {
+        verify(kind, headers, body, secret)?;
+        return Ok(body.clone());
+    }
+    if signs_decoded_form {
+        let payload = form::payload(body).map_err(VerifyError::UnsignedForm)?;
+        verify(kind, headers, &payload, secret)?;
+        Ok(Bytes::from(payload))
+    } else {
+        verify(kind, headers, body, secret)?;
+        form::payload(body)
+            .map(Bytes::from)
+            .map_err(DeliveryError::Form)
+    }
 }
 
 /// Authenticate a webhook delivery on its raw body.

@@ -8,12 +8,13 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use server::forge::form::FormError;
 use server::forge::{
-    self, CommitStatus, Event, ForgeEvent, ForgeKind, Parsed, PayloadError, PrAction, State,
-    StatusError, StatusReporter, StatusTarget, VerifyError,
+    self, CommitStatus, DeliveryError, Event, ForgeEvent, ForgeKind, Parsed, PayloadError,
+    PrAction, State, StatusError, StatusReporter, StatusTarget, VerifyError,
 };
 
-use crate::support::forge::{FakeForge, fixture, hmac_hex, parse_event as event};
+use crate::support::forge::{FakeForge, fixture, form_body, hmac_hex, parse_event as event};
 use crate::support::process::free_port;
 
 // ---------------------------------------------------------------- helpers
@@ -146,6 +147,91 @@ fn github_signature_needs_its_sha256_prefix() {
         Err(VerifyError::MissingHeader {
             header: "x-hub-signature-256"
         })
+    );
+}
+
+/// Form deliveries: GitHub's signature covers the form body as sent, Gitea's and
+/// Forgejo's the JSON inside it; JSON bodies are verified and returned as they are.
+#[test]
+fn open_verifies_what_each_forge_signs_and_returns_the_json() {
+    let json = fixture("gitea/push.json");
+    let form = form_body(&json);
+    let form_headers = |pairs: &[(&str, &str)]| {
+        let mut h = headers(pairs);
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
+        );
+        h
+    };
+    let form_bytes = bytes::Bytes::from(form.clone());
+
+    // GitHub: the HMAC of the raw form body.
+    let sig = format!("sha256={}", hmac_hex(SECRET, &form));
+    let h = form_headers(&[("x-hub-signature-256", &sig)]);
+    let opened = forge::open(ForgeKind::Github, &h, &form_bytes, SECRET).unwrap();
+    assert_eq!(opened.as_ref(), json.as_slice());
+    let sig = format!("sha256={}", hmac_hex(SECRET, &json));
+    let h = form_headers(&[("x-hub-signature-256", &sig)]);
+    assert_eq!(
+        forge::open(ForgeKind::Github, &h, &form_bytes, SECRET),
+        Err(DeliveryError::Unverified(VerifyError::Mismatch))
+    );
+
+    // Gitea and Forgejo: the HMAC of the decoded `payload` field.
+    for (kind, header) in [
+        (ForgeKind::Gitea, "x-gitea-signature"),
+        (ForgeKind::Forgejo, "x-forgejo-signature"),
+    ] {
+        let h = form_headers(&[(header, &hmac_hex(SECRET, &json))]);
+        let opened = forge::open(kind, &h, &form_bytes, SECRET).unwrap();
+        assert_eq!(opened.as_ref(), json.as_slice(), "{kind}");
+        let h = form_headers(&[(header, &hmac_hex(SECRET, &form))]);
+        assert_eq!(
+            forge::open(kind, &h, &form_bytes, SECRET),
+            Err(DeliveryError::Unverified(VerifyError::Mismatch)),
+            "{kind}"
+        );
+        // No `payload` field: nothing that they sign, so not verifiable.
+        let empty = bytes::Bytes::from_static(b"x=1");
+        let h = form_headers(&[(header, &hmac_hex(SECRET, b"x=1"))]);
+        let err = forge::open(kind, &h, &empty, SECRET).unwrap_err();
+        assert_eq!(
+            err,
+            DeliveryError::Unverified(VerifyError::UnsignedForm(FormError::NoPayload)),
+            "{kind}"
+        );
+        assert!(err.to_string().contains("no `payload` field"), "{err}");
+    }
+
+    // GitHub without a `payload` field: verified (the form body is signed), then 400.
+    let empty = bytes::Bytes::from_static(b"payload2=x");
+    let sig = format!("sha256={}", hmac_hex(SECRET, b"payload2=x"));
+    let h = form_headers(&[("x-hub-signature-256", &sig)]);
+    assert_eq!(
+        forge::open(ForgeKind::Github, &h, &empty, SECRET),
+        Err(DeliveryError::Form(FormError::NoPayload))
+    );
+    // …but an unsigned one is refused as unsigned first.
+    let h = form_headers(&[]);
+    assert!(matches!(
+        forge::open(ForgeKind::Github, &h, &empty, SECRET),
+        Err(DeliveryError::Unverified(VerifyError::MissingHeader { .. }))
+    ));
+
+    // JSON (no or another Content-Type) is verified and returned as it is; GitLab's
+    // token signs nothing, so its body is the payload whatever the Content-Type says.
+    let json_bytes = bytes::Bytes::from(json.clone());
+    let h = headers(&[("x-gitea-signature", &hmac_hex(SECRET, &json))]);
+    assert_eq!(
+        forge::open(ForgeKind::Gitea, &h, &json_bytes, SECRET).unwrap(),
+        json_bytes
+    );
+    let gl_token = std::str::from_utf8(SECRET).unwrap();
+    let h = form_headers(&[("x-gitlab-token", gl_token)]);
+    assert_eq!(
+        forge::open(ForgeKind::Gitlab, &h, &json_bytes, SECRET).unwrap(),
+        json_bytes
     );
 }
 
@@ -784,6 +870,234 @@ fn forgejo_uses_the_gitea_payloads() {
     assert!(!e.pr.unwrap().fork);
     let reason = ignored(ForgeKind::Forgejo, "create", &fixture("gitea/create.json"));
     assert!(reason.starts_with("forgejo"), "{reason}");
+}
+
+#[test]
+fn every_parser_names_the_repository_the_payload_is_about() {
+    for (kind, name, file, repository) in [
+        (
+            ForgeKind::Github,
+            "push",
+            "github/push.json",
+            "octo-org/hello-world",
+        ),
+        (
+            ForgeKind::Github,
+            "pull_request",
+            "github/pull_request_synchronize_fork.json",
+            "octo-org/hello-world",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Push Hook",
+            "gitlab/push.json",
+            "mike/diaspora",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Tag Push Hook",
+            "gitlab/tag_push.json",
+            "jsmith/example",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            "gitlab/merge_request_update_fork.json",
+            // The target project, not the fork the MR comes from.
+            "awesome_space/tools/awesome_project",
+        ),
+        (
+            ForgeKind::Gitea,
+            "push",
+            "gitea/push.json",
+            "gitea/webhooks",
+        ),
+        (
+            ForgeKind::Gitea,
+            "pull_request",
+            "gitea/pull_request_synchronized_fork.json",
+            "gitea/webhooks",
+        ),
+        (
+            ForgeKind::Forgejo,
+            "push",
+            "forgejo/push.json",
+            "gitea/webhooks",
+        ),
+        (
+            ForgeKind::Forgejo,
+            "pull_request",
+            "forgejo/pull_request_opened.json",
+            "gitea/webhooks",
+        ),
+    ] {
+        assert_eq!(
+            event(kind, name, &fixture(file)).repository,
+            repository,
+            "{file}"
+        );
+    }
+    // Present but empty is as bad as absent.
+    let mut v = fixture_json("gitea/push.json");
+    v["repository"]["full_name"] = json!(" ");
+    let err = forge::parse(ForgeKind::Gitea, "push", &to_body(&v)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PayloadError::Invalid {
+                field: "repository.full_name",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_event_is_for_its_repository_by_path_or_clone_url() {
+    let e = event(ForgeKind::Github, "push", &fixture("github/push.json"));
+    assert_eq!(e.clone_url, "https://github.com/octo-org/hello-world.git");
+    // By path, in any case, whatever the registered clone URL (e.g. SSH).
+    assert!(e.is_for(
+        "octo-org/hello-world",
+        "git@github.com:octo-org/hello-world.git"
+    ));
+    assert!(e.is_for("Octo-Org/Hello-World", ""));
+    // By clone URL, registered under another name: `.git`, a trailing `/` and case
+    // do not matter.
+    assert!(e.is_for("ci/hello", "https://github.com/octo-org/hello-world.git"));
+    assert!(e.is_for("ci/hello", "https://github.com/Octo-Org/hello-world/"));
+    assert!(e.is_for("ci/hello", " https://github.com/octo-org/hello-world "));
+    // Another repository of the same owner, by either.
+    assert!(!e.is_for("octo-org/hello", "https://github.com/octo-org/hello.git"));
+    assert!(!e.is_for(
+        "octo-org/hello-world-2",
+        "https://github.com/octo-org/hello-world-2"
+    ));
+    assert!(!e.is_for(
+        "ci/hello",
+        "https://github.com/octo-org/hello-world.git.evil"
+    ));
+    // An empty registered URL matches nothing.
+    let mut blank = e.clone();
+    blank.clone_url = String::new();
+    assert!(!blank.is_for("ci/hello", ""));
+}
+
+/// Ignored actions are decided from the action (or a push's ref) alone: their payload
+/// may lack everything else. Handled ones need every field Slipway reads.
+#[test]
+fn parsers_decide_on_the_action_before_reading_the_rest() {
+    let zero = "0".repeat(40);
+    let sha = "a".repeat(40);
+    for (kind, name, payload) in [
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "closed" }),
+        ),
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "labeled" }),
+        ),
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "edited", "pull_request": null }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "close" } }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "merge" } }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "approved" } }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "update" } }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "System Hook",
+            json!({ "object_kind": "merge_request", "object_attributes": { "action": "merge" } }),
+        ),
+        (
+            ForgeKind::Gitea,
+            "pull_request",
+            json!({ "action": "closed" }),
+        ),
+        (
+            ForgeKind::Forgejo,
+            "pull_request",
+            json!({ "action": "reviewed" }),
+        ),
+        (
+            ForgeKind::Github,
+            "push",
+            json!({ "ref": "refs/heads/x", "after": zero, "deleted": true }),
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Push Hook",
+            json!({ "ref": "refs/heads/x", "after": zero }),
+        ),
+        (
+            ForgeKind::Gitea,
+            "push",
+            json!({ "ref": "refs/heads/x", "after": zero }),
+        ),
+        (
+            ForgeKind::Forgejo,
+            "push",
+            json!({ "ref": "refs/notes/commits", "after": sha }),
+        ),
+    ] {
+        ignored(kind, name, &to_body(&payload));
+    }
+    // A handled action with a field missing: the error names its path.
+    for (kind, name, payload, expected) in [
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "opened", "number": 1, "pull_request": { "title": "t" } }),
+            "pull_request: missing field `head`",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "open" } }),
+            "object_attributes: missing field `iid`",
+        ),
+        (
+            ForgeKind::Gitea,
+            "pull_request",
+            json!({ "action": "synchronized", "number": 1 }),
+            "missing field `pull_request`",
+        ),
+        (
+            ForgeKind::Github,
+            "push",
+            json!({ "ref": "refs/heads/main", "after": sha, "before": zero,
+                    "repository": { "id": 1, "clone_url": "u" } }),
+            "repository: missing field `full_name`",
+        ),
+    ] {
+        let err = forge::parse(kind, name, &to_body(&payload)).unwrap_err();
+        assert!(err.to_string().contains(expected), "{kind} {name}: {err}");
+    }
+    // The first stage still insists on JSON with an action.
+    assert!(forge::parse(ForgeKind::Github, "pull_request", b"{}").is_err());
+    assert!(forge::parse(ForgeKind::Gitea, "pull_request", b"action=closed").is_err());
 }
 
 #[test]

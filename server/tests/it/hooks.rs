@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::both_databases;
 use crate::support::forge::{
-    Delivery, PIPELINE, SECRET, adapt_fixture, deliver, fixture, forge_headers, hook_request,
-    register, runs, send, store_forge,
+    Delivery, PIPELINE, SECRET, adapt_fixture, deliver, fixture, forge_headers, form_body,
+    form_delivery, hook_request, parse_event, register, runs, send, store_forge,
 };
 use crate::support::git::GitRepo;
 use crate::support::process::slipway;
@@ -519,7 +519,7 @@ proptest! {
                         _ => {}
                     }
                 }
-                let name = format!("fuzz/{}", case.kind);
+                let name = format!("fuzz/{fixture_idx}");
                 let repo = env.state.store.get_repo_by_name(&name).await.unwrap();
                 let before = runs(&env.state, &repo).await.len();
                 let id = format!("fuzz-{}", FUZZ_ID.fetch_add(1, Ordering::Relaxed));
@@ -527,7 +527,11 @@ proptest! {
                 prop_assert!(!status.is_server_error(), "{status}: {body_json}");
                 let after = runs(&env.state, &repo).await.len();
                 if status.is_client_error() {
-                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    // 403: a mutation in the payload's repository name and clone URL.
+                    prop_assert!(
+                        status == StatusCode::BAD_REQUEST || status == StatusCode::FORBIDDEN,
+                        "{status}: {body_json}"
+                    );
                     prop_assert_eq!(before, after);
                 } else if status == StatusCode::ACCEPTED {
                     prop_assert_eq!(before + 1, after);
@@ -548,14 +552,436 @@ thread_local! {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let env = rt.block_on(async {
             let env = TestServer::builder().build().await;
-            let git = GitRepo::bare();
-            for kind in [ForgeKind::Github, ForgeKind::Gitlab, ForgeKind::Gitea, ForgeKind::Forgejo] {
-                register(&env.state, &format!("fuzz/{kind}"), store_forge(kind), &git.url(), "main", true).await;
+            // One repository per fixture, registered with the fixture's clone URL: the
+            // unmutated payloads are about the repository they are delivered to.
+            for (i, case) in CASES.iter().enumerate() {
+                let ev = parse_event(case.kind, case.event, &fixture(case.fixture));
+                register(&env.state, &format!("fuzz/{i}"), store_forge(case.kind), &ev.clone_url, "main", true).await;
             }
             env
         });
         (rt, env)
     };
+}
+
+// ------------------------------------------------------------ form-encoded deliveries
+
+/// A delivery over a real socket to the routes served by `addr`: status and JSON body.
+async fn post_hook(
+    addr: std::net::SocketAddr,
+    kind: ForgeKind,
+    repo: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}/hooks/{kind}/{repo}"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// GitHub's default webhook content type, and Gitea's and Forgejo's "form" option:
+/// `payload=<urlencoded JSON>`, GitHub signing the form body, Gitea and Forgejo the JSON.
+#[tokio::test]
+async fn form_encoded_deliveries_are_verified_as_each_forge_signs_them() {
+    let env = TestServer::builder().build().await;
+    let state = &env.state;
+    let addr = env.serve_routes().await;
+    for (kind, push_fixture) in [
+        (ForgeKind::Github, "github/push.json"),
+        (ForgeKind::Gitea, "gitea/push.json"),
+        (ForgeKind::Forgejo, "forgejo/push.json"),
+    ] {
+        let mut git = GitRepo::bare();
+        let d = adapt_fixture(
+            &mut git,
+            kind,
+            "push",
+            push_fixture,
+            &[(".slipway.yml", PIPELINE)],
+            &[(".slipway.yml", PIPELINE)],
+        );
+        let name = format!("form/{kind}");
+        let repo = register(state, &name, store_forge(kind), &git.url(), "main", true).await;
+
+        // The hook's first delivery. GitHub sends a `ping`; Gitea and Forgejo have no
+        // ping event (their "Test delivery" is a push, below), so an event they send
+        // that starts nothing, `create`, is acknowledged in its place.
+        let (event, payload) = match kind {
+            ForgeKind::Github => ("ping", fixture("github/ping.json")),
+            _ => ("create", fixture("gitea/create.json")),
+        };
+        let (headers, body) = form_delivery(kind, event, "first", &payload, Some(SECRET));
+        assert!(body.starts_with(b"payload=%7B"), "{kind}: a form body");
+        let (status, answer) = post_hook(addr, kind, &name, &headers, body).await;
+        assert_eq!(status, StatusCode::OK, "{kind}: {answer}");
+        match kind {
+            ForgeKind::Github => assert_eq!(answer, json!({ "ping": true, "duplicate": false })),
+            _ => assert!(
+                answer["ignored"].as_str().unwrap().contains("create"),
+                "{kind}: {answer}"
+            ),
+        }
+
+        // A push becomes a run on the commit it names.
+        let (headers, body) = form_delivery(kind, "push", "push-1", &d.body, Some(SECRET));
+        let (status, answer) = post_hook(addr, kind, &name, &headers, body).await;
+        assert_eq!(
+            (status, &answer),
+            (StatusCode::ACCEPTED, &json!({ "run": 1 })),
+            "{kind}"
+        );
+        let run = state.store.get_run_by_number(repo.id, 1).await.unwrap();
+        assert_eq!(run.sha, d.head.to_string(), "{kind}");
+        assert_eq!(run.branch, d.event.branch, "{kind}");
+
+        // Forged: signed with another secret.
+        let (headers, body) = form_delivery(kind, "push", "forged", &d.body, Some("not it"));
+        let (status, answer) = post_hook(addr, kind, &name, &headers, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{kind}: {answer}");
+        assert_eq!(answer["error"]["code"], "unauthorized");
+
+        // Signed over the wrong bytes: each forge's signature covers exactly what it
+        // signs, the form body (GitHub) or the JSON in it (Gitea, Forgejo), not the other.
+        let form = form_body(&d.body);
+        let other_bytes: &[u8] = match kind {
+            ForgeKind::Github => &d.body,
+            _ => &form,
+        };
+        let headers: Vec<(String, String)> =
+            forge_headers(kind, "push", "wrong-bytes", other_bytes, Some(SECRET))
+                .into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    "content-type" => (k, "application/x-www-form-urlencoded".into()),
+                    _ => (k, v),
+                })
+                .collect();
+        let (status, answer) = post_hook(addr, kind, &name, &headers, form.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{kind}: {answer}");
+
+        // A form without its `payload` field. GitHub signs the form body, so it is
+        // verified, then refused as malformed (400); Gitea and Forgejo sign the field
+        // itself, so without it nothing can be verified (401). Both say why.
+        let no_payload = b"payloads=%7B%7D&x=1".to_vec();
+        let headers: Vec<(String, String)> =
+            forge_headers(kind, "push", "no-payload", &no_payload, Some(SECRET))
+                .into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    "content-type" => (k, "application/x-www-form-urlencoded".into()),
+                    _ => (k, v),
+                })
+                .collect();
+        let (status, answer) = post_hook(addr, kind, &name, &headers, no_payload).await;
+        let expected = match kind {
+            ForgeKind::Github => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        assert_eq!(status, expected, "{kind}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("form-encoded body has no `payload` field"),
+            "{kind}: {message}"
+        );
+
+        // Only the push made a run, and no refused delivery was recorded: each of their
+        // ids, delivered properly, is new.
+        assert_eq!(runs(state, &repo).await.len(), 1, "{kind}");
+        for id in ["forged", "wrong-bytes", "no-payload"] {
+            let (headers, body) = form_delivery(kind, "push", id, &d.body, Some(SECRET));
+            let (status, answer) = post_hook(addr, kind, &name, &headers, body).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{kind} {id}: {answer}");
+        }
+    }
+}
+
+// ------------------------------------------------------------ what a parser needs
+
+/// Ignored actions are acknowledged from their action alone; handled ones must carry
+/// every field Slipway reads, and the 400 names the missing one.
+#[tokio::test]
+async fn ignored_actions_need_only_their_action_and_handled_ones_every_field() {
+    let env = TestServer::builder().build().await;
+    let state = &env.state;
+    let git = GitRepo::bare();
+    let mut repos = Vec::new();
+    for kind in [
+        ForgeKind::Github,
+        ForgeKind::Gitlab,
+        ForgeKind::Gitea,
+        ForgeKind::Forgejo,
+    ] {
+        let name = format!("strict/{kind}");
+        repos.push(register(state, &name, store_forge(kind), &git.url(), "main", true).await);
+    }
+    let stripped: &[(ForgeKind, &str, Value, &str)] = &[
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "closed" }),
+            "closed",
+        ),
+        (
+            ForgeKind::Github,
+            "pull_request",
+            json!({ "action": "labeled", "number": 3 }),
+            "labeled",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_kind": "merge_request", "object_attributes": { "action": "close" } }),
+            "close",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_kind": "merge_request", "object_attributes": { "action": "merge" } }),
+            "merge",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            json!({ "object_attributes": { "action": "approved" } }),
+            "approved",
+        ),
+        (
+            ForgeKind::Gitea,
+            "pull_request",
+            json!({ "action": "closed" }),
+            "closed",
+        ),
+        (
+            ForgeKind::Forgejo,
+            "pull_request",
+            json!({ "action": "label_updated" }),
+            "label_updated",
+        ),
+        // A branch deletion needs no more than its ref and `after`.
+        (
+            ForgeKind::Gitea,
+            "push",
+            json!({ "ref": "refs/heads/gone", "after": "0".repeat(40) }),
+            "deleted",
+        ),
+    ];
+    for (i, (kind, event, payload, reason)) in stripped.iter().enumerate() {
+        let name = format!("strict/{kind}");
+        let body = serde_json::to_vec(payload).unwrap();
+        let (status, answer) = deliver(state, *kind, &name, event, &format!("s-{i}"), &body).await;
+        assert_eq!(status, StatusCode::OK, "{kind} {payload}: {answer}");
+        assert!(
+            answer["ignored"].as_str().unwrap().contains(reason),
+            "{kind} {payload}: {answer}"
+        );
+    }
+
+    // Handled actions: a missing field Slipway reads is a 400 that names it.
+    let remove = |file: &str, path: &[&str]| {
+        let mut v: Value = serde_json::from_slice(&fixture(file)).unwrap();
+        let (last, parents) = path.split_last().unwrap();
+        let mut at = &mut v;
+        for p in parents {
+            at = &mut at[*p];
+        }
+        at.as_object_mut()
+            .unwrap()
+            .remove(*last)
+            .expect("the field exists");
+        serde_json::to_vec(&v).unwrap()
+    };
+    let missing: &[(ForgeKind, &str, &str, &[&str], &str)] = &[
+        (
+            ForgeKind::Github,
+            "pull_request",
+            "github/pull_request_opened.json",
+            &["pull_request", "head"],
+            "pull_request: missing field `head`",
+        ),
+        (
+            ForgeKind::Github,
+            "push",
+            "github/push.json",
+            &["repository", "full_name"],
+            "repository: missing field `full_name`",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Merge Request Hook",
+            "gitlab/merge_request_open.json",
+            &["object_attributes", "last_commit"],
+            "object_attributes: missing field `last_commit`",
+        ),
+        (
+            ForgeKind::Gitlab,
+            "Push Hook",
+            "gitlab/push.json",
+            &["project", "path_with_namespace"],
+            "project: missing field `path_with_namespace`",
+        ),
+        (
+            ForgeKind::Gitea,
+            "pull_request",
+            "gitea/pull_request_opened.json",
+            &["pull_request", "head"],
+            "pull_request: missing field `head`",
+        ),
+        (
+            ForgeKind::Forgejo,
+            "pull_request",
+            "forgejo/pull_request_opened.json",
+            &["pull_request", "base", "sha"],
+            "pull_request.base: missing field `sha`",
+        ),
+    ];
+    for (i, (kind, event, file, path, expected)) in missing.iter().enumerate() {
+        let name = format!("strict/{kind}");
+        let body = remove(file, path);
+        let (status, answer) = deliver(state, *kind, &name, event, &format!("m-{i}"), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{file}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{file}: {message}");
+    }
+    for repo in &repos {
+        assert!(runs(state, repo).await.is_empty(), "{}", repo.name);
+    }
+}
+
+// ------------------------------------------------------------ which repository
+
+/// The payload's repository in each forge's shape: its path and clone URL.
+fn set_repository(kind: ForgeKind, body: &[u8], path: &str, clone_url: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(body).unwrap();
+    match kind {
+        ForgeKind::Gitlab => {
+            v["project"]["path_with_namespace"] = json!(path);
+            v["project"]["git_http_url"] = json!(clone_url);
+        }
+        _ => {
+            v["repository"]["full_name"] = json!(path);
+            v["repository"]["clone_url"] = json!(clone_url);
+        }
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// An organisation-level hook reusing one repository's secret signs every repository's
+/// pushes with it: only those about the registered repository (by path on the forge,
+/// or by clone URL) are filed under it.
+#[tokio::test]
+async fn a_signed_push_for_another_repository_is_refused_and_nothing_recorded() {
+    let env = TestServer::builder().build().await;
+    let state = &env.state;
+    let addr = env.serve_routes().await;
+    for (kind, event, push_fixture) in [
+        (ForgeKind::Github, "push", "github/push.json"),
+        (ForgeKind::Gitlab, "Push Hook", "gitlab/push.json"),
+        (ForgeKind::Gitea, "push", "gitea/push.json"),
+        (ForgeKind::Forgejo, "push", "forgejo/push.json"),
+    ] {
+        let mut git = GitRepo::bare();
+        let d = adapt_fixture(
+            &mut git,
+            kind,
+            event,
+            push_fixture,
+            &[(".slipway.yml", PIPELINE)],
+            &[(".slipway.yml", PIPELINE)],
+        );
+        let name = format!("team/app-{kind}");
+        let repo = register(state, &name, store_forge(kind), &git.url(), "main", true).await;
+
+        // Another repository of the same organisation, correctly signed: refused.
+        let other = set_repository(
+            kind,
+            &d.body,
+            "team/other",
+            "https://forge.example/team/other.git",
+        );
+        let headers = forge_headers(kind, event, "org-1", &other, Some(SECRET));
+        let (status, answer) = post_hook(addr, kind, &name, &headers, other).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{kind}: {answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            format!("payload is for repository team/other, this hook is for {name}"),
+            "{kind}"
+        );
+        assert!(runs(state, &repo).await.is_empty(), "{kind}: no run");
+
+        // The registered repository's own push — by path on the forge, in another
+        // case, from another clone URL (e.g. SSH registered, HTTPS in the payload)…
+        let own = set_repository(
+            kind,
+            &d.body,
+            &name.to_uppercase(),
+            "https://forge.example/elsewhere.git",
+        );
+        let headers = forge_headers(kind, event, "own-1", &own, Some(SECRET));
+        let (status, answer) = post_hook(addr, kind, &name, &headers, own).await;
+        assert_eq!(
+            (status, &answer),
+            (StatusCode::ACCEPTED, &json!({ "run": 1 })),
+            "{kind}"
+        );
+        // …or by clone URL, the repository being registered under another name than
+        // its path on the forge (the fixture's path is not `team/app-…`). The refused
+        // delivery's id was not recorded: delivered so, it is new.
+        assert_ne!(d.event.repository.to_lowercase(), name, "{kind}");
+        let headers = forge_headers(kind, event, "org-1", &d.body, Some(SECRET));
+        let (status, answer) = post_hook(addr, kind, &name, &headers, d.body.clone()).await;
+        assert_eq!(
+            (status, &answer),
+            (StatusCode::ACCEPTED, &json!({ "run": 2 })),
+            "{kind}"
+        );
+        assert_eq!(runs(state, &repo).await.len(), 2, "{kind}");
+    }
+
+    // A repository renamed on the forge: its pushes carry the new path and clone URL,
+    // refused until the registration's clone URL is updated (what `slipway repo edit
+    // --clone-url` sends), then filed under the repository as registered.
+    let name = format!("team/app-{}", ForgeKind::Github);
+    let repo = state.store.get_repo_by_name(&name).await.unwrap();
+    let renamed_url = "https://forge.example/team/renamed.git";
+    let mut git = GitRepo::bare();
+    let d = adapt_fixture(
+        &mut git,
+        ForgeKind::Github,
+        "push",
+        "github/push.json",
+        &[(".slipway.yml", PIPELINE)],
+        &[(".slipway.yml", PIPELINE)],
+    );
+    let renamed = set_repository(ForgeKind::Github, &d.body, "team/renamed", renamed_url);
+    let headers = forge_headers(
+        ForgeKind::Github,
+        "push",
+        "renamed-1",
+        &renamed,
+        Some(SECRET),
+    );
+    let (status, answer) =
+        post_hook(addr, ForgeKind::Github, &name, &headers, renamed.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let admin = env.token("admin", TokenScope::Admin).await;
+    let edited = reqwest::Client::new()
+        .patch(format!("http://{addr}/api/repos/{name}"))
+        .bearer_auth(&admin)
+        .json(&json!({ "clone_url": renamed_url }))
+        .send()
+        .await
+        .unwrap();
+    assert!(edited.status().is_success(), "{}", edited.status());
+    let (status, answer) = post_hook(addr, ForgeKind::Github, &name, &headers, renamed).await;
+    assert_eq!(
+        (status, answer),
+        (StatusCode::ACCEPTED, json!({ "run": 3 }))
+    );
+    assert_eq!(runs(state, &repo).await.len(), 3);
 }
 
 // ------------------------------------------------------------ size limits, real sockets

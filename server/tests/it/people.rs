@@ -787,7 +787,7 @@ async fn a_spoofed_commit_author_never_attributes_a_run(db: Dialect) {
                 "id": sha, "message": "work",
                 "author": {"name": "alice", "email": "alice@example.com", "username": "alice"},
             },
-            "repository": {"id": 1, "clone_url": url},
+            "repository": {"id": 1, "clone_url": url, "full_name": "team/app"},
             "pusher": {"name": "alice", "email": "alice@example.com"},
         });
         if let Some(s) = sender {

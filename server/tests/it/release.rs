@@ -713,7 +713,7 @@ async fn refusals_are_clear_and_on_the_record(db: Dialect) {
     );
     let payload = json!({
         "ref": "refs/heads/main", "before": "0".repeat(40), "after": web_sha,
-        "repository": { "id": 7, "clone_url": web.to_str().unwrap() },
+        "repository": { "id": 7, "clone_url": web.to_str().unwrap(), "full_name": "team/web" },
         "head_commit": { "id": web_sha, "message": "web" },
         "pusher": { "name": "rm2-gh" }, "sender": { "login": "rm2-gh" },
     })

@@ -127,6 +127,41 @@ pub fn forge_headers(
     h
 }
 
+/// A form-encoded delivery of the JSON `payload`, as a forge in form mode sends it: the
+/// body `payload=<urlencoded JSON>` (encoded like Go's `url.Values.Encode`, `+` for a
+/// space), signed as each forge signs it — GitHub the form body as sent, Gitea and
+/// Forgejo the JSON before it was encoded (`services/webhook/deliver.go`).
+pub fn form_delivery(
+    kind: ForgeKind,
+    event: &str,
+    delivery: &str,
+    payload: &[u8],
+    secret: Option<&str>,
+) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = form_body(payload);
+    let signed: &[u8] = match kind {
+        ForgeKind::Github => &body,
+        _ => payload,
+    };
+    let headers = forge_headers(kind, event, delivery, signed, secret)
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "content-type" {
+                (k, "application/x-www-form-urlencoded".to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    (headers, body)
+}
+
+/// `payload=<urlencoded payload>`.
+pub fn form_body(payload: &[u8]) -> Vec<u8> {
+    let encoded: String = form_urlencoded::byte_serialize(payload).collect();
+    format!("payload={encoded}").into_bytes()
+}
+
 pub fn hook_request(
     kind: ForgeKind,
     repo: &str,
@@ -167,8 +202,11 @@ pub fn parse_event(kind: ForgeKind, event: &str, body: &[u8]) -> ForgeEvent {
 }
 
 /// A fixture re-pointed at real commits of `git`: the commits the payload names are
-/// created (with `files` at the new tip, `base_files` at the old one/the PR base) and
-/// every full commit id of the original payload is replaced by the real one.
+/// created (with `files` at the new tip, `base_files` at the old one/the PR base),
+/// every full commit id of the original payload is replaced by the real one, and the
+/// repository's clone URL by `git`'s — the URL repositories in the tests are
+/// registered with, which is how the server knows the payload is about them whatever
+/// name they are registered under.
 pub struct Delivery {
     pub body: Vec<u8>,
     pub event: ForgeEvent,
@@ -208,9 +246,12 @@ pub fn adapt_fixture(
     if let Some(before) = &ev.before {
         text = text.replace(before, &base.to_string());
     }
+    let json_str = |s: &str| serde_json::to_string(s).unwrap();
+    text = text.replace(&json_str(&ev.clone_url), &json_str(&git.url()));
     let body = text.into_bytes();
     let event = parse_event(kind, event_name, &body);
     assert_eq!(event.after, head.to_string(), "{fixture_path} re-pointed");
+    assert_eq!(event.clone_url, git.url(), "{fixture_path} re-pointed");
     Delivery {
         body,
         event,
