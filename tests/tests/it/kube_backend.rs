@@ -301,3 +301,41 @@ async fn sweep_removes_only_this_runners_pods() {
     b.destroy_stage(&hb).await.unwrap();
     d.shutdown().await;
 }
+
+/// A log stream cut mid-step — the API server or kubelet restarting, a load balancer
+/// closing a connection it thinks idle — is read on from the last line received
+/// (`sinceTime` and the lines' timestamps): every line arrives once, in order, and
+/// the step's result is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stream_cut_mid_step_is_read_on_without_loss_or_repeats() {
+    let d = kube_support::double().await;
+    let runner = unique_runner("logcut");
+    let backend = KubernetesBackend::new(d.client(), options(&runner)).unwrap();
+    let script = "i=1; while [ $i -le 60 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.05; done";
+    let spec = stage("logcut", &Some(image()), &[script]);
+    let log_requests = |d: &tests::kube_double::KubeDouble| -> u64 {
+        d.requests()
+            .iter()
+            .filter(|(route, _)| route.ends_with("/log"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let before = log_requests(&d);
+    let cuts = async {
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            d.cut_log_streams();
+        }
+    };
+    let (r, ()) = tokio::join!(run(&backend, &spec), cuts);
+    assert!(r.outcome.status.is_success(), "{:?}", r.outcome.status);
+    let expected: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
+    assert_eq!(r.text(0, runner::LogStreamKind::Stdout), expected);
+    // The streams were really cut and opened again (the step ran for ~3 s).
+    assert!(
+        log_requests(&d) - before >= 3,
+        "log requests: {:?}",
+        d.requests()
+    );
+    d.shutdown().await;
+}
