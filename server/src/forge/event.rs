@@ -58,6 +58,8 @@ pub struct ForgeEvent {
     pub after: String,
     /// Clone URL of the repository the webhook belongs to (the PR's base repository).
     pub clone_url: String,
+    /// the forge's full path of the repository the payload is about, e.g. `owner/name` or GitLab's `path_with_namespace`
+    pub repository: String,
     pub pr: Option<PullRequest>,
     /// Head commit message for pushes, title for pull requests.
     pub message: String,
@@ -87,6 +89,11 @@ pub enum Parsed {
         reason: String,
     },
     Event(ForgeEvent),
+    /// Several refs updated by one delivery (a Bitbucket push lists every updated
+    /// branch and tag in `changes[]`): one run each, as `slipway hook` makes one run
+    /// per updated ref. Never empty and never a single event (that is
+    /// [`Parsed::Event`]), so a delivery's run count does not depend on the forge.
+    Events(Vec<ForgeEvent>),
 }
 
 /// A delivery that claims to be a handled event but cannot be understood: 400.
@@ -197,6 +204,7 @@ pub(super) struct PushParts<'a> {
     pub tag_commit: Option<&'a str>,
     pub deleted: bool,
     pub clone_url: &'a str,
+    pub repository: &'a str,
     pub message: &'a str,
     pub author: &'a str,
     pub sender: Option<&'a str>,
@@ -237,6 +245,7 @@ pub(super) fn push_event(p: PushParts<'_>) -> Result<Parsed, PayloadError> {
         before: before_of(p.event, p.before)?,
         after: after.to_ascii_lowercase(),
         clone_url: p.clone_url.to_owned(),
+        repository: p.repository.to_owned(),
         pr: None,
         message: p.message.to_owned(),
         author: p.author.to_owned(),

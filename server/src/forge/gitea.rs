@@ -16,6 +16,9 @@ use super::{Event, ForgeKind};
 #[derive(Deserialize)]
 struct Repo {
     clone_url: String,
+    /// `owner/name`.
+    #[serde(default)]
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +119,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         // Gitea has no `deleted` flag; a deletion has an all-zero `after`.
         deleted: false,
         clone_url: &p.repository.clone_url,
+        repository: &p.repository.full_name,
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
         sender: p.sender.as_ref().map(User::name),
@@ -161,6 +165,7 @@ fn pull_request(kind: ForgeKind, event: &str, body: &[u8]) -> Result<Parsed, Pay
         before: None,
         after: pr.head.sha.to_ascii_lowercase(),
         clone_url: e.repository.clone_url,
+        repository: e.repository.full_name,
         pr: Some(PullRequest {
             number: e.number,
             action,

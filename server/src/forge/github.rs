@@ -16,6 +16,9 @@ use super::{Event, ForgeKind};
 struct Repo {
     id: u64,
     clone_url: String,
+    /// `owner/name`.
+    #[serde(default)]
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +118,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         tag_commit: p.head_commit.as_ref().map(|c| c.id.as_str()),
         deleted: p.deleted,
         clone_url: &p.repository.clone_url,
+        repository: &p.repository.full_name,
         message: p.head_commit.as_ref().map_or("", |c| c.message.as_str()),
         author,
         sender: p.sender.as_ref().map(|s| s.login.as_str()),
@@ -165,6 +169,7 @@ fn pull_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         before,
         after: pr.head.sha.to_ascii_lowercase(),
         clone_url: e.repository.clone_url,
+        repository: e.repository.full_name,
         pr: Some(PullRequest {
             number: e.number,
             action,

@@ -14,6 +14,9 @@ use super::{Event, ForgeKind};
 #[derive(Deserialize)]
 struct Project {
     git_http_url: String,
+    /// `group/subgroup/project`.
+    #[serde(default)]
+    path_with_namespace: String,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +120,7 @@ fn push(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         tag_commit: p.checkout_sha.as_deref(),
         deleted: false,
         clone_url: &p.project.git_http_url,
+        repository: &p.project.path_with_namespace,
         message,
         author,
         sender: p.user_username.as_deref(),
@@ -173,6 +177,7 @@ fn merge_request(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
         before,
         after: head_sha.clone(),
         clone_url: mr.project.git_http_url,
+        repository: mr.project.path_with_namespace,
         pr: Some(PullRequest {
             number: a.iid,
             action,

@@ -6,6 +6,9 @@
 //!   `{state, name, target_url, description, ref}`, `PRIVATE-TOKEN`.
 //! * Gitea/Forgejo: `POST {api}/repos/{owner}/{repo}/statuses/{sha}`, JSON
 //!   `{state, target_url, description, context}`, `Authorization: token`.
+//! * Bitbucket Cloud and Data Center: see [`super::status_bitbucket`] and
+//!   [`super::status_bitbucket_dc`].
+//! * Gitee: its API v5 has no commit-status endpoint; [`StatusError::Unsupported`].
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::ForgeKind;
+use super::{ForgeKind, status_bitbucket, status_bitbucket_dc};
 
 /// Slipway's view of a run's state, mapped per forge by [`StatusReporter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,7 +93,7 @@ pub enum StatusError {
     /// unparseable API base).
     #[error("invalid status request for {forge}: {reason}")]
     Invalid { forge: ForgeKind, reason: String },
-    /// Plain git servers have no status API.
+    /// Plain git servers and Gitee have no status API.
     #[error("`{0}` has no commit status API")]
     Unsupported(ForgeKind),
 }
@@ -114,6 +117,7 @@ pub fn description_limit(kind: ForgeKind) -> usize {
     match kind {
         ForgeKind::Github => 140,
         ForgeKind::Gitlab | ForgeKind::Gitea | ForgeKind::Forgejo | ForgeKind::Git => 255,
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc | ForgeKind::Gitee => 255,
     }
 }
 
@@ -196,7 +200,7 @@ struct Request {
 fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request, StatusError> {
     let forge = target.kind;
     let invalid = |reason: String| StatusError::Invalid { forge, reason };
-    if forge == ForgeKind::Git {
+    if !forge.has_status_api() {
         return Err(StatusError::Unsupported(forge));
     }
     // The sha goes into the URL path: accept only a full hex commit id.
@@ -215,6 +219,16 @@ fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request
                 "/projects/{}/statuses/{sha}",
                 encode_segment(target.repo_path.trim_matches('/'))
             )
+        }
+        ForgeKind::Bitbucket => {
+            let (workspace, slug) = owner_and_name(&target.repo_path)
+                .ok_or_else(|| invalid("repo_path must be `workspace/repo_slug`".into()))?;
+            status_bitbucket::path(&encode_segment(workspace), &encode_segment(slug), sha)
+        }
+        ForgeKind::BitbucketDc => {
+            let (project, slug) = owner_and_name(&target.repo_path)
+                .ok_or_else(|| invalid("repo_path must be `PROJECT/repo_slug`".into()))?;
+            status_bitbucket_dc::path(&encode_segment(project), &encode_segment(slug), sha)
         }
         _ => {
             let (owner, name) = owner_and_name(&target.repo_path)
@@ -283,7 +297,21 @@ fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request
                 secret_header(format!("token {}", target.token))?,
             ));
         }
-        ForgeKind::Git => return Err(StatusError::Unsupported(forge)),
+        ForgeKind::Bitbucket => {
+            status_bitbucket::body(&mut body, &status.context);
+            headers.extend(status_bitbucket::headers(secret_header(format!(
+                "Bearer {}",
+                target.token
+            ))?));
+        }
+        ForgeKind::BitbucketDc => {
+            status_bitbucket_dc::body(&mut body, &status.context, status.git_ref.as_deref());
+            headers.extend(status_bitbucket_dc::headers(secret_header(format!(
+                "Bearer {}",
+                target.token
+            ))?));
+        }
+        ForgeKind::Gitee | ForgeKind::Git => return Err(StatusError::Unsupported(forge)),
     }
     Ok(Request {
         url,
@@ -308,6 +336,8 @@ fn state_for(forge: ForgeKind, state: State) -> &'static str {
             State::Failure | State::Error => "failed",
             State::Cancelled => "canceled",
         },
+        ForgeKind::Bitbucket => status_bitbucket::state(state),
+        ForgeKind::BitbucketDc => status_bitbucket_dc::state(state),
         _ => match state {
             State::Pending | State::Running => "pending",
             State::Success => "success",
@@ -383,6 +413,12 @@ fn strip_userinfo(url: &str) -> String {
 /// * Gitea/Forgejo → `https://host[/prefix]/api/v1`; the prefix supports instances
 ///   served under a sub-path (their clone URLs are `…/prefix/owner/repo.git`).
 ///
+/// * Bitbucket Cloud: `bitbucket.org` → `https://api.bitbucket.org`; any other host
+///   (a proxy or stand-in serving the same API) → its origin.
+/// * Bitbucket Data Center → the instance's base URL, `https://host[/context]`: HTTP
+///   clone URLs are `…/context/scm/PROJECT/slug.git`, so everything before `scm`.
+/// * Gitee → `https://host/api/v5` (used for nothing yet: it has no status API).
+///
 /// HTTP(S) clone URLs keep their scheme and port. SSH clone URLs
 /// (`git@host:owner/repo.git`, `ssh://git@host:2222/owner/repo.git`) map to
 /// `https://host` — the SSH port says nothing about the web port. Credentials in the
@@ -396,9 +432,26 @@ pub fn api_base_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
     if kind == ForgeKind::Github && host.eq_ignore_ascii_case("github.com") {
         return Some("https://api.github.com".into());
     }
+    if kind == ForgeKind::Bitbucket && host.eq_ignore_ascii_case("bitbucket.org") {
+        return Some("https://api.bitbucket.org".into());
+    }
     Some(match kind {
         ForgeKind::Github => format!("{origin}/api/v3"),
         ForgeKind::Gitlab => format!("{origin}/api/v4"),
+        ForgeKind::Gitee => format!("{origin}/api/v5"),
+        ForgeKind::Bitbucket => origin,
+        ForgeKind::BitbucketDc => {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let context = match segments.iter().rposition(|s| *s == "scm") {
+                Some(i) => segments[..i].join("/"),
+                None => segments[..segments.len().saturating_sub(2)].join("/"),
+            };
+            if context.is_empty() {
+                origin
+            } else {
+                format!("{origin}/{context}")
+            }
+        }
         _ => {
             // Everything before the trailing `owner/repo` is the instance's sub-path.
             let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -417,7 +470,8 @@ pub fn api_base_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
 }
 
 /// The `repo_path` for a [`StatusTarget`], derived from a clone URL: `owner/name` for
-/// GitHub/Gitea/Forgejo (last two path segments), the full project path for GitLab
+/// GitHub/Gitea/Forgejo/Gitee, `workspace/slug` for Bitbucket Cloud and `PROJECT/slug`
+/// for Bitbucket Data Center (last two path segments), the full project path for GitLab
 /// (which may have nested groups, so it assumes GitLab is served at the host root).
 pub fn repo_path_for(kind: ForgeKind, clone_url: &str) -> Option<String> {
     if kind == ForgeKind::Git {

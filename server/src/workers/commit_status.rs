@@ -95,10 +95,15 @@ pub async fn report_run(
 ) -> anyhow::Result<bool> {
     let run = state.store.get_run(run_id).await?;
     let repo = state.store.get_repo(run.repo_id).await?;
-    let (Some(kind), Some(token_enc)) = (
-        (repo.forge != ForgeKind::Git).then_some(repo.forge),
-        &repo.forge_token_enc,
-    ) else {
+    if !repo.forge.has_status_api() {
+        // Plain git has no API; Gitee's API v5 has no commit-status endpoint. Nothing
+        // is wrong, there is just nowhere to report to.
+        if repo.forge != ForgeKind::Git {
+            tracing::debug!(repo = %repo.name, forge = %repo.forge, run = run_id, "forge has no commit status API; status not reported");
+        }
+        return Ok(false);
+    }
+    let (kind, Some(token_enc)) = (repo.forge, &repo.forge_token_enc) else {
         return Ok(false);
     };
     let token = state
