@@ -121,9 +121,52 @@ pub fn forge_headers(
                 add("x-forgejo-signature", hmac_hex(s.as_bytes(), body));
             }
         }
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => {
+            add("x-event-key", event.into());
+            let id_header = if kind == ForgeKind::Bitbucket {
+                "x-request-uuid"
+            } else {
+                "x-request-id"
+            };
+            add(id_header, delivery.into());
+            if let Some(s) = secret {
+                add(
+                    "x-hub-signature",
+                    format!("sha256={}", hmac_hex(s.as_bytes(), body)),
+                );
+            }
+        }
+        ForgeKind::Gitee => {
+            // Gitee sends no delivery id; the server derives one from the timestamp and
+            // the body, so `delivery` goes nowhere.
+            let _ = delivery;
+            add("x-gitee-event", event.into());
+            if let Some(s) = secret {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                add("x-gitee-timestamp", now_ms.to_string());
+                add(
+                    "x-gitee-token",
+                    gitee_sign(s.as_bytes(), &now_ms.to_string()),
+                );
+            }
+        }
         ForgeKind::Git => {}
     }
     h
+}
+
+/// Gitee's signature (help "WebHook 密钥验证和验证算法"): base64 of HMAC-SHA256 keyed
+/// with the secret over `timestamp + "\n" + secret`.
+pub fn gitee_sign(secret: &[u8], timestamp: &str) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b"\n");
+    mac.update(secret);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 pub fn hook_request(
