@@ -1,17 +1,14 @@
--- no-transaction
 -- Bitbucket Cloud (`bitbucket`), Bitbucket Data Center (`bitbucket-dc`) and Gitee
 -- (`gitee`) join the forges a repository or an identity may name. SQLite dialect; keep
 -- in step with ../postgres/0011_more_forges.sql.
 --
 -- SQLite cannot alter a CHECK constraint, so `repos` and `identities` are rebuilt the way
--- SQLite's "ALTER TABLE" page prescribes: with foreign keys off (they can only be
--- switched outside a transaction, hence `no-transaction` above and the explicit
--- transaction below), create the new table, copy, drop the old one, rename. With
--- foreign keys on, dropping `repos` would cascade-delete every run, secret and artifact
--- row. The AUTOINCREMENT high-water marks are carried over so ids of deleted rows are
--- never reused.
-PRAGMA foreign_keys = OFF;
-BEGIN;
+-- SQLite's "ALTER TABLE" page prescribes: create the new table, copy, drop the old one,
+-- rename. Store::migrate runs migrations with foreign keys off (and checks them after):
+-- with them on, dropping `repos` would cascade-delete every run, secret and artifact row,
+-- and renaming would re-point the children's REFERENCES at the old name. The
+-- AUTOINCREMENT high-water marks are carried over so ids of deleted rows are never
+-- reused.
 
 CREATE TABLE repos_new (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,6 +49,3 @@ DELETE FROM sqlite_sequence WHERE name = 'identities_new';
 INSERT INTO sqlite_sequence (name, seq) SELECT 'identities_new', seq FROM sqlite_sequence WHERE name = 'identities';
 DROP TABLE identities;
 ALTER TABLE identities_new RENAME TO identities;
-
-COMMIT;
-PRAGMA foreign_keys = ON;
