@@ -1108,3 +1108,106 @@ fn repo_add_accepts_the_new_forges_on_the_command_line() {
     assert!(listed.contains("ws/app\tbitbucket\t"), "{listed}");
     assert!(listed.contains("own/app\tgitee\t"), "{listed}");
 }
+
+/// Migration 0011 rebuilds `repos` and `identities` on SQLite: re-run on a database
+/// holding repositories, runs and identities, it keeps every child row (dropping the
+/// old table must not cascade), the AUTOINCREMENT high-water mark and the children's
+/// foreign keys, and accepts the new names afterwards.
+#[tokio::test]
+async fn the_sqlite_rebuild_of_0011_keeps_children_and_ids() {
+    use sqlx::{Connection, Row, SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("db.sqlite").display());
+    let store = store::Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+
+    let mut c = SqliteConnection::connect(&url).await.unwrap();
+    for sql in [
+        "PRAGMA foreign_keys = ON",
+        "INSERT INTO users (name, password_hash, created_at) VALUES ('ada', 'x', 0)",
+        "INSERT INTO repos (name, forge, clone_url, default_branch, webhook_secret_enc, created_at) \
+         VALUES ('a/one', 'github', '/x', 'main', x'00', 0), ('a/two', 'gitea', '/y', 'main', x'00', 0)",
+        "INSERT INTO runs (repo_id, number, status, trigger_kind, event, git_ref, sha, created_at) \
+         VALUES (1, 1, 'success', 'manual', 'manual', 'refs/heads/main', 'abc', 0)",
+        "INSERT INTO identities (user_id, forge, login, created_at) VALUES (1, 'github', 'ada', 0)",
+        // A deleted repository: its id must not come back.
+        "DELETE FROM repos WHERE name = 'a/two'",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    c.close().await.unwrap();
+
+    let store = store::Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+
+    let mut c = SqliteConnection::connect(&url).await.unwrap();
+    let count = |sql: &'static str| sqlx::query(sql);
+    let runs: i64 = count("SELECT COUNT(*) FROM runs")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        runs, 1,
+        "the run survived the rebuild of its repository's table"
+    );
+    let ids: i64 = count("SELECT COUNT(*) FROM identities")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ids, 1);
+    let seq: i64 = count("SELECT seq FROM sqlite_sequence WHERE name = 'repos'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seq, 2, "the high-water mark is kept");
+    let parent: String =
+        count("SELECT \"table\" FROM pragma_foreign_key_list('runs') WHERE \"from\" = 'repo_id'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(parent, "repos");
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO repos (name, forge, clone_url, default_branch, webhook_secret_enc, created_at) \
+         VALUES ('a/three', 'bitbucket-dc', '/z', 'main', x'00', 0)",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let id: i64 = count("SELECT id FROM repos WHERE name = 'a/three'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 3);
+    let refused = sqlx::query(
+        "INSERT INTO identities (user_id, forge, login, created_at) VALUES (1, 'svn', 'x', 0)",
+    )
+    .execute(&mut c)
+    .await;
+    assert!(refused.is_err(), "the CHECK still refuses unknown forges");
+    // Deleting the repository still cascades to its runs: the foreign keys work.
+    sqlx::query("DELETE FROM repos WHERE id = 1")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let runs: i64 = count("SELECT COUNT(*) FROM runs")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0);
+}
