@@ -336,8 +336,15 @@ fn state_for(forge: ForgeKind, state: State) -> &'static str {
             State::Failure | State::Error => "failed",
             State::Cancelled => "canceled",
         },
-        ForgeKind::Bitbucket => status_bitbucket::state(state),
-        ForgeKind::BitbucketDc => status_bitbucket_dc::state(state),
+        // Bitbucket: `INPROGRESS|SUCCESSFUL|FAILED`, and for a cancelled run Cloud's
+        // `STOPPED` or Data Center's `CANCELLED`; an infrastructure error is `FAILED`.
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => match state {
+            State::Pending | State::Running => "INPROGRESS",
+            State::Success => "SUCCESSFUL",
+            State::Failure | State::Error => "FAILED",
+            State::Cancelled if forge == ForgeKind::Bitbucket => "STOPPED",
+            State::Cancelled => "CANCELLED",
+        },
         _ => match state {
             State::Pending | State::Running => "pending",
             State::Success => "success",

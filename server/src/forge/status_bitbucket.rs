@@ -7,22 +7,9 @@
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::status::State;
-
 /// The URL path below the API base (`https://api.bitbucket.org`).
 pub(super) fn path(workspace: &str, slug: &str, sha: &str) -> String {
     format!("/2.0/repositories/{workspace}/{slug}/commit/{sha}/statuses/build")
-}
-
-/// Bitbucket Cloud's states: `INPROGRESS|SUCCESSFUL|FAILED|STOPPED`. A cancelled run
-/// is `STOPPED`; an infrastructure error is `FAILED`, the only other terminal state.
-pub(super) fn state(state: State) -> &'static str {
-    match state {
-        State::Pending | State::Running => "INPROGRESS",
-        State::Success => "SUCCESSFUL",
-        State::Failure | State::Error => "FAILED",
-        State::Cancelled => "STOPPED",
-    }
 }
 
 /// Reshape the common body (`state`, `description`, `target_url`) into Bitbucket's:

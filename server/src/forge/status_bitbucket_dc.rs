@@ -13,21 +13,9 @@
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::status::State;
-
 /// The URL path below the instance's base URL (`https://host[/context]`).
 pub(super) fn path(project: &str, slug: &str, sha: &str) -> String {
     format!("/rest/api/latest/projects/{project}/repos/{slug}/commits/{sha}/builds")
-}
-
-/// `INPROGRESS|SUCCESSFUL|FAILED|CANCELLED`; an infrastructure error is `FAILED`.
-pub(super) fn state(state: State) -> &'static str {
-    match state {
-        State::Pending | State::Running => "INPROGRESS",
-        State::Success => "SUCCESSFUL",
-        State::Failure | State::Error => "FAILED",
-        State::Cancelled => "CANCELLED",
-    }
 }
 
 /// Reshape the common body into Bitbucket's (`url`, `key`, `name`) and add the ref the
