@@ -9,10 +9,13 @@
 //! * Gitee has no "synchronize" action: new commits on a pull request's source branch
 //!   arrive as `action: update` with `action_desc: source_branch_changed`; other
 //!   updates (labels, title, reviewers) are ignored.
+//! * The webhook page's "test" button sends `X-Gitee-Ping: true` with sample data:
+//!   answered as a ping.
 //! * Pull-request heads are published at `refs/pull/<number>/head` in the target
 //!   repository, forks included.
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use super::event::{
     ForgeEvent, Parsed, PayloadError, PrAction, PullRequest, PushParts, check_branch, check_sha,
@@ -104,6 +107,11 @@ struct PrEvent {
 
 pub(super) fn parse(event: &str, body: &[u8]) -> Result<Parsed, PayloadError> {
     match event {
+        // `X-Gitee-Ping: true`: the webhook page's "test" delivery (see `event_name`).
+        super::verify::GITEE_PING_EVENT => {
+            from_json::<IgnoredAny>(event, body)?;
+            Ok(Parsed::Ping)
+        }
         "Push Hook" | "Tag Push Hook" => push(event, body),
         "Merge Request Hook" => merge_request(event, body),
         other => Ok(unknown_event(ForgeKind::Gitee, other)),

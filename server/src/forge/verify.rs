@@ -334,10 +334,22 @@ pub fn delivery_id_with_body(kind: ForgeKind, headers: &HeaderMap, body: &[u8]) 
     Some(format!("gitee:{}", hex::encode(h.finalize())))
 }
 
+/// The event name [`event_name`] gives a Gitee delivery marked `X-Gitee-Ping: true`.
+pub const GITEE_PING_EVENT: &str = "X-Gitee-Ping";
+
 /// The event name header: `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event`, for
 /// Forgejo `X-Forgejo-Event` falling back to `X-Gitea-Event`, `X-Event-Key` for both
-/// Bitbucket editions and `X-Gitee-Event`. `None` when absent.
+/// Bitbucket editions and `X-Gitee-Event` (or [`GITEE_PING_EVENT`]). `None` when absent.
 pub fn event_name(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
+    // Gitee's "test" button sends a normal event header with `X-Gitee-Ping: true` and
+    // sample data; it is answered as the ping it is, not built.
+    let gitee_ping = headers
+        .get("x-gitee-ping")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if kind == ForgeKind::Gitee && gitee_ping {
+        return Some(GITEE_PING_EVENT.to_owned());
+    }
     let candidates: &[&str] = match kind {
         ForgeKind::Github => &["x-github-event"],
         ForgeKind::Gitlab => &["x-gitlab-event"],

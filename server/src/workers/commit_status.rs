@@ -106,6 +106,12 @@ pub async fn report_run(
     let (kind, Some(token_enc)) = (repo.forge, &repo.forge_token_enc) else {
         return Ok(false);
     };
+    if run.sha.len() < 40 {
+        // A Bitbucket Cloud pull request's abbreviated head, until the planner has
+        // resolved it: statuses need the full id.
+        tracing::debug!(repo = %repo.name, run = run_id, "commit id not resolved yet; status not reported");
+        return Ok(false);
+    }
     let token = state
         .secret_box
         .open(token_enc, &forge_token_aad(&repo.name))

@@ -844,6 +844,16 @@ async fn gitee_deliveries_are_verified_and_deduplicated_without_a_delivery_heade
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The webhook page's "test" delivery: a ping, whatever its event header says.
+    let mut ping = forge_headers(ForgeKind::Gitee, "Push Hook", "", &d.body, Some(SECRET));
+    ping.push(("x-gitee-ping".to_string(), "true".to_string()));
+    let (status, body) = send(
+        state,
+        hook_request(ForgeKind::Gitee, name, &ping, d.body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ping"], true, "{body}");
     // Password mode, another event that starts nothing: acknowledged.
     let note = vec![
         ("x-gitee-event".to_string(), "Note Hook".to_string()),
