@@ -1221,3 +1221,92 @@ async fn the_sqlite_rebuild_of_0011_keeps_children_and_ids() {
         .get(0);
     assert_eq!(runs, 0);
 }
+
+/// Every value of the new forges' fixtures replaced in turn by hostile values and
+/// other JSON types, parsed as each of that forge's events: an error or an ignore,
+/// never a panic.
+#[test]
+fn mutated_new_forge_payloads_never_panic() {
+    use serde_json::Value;
+    fn paths(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        let children: Vec<(String, &Value)> = match v {
+            Value::Object(m) => m.iter().map(|(k, c)| (k.clone(), c)).collect(),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i.to_string(), c))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (k, child) in children {
+            prefix.push(k);
+            paths(child, prefix, out);
+            prefix.pop();
+        }
+    }
+    fn at<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
+        path.iter().fold(v, |v, k| match v {
+            Value::Object(m) => m.get_mut(k).unwrap(),
+            Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        })
+    }
+    let replacements = [
+        Value::Null,
+        json!(""),
+        json!(-1),
+        json!([]),
+        json!({}),
+        json!("0000000000000000000000000000000000000000"),
+        json!("refs/heads/a..b"),
+        json!("é".repeat(300)),
+    ];
+    let sets: &[(ForgeKind, &[&str], &[&str])] = &[
+        (
+            ForgeKind::Bitbucket,
+            &["repo:push", "pullrequest:created"],
+            &[
+                "bitbucket/push_multi.json",
+                "bitbucket/pullrequest_created.json",
+            ],
+        ),
+        (
+            ForgeKind::BitbucketDc,
+            &[
+                "repo:refs_changed",
+                "pr:from_ref_updated",
+                "diagnostics:ping",
+            ],
+            &[
+                "bitbucket-dc/push.json",
+                "bitbucket-dc/pr_from_ref_updated.json",
+            ],
+        ),
+        (
+            ForgeKind::Gitee,
+            &["Push Hook", "Merge Request Hook"],
+            &["gitee/tag_push.json", "gitee/merge_request_update.json"],
+        ),
+    ];
+    let mut parses = 0usize;
+    for (kind, events, files) in sets {
+        for file in *files {
+            let original: Value = serde_json::from_slice(&fixture(file)).unwrap();
+            let mut all = Vec::new();
+            paths(&original, &mut Vec::new(), &mut all);
+            for path in &all {
+                for r in &replacements {
+                    let mut v = original.clone();
+                    *at(&mut v, path) = r.clone();
+                    let body = serde_json::to_vec(&v).unwrap();
+                    for event in *events {
+                        let _ = forge::parse(*kind, event, &body);
+                        parses += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(parses > 5_000, "only {parses} parses");
+}
