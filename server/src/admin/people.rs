@@ -70,12 +70,14 @@ pub fn normalise_login(login: &str) -> String {
     login.trim().to_lowercase()
 }
 
-/// `github:alice`, `gitlab:alice`, `gitea:alice`, `forgejo:alice` or `git:<email>`.
+/// `github:alice`, `gitlab:alice`, `gitea:alice`, `forgejo:alice`, `bitbucket:<account
+/// id>`, `bitbucket-dc:alice`, `gitee:alice` or `git:<email>`.
 pub fn parse_identity(s: &str) -> Result<(ForgeKind, String)> {
     let invalid = |why: &str| {
         Error::Invalid(format!(
             "invalid identity {:?}: {why} (expected `github:LOGIN`, `gitlab:LOGIN`, \
-             `gitea:LOGIN`, `forgejo:LOGIN` or `git:EMAIL`)",
+             `gitea:LOGIN`, `forgejo:LOGIN`, `bitbucket:ACCOUNT_ID`, `bitbucket-dc:LOGIN`, \
+             `gitee:LOGIN` or `git:EMAIL`)",
             s.chars().take(100).collect::<String>()
         ))
     };

@@ -403,14 +403,11 @@ pub fn mirror_credentials(
         .open(sealed, &state::forge_token_aad(&repo.name))
         .map_err(|e| Error::Internal(format!("forge token of {}: {e}", repo.name)))?;
     let token = Zeroizing::new(String::from_utf8_lossy(&token).into_owned());
-    let user = match repo.forge {
-        ForgeKind::Github => "x-access-token",
-        _ => "oauth2",
-    };
+    let forge = repo.forge;
     Ok(Some(Arc::new(
-        move |_url: &str, _user: Option<&str>, allowed: git2::CredentialType| {
+        move |_url: &str, user: Option<&str>, allowed: git2::CredentialType| {
             if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-                git2::Cred::userpass_plaintext(user, &token)
+                git2::Cred::userpass_plaintext(token_user(forge, user), &token)
             } else {
                 Err(git2::Error::from_str(
                     "the forge token only works over HTTPS",
@@ -443,10 +440,30 @@ pub fn fetch_credentials(state: &AppState, repo: &Repo) -> Option<Arc<Credential
             ForgeKind::Gitea | ForgeKind::Forgejo => {
                 git2::Cred::userpass_plaintext(&token, "x-oauth-basic")
             }
-            ForgeKind::Gitlab => git2::Cred::userpass_plaintext(user.unwrap_or("oauth2"), &token),
-            _ => git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token),
+            _ => git2::Cred::userpass_plaintext(token_user(forge, user), &token),
         }
     }))
+}
+
+/// The user name to send next to a forge token over HTTPS basic auth, when the clone
+/// URL names none (`user` is the one it names):
+///
+/// * GitHub: `x-access-token` (installation and fine-grained tokens).
+/// * Bitbucket Cloud: `x-token-auth`, what Atlassian documents for repository, project
+///   and workspace access tokens ("Using access tokens": `git clone
+///   https://x-token-auth:{token}@bitbucket.org/…`).
+/// * Bitbucket Data Center: a personal HTTP access token is a password for its owner,
+///   so put that user in the clone URL (`https://ci-bot@host/scm/…`). Project and
+///   repository tokens only work as `Bearer` headers, which git's basic auth cannot
+///   send; `x-token-auth` is only the fallback.
+/// * GitLab, Gitea's mirror fetches and Gitee: `oauth2`.
+pub fn token_user(forge: ForgeKind, user: Option<&str>) -> &str {
+    match (forge, user.filter(|u| !u.is_empty())) {
+        (_, Some(u)) => u,
+        (ForgeKind::Github, None) => "x-access-token",
+        (ForgeKind::Bitbucket | ForgeKind::BitbucketDc, None) => "x-token-auth",
+        (_, None) => "oauth2",
+    }
 }
 
 #[cfg(test)]

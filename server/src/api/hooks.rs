@@ -1,5 +1,6 @@
-//! Webhooks in: `POST /hooks/{forge}/{owner}/{name}` for GitHub, GitLab, Gitea and
-//! Forgejo, and `POST /hooks/git/{owner}/{name}` for plain git servers (`slipway hook`).
+//! Webhooks in: `POST /hooks/{forge}/{owner}/{name}` for GitHub, GitLab, Gitea,
+//! Forgejo, Bitbucket Cloud (`bitbucket`), Bitbucket Data Center (`bitbucket-dc`) and
+//! Gitee, and `POST /hooks/git/{owner}/{name}` for plain git servers (`slipway hook`).
 //!
 //! The handler's whole job is to decide, cheaply and safely, whether a delivery becomes
 //! a `pending` run, and to say so within milliseconds; the planner worker does the git
@@ -28,7 +29,9 @@
 //!    it: 403 "payload is for repository X, this hook is for Y", nothing stored.
 //! 6. **Accept**: the delivery id and the run are written in one transaction under a
 //!    unique index, so a repeated delivery is acknowledged (`{"duplicate": true}`) and
-//!    creates no second run however many copies race. Then the planner is woken.
+//!    creates no second run however many copies race. Then the planner is woken. A
+//!    Bitbucket push that updates several refs makes one run per ref, each under the
+//!    delivery id `<id>:<ref>` (`{"runs": [..]}`), like the plain-git hook.
 //!
 //! Plain git has no webhook signature: the post-receive hook authenticates with an API
 //! token of scope `hook` bound to that repository (a push to another one is 403), or
@@ -82,13 +85,18 @@ async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<R
 #[utoipa::path(
     post, path = "/hooks/{forge}/{*repo}", tag = "hooks",
     summary = "A forge's webhook delivery",
-    description = "Verified against the repository's webhook secret (GitHub, Gitea and Forgejo: \
-        HMAC-SHA256 signature; GitLab: the token header) on the bytes the forge signs, then a \
-        `pending` run is created for a push, tag or pull request of this repository. The body \
-        is JSON, or (GitHub, Gitea, Forgejo) `application/x-www-form-urlencoded` with the JSON \
-        in its `payload` field.",
+    description = "Verified against the repository's webhook secret on the bytes the forge \
+        signs (GitHub, Gitea, Forgejo, Bitbucket Cloud and Bitbucket Data Center: HMAC-SHA256 \
+        signature, Bitbucket's in `X-Hub-Signature: sha256=<hex>`; GitLab: the token header; \
+        Gitee: `X-Gitee-Token`, the password or — with `X-Gitee-Timestamp` — the signature of \
+        the timestamp, which must be within 10 minutes of the server's clock), then a `pending` \
+        run is created for a push, tag or pull request of this repository. The body is JSON, or \
+        (GitHub, Gitea, Forgejo) `application/x-www-form-urlencoded` with the JSON in its \
+        `payload` field. A Bitbucket push updating several refs creates one run per ref \
+        (`{\"runs\": [..]}`).",
     params(
-        ("forge" = String, Path, description = "`github`, `gitlab`, `gitea` or `forgejo`"),
+        ("forge" = String, Path, description = "`github`, `gitlab`, `gitea`, `forgejo`, \
+            `bitbucket` (Cloud), `bitbucket-dc` (Data Center) or `gitee`"),
         ("repo" = String, Path, description = "The repository's `owner/name`"),
     ),
     request_body(
@@ -99,12 +107,12 @@ async fn find_repo(state: &AppState, kind: ForgeKind, name: &str) -> ApiResult<R
         )
     ),
     responses(
-        (status = 202, description = "Accepted: a run was created"),
+        (status = 202, description = "Accepted: a run (or, for a multi-ref Bitbucket push, runs) was created"),
         (status = 200, description = "A ping, an ignored event or action, or a repeated delivery"),
         (status = 400, description = "No delivery id, a malformed payload or one missing a field \
             the event needs (named), or a GitHub form body without a `payload` field"),
         (status = 401, description = "Bad or missing signature (or a Gitea/Forgejo form body \
-            without the `payload` field they sign)"),
+            without the `payload` field they sign); a Gitee signature with a stale timestamp"),
         (status = 403, description = "Correctly signed, but the payload is about another \
             repository than the one this hook is registered for (e.g. an organisation-level hook \
             reusing its secret); nothing is stored"),
@@ -193,7 +201,7 @@ async fn handle_forge_hook(
     // Verified: its bytes no longer count against the budget for unverified bodies.
     drop(held);
 
-    let delivery = forge::delivery_id(kind, &headers)
+    let delivery = forge::delivery_id_with_body(kind, &headers, &payload)
         .ok_or_else(|| ApiError::bad_request("missing delivery id header"))?;
     let event_name = forge::event_name(kind, &headers)
         .ok_or_else(|| ApiError::bad_request("missing event header"))?;
@@ -224,6 +232,12 @@ async fn handle_forge_hook(
             let new = new_run_from_event(&repo, ev);
             accept(&state, &repo, &delivery, new).await
         }
+        Parsed::Events(events) => {
+            for ev in &events {
+                check_repository(&repo, ev)?;
+            }
+            accept_each(&state, &repo, &delivery, events).await
+        }
     }
 }
 
@@ -248,6 +262,31 @@ fn check_repository(repo: &Repo, ev: &ForgeEvent) -> ApiResult<()> {
         printable(&ev.repository),
         repo.name
     )))
+}
+
+/// One run per updated ref of a multi-ref push, each de-duplicated on its own
+/// `<delivery>:<ref>` id: a re-sent delivery creates only what an interrupted first
+/// attempt did not. 202 with the new runs' numbers when any was created.
+async fn accept_each(
+    state: &AppState,
+    repo: &Repo,
+    delivery: &str,
+    events: Vec<ForgeEvent>,
+) -> ApiResult<Response> {
+    let mut created = Vec::new();
+    for ev in events {
+        let id = format!("{delivery}:{}", ev.git_ref);
+        let new = new_run_from_event(repo, ev);
+        if let Some(run) = state.store.accept_delivery(repo.id, &id, new).await? {
+            tracing::info!(repo = %repo.name, run = run.number, event = %run.event, delivery = %id, "run accepted");
+            created.push(run.number);
+        }
+    }
+    if created.is_empty() {
+        return Ok((StatusCode::OK, Json(json!({ "duplicate": true }))).into_response());
+    }
+    state.wake.planner.notify_waiters();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "runs": created }))).into_response())
 }
 
 /// What a verified forge event becomes: a `pending` run for the planner.

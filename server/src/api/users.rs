@@ -226,7 +226,8 @@ pub async fn remove_role(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkIdentity {
-    /// `github:LOGIN`, `gitlab:LOGIN`, `gitea:LOGIN`, `forgejo:LOGIN` or `git:EMAIL`.
+    /// `github:LOGIN`, `gitlab:LOGIN`, `gitea:LOGIN`, `forgejo:LOGIN`,
+    /// `bitbucket:ACCOUNT_ID`, `bitbucket-dc:LOGIN`, `gitee:LOGIN` or `git:EMAIL`.
     pub identity: String,
 }
 

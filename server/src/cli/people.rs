@@ -72,7 +72,8 @@ pub enum UserCommand {
         server: DbArgs,
     },
     /// Link a forge account to a user (`github:alice`, `gitlab:alice`, `gitea:alice`,
-    /// `forgejo:alice`, `git:alice@example.com`): runs it pushes name it as their pusher.
+    /// `forgejo:alice`, `bitbucket:<account id>`, `bitbucket-dc:alice`, `gitee:alice`,
+    /// `git:alice@example.com`): runs it pushes name it as their pusher.
     Link {
         /// The user's name.
         name: String,

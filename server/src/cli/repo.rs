@@ -13,8 +13,10 @@ use crate::cli::stdio::{errln, outln};
 use crate::store::ForgeKind;
 
 fn parse_forge(s: &str) -> Result<ForgeKind, String> {
-    s.parse::<ForgeKind>()
-        .map_err(|_| "expected one of github, gitlab, gitea, forgejo, git".to_string())
+    s.parse::<ForgeKind>().map_err(|_| {
+        "expected one of github, gitlab, gitea, forgejo, bitbucket, bitbucket-dc, gitee, git"
+            .to_string()
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,7 +27,8 @@ pub enum RepoCommand {
         /// The repository's path on its forge: `owner/name`, or a GitLab project's full
         /// path with its subgroups (`group/subgroup/project`).
         name: String,
-        /// Its forge: github, gitlab, gitea, forgejo or git (a plain git server).
+        /// Its forge: github, gitlab, gitea, forgejo, bitbucket (Cloud), bitbucket-dc (Data
+        /// Center), gitee or git (a plain git server).
         #[arg(long, value_parser = parse_forge)]
         forge: ForgeKind,
         /// Where the server fetches it from (https://…, ssh://… or a path).

@@ -89,6 +89,11 @@ pub enum Parsed {
         reason: String,
     },
     Event(ForgeEvent),
+    /// Several refs updated by one delivery (a Bitbucket push lists every updated
+    /// branch and tag in `changes[]`): one run each, as `slipway hook` makes one run
+    /// per updated ref. Never empty and never a single event (that is
+    /// [`Parsed::Event`]), so a delivery's run count does not depend on the forge.
+    Events(Vec<ForgeEvent>),
 }
 
 /// A delivery that claims to be a handled event but cannot be understood: 400.

@@ -1,4 +1,5 @@
-//! Forge adapters: everything Slipway knows about GitHub, GitLab, Gitea and Forgejo.
+//! Forge adapters: everything Slipway knows about GitHub, GitLab, Gitea, Forgejo,
+//! Bitbucket Cloud, Bitbucket Data Center and Gitee.
 //!
 //! Three jobs, in the order a webhook meets them:
 //!
@@ -22,12 +23,17 @@
 //! Nothing here logs a secret, a signature or a token; errors carry header *names* and
 //! reasons, never values.
 
+mod bitbucket;
+mod bitbucket_dc;
 mod event;
 pub mod form;
 mod gitea;
+mod gitee;
 mod github;
 mod gitlab;
 mod status;
+mod status_bitbucket;
+mod status_bitbucket_dc;
 mod verify;
 
 use std::fmt;
@@ -41,7 +47,10 @@ pub use status::{
     CommitStatus, State, StatusError, StatusReporter, StatusTarget, api_base_for, check_api_base,
     clone_host, description_limit,
 };
-pub use verify::{DeliveryError, VerifyError, delivery_id, event_name, open, verify};
+pub use verify::{
+    DeliveryError, GITEE_MAX_SKEW, VerifyError, delivery_id, delivery_id_with_body, event_name,
+    open, verify, verify_at,
+};
 
 /// Which kind of forge a repository lives on. Stored with the repository and used in
 /// the webhook URL (`/hooks/{forge}/{repo}`), hence the lowercase serde form.
@@ -52,18 +61,34 @@ pub enum ForgeKind {
     Gitlab,
     Gitea,
     Forgejo,
+    /// Bitbucket Cloud (bitbucket.org).
+    Bitbucket,
+    /// Bitbucket Data Center (formerly Bitbucket Server), self-hosted.
+    #[serde(rename = "bitbucket-dc")]
+    BitbucketDc,
+    Gitee,
     /// A plain git server calling `slipway hook` from a post-receive hook.
     Git,
 }
 
 impl ForgeKind {
-    pub const ALL: [ForgeKind; 5] = [
+    pub const ALL: [ForgeKind; 8] = [
         ForgeKind::Github,
         ForgeKind::Gitlab,
         ForgeKind::Gitea,
         ForgeKind::Forgejo,
+        ForgeKind::Bitbucket,
+        ForgeKind::BitbucketDc,
+        ForgeKind::Gitee,
         ForgeKind::Git,
     ];
+
+    /// Whether Slipway can report commit statuses to this forge. Plain git has no API;
+    /// Gitee's API v5 has no commit-status endpoint (drone/go-scm's Gitee driver
+    /// answers `ErrNotSupported` for the same reason).
+    pub fn has_status_api(self) -> bool {
+        !matches!(self, ForgeKind::Git | ForgeKind::Gitee)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +96,9 @@ impl ForgeKind {
             ForgeKind::Gitlab => "gitlab",
             ForgeKind::Gitea => "gitea",
             ForgeKind::Forgejo => "forgejo",
+            ForgeKind::Bitbucket => "bitbucket",
+            ForgeKind::BitbucketDc => "bitbucket-dc",
+            ForgeKind::Gitee => "gitee",
             ForgeKind::Git => "git",
         }
     }
@@ -84,7 +112,9 @@ impl fmt::Display for ForgeKind {
 
 /// The forge name in a URL or config file was not one Slipway knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown forge `{0}` (expected one of: github, gitlab, gitea, forgejo, git)")]
+#[error(
+    "unknown forge `{0}` (expected one of: github, gitlab, gitea, forgejo, bitbucket, bitbucket-dc, gitee, git)"
+)]
 pub struct UnknownForge(pub String);
 
 impl FromStr for ForgeKind {
@@ -114,6 +144,9 @@ pub fn parse(kind: ForgeKind, event_name: &str, body: &[u8]) -> Result<Parsed, P
         ForgeKind::Github => github::parse(event_name, body),
         ForgeKind::Gitlab => gitlab::parse(event_name, body),
         ForgeKind::Gitea | ForgeKind::Forgejo => gitea::parse(kind, event_name, body),
+        ForgeKind::Bitbucket => bitbucket::parse(event_name, body),
+        ForgeKind::BitbucketDc => bitbucket_dc::parse(event_name, body),
+        ForgeKind::Gitee => gitee::parse(event_name, body),
         ForgeKind::Git => Err(PayloadError::Unsupported(kind)),
     }
 }

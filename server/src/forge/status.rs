@@ -6,6 +6,9 @@
 //!   `{state, name, target_url, description, ref}`, `PRIVATE-TOKEN`.
 //! * Gitea/Forgejo: `POST {api}/repos/{owner}/{repo}/statuses/{sha}`, JSON
 //!   `{state, target_url, description, context}`, `Authorization: token`.
+//! * Bitbucket Cloud and Data Center: see [`super::status_bitbucket`] and
+//!   [`super::status_bitbucket_dc`].
+//! * Gitee: its API v5 has no commit-status endpoint; [`StatusError::Unsupported`].
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::ForgeKind;
+use super::{ForgeKind, status_bitbucket, status_bitbucket_dc};
 
 /// Slipway's view of a run's state, mapped per forge by [`StatusReporter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,7 +100,7 @@ pub enum StatusError {
     /// unparseable API base).
     #[error("invalid status request for {forge}: {reason}")]
     Invalid { forge: ForgeKind, reason: String },
-    /// Plain git servers have no status API.
+    /// Plain git servers and Gitee have no status API.
     #[error("`{0}` has no commit status API")]
     Unsupported(ForgeKind),
 }
@@ -121,6 +124,7 @@ pub fn description_limit(kind: ForgeKind) -> usize {
     match kind {
         ForgeKind::Github => 140,
         ForgeKind::Gitlab | ForgeKind::Gitea | ForgeKind::Forgejo | ForgeKind::Git => 255,
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc | ForgeKind::Gitee => 255,
     }
 }
 
@@ -203,7 +207,7 @@ struct Request {
 fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request, StatusError> {
     let forge = target.kind;
     let invalid = |reason: String| StatusError::Invalid { forge, reason };
-    if forge == ForgeKind::Git {
+    if !forge.has_status_api() {
         return Err(StatusError::Unsupported(forge));
     }
     // The sha goes into the URL path: accept only a full hex commit id.
@@ -222,6 +226,16 @@ fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request
                 "/projects/{}/statuses/{sha}",
                 encode_segment(target.repo_path.trim_matches('/'))
             )
+        }
+        ForgeKind::Bitbucket => {
+            let (workspace, slug) = owner_and_name(&target.repo_path)
+                .ok_or_else(|| invalid("repo_path must be `workspace/repo_slug`".into()))?;
+            status_bitbucket::path(&encode_segment(workspace), &encode_segment(slug), sha)
+        }
+        ForgeKind::BitbucketDc => {
+            let (project, slug) = owner_and_name(&target.repo_path)
+                .ok_or_else(|| invalid("repo_path must be `PROJECT/repo_slug`".into()))?;
+            status_bitbucket_dc::path(&encode_segment(project), &encode_segment(slug), sha)
         }
         _ => {
             let (owner, name) = owner_and_name(&target.repo_path)
@@ -290,7 +304,21 @@ fn build_request(target: &StatusTarget, status: &CommitStatus) -> Result<Request
                 secret_header(format!("token {}", target.token))?,
             ));
         }
-        ForgeKind::Git => return Err(StatusError::Unsupported(forge)),
+        ForgeKind::Bitbucket => {
+            status_bitbucket::body(&mut body, &status.context);
+            headers.extend(status_bitbucket::headers(secret_header(format!(
+                "Bearer {}",
+                target.token
+            ))?));
+        }
+        ForgeKind::BitbucketDc => {
+            status_bitbucket_dc::body(&mut body, &status.context, status.git_ref.as_deref());
+            headers.extend(status_bitbucket_dc::headers(secret_header(format!(
+                "Bearer {}",
+                target.token
+            ))?));
+        }
+        ForgeKind::Gitee | ForgeKind::Git => return Err(StatusError::Unsupported(forge)),
     }
     Ok(Request {
         url,
@@ -314,6 +342,15 @@ fn state_for(forge: ForgeKind, state: State) -> &'static str {
             State::Success => "success",
             State::Failure | State::Error => "failed",
             State::Cancelled => "canceled",
+        },
+        // Bitbucket: `INPROGRESS|SUCCESSFUL|FAILED`, and for a cancelled run Cloud's
+        // `STOPPED` or Data Center's `CANCELLED`; an infrastructure error is `FAILED`.
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => match state {
+            State::Pending | State::Running => "INPROGRESS",
+            State::Success => "SUCCESSFUL",
+            State::Failure | State::Error => "FAILED",
+            State::Cancelled if forge == ForgeKind::Bitbucket => "STOPPED",
+            State::Cancelled => "CANCELLED",
         },
         _ => match state {
             State::Pending | State::Running => "pending",
@@ -393,6 +430,12 @@ fn strip_userinfo(url: &str) -> String {
 ///   `https://host[/prefix]/api/v1`: whatever precedes the repository's path in the
 ///   clone URL is the instance's sub-path (GitLab's relative URL root).
 ///
+/// * Bitbucket Cloud: `bitbucket.org` → `https://api.bitbucket.org`; any other host
+///   (a proxy or stand-in serving the same API) → its origin.
+/// * Bitbucket Data Center → the instance's base URL, `https://host[/context]`: HTTP
+///   clone URLs are `…/context/scm/PROJECT/slug.git`, so everything before `scm`.
+/// * Gitee → `https://host/api/v5` (used for nothing yet: it has no status API).
+///
 /// HTTP(S) clone URLs keep their scheme and port. SSH clone URLs
 /// (`git@host:owner/repo.git`, `ssh://git@host:2222/owner/repo.git`) map to
 /// `https://host` — the SSH port says nothing about the web port, and where the web
@@ -406,10 +449,17 @@ pub fn api_base_for(kind: ForgeKind, clone_url: &str, repo_path: &str) -> Option
     if kind == ForgeKind::Github && host.eq_ignore_ascii_case("github.com") {
         return Some("https://api.github.com".into());
     }
-    let prefix = {
+    if kind == ForgeKind::Bitbucket && host.eq_ignore_ascii_case("bitbucket.org") {
+        return Some("https://api.bitbucket.org".into());
+    }
+    let segments: Vec<&str> = {
         let path = path.trim_matches('/');
         let path = path.strip_suffix(".git").unwrap_or(path);
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        path.split('/').filter(|s| !s.is_empty()).collect()
+    };
+    // Whatever precedes the repository's path in the clone URL is the instance's
+    // sub-path (GitLab's relative URL root, a Gitea served under a prefix).
+    let prefix = {
         let depth = repo_path
             .split('/')
             .filter(|s| !s.is_empty())
@@ -422,13 +472,27 @@ pub fn api_base_for(kind: ForgeKind, clone_url: &str, repo_path: &str) -> Option
             .unwrap_or_default()
     };
     let root = if prefix.is_empty() {
-        origin
+        origin.clone()
     } else {
         format!("{origin}/{prefix}")
     };
     Some(match kind {
         ForgeKind::Github => format!("{root}/api/v3"),
         ForgeKind::Gitlab => format!("{root}/api/v4"),
+        ForgeKind::Gitee => format!("{root}/api/v5"),
+        ForgeKind::Bitbucket => origin,
+        ForgeKind::BitbucketDc => {
+            // HTTP clone URLs are `…/context/scm/PROJECT/slug.git`.
+            let context = match segments.iter().rposition(|s| *s == "scm") {
+                Some(i) => segments[..i].join("/"),
+                None => segments[..segments.len().saturating_sub(2)].join("/"),
+            };
+            if context.is_empty() {
+                origin
+            } else {
+                format!("{origin}/{context}")
+            }
+        }
         _ => format!("{root}/api/v1"),
     })
 }

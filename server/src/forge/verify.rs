@@ -2,11 +2,14 @@
 //!
 //! Every check runs on the bytes the forge signed before the JSON parser sees any of
 //! them — the raw body, except for Gitea/Forgejo form deliveries ([`open`]) — and every
-//! comparison is constant-time: HMAC tags through `hmac`'s `verify_slice`, GitLab's shared token
-//! through `subtle` on fixed-length SHA-256 digests (so neither the token's content
-//! nor its length leaks through timing).
+//! comparison is constant-time: HMAC tags through `hmac`'s `verify_slice`, GitLab's and
+//! Gitee's shared tokens through `subtle` on fixed-length SHA-256 digests (so neither
+//! the token's content nor its length leaks through timing).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
+use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -21,6 +24,18 @@ const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
 const GITEA_SIGNATURE: &str = "x-gitea-signature";
 const FORGEJO_SIGNATURE: &str = "x-forgejo-signature";
 const GITLAB_TOKEN: &str = "x-gitlab-token";
+/// Bitbucket Cloud and Data Center both sign as `X-Hub-Signature: sha256=<hex>`.
+const BITBUCKET_SIGNATURE: &str = "x-hub-signature";
+const GITEE_TOKEN: &str = "x-gitee-token";
+const GITEE_TIMESTAMP: &str = "x-gitee-timestamp";
+
+/// How far a signed Gitee delivery's `X-Gitee-Timestamp` may be from our clock, either
+/// way. Gitee's signature covers only `timestamp + "\n" + secret`, not the body, so a
+/// captured signature stays valid with *any* body for as long as its timestamp is
+/// accepted: the window is what bounds a replay. Gitee itself allows an hour; ten
+/// minutes still absorbs clock skew and delivery queueing while cutting that exposure
+/// sixfold.
+pub const GITEE_MAX_SKEW: Duration = Duration::from_secs(10 * 60);
 
 /// Why a webhook request was not authenticated. Every variant maps to 401 in the
 /// handler; they are distinct so logs and tests can tell a misconfigured sender (no
@@ -40,6 +55,10 @@ pub enum VerifyError {
     /// configuration error rather than "verified".
     #[error("no webhook secret is configured for this repository")]
     EmptySecret,
+    /// A Gitee signature whose timestamp is outside [`GITEE_MAX_SKEW`]: possibly a
+    /// replay of a captured delivery.
+    #[error("`X-Gitee-Timestamp` is more than {} minutes from the server's clock", GITEE_MAX_SKEW.as_secs() / 60)]
+    Stale,
     /// Plain git post-receive hooks authenticate with an API token, checked by the API
     /// layer; reaching this function with `Git` is a routing bug.
     #[error("`{0}` deliveries are not signed webhooks; they are authenticated by API token")]
@@ -111,11 +130,30 @@ pub fn open(
 ///   which is accepted only when the Forgejo one is absent — a present-but-bad Forgejo
 ///   signature is not rescued by a Gitea one.
 /// * GitLab: `X-Gitlab-Token: <secret>` (GitLab does not sign bodies).
+/// * Bitbucket Cloud and Data Center: `X-Hub-Signature: sha256=<hex HMAC-SHA256(secret,
+///   body)>` (Atlassian's "Manage webhooks" / "Webhook secrets" pages).
+/// * Gitee: `X-Gitee-Token` is either the webhook password itself, or — with
+///   `X-Gitee-Timestamp` (milliseconds) present — `base64(HMAC-SHA256(secret,
+///   timestamp + "\n" + secret))` (Gitee help "WebHook 密钥验证和验证算法"; the doc's
+///   extra URL-encoding step applies to URLs, a header carries plain base64, but a
+///   percent-encoded value is accepted too). A signed delivery whose timestamp is
+///   more than [`GITEE_MAX_SKEW`] away from now is refused as [`VerifyError::Stale`].
 pub fn verify(
     kind: ForgeKind,
     headers: &HeaderMap,
     body: &[u8],
     secret: &[u8],
+) -> Result<(), VerifyError> {
+    verify_at(kind, headers, body, secret, SystemTime::now())
+}
+
+/// [`verify`] with the clock given, for Gitee's timestamp window.
+pub fn verify_at(
+    kind: ForgeKind,
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+    now: SystemTime,
 ) -> Result<(), VerifyError> {
     if kind == ForgeKind::Git {
         return Err(VerifyError::Unsupported(kind));
@@ -156,18 +194,106 @@ pub fn verify(
                 .ok_or(VerifyError::MissingHeader {
                     header: GITLAB_TOKEN,
                 })?;
-            // Compare digests, not the strings: `ct_eq` on slices returns early on a
-            // length mismatch, which would leak the secret's length.
-            let given = Sha256::digest(value.as_bytes());
-            let expected = Sha256::digest(secret);
-            if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
-                Ok(())
-            } else {
-                Err(VerifyError::Mismatch)
-            }
+            shared_token_eq(value.as_bytes(), secret)
         }
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => {
+            let value = header_str(headers, BITBUCKET_SIGNATURE)?;
+            let hex_tag = value
+                .strip_prefix("sha256=")
+                .ok_or(VerifyError::MalformedHeader {
+                    header: BITBUCKET_SIGNATURE,
+                    reason: "expected `sha256=<hex>`",
+                })?;
+            verify_hmac_hex(BITBUCKET_SIGNATURE, hex_tag, body, secret)
+        }
+        ForgeKind::Gitee => verify_gitee(headers, secret, now),
         ForgeKind::Git => Err(VerifyError::Unsupported(kind)),
     }
+}
+
+/// Compare a shared token with the secret on SHA-256 digests, not the strings: `ct_eq`
+/// on slices returns early on a length mismatch, which would leak the secret's length.
+fn shared_token_eq(given: &[u8], secret: &[u8]) -> Result<(), VerifyError> {
+    let given = Sha256::digest(given);
+    let expected = Sha256::digest(secret);
+    if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch)
+    }
+}
+
+fn verify_gitee(headers: &HeaderMap, secret: &[u8], now: SystemTime) -> Result<(), VerifyError> {
+    let token = headers.get(GITEE_TOKEN).ok_or(VerifyError::MissingHeader {
+        header: GITEE_TOKEN,
+    })?;
+    let Some(timestamp) = headers.get(GITEE_TIMESTAMP) else {
+        // Password mode: Gitee sends the configured password as is.
+        return shared_token_eq(token.as_bytes(), secret);
+    };
+    let timestamp = timestamp
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(VerifyError::MalformedHeader {
+            header: GITEE_TIMESTAMP,
+            reason: "expected milliseconds since the Unix epoch",
+        })?;
+    let sent_ms: u64 = timestamp
+        .parse()
+        .map_err(|_| VerifyError::MalformedHeader {
+            header: GITEE_TIMESTAMP,
+            reason: "expected milliseconds since the Unix epoch",
+        })?;
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let max_skew_ms = u64::try_from(GITEE_MAX_SKEW.as_millis()).unwrap_or(u64::MAX);
+    if now_ms.abs_diff(sent_ms) > max_skew_ms {
+        return Err(VerifyError::Stale);
+    }
+    let token = token.to_str().map_err(|_| VerifyError::MalformedHeader {
+        header: GITEE_TOKEN,
+        reason: "not visible ASCII",
+    })?;
+    let token = percent_decode(token.trim()).ok_or(VerifyError::MalformedHeader {
+        header: GITEE_TOKEN,
+        reason: "bad percent-encoding",
+    })?;
+    let tag = base64::engine::general_purpose::STANDARD
+        .decode(token.as_bytes())
+        .map_err(|_| VerifyError::MalformedHeader {
+            header: GITEE_TOKEN,
+            reason: "a signed delivery's token must be base64",
+        })?;
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| VerifyError::EmptySecret)?;
+    mac.update(timestamp.as_bytes());
+    mac.update(b"\n");
+    mac.update(secret);
+    mac.verify_slice(&tag).map_err(|_| VerifyError::Mismatch)
+}
+
+/// `%2B` → `+` etc.; `None` for a broken escape. Base64 only needs `+`, `/` and `=`
+/// decoded, but decoding every escape is simpler than listing them.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, VerifyError> {
@@ -219,6 +345,11 @@ const MAX_DELIVERY_ID: usize = 128;
 ///   triggered by an earlier one — keying on it first could drop a distinct event as a
 ///   duplicate. Older GitLab only sends the UUID, hence the fallback.
 ///
+/// * Bitbucket Cloud `X-Request-UUID` (Atlassian: "UUID for the request"; a retry is
+///   counted in `X-Attempt-Number`, so the UUID stays), Bitbucket Data Center
+///   `X-Request-Id` ("A unique UUID for each webhook request").
+/// * Gitee sends no delivery id header at all; see [`delivery_id_with_body`].
+///
 /// `None` when absent, empty, not visible ASCII, or longer than 128 bytes.
 pub fn delivery_id(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
     let candidates: &[&str] = match kind {
@@ -226,7 +357,9 @@ pub fn delivery_id(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
         ForgeKind::Gitlab => &["idempotency-key", "x-gitlab-event-uuid"],
         ForgeKind::Gitea => &["x-gitea-delivery"],
         ForgeKind::Forgejo => &["x-forgejo-delivery", "x-gitea-delivery"],
-        ForgeKind::Git => &[],
+        ForgeKind::Bitbucket => &["x-request-uuid"],
+        ForgeKind::BitbucketDc => &["x-request-id"],
+        ForgeKind::Gitee | ForgeKind::Git => &[],
     };
     candidates.iter().find_map(|name| {
         let value = headers.get(*name)?.to_str().ok()?.trim();
@@ -234,14 +367,56 @@ pub fn delivery_id(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// The event name header: `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event`, and for
-/// Forgejo `X-Forgejo-Event` falling back to `X-Gitea-Event`. `None` when absent.
+/// [`delivery_id`], or for a forge that sends none (Gitee) one derived from the
+/// delivery itself: `gitee:` and the SHA-256 of the event name, `X-Gitee-Timestamp` and
+/// the raw body. A re-sent copy of the same delivery (same body, same trigger time)
+/// gets the same id and is de-duplicated like any other forge's; two different events
+/// never share one, even in the same millisecond, because their bodies differ. The
+/// plain-git hook derives its ids the same way, from what identifies the update.
+pub fn delivery_id_with_body(kind: ForgeKind, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    if kind != ForgeKind::Gitee {
+        return delivery_id(kind, headers);
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let mut h = Sha256::new();
+    h.update(header("x-gitee-event").as_bytes());
+    h.update(b"\n");
+    h.update(header(GITEE_TIMESTAMP).as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    Some(format!("gitee:{}", hex::encode(h.finalize())))
+}
+
+/// The event name [`event_name`] gives a Gitee delivery marked `X-Gitee-Ping: true`.
+pub const GITEE_PING_EVENT: &str = "X-Gitee-Ping";
+
+/// The event name header: `X-GitHub-Event`, `X-Gitlab-Event`, `X-Gitea-Event`, for
+/// Forgejo `X-Forgejo-Event` falling back to `X-Gitea-Event`, `X-Event-Key` for both
+/// Bitbucket editions and `X-Gitee-Event` (or [`GITEE_PING_EVENT`]). `None` when absent.
 pub fn event_name(kind: ForgeKind, headers: &HeaderMap) -> Option<String> {
+    // Gitee's "test" button sends a normal event header with `X-Gitee-Ping: true` and
+    // sample data; it is answered as the ping it is, not built.
+    let gitee_ping = headers
+        .get("x-gitee-ping")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if kind == ForgeKind::Gitee && gitee_ping {
+        return Some(GITEE_PING_EVENT.to_owned());
+    }
     let candidates: &[&str] = match kind {
         ForgeKind::Github => &["x-github-event"],
         ForgeKind::Gitlab => &["x-gitlab-event"],
         ForgeKind::Gitea => &["x-gitea-event"],
         ForgeKind::Forgejo => &["x-forgejo-event", "x-gitea-event"],
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => &["x-event-key"],
+        ForgeKind::Gitee => &["x-gitee-event"],
         ForgeKind::Git => &[],
     };
     candidates.iter().find_map(|name| {

@@ -324,6 +324,38 @@ impl Mirror {
         })
     }
 
+    /// The full id of the commit an abbreviated id names, as the tip of `git_ref` on the
+    /// remote: fetches the ref and checks that its tip starts with `abbreviated`.
+    /// Bitbucket Cloud names pull-request heads by 12-digit abbreviations; resolving
+    /// them against the ref the run builds (never by searching the object database) means
+    /// an ambiguous or stale abbreviation cannot pick an unrelated commit. When the ref
+    /// has moved on, the error is [`GitError::CommitNotFound`]: the newer push brings its
+    /// own webhook.
+    pub fn resolve_abbreviated(&self, abbreviated: &str, git_ref: &str) -> Result<String> {
+        let ok = (7..40).contains(&abbreviated.len())
+            && abbreviated.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(GitError::InvalidSha(abbreviated.to_owned()));
+        }
+        self.fetch(&[git_ref.to_owned()])?;
+        let abbreviated = abbreviated.to_ascii_lowercase();
+        match self.resolve_ref(git_ref)? {
+            Some(tip) if tip.starts_with(&abbreviated) => Ok(tip),
+            _ => {
+                let url = self
+                    .repo
+                    .find_remote(REMOTE)
+                    .map(|r| redact_url(&String::from_utf8_lossy(r.url_bytes())))
+                    .unwrap_or_else(|_| "<no remote>".into());
+                Err(GitError::CommitNotFound {
+                    sha: abbreviated,
+                    tried: git_ref.to_owned(),
+                    url,
+                })
+            }
+        }
+    }
+
     /// Whether the mirror holds commit `sha` (or an annotated tag pointing to a commit).
     pub fn has_commit(&self, sha: &str) -> Result<bool> {
         Ok(self.has_commit_oid(parse_sha(sha)?))

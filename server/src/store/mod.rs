@@ -298,7 +298,32 @@ impl Store {
             Dialect::Sqlite => migrations::SQLITE,
             Dialect::Postgres => migrations::POSTGRES,
         };
-        migrations::migrator(files).await?.run(&self.write).await?;
+        let migrator = migrations::migrator(files).await?;
+        if self.dialect == Dialect::Postgres {
+            migrator.run(&self.write).await?;
+            return Ok(());
+        }
+        // SQLite changes a table's constraints only by rebuilding it (0011 widens the
+        // forge CHECKs), and dropping a parent table with foreign keys on cascades an
+        // implicit DELETE into every child row. SQLite's "ALTER TABLE" page has such
+        // changes made with foreign keys off and checked afterwards; the pragma is a
+        // no-op inside the transaction sqlx wraps each migration in, so it is switched
+        // here, around them, on the one connection that runs them.
+        let mut conn = self.write.acquire().await?;
+        conn.execute("PRAGMA foreign_keys = OFF").await?;
+        let ran = migrator.run_direct(&mut *conn).await;
+        let dangling = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut *conn)
+            .await;
+        conn.execute("PRAGMA foreign_keys = ON").await?;
+        ran?;
+        let dangling = dangling?;
+        if !dangling.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the migrated database has {} rows whose foreign keys point nowhere",
+                dangling.len()
+            )));
+        }
         Ok(())
     }
 

@@ -234,6 +234,26 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces an abbreviated commit id (Bitbucket Cloud pull requests carry 12
+    /// digits) with the full id the planner resolved it to. Only a run still holding
+    /// exactly `abbreviated` changes, so a second planner pass is a no-op.
+    pub async fn resolve_run_sha(
+        &self,
+        run_id: RunId,
+        abbreviated: &str,
+        full: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        query("UPDATE runs SET sha = $2 WHERE id = $1 AND sha = $3")
+            .bind(run_id)
+            .bind(full)
+            .bind(abbreviated)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Runs that are `running` (the scheduler reconciles these after a restart).
     pub async fn active_runs(&self) -> Result<Vec<Run>> {
         let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'running' ORDER BY id");

@@ -105,6 +105,12 @@ pub async fn report_run(
 ) -> anyhow::Result<usize> {
     let run = state.store.get_run(run_id).await?;
     let repo = state.store.get_repo(run.repo_id).await?;
+    if run.sha.len() < 40 {
+        // A Bitbucket Cloud pull request's abbreviated head, until the planner has
+        // resolved it: statuses need the full id.
+        tracing::debug!(repo = %repo.name, run = run_id, "commit id not resolved yet; status not reported");
+        return Ok(0);
+    }
     let Some(target) = status_target(state, &repo)? else {
         return Ok(0);
     };
@@ -134,7 +140,7 @@ pub async fn report_run(
             context: status.context.clone(),
             description: status.description,
             target_url: Some(target_url.clone()),
-            git_ref: status_ref(&run),
+            git_ref: status_ref(&run, repo.forge),
         };
         send(state, &target, &commit_status).await?;
         reported.insert(status.context, status.state);
@@ -145,10 +151,15 @@ pub async fn report_run(
 
 /// Where `repo`'s statuses go, or `None` when there is nowhere to send them.
 fn status_target(state: &AppState, repo: &Repo) -> anyhow::Result<Option<StatusTarget>> {
-    let (Some(kind), Some(token_enc)) = (
-        (repo.forge != ForgeKind::Git).then_some(repo.forge),
-        &repo.forge_token_enc,
-    ) else {
+    if !repo.forge.has_status_api() {
+        // Plain git has no API; Gitee's API v5 has no commit-status endpoint. Nothing
+        // is wrong, there is just nowhere to report to.
+        if repo.forge != ForgeKind::Git {
+            tracing::debug!(repo = %repo.name, forge = %repo.forge, "forge has no commit status API; status not reported");
+        }
+        return Ok(None);
+    }
+    let (kind, Some(token_enc)) = (repo.forge, &repo.forge_token_enc) else {
         return Ok(None);
     };
     let token = state
@@ -193,20 +204,27 @@ async fn send(
     }
 }
 
-/// The branch or tag name a status is for (GitLab's `ref`: with `refs/heads/main` it
-/// would start a separate external pipeline instead of joining the branch's). For a
-/// pull request, the source branch, where the commit is.
-fn status_ref(run: &Run) -> Option<String> {
-    if run.source_branch.is_some() {
-        return run.source_branch.clone();
-    }
-    if let Some(name) = run.tag.clone().or_else(|| run.branch.clone()) {
-        return Some(name);
-    }
-    ["refs/heads/", "refs/tags/"]
-        .iter()
-        .find_map(|prefix| run.git_ref.strip_prefix(prefix))
-        .map(str::to_owned)
+/// The branch or tag a status is for: its name for GitLab's `ref` (with
+/// `refs/heads/main` it would start a separate external pipeline instead of joining
+/// the branch's), the full ref for Bitbucket Data Center's. For a pull request, the
+/// source branch, where the commit is.
+fn status_ref(run: &Run, forge: ForgeKind) -> Option<String> {
+    let tag = run.tag.is_some() || run.git_ref.starts_with("refs/tags/");
+    let name = if run.source_branch.is_some() {
+        run.source_branch.clone()
+    } else if let Some(name) = run.tag.clone().or_else(|| run.branch.clone()) {
+        Some(name)
+    } else {
+        ["refs/heads/", "refs/tags/"]
+            .iter()
+            .find_map(|prefix| run.git_ref.strip_prefix(prefix))
+            .map(str::to_owned)
+    }?;
+    Some(match forge {
+        ForgeKind::BitbucketDc if tag && run.source_branch.is_none() => format!("refs/tags/{name}"),
+        ForgeKind::BitbucketDc => format!("refs/heads/{name}"),
+        _ => name,
+    })
 }
 
 /// What the statuses are computed from, of one stage.
@@ -477,17 +495,31 @@ mod tests {
     #[test]
     fn gitlab_refs_are_branch_or_tag_names() {
         let mut r = run(RunStatus::Success, Event::Push);
-        assert_eq!(status_ref(&r).as_deref(), Some("main"));
+        assert_eq!(status_ref(&r, ForgeKind::Gitlab).as_deref(), Some("main"));
         r.branch = None;
         r.git_ref = "refs/tags/v1.0".into();
-        assert_eq!(status_ref(&r).as_deref(), Some("v1.0"));
+        assert_eq!(status_ref(&r, ForgeKind::Gitlab).as_deref(), Some("v1.0"));
         r.tag = Some("v1.0".into());
-        assert_eq!(status_ref(&r).as_deref(), Some("v1.0"));
+        assert_eq!(status_ref(&r, ForgeKind::Gitlab).as_deref(), Some("v1.0"));
         // A merge request's pipeline is its source branch's.
         r.git_ref = "refs/merge-requests/3/head".into();
         r.tag = None;
         r.branch = Some("main".into());
         r.source_branch = Some("feature".into());
-        assert_eq!(status_ref(&r).as_deref(), Some("feature"));
+        assert_eq!(
+            status_ref(&r, ForgeKind::Gitlab).as_deref(),
+            Some("feature")
+        );
+        // Bitbucket Data Center takes the full ref.
+        assert_eq!(
+            status_ref(&r, ForgeKind::BitbucketDc).as_deref(),
+            Some("refs/heads/feature")
+        );
+        r.source_branch = None;
+        r.tag = Some("v2".into());
+        assert_eq!(
+            status_ref(&r, ForgeKind::BitbucketDc).as_deref(),
+            Some("refs/tags/v2")
+        );
     }
 }

@@ -301,6 +301,25 @@ async fn plan_run(state: &AppState, run: &Run, attempt: u32) -> Outcome {
         }
         Err(e) => return fail(state, run, &e.to_string(), None).await,
     };
+    // An abbreviated id (Bitbucket Cloud pull requests) becomes the full one before
+    // anything else reads the run: runners check it out, statuses are set on it.
+    let resolved;
+    let run = if run.sha.len() < 40 && run.sha != commit.sha {
+        if let Err(e) = state
+            .store
+            .resolve_run_sha(run.id, &run.sha, &commit.sha)
+            .await
+        {
+            return Outcome::Retry(e.to_string());
+        }
+        resolved = Run {
+            sha: commit.sha.clone(),
+            ..run.clone()
+        };
+        &resolved
+    } else {
+        run
+    };
     if commit.files.is_empty() {
         let msg = format!(
             "no pipeline file (.slipway.yml or .slipway/*.yml) at {}",
@@ -562,8 +581,15 @@ fn read_commit_blocking(
     if let Some(t) = &target {
         mirror.fetch(std::slice::from_ref(t))?;
     }
-    mirror.ensure_commit(&run.sha, std::slice::from_ref(&run.git_ref))?;
-    let sha = mirror.peel_to_commit(&run.sha)?;
+    // Bitbucket Cloud pull requests name their head by an abbreviation: resolve it
+    // against the source branch the run builds (plan_run records the full id).
+    let wanted = if run.sha.len() < 40 {
+        mirror.resolve_abbreviated(&run.sha, &run.git_ref)?
+    } else {
+        run.sha.clone()
+    };
+    mirror.ensure_commit(&wanted, std::slice::from_ref(&run.git_ref))?;
+    let sha = mirror.peel_to_commit(&wanted)?;
     let files = mirror.pipeline_files(&sha)?;
     let changed_paths = if files.is_empty() {
         None

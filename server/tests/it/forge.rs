@@ -58,8 +58,16 @@ fn forge_kind_round_trips_through_str_display_and_serde() {
         assert_eq!(serde_json::from_value::<ForgeKind>(json!(s)).unwrap(), kind);
     }
     assert_eq!("GitHub".parse::<ForgeKind>().unwrap(), ForgeKind::Github);
-    let err = "bitbucket".parse::<ForgeKind>().unwrap_err();
-    assert!(err.to_string().contains("bitbucket"), "{err}");
+    assert_eq!(
+        "bitbucket-dc".parse::<ForgeKind>().unwrap(),
+        ForgeKind::BitbucketDc
+    );
+    assert_eq!(
+        serde_json::to_value(ForgeKind::BitbucketDc).unwrap(),
+        json!("bitbucket-dc")
+    );
+    let err = "sourcehut".parse::<ForgeKind>().unwrap_err();
+    assert!(err.to_string().contains("sourcehut"), "{err}");
 }
 
 // ---------------------------------------------------------------- verification

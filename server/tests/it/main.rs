@@ -6,6 +6,7 @@ mod support;
 mod admin_cli;
 mod api;
 mod artifacts;
+mod bitbucket_gitee;
 mod cache_paths;
 mod chaos;
 mod cli;

@@ -122,6 +122,38 @@ pub fn forge_headers(
                 add("x-forgejo-signature", hmac_hex(s.as_bytes(), body));
             }
         }
+        ForgeKind::Bitbucket | ForgeKind::BitbucketDc => {
+            add("x-event-key", event.into());
+            let id_header = if kind == ForgeKind::Bitbucket {
+                "x-request-uuid"
+            } else {
+                "x-request-id"
+            };
+            add(id_header, delivery.into());
+            if let Some(s) = secret {
+                add(
+                    "x-hub-signature",
+                    format!("sha256={}", hmac_hex(s.as_bytes(), body)),
+                );
+            }
+        }
+        ForgeKind::Gitee => {
+            // Gitee sends no delivery id; the server derives one from the timestamp and
+            // the body, so `delivery` goes nowhere.
+            let _ = delivery;
+            add("x-gitee-event", event.into());
+            if let Some(s) = secret {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                add("x-gitee-timestamp", now_ms.to_string());
+                add(
+                    "x-gitee-token",
+                    gitee_sign(s.as_bytes(), &now_ms.to_string()),
+                );
+            }
+        }
         ForgeKind::Git => {}
     }
     h
@@ -160,6 +192,17 @@ pub fn form_delivery(
 pub fn form_body(payload: &[u8]) -> Vec<u8> {
     let encoded: String = form_urlencoded::byte_serialize(payload).collect();
     format!("payload={encoded}").into_bytes()
+}
+
+/// Gitee's signature (help "WebHook 密钥验证和验证算法"): base64 of HMAC-SHA256 keyed
+/// with the secret over `timestamp + "\n" + secret`.
+pub fn gitee_sign(secret: &[u8], timestamp: &str) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b"\n");
+    mac.update(secret);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 pub fn hook_request(
@@ -246,12 +289,17 @@ pub fn adapt_fixture(
     if let Some(before) = &ev.before {
         text = text.replace(before, &base.to_string());
     }
+    // Where the payload carries the clone URL as such (Bitbucket derives it from the
+    // web link), it points at the test repository.
     let json_str = |s: &str| serde_json::to_string(s).unwrap();
+    let literal_clone_url = text.contains(&json_str(&ev.clone_url));
     text = text.replace(&json_str(&ev.clone_url), &json_str(&git.url()));
     let body = text.into_bytes();
     let event = parse_event(kind, event_name, &body);
     assert_eq!(event.after, head.to_string(), "{fixture_path} re-pointed");
-    assert_eq!(event.clone_url, git.url(), "{fixture_path} re-pointed");
+    if literal_clone_url {
+        assert_eq!(event.clone_url, git.url(), "{fixture_path} re-pointed");
+    }
     Delivery {
         body,
         event,
