@@ -556,3 +556,125 @@ async fn the_sign_in_button_works_in_a_real_browser() {
     assert!(!cookies.to_string().contains("slipway_oauth"), "{cookies}");
     b.close().await;
 }
+
+/// The store's half, on both databases: a state is taken once and not after it
+/// expires; an account links to one user, a user to one account per provider; a
+/// sign-up that cannot link leaves no user behind.
+async fn the_store_takes_a_state_once_and_links_an_account_once(db: server::store::Dialect) {
+    use server::store::Error;
+    use server::store::oauth::NewOAuthState;
+    let clock = std::sync::Arc::new(server::clock::ManualClock::new());
+    let ts = crate::support::test_server::TestServer::builder()
+        .on(db)
+        .clock(clock.clone())
+        .build()
+        .await;
+    let store = &ts.state.store;
+    let alice = store.create_user("cli", "alice", "x", None).await.unwrap();
+    let bob = store.create_user("cli", "bob", "x", None).await.unwrap();
+    let state = |hash: &'static str, ttl_ms| NewOAuthState {
+        state_hash: hash,
+        provider: "github",
+        code_verifier: "verifier",
+        next: "/inbox",
+        link_user: Some(alice.id),
+        ttl_ms,
+    };
+    store
+        .create_oauth_state(&state("h1", 600_000))
+        .await
+        .unwrap();
+    let taken = store.take_oauth_state("h1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            taken.provider.as_str(),
+            taken.code_verifier.as_str(),
+            taken.next.as_str()
+        ),
+        ("github", "verifier", "/inbox")
+    );
+    assert_eq!(taken.link_user, Some(alice.id));
+    assert!(
+        store.take_oauth_state("h1").await.unwrap().is_none(),
+        "taken once"
+    );
+    store.create_oauth_state(&state("h2", 1_000)).await.unwrap();
+    clock.advance(std::time::Duration::from_secs(2));
+    assert!(
+        store.take_oauth_state("h2").await.unwrap().is_none(),
+        "expired"
+    );
+
+    store
+        .link_oauth("user:alice", &alice, "github", "42", "alice")
+        .await
+        .unwrap();
+    let taken_by_other = store
+        .link_oauth("user:bob", &bob, "github", "42", "alice")
+        .await;
+    assert!(
+        matches!(taken_by_other, Err(Error::Conflict(_))),
+        "{taken_by_other:?}"
+    );
+    let second = store
+        .link_oauth("user:alice", &alice, "github", "43", "alt")
+        .await;
+    assert!(matches!(second, Err(Error::Conflict(_))), "{second:?}");
+    let (link, user) = store
+        .find_oauth_user("github", "42")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (user.name.as_str(), link.login.as_str()),
+        ("alice", "alice")
+    );
+    assert!(
+        store
+            .find_oauth_user("gitlab", "42")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A sign-up whose name is taken, or whose account is linked already, writes nothing.
+    let name_taken = store.sign_up_oauth("alice", "gitea", "9", "alice").await;
+    assert!(
+        matches!(name_taken, Err(Error::Conflict(_))),
+        "{name_taken:?}"
+    );
+    assert!(store.find_oauth_user("gitea", "9").await.unwrap().is_none());
+    let linked = store.sign_up_oauth("carol", "github", "42", "carol").await;
+    assert!(matches!(linked, Err(Error::Conflict(_))), "{linked:?}");
+    assert!(
+        store.get_user_by_name("carol").await.is_err(),
+        "no half-made user"
+    );
+    let carol = store
+        .sign_up_oauth("carol", "gitea", "9", "Carol")
+        .await
+        .unwrap();
+    assert_eq!(store.oauth_links_of(carol.id).await.unwrap().len(), 1);
+
+    assert!(
+        store
+            .unlink_oauth("user:alice", &alice, "github")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .unlink_oauth("user:alice", &alice, "github")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .find_oauth_user("github", "42")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+crate::support::both_databases!(the_store_takes_a_state_once_and_links_an_account_once);
