@@ -381,6 +381,22 @@ async fn a_forged_missing_or_replayed_state_is_refused() {
         "{hop:?}"
     );
 
+    // The person says no at the forge: refused with the forge's reason, no exchange.
+    s.forge("github").deny(true);
+    let before = s.forge("github").token_requests();
+    let mut c = WebClient::new();
+    let hops = sign_in_with(&s, &mut c, "github", "/").await;
+    let hop = callback(&hops);
+    assert_eq!(hop.status, 403, "{hop:?}");
+    assert!(
+        hop.body.contains("did not sign you in: access_denied"),
+        "{}",
+        hop.body
+    );
+    assert!(!sets_session(hop));
+    assert_eq!(s.forge("github").token_requests(), before);
+    s.forge("github").deny(false);
+
     // A code used once is refused by the forge, and the server says so.
     let mut c = WebClient::new();
     let start = c.get(&s.url("/login/oauth/github")).await;
@@ -466,6 +482,15 @@ async fn an_unlinked_account_is_refused_unless_the_provider_lets_it_sign_up() {
     let mut again = WebClient::new();
     sign_in_with(&s, &mut again, "gitea", "/").await;
     assert_eq!(s.whoami(&mut again).await, Ok("newbie".to_string()));
+
+    // The admin's People page shows who signs in with which forge account.
+    let mut admin = s.password_client("alice").await;
+    let people = admin.get(&s.url("/people")).await;
+    assert!(
+        people.body.contains("signs in with gitea (Newbie)"),
+        "{}",
+        people.body
+    );
 
     // Another login on the same forge is not on the list.
     s.forge("gitea").sign_in_as("9", "someone-else");

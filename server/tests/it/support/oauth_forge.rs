@@ -39,6 +39,8 @@ struct Grant {
 #[derive(Default)]
 struct Inner {
     signed_in: Option<Account>,
+    /// The person at the forge says no: back with `error=access_denied`.
+    deny: bool,
     codes: HashMap<String, Grant>,
     tokens: HashMap<String, Account>,
     /// Every code and token handed out (a test checks none reached a log).
@@ -86,6 +88,11 @@ impl OAuthForge {
             id: id.into(),
             login: login.into(),
         });
+    }
+
+    /// Whether the person at the forge refuses to authorize the application.
+    pub fn deny(&self, deny: bool) {
+        self.inner.lock().unwrap().deny = deny;
     }
 
     pub fn token_requests(&self) -> usize {
@@ -184,6 +191,13 @@ async fn authorize_endpoint(
     } else {
         None
     };
+    if f.inner.lock().unwrap().deny {
+        let mut back = reqwest::Url::parse(&redirect_uri).unwrap();
+        back.query_pairs_mut()
+            .append_pair("error", "access_denied")
+            .append_pair("state", &state);
+        return Redirect::to(back.as_str()).into_response();
+    }
     let Some(account) = f.inner.lock().unwrap().signed_in.clone() else {
         return bad("authorize: nobody signed in at the forge");
     };
