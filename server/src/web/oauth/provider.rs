@@ -18,7 +18,8 @@
 //!   S256; `POST {web}/oauth/token` with `client_id`, `client_secret`, `code`,
 //!   `grant_type=authorization_code`, `redirect_uri`, `code_verifier`;
 //!   `GET {web}/api/v4/user` gives `id` and `username`.
-//! - Gitea and Forgejo: "OAuth2 provider" (docs.gitea.com/development/oauth2-provider):
+//! - Gitea and Forgejo: "OAuth2 provider" (docs.gitea.com/development/oauth2-provider,
+//!   forgejo.org/docs/latest/user/oauth2-provider):
 //!   `/login/oauth/authorize`, `/login/oauth/access_token`, PKCE (RFC 7636) supported;
 //!   scope `read:user`; `GET {web}/api/v1/user` gives `id` and `login`.
 //! - Bitbucket Cloud: "OAuth 2.0" (developer.atlassian.com/cloud/bitbucket/oauth-2):
