@@ -295,8 +295,16 @@ async fn a_linked_forge_account_signs_in_on_every_forge_kind() {
     let signed = audit.iter().find(|(a, _, _)| a == "oauth.sign_in").unwrap();
     assert_eq!(signed.1, "user:alice");
 
-    // Nothing secret reached the log: no code, no token, no client secret.
+    // The log names each provider's callback URL, and nothing secret: no code, no
+    // token, no client secret.
     let log = s.p.logs();
+    assert!(
+        log.contains(&format!(
+            "callback={}",
+            s.url("/login/oauth/bitbucket/callback")
+        )),
+        "{log}"
+    );
     for (_, forge) in &s.forges {
         assert!(
             !log.contains(&forge.client_secret),
