@@ -20,10 +20,12 @@ pub fn for_new_token(
         super::repos::validate_reference(repo)?;
     }
     if let Some(owner) = owner {
-        // An owner is the first half of a repository name: same rules.
+        // An owner is what precedes a repository's name (a GitLab group may have
+        // subgroups): same rules.
         super::repos::validate_reference(&format!("{owner}/x")).map_err(|_| {
             Error::Invalid(format!(
-                "owner {owner:?} is not valid: letters, digits, `.`, `_` and `-` only"
+                "owner {owner:?} is not valid: letters, digits, `.`, `_` and `-` only \
+                 (`/` between a GitLab group and its subgroups)"
             ))
         })?;
     }
@@ -93,7 +95,13 @@ mod tests {
             RepoScope::Repos(repos(&["a/b", "c/d"]))
         );
         assert!(for_new_token(TokenScope::Runner, Some("t"), &repos(&["a/b"])).is_err());
-        assert!(for_new_token(TokenScope::Runner, Some("t/x"), &[]).is_err());
+        // A GitLab group with subgroups is an owner too (its runners serve the subgroups).
+        assert_eq!(
+            for_new_token(TokenScope::Runner, Some("g1/g2"), &[]).unwrap(),
+            RepoScope::Owner("g1/g2".into())
+        );
+        assert!(for_new_token(TokenScope::Runner, Some("t x"), &[]).is_err());
+        assert!(for_new_token(TokenScope::Runner, Some("t/../x"), &[]).is_err());
         assert!(for_new_token(TokenScope::Runner, None, &repos(&["nope"])).is_err());
     }
 

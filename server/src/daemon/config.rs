@@ -121,7 +121,16 @@ pub struct Settings {
     /// Config file only, as a `[forge_api_urls]` table.
     #[arg(skip)]
     pub forge_api_urls: Option<std::collections::BTreeMap<String, String>>,
+    /// Signing in with forges: `[oauth.<name>]` tables, file only (`web::oauth::settings`).
+    #[arg(skip)]
+    pub oauth: Option<OAuthTables>,
 }
+
+/// The `[oauth.<name>]` tables as written, with where each part is in the file.
+pub type OAuthTables = std::collections::BTreeMap<
+    toml::Spanned<String>,
+    toml::Spanned<crate::web::oauth::settings::ProviderSettings>,
+>;
 
 impl Settings {
     /// Field by field: `self` where set, else `other`.
@@ -166,6 +175,7 @@ impl Settings {
                 .kube_insecure_registries
                 .or(other.kube_insecure_registries),
             forge_api_urls: self.forge_api_urls.or(other.forge_api_urls),
+            oauth: self.oauth.or(other.oauth),
         }
     }
 }
@@ -199,6 +209,8 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     /// `(host, API base)` pairs from `[forge_api_urls]`, checked at start-up.
     pub forge_api_urls: Vec<(String, String)>,
+    /// The forges people sign in with (`[oauth.<name>]`), checked; secrets not read yet.
+    pub oauth: Vec<crate::web::oauth::settings::OAuthProvider>,
 }
 
 /// What the HTTP listener allows a client (see `daemon::listener`).
@@ -328,8 +340,14 @@ impl Config {
             }
             forge_api_urls.push((host, url));
         }
+        let oauth = match &s.oauth {
+            Some(tables) => crate::web::oauth::settings::providers(tables)
+                .map_err(|(_, message)| ConfigError::Invalid(message))?,
+            None => Vec::new(),
+        };
         Ok(Config {
             forge_api_urls,
+            oauth,
             listen,
             secret_key_file: s
                 .secret_key_file
@@ -384,18 +402,27 @@ pub(crate) fn read_file(path: &Path) -> Result<Settings, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|span| line_column(&text, span.start))
-            .unwrap_or((1, 1));
+    let at = |start: usize, message: String| {
+        let (line, column) = line_column(&text, start);
         ConfigError::Parse {
             path: path.to_path_buf(),
             line,
             column,
-            message: e.message().to_string(),
+            message,
         }
-    })
+    };
+    let settings: Settings = toml::from_str(&text).map_err(|e| {
+        at(
+            e.span().map_or(0, |span| span.start),
+            e.message().to_string(),
+        )
+    })?;
+    // What only makes sense with the text at hand: where a bad `[oauth.*]` value is.
+    if let Some(tables) = &settings.oauth {
+        crate::web::oauth::settings::providers(tables)
+            .map_err(|(span, message)| at(span.start, message))?;
+    }
+    Ok(settings)
 }
 
 /// 1-based line and column of a byte offset.

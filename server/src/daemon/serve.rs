@@ -50,6 +50,16 @@ pub async fn build_state_with_clock(
             "removed uploads a stopped server left half-written"
         );
     }
+    let oauth = crate::web::oauth::clients::OAuthClients::load(&config.oauth)?;
+    for p in &config.oauth {
+        // What the forge's OAuth application must be registered with.
+        tracing::info!(
+            provider = %p.name,
+            kind = %p.kind,
+            callback = %format!("{}/login/oauth/{}/callback", config.public_url, p.name),
+            "sign-in with a forge configured"
+        );
+    }
     let metrics = crate::daemon::metrics::Metrics::new();
     let disk = crate::daemon::disk::DiskHealth::new(config.min_free_disk_bytes, metrics.storage());
     Ok(AppState::new(Inner {
@@ -65,6 +75,7 @@ pub async fn build_state_with_clock(
         metrics,
         disk,
         failures: crate::logs::failure_cache::FailureCache::default(),
+        oauth,
         shutdown: CancellationToken::new(),
         config,
     }))

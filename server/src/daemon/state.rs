@@ -34,6 +34,8 @@ pub struct Inner {
     pub disk: crate::daemon::disk::DiskHealth,
     /// The lines failed runs' pages show from their logs, read once (`web::failure`).
     pub failures: crate::logs::failure_cache::FailureCache,
+    /// The forges people sign in with (`web::oauth`), their client secrets loaded.
+    pub oauth: crate::web::oauth::clients::OAuthClients,
     /// Cancelled when the server shuts down; workers stop at their next await.
     pub shutdown: CancellationToken,
 }

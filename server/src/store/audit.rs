@@ -88,6 +88,11 @@ pub mod action {
     pub const TOKEN_REVOKE: &str = "token.revoke";
     pub const IDENTITY_LINK: &str = "identity.link";
     pub const IDENTITY_UNLINK: &str = "identity.unlink";
+    /// A forge account linked to (or unlinked from) a user for signing in with it.
+    pub const OAUTH_LINK: &str = "oauth.link";
+    pub const OAUTH_UNLINK: &str = "oauth.unlink";
+    /// A sign-in with a forge account (a new user made by it is `user.create` too).
+    pub const OAUTH_SIGN_IN: &str = "oauth.sign_in";
     /// An environment's rules set (created or changed) or removed.
     pub const ENVIRONMENT_SET: &str = "environment.set";
     pub const ENVIRONMENT_DELETE: &str = "environment.delete";

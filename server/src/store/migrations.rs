@@ -31,6 +31,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0006_rollouts.sql",
     "0007_write_probe.sql",
     "0008_repo_scopes.sql",
+    "0010_oauth.sql",
     "0011_more_forges.sql",
 );
 
@@ -43,6 +44,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0006_rollouts.sql",
     "0007_write_probe.sql",
     "0008_repo_scopes.sql",
+    "0010_oauth.sql",
     "0011_more_forges.sql",
 );
 

@@ -43,6 +43,7 @@ mod events;
 mod gates;
 mod lease;
 mod migrations;
+pub mod oauth;
 mod people;
 mod probe;
 mod queue;

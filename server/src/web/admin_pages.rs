@@ -1,7 +1,7 @@
 //! Admin pages: the audit log (newest first, filtered by action or actor, with the
-//! chain's verification) and people (users with their roles and linked identities,
-//! personal tokens by name; machine tokens by name and scope), with the forms that
-//! change them (`people_actions`).
+//! chain's verification) and people (users with their roles, linked identities, the
+//! forge accounts they sign in with and personal tokens by name; machine tokens by
+//! name and scope), with the forms that change them (`people_actions`).
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -107,6 +107,8 @@ pub struct PersonRow {
     /// (role, `owner/name` or empty for the global role), for the forms.
     pub roles: Vec<(String, String)>,
     pub identities: String,
+    /// The forge accounts they sign in with: `github (alice-gh)`, ….
+    pub forge_sign_ins: String,
     pub tokens: Vec<PersonalTokenRow>,
     /// The signed-in admin themselves.
     pub me: bool,
@@ -156,13 +158,16 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
     };
     let mut people = Vec::new();
     for u in users {
-        let (roles, ids, tokens) = match (
+        let (roles, ids, tokens, links) = match (
             state.store.roles_of(u.id).await,
             state.store.identities_of(u.id).await,
             state.store.list_user_tokens(u.id).await,
+            state.store.oauth_links_of(u.id).await,
         ) {
-            (Ok(r), Ok(i), Ok(t)) => (r, i, t),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_error(e),
+            (Ok(r), Ok(i), Ok(t), Ok(l)) => (r, i, t, l),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                return store_error(e);
+            }
         };
         people.push(PersonRow {
             roles: roles
@@ -172,6 +177,11 @@ pub async fn people(State(state): State<AppState>, me: SignedIn) -> Response {
             identities: ids
                 .iter()
                 .map(|i| format!("{}:{}", i.forge, i.login))
+                .collect::<Vec<_>>()
+                .join(", "),
+            forge_sign_ins: links
+                .iter()
+                .map(|l| format!("{} ({})", l.provider, l.login))
                 .collect::<Vec<_>>()
                 .join(", "),
             tokens: tokens

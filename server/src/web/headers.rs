@@ -17,6 +17,14 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
     img-src 'self' data:; connect-src 'self'; font-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
 
+/// [`CSP`] with forms also allowed to end up at `origins` — a browser checks
+/// `form-action` on every redirect a form post leads to, and the account page's
+/// **Link** forms go on to the forges' authorize pages (`web::account`).
+pub fn csp_with_form_targets<'a>(origins: impl Iterator<Item = &'a str>) -> String {
+    let extra: String = origins.map(|o| format!(" {o}")).collect();
+    CSP.replace("form-action 'self'", &format!("form-action 'self'{extra}"))
+}
+
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();

@@ -20,6 +20,29 @@ struct LoginPage {
     next: String,
     name: String,
     error: String,
+    /// "Sign in with …" buttons, one per configured forge (`oauth`).
+    forges: Vec<ForgeButton>,
+}
+
+pub struct ForgeButton {
+    pub href: String,
+    pub label: String,
+}
+
+/// A link per configured provider to `/login/oauth/{name}`, carrying `next`.
+fn forge_buttons(state: &AppState, next: &str) -> Vec<ForgeButton> {
+    state
+        .oauth
+        .all()
+        .map(|p| ForgeButton {
+            href: format!(
+                "/login/oauth/{}?next={}",
+                p.name,
+                super::encode_component(next)
+            ),
+            label: format!("Sign in with {}", p.display_name),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +63,7 @@ pub async fn form(
     }
     render(&LoginPage {
         chrome: Chrome::default(),
+        forges: forge_buttons(&state, &next),
         next,
         name: String::new(),
         error: String::new(),
@@ -112,6 +136,7 @@ pub async fn submit(
         tracing::info!(name = %f.name, "sign-in refused");
         let mut page = render(&LoginPage {
             chrome: Chrome::default(),
+            forges: forge_buttons(&state, &next),
             next,
             name: f.name,
             error: "Wrong name or password.".into(),

@@ -6,6 +6,7 @@
 //! Every response carries a strict Content-Security-Policy (no inline script, nothing
 //! from elsewhere), `X-Content-Type-Options: nosniff` and frame denial (`headers`).
 
+mod account;
 pub mod actions;
 mod admin_pages;
 mod assets;
@@ -17,6 +18,7 @@ mod headers;
 mod inbox;
 mod log_page;
 mod login;
+pub mod oauth;
 mod people_actions;
 mod repo_actions;
 mod repo_page;
@@ -44,6 +46,11 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(dashboard::page))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::sign_out))
+        .route("/login/oauth/{provider}", get(oauth::start))
+        .route("/login/oauth/{provider}/callback", get(oauth::callback))
+        .route("/account", get(account::page))
+        .route("/account/oauth/{provider}/link", post(account::link))
+        .route("/account/oauth/{provider}/unlink", post(account::unlink))
         .route("/inbox", get(inbox::page))
         .route("/audit", get(admin_pages::audit))
         .route("/people", get(admin_pages::people))

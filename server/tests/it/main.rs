@@ -29,6 +29,7 @@ mod harness;
 mod hooks;
 mod leftovers;
 mod logs;
+mod oauth;
 mod people;
 mod planner;
 mod promptness;
