@@ -124,10 +124,7 @@ pub async fn pod_log(
     if !(plain && ctx.captures.stream(&docker_name, opts.follow, tx.clone())) {
         tokio::spawn(read_log(ctx.clone(), docker_name, opts, tx));
     }
-    let mut cut = ctx.log_cut.subscribe();
-    cut.mark_unchanged();
-    let logs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .take_until(async move { cut.changed().await.ok() });
+    let logs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let body = logs.filter_map(move |b| {
         let out = match remaining.as_mut() {
             None => Some(b),

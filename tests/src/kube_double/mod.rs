@@ -43,11 +43,8 @@
 //!   `Status`, as the API server's watch cache sends.
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
 //!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` (to the
-//!   second, as the engine takes them and as the API's `metav1.Time` carries them;
-//!   lines at or after it), `limitBytes`; a container that has not started is a 400
-//!   "is waiting to start: `<reason>`". [`KubeDouble::cut_log_streams`] ends every
-//!   open stream mid-body, as an API server or kubelet restart or an idle load
-//!   balancer does.
+//!   second, as the engine takes them), `limitBytes`; a container that has not
+//!   started is a 400 "is waiting to start: `<reason>`".
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
 //!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
 //!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
@@ -366,7 +363,6 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         captures: capture::Captures::new()
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
-        log_cut: tokio::sync::watch::Sender::new(0),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -420,13 +416,6 @@ impl KubeDouble {
     /// Requests served so far, by `METHOD route` (`WATCH` for watches).
     pub fn requests(&self) -> BTreeMap<String, u64> {
         self.counts.snapshot()
-    }
-
-    /// Ends every log stream open now, mid-body, without an error: what a client
-    /// sees when the API server or the kubelet restarts, or a load balancer closes an
-    /// idle connection. The containers go on; a new log request reads on.
-    pub fn cut_log_streams(&self) {
-        self.ctx.log_cut.send_modify(|n| *n += 1);
     }
 
     /// The current global resourceVersion.
