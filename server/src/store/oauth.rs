@@ -9,6 +9,7 @@ use serde_json::json;
 use sqlx::query;
 
 use super::audit::action;
+use super::people::{subject, user};
 use super::row::{RowExt, rows};
 use super::{Error, NewAudit, Result, Store, Tx, User, UserId};
 
@@ -63,19 +64,6 @@ fn link(r: &sqlx::any::AnyRow) -> Result<OAuthLink> {
         login: r.text("login")?,
         created_at: r.int("created_at")?,
     })
-}
-
-fn user_of(r: &sqlx::any::AnyRow) -> Result<User> {
-    Ok(User {
-        id: r.int("id")?,
-        name: r.text("name")?,
-        disabled: r.flag("disabled")?,
-        created_at: r.int("created_at")?,
-    })
-}
-
-fn subject(user: &str) -> String {
-    format!("user:{user}")
 }
 
 impl Store {
@@ -155,7 +143,7 @@ impl Store {
             login: r.text("login")?,
             created_at: r.int("linked_at")?,
         };
-        Ok(Some((found, user_of(&r)?)))
+        Ok(Some((found, user(&r)?)))
     }
 
     /// The forge accounts a user signs in with, by provider name.
@@ -287,7 +275,7 @@ impl Store {
             Error::Conflict(_) => Error::Conflict(format!("a user named `{name}` exists")),
             e => e,
         })?;
-        let created = user_of(&row)?;
+        let created = user(&row)?;
         let entry = NewAudit::new(&actor, action::USER_CREATE, subject(name))
             .detail(json!({ "by": "oauth", "provider": provider }));
         self.append_audit_tx(&mut tx, &entry).await?;

@@ -121,7 +121,7 @@ const USER_COLS: &str = "id, name, disabled, created_at";
 const USER_TOKEN_COLS: &str = "id, user_id, name, created_at, last_used_at";
 const IDENTITY_COLS: &str = "id, user_id, forge, login, created_at";
 
-fn user(r: &sqlx::any::AnyRow) -> Result<User> {
+pub(super) fn user(r: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
         id: r.int("id")?,
         name: r.text("name")?,
@@ -151,7 +151,7 @@ fn identity(r: &sqlx::any::AnyRow) -> Result<Identity> {
 }
 
 /// The audit subject naming a user.
-fn subject(user: &str) -> String {
+pub(super) fn subject(user: &str) -> String {
     format!("user:{user}")
 }
 
