@@ -21,11 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::json;
-use server::crypto::generate_webhook_secret;
-use server::daemon::state::forge_token_aad;
 use server::forge::{self, ForgeKind, Parsed, PrAction, VerifyError};
-use server::store::{self, Dialect, Event, NewRepo, NewRun, RunStatus, Trigger};
-use server::workers::commit_status::Follower;
+use server::store::{self, Dialect, Event, RunStatus, Trigger};
 
 use crate::support::both_databases;
 use crate::support::forge::{
@@ -880,51 +877,7 @@ async fn gitee_deliveries_are_verified_and_deduplicated_without_a_delivery_heade
 
 // ------------------------------------------------------------ statuses
 
-/// A repository on `forge` whose clone URL is on the stand-in forge, with a run settled
-/// as success, reported by a follower: the number of statuses sent.
-async fn report(forge: store::ForgeKind, clone_url: &str) -> (String, usize) {
-    let server = TestServer::builder().build().await;
-    let state = &server.state;
-    let name = "team/app";
-    let repo = state
-        .store
-        .create_repo(NewRepo {
-            api_url: None,
-            name: name.into(),
-            forge,
-            clone_url: clone_url.into(),
-            default_branch: "main".into(),
-            webhook_secret_enc: state.secret_box.seal(
-                generate_webhook_secret().as_bytes(),
-                &server::daemon::state::webhook_secret_aad(name),
-            ),
-            forge_token_enc: Some(
-                state
-                    .secret_box
-                    .seal(b"forge-token-123", &forge_token_aad(name)),
-            ),
-            trusted: true,
-        })
-        .await
-        .unwrap();
-    let sha = "0123456789abcdef0123456789abcdef01234567";
-    let run = state
-        .store
-        .create_run(
-            repo.id,
-            NewRun::new(Trigger::Manual, Event::Manual, "refs/heads/main", sha),
-        )
-        .await
-        .unwrap();
-    state
-        .store
-        .set_run_planned(run.id, &json!([]), "abc", Vec::new())
-        .await
-        .unwrap();
-    let mut follower = Follower::starting_at(0);
-    let sent = follower.step(state).await.unwrap();
-    (sha.to_string(), sent)
-}
+use crate::status::report;
 
 #[tokio::test]
 async fn bitbucket_cloud_gets_a_build_status_with_bearer_auth() {

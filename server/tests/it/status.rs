@@ -8,9 +8,10 @@ use server::workers::commit_status::Follower;
 use crate::support::forge::FakeForge;
 use crate::support::test_server::TestServer;
 
-/// Registers a repo on `forge`, creates a run and settles it with no stages (the store
-/// marks it success), then lets a follower report what happened.
-async fn report(forge: ForgeKind, base: &str) -> (String, i64) {
+/// Registers `team/app` on `forge` with `clone_url`, creates a run and settles it with
+/// no stages (the store marks it success), then lets a follower report what happened:
+/// the commit and the number of statuses sent.
+pub(crate) async fn report(forge: ForgeKind, clone_url: &str) -> (String, usize) {
     let server = TestServer::builder().build().await;
     let state = &server.state;
     let name = "team/app";
@@ -20,7 +21,7 @@ async fn report(forge: ForgeKind, base: &str) -> (String, i64) {
             api_url: None,
             name: name.into(),
             forge,
-            clone_url: format!("{base}/team/app.git"),
+            clone_url: clone_url.into(),
             default_branch: "main".into(),
             webhook_secret_enc: state.secret_box.seal(
                 generate_webhook_secret().as_bytes(),
@@ -54,13 +55,13 @@ async fn report(forge: ForgeKind, base: &str) -> (String, i64) {
     // A second pass re-reads the window but must not report the same events again.
     let again = follower.step(state).await.unwrap();
     assert_eq!(again, 0, "events were reported twice");
-    (sha.to_string(), sent as i64)
+    (sha.to_string(), sent)
 }
 
 #[tokio::test]
 async fn gitea_gets_token_auth_and_its_state_names() {
     let forge = FakeForge::start().await;
-    let (sha, sent) = report(ForgeKind::Gitea, &forge.url).await;
+    let (sha, sent) = report(ForgeKind::Gitea, &format!("{}/team/app.git", forge.url)).await;
     assert_eq!(sent, 1);
     let last = forge.last();
     assert_eq!(last.method, "POST");
@@ -80,7 +81,7 @@ async fn gitea_gets_token_auth_and_its_state_names() {
 #[tokio::test]
 async fn github_gets_bearer_auth() {
     let forge = FakeForge::start().await;
-    let (sha, _) = report(ForgeKind::Github, &forge.url).await;
+    let (sha, _) = report(ForgeKind::Github, &format!("{}/team/app.git", forge.url)).await;
     let last = forge.last();
     assert_eq!(last.path, format!("/api/v3/repos/team/app/statuses/{sha}"));
     assert_eq!(last.header("authorization"), "Bearer forge-token-123");
@@ -90,7 +91,7 @@ async fn github_gets_bearer_auth() {
 #[tokio::test]
 async fn gitlab_gets_private_token_and_an_encoded_project_path() {
     let forge = FakeForge::start().await;
-    let (sha, _) = report(ForgeKind::Gitlab, &forge.url).await;
+    let (sha, _) = report(ForgeKind::Gitlab, &format!("{}/team/app.git", forge.url)).await;
     let last = forge.last();
     assert_eq!(
         last.path,
@@ -235,7 +236,7 @@ async fn push_and_pull_request_runs_of_one_commit_keep_their_own_statuses() {
 #[tokio::test]
 async fn plain_git_repositories_report_nothing() {
     let forge = FakeForge::start().await;
-    let (_, sent) = report(ForgeKind::Git, &forge.url).await;
+    let (_, sent) = report(ForgeKind::Git, &format!("{}/team/app.git", forge.url)).await;
     assert_eq!(sent, 0);
     assert!(forge.requests().is_empty());
 }
