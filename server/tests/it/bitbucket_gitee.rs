@@ -3,6 +3,9 @@
 //! planned; signatures, pings, ignored events; build statuses recorded by a stand-in
 //! forge API; the forge names through the CLI and both databases.
 //!
+//! Long on purpose: three forges, each with its own payloads, signatures and status
+//! API, one test per behaviour, written out in full; what they share is in `support/`.
+//!
 //! Fixture sources (payload shapes, trimmed of avatars and rendered HTML):
 //! * `bitbucket/` — drone/go-scm `scm/driver/bitbucket/testdata/webhooks/` (push,
 //!   push_tag_create, push_branch_delete, pr_created, pr_updated), matching Atlassian's

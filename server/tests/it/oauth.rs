@@ -5,6 +5,9 @@
 //! `state` is refused with no session; an unlinked account is refused unless the
 //! provider lets it sign up; a disabled user is refused. The code, the access token and
 //! the client secret never reach the server's log.
+//!
+//! Long on purpose: one test per refusal the flow must make, each walked end to end; the
+//! stand-in forge and the cookie-keeping client are in `support/`.
 
 use serde_json::Value;
 
