@@ -4,8 +4,10 @@
 //! multi-document YAML, and the rollout rig (a real server driving rollouts in the
 //! double) that the rollout tests and `bench_rollout` start from.
 
+pub mod admission_policy;
 pub mod k8s_tools;
 pub mod kube_double;
+pub mod network_policy;
 pub mod pod_security;
 pub mod rollout_rig;
 pub mod server_support;

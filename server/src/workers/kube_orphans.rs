@@ -1,9 +1,11 @@
 //! The orphan sweep of Kubernetes stage pods, run by a server whose in-process
 //! runner uses the Kubernetes backend.
 //!
-//! A runner removes or adopts its own pods when it restarts under the same name,
-//! but a server pod replaced by another (a new hostname, so a new runner name) or a
-//! `slipway runner` that never comes back leaves pods nobody would look at again.
+//! A runner removes or adopts its own pods when it restarts under the same name (a
+//! server replica of deploy/'s StatefulSet keeps its host name, so its runner's), but
+//! a server pod replaced under another host name (a Deployment's pods, a scaled-down
+//! replica) or a `slipway runner` that never comes back leaves pods nobody would look
+//! at again.
 //! The server knows which stages still run: a stage pod whose stage is not
 //! `running` under the attempt the pod was made for has lost its lease (the stage
 //! finished, or was re-queued and runs elsewhere) and is deleted, with its Secret.

@@ -27,11 +27,11 @@ use tests::k8s_tools::{KUBERNETES_VERSION, kubernetes_validate_strict, run, text
 use tests::pod_security::restricted_violations;
 use tests::yaml_docs::{parse_document, parse_documents};
 
-const OVERLAYS: &[&str] = &["single-sqlite", "ha-postgres"];
-const SERVER_NAMESPACE: &str = "slipway";
-const BUILD_NAMESPACE: &str = "slipway-builds";
+pub(crate) const OVERLAYS: &[&str] = &["single-sqlite", "ha-postgres"];
+pub(crate) const SERVER_NAMESPACE: &str = "slipway";
+pub(crate) const BUILD_NAMESPACE: &str = "slipway-builds";
 /// Builder pods of `kind: image` stages: Pod Security `privileged`, nothing else there.
-const BUILDER_NAMESPACE: &str = "slipway-builders";
+pub(crate) const BUILDER_NAMESPACE: &str = "slipway-builders";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,7 +52,7 @@ fn read(path: &Path) -> String {
 // Kubernetes
 
 /// `kubectl kustomize` of one overlay: the YAML text and its objects.
-fn render(overlay: &str) -> (String, Vec<Value>) {
+pub(crate) fn render(overlay: &str) -> (String, Vec<Value>) {
     let dir = deploy(&format!("kubernetes/overlays/{overlay}"));
     let out = run(Command::new("kubectl").arg("kustomize").arg(&dir));
     assert!(
@@ -67,11 +67,11 @@ fn render(overlay: &str) -> (String, Vec<Value>) {
     (yaml, objects)
 }
 
-fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
-fn the_one<'a>(objects: &'a [Value], kind: &str, overlay: &str) -> &'a Value {
+pub(crate) fn the_one<'a>(objects: &'a [Value], kind: &str, overlay: &str) -> &'a Value {
     let found = of_kind(objects, kind);
     assert_eq!(
         found.len(),
@@ -81,11 +81,16 @@ fn the_one<'a>(objects: &'a [Value], kind: &str, overlay: &str) -> &'a Value {
     found[0]
 }
 
-fn deployment<'a>(objects: &'a [Value], overlay: &str) -> &'a Value {
-    the_one(objects, "Deployment", overlay)
+/// The server's StatefulSet (stable pod names keep its in-process runner's name).
+pub(crate) fn server_set<'a>(objects: &'a [Value], overlay: &str) -> &'a Value {
+    assert!(
+        of_kind(objects, "Deployment").is_empty(),
+        "{overlay}: the server runs as a StatefulSet, not a Deployment"
+    );
+    the_one(objects, "StatefulSet", overlay)
 }
 
-fn server_container(deployment: &Value) -> &Value {
+pub(crate) fn server_container(deployment: &Value) -> &Value {
     let containers = deployment["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers");
@@ -95,7 +100,7 @@ fn server_container(deployment: &Value) -> &Value {
         .expect("a container named slipway")
 }
 
-fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
     container["env"]
         .as_array()
         .into_iter()
@@ -219,7 +224,7 @@ fn slipway_may_only_manage_pods_logs_and_secrets_in_the_build_and_builder_namesp
         assert_eq!(account["metadata"]["name"], "slipway");
         assert_eq!(account["metadata"]["namespace"], SERVER_NAMESPACE);
         assert_eq!(account["automountServiceAccountToken"], false);
-        let pod = &deployment(&objects, overlay)["spec"]["template"]["spec"];
+        let pod = &server_set(&objects, overlay)["spec"]["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
         assert_eq!(
             pod["automountServiceAccountToken"], true,
@@ -263,10 +268,12 @@ fn namespaces_enforce_restricted_and_every_object_names_its_own() {
                 continue;
             }
             let namespace = o["metadata"]["namespace"].as_str().unwrap_or("<none>");
-            let allowed: &[&str] = if matches!(kind, "Role" | "RoleBinding") {
-                &[BUILD_NAMESPACE, BUILDER_NAMESPACE]
-            } else {
-                &[SERVER_NAMESPACE]
+            let allowed: &[&str] = match kind {
+                "Role" | "RoleBinding" => &[BUILD_NAMESPACE, BUILDER_NAMESPACE],
+                "NetworkPolicy" => &[SERVER_NAMESPACE, BUILD_NAMESPACE, BUILDER_NAMESPACE],
+                // Cluster-scoped by nature: the builder pods' admission policy.
+                "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding" => &["<none>"],
+                _ => &[SERVER_NAMESPACE],
             };
             assert!(
                 allowed.contains(&namespace),
@@ -281,7 +288,7 @@ fn namespaces_enforce_restricted_and_every_object_names_its_own() {
 fn the_slipway_pod_meets_the_restricted_pod_security_profile() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let deployment = deployment(&objects, overlay);
+        let deployment = server_set(&objects, overlay);
         let template = &deployment["spec"]["template"];
         let violations = restricted_violations(template);
         assert!(violations.is_empty(), "{overlay}: {violations:#?}");
@@ -313,7 +320,7 @@ fn the_slipway_pod_meets_the_restricted_pod_security_profile() {
 fn probes_and_port_match_what_the_server_serves() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let deployment = deployment(&objects, overlay);
+        let deployment = server_set(&objects, overlay);
         let c = server_container(deployment);
         assert_eq!(c["args"], serde_json::json!(["server"]), "{overlay}");
         let config = mounted_config(&objects, deployment);
@@ -348,7 +355,7 @@ fn template_labels(deployment: &Value) -> &Value {
     &deployment["spec"]["template"]["metadata"]["labels"]
 }
 
-/// The TOML the Deployment mounts (through SLIPWAY_CONFIG), loaded by Slipway's own
+/// The TOML the StatefulSet mounts (through SLIPWAY_CONFIG), loaded by Slipway's own
 /// config loader, as the server would at start.
 fn mounted_config(objects: &[Value], deployment: &Value) -> server::daemon::config::Config {
     let c = server_container(deployment);
@@ -388,7 +395,7 @@ fn load_config(
 fn the_mounted_configuration_is_one_slipway_accepts() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let deployment = deployment(&objects, overlay);
+        let deployment = server_set(&objects, overlay);
         let config = mounted_config(&objects, deployment);
         let c = server_container(deployment);
         // The server chmods its data dir to 0700, which it can do to a directory it
@@ -422,7 +429,7 @@ fn the_mounted_configuration_is_one_slipway_accepts() {
 async fn the_probes_answer_on_a_server_running_the_mounted_configuration() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let deployment = deployment(&objects, overlay);
+        let deployment = server_set(&objects, overlay);
         let c = server_container(deployment);
         let probes: Vec<String> = ["startupProbe", "livenessProbe", "readinessProbe"]
             .iter()
@@ -468,9 +475,15 @@ async fn the_probes_answer_on_a_server_running_the_mounted_configuration() {
 fn single_sqlite_runs_one_replica_that_stops_before_the_next_starts() {
     let overlay = "single-sqlite";
     let (_, objects) = render(overlay);
-    let deployment = deployment(&objects, overlay);
+    let deployment = server_set(&objects, overlay);
     assert_eq!(deployment["spec"]["replicas"], 1);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    // A StatefulSet replaces slipway-0 by deleting it and waiting until it is gone
+    // before creating the next slipway-0: never two writers.
+    assert_eq!(
+        deployment["spec"]["updateStrategy"]["type"],
+        "RollingUpdate"
+    );
+    assert_eq!(deployment["spec"]["podManagementPolicy"], "OrderedReady");
     let c = server_container(deployment);
     assert!(env_var(c, "SLIPWAY_DATABASE_URL").is_none());
     let config = mounted_config(&objects, deployment);
@@ -495,10 +508,15 @@ fn single_sqlite_runs_one_replica_that_stops_before_the_next_starts() {
 fn ha_postgres_runs_replicas_on_a_database_url_from_a_secret() {
     let overlay = "ha-postgres";
     let (_, objects) = render(overlay);
-    let deployment = deployment(&objects, overlay);
+    let deployment = server_set(&objects, overlay);
     let replicas = deployment["spec"]["replicas"].as_i64().unwrap();
     assert!(replicas >= 2, "replicas: {replicas}");
-    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deployment["spec"]["updateStrategy"]["type"],
+        "RollingUpdate"
+    );
+    // Started together, as ha_postgres_replicas_start_together… checks they can.
+    assert_eq!(deployment["spec"]["podManagementPolicy"], "Parallel");
     let url = env_var(server_container(deployment), "SLIPWAY_DATABASE_URL")
         .expect("SLIPWAY_DATABASE_URL");
     assert!(
@@ -532,7 +550,7 @@ async fn ha_postgres_replicas_start_together_on_one_database_and_data_dir() {
     use sqlx::{Connection, Executor};
 
     let (_, objects) = render("ha-postgres");
-    let deployment = deployment(&objects, "ha-postgres");
+    let deployment = server_set(&objects, "ha-postgres");
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap() as usize;
     let admin_url = std::env::var("SLIPWAY_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/postgres".into());
@@ -633,7 +651,7 @@ fn no_secret_is_committed_only_referenced() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
         assert!(of_kind(&objects, "Secret").is_empty(), "{overlay}");
-        let c = server_container(deployment(&objects, overlay));
+        let c = server_container(server_set(&objects, overlay));
         for name in ["SLIPWAY_SECRET_KEY", "SLIPWAY_DATABASE_URL"] {
             if let Some(var) = env_var(c, name) {
                 assert!(
@@ -671,7 +689,7 @@ fn every_slipway_variable_in_deploy_is_one_the_server_reads() {
     let mut used: Vec<(String, String)> = Vec::new();
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        for e in server_container(deployment(&objects, overlay))["env"]
+        for e in server_container(server_set(&objects, overlay))["env"]
             .as_array()
             .into_iter()
             .flatten()
