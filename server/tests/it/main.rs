@@ -40,6 +40,7 @@ mod runners;
 mod scoped_credentials;
 mod secret_masking;
 mod slow_clients;
+mod socket_options;
 mod status;
 mod store;
 mod truthful;

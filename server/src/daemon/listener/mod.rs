@@ -78,7 +78,13 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
         };
         while tasks.try_join_next().is_some() {}
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                // Responses go out in several writes (head, then body chunks, SSE
+                // events): with Nagle on, a write after an unacknowledged one waits for
+                // the peer's delayed ACK (~40 ms on Linux).
+                let _ = stream.set_nodelay(true);
+                stream
+            }
             Err(e) => {
                 // Out of descriptors: close an idle connection to get one back.
                 if e.raw_os_error().is_some_and(is_out_of_files) && conns.evict_one() {
