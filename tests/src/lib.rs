@@ -5,6 +5,7 @@
 //! double) that the rollout tests and `bench_rollout` start from.
 
 pub mod admission_policy;
+pub mod bench_support;
 pub mod k8s_tools;
 pub mod kube_double;
 pub mod network_policy;

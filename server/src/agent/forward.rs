@@ -1,7 +1,11 @@
 //! What runs beside a leased stage's steps: the heartbeat that keeps its lease (and
-//! hears the server's cancel the moment it is made: the server holds each beat open), and the forwarder that posts step starts, log batches
-//! (every 100 ms or 500 lines) and step results in order. Posts retry with backoff;
-//! log batches are idempotent by line number, so a resend is harmless.
+//! hears the server's cancel the moment it is made: the server holds each beat open),
+//! and the forwarder that posts step starts, log batches and step results in order.
+//! A batch goes out as soon as no further line is waiting, so a quiet step's line
+//! reaches the server (and its followers) at once; while a post is in flight the lines
+//! printed meanwhile gather into the next batch (at most 500 lines or 512 KiB), so a
+//! chatty step is batched by its own speed — no timer either way. Posts retry with
+//! backoff; log batches are idempotent by line number, so a resend is harmless.
 //!
 //! A server that answers 507 (its disk is full) could not store what the stage said:
 //! the stage stops there and ends as an `error` that says so ([`StageCtx::full`]),
@@ -26,9 +30,7 @@ use crate::protocol::{
     StepFinish, WireLine, WireStatus,
 };
 
-/// Flush a log batch after this long…
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// …or at this many lines…
+/// A log batch is posted when no line is waiting, or at this many lines…
 const BATCH_LINES: usize = 500;
 /// …or this many bytes (well under the server's default 2 MB JSON body limit once
 /// base64-encoded).
@@ -189,21 +191,16 @@ pub(super) async fn forward(
     cancel: CancellationToken,
 ) {
     let mut batch = Batch::default();
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let token = || LeaseToken {
         lease_token: ctx.token.clone(),
     };
     let b64 = base64::engine::general_purpose::STANDARD;
     loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            _ = tick.tick() => {
-                flush(&ctx, &mut batch, &cancel).await;
-                continue;
-            }
-        };
-        match event {
+        // Nothing waiting: what was gathered goes out now rather than after a timer.
+        if events.is_empty() {
+            flush(&ctx, &mut batch, &cancel).await;
+        }
+        match events.recv().await {
             None => {
                 flush(&ctx, &mut batch, &cancel).await;
                 return;

@@ -15,7 +15,11 @@ use runner::{LocalBackend, RunOptions, StageSpec, Status, StepSpec};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench",
+        "Pipeline model and local backend benchmarks, each with a floor measured in the same run: parse+validate+plan of a 200-stage pipeline, a step and a one-step stage on the local backend.",
+    )
+    .quick;
     let rounds = if quick { 5 } else { 30 };
     println!("| benchmark | result | floor | ratio |");
     println!("|---|---|---|---|");

@@ -25,7 +25,11 @@ use sha2::{Digest, Sha256};
 const MIB: usize = 1024 * 1024;
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_artifacts",
+        "Artifact upload and download through a real server over HTTP, against file write + sha256 + fsync and a plain file read measured in the same run.",
+    )
+    .quick;
     let (size, rounds) = if quick { (64 * MIB, 3) } else { (512 * MIB, 5) };
     tokio::runtime::Runtime::new()?.block_on(run(size, rounds))
 }

@@ -18,7 +18,11 @@ use tokio_util::sync::CancellationToken;
 const IMAGE: &str = "slipway-test/busybox:latest";
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_docker",
+        "Docker backend overhead per step and per stage, against a bare `docker run --rm` of the same image in the same run (needs `bash .ci/images.sh`).",
+    )
+    .quick;
     let steps = if quick { 5 } else { 20 };
     let rounds = if quick { 2 } else { 5 };
     let runtime = tokio::runtime::Runtime::new()?;

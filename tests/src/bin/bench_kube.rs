@@ -349,7 +349,11 @@ fn spread(n: Vec<u64>) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_kube",
+        "Kubernetes backend cost on the API-server test double (pods on Docker; needs `bash .ci/images.sh`), against bare pods driven through the same API in the same run.",
+    )
+    .quick;
     let rounds = if quick { 2 } else { 9 };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

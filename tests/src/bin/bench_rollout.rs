@@ -132,7 +132,11 @@ async fn one_rollback(rig: &mut Rig) -> anyhow::Result<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_rollout",
+        "A failed canary analysis to all traffic back on stable, through the real server and the Kubernetes double, against the analysis interval.",
+    )
+    .quick;
     let rollouts = if quick { 2 } else { 5 };
     let mut rig = Rig::start(1).await;
     let mut floor = api_writes(&rig, 50).await?;

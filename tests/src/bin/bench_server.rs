@@ -1,8 +1,10 @@
 //! Server benchmarks against the real `slipway server` process, each printed with a
 //! floor measured in the same run on the same machine:
 //!
-//! - webhook → first step started, against a bare `sh -c` spawn reading the clock;
-//! - a printed line → seen by an SSE client, against the same line through a pipe;
+//! - webhook → first step started, against a bare `sh -c` spawn reading the clock
+//!   (median, p95 and the rounds over twice the median, of 30 rounds);
+//! - a printed line → seen by an SSE client, against the same line through a pipe
+//!   (median and p95);
 //! - throughput of 500 trivial runs, against 500 bare `sh -c true` spawns;
 //! - server RSS idle and at its peak;
 //! - a 50 MB log's ingest rate, against writing the same bytes to a file with a shell;
@@ -22,7 +24,14 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_server",
+        "Server benchmarks against the real `slipway server` process (built beside this \
+         binary: cargo build --release -p server -p tests), each with a floor measured in \
+         the same run: webhook → first step, line → SSE client, 500 trivial runs, RSS, a \
+         50 MiB log's ingest and reads.",
+    )
+    .quick;
     let bin = std::env::current_exe()?
         .parent()
         .context("binary dir")?
@@ -48,6 +57,12 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
 
 fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
+}
+
+/// Nanosecond samples summarised in milliseconds.
+fn summary_ms(ns: &[i128]) -> anyhow::Result<tests::bench_support::Summary> {
+    let ms: Vec<f64> = ns.iter().map(|&n| ms(n)).collect();
+    tests::bench_support::summary(&ms).context("no samples")
 }
 
 struct Server {
@@ -244,7 +259,7 @@ async fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         marker.display()
     );
     let repo = register(&server, dir, "latency", &yaml).await?;
-    let rounds = if quick { 3 } else { 9 };
+    let rounds = if quick { 5 } else { 30 };
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
     let mut number = 0;
     for round in 0..rounds {
@@ -260,12 +275,17 @@ async fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         let out = Command::new("sh").args(["-c", "date +%s%N"]).output()?;
         floor.push(String::from_utf8(out.stdout)?.trim().parse::<i128>()? - t0);
     }
-    let (ours, floor) = (median(ours), median(floor));
+    let ours = summary_ms(&ours)?;
+    let floor = summary_ms(&floor)?;
     println!(
-        "| webhook → first step started (median of {rounds}) | {:.1} ms | bare `sh -c` spawn {:.2} ms | {:.0}x |",
-        ms(ours),
-        ms(floor),
-        ours as f64 / floor as f64
+        "| webhook → first step started ({rounds} rounds) | median {:.1} ms, p95 {:.1} ms, {} over 2× median | bare `sh -c` spawn median {:.2} ms, p95 {:.2} ms | {:.1}x (p95 {:.1}x) |",
+        ours.median,
+        ours.p95,
+        ours.over_2x_median,
+        floor.median,
+        floor.p95,
+        ours.median / floor.median,
+        ours.p95 / floor.p95
     );
 
     // A printed line → seen by an SSE client.
@@ -327,13 +347,14 @@ async fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         pipe.push(seen - line?.trim().parse::<i128>()?);
     }
     child.wait()?;
-    let (ours, floor) = (median(live), median(pipe));
+    let (ours, floor) = (summary_ms(&live)?, summary_ms(&pipe)?);
     println!(
-        "| printed line → SSE client (median of {} lines) | {:.2} ms | through a pipe {:.3} ms | {:.0}x |",
-        latencies.len() - 10,
-        ms(ours),
-        ms(floor),
-        ours as f64 / floor as f64
+        "| printed line → SSE client ({} lines) | median {:.2} ms, p95 {:.2} ms | through a pipe median {:.3} ms | {:.0}x |",
+        live.len(),
+        ours.median,
+        ours.p95,
+        floor.median,
+        ours.median / floor.median
     );
 
     // Throughput of N trivial runs.
@@ -469,5 +490,6 @@ async fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         rss_peak / 1024,
         rss_end / 1024
     );
+    tests::bench_support::print_load("after");
     Ok(())
 }

@@ -17,7 +17,11 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let quick = tests::bench_support::args(
+        "bench_web",
+        "The web UI's server time per page (built beside this binary: cargo build --release -p server -p tests), against GET /healthz on the same socket.",
+    )
+    .quick;
     let bin = std::env::current_exe()?
         .parent()
         .context("binary dir")?

@@ -1,6 +1,7 @@
 //! The integration tests of the `tests` crate, one binary: one link of `server`,
 //! `runner` and the kube double instead of one per file.
 
+mod bench_help;
 mod deploy_isolation;
 mod deploy_manifests;
 mod examples;
