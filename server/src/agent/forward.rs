@@ -3,7 +3,7 @@
 //! and the forwarder that posts step starts, log batches and step results in order.
 //! A batch goes out as soon as no further line is waiting, so a quiet step's line
 //! reaches the server (and its followers) at once; while a post is in flight the lines
-//! printed meanwhile gather into the next batch (at most 500 lines or 512 KiB), so a
+//! printed meanwhile gather into the next batch (at most 8,192 lines or 512 KiB), so a
 //! chatty step is batched by its own speed — no timer either way. Posts retry with
 //! backoff; log batches are idempotent by line number, so a resend is harmless.
 //!
@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 
 /// A log batch is posted when no line is waiting, or at this many lines…
-const BATCH_LINES: usize = 500;
+const BATCH_LINES: usize = 8192;
 /// …or this many bytes (well under the server's default 2 MB JSON body limit once
 /// base64-encoded).
 const BATCH_BYTES: usize = 512 * 1024;
