@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 /// Why a blob was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +154,7 @@ impl BlobStore {
         let tmp = TempFile::new(&dir).await?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
-        let mut file = tokio::io::BufWriter::with_capacity(CHUNK, tmp.file().await?);
+        let mut writer = Writer::start(tmp.file().await?.into_std().await);
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
@@ -167,9 +166,13 @@ impl BlobStore {
                     got: written,
                 });
             }
+            // Hashing here while the writer thread writes the previous chunks: the
+            // two overlap instead of taking turns.
             hasher.update(&chunk);
-            file.write_all(&chunk).await?;
+            writer.write(chunk).await?;
         }
+        // Everything written, flushed and fsynced (or the first write error).
+        writer.finish().await?;
         if written != size {
             return Err(BlobError::SizeMismatch {
                 expected: size,
@@ -183,10 +186,6 @@ impl BlobStore {
                 got,
             });
         }
-        file.flush().await?;
-        let file = file.into_inner();
-        file.sync_all().await?;
-        drop(file);
         let new = tmp.persist(&dest).await?;
         Ok(Stored {
             sha256: sha256.to_string(),
@@ -197,6 +196,81 @@ impl BlobStore {
 }
 
 const TEMP_PREFIX: &str = ".upload-";
+
+/// Chunks queued for the writer thread: a few MiB at most in flight.
+const QUEUED_CHUNKS: usize = 32;
+
+/// Writes an upload's chunks to its temp file on a thread of its own, so that the
+/// caller hashes (and reads the socket) while the disk writes; `finish` flushes and
+/// fsyncs. The first write error (a full disk: see `ApiError::disk_full`) ends the
+/// thread and is what `write` or `finish` returns. Dropped unfinished (a refused or
+/// abandoned upload), it stops without writing the rest or syncing.
+struct Writer {
+    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Writer {
+    fn start(file: std::fs::File) -> Writer {
+        use std::sync::atomic::Ordering;
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = abandoned.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::with_capacity(CHUNK * 16, file);
+            while let Some(chunk) = rx.blocking_recv() {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                out.write_all(&chunk)?;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()
+        });
+        Writer {
+            chunks: Some(chunks),
+            done,
+            abandoned,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped on an error: that error, not a closed channel.
+        self.chunks = None;
+        match (&mut self.done).await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(std::io::Error::other("the blob writer stopped early")),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.chunks = None;
+        let result = (&mut self.done).await.map_err(std::io::Error::other)?;
+        // Finished: nothing to abandon on drop.
+        self.abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        result
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A temp file next to its destination, removed on drop unless persisted, and locked
 /// while it lives so that the start-up sweep can tell it from a dead writer's.
