@@ -40,6 +40,18 @@ pub enum Outcome {
 
 pub(super) type R<T> = Result<T, String>;
 
+/// The start of the reason a rollout past its stage's `timeout` rolls back with (and
+/// how its end knows to say `timed_out`).
+const TIMED_OUT: &str = "the stage's timeout passed";
+
+/// The stage's `timeout`, in seconds, when it has run longer than that.
+fn timed_out(stage: &crate::store::Stage, now_ms: i64) -> Option<String> {
+    let secs = stage.spec.get("timeout_secs")?.as_u64()?;
+    let started = stage.started_at?;
+    let limit_ms = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    (now_ms.saturating_sub(started) >= limit_ms).then(|| format!("timeout: {secs}s"))
+}
+
 /// How long the new version's pods stay after traffic left them (requests in flight
 /// finish), before the rollout removes them.
 pub(super) const DRAIN_MS: i64 = 1_000;
@@ -63,6 +75,18 @@ impl Tick<'_> {
             };
             return self
                 .begin_roll_back(r, &acts, RolloutPhase::Aborted, why)
+                .await;
+        }
+        // The stage's `timeout` holds for a rollout as for any stage, pauses included:
+        // past it, traffic goes back to stable and the stage ends `timed_out`.
+        if let Some(limit) = timed_out(&stage, self.store.now_ms()) {
+            return self
+                .begin_roll_back(
+                    r,
+                    &acts,
+                    RolloutPhase::Failed,
+                    format!("{TIMED_OUT} ({limit})"),
+                )
                 .await;
         }
         if r.memo.get("stable_replicas").is_none() {
@@ -309,6 +333,8 @@ impl Tick<'_> {
         r.message = Some(format!("rolled back: {why}"));
         let status = if phase == RolloutPhase::Aborted && why == "the run was cancelled" {
             StageStatus::Cancelled
+        } else if why.starts_with(TIMED_OUT) {
+            StageStatus::TimedOut
         } else {
             StageStatus::Failure
         };

@@ -2,7 +2,7 @@
 //! carries the weight and header annotations while paused; `slipway rollout status`
 //! says where it is; `slipway rollout abort` rolls it back (stage failed, audited,
 //! nothing left); on the next run `slipway rollout promote --full` skips every
-//! remaining step.
+//! remaining step; a stage's `timeout` rolls a rollout back and ends it `timed_out`.
 
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
@@ -128,6 +128,47 @@ async fn nginx_annotations_then_abort_and_a_full_promote_from_the_terminal() {
     assert_eq!(v["rollout"]["step"], 6);
     assert_eq!(rig.stable_image().await, rig.images.v2);
     assert!(ingresses.get_opt("web-canary").await.unwrap().is_none());
+    assert_eq!(rig.leftovers().await, Vec::<String>::new());
+    rig.double.shutdown().await;
+}
+
+/// A deploy stage's `timeout` holds while its rollout waits at a pause nobody ends:
+/// past it, traffic goes back to stable, the new version is removed and the stage ends
+/// `timed_out`, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_past_its_stage_timeout_rolls_back_and_times_out() {
+    let mut rig = Rig::start(1).await;
+    let image = rig.images.v2.clone();
+    let pipeline = format!(
+        r#"stages:
+  deploy:
+    kind: deploy
+    environment: prod
+    timeout: 8s
+    target: {{ deployment: web }}
+    image: {image}
+    strategy:
+      canary:
+        steps:
+          - weight: 50
+          - pause: {{}}
+          - weight: 100
+"#
+    );
+    let run = rig.push(&pipeline).await;
+    rig.rollout_when(run, "deploy", "the pause", |v| {
+        v["rollout"]["phase"] == "paused"
+    })
+    .await;
+    let done = rig.finished(run).await;
+    assert_eq!(done["stages"][0]["status"], "timed_out", "{done:#}");
+    // As for any stage: a timed-out stage fails its run.
+    assert_eq!(done["run"]["status"], "failure", "{done:#}");
+    let reason = done["stages"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("timeout: 8s"), "{reason}");
+    let log = rig.rollout_log(run, "deploy").await;
+    assert!(log.contains("rolling back: the stage's timeout passed"), "{log}");
+    assert_eq!(rig.stable_image().await, rig.images.v1);
     assert_eq!(rig.leftovers().await, Vec::<String>::new());
     rig.double.shutdown().await;
 }
