@@ -230,7 +230,7 @@ impl Store {
     /// Refused (`Conflict`) when it would disable the last enabled admin.
     pub async fn set_user_disabled(&self, actor: &str, id: UserId, disabled: bool) -> Result<User> {
         let mut tx = self.begin().await?;
-        let admins_before = enabled_admins_tx(&mut tx).await?;
+        let admins_before = self.admins_locked(&mut tx).await?;
         let sql = format!("UPDATE users SET disabled = $2 WHERE id = $1 RETURNING {USER_COLS}");
         let changed = query(&sql)
             .bind(id)
@@ -279,7 +279,7 @@ impl Store {
         role: Option<Role>,
     ) -> Result<Option<Role>> {
         let repo_key = repo.map_or(0, |r| r.id);
-        let admins_before = enabled_admins_tx(tx).await?;
+        let admins_before = self.admins_locked(tx).await?;
         let before = query(
             "SELECT role FROM role_bindings WHERE user_id = $1 AND COALESCE(repo_id, 0) = $2",
         )
@@ -538,6 +538,25 @@ async fn identity_holder(tx: &mut Tx, forge: ForgeKind, login: &str) -> Result<O
     .await?
     .map(|r| r.text("name"))
     .transpose()
+}
+
+/// Serialises changes that could take away the last admin on PostgreSQL, where two
+/// transactions demoting the last two admins at once would each still see the other
+/// (SQLite's write transactions are serial already).
+const ADMINS_LOCK_KEY: i64 = 0x534c_4950_4144_4d4e; // "SLIPADMN"
+
+impl Store {
+    /// [`enabled_admins_tx`] after taking the admins' lock, held until `tx` ends: the
+    /// count a change is judged against cannot move under it.
+    async fn admins_locked(&self, tx: &mut Tx) -> Result<usize> {
+        if self.dialect == super::Dialect::Postgres {
+            query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(ADMINS_LOCK_KEY)
+                .execute(&mut **tx)
+                .await?;
+        }
+        enabled_admins_tx(tx).await
+    }
 }
 
 /// How many enabled users hold the global admin role, as `tx` sees it.

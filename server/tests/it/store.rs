@@ -48,6 +48,7 @@ both_databases!(
     labels_route_stages_to_runners,
     repo_scopes_route_stages_to_runners,
     runner_capacity_holds_under_concurrency,
+    the_last_two_admins_demoted_at_once_leave_one,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -2113,5 +2114,35 @@ async fn repo_scopes_route_stages_to_runners(db: Dialect) {
                 .iter()
                 .all(|s| s.stage.status == StageStatus::Running)
         );
+    }
+}
+
+/// Two admins demoted at the same moment, each the other's "another admin": one change
+/// must be refused, or nobody could manage people any more. On PostgreSQL the two
+/// transactions run side by side (READ COMMITTED), so only a lock makes the second see
+/// the first.
+async fn the_last_two_admins_demoted_at_once_leave_one(db: Dialect) {
+    let store = TestStore::open(db).await;
+    let admin = Some((Role::Admin, None));
+    let a = store.create_user("test", "a", "x", admin).await.unwrap();
+    let b = store.create_user("test", "b", "x", admin).await.unwrap();
+    for round in 0..20 {
+        let (ra, rb) = tokio::join!(
+            store.set_role("test", &a, None, None),
+            store.set_role("test", &b, None, None),
+        );
+        let refused = [&ra, &rb]
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Conflict(m)) if m.contains("last enabled admin")))
+            .count();
+        assert!(
+            ra.is_ok() != rb.is_ok() && refused == 1,
+            "round {round}: exactly one demotion may pass: {ra:?} / {rb:?}"
+        );
+        let demoted = if ra.is_ok() { &a } else { &b };
+        store
+            .set_role("test", demoted, None, Some(Role::Admin))
+            .await
+            .unwrap();
     }
 }

@@ -167,7 +167,10 @@ async fn a_rollout_past_its_stage_timeout_rolls_back_and_times_out() {
     let reason = done["stages"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("timeout: 8s"), "{reason}");
     let log = rig.rollout_log(run, "deploy").await;
-    assert!(log.contains("rolling back: the stage's timeout passed"), "{log}");
+    assert!(
+        log.contains("rolling back: the stage's timeout passed"),
+        "{log}"
+    );
     assert_eq!(rig.stable_image().await, rig.images.v1);
     assert_eq!(rig.leftovers().await, Vec::<String>::new());
     rig.double.shutdown().await;
