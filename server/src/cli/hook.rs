@@ -11,6 +11,12 @@
 //! user could read it in the process list. It is a hook token bound to this repository
 //! (`slipway token create NAME --scope hook --repo team/app`): the server refuses it
 //! for any other.
+//!
+//! The push has already happened when the hook runs, so a lost notification is a push
+//! that never gets built: a server that is briefly unable to take it (unreachable,
+//! draining or restarting: 502/503/504; its disk full: 507; 429) is asked again, up
+//! to five times over about 15 s, each retry said on stderr (the pusher's terminal).
+//! The server de-duplicates, so a retry of a notification it did take is harmless.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -33,6 +39,19 @@ pub struct HookArgs {
 
 /// Longest commit message sent along (the server stores it with the run).
 const MAX_MESSAGE: usize = 4096;
+
+/// Waits before the 2nd, 3rd, … attempt.
+const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// Answers that may well be different a moment later.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504 | 507)
+}
 
 pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
     let token = match std::env::var("SLIPWAY_TOKEN") {
@@ -76,15 +95,36 @@ pub fn run(args: HookArgs) -> anyhow::Result<ExitCode> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
-        let resp = client
-            .post(url.clone())
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            let sent = async {
+                let resp = client
+                    .post(url.clone())
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                Ok::<_, reqwest::Error>((status, text))
+            }
+            .await;
+            let why = match &sent {
+                Ok((status, _)) if retryable(*status) => format!("HTTP {}", status.as_u16()),
+                Ok(_) => return sent,
+                Err(e) if e.is_connect() || e.is_timeout() => e.to_string(),
+                Err(_) => return sent,
+            };
+            let Some(delay) = delays.next() else {
+                return sent;
+            };
+            errln!(
+                "slipway hook: the server could not take the push notification ({why}); \
+                 trying again in {}s",
+                delay.as_secs()
+            );
+            tokio::time::sleep(*delay).await;
+        }
     });
     let (status, text) = match response {
         Ok(r) => r,

@@ -1383,3 +1383,113 @@ async fn slipway_hook_posts_the_post_receive_lines() {
     );
     assert_eq!(runs(state, &repo).await.len(), 1);
 }
+
+/// A stand-in Slipway server answering the plain-git hook with `answers` in turn (the
+/// last one for every request after), counting the requests.
+async fn stand_in(answers: Vec<(u16, &'static str)>) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst) as usize;
+            let (status, body) = answers[n.min(answers.len() - 1)];
+            // Read the request (head and a small JSON body) before answering.
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            while let Ok(k) = conn.read(&mut buf).await {
+                if k == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+fn hook_to(addr: std::net::SocketAddr) -> std::process::Output {
+    let mut child = slipway()
+        .args([
+            "hook",
+            "--server",
+            &format!("http://{addr}"),
+            "--repo",
+            "team/app",
+        ])
+        .env("SLIPWAY_TOKEN", "slp_not_checked_by_the_stand_in")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sha = "1".repeat(40);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{} {sha} refs/heads/main\n", "0".repeat(40)).as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The push has happened when the hook runs: a server that cannot take the notification
+/// yet (its disk full, draining) is asked again, and a refusal that will not change is
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_git_hook_retries_a_server_that_cannot_take_the_push_yet() {
+    const FULL: &str = r#"{"error":{"code":"disk_full","message":"the data dir is full"}}"#;
+    const TAKEN: &str = r#"{"results":[{"ref":"refs/heads/main","run":7}]}"#;
+    let (addr, seen) = stand_in(vec![(507, FULL), (503, "draining"), (200, TAKEN)]).await;
+    let out = tokio::task::spawn_blocking(move || hook_to(addr))
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("refs/heads/main → run #7"), "{stdout}");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert!(
+        stderr.contains("(HTTP 507); trying again in 1s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(HTTP 503); trying again in 2s"),
+        "{stderr}"
+    );
+
+    // A refusal that a retry cannot change is reported at once.
+    const BAD: &str = r#"{"error":{"code":"unauthorized","message":"bad token"}}"#;
+    let (addr, seen) = stand_in(vec![(401, BAD)]).await;
+    let out = tokio::task::spawn_blocking(move || hook_to(addr))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 401: bad token"),
+        "{out:?}"
+    );
+}
