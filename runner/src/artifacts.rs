@@ -109,15 +109,8 @@ impl Matcher {
 /// Copies the files under `root` matching `globs` into `dest` (keeping relative
 /// paths and permission bits) and returns them sorted by path. Blocking.
 pub fn collect(root: &Path, globs: &[String], dest: &Path) -> Result<Vec<Artifact>> {
-    let set = build_globs(globs)?;
-    if globs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let root = fs::canonicalize(root)
-        .map_err(|e| Error::io(format!("resolving workspace {}", root.display()), e))?;
-    let mut found = BTreeMap::new();
-    walk(&root, &root, "", false, &set, &mut found)?;
-    if found.is_empty() {
+    let found = matching_files(root, globs)?;
+    if found.is_empty() && !globs.is_empty() {
         tracing::warn!(globs = ?globs, "artifact globs matched no files");
     }
     let mut out = Vec::with_capacity(found.len());
@@ -136,29 +129,113 @@ pub(crate) fn matching_files(root: &Path, globs: &[String]) -> Result<Vec<(Strin
     }
     let root = fs::canonicalize(root)
         .map_err(|e| Error::io(format!("resolving workspace {}", root.display()), e))?;
+    Ok(select(&HostTree { root }, globs, &set)?
+        .into_iter()
+        .collect())
+}
+
+/// What the walk needs to know of an entry of a workspace tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    /// A socket, FIFO or device: never collected.
+    Other,
+}
+
+/// A workspace as the artifact walk sees it: the directory on this host
+/// ([`HostTree`]), or a listing made elsewhere (a pod's, see
+/// `kubernetes::listing`), so that both select with the very same rules.
+pub(crate) trait Tree {
+    /// The workspace root, canonical (no symlink in it).
+    fn root(&self) -> &Path;
+    /// The entries of the directory `rel_dir` (relative, `/`-separated, `""` for
+    /// the root), in any order. Symlinks are entries of their own, never followed.
+    fn entries(&self, rel_dir: &str) -> Result<Vec<(std::ffi::OsString, EntryKind)>>;
+    /// The symlink at `rel`, fully resolved as `realpath(3)` does.
+    fn resolve(&self, rel: &str) -> std::io::Result<PathBuf>;
+    /// Whether `canonical` (absolute, resolved) is a regular file.
+    fn is_file(&self, canonical: &Path) -> bool;
+}
+
+/// The workspace as a directory on this host.
+struct HostTree {
+    root: PathBuf,
+}
+
+impl Tree for HostTree {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entries(&self, rel_dir: &str) -> Result<Vec<(std::ffi::OsString, EntryKind)>> {
+        let dir = self.root.join(rel_dir);
+        let listed: Vec<_> = fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let mut entries = Vec::with_capacity(listed.len());
+        for entry in listed {
+            let path = entry.path();
+            let ft = fs::symlink_metadata(&path)
+                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+                .file_type();
+            let kind = if ft.is_symlink() {
+                EntryKind::Symlink
+            } else if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            entries.push((entry.file_name(), kind));
+        }
+        Ok(entries)
+    }
+
+    fn resolve(&self, rel: &str) -> std::io::Result<PathBuf> {
+        fs::canonicalize(self.root.join(rel))
+    }
+
+    fn is_file(&self, canonical: &Path) -> bool {
+        canonical.is_file()
+    }
+}
+
+/// The files of `tree` matching `globs`, by relative path, each with the file to
+/// read: itself, or a symlink's target. Blocking for a [`HostTree`].
+pub(crate) fn select(
+    tree: &impl Tree,
+    globs: &[String],
+    set: &GlobSet,
+) -> Result<BTreeMap<String, PathBuf>> {
     let mut found = BTreeMap::new();
-    walk(&root, &root, "", false, &set, &mut found)?;
-    Ok(found.into_iter().collect())
+    if !globs.is_empty() {
+        walk(tree, "", false, set, &mut found)?;
+    }
+    Ok(found)
+}
+
+/// The glob set of `globs`, refusing what [`collect`] refuses: for [`select`].
+pub(crate) fn glob_set(globs: &[String]) -> Result<GlobSet> {
+    build_globs(globs)
 }
 
 fn walk(
-    root: &Path,
-    dir: &Path,
+    tree: &impl Tree,
     rel_dir: &str,
     included: bool,
     set: &GlobSet,
     found: &mut BTreeMap<String, PathBuf>,
 ) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
+    let mut entries = tree.entries(rel_dir)?;
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, kind) in entries {
         let Some(name) = name.to_str() else {
             // Artifact paths are stored and served as text.
-            tracing::warn!(dir = %dir.display(), "skipping non-UTF-8 file name");
+            tracing::warn!(dir = %rel_dir, "skipping non-UTF-8 file name");
             continue;
         };
         let rel = if rel_dir.is_empty() {
@@ -166,49 +243,60 @@ fn walk(
         } else {
             format!("{rel_dir}/{name}")
         };
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path)
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
         let matched = included || set.is_match(&rel);
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            walk(root, &path, &rel, matched, set, found)?;
-        } else if ft.is_file() {
-            if matched {
+        match kind {
+            EntryKind::Dir => walk(tree, &rel, matched, set, found)?,
+            EntryKind::File if matched => {
+                let path = tree.root().join(&rel);
                 found.insert(rel, path);
             }
-        } else if ft.is_symlink() && matched {
-            let target = fs::canonicalize(&path).map_err(|e| Error::Artifact {
-                path: rel.clone(),
-                reason: format!("cannot resolve symlink: {e}"),
-            })?;
-            if !target.starts_with(root) {
-                return Err(Error::Artifact {
-                    path: rel,
-                    reason: "symlink points outside the workspace".into(),
-                });
+            EntryKind::Symlink if matched => {
+                let target = tree.resolve(&rel).map_err(|e| Error::Artifact {
+                    path: rel.clone(),
+                    reason: format!("cannot resolve symlink: {e}"),
+                })?;
+                if !target.starts_with(tree.root()) {
+                    return Err(Error::Artifact {
+                        path: rel,
+                        reason: "symlink points outside the workspace".into(),
+                    });
+                }
+                if tree.is_file(&target) {
+                    found.insert(rel, target);
+                } else {
+                    tracing::warn!(path = %rel, "skipping symlink to a directory in artifacts");
+                }
             }
-            if target.is_file() {
-                found.insert(rel, target);
-            } else {
-                tracing::warn!(path = %rel, "skipping symlink to a directory in artifacts");
-            }
+            _ => {}
         }
     }
     Ok(())
 }
 
 fn copy_hashed(src: &Path, dst: &Path, rel: String) -> Result<Artifact> {
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    }
-    let mut input =
+    let input =
         fs::File::open(src).map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
     let mode = input
         .metadata()
         .map_err(|e| Error::io(format!("stat {}", src.display()), e))?
         .permissions();
+    write_hashed(input, &src.display().to_string(), dst, mode, rel)
+}
+
+/// Writes `input` (read from `what`, for errors) to `dst` with permissions
+/// `mode`, hashing as it goes: the artifact at `rel`. Creates `dst`'s parents.
+/// Blocking.
+pub(crate) fn write_hashed(
+    mut input: impl Read,
+    what: &str,
+    dst: &Path,
+    mode: fs::Permissions,
+    rel: String,
+) -> Result<Artifact> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
     let mut output =
         fs::File::create(dst).map_err(|e| Error::io(format!("creating {}", dst.display()), e))?;
     // Hash while copying: one read of each file, constant memory.
@@ -218,7 +306,7 @@ fn copy_hashed(src: &Path, dst: &Path, rel: String) -> Result<Artifact> {
     loop {
         let n = input
             .read(&mut buf)
-            .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+            .map_err(|e| Error::io(format!("reading {what}"), e))?;
         if n == 0 {
             break;
         }

@@ -10,8 +10,7 @@ use kube::api::LogParams;
 
 use super::status::{self, Progress};
 use super::watch::PodView;
-use super::{KubernetesBackend, api_err, copy, names, pod, strict};
-use crate::archive;
+use super::{KubernetesBackend, api_err, names, pod, strict};
 use crate::artifacts::Artifact;
 use crate::backend::{
     Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
@@ -214,25 +213,13 @@ impl Backend for KubernetesBackend {
         dest: &Path,
     ) -> Result<Vec<Artifact>> {
         let stage = self.stage(stage_handle)?;
-        for g in globs {
-            crate::artifacts::check_glob(g)?;
-        }
+        crate::artifacts::check_globs(globs)?;
         self.wait_until(&stage, "waiting for the workspace container", |p| {
             (status::progress(p, names::WORKSPACE_CONTAINER) == Progress::Running).then_some(())
         })
         .await?;
-        let scratch =
-            tempfile::tempdir().map_err(|e| Error::io("creating a temp dir for artifacts", e))?;
-        let tar_path = scratch.path().join("workspace.tar");
-        copy::exec_to_file(
-            &self.inner.pods,
-            &stage.pod,
-            names::WORKSPACE_CONTAINER,
-            &["tar", "-c", "-f", "-", "-C", pod::WORKSPACE, "."],
-            &tar_path,
-        )
-        .await?;
-        archive::collect_from_tar(scratch, tar_path, globs, dest).await
+        // Selected in the pod: only the artifacts cross the wire (see `artifacts`).
+        self.collect_from_pod(&stage, globs, dest).await
     }
 
     /// In a builder pod of its own (rootless buildah, in the builder namespace: see

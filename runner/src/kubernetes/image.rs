@@ -183,15 +183,13 @@ impl KubernetesBackend {
             pods,
             &name,
             names::SOURCE_CONTAINER,
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "tar -x -o -f - -C {} && touch {}",
+            |stdin| {
+                format!(
+                    "{stdin} | tar -x -o -f - -C {} && touch {}",
                     builder::WORKSPACE,
                     builder::READY_MARKER
-                ),
-            ],
+                )
+            },
             context,
         )
         .await?;

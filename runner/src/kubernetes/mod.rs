@@ -30,10 +30,12 @@
 //! adopt), `options` the settings.
 
 mod adoption;
+mod artifacts;
 mod backend_impl;
 pub mod builder;
 mod copy;
 mod image;
+mod listing;
 pub mod names;
 mod options;
 pub mod pod;

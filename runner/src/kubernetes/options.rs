@@ -14,7 +14,8 @@ pub struct KubernetesOptions {
     /// Where stage pods and Secrets go.
     pub namespace: String,
     /// Image of the `source` and `workspace` helper containers: needs `sh`, `tar`
-    /// and `sleep` (busybox is enough).
+    /// (`-h`), `sleep`, `head -c`, `find`, `xargs -0` and `readlink -f` (busybox is
+    /// enough).
     pub helper_image: String,
     /// Names of `kubernetes.io/dockerconfigjson` Secrets in the namespace, for
     /// pulling images from private registries.

@@ -98,11 +98,12 @@ impl KubernetesBackend {
             &self.inner.pods,
             &name,
             names::SOURCE_CONTAINER,
-            &[
-                "sh",
-                "-c",
-                &format!("tar -x -o -f - -C / && touch {}", pod::READY_MARKER),
-            ],
+            |stdin| {
+                format!(
+                    "{stdin} | tar -x -o -f - -C / && touch {}",
+                    pod::READY_MARKER
+                )
+            },
             upload,
         )
         .await

@@ -3,8 +3,21 @@
 //! the channel — 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 255 close
 //! (v5: `[255, 0]` closes stdin). Runs as a Docker exec in the container, so a
 //! backend can copy files out of (or into) a pod with `tar`, as `kubectl cp` does.
+//!
+//! v5 is offered only from 1.30 and when [`KubeDoubleOptions::exec_v5_protocol`]
+//! is set: the API server gained it behind the `TranslateStreamCloseWebsocketRequests`
+//! gate (alpha in 1.29, on by default from 1.30), and a proxy in front of a newer
+//! one may still only pass v4. On v4, as upstream's `wsstream.Conn`
+//! (`staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go`, `handle`
+//! and `Close`) does, a frame for channel 255 is for no known channel and is
+//! ignored, so stdin cannot be closed on its own; a client closing the socket
+//! closes every channel and the socket: the command's stdin ends, its output is
+//! dropped and no `Status` is sent. client-go says as much
+//! (`staging/src/k8s.io/client-go/tools/remotecommand/websocket.go`: legacy
+//! servers "will not handle the new CLOSE signal").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -25,6 +38,34 @@ const STDERR: u8 = 2;
 const STATUS: u8 = 3;
 const CLOSE: u8 = 255;
 
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+
+/// Payload bytes that crossed the double's exec streams, all execs together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecTraffic {
+    /// Received on channel 0 (stdin).
+    pub stdin_bytes: u64,
+    /// Sent on channels 1 and 2 (stdout and stderr).
+    pub output_bytes: u64,
+}
+
+/// The counters behind [`ExecTraffic`].
+#[derive(Debug, Default)]
+pub struct Traffic {
+    stdin: AtomicU64,
+    output: AtomicU64,
+}
+
+impl Traffic {
+    pub fn snapshot(&self) -> ExecTraffic {
+        ExecTraffic {
+            stdin_bytes: self.stdin.load(Ordering::Relaxed),
+            output_bytes: self.output.load(Ordering::Relaxed),
+        }
+    }
+}
+
 struct ExecRequest {
     container: String,
     docker_name: String,
@@ -33,6 +74,8 @@ struct ExecRequest {
     stdout: bool,
     stderr: bool,
     tty: bool,
+    /// `v5.channel.k8s.io` was negotiated: `[255, 0]` closes stdin.
+    v5: bool,
 }
 
 pub async fn pod_exec(
@@ -94,6 +137,14 @@ pub async fn pod_exec(
         ApiError::bad_request("pods/exec needs a WebSocket upgrade (SPDY is not supported by the Kubernetes test double)")
     })?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let offered: &[&'static str] = if ctx.options.exec_v5_protocol && ctx.options.version >= (1, 30)
+    {
+        &[V5, V4]
+    } else {
+        &[V4]
+    };
+    let ws = ws.protocols(offered.iter().copied());
+    let v5 = ws.selected_protocol().is_some_and(|p| p == V5);
     let req = ExecRequest {
         docker_name: PodNames::new(&ctx.instance, &uid).container(&container),
         container,
@@ -102,14 +153,13 @@ pub async fn pod_exec(
         stdout: flag("stdout"),
         stderr: flag("stderr"),
         tty: flag("tty"),
+        v5,
     };
-    Ok(ws
-        .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
-        .on_upgrade(move |socket| async move {
-            if let Err(e) = run(ctx, req, socket).await {
-                tracing::debug!("kube double exec: {e}");
-            }
-        }))
+    Ok(ws.on_upgrade(move |socket| async move {
+        if let Err(e) = run(ctx, req, socket).await {
+            tracing::debug!("kube double exec: {e}");
+        }
+    }))
 }
 
 fn pod_status_main(
@@ -132,6 +182,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 
 async fn run(ctx: Arc<Ctx>, req: ExecRequest, socket: WebSocket) -> Result<(), String> {
     let (mut tx, mut rx) = socket.split();
+    let req_v5 = req.v5;
     let docker = &ctx.docker;
     let created = docker
         .create_exec(
@@ -158,37 +209,63 @@ async fn run(ctx: Arc<Ctx>, req: ExecRequest, socket: WebSocket) -> Result<(), S
     else {
         return Err("exec started detached".into());
     };
-    // stdin: from channel 0 until `[255, 0]` (v5) or the socket closes.
-    let stdin_task = tokio::spawn(async move {
-        while let Some(Ok(msg)) = rx.next().await {
-            let Message::Binary(b) = msg else {
-                if matches!(msg, Message::Close(_)) {
-                    break;
+    // stdin: from channel 0 until `[255, 0]` (v5 only; v4 ignores the frame) or
+    // the socket closes, which also ends the whole exec (see the module doc).
+    let socket_closed = tokio_util::sync::CancellationToken::new();
+    let stdin_task = tokio::spawn({
+        let socket_closed = socket_closed.clone();
+        let ctx = ctx.clone();
+        async move {
+            let mut stdin_open = true;
+            loop {
+                let b = match rx.next().await {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                match b.first() {
+                    Some(&STDIN) if b.len() > 1 && stdin_open => {
+                        let data = &b[1..];
+                        ctx.exec_traffic
+                            .stdin
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if input.write_all(data).await.is_err() {
+                            stdin_open = false;
+                        }
+                    }
+                    Some(&CLOSE) if req_v5 && b.get(1) == Some(&STDIN) => {
+                        stdin_open = false;
+                        let _ = input.shutdown().await;
+                    }
+                    _ => {}
                 }
-                continue;
-            };
-            let stop = match b.first() {
-                Some(&STDIN) if b.len() > 1 => input.write_all(&b[1..]).await.is_err(),
-                Some(&CLOSE) if b.get(1) == Some(&STDIN) => true,
-                _ => false,
-            };
-            if stop {
-                break;
             }
+            let _ = input.shutdown().await;
+            socket_closed.cancel();
         }
-        let _ = input.shutdown().await;
     });
-    while let Some(chunk) = output.next().await {
-        let msg = match chunk {
-            Ok(bollard::container::LogOutput::StdErr { message }) => frame(STDERR, &message),
-            Ok(out) => frame(STDOUT, &out.into_bytes()),
+    loop {
+        let chunk = tokio::select! {
+            chunk = output.next() => chunk,
+            () = socket_closed.cancelled() => break,
+        };
+        let Some(chunk) = chunk else { break };
+        let (channel, data) = match chunk {
+            Ok(bollard::container::LogOutput::StdErr { message }) => (STDERR, message),
+            Ok(out) => (STDOUT, out.into_bytes()),
             Err(_) => break,
         };
-        if tx.send(msg).await.is_err() {
+        let sent = data.len() as u64;
+        if tx.send(frame(channel, &data)).await.is_err() {
             break;
         }
+        ctx.exec_traffic.output.fetch_add(sent, Ordering::Relaxed);
     }
     stdin_task.abort();
+    if socket_closed.is_cancelled() {
+        // The client hung up: every channel is closed, nothing more is sent.
+        return Ok(());
+    }
     // The output closes a moment before the engine records the exit: bounded poll.
     let mut code = -1;
     for _ in 0..200 {

@@ -46,10 +46,14 @@
 //!   second, as the engine takes them), `limitBytes`; a container that has not
 //!   started is a 400 "is waiting to start: `<reason>`".
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
-//!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
-//!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
-//!   `NonZeroExitCode` and an `ExitCode` cause — a Docker exec in the container,
-//!   enough for `tar` copies in and out of a pod as `kubectl cp` does.
+//!   `kube::Api::exec` speaks): `command`, `container`, stdin, stdout, stderr,
+//!   `tty`; the final `Status` on channel 3 with `NonZeroExitCode` and an
+//!   `ExitCode` cause — a Docker exec in the container, enough for `tar` copies in
+//!   and out of a pod as `kubectl cp` does. v5 (stdin closed alone by `[255, 0]`)
+//!   is offered from 1.30 unless [`KubeDoubleOptions::exec_v5_protocol`] is off;
+//!   on v4 that frame is ignored, and a client closing the socket ends the exec
+//!   with no `Status`, as upstream's `wsstream.Conn`. The bytes that crossed are
+//!   counted ([`KubeDouble::exec_traffic`]).
 //! - Secrets: create (`stringData` merged into `data`, type defaults to Opaque),
 //!   get, list, watch, delete (200 Success `Status`), `delete_collection`; typed
 //!   secrets checked (`kubernetes.io/dockerconfigjson` needs valid JSON under
@@ -246,6 +250,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
+pub use exec::ExecTraffic;
 
 use pod_runtime::Ctx;
 use routes::RequestCounts;
@@ -279,6 +284,12 @@ pub struct KubeDoubleOptions {
     /// The Kubernetes `(major, minor)` served at `/version`; pod fields that came
     /// later are unknown fields (see `versions`). Default 1.33.
     pub version: (u32, u32),
+    /// Offer `v5.channel.k8s.io` on `pods/exec` (the only version that can close
+    /// stdin alone), as API servers do by default from 1.30: it is never offered
+    /// when [`KubeDoubleOptions::version`] is older. `false`: only
+    /// `v4.channel.k8s.io`, as before 1.30 or behind a proxy that strips v5.
+    /// Default true.
+    pub exec_v5_protocol: bool,
 }
 
 impl Default for KubeDoubleOptions {
@@ -299,6 +310,7 @@ impl Default for KubeDoubleOptions {
             restart_backoff: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             version: (1, 33),
+            exec_v5_protocol: true,
         }
     }
 }
@@ -363,6 +375,7 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         captures: capture::Captures::new()
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
+        exec_traffic: exec::Traffic::default(),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -416,6 +429,13 @@ impl KubeDouble {
     /// Requests served so far, by `METHOD route` (`WATCH` for watches).
     pub fn requests(&self) -> BTreeMap<String, u64> {
         self.counts.snapshot()
+    }
+
+    /// Payload bytes that crossed `pods/exec` streams so far (stdin in, stdout and
+    /// stderr out), all execs together: what a copy into or out of a pod cost on
+    /// the wire.
+    pub fn exec_traffic(&self) -> ExecTraffic {
+        self.ctx.exec_traffic.snapshot()
     }
 
     /// The current global resourceVersion.

@@ -9,6 +9,7 @@ mod kube_backend;
 mod kube_conformance;
 mod kube_deployments;
 mod kube_double;
+mod kube_exec;
 mod kube_gateway;
 mod kube_image;
 mod kube_objects;

@@ -30,6 +30,8 @@ pub struct Ctx {
     pub captures: crate::kube_double::capture::Captures,
     /// Services' listeners and the gateway (see `net`).
     pub net: crate::kube_double::net::Network,
+    /// Bytes through `pods/exec` (see `exec`).
+    pub exec_traffic: crate::kube_double::exec::Traffic,
 }
 
 /// A running pod's controls, by pod uid.
