@@ -30,6 +30,8 @@ pub struct Ctx {
     pub captures: crate::kube_double::capture::Captures,
     /// Services' listeners and the gateway (see `net`).
     pub net: crate::kube_double::net::Network,
+    /// Held from a pod create's admission until the pod is stored (see `admission`).
+    pub admission_lock: Mutex<()>,
 }
 
 /// A running pod's controls, by pod uid.
