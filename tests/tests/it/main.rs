@@ -3,6 +3,7 @@
 
 mod deploy_manifests;
 mod examples;
+mod kube_admission;
 mod kube_backend;
 mod kube_conformance;
 mod kube_deployments;
