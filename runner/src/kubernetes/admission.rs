@@ -25,53 +25,81 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::spec::StageSpec;
 
-/// Set-ups in progress, by stage id: whether the driver abandoned one, and why one
-/// waits.
+/// Set-ups in progress, by [`setup_key`]: whether the driver abandoned one, and why
+/// one waits.
 #[derive(Default)]
 pub(super) struct Setups(Mutex<HashMap<String, Arc<Setup>>>);
 
 #[derive(Default)]
 pub(super) struct Setup {
+    stage: String,
     abandoned: CancellationToken,
     waiting: Mutex<Option<String>>,
+}
+
+/// One run of a stage: its id and its labels (the agent labels each stage run with
+/// its lease's unique `stage-id`), so two runs of a stage of the same name at once
+/// do not share a set-up.
+fn setup_key(spec: &StageSpec) -> String {
+    let labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{}\n{}", spec.id, labels.join(","))
 }
 
 /// A set-up's registration; dropping it (the set-up ended) forgets it.
 pub(super) struct SetupGuard<'a> {
     setups: &'a Setups,
-    stage: String,
+    key: String,
     pub(super) setup: Arc<Setup>,
 }
 
 impl Drop for SetupGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.setups.0).remove(&self.stage);
+        lock(&self.setups.0).remove(&self.key);
     }
 }
 
 impl Setups {
-    /// The set-up of `stage`; an abandon that came before it started counts.
-    fn entry(&self, stage: &str) -> Arc<Setup> {
-        lock(&self.0).entry(stage.to_owned()).or_default().clone()
+    /// The set-up of `spec`; an abandon that came before it started counts.
+    fn entry(&self, spec: &StageSpec) -> (String, Arc<Setup>) {
+        let key = setup_key(spec);
+        let setup = lock(&self.0)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Setup {
+                    stage: spec.id.clone(),
+                    ..Default::default()
+                })
+            })
+            .clone();
+        (key, setup)
     }
 
-    pub(super) fn begin(&self, stage: &str) -> SetupGuard<'_> {
+    pub(super) fn begin(&self, spec: &StageSpec) -> SetupGuard<'_> {
+        let (key, setup) = self.entry(spec);
         SetupGuard {
             setups: self,
-            stage: stage.to_owned(),
-            setup: self.entry(stage),
+            key,
+            setup,
         }
     }
 
-    /// Called only while the set-up of `stage` is unfinished (the driver awaits it
+    /// Called only while the set-up of `spec` is unfinished (the driver awaits it
     /// after), so the entry is always removed by that set-up's guard.
-    pub(super) fn abandon(&self, stage: &str) {
-        self.entry(stage).abandoned.cancel();
+    pub(super) fn abandon(&self, spec: &StageSpec) {
+        self.entry(spec).1.abandoned.cancel();
     }
 
     fn waiting(&self, stage: &str) -> Option<String> {
-        let setup = lock(&self.0).get(stage).cloned()?;
-        lock(&setup.waiting).clone()
+        let setups: Vec<Arc<Setup>> = lock(&self.0)
+            .values()
+            .filter(|s| s.stage == stage)
+            .cloned()
+            .collect();
+        setups.iter().find_map(|s| lock(&s.waiting).clone())
     }
 }
 
@@ -204,13 +232,18 @@ mod tests {
     #[test]
     fn an_abandon_before_the_set_up_starts_counts_and_is_forgotten_after() {
         let setups = Setups::default();
-        setups.abandon("p");
+        let spec = StageSpec::new("s");
+        setups.abandon(&spec);
         {
-            let g = setups.begin("p");
+            let g = setups.begin(&spec);
             assert!(g.setup.abandoned.is_cancelled());
+            // Another run of a stage of the same name is a set-up of its own.
+            let mut other = StageSpec::new("s");
+            other.labels.insert("stage-id".into(), "2".into());
+            assert!(!setups.begin(&other).setup.abandoned.is_cancelled());
         }
         assert!(lock(&setups.0).is_empty());
-        let g = setups.begin("p");
+        let g = setups.begin(&spec);
         assert!(!g.setup.abandoned.is_cancelled());
     }
 }

@@ -34,7 +34,7 @@ impl Backend for KubernetesBackend {
         spec.validate()?;
         let options = &self.inner.options;
         let name = names::pod_name(&spec.id);
-        let setup = self.inner.setups.begin(&spec.id);
+        let setup = self.inner.setups.begin(spec);
         let objects = pod::stage_objects(spec, &name, options)?;
         let run_as = pod::run_as(spec, options)?;
         let workdir = pod::workdir(spec)?;
@@ -74,7 +74,7 @@ impl Backend for KubernetesBackend {
     }
 
     fn abandon_setup(&self, spec: &StageSpec) {
-        self.inner.setups.abandon(&spec.id);
+        self.inner.setups.abandon(spec);
     }
 
     async fn start_step(
