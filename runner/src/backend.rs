@@ -100,6 +100,14 @@ pub trait Backend: Send + Sync {
     /// needs (network, volume, pod). On error, nothing must be left behind.
     async fn setup_stage(&self, spec: &StageSpec) -> Result<StageHandle>;
 
+    /// The driver gave up on `spec`'s `setup_stage`, still in progress (the stage's
+    /// deadline passed, or it was cancelled), and now awaits it only to destroy what it
+    /// made. A set-up that is merely waiting — the Kubernetes backend waiting for
+    /// ResourceQuota — should end at once with an error. Default: nothing waits.
+    fn abandon_setup(&self, spec: &StageSpec) {
+        let _ = spec;
+    }
+
     /// Starts step `index` in the stage. Returns once the step runs.
     async fn start_step(
         &self,

@@ -131,6 +131,10 @@ impl Backend for FailingBackend {
         self.inner.setup_stage(spec).await
     }
 
+    fn abandon_setup(&self, spec: &StageSpec) {
+        self.inner.abandon_setup(spec)
+    }
+
     async fn start_step(
         &self,
         stage: &StageHandle,

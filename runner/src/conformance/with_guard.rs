@@ -23,6 +23,9 @@ impl<B: crate::Backend, G: Send + Sync> crate::Backend for WithGuard<B, G> {
     async fn setup_stage(&self, spec: &StageSpec) -> crate::Result<crate::StageHandle> {
         self.backend.setup_stage(spec).await
     }
+    fn abandon_setup(&self, spec: &StageSpec) {
+        self.backend.abandon_setup(spec)
+    }
     async fn start_step(
         &self,
         stage: &crate::StageHandle,

@@ -10,7 +10,7 @@ use kube::api::LogParams;
 
 use super::status::{self, Progress};
 use super::watch::PodView;
-use super::{KubernetesBackend, api_err, names, pod, strict};
+use super::{KubernetesBackend, api_err, names, pod};
 use crate::artifacts::Artifact;
 use crate::backend::{
     Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
@@ -33,6 +33,7 @@ impl Backend for KubernetesBackend {
         spec.validate()?;
         let options = &self.inner.options;
         let name = names::pod_name(&spec.id);
+        let setup = self.inner.setups.begin(spec);
         let objects = pod::stage_objects(spec, &name, options)?;
         let run_as = pod::run_as(spec, options)?;
         let workdir = pod::workdir(spec)?;
@@ -46,15 +47,9 @@ impl Backend for KubernetesBackend {
             message: e.to_string(),
         })??;
 
-        let created = strict::create(&self.inner.client, &self.inner.pods, &objects.pod)
-            .await
-            .map_err(|e| match e {
-                // The API server refused the pod itself (422): the spec's fault.
-                kube::Error::Api(s) if s.code == 422 || s.code == 400 => Error::InvalidSpec(
-                    format!("the API server refused the stage's pod: {}", s.message),
-                ),
-                e => api_err("create pod")(e),
-            })?;
+        let created = self
+            .create_admitted(spec, &setup.setup, &objects.pod)
+            .await?;
         match self
             .fill_pod(spec, created, objects.secret, upload.path())
             .await
@@ -75,6 +70,10 @@ impl Backend for KubernetesBackend {
                 Err(e)
             }
         }
+    }
+
+    fn abandon_setup(&self, spec: &StageSpec) {
+        self.inner.setups.abandon(spec);
     }
 
     async fn start_step(

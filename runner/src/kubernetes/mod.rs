@@ -25,10 +25,12 @@
 //! builder namespace when `kind: image` stages build in builder pods ([`builder`]).
 //!
 //! Here: the backend and its per-stage state. `backend_impl` is the
-//! [`Backend`](crate::Backend) impl, `setup` fills a new stage pod, `wait` waits on a
+//! [`Backend`](crate::Backend) impl, `admission` creates the stage pod (waiting out
+//! a used-up ResourceQuota, failing on any other refusal), `setup` fills it, `wait` waits on a
 //! pod through its watch, `adoption` is what outlives a runner (sweep, adoptable,
 //! adopt), `options` the settings.
 
+mod admission;
 mod adoption;
 mod artifacts;
 mod backend_impl;
@@ -75,6 +77,8 @@ struct Inner {
     secrets: Api<Secret>,
     options: KubernetesOptions,
     stages: Registry<KubeStage>,
+    /// Set-ups in progress ([`admission`]: waiting for quota, abandoned).
+    setups: admission::Setups,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
@@ -130,6 +134,7 @@ impl KubernetesBackend {
                 client,
                 options,
                 stages: Registry::new("stage"),
+                setups: admission::Setups::default(),
             }),
         })
     }

@@ -41,6 +41,9 @@ pub struct KubernetesOptions {
     pub config_error_grace: Duration,
     /// `activeDeadlineSeconds` for stages without a timeout.
     pub max_stage_duration: Duration,
+    /// How often a stage pod refused for a used-up ResourceQuota is created again
+    /// (the stage waits meanwhile, up to its timeout).
+    pub quota_retry_interval: Duration,
     /// Where and with what `kind: image` stages build; `None`: they are refused.
     pub builder: Option<BuilderOptions>,
 }
@@ -106,6 +109,7 @@ impl KubernetesOptions {
             schedule_timeout: Duration::from_secs(120),
             config_error_grace: Duration::from_secs(10),
             max_stage_duration: Duration::from_secs(6 * 3600),
+            quota_retry_interval: Duration::from_secs(10),
             builder: None,
         }
     }

@@ -116,7 +116,9 @@ impl Driver<'_> {
             }
             interrupted => {
                 // Let the set-up finish so that what it created can be destroyed;
-                // dropping it half-way could leak a workspace or a container.
+                // dropping it half-way could leak a workspace or a container. One
+                // that only waits (for quota) is told to stop waiting.
+                self.backend.abandon_setup(self.spec);
                 if let Ok(h) = setup.await {
                     self.destroy_stage(&h).await;
                 }

@@ -32,7 +32,22 @@
 //! - Scheduling onto the one node (the engine, named [`NODE_NAME`]): `spec.nodeName`
 //!   is set; a pod whose `nodeSelector` does not match [`KubeDoubleOptions::node_labels`]
 //!   or whose requests exceed the engine's CPUs/memory stays Pending with
-//!   `PodScheduled=False`, reason `Unschedulable` (see `scheduling`).
+//!   `PodScheduled=False`, reason `Unschedulable` (see `scheduling`). A pod's
+//!   requests are upstream's `PodRequests`: regular containers plus native
+//!   sidecars, but at least each init container plus the sidecars started before
+//!   it; pod-level `resources` and `overhead` counted; a limit alone is the request.
+//! - Admission of pod creates (also the ReplicaSet controller's), after validation
+//!   (see `admission`): Pod Security `restricted` in the namespaces of
+//!   [`KubeDoubleOptions::restricted_namespaces`] (403 `pods "x" is forbidden:
+//!   violates PodSecurity "restricted:latest": …`, the findings of
+//!   [`crate::pod_security`]); then ResourceQuota (403 `exceeded quota: <name>,
+//!   requested: …, used: …, limited: …` and `failed quota: <name>: must specify …`,
+//!   as the quota admission words them; usage is every non-terminal pod of the
+//!   namespace, charged with `PodRequests`/`PodLimits`). ResourceQuota objects
+//!   (`/api/v1/namespaces/{ns}/resourcequotas[/{name}]`, `/api/v1/resourcequotas`):
+//!   create (validated: standard resource names, non-negative quantities), get, list,
+//!   delete (the object back); `status.hard`/`used` always current (computed when
+//!   read, so no "status unknown" window as after a real quota's creation).
 //! - Watch: `watch=true`, `resourceVersion` (unset/"0": current objects as ADDED
 //!   first; N: every change after N), `labelSelector`, `fieldSelector`,
 //!   `timeoutSeconds`, `sendInitialEvents` (ADDED… then a BOOKMARK with
@@ -201,8 +216,11 @@
 //! never waited for); `attach`, `portforward`, SPDY upgrades, exec resize; `dryRun`,
 //! delete preconditions (400); pagination (`limit` gets the whole list and no
 //! `continue`); `resourceVersionMatch`; bookmarks other than the initial-events one;
-//! namespaces as objects (any namespace exists); admission (Pod Security is checked
-//! by the backend's own tests, not here); image pulls, `imagePullPolicy`,
+//! namespaces as objects (any namespace exists: Pod Security levels come from
+//! [`KubeDoubleOptions::restricted_namespaces`], not labels; no `baseline`, `warn` or
+//! `audit` modes, no exemptions); other admission (LimitRanges, webhooks,
+//! ValidatingAdmissionPolicies); quota scopes and `scopeSelector` (422), quota on
+//! objects other than pods, watching, PUT and PATCH of quotas (405); image pulls, `imagePullPolicy`,
 //! `imagePullSecrets` (accepted, ignored; an image by digest, `repo@sha256:…`,
 //! runs when the engine has it, as after a push to the local registry); API
 //! defaults for pods created directly (a Deployment's template gets them); gRPC
@@ -222,6 +240,7 @@
 //! 0.0.0.0; with [`PodNetwork::Host`] pods share the host's network and reach its
 //! 127.0.0.1 (but pods then share ports).
 
+mod admission;
 mod capture;
 mod deployments;
 mod docker;
@@ -241,7 +260,7 @@ mod validate;
 mod versions;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -290,6 +309,10 @@ pub struct KubeDoubleOptions {
     /// `v4.channel.k8s.io`, as before 1.30 or behind a proxy that strips v5.
     /// Default true.
     pub exec_v5_protocol: bool,
+    /// Namespaces that enforce the Pod Security `restricted` profile, as one labelled
+    /// `pod-security.kubernetes.io/enforce: restricted` does: a pod create that breaks
+    /// it is refused with 403 (see `admission::pod_security`). Default: none.
+    pub restricted_namespaces: BTreeSet<String>,
 }
 
 impl Default for KubeDoubleOptions {
@@ -311,6 +334,7 @@ impl Default for KubeDoubleOptions {
             restart_backoff_max: Duration::from_secs(300),
             version: (1, 33),
             exec_v5_protocol: true,
+            restricted_namespaces: BTreeSet::new(),
         }
     }
 }
@@ -376,6 +400,7 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
         exec_traffic: exec::Traffic::default(),
+        admission_lock: Mutex::new(()),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -383,7 +408,8 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         .await
         .map_err(KubeDoubleError::Listen)?;
     let addr = listener.local_addr().map_err(KubeDoubleError::Listen)?;
-    let app = routes::router(ctx.clone(), counts.clone(), net::routes())
+    let more = net::routes().merge(admission::routes::routes());
+    let app = routes::router(ctx.clone(), counts.clone(), more)
         .merge(deployments::router(ctx.clone(), counts.clone()));
     deployments::spawn_controllers(ctx.clone());
     let server = tokio::spawn(async move {

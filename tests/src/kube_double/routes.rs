@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::pod_runtime::Ctx;
 use super::status::{self, ApiError};
 use super::store::{Object, now};
-use super::{exec, logs, scheduling, validate, versions, watch};
+use super::{admission, exec, logs, scheduling, validate, versions, watch};
 
 pub(super) type Q = Query<HashMap<String, String>>;
 
@@ -288,13 +288,17 @@ async fn create_pod(
 }
 
 /// What a pod create does after decoding (shared with the ReplicaSet controller):
-/// validation, scheduling onto the one node, storing, and running it.
+/// validation, admission (Pod Security, ResourceQuota: 403), scheduling onto the one
+/// node, storing, and running it.
 pub(super) fn admit_pod(ctx: &Arc<Ctx>, ns: &str, mut pod: Pod) -> Result<Pod, ApiError> {
     let problems = validate::pod(&pod);
     if !problems.is_empty() {
         let name = pod.metadata.name.clone().unwrap_or_default();
         return Err(ApiError::invalid("Pod", &name, &problems));
     }
+    // Admission and storing are one step for quota (see `admission::admit`).
+    let _admitting = ctx.admission_lock.lock().unwrap_or_else(|p| p.into_inner());
+    admission::admit(ctx, ns, &pod)?;
     if let Some(message) = scheduling::unschedulable(&ctx.node, &pod) {
         // Never bound, never run: Pending until deleted, as the scheduler leaves it.
         pod.status = Some(PodStatus {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::serde::Serialize;
@@ -51,6 +51,7 @@ pub struct Tables {
     httproutes: BTreeMap<Key, HttpRouteObject>,
     deployments: BTreeMap<Key, Deployment>,
     replicasets: BTreeMap<Key, ReplicaSet>,
+    resourcequotas: BTreeMap<Key, ResourceQuota>,
 }
 
 /// `impl Object` for a kind stored in `Tables::$field`, selectable by name and
@@ -75,6 +76,7 @@ macro_rules! object_by_name {
 object_by_name!(Service, services);
 object_by_name!(Ingress, ingresses);
 object_by_name!(HttpRouteObject, httproutes);
+object_by_name!(ResourceQuota, resourcequotas);
 
 impl Object for Pod {
     fn table(t: &Tables) -> &BTreeMap<Key, Self> {

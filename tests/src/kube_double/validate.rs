@@ -27,7 +27,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn check_name(name: Option<&str>, generate: Option<&str>, problems: &mut Vec<String>) {
+pub(super) fn check_name(name: Option<&str>, generate: Option<&str>, problems: &mut Vec<String>) {
     match (name.filter(|n| !n.is_empty()), generate) {
         (Some(n), _) if !is_dns_subdomain(n) => problems.push(format!(
             "metadata.name: Invalid value: {n:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"

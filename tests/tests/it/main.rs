@@ -5,6 +5,7 @@ mod bench_help;
 mod deploy_isolation;
 mod deploy_manifests;
 mod examples;
+mod kube_admission;
 mod kube_backend;
 mod kube_conformance;
 mod kube_deployments;

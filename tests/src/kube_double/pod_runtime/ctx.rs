@@ -32,6 +32,8 @@ pub struct Ctx {
     pub net: crate::kube_double::net::Network,
     /// Bytes through `pods/exec` (see `exec`).
     pub exec_traffic: crate::kube_double::exec::Traffic,
+    /// Held from a pod create's admission until the pod is stored (see `admission`).
+    pub admission_lock: Mutex<()>,
 }
 
 /// A running pod's controls, by pod uid.
