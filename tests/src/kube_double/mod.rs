@@ -62,7 +62,9 @@
 //!   Docker volumes; a sandbox container holding the pod's network namespace (all
 //!   containers reach each other on localhost); init containers in order, a
 //!   non-zero exit failing the pod; native sidecars (init containers with
-//!   `restartPolicy: Always`) started and stopped after the regular containers;
+//!   `restartPolicy: Always`) started, holding the next init container back until
+//!   they run and their startup probe passed (`started`, as the kubelet's
+//!   `computeInitContainerActions`, KEP-753), and stopped after the regular containers;
 //!   regular containers started together. Per container: `command`/`args`
 //!   (ENTRYPOINT/CMD semantics), `workingDir`, `env` (`value`,
 //!   `valueFrom.secretKeyRef`), `envFrom.secretRef`, `volumeMounts` (`readOnly`),
@@ -80,7 +82,9 @@
 //!   lastTransitionTime kept while a status holds); `startTime`, `podIP`;
 //!   init/container statuses waiting (PodInitializing, ContainerCreating,
 //!   ErrImagePull ⇄ ImagePullBackOff for an image not on the engine — the double
-//!   never pulls —, CreateContainerConfigError for a missing secret or key or a
+//!   never pulls; the message is containerd's `…: not found` —, the same for the
+//!   first pulls of an image in [`KubeDoubleOptions::flaky_pulls`] with a registry's
+//!   429 or 5xx in containerd's words (see `pulls`), CreateContainerConfigError for a missing secret or key or a
 //!   runAsNonRoot violation, retried until it resolves), running (startedAt) and
 //!   terminated (exitCode; reason Completed, Error, OOMKilled or StartError;
 //!   startedAt, finishedAt; containerID). `activeDeadlineSeconds` (counted from
@@ -227,6 +231,7 @@ mod net;
 mod pod_runtime;
 mod pod_status;
 mod probe;
+mod pulls;
 mod quantity;
 mod routes;
 mod scheduling;
@@ -246,6 +251,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
+pub use pulls::FlakyPull;
 
 use pod_runtime::Ctx;
 use routes::RequestCounts;
@@ -279,6 +285,10 @@ pub struct KubeDoubleOptions {
     /// The Kubernetes `(major, minor)` served at `/version`; pod fields that came
     /// later are unknown fields (see `versions`). Default 1.33.
     pub version: (u32, u32),
+    /// Images behind a registry that refuses their first pulls (a rate limit, a
+    /// 5xx): in each container, `failures` times `ErrImagePull` with containerd's
+    /// message and `ImagePullBackOff`, then the engine's copy runs (see `pulls`).
+    pub flaky_pulls: BTreeMap<String, FlakyPull>,
 }
 
 impl Default for KubeDoubleOptions {
@@ -299,6 +309,7 @@ impl Default for KubeDoubleOptions {
             restart_backoff: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             version: (1, 33),
+            flaky_pulls: BTreeMap::new(),
         }
     }
 }
