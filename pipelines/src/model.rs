@@ -506,4 +506,6 @@ pub struct Service {
     pub image: Template,
     pub env: BTreeMap<String, Template>,
     pub command: Option<Vec<String>>,
+    /// `ready:`: a shell command run in the service's container; ready when it exits 0.
+    pub ready: Option<String>,
 }

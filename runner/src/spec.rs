@@ -235,6 +235,11 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     /// Replaces the image's command.
     pub command: Option<Vec<String>>,
+    /// `ready:`: a shell command run in the service's container (`sh -c`); the steps
+    /// start once it exits 0 (Docker: the container's health check; Kubernetes: the
+    /// sidecar's startup probe). Absent from leases of older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
 }
 
 /// Settings for step containers, from pipeline YAML.

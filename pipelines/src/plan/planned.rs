@@ -107,6 +107,9 @@ pub struct PlannedService {
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub command: Option<Vec<String>>,
+    /// The readiness command (`ready:`); plans stored before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -97,6 +97,7 @@ pub(super) fn plan_stage(
                     image: values.text(&svc.image, &combo),
                     env: svc_env,
                     command: svc.command.clone(),
+                    ready: svc.ready.clone(),
                 },
             )
         })

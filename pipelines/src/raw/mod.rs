@@ -502,6 +502,12 @@ pub struct Service {
     /// Arguments replacing the image's command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// A shell command run inside the service's container (`sh -c`) until it exits
+    /// 0: the steps start only then (a Docker health check, a Kubernetes startup
+    /// probe). Without it a service is ready once it runs (or, on Docker, when its
+    /// image's HEALTHCHECK passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]

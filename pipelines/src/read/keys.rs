@@ -60,7 +60,7 @@ pub const STAGE_KINDS: &[&str] = &["run", "scan", "image", "deploy"];
 
 pub const WHEN: &[&str] = &["branch", "tag", "event", "paths"];
 pub const STEP: &[&str] = &["name", "run", "env", "timeout"];
-pub const SERVICE: &[&str] = &["image", "env", "command"];
+pub const SERVICE: &[&str] = &["image", "env", "command", "ready"];
 pub const RESOURCES: &[&str] = &["memory", "cpu", "disk"];
 pub const KUBERNETES: &[&str] = &["node_selector", "tolerations", "service_account"];
 pub const TOLERATION: &[&str] = &["key", "operator", "value", "effect", "toleration_seconds"];

@@ -1,10 +1,11 @@
-//! A stage's `services:`: image, env, command of each.
+//! A stage's `services:`: image, env, command and readiness command of each.
 
 use std::collections::BTreeMap;
 
 use marked_yaml::Node;
 
 use super::{Allow, Ctx, Field, Scope, check_name, keys};
+use crate::diagnostic::codes;
 use crate::model::Service;
 
 pub(super) fn read_services(
@@ -46,6 +47,7 @@ pub(super) fn read_services(
                 None
             }
         });
+        let ready = sf.get("ready").and_then(|rf| read_ready(ctx, rf, &swhat));
         let image = match sf.get("image") {
             Some(imf) => ctx.template(
                 imf.value,
@@ -66,9 +68,36 @@ pub(super) fn read_services(
                     image,
                     env,
                     command,
+                    ready,
                 },
             );
         }
     }
     out
+}
+
+/// `ready:` — a shell command for the service's own container. It runs there, not
+/// in a step's shell, so `${{ }}` would never be expanded: refused rather than
+/// passed on literally.
+fn read_ready(ctx: &mut Ctx<'_>, f: Field<'_>, swhat: &str) -> Option<String> {
+    let command = ctx.string(f, swhat)?;
+    if command.trim().is_empty() {
+        ctx.error(
+            codes::INVALID_VALUE,
+            f.value_pos(),
+            format!("`ready` in {swhat} is empty"),
+            Some("a shell command that exits 0 once the service answers, e.g. `pg_isready -h localhost`".into()),
+        );
+        return None;
+    }
+    if command.contains("${{") {
+        ctx.error(
+            codes::EXPRESSION_NOT_ALLOWED,
+            f.value_pos(),
+            format!("`ready` in {swhat} cannot use `${{{{ }}}}` expressions"),
+            Some("it runs as written inside the service's container; pass values through the service's `env`".into()),
+        );
+        return None;
+    }
+    Some(command)
 }

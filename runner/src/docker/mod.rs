@@ -251,7 +251,15 @@ impl DockerBackend {
         self.fill_workspace(spec, id, image, &workdir).await?;
 
         for (i, service) in spec.services.iter().enumerate() {
-            let container = services::start(docker, runner, id, i, service).await?;
+            let container = services::start(
+                docker,
+                runner,
+                id,
+                i,
+                service,
+                self.inner.options.service_timeout,
+            )
+            .await?;
             services::wait_ready(
                 docker,
                 &container,

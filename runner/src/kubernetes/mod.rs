@@ -44,6 +44,7 @@ pub mod pod;
 mod setup;
 mod status;
 pub mod strict;
+mod transient;
 mod wait;
 mod watch;
 

@@ -39,6 +39,13 @@ pub struct KubernetesOptions {
     /// How long a container may fail to be created (a missing Secret key, a root
     /// image under `runAsNonRoot`) before the stage fails.
     pub config_error_grace: Duration,
+    /// How long a failure that may pass (an image pull refused by a registry's rate
+    /// limit or a 5xx, a runtime too busy to create a container) is retried before
+    /// the stage fails; a missing or refused image fails at once.
+    pub transient_error_limit: Duration,
+    /// How long a service's `ready:` command may keep failing (its startup probe's
+    /// `failureThreshold` × 1 s); then the kubelet restarts it and the stage fails.
+    pub service_timeout: Duration,
     /// `activeDeadlineSeconds` for stages without a timeout.
     pub max_stage_duration: Duration,
     /// How often a stage pod refused for a used-up ResourceQuota is created again
@@ -108,6 +115,8 @@ impl KubernetesOptions {
             kill_grace: Duration::from_secs(2),
             schedule_timeout: Duration::from_secs(120),
             config_error_grace: Duration::from_secs(10),
+            transient_error_limit: Duration::from_secs(300),
+            service_timeout: Duration::from_secs(300),
             max_stage_duration: Duration::from_secs(6 * 3600),
             quota_retry_interval: Duration::from_secs(10),
             builder: None,

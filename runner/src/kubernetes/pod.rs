@@ -9,7 +9,10 @@
 //! - services as native sidecars (init containers with `restartPolicy: Always`):
 //!   started before the steps, kept running beside them, stopped after the pod's
 //!   main container; reachable by name through `hostAliases` → 127.0.0.1 (a pod
-//!   shares one network namespace).
+//!   shares one network namespace). A service's `ready:` command is its startup
+//!   probe: the kubelet starts the next init container only once a sidecar's
+//!   startup probe passed (KEP-753; pkg/kubelet/kuberuntime/kuberuntime_container.go,
+//!   `computeInitContainerActions`), so the steps find the service answering.
 //! - one init container per step, `step-<i>`, in order: the kubelet starts an init
 //!   container only after the previous one exited 0, and a non-zero exit fails the
 //!   pod — exactly "later steps are skipped after a failure". Each step is its own
@@ -32,9 +35,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostAlias,
-    LocalObjectReference, Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    Secret, SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HostAlias,
+    LocalObjectReference, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -246,6 +249,10 @@ pub fn stage_objects(
             // `command` replaces the image's CMD (its arguments), as on Docker.
             args: service.command.clone(),
             restart_policy: Some("Always".into()),
+            startup_probe: service
+                .ready
+                .as_ref()
+                .map(|command| ready_probe(command, options.service_timeout)),
             resources: Some(with_disk(
                 resources(
                     &cpu_quantity(options.service_cpu_millis),
@@ -436,6 +443,22 @@ fn container_security() -> SecurityContext {
             drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// A service's `ready:` command as its startup probe: run every second until it exits
+/// 0, for at most `within` (then the kubelet kills and restarts the service, which
+/// the backend reports as the service failing).
+fn ready_probe(command: &str, within: Duration) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), command.to_owned()]),
+        }),
+        period_seconds: Some(1),
+        timeout_seconds: Some(10),
+        success_threshold: Some(1),
+        failure_threshold: Some(within.as_secs().clamp(1, i32::MAX as u64) as i32),
         ..Default::default()
     }
 }

@@ -1,5 +1,7 @@
 //! Waiting on a stage pod through its watch until a condition holds, failing on what
-//! blocks it (a pull failure at once; unschedulable or a config error after a grace).
+//! blocks it (a missing image or a failing service at once; unschedulable or a config
+//! error after a grace; a rate-limited pull or a busy runtime after
+//! `transient_error_limit`).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,10 @@ impl KubernetesBackend {
         let mut view = stage.view.clone();
         let mut unschedulable_since: Option<Instant> = None;
         let mut config_error_since: Option<Instant> = None;
+        let mut transient_since: Option<Instant> = None;
+        // `ImagePullBackOff` says only "Back-off pulling image": the cause is in the
+        // `ErrImagePull` seen before it.
+        let mut last_pull_error: Option<String> = None;
         loop {
             let current = view.borrow_and_update().clone();
             match current {
@@ -35,8 +41,41 @@ impl KubernetesBackend {
                     if let Some(t) = ready(&pod) {
                         return Ok(t);
                     }
+                    // `transient_since` is never reset: between two failed pulls the
+                    // container waits with no error (pulling), and the limit counts
+                    // from the first failure.
                     match status::blocker(&pod) {
-                        Some(b @ Blocker::ImagePull { .. }) | Some(b @ Blocker::Failed(_)) => {
+                        Some(Blocker::ImagePull {
+                            image,
+                            mut message,
+                            transient: true,
+                        }) => {
+                            if message.starts_with("ErrImagePull") {
+                                last_pull_error = Some(message.clone());
+                            } else if let Some(cause) = &last_pull_error {
+                                message = format!("{message} (after {cause})");
+                            }
+                            let since = *transient_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= options.transient_error_limit {
+                                let b = Blocker::ImagePull {
+                                    image,
+                                    message,
+                                    transient: true,
+                                };
+                                return Err(b.into_error());
+                            }
+                        }
+                        Some(b @ Blocker::Transient { .. }) => {
+                            let since = *transient_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= options.transient_error_limit {
+                                return Err(b.into_error());
+                            }
+                        }
+                        Some(
+                            b @ (Blocker::ImagePull { .. }
+                            | Blocker::Failed(_)
+                            | Blocker::Service { .. }),
+                        ) => {
                             return Err(b.into_error());
                         }
                         Some(b @ Blocker::Unschedulable(_)) => {

@@ -61,6 +61,7 @@ fn service(name: &str, image: &str, command: Option<&[&str]>) -> ServiceSpec {
         image: image.into(),
         env: Default::default(),
         command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        ready: None,
     }
 }
 

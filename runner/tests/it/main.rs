@@ -5,6 +5,7 @@
 
 mod docker_backend;
 mod docker_conformance;
+mod docker_services;
 mod image_build;
 mod local_conformance;
 mod support;

@@ -305,6 +305,7 @@ pub fn stage_spec(
             image: s.image.clone(),
             env: s.env.clone(),
             command: s.command.clone(),
+            ready: s.ready.clone(),
         })
         .collect();
     Ok(StageSpec {

@@ -81,7 +81,9 @@
 //!   Docker volumes; a sandbox container holding the pod's network namespace (all
 //!   containers reach each other on localhost); init containers in order, a
 //!   non-zero exit failing the pod; native sidecars (init containers with
-//!   `restartPolicy: Always`) started and stopped after the regular containers;
+//!   `restartPolicy: Always`) started, holding the next init container back until
+//!   they run and their startup probe passed (`started`, as the kubelet's
+//!   `computeInitContainerActions`, KEP-753), and stopped after the regular containers;
 //!   regular containers started together. Per container: `command`/`args`
 //!   (ENTRYPOINT/CMD semantics), `workingDir`, `env` (`value`,
 //!   `valueFrom.secretKeyRef`), `envFrom.secretRef`, `volumeMounts` (`readOnly`),
@@ -99,7 +101,9 @@
 //!   lastTransitionTime kept while a status holds); `startTime`, `podIP`;
 //!   init/container statuses waiting (PodInitializing, ContainerCreating,
 //!   ErrImagePull ⇄ ImagePullBackOff for an image not on the engine — the double
-//!   never pulls —, CreateContainerConfigError for a missing secret or key or a
+//!   never pulls; the message is containerd's `…: not found` —, the same for the
+//!   first pulls of an image in [`KubeDoubleOptions::flaky_pulls`] with a registry's
+//!   429 or 5xx in containerd's words (see `pulls`), CreateContainerConfigError for a missing secret or key or a
 //!   runAsNonRoot violation, retried until it resolves), running (startedAt) and
 //!   terminated (exitCode; reason Completed, Error, OOMKilled or StartError;
 //!   startedAt, finishedAt; containerID). `activeDeadlineSeconds` (counted from
@@ -250,6 +254,7 @@ mod net;
 mod pod_runtime;
 mod pod_status;
 mod probe;
+mod pulls;
 mod quantity;
 mod routes;
 mod scheduling;
@@ -270,6 +275,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
 pub use exec::ExecTraffic;
+pub use pulls::FlakyPull;
 
 use pod_runtime::Ctx;
 use routes::RequestCounts;
@@ -313,6 +319,10 @@ pub struct KubeDoubleOptions {
     /// `pod-security.kubernetes.io/enforce: restricted` does: a pod create that breaks
     /// it is refused with 403 (see `admission::pod_security`). Default: none.
     pub restricted_namespaces: BTreeSet<String>,
+    /// Images behind a registry that refuses their first pulls (a rate limit, a
+    /// 5xx): in each container, `failures` times `ErrImagePull` with containerd's
+    /// message and `ImagePullBackOff`, then the engine's copy runs (see `pulls`).
+    pub flaky_pulls: BTreeMap<String, FlakyPull>,
 }
 
 impl Default for KubeDoubleOptions {
@@ -335,6 +345,7 @@ impl Default for KubeDoubleOptions {
             version: (1, 33),
             exec_v5_protocol: true,
             restricted_namespaces: BTreeSet::new(),
+            flaky_pulls: BTreeMap::new(),
         }
     }
 }

@@ -102,6 +102,7 @@ async fn services_are_reachable_by_name() {
         image: "slipway-test/httpd:latest".into(),
         env: BTreeMap::new(),
         command: None,
+        ready: None,
     }];
     let r = run(&backend, &spec).await;
     assert_eq!(r.outcome.status, Status::Success, "{:?}", r.outcome);

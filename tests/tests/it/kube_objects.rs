@@ -121,6 +121,7 @@ fn cases() -> Vec<Case> {
                 ("POSTGRES_DB", "app"),
             ]),
             command: Some(vec!["postgres".into(), "-c".into(), "fsync=off".into()]),
+            ready: None,
         }],
         container: ContainerSettings {
             user: Some("1001:1001".into()),

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use super::pod_run::{PodRun, Slot, Started, docker_time};
 use crate::kube_double::docker::{self, Waiting};
 use crate::kube_double::pod_status::{self, Exit};
+use crate::kube_double::pulls;
 
 impl PodRun {
     /// Waits until the container can be created (image present, config
@@ -21,6 +22,8 @@ impl PodRun {
         let image = c.image.clone().unwrap_or_default();
         let name = self.names.container(&c.name);
         let mut pull_attempts = 0u32;
+        let mut refused_pulls = 0u32;
+        let flaky = self.ctx.options.flaky_pulls.get(&image);
         let wait = |w: Waiting| {
             self.change_container(slot, |cs| {
                 let mut next = pod_status::waiting(&c.name, &image, w.reason, Some(w.message));
@@ -30,6 +33,23 @@ impl PodRun {
             });
         };
         let body = loop {
+            if let Some(flaky) = flaky
+                && refused_pulls < flaky.failures
+            {
+                // A registry refusing this attempt: the failure, then the back-off.
+                refused_pulls += 1;
+                wait(Waiting {
+                    reason: "ErrImagePull",
+                    message: flaky.message(&image),
+                });
+                tokio::time::sleep(self.backoff()).await;
+                wait(Waiting {
+                    reason: "ImagePullBackOff",
+                    message: pulls::back_off(&image),
+                });
+                tokio::time::sleep(self.backoff()).await;
+                continue;
+            }
             match docker::image_user(docker, &image).await {
                 Err(e) => {
                     pull_attempts += 1;
@@ -41,11 +61,9 @@ impl PodRun {
                     };
                     let message = if docker::is_not_found(&e) {
                         if reason == "ErrImagePull" {
-                            format!(
-                                "failed to pull image {image:?}: the image is not on the Docker engine and the Kubernetes test double never pulls"
-                            )
+                            pulls::not_found(&image)
                         } else {
-                            format!("Back-off pulling image {image:?}")
+                            pulls::back_off(&image)
                         }
                     } else {
                         format!("failed to inspect image {image:?}: {}", docker::message(&e))

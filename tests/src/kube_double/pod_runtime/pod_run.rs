@@ -330,7 +330,7 @@ impl PodRun {
         for (i, c) in inits.iter().enumerate() {
             let slot = Slot::Init(i);
             if c.restart_policy.as_deref() == Some("Always") {
-                // Started before the next init container, then kept running.
+                // Kept running (and restarted) beside everything after it.
                 let first = self.start_container(slot).await;
                 let (me, stop) = (self.clone(), CancellationToken::new());
                 let stopped = stop.clone();
@@ -339,6 +339,7 @@ impl PodRun {
                         .await;
                 });
                 sidecars.push((stop, runner));
+                self.wait_sidecar_started(i).await;
                 continue;
             }
             let code = self
@@ -369,6 +370,26 @@ impl PodRun {
         let ok = codes.iter().all(|c| *c == 0);
         self.change(|s| s.phase = if ok { "Succeeded" } else { "Failed" });
         Outcome::Finished
+    }
+
+    /// Holds the next init container back until sidecar `i` runs and its startup
+    /// probe (if any) passed — `started` — as the kubelet does (KEP-753: a
+    /// restartable init container that is running but not yet started, or that
+    /// exited and waits for its restart, keeps `computeInitContainerActions` in
+    /// pkg/kubelet/kuberuntime/kuberuntime_container.go from starting the next one).
+    /// A sidecar that never starts holds the pod until its deadline or deletion,
+    /// which end `execute` (and so this wait) from `run`.
+    async fn wait_sidecar_started(&self, i: usize) {
+        loop {
+            let started = {
+                let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                pod_status::is_running(&s.init[i]) && s.init[i].started == Some(true)
+            };
+            if started {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn init_failed(&self, _code: i32) -> Outcome {
