@@ -4,18 +4,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::{AsyncReadExt as _, StreamExt};
-use kube::api::LogParams;
 
 use super::status::{self, Progress};
 use super::watch::PodView;
 use super::{KubernetesBackend, api_err, copy, names, pod, strict};
 use crate::archive;
 use crate::artifacts::Artifact;
-use crate::backend::{
-    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
-};
+use crate::backend::{Backend, LogChunk, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::spec::{StageSpec, StepSpec};
@@ -119,37 +114,12 @@ impl Backend for KubernetesBackend {
                 step.id
             )));
         }
-        let lp = LogParams {
-            container: Some(names::step_container(step.index)),
-            follow: true,
-            ..Default::default()
-        };
-        let reader = self
-            .inner
-            .pods
-            .log_stream(&stage.pod, &lp)
-            .await
-            .map_err(api_err("pod log"))?;
-        // The API merges stdout and stderr: everything is reported as stdout.
-        let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
-            let mut reader = reader?;
-            let mut buf = vec![0u8; 32 * 1024];
-            match reader.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((
-                        Ok(LogChunk {
-                            stream: LogStreamKind::Stdout,
-                            bytes: Bytes::from(buf),
-                        }),
-                        Some(reader),
-                    ))
-                }
-                Err(e) => Some((Err(Error::io("reading the pod log", e)), None)),
-            }
-        });
-        Ok(stream.boxed())
+        Ok(super::log_follow::follow(
+            self.inner.pods.clone(),
+            stage.pod.clone(),
+            names::step_container(step.index),
+            stage.view.clone(),
+        ))
     }
 
     async fn wait_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<StepExit> {

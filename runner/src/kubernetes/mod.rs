@@ -34,6 +34,7 @@ mod backend_impl;
 pub mod builder;
 mod copy;
 mod image;
+mod log_follow;
 pub mod names;
 mod options;
 pub mod pod;

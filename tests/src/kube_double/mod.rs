@@ -44,7 +44,10 @@
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
 //!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` (to the
 //!   second, as the engine takes them), `limitBytes`; a container that has not
-//!   started is a 400 "is waiting to start: `<reason>`".
+//!   started is a 400 "is waiting to start: `<reason>`". [`KubeDouble::cut_log_streams`]
+//!   ends every open stream mid-body — cleanly or by a reset connection — as an API
+//!   server or kubelet restart or an idle load balancer does; a new request serves
+//!   the log from its start again, as the kubelet serves the current log file.
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
 //!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
 //!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
@@ -246,6 +249,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
+pub use logs::LogCut;
 
 use pod_runtime::Ctx;
 use routes::RequestCounts;
@@ -363,6 +367,7 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         captures: capture::Captures::new()
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
+        log_cut: tokio::sync::watch::Sender::new(LogCut::End),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -416,6 +421,14 @@ impl KubeDouble {
     /// Requests served so far, by `METHOD route` (`WATCH` for watches).
     pub fn requests(&self) -> BTreeMap<String, u64> {
         self.counts.snapshot()
+    }
+
+    /// Ends every log stream open now, mid-body (`how`: cleanly or by a reset
+    /// connection): what a client sees when the API server or the kubelet restarts,
+    /// or a load balancer closes a connection it thinks idle. The containers go on;
+    /// a new log request reads their log again from the start.
+    pub fn cut_log_streams(&self, how: LogCut) {
+        self.ctx.log_cut.send_replace(how);
     }
 
     /// The current global resourceVersion.

@@ -9,6 +9,7 @@ mod kube_deployments;
 mod kube_double;
 mod kube_gateway;
 mod kube_image;
+mod kube_logs;
 mod kube_objects;
 mod kube_restarts;
 mod kube_rollouts;

@@ -30,6 +30,10 @@ pub struct Ctx {
     pub captures: crate::kube_double::capture::Captures,
     /// Services' listeners and the gateway (see `net`).
     pub net: crate::kube_double::net::Network,
+    /// Sent by [`crate::kube_double::KubeDouble::cut_log_streams`]: every open log
+    /// stream ends there, as when an API server or kubelet restarts or a load
+    /// balancer drops an idle connection.
+    pub log_cut: tokio::sync::watch::Sender<crate::kube_double::logs::LogCut>,
 }
 
 /// A running pod's controls, by pod uid.
