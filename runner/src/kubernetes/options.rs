@@ -40,6 +40,17 @@ pub struct KubernetesOptions {
     pub config_error_grace: Duration,
     /// `activeDeadlineSeconds` for stages without a timeout.
     pub max_stage_duration: Duration,
+    /// How long a stage pod tolerates its node being unreachable or not ready
+    /// (`tolerationSeconds` of the `node.kubernetes.io/unreachable` and `not-ready`
+    /// NoExecute taints): after the cluster declares a node lost
+    /// (`--node-monitor-grace-period`, 40 s by default) and this long, it evicts the
+    /// pod and the stage fails, retryably, instead of waiting for its deadline. See
+    /// `node_loss`. Default 2 minutes.
+    pub node_lost_timeout: Duration,
+    /// How long after a graceful deletion (and `kill_grace`) a pod that is still
+    /// there is deleted with `gracePeriodSeconds=0`: a pod on a lost node stays
+    /// Terminating otherwise, as only its kubelet can confirm the stop. Default 30 s.
+    pub force_delete_after: Duration,
     /// Where and with what `kind: image` stages build; `None`: they are refused.
     pub builder: Option<BuilderOptions>,
 }
@@ -105,6 +116,8 @@ impl KubernetesOptions {
             schedule_timeout: Duration::from_secs(120),
             config_error_grace: Duration::from_secs(10),
             max_stage_duration: Duration::from_secs(6 * 3600),
+            node_lost_timeout: Duration::from_secs(120),
+            force_delete_after: Duration::from_secs(30),
             builder: None,
         }
     }

@@ -35,6 +35,17 @@ impl KubernetesBackend {
                     if let Some(t) = ready(&pod) {
                         return Ok(t);
                     }
+                    // The cluster removes the pod (a lost node's taint eviction, a
+                    // drain): retryable, the stage can run again elsewhere.
+                    if let Some(why) = super::node_loss::disruption(&pod) {
+                        return Err(Error::Backend {
+                            op: "pod",
+                            message: format!(
+                                "the cluster is removing pod {} while {what}: {why}",
+                                stage.pod
+                            ),
+                        });
+                    }
                     match status::blocker(&pod) {
                         Some(b @ Blocker::ImagePull { .. }) | Some(b @ Blocker::Failed(_)) => {
                             return Err(b.into_error());

@@ -115,6 +115,11 @@ pub async fn pod_log(
             "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
         )));
     }
+    if ctx.node_health.lost() {
+        return Err(super::node_loss::kubelet_unreachable(&format!(
+            "containerLogs/{ns}/{name}/{container}"
+        )));
+    }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let docker_name = PodNames::new(&ctx.instance, &uid).container(&container);
     let opts = LogsOptions {

@@ -48,6 +48,15 @@
 //!   ends every open stream mid-body — cleanly or by a reset connection — as an API
 //!   server or kubelet restart or an idle load balancer does; a new request serves
 //!   the log from its start again, as the kubelet serves the current log file.
+//! - Node loss ([`KubeDouble::lose_node`], see `node_loss`): the kubelet stops
+//!   reporting — pod status freezes (containers stay "running"), logs and exec are
+//!   500s with the proxied dial error, open log streams break, graceful deletions
+//!   stay Terminating —; after [`KubeDoubleOptions::node_monitor_grace`] pods'
+//!   `Ready` condition turns False (`MarkPodsNotReady`), and once a pod's toleration
+//!   of `node.kubernetes.io/unreachable:NoExecute` runs out (300 s without one, as
+//!   `DefaultTolerationSeconds` gives) it gets `DisruptionTarget=True`
+//!   (`DeletionByTaintManager`) and a graceful deletion. `gracePeriodSeconds=0`
+//!   deletes any pod from the API at once (then its containers go).
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
 //!   `kube::Api::exec` speaks): `command`, `container`, stdin (closed by `[255, 0]`
 //!   or the socket), stdout, stderr, `tty`; the final `Status` on channel 3 with
@@ -214,7 +223,10 @@
 //! requests (affinity and tolerations are stored and ignored, other pods' requests
 //! are not counted against the node); service accounts (no token is ever mounted);
 //! `previous` logs; emptyDir `medium`/`sizeLimit`; `Localhost` seccomp/AppArmor
-//! profiles (422); `terminationMessagePolicy: FallbackToLogsOnError` (the file only).
+//! profiles (422); `terminationMessagePolicy: FallbackToLogsOnError` (the file only);
+//! Node objects (a lost node shows only on its pods), a node coming back, and the
+//! scheduler avoiding a lost node (pods created after [`KubeDouble::lose_node`] are
+//! still bound to it and never report).
 //!
 //! Reaching the host from a pod: with [`PodNetwork::Bridge`] (default) pods get
 //! `host.docker.internal` → the bridge gateway, so a server must listen there or on
@@ -227,6 +239,7 @@ mod docker;
 mod exec;
 mod logs;
 mod net;
+mod node_loss;
 mod pod_runtime;
 mod pod_status;
 mod probe;
@@ -283,6 +296,10 @@ pub struct KubeDoubleOptions {
     /// The Kubernetes `(major, minor)` served at `/version`; pod fields that came
     /// later are unknown fields (see `versions`). Default 1.33.
     pub version: (u32, u32),
+    /// After [`KubeDouble::lose_node`], how long until the node lifecycle controller
+    /// declares the node lost and taints it (`--node-monitor-grace-period`: 40 s as
+    /// upstream; tests shorten it). See `node_loss`.
+    pub node_monitor_grace: Duration,
 }
 
 impl Default for KubeDoubleOptions {
@@ -303,6 +320,7 @@ impl Default for KubeDoubleOptions {
             restart_backoff: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             version: (1, 33),
+            node_monitor_grace: Duration::from_secs(40),
         }
     }
 }
@@ -368,6 +386,7 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
             .map_err(|e| KubeDoubleError::Docker(format!("a temp dir for container logs: {e}")))?,
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
         log_cut: tokio::sync::watch::Sender::new(LogCut::End),
+        node_health: Default::default(),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -429,6 +448,15 @@ impl KubeDouble {
     /// a new log request reads their log again from the start.
     pub fn cut_log_streams(&self, how: LogCut) {
         self.ctx.log_cut.send_replace(how);
+    }
+
+    /// The node stops reporting from now on, as when its machine crashes or is cut
+    /// off: pod status freezes, logs and exec fail, deletions stay Terminating, and
+    /// the control plane declares the node lost and evicts its pods after
+    /// [`KubeDoubleOptions::node_monitor_grace`] and their tolerations (see
+    /// `node_loss`). For good: the node does not come back.
+    pub fn lose_node(&self) {
+        node_loss::lose(&self.ctx);
     }
 
     /// The current global resourceVersion.

@@ -10,6 +10,7 @@ mod kube_double;
 mod kube_gateway;
 mod kube_image;
 mod kube_logs;
+mod kube_node_loss;
 mod kube_objects;
 mod kube_restarts;
 mod kube_rollouts;

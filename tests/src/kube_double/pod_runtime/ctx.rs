@@ -34,6 +34,8 @@ pub struct Ctx {
     /// stream ends there, as when an API server or kubelet restarts or a load
     /// balancer drops an idle connection.
     pub log_cut: tokio::sync::watch::Sender<crate::kube_double::logs::LogCut>,
+    /// Whether the node's kubelet still reports (see `node_loss`).
+    pub node_health: crate::kube_double::node_loss::NodeHealth,
 }
 
 /// A running pod's controls, by pod uid.
