@@ -1,20 +1,14 @@
 //! The [`Backend`] impl: a stage is its pod, a step one of its init containers.
 
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::{AsyncReadExt as _, StreamExt};
-use kube::api::LogParams;
 
 use super::status::{self, Progress};
 use super::watch::PodView;
-use super::{KubernetesBackend, api_err, names, pod};
+use super::{KubernetesBackend, names, pod};
 use crate::artifacts::Artifact;
-use crate::backend::{
-    Backend, LogChunk, LogStream, LogStreamKind, StageHandle, StepExit, StepHandle,
-};
+use crate::backend::{Backend, LogChunk, LogStream, StageHandle, StepExit, StepHandle};
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::spec::{StageSpec, StepSpec};
@@ -64,7 +58,7 @@ impl Backend for KubernetesBackend {
             }
             Err(e) => {
                 // Leave nothing behind on failure (trait contract): gone, not going.
-                if let Err(cleanup) = self.delete_and_wait(&name).await {
+                if let Err(cleanup) = self.delete_until_gone(&name, None).await {
                     tracing::error!(pod = %name, error = %cleanup, "cleaning up a failed set-up");
                 }
                 Err(e)
@@ -117,37 +111,12 @@ impl Backend for KubernetesBackend {
                 step.id
             )));
         }
-        let lp = LogParams {
-            container: Some(names::step_container(step.index)),
-            follow: true,
-            ..Default::default()
-        };
-        let reader = self
-            .inner
-            .pods
-            .log_stream(&stage.pod, &lp)
-            .await
-            .map_err(api_err("pod log"))?;
-        // The API merges stdout and stderr: everything is reported as stdout.
-        let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
-            let mut reader = reader?;
-            let mut buf = vec![0u8; 32 * 1024];
-            match reader.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((
-                        Ok(LogChunk {
-                            stream: LogStreamKind::Stdout,
-                            bytes: Bytes::from(buf),
-                        }),
-                        Some(reader),
-                    ))
-                }
-                Err(e) => Some((Err(Error::io("reading the pod log", e)), None)),
-            }
-        });
-        Ok(stream.boxed())
+        Ok(super::log_follow::follow(
+            self.inner.pods.clone(),
+            stage.pod.clone(),
+            names::step_container(step.index),
+            stage.view.clone(),
+        ))
     }
 
     async fn wait_step(&self, stage_handle: &StageHandle, step: &StepHandle) -> Result<StepExit> {
@@ -185,24 +154,37 @@ impl Backend for KubernetesBackend {
         // A step cannot be stopped on its own: the stage's pod goes (later steps
         // would be skipped anyway after a timeout or cancel).
         self.delete_objects(&stage.pod).await?;
-        let bound = self.inner.options.kill_grace + Duration::from_secs(30);
-        let stopped = tokio::time::timeout(
-            bound,
-            self.wait_until(&stage, "stopping the step", |p| {
-                matches!(status::progress(p, &container), Progress::Exited(_)).then_some(())
-            }),
-        )
+        let options = &self.inner.options;
+        let bound = options.kill_grace + options.force_delete_after;
+        let stopped = tokio::time::timeout(bound, async {
+            let mut view = stage.view.clone();
+            loop {
+                match &*view.borrow_and_update() {
+                    PodView::Gone => return true,
+                    PodView::Present(p) => {
+                        if matches!(status::progress(p, &container), Progress::Exited(_)) {
+                            return true;
+                        }
+                        // Its node is lost: nothing will report the stop.
+                        if super::node_loss::needs_force(p) {
+                            return false;
+                        }
+                    }
+                }
+                if view.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
         .await;
-        match stopped {
-            // Gone also means stopped.
-            Ok(_) => Ok(()),
-            Err(_) => Err(Error::Backend {
-                op: "destroy_step",
-                message: format!(
-                    "step container {container} still runs {bound:?} after deleting its pod"
-                ),
-            }),
+        if stopped != Ok(true) {
+            // Still "running" on a node that does not answer (or a watcher that
+            // stopped): remove the pod from the API; its kubelet, if it comes
+            // back, kills what is left.
+            tracing::warn!(pod = %stage.pod, %container, "step not seen stopping; forcing the pod's deletion");
+            self.force_delete(&stage.pod).await?;
         }
+        Ok(())
     }
 
     async fn collect_artifacts(
@@ -236,41 +218,16 @@ impl Backend for KubernetesBackend {
     async fn destroy_stage(&self, handle: &StageHandle) -> Result<()> {
         // A build cut short by a cancel or a timeout leaves its builder pod.
         self.delete_builders_of(&handle.id).await?;
-        self.delete_objects(&handle.id).await?;
-        if let Some(stage) = self.inner.stages.remove(&handle.id) {
+        match self.inner.stages.remove(&handle.id) {
             // Return once the pod is gone: no step of this stage runs any more.
-            let bound = self.inner.options.kill_grace + Duration::from_secs(30);
-            let mut view = stage.view.clone();
-            let gone = tokio::time::timeout(bound, async {
-                loop {
-                    if matches!(*view.borrow_and_update(), PodView::Gone) {
-                        return true;
-                    }
-                    if view.changed().await.is_err() {
-                        return false;
-                    }
-                }
-            })
-            .await;
-            if gone != Ok(true) {
-                // Check directly: the watcher may have stopped.
-                let still = self
-                    .inner
-                    .pods
-                    .get_opt(&handle.id)
-                    .await
-                    .map_err(api_err("get pod"))?;
-                if still.is_some() {
-                    return Err(Error::Backend {
-                        op: "destroy_stage",
-                        message: format!(
-                            "pod {} still exists {bound:?} after its deletion",
-                            handle.id
-                        ),
-                    });
-                }
-            }
+            Some(stage) => self
+                .delete_until_gone(&handle.id, Some(stage.view.clone()))
+                .await
+                .map_err(|e| Error::Backend {
+                    op: "destroy_stage",
+                    message: e.to_string(),
+                }),
+            None => self.delete_objects(&handle.id).await,
         }
-        Ok(())
     }
 }

@@ -38,7 +38,9 @@ pub mod builder;
 mod copy;
 mod image;
 mod listing;
+mod log_follow;
 pub mod names;
+mod node_loss;
 mod options;
 pub mod pod;
 mod setup;
@@ -207,29 +209,93 @@ impl KubernetesBackend {
         .map_err(api_err("delete secret"))
     }
 
-    /// [`Self::delete_objects`], then waits (bounded) until the pod is gone.
-    async fn delete_and_wait(&self, pod: &str) -> Result<()> {
+    /// Deletes the pod at once (`gracePeriodSeconds=0`): removed from the API even
+    /// when no kubelet confirms its containers stopped (see [`node_loss`]).
+    async fn force_delete(&self, pod: &str) -> Result<()> {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        tracing::warn!(%pod, "force-deleting a pod its node does not stop");
+        ignore_not_found(self.inner.pods.delete(pod, &dp).await.map(|_| ()))
+            .map_err(api_err("force-delete pod"))
+    }
+
+    /// [`Self::delete_objects`], then waits (bounded) until the pod is gone: one the
+    /// cluster is removing from a lost node is force-deleted at once, any other
+    /// still there `kill_grace` + `force_delete_after` later too (see [`node_loss`]).
+    /// `view`, when the pod is followed, saves the polling.
+    async fn delete_until_gone(
+        &self,
+        pod: &str,
+        view: Option<tokio::sync::watch::Receiver<PodView>>,
+    ) -> Result<()> {
         self.delete_objects(pod).await?;
-        let until = Instant::now() + self.inner.options.kill_grace + Duration::from_secs(30);
-        while self
-            .inner
-            .pods
-            .get_opt(pod)
-            .await
-            .map_err(api_err("get pod"))?
-            .is_some()
-        {
-            if Instant::now() >= until {
-                return Err(Error::Backend {
-                    op: "delete pod",
-                    message: format!("pod {pod} still exists after its deletion"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let options = &self.inner.options;
+        let force_at = Instant::now() + options.kill_grace + options.force_delete_after;
+        if self.wait_gone(pod, view, force_at).await? {
+            return Ok(());
         }
-        Ok(())
+        self.force_delete(pod).await?;
+        if self
+            .wait_gone(pod, None, Instant::now() + FORCED_GONE_WAIT)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(Error::Backend {
+            op: "delete pod",
+            message: format!("pod {pod} still exists after its forced deletion"),
+        })
+    }
+
+    /// Waits until the pod is gone (true), until `until`, or until only a forced
+    /// deletion can remove it (false).
+    async fn wait_gone(
+        &self,
+        pod: &str,
+        view: Option<tokio::sync::watch::Receiver<PodView>>,
+        until: Instant,
+    ) -> Result<bool> {
+        if let Some(mut view) = view {
+            let seen = tokio::time::timeout_at(until.into(), async {
+                loop {
+                    match &*view.borrow_and_update() {
+                        PodView::Gone => return Some(true),
+                        PodView::Present(p) if node_loss::needs_force(p) => return Some(false),
+                        PodView::Present(_) => {}
+                    }
+                    if view.changed().await.is_err() {
+                        // The watcher stopped: read the API below.
+                        return None;
+                    }
+                }
+            })
+            .await;
+            if let Ok(Some(gone)) = seen {
+                return Ok(gone);
+            }
+        }
+        loop {
+            match self
+                .inner
+                .pods
+                .get_opt(pod)
+                .await
+                .map_err(api_err("get pod"))?
+            {
+                None => return Ok(true),
+                Some(p) if node_loss::needs_force(&p) => return Ok(false),
+                Some(_) if Instant::now() >= until => return Ok(false),
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 }
+
+/// How long a force-deleted pod may take to leave the API.
+const FORCED_GONE_WAIT: Duration = Duration::from_secs(10);
 
 fn ignore_not_found(
     r: std::result::Result<(), kube::Error>,

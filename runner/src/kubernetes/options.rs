@@ -51,6 +51,17 @@ pub struct KubernetesOptions {
     /// How often a stage pod refused for a used-up ResourceQuota is created again
     /// (the stage waits meanwhile, up to its timeout).
     pub quota_retry_interval: Duration,
+    /// How long a stage pod tolerates its node being unreachable or not ready
+    /// (`tolerationSeconds` of the `node.kubernetes.io/unreachable` and `not-ready`
+    /// NoExecute taints): after the cluster declares a node lost
+    /// (`--node-monitor-grace-period`, 40 s by default) and this long, it evicts the
+    /// pod and the stage fails, retryably, instead of waiting for its deadline. See
+    /// `node_loss`. Default 2 minutes.
+    pub node_lost_timeout: Duration,
+    /// How long after a graceful deletion (and `kill_grace`) a pod that is still
+    /// there is deleted with `gracePeriodSeconds=0`: a pod on a lost node stays
+    /// Terminating otherwise, as only its kubelet can confirm the stop. Default 30 s.
+    pub force_delete_after: Duration,
     /// Where and with what `kind: image` stages build; `None`: they are refused.
     pub builder: Option<BuilderOptions>,
 }
@@ -119,6 +130,8 @@ impl KubernetesOptions {
             service_timeout: Duration::from_secs(300),
             max_stage_duration: Duration::from_secs(6 * 3600),
             quota_retry_interval: Duration::from_secs(10),
+            node_lost_timeout: Duration::from_secs(120),
+            force_delete_after: Duration::from_secs(30),
             builder: None,
         }
     }

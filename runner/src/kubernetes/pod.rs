@@ -316,19 +316,7 @@ pub fn stage_objects(
             service_account_name: spec.pod.service_account.clone(),
             node_selector: (!spec.pod.node_selector.is_empty())
                 .then(|| spec.pod.node_selector.clone()),
-            tolerations: (!spec.pod.tolerations.is_empty()).then(|| {
-                spec.pod
-                    .tolerations
-                    .iter()
-                    .map(|t| Toleration {
-                        key: t.key.clone(),
-                        operator: t.operator.clone(),
-                        value: t.value.clone(),
-                        effect: t.effect.clone(),
-                        toleration_seconds: t.toleration_seconds,
-                    })
-                    .collect()
-            }),
+            tolerations: tolerations(spec, options),
             image_pull_secrets: (!options.image_pull_secrets.is_empty()).then(|| {
                 options
                     .image_pull_secrets
@@ -502,6 +490,26 @@ fn memory_quantity(bytes: u64) -> String {
     } else {
         bytes.to_string()
     }
+}
+
+/// The stage's own tolerations, and those that bound how long it waits for a node
+/// that stopped reporting ([`super::node_loss`]).
+fn tolerations(spec: &StageSpec, options: &KubernetesOptions) -> Option<Vec<Toleration>> {
+    let mut all: Vec<Toleration> = spec
+        .pod
+        .tolerations
+        .iter()
+        .map(|t| Toleration {
+            key: t.key.clone(),
+            operator: t.operator.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+            toleration_seconds: t.toleration_seconds,
+        })
+        .collect();
+    let node_lost = super::node_loss::tolerations(&all, options.node_lost_timeout);
+    all.extend(node_lost);
+    (!all.is_empty()).then_some(all)
 }
 
 #[cfg(test)]

@@ -41,6 +41,17 @@ impl KubernetesBackend {
                     if let Some(t) = ready(&pod) {
                         return Ok(t);
                     }
+                    // The cluster removes the pod (a lost node's taint eviction, a
+                    // drain): retryable, the stage can run again elsewhere.
+                    if let Some(why) = super::node_loss::disruption(&pod) {
+                        return Err(Error::Backend {
+                            op: "pod",
+                            message: format!(
+                                "the cluster is removing pod {} while {what}: {why}",
+                                stage.pod
+                            ),
+                        });
+                    }
                     // `transient_since` is never reset: between two failed pulls the
                     // container waits with no error (pulling), and the limit counts
                     // from the first failure.

@@ -94,6 +94,11 @@ pub async fn pod_exec(
         .store
         .get::<Pod>(&ns, &name)
         .ok_or_else(|| ApiError::not_found("pods", &name))?;
+    if ctx.node_health.lost() {
+        return Err(super::node_loss::kubelet_unreachable(&format!(
+            "exec/{ns}/{name}"
+        )));
+    }
     let spec = pod.spec.clone().unwrap_or_default();
     let all: Vec<String> = spec
         .init_containers

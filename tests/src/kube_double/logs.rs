@@ -18,6 +18,17 @@ use super::docker::PodNames;
 use super::pod_runtime::Ctx;
 use super::status::ApiError;
 
+/// How [`crate::kube_double::KubeDouble::cut_log_streams`] ends the open log streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCut {
+    /// The body ends as if complete: what a client sees when the API server ends its
+    /// proxied response because the kubelet's side went away.
+    End,
+    /// The connection is aborted mid-body (a reset, an idle load balancer's close):
+    /// the client's read fails.
+    Reset,
+}
+
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
@@ -104,6 +115,11 @@ pub async fn pod_log(
             "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
         )));
     }
+    if ctx.node_health.lost() {
+        return Err(super::node_loss::kubelet_unreachable(&format!(
+            "containerLogs/{ns}/{name}/{container}"
+        )));
+    }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let docker_name = PodNames::new(&ctx.instance, &uid).container(&container);
     let opts = LogsOptions {
@@ -124,19 +140,42 @@ pub async fn pod_log(
     if !(plain && ctx.captures.stream(&docker_name, opts.follow, tx.clone())) {
         tokio::spawn(read_log(ctx.clone(), docker_name, opts, tx));
     }
-    let logs = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let body = logs.filter_map(move |b| {
-        let out = match remaining.as_mut() {
-            None => Some(b),
-            Some(0) => None,
-            Some(left) => {
-                let b = b.slice(..b.len().min(*left));
-                *left -= b.len();
-                Some(b)
+    // Forwarded until the end, or until a cut (`KubeDouble::cut_log_streams`).
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    let mut cut = ctx.log_cut.subscribe();
+    cut.mark_unchanged();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                b = rx.recv() => {
+                    let Some(mut b) = b else { return };
+                    match remaining.as_mut() {
+                        None => {}
+                        Some(0) => return,
+                        Some(left) => {
+                            b = b.slice(..b.len().min(*left));
+                            *left -= b.len();
+                        }
+                    }
+                    if out_tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                }
+                changed = cut.changed() => {
+                    if changed.is_ok() && *cut.borrow() == LogCut::Reset {
+                        let _ = out_tx
+                            .send(Err(std::io::Error::other("log stream cut by the test")))
+                            .await;
+                    }
+                    return;
+                }
             }
-        };
-        std::future::ready(out.map(Ok::<_, std::convert::Infallible>))
+        }
     });
+    let body = futures::stream::unfold(
+        out_rx,
+        |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+    );
     Ok(Response::builder()
         .header("content-type", "text/plain")
         .body(Body::from_stream(body))

@@ -59,7 +59,19 @@
 //! - Pod logs (`…/pods/{name}/log`): `container` (required when several),
 //!   `follow`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` (to the
 //!   second, as the engine takes them), `limitBytes`; a container that has not
-//!   started is a 400 "is waiting to start: `<reason>`".
+//!   started is a 400 "is waiting to start: `<reason>`". [`KubeDouble::cut_log_streams`]
+//!   ends every open stream mid-body — cleanly or by a reset connection — as an API
+//!   server or kubelet restart or an idle load balancer does; a new request serves
+//!   the log from its start again, as the kubelet serves the current log file.
+//! - Node loss ([`KubeDouble::lose_node`], see `node_loss`): the kubelet stops
+//!   reporting — pod status freezes (containers stay "running"), logs and exec are
+//!   500s with the proxied dial error, open log streams break, graceful deletions
+//!   stay Terminating —; after [`KubeDoubleOptions::node_monitor_grace`] pods'
+//!   `Ready` condition turns False (`MarkPodsNotReady`), and once a pod's toleration
+//!   of `node.kubernetes.io/unreachable:NoExecute` runs out (300 s without one, as
+//!   `DefaultTolerationSeconds` gives) it gets `DisruptionTarget=True`
+//!   (`DeletionByTaintManager`) and a graceful deletion. `gracePeriodSeconds=0`
+//!   deletes any pod from the API at once (then its containers go).
 //! - Pod exec (`…/pods/{name}/exec`, WebSocket `v5`/`v4.channel.k8s.io`, what
 //!   `kube::Api::exec` speaks): `command`, `container`, stdin, stdout, stderr,
 //!   `tty`; the final `Status` on channel 3 with `NonZeroExitCode` and an
@@ -237,7 +249,10 @@
 //! requests (affinity and tolerations are stored and ignored, other pods' requests
 //! are not counted against the node); service accounts (no token is ever mounted);
 //! `previous` logs; emptyDir `medium`/`sizeLimit`; `Localhost` seccomp/AppArmor
-//! profiles (422); `terminationMessagePolicy: FallbackToLogsOnError` (the file only).
+//! profiles (422); `terminationMessagePolicy: FallbackToLogsOnError` (the file only);
+//! Node objects (a lost node shows only on its pods), a node coming back, and the
+//! scheduler avoiding a lost node (pods created after [`KubeDouble::lose_node`] are
+//! still bound to it and never report).
 //!
 //! Reaching the host from a pod: with [`PodNetwork::Bridge`] (default) pods get
 //! `host.docker.internal` → the bridge gateway, so a server must listen there or on
@@ -251,6 +266,7 @@ mod docker;
 mod exec;
 mod logs;
 mod net;
+mod node_loss;
 mod pod_runtime;
 mod pod_status;
 mod probe;
@@ -275,6 +291,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use docker::{INSTANCE_LABEL, POD_LABEL, POD_UID_LABEL, PodNetwork};
 pub use exec::ExecTraffic;
+pub use logs::LogCut;
 pub use pulls::FlakyPull;
 
 use pod_runtime::Ctx;
@@ -323,6 +340,10 @@ pub struct KubeDoubleOptions {
     /// 5xx): in each container, `failures` times `ErrImagePull` with containerd's
     /// message and `ImagePullBackOff`, then the engine's copy runs (see `pulls`).
     pub flaky_pulls: BTreeMap<String, FlakyPull>,
+    /// After [`KubeDouble::lose_node`], how long until the node lifecycle controller
+    /// declares the node lost and taints it (`--node-monitor-grace-period`: 40 s as
+    /// upstream; tests shorten it). See `node_loss`.
+    pub node_monitor_grace: Duration,
 }
 
 impl Default for KubeDoubleOptions {
@@ -346,6 +367,7 @@ impl Default for KubeDoubleOptions {
             exec_v5_protocol: true,
             restricted_namespaces: BTreeSet::new(),
             flaky_pulls: BTreeMap::new(),
+            node_monitor_grace: Duration::from_secs(40),
         }
     }
 }
@@ -412,6 +434,8 @@ pub async fn start(options: KubeDoubleOptions) -> Result<KubeDouble, KubeDoubleE
         net: net::Network::new().map_err(KubeDoubleError::Listen)?,
         exec_traffic: exec::Traffic::default(),
         admission_lock: Mutex::new(()),
+        log_cut: tokio::sync::watch::Sender::new(LogCut::End),
+        node_health: Default::default(),
     });
     net::spawn(&ctx);
     let counts = Arc::new(RequestCounts::default());
@@ -473,6 +497,23 @@ impl KubeDouble {
     /// the wire.
     pub fn exec_traffic(&self) -> ExecTraffic {
         self.ctx.exec_traffic.snapshot()
+    }
+
+    /// Ends every log stream open now, mid-body (`how`: cleanly or by a reset
+    /// connection): what a client sees when the API server or the kubelet restarts,
+    /// or a load balancer closes a connection it thinks idle. The containers go on;
+    /// a new log request reads their log again from the start.
+    pub fn cut_log_streams(&self, how: LogCut) {
+        self.ctx.log_cut.send_replace(how);
+    }
+
+    /// The node stops reporting from now on, as when its machine crashes or is cut
+    /// off: pod status freezes, logs and exec fail, deletions stay Terminating, and
+    /// the control plane declares the node lost and evicts its pods after
+    /// [`KubeDoubleOptions::node_monitor_grace`] and their tolerations (see
+    /// `node_loss`). For good: the node does not come back.
+    pub fn lose_node(&self) {
+        node_loss::lose(&self.ctx);
     }
 
     /// The current global resourceVersion.

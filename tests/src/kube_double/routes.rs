@@ -365,6 +365,7 @@ async fn create_secret(
 }
 
 /// DeleteOptions from the body (what kube sends) or the query.
+#[derive(Debug, Default)]
 pub(super) struct DeleteOpts {
     pub(super) grace: Option<i64>,
     pub(super) orphan: bool,
@@ -438,7 +439,11 @@ pub(super) fn begin_pod_deletion(
         .store
         .get::<Pod>(ns, name)
         .ok_or_else(|| ApiError::not_found("pods", name))?;
-    if pod.metadata.deletion_timestamp.is_some() {
+    // `gracePeriodSeconds=0` deletes at once, even a pod already terminating or on a
+    // node that will never confirm the stop (the registry's immediate deletion, as
+    // `kubectl delete --force --grace-period=0`); the containers are removed after.
+    let force = opts.grace == Some(0);
+    if pod.metadata.deletion_timestamp.is_some() && !force {
         return Ok(pod);
     }
     let grace = opts
@@ -449,15 +454,24 @@ pub(super) fn begin_pod_deletion(
             .and_then(|s| s.termination_grace_period_seconds))
         .unwrap_or(30)
         .max(0);
-    let pod = ctx
-        .store
-        .update::<Pod>(ns, name, |p| {
-            let mut at = now();
-            at.0 += k8s_openapi::jiff::SignedDuration::from_secs(grace);
-            p.metadata.deletion_timestamp = Some(at);
-            p.metadata.deletion_grace_period_seconds = Some(grace);
-        })
-        .ok_or_else(|| ApiError::not_found("pods", name))?;
+    let pod = if force {
+        ctx.store.remove::<Pod>(ns, name);
+        pod
+    } else {
+        ctx.store
+            .update::<Pod>(ns, name, |p| {
+                let mut at = now();
+                at.0 += k8s_openapi::jiff::SignedDuration::from_secs(grace);
+                p.metadata.deletion_timestamp = Some(at);
+                p.metadata.deletion_grace_period_seconds = Some(grace);
+            })
+            .ok_or_else(|| ApiError::not_found("pods", name))?
+    };
+    // A lost node's kubelet never stops the containers nor confirms it: the pod
+    // stays Terminating until it is force-deleted (see `node_loss`).
+    if ctx.node_health.lost() && !force {
+        return Ok(pod);
+    }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     tokio::spawn(
         ctx.clone()

@@ -665,14 +665,25 @@ fn the_stage_settings_reach_the_pod() {
         settings["imagePullSecrets"],
         serde_json::json!([{"name": "regcred"}, {"name": "ghcr-pull"}])
     );
+    // Every stage pod tolerates a lost node only for `node_lost_timeout` (#14 item 8).
+    let node_lost = |key: &str| {
+        serde_json::json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+            "tolerationSeconds": defaults.node_lost_timeout.as_secs()})
+    };
     for g in &all {
+        if g.name != "pod_settings" && g.name != "image_build" {
+            assert_eq!(
+                g.pod["spec"]["tolerations"],
+                serde_json::json!([
+                    node_lost("node.kubernetes.io/unreachable"),
+                    node_lost("node.kubernetes.io/not-ready")
+                ]),
+                "{}",
+                g.name
+            );
+        }
         if g.name != "pod_settings" {
-            for field in [
-                "nodeSelector",
-                "tolerations",
-                "serviceAccountName",
-                "imagePullSecrets",
-            ] {
+            for field in ["nodeSelector", "serviceAccountName", "imagePullSecrets"] {
                 assert!(g.pod["spec"].get(field).is_none(), "{}: {field}", g.name);
             }
         }

@@ -13,6 +13,8 @@ mod kube_double;
 mod kube_exec;
 mod kube_gateway;
 mod kube_image;
+mod kube_logs;
+mod kube_node_loss;
 mod kube_objects;
 mod kube_pulls;
 mod kube_restarts;

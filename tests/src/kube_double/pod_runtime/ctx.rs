@@ -34,6 +34,12 @@ pub struct Ctx {
     pub exec_traffic: crate::kube_double::exec::Traffic,
     /// Held from a pod create's admission until the pod is stored (see `admission`).
     pub admission_lock: Mutex<()>,
+    /// Sent by [`crate::kube_double::KubeDouble::cut_log_streams`]: every open log
+    /// stream ends there, as when an API server or kubelet restarts or a load
+    /// balancer drops an idle connection.
+    pub log_cut: tokio::sync::watch::Sender<crate::kube_double::logs::LogCut>,
+    /// Whether the node's kubelet still reports (see `node_loss`).
+    pub node_health: crate::kube_double::node_loss::NodeHealth,
 }
 
 /// A running pod's controls, by pod uid.

@@ -199,6 +199,10 @@ impl PodRun {
             f(&mut state);
             state.status()
         };
+        // A lost node's kubelet reports nothing: the API keeps the last status.
+        if self.ctx.node_health.lost() {
+            return;
+        }
         self.ctx
             .store
             .update::<Pod>(&self.ns, &self.name, |p| p.status = Some(status));
