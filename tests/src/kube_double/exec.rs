@@ -95,9 +95,7 @@ pub async fn pod_exec(
         .get::<Pod>(&ns, &name)
         .ok_or_else(|| ApiError::not_found("pods", &name))?;
     if ctx.node_health.lost() {
-        return Err(super::node_loss::kubelet_unreachable(&format!(
-            "exec/{ns}/{name}"
-        )));
+        return Err(ApiError::kubelet_unreachable(&format!("exec/{ns}/{name}")));
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let all: Vec<String> = spec

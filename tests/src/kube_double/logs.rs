@@ -116,7 +116,7 @@ pub async fn pod_log(
         )));
     }
     if ctx.node_health.lost() {
-        return Err(super::node_loss::kubelet_unreachable(&format!(
+        return Err(ApiError::kubelet_unreachable(&format!(
             "containerLogs/{ns}/{name}/{container}"
         )));
     }

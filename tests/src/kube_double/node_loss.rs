@@ -37,7 +37,6 @@ use super::NODE_NAME;
 use super::logs::LogCut;
 use super::pod_runtime::Ctx;
 use super::routes::{DeleteOpts, begin_pod_deletion};
-use super::status::ApiError;
 
 /// The taint a node gets when it stops reporting.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -53,19 +52,6 @@ pub struct NodeHealth {
 impl NodeHealth {
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
-    }
-}
-
-/// The error the API server proxies when the kubelet cannot be reached.
-pub fn kubelet_unreachable(what: &str) -> ApiError {
-    ApiError {
-        code: 500,
-        reason: "InternalError",
-        message: format!(
-            "Get \"https://{NODE_NAME}:10250/{what}\": dial tcp {NODE_NAME}:10250: connect: no route to host"
-        ),
-        name: None,
-        kind: None,
     }
 }
 

@@ -17,6 +17,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What the API server answers for a log or exec request when it cannot reach the
+    /// pod's kubelet (a lost node, see `node_loss`): it proxies the dial error.
+    pub fn kubelet_unreachable(what: &str) -> ApiError {
+        let node = super::NODE_NAME;
+        ApiError {
+            code: 500,
+            reason: "InternalError",
+            message: format!(
+                "Get \"https://{node}:10250/{what}\": dial tcp {node}:10250: connect: no route to host"
+            ),
+            name: None,
+            kind: None,
+        }
+    }
+
     pub fn not_found(kind: &str, name: &str) -> ApiError {
         ApiError {
             code: 404,
