@@ -455,6 +455,14 @@ pub(super) fn begin_pod_deletion(
         .unwrap_or(30)
         .max(0);
     let pod = if force {
+        // With propagationPolicy Orphan the garbage collector releases the dependents
+        // (the `orphan` finalizer) before the owner goes: never a moment where the pod
+        // is gone and its Secret still names it.
+        if opts.orphan
+            && let Some(uid) = pod.metadata.uid.as_deref()
+        {
+            ctx.collect_secrets(ns, uid, true);
+        }
         ctx.store.remove::<Pod>(ns, name);
         pod
     } else {
