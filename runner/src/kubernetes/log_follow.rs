@@ -317,15 +317,8 @@ async fn run(
         if complete_when_ended && !broken {
             return Ok(());
         }
-        if joiner.delivered() > before {
-            backoff = Duration::from_millis(100);
-        } else {
-            // Nothing new: let the container get on before asking again.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
         // Most streams end because the container exited: once its status says so,
-        // the next stream is the last.
+        // the next stream is the last, and is opened at once.
         let _ = tokio::time::timeout(EXIT_WAIT, async {
             while !exited(&view, container) {
                 if view.changed().await.is_err() {
@@ -334,6 +327,14 @@ async fn run(
             }
         })
         .await;
+        if joiner.delivered() > before || exited(&view, container) {
+            backoff = Duration::from_millis(100);
+        } else {
+            // Nothing new and still running: let the container get on before asking
+            // again. (Not after an exit: a silent step's end would wait for nothing.)
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
         tracing::debug!(%pod, %container, delivered = joiner.delivered(), "step log stream ended; reading on");
     }
 }
