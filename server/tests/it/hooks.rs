@@ -986,7 +986,9 @@ async fn a_signed_push_for_another_repository_is_refused_and_nothing_recorded() 
 
 // ------------------------------------------------------------ size limits, real sockets
 
-async fn read_response(stream: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+/// One HTTP/1.1 message (head and a `content-length` body) read off `stream`: a
+/// server's response here, a client's request in [`stand_in`].
+async fn read_message(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -1041,7 +1043,7 @@ async fn oversized_bodies_get_413_without_being_buffered() {
     )
     .await
     .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), read_response(&mut rd))
+    let resp = tokio::time::timeout(Duration::from_secs(10), read_message(&mut rd))
         .await
         .expect("413 before the body");
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
@@ -1072,7 +1074,7 @@ async fn oversized_bodies_get_413_without_being_buffered() {
         wr.write_all(b"0\r\n\r\n").await?;
         Ok::<_, std::io::Error>(())
     });
-    let resp = tokio::time::timeout(Duration::from_secs(30), read_response(&mut rd))
+    let resp = tokio::time::timeout(Duration::from_secs(30), read_message(&mut rd))
         .await
         .expect("a response");
     let sent_at_response = sent.load(Ordering::Relaxed);
@@ -1396,28 +1398,7 @@ async fn stand_in(answers: Vec<(u16, &'static str)>) -> (std::net::SocketAddr, A
             let n = count.fetch_add(1, Ordering::SeqCst) as usize;
             let (status, body) = answers[n.min(answers.len() - 1)];
             // Read the request (head and a small JSON body) before answering.
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut got = Vec::new();
-            while let Ok(k) = conn.read(&mut buf).await {
-                if k == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..k]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some(head_end) = text.find("\r\n\r\n") {
-                    let length = text[..head_end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= head_end + 4 + length {
-                        break;
-                    }
-                }
-            }
+            read_message(&mut conn).await;
             let response = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
