@@ -13,7 +13,7 @@ use tests::admission_policy::denials;
 use tests::network_policy::{Endpoint, allows};
 
 use super::deploy_manifests::{
-    BUILD_NAMESPACE, BUILDER_NAMESPACE, OVERLAYS, SERVER_NAMESPACE, env_var, of_kind, render,
+    BUILD_NAMESPACE, BUILDER_NAMESPACE, OVERLAYS, SERVER_NAMESPACE, env_var, render,
     server_container, server_set, the_one,
 };
 
@@ -79,14 +79,12 @@ fn world(objects: &[Value], overlay: &str) -> World {
 fn build_and_builder_pods_reach_dns_and_the_outside_world_and_nothing_inside() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let policies: Vec<Value> = of_kind(&objects, "NetworkPolicy")
-            .into_iter()
-            .cloned()
-            .collect();
+        // `allows` reads the NetworkPolicies among them.
+        let policies = &objects;
         let w = world(&objects, overlay);
         for (name, pod) in [("build", &w.build), ("builder", &w.builder)] {
             let may = |to: &Endpoint, port: u16, protocol: &str| {
-                allows(&policies, pod, to, port, protocol)
+                allows(policies, pod, to, port, protocol)
             };
             assert!(may(&w.dns, 53, "UDP"), "{overlay}: {name} pod → DNS/UDP");
             assert!(may(&w.dns, 53, "TCP"), "{overlay}: {name} pod → DNS/TCP");
@@ -116,7 +114,7 @@ fn build_and_builder_pods_reach_dns_and_the_outside_world_and_nothing_inside() {
                 ("the outside", &w.internet),
             ] {
                 assert!(
-                    !allows(&policies, from, pod, 8080, "TCP"),
+                    !allows(policies, from, pod, 8080, "TCP"),
                     "{overlay}: {what} reaches a {name} pod"
                 );
             }
@@ -128,20 +126,18 @@ fn build_and_builder_pods_reach_dns_and_the_outside_world_and_nothing_inside() {
 fn the_server_accepts_its_port_only_from_the_ingress_controller() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);
-        let policies: Vec<Value> = of_kind(&objects, "NetworkPolicy")
-            .into_iter()
-            .cloned()
-            .collect();
+        // `allows` reads the NetworkPolicies among them.
+        let policies = &objects;
         let w = world(&objects, overlay);
         let port = server_container(server_set(&objects, overlay))["ports"][0]["containerPort"]
             .as_u64()
             .unwrap() as u16;
         assert!(
-            allows(&policies, &w.ingress_controller, &w.server, port, "TCP"),
+            allows(policies, &w.ingress_controller, &w.server, port, "TCP"),
             "{overlay}: the Ingress cannot reach the server"
         );
         assert!(
-            !allows(&policies, &w.ingress_controller, &w.server, 9090, "TCP"),
+            !allows(policies, &w.ingress_controller, &w.server, 9090, "TCP"),
             "{overlay}: another port of the server is open"
         );
         for (what, from) in [
@@ -150,14 +146,14 @@ fn the_server_accepts_its_port_only_from_the_ingress_controller() {
             ("another workload", &w.other_workload),
         ] {
             assert!(
-                !allows(&policies, from, &w.server, port, "TCP"),
+                !allows(policies, from, &w.server, port, "TCP"),
                 "{overlay}: {what} reaches the server"
             );
         }
         // The server itself talks to the API server, the database and the forges.
         for to in [&w.api_server, &w.other_workload, &w.internet] {
             assert!(
-                allows(&policies, &w.server, to, 443, "TCP"),
+                allows(policies, &w.server, to, 443, "TCP"),
                 "{overlay}: {to:?}"
             );
         }
