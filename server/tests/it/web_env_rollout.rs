@@ -64,7 +64,7 @@ async fn the_environment_page_shows_a_running_rollout_and_moves_it() {
     b.sign_in(&s.base, "rm", PASSWORD).await;
     b.goto(&env_page).await;
     b.screenshot("environment-rollout-desktop").await;
-    b.click(&format!("#{}", s.button("promote"))).await;
+    b.submit(&format!("#{}", s.button("promote"))).await;
     let taken = eventually("the promote request", WAIT, || async {
         let r = s.now().await;
         r.promote_request.ok_or(format!("{:?}", r.promote_request))

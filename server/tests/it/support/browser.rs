@@ -117,6 +117,31 @@ impl Browser {
         .unwrap_or_else(|t| panic!("click on `{css}`: {}", t.state));
     }
 
+    /// Clicks a form's submit button and returns once the page the form leads to has
+    /// loaded. WebDriver's click may return before a form's navigation starts, so a
+    /// mark set on the old document tells the two apart.
+    pub async fn submit(&self, css: &str) {
+        self.js("window.__beforeSubmit = true; return null").await;
+        self.click(css).await;
+        poll_until(Duration::from_secs(20), || async {
+            let state = self
+                .client
+                .execute(
+                    "return window.__beforeSubmit ? 'old' : document.readyState",
+                    vec![],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if state == "complete" {
+                Ok(())
+            } else {
+                Err(format!("document {state}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|t| panic!("submit with `{css}`: {}", t.state));
+    }
+
     /// The rendered text (`innerText`) of `css`, read in one script — a live page is
     /// never patched during a script, so the element cannot go stale half-way.
     /// `(missing)` when nothing matches.

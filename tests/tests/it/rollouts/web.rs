@@ -107,7 +107,7 @@ async fn the_run_page_follows_a_real_canary_and_its_promote_button_moves_it_on()
     b.screenshot("rollout-live-paused-desktop").await;
 
     // Promote: the real controller takes it, sets weight 100 and finishes.
-    b.click(&format!("{panel} button[id$='-promote']")).await;
+    b.submit(&format!("{panel} button[id$='-promote']")).await;
     b.js("window.__sameDocument = 'yes'; return null").await;
     let done = rig.finished(run).await;
     assert_eq!(
