@@ -108,6 +108,14 @@ pub trait Backend: Send + Sync {
         let _ = spec;
     }
 
+    /// While `setup_stage` of stage `stage_id` waits for something outside the stage
+    /// (the Kubernetes backend: a used-up ResourceQuota), why; the stage driver asks
+    /// while the set-up lasts and reports it. Default: nothing waits.
+    fn waiting_reason(&self, stage_id: &str) -> Option<String> {
+        let _ = stage_id;
+        None
+    }
+
     /// Starts step `index` in the stage. Returns once the step runs.
     async fn start_step(
         &self,

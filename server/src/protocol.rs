@@ -60,6 +60,7 @@ pub mod routes {
     pub const STEP_LOGS: &str = stage_route!("/steps/{idx}/logs");
     pub const STEP_FINISH: &str = stage_route!("/steps/{idx}/finish");
     pub const STAGE_FINISH: &str = stage_route!("/finish");
+    pub const STAGE_WAITING: &str = stage_route!("/waiting");
     pub const ARTIFACTS: &str = stage_route!("/artifacts");
     pub const ARTIFACT: &str = stage_route!("/artifacts/{artifact_id}");
     pub const CACHE: &str = stage_route!("/cache");
@@ -82,6 +83,9 @@ pub fn step_path(stage: i64, idx: usize, what: &str) -> String {
 }
 pub fn finish_path(stage: i64) -> String {
     stage_path(routes::STAGE_FINISH, stage)
+}
+pub fn waiting_path(stage: i64) -> String {
+    stage_path(routes::STAGE_WAITING, stage)
 }
 pub fn artifacts_path(stage: i64) -> String {
     stage_path(routes::ARTIFACTS, stage)
@@ -240,6 +244,14 @@ impl fmt::Debug for LeaseResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseToken {
     pub lease_token: String,
+}
+
+/// Why a leased stage has not started its first step yet: its backend waits for
+/// something outside the stage (a Kubernetes ResourceQuota). `None`: no longer waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageWaiting {
+    pub lease_token: String,
+    pub reason: Option<String>,
 }
 
 /// A heartbeat: extends the lease, and may wait for a cancel.

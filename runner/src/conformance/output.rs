@@ -149,6 +149,8 @@ pub async fn event_order(backend: Arc<dyn Backend>, image: Option<String>) {
             StageEvent::StepFinished { index, outcome, .. } => {
                 format!("finish {index} {:?}", outcome.status)
             }
+            // A stage that never waits says nothing about waiting.
+            StageEvent::Waiting { reason, .. } => format!("waiting {reason:?}"),
         })
         .collect();
     assert_eq!(

@@ -70,6 +70,10 @@ impl Backend for KubernetesBackend {
         self.inner.setups.abandon(spec);
     }
 
+    fn waiting_reason(&self, stage_id: &str) -> Option<String> {
+        KubernetesBackend::waiting_reason(self, stage_id)
+    }
+
     async fn start_step(
         &self,
         stage_handle: &StageHandle,

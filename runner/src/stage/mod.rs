@@ -7,7 +7,8 @@
 //!
 //! The stage loop is here; `step` runs one step, `kind_step` the step a stage kind
 //! adds, `race` bounds backend calls by the deadline and the cancel token, `lines`
-//! turns output into masked, numbered lines, `outcome` holds what a stage reports.
+//! turns output into masked, numbered lines, `outcome` holds what a stage reports,
+//! `waiting` reports a set-up that waits (for quota) and why.
 
 mod driver;
 mod kind_step;
@@ -15,6 +16,7 @@ mod lines;
 mod outcome;
 mod race;
 mod step;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,7 +106,10 @@ impl Driver<'_> {
         let setup = async {
             match &opts.adopt {
                 Some(h) => Ok(h.clone()),
-                None => self.backend.setup_stage(self.spec).await,
+                None => {
+                    self.reporting_waits(self.backend.setup_stage(self.spec))
+                        .await
+                }
             }
         };
         let mut setup = pin!(setup);

@@ -20,6 +20,13 @@ pub enum StageEvent {
         name: String,
     },
     Line(LogLine),
+    /// Before the first step: the backend waits for something outside the stage
+    /// (a Kubernetes ResourceQuota), and why, masked; `None` once it no longer waits.
+    /// Sent when the reason changes.
+    Waiting {
+        stage: String,
+        reason: Option<String>,
+    },
     /// Sent for every step, also for skipped ones (which get no `StepStarted`).
     StepFinished {
         stage: String,

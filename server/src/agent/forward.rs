@@ -1,6 +1,7 @@
 //! What runs beside a leased stage's steps: the heartbeat that keeps its lease (and
 //! hears the server's cancel the moment it is made: the server holds each beat open),
-//! and the forwarder that posts step starts, log batches and step results in order.
+//! and the forwarder that posts why a set-up waits, step starts, log batches and step
+//! results in order.
 //! A batch goes out as soon as no further line is waiting, so a quiet step's line
 //! reaches the server (and its followers) at once; while a post is in flight the lines
 //! printed meanwhile gather into the next batch (at most 8,192 lines or 512 KiB), so a
@@ -27,7 +28,7 @@ use super::client::{CallError, Client, OnFull, REQUEST_TIMEOUT};
 use crate::logs::Stream;
 use crate::protocol::{
     self, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
-    StepFinish, WireLine, WireStatus,
+    StageWaiting, StepFinish, WireLine, WireStatus,
 };
 
 /// A log batch is posted when no line is waiting, or at this many lines…
@@ -212,6 +213,18 @@ pub(super) async fn forward(
                     &format!("the start of step `{name}`"),
                     &protocol::step_path(ctx.stage_id, index, "start"),
                     &token(),
+                    &cancel,
+                )
+                .await;
+            }
+            Some(StageEvent::Waiting { reason, .. }) => {
+                ctx.post::<_, serde_json::Value>(
+                    "why the stage waits",
+                    &protocol::waiting_path(ctx.stage_id),
+                    &StageWaiting {
+                        lease_token: ctx.token.clone(),
+                        reason,
+                    },
                     &cancel,
                 )
                 .await;

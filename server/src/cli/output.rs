@@ -104,6 +104,13 @@ impl Output {
                 }
                 self.line(format!("{} | ▶ step {name}", self.prefix(&stage)));
             }
+            ExecEvent::Runner(StageEvent::Waiting { stage, reason }) => {
+                let text = match reason {
+                    Some(why) => format!("… waiting: {why}"),
+                    None => "… no longer waiting".to_owned(),
+                };
+                self.line(format!("{} | {text}", self.prefix(&stage)));
+            }
             ExecEvent::Runner(StageEvent::Line(line)) => {
                 let text = String::from_utf8_lossy(&line.bytes);
                 self.line(format!("{} | {text}", self.prefix(&line.stage)));

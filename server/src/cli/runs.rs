@@ -230,6 +230,9 @@ fn show(api: &Api, repo: &str, number: i64) -> anyhow::Result<ExitCode> {
         if let Some(u) = s["unroutable"].as_str() {
             outln!("  waiting: {u}")?;
         }
+        if let Some(w) = s["waiting"].as_str().filter(|_| s["status"] == "running") {
+            outln!("  waiting: {w}")?;
+        }
         for st in s["steps"].as_array().into_iter().flatten() {
             let exit = st["exit_code"]
                 .as_i64()

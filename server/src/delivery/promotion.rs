@@ -114,6 +114,7 @@ mod tests {
             finished_at: None,
             created_at: 0,
             labels: Vec::new(),
+            waiting: None,
         }
     }
 

@@ -1,13 +1,14 @@
 //! A held lease: the heartbeat that extends it, the read a held heartbeat repeats
-//! while it waits for a cancel, and the grace every lease gets after the server could
-//! not write.
+//! while it waits for a cancel, the grace every lease gets after the server could
+//! not write, and why a leased stage waits before its first step.
 
 use std::time::Duration;
 
 use sqlx::query;
 
+use super::events::emit;
 use super::row::RowExt;
-use super::{Heartbeat, Result, StageId, Store, duration_ms};
+use super::{Error, Heartbeat, Result, StageId, Store, duration_ms};
 
 impl Store {
     /// Extends a lease. [`Heartbeat::Cancel`] asks the runner to stop the stage (and
@@ -66,5 +67,38 @@ impl Store {
             Some(r) if r.flag("cancel_requested")? => Heartbeat::Cancel,
             Some(_) => Heartbeat::Ok,
         })
+    }
+
+    /// Records why leased stage `stage` waits before its first step (`None`: it no
+    /// longer does), and tells the run's followers (a `running` event for the stage).
+    pub async fn set_stage_waiting(
+        &self,
+        stage: StageId,
+        token: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let row = query(
+            "UPDATE stages SET waiting = $3 \
+             WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING run_id",
+        )
+        .bind(stage)
+        .bind(token)
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(Error::LeaseLost);
+        };
+        emit(
+            &mut tx,
+            row.int("run_id")?,
+            Some(stage),
+            "running",
+            self.now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

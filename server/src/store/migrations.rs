@@ -33,6 +33,7 @@ pub(super) const SQLITE: Files = files!("sqlite":
     "0008_repo_scopes.sql",
     "0010_oauth.sql",
     "0011_more_forges.sql",
+    "0012_stage_waiting.sql",
 );
 
 pub(super) const POSTGRES: Files = files!("postgres":
@@ -46,6 +47,7 @@ pub(super) const POSTGRES: Files = files!("postgres":
     "0008_repo_scopes.sql",
     "0010_oauth.sql",
     "0011_more_forges.sql",
+    "0012_stage_waiting.sql",
 );
 
 /// The migrator for one dialect's files.

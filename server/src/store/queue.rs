@@ -184,7 +184,7 @@ impl Store {
         let expires_at = now.saturating_add(duration_ms(lease_for));
         let sql = format!(
             "UPDATE stages SET status = 'running', runner_id = $2, lease_token = $3, \
-             lease_expires_at = $4, started_at = $5, finished_at = NULL \
+             lease_expires_at = $4, started_at = $5, finished_at = NULL, waiting = NULL \
              WHERE id = $1 RETURNING {STAGE_COLS}"
         );
         let stage = stage_row(

@@ -145,7 +145,7 @@ pub(crate) fn run(r: &AnyRow) -> Result<Run> {
 
 pub(crate) const STAGE_COLS: &str = "id, run_id, repo_id, stage_key, pipeline, status, needs, \
     spec, attempt, max_attempts, infra_retry_used, runner_id, lease_token, lease_expires_at, \
-    cancel_requested, reason, queued_at, started_at, finished_at, created_at, labels";
+    cancel_requested, reason, queued_at, started_at, finished_at, created_at, labels, waiting";
 
 pub(crate) fn stage(r: &AnyRow) -> Result<Stage> {
     Ok(Stage {
@@ -170,6 +170,7 @@ pub(crate) fn stage(r: &AnyRow) -> Result<Stage> {
         finished_at: r.opt_int("finished_at")?,
         created_at: r.int("created_at")?,
         labels: r.json("labels")?,
+        waiting: r.opt_text("waiting")?,
     })
 }
 

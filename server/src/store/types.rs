@@ -391,6 +391,10 @@ pub struct Stage {
     pub created_at: i64,
     /// Labels a runner must have to lease the stage (empty: any runner).
     pub labels: Vec<String>,
+    /// While the stage is leased but has not started its first step because its
+    /// runner's backend waits (for a Kubernetes ResourceQuota): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A step of a stage (the row describes the stage's latest attempt).

@@ -21,7 +21,7 @@ use super::view::{Badge, DagNode, ago, badge, dag_svg, duration, short};
 use super::{Chrome, render, store_error};
 use crate::daemon::state::AppState;
 use crate::delivery::gate::{GateState, Voter};
-use crate::store::{ArtifactKind, Decision, Repo, Role, Run, StageStatus};
+use crate::store::{ArtifactKind, Decision, Repo, Role, Run, Stage, StageStatus};
 
 pub struct StepView {
     pub name: String,
@@ -180,12 +180,16 @@ async fn live(
         .map(|s| StageView {
             id: s.stage.id,
             key: s.stage.key.clone(),
-            badge: badge(s.stage.status.as_str()),
+            // Leased, but its backend waits (for quota) before the first step: shown
+            // as still queued, with why.
+            badge: match waiting(&s.stage) {
+                Some(_) => badge("queued"),
+                None => badge(s.stage.status.as_str()),
+            },
             duration: duration(s.stage.started_at, s.stage.finished_at, now),
-            reason: s
-                .stage
-                .reason
-                .clone()
+            reason: waiting(&s.stage)
+                .map(|w| format!("waiting: {w}"))
+                .or_else(|| s.stage.reason.clone())
                 .or_else(|| s.unroutable.clone())
                 .unwrap_or_default(),
             steps: s
@@ -297,4 +301,12 @@ async fn live(
         artifacts,
         findings,
     })
+}
+
+/// Why a running stage waits before its first step, while it does.
+fn waiting(stage: &Stage) -> Option<&str> {
+    match stage.status {
+        StageStatus::Running => stage.waiting.as_deref(),
+        _ => None,
+    }
 }

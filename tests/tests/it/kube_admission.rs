@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use runner::conformance::{drive, run, stage};
 use runner::kubernetes::RunAs;
-use runner::{KubernetesBackend, RunOptions, Status};
+use runner::{KubernetesBackend, RunOptions, StageEvent, Status};
 use serde_json::{Value, json};
 use tests::kube_double::{self, KubeDouble, KubeDoubleOptions};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::kube_support::{
 
 const WAIT: Poll = Poll::within(Duration::from_secs(60));
 
-fn pods(d: &KubeDouble, ns: &str) -> Api<Pod> {
+pub(crate) fn pods(d: &KubeDouble, ns: &str) -> Api<Pod> {
     Api::namespaced(d.client(), ns)
 }
 
@@ -323,7 +323,7 @@ fn quota_backend(d: &KubeDouble, what: &str) -> Arc<KubernetesBackend> {
 }
 
 /// Fills a one-pod quota with a pod of its own.
-async fn fill_quota(d: &KubeDouble) {
+pub(crate) async fn fill_quota(d: &KubeDouble) {
     create_quota(d, "slots", json!({"pods": "1"})).await;
     let mut blocker = pod("blocker", json!({"containers": [sleeper("c", "100m")]}));
     blocker
@@ -378,6 +378,25 @@ async fn a_stage_over_quota_waits_and_runs_once_quota_frees_up() {
     assert_eq!(r.outcome.status, Status::Success, "{:?}", r.outcome);
     assert_eq!(r.stdout(0), vec!["ran"]);
     assert_eq!(backend.waiting_reason("quota"), None);
+    // The driver reported the wait, then its end, before the first step started.
+    let before_steps: Vec<&StageEvent> = r
+        .events
+        .iter()
+        .take_while(|e| !matches!(e, StageEvent::StepStarted { .. }))
+        .collect();
+    assert_eq!(
+        before_steps,
+        vec![
+            &StageEvent::Waiting {
+                stage: "quota".into(),
+                reason: Some(reason)
+            },
+            &StageEvent::Waiting {
+                stage: "quota".into(),
+                reason: None
+            },
+        ]
+    );
     d.shutdown().await;
 }
 

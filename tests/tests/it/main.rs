@@ -17,6 +17,7 @@ mod kube_logs;
 mod kube_node_loss;
 mod kube_objects;
 mod kube_pulls;
+mod kube_quota_wait;
 mod kube_restarts;
 mod kube_rollouts;
 mod kube_runner;

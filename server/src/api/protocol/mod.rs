@@ -1,7 +1,7 @@
 //! The runner protocol, server side (wire types and route templates:
 //! [`crate::protocol`]): `lease` (register, lease: secrets resolved here), `source`
-//! (the commit's tar), `report` (heartbeat, steps, logs, the stage's finish) and `files`
-//! (artifacts and caches). What runners report is masked again on arrival
+//! (the commit's tar), `report` (heartbeat, steps, logs, the stage's finish), `waiting`
+//! (why a set-up waits, shown on the stage) and `files` (artifacts and caches). What runners report is masked again on arrival
 //! (`stored_mask`). Every stage-scoped request presents the stage's current
 //! lease token ([`leased`]); a stale one gets `409 lease_lost`.
 
@@ -10,6 +10,7 @@ pub mod lease;
 pub mod report;
 pub mod source;
 mod stored_mask;
+mod waiting;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -25,6 +26,7 @@ pub fn routes() -> RouteTable {
     lease::routes()
         .merge(source::routes())
         .merge(report::routes())
+        .merge(waiting::routes())
         .merge(files::routes())
 }
 
