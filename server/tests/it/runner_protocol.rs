@@ -509,6 +509,10 @@ async fn stale_lease_tokens_are_refused() {
             finish_path(id),
             serde_json::json!({"lease_token": "nope", "status": "success"}),
         ),
+        (
+            waiting_path(id),
+            serde_json::json!({"lease_token": "nope", "reason": "forged"}),
+        ),
     ];
     for (path, body) in &stale_requests {
         let r = post(path.clone(), body.clone(), Some(&token))
@@ -525,6 +529,44 @@ async fn stale_lease_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+
+    assert_eq!(
+        server.state.store.get_stage(id).await.unwrap().waiting,
+        None
+    );
+
+    // Why the set-up waits: stored masked with the repository's secrets (set after the
+    // lease: masking happens on arrival), then withdrawn.
+    server
+        .secret(&repo, "QUOTA_NOTE", "s3cr3t-quota-word", false)
+        .await;
+    let r = post(
+        waiting_path(id),
+        serde_json::json!({"lease_token": lease.lease_token,
+            "reason": "exceeded quota: s3cr3t-quota-word"}),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    let waiting = server.state.store.get_stage(id).await.unwrap().waiting;
+    let waiting = waiting.expect("the reason is stored");
+    assert!(
+        waiting.starts_with("exceeded quota: ") && !waiting.contains("s3cr3t"),
+        "{waiting}"
+    );
+    let r = post(
+        waiting_path(id),
+        serde_json::json!({"lease_token": lease.lease_token, "reason": null}),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        server.state.store.get_stage(id).await.unwrap().waiting,
+        None
+    );
 
     // With the right token: heartbeat, a step, idempotent log batches.
     let hb: HeartbeatResponse = post(heartbeat_path(id), good.clone(), Some(&token))
