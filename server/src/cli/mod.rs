@@ -47,7 +47,7 @@ pub enum Command {
         #[arg(default_value = ".")]
         path: PathBuf,
     },
-    /// Run a repository's pipelines here, on the local backend.
+    /// Run a repository's pipelines here (local backend unless `--backend` says another).
     Exec(Box<exec::ExecArgs>),
     /// Print the JSON Schema of the pipeline format, for editors.
     Schema,

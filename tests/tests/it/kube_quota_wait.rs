@@ -3,7 +3,7 @@
 //! the run page (still "queued", with the quota's message). Once quota frees up, it
 //! runs, and the reason is gone. A real `slipway server` (no in-process runner), a
 //! real `slipway runner --backend kubernetes` finding the API-server double through
-//! `KUBECONFIG`, a real browser.
+//! `KUBECONFIG`, a real browser; and `slipway exec --backend kubernetes`.
 
 use std::time::Duration;
 
@@ -168,5 +168,85 @@ async fn a_stage_waiting_for_quota_says_why_in_the_api_the_cli_and_the_run_page(
         "yes"
     );
     b.close().await;
+    d.shutdown().await;
+}
+
+/// `slipway exec --backend kubernetes` says so too, on the stage's own lines, and
+/// goes on once quota frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_on_kubernetes_prints_why_a_stage_waits_and_when_it_stops() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let d = kube_support::double().await;
+    fill_quota(&d).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crate::git::commit(&repo, &[(".slipway.yml", PIPELINE)]);
+    // The commit holds it; exec reads the working tree.
+    std::fs::write(repo.join(".slipway.yml"), PIPELINE).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, d.kubeconfig(NAMESPACE)).unwrap();
+    let mut child = slipway()
+        .env("HOME", dir.path())
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLIPWAY_KUBE_NAMESPACE", NAMESPACE)
+        .env("SLIPWAY_KUBE_HELPER_IMAGE", IMAGE)
+        .args(["exec", "--backend", "kubernetes"])
+        .arg(&repo)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Lines as they come, read on a thread (the pipe blocks).
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let mut seen = Vec::new();
+    let next = |seen: &mut Vec<String>| {
+        let line = lines.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "no further output; so far:\n{}\nstderr:\n{}",
+                seen.join("\n"),
+                stderr()
+            )
+        });
+        seen.push(line.clone());
+        line
+    };
+    loop {
+        let line = next(&mut seen);
+        if let Some((_, why)) = line.split_once("… waiting: ") {
+            assert!(line.starts_with("build"), "{line}");
+            assert!(is_quota_refusal(why), "{why}");
+            break;
+        }
+    }
+    pods(&d, NAMESPACE)
+        .delete("blocker", &DeleteParams::default())
+        .await
+        .unwrap();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(90)) {
+        seen.push(line);
+    }
+    let status = child.wait().unwrap();
+    let text = format!("{}\nstderr:\n{}", seen.join("\n"), stderr());
+    assert!(status.success(), "{text}");
+    let no_longer = seen
+        .iter()
+        .position(|l| l.ends_with("… no longer waiting"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let built = seen
+        .iter()
+        .position(|l| l.ends_with("| built"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(no_longer < built, "{text}");
     d.shutdown().await;
 }
