@@ -138,8 +138,22 @@ impl Driver<'_> {
 
         let mut kill_failure = None;
         if !matches!(end, End::Exited(Ok(_))) {
-            // Kill it now so the last output arrives and the stream closes.
-            kill_failure = self.destroy_step(stage, handle).await;
+            // Kill it now so the last output arrives and the stream closes. Its output
+            // is still read (as the receiver takes it) meanwhile: a container engine
+            // may not let a step's container end before its output is read.
+            let mut kill = pin!(self.destroy_step(stage, handle));
+            kill_failure = loop {
+                tokio::select! {
+                    biased;
+                    failure = &mut kill => break failure,
+                    () = lines.send_pending(), if lines.has_pending() => {}
+                    item = stream.next(), if !stream_done && !lines.has_pending() => match item {
+                        Some(Ok(chunk)) => lines.push(&chunk),
+                        Some(Err(e)) => { tail_error = Some(e); stream_done = true; }
+                        None => stream_done = true,
+                    },
+                }
+            };
         }
 
         // Take the rest of the output, passing it on as the receiver takes it.
