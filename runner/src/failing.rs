@@ -220,7 +220,7 @@ mod tests {
     }
 
     async fn run(f: &Fixture, spec: &StageSpec) -> crate::StageOutcome {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _rx) = crate::event_channel(crate::DEFAULT_EVENT_BUDGET);
         let opts = RunOptions {
             artifact_dir: Some(f.artifacts.path().to_path_buf()),
             ..Default::default()

@@ -55,7 +55,10 @@ pub use spec::{
     ContainerSettings, IMAGE_STEP, ImageSpec, PodSettings, RegistryAuth, SCAN_STEP, ScanSpec,
     ServiceSpec, Severity, Source, StageKind, StageSpec, StepSpec, Toleration,
 };
-pub use stage::{LogLine, RunOptions, StageEvent, StageOutcome, Status, StepOutcome, run_stage};
+pub use stage::{
+    Closed, DEFAULT_EVENT_BUDGET, EventReceiver, EventSender, LINE_OVERHEAD, LogLine, RunOptions,
+    StageEvent, StageOutcome, Status, StepOutcome, event_channel, run_stage,
+};
 
 #[cfg(any(test, feature = "conformance"))]
 pub use failing::{FailPoint, FailingBackend};

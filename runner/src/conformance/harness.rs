@@ -70,7 +70,7 @@ pub async fn drive(
     cancel: CancellationToken,
     mut on_event: impl FnMut(StageEvent),
 ) -> StageOutcome {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = crate::event_channel(crate::DEFAULT_EVENT_BUDGET);
     let consume = async {
         while let Some(event) = rx.recv().await {
             on_event(event);

@@ -42,8 +42,8 @@ pub use process::{PRINT_GRANDCHILD, ProcessRef};
 pub use sources::{directory_source, git_source};
 pub use steps::{env_isolation, exit_codes, workspace_shared_between_steps};
 pub use stopping::{
-    background_process_does_not_block, cancel_kills_process_tree, stage_timeout, step_timeout,
-    term_ignored_still_killed,
+    background_process_does_not_block, cancel_kills_process_tree,
+    cancel_while_the_log_is_not_taken, stage_timeout, step_timeout, term_ignored_still_killed,
 };
 pub use with_guard::WithGuard;
 
@@ -71,6 +71,7 @@ macro_rules! conformance_tests {
             term_ignored_still_killed,
             stage_timeout,
             cancel_kills_process_tree,
+            cancel_while_the_log_is_not_taken,
             background_process_does_not_block,
             large_output,
             binary_output,

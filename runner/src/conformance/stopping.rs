@@ -157,3 +157,82 @@ pub async fn background_process_does_not_block(backend: Arc<dyn Backend>, image:
     assert_eq!(r.stdout(1), vec!["next"]);
     assert_grandchild_gone(&r.stdout(0)).await;
 }
+
+/// A step printing 10 MB to a receiver that takes none of its lines is held back
+/// (the event channel is bounded; on the local backend its writes block) and still
+/// stopped by a cancel, with every process it started: the driver hears the cancel
+/// token while it waits for room. Once the receiver takes lines again the stage ends,
+/// cancelled.
+pub async fn cancel_while_the_log_is_not_taken(backend: Arc<dyn Backend>, image: Option<String>) {
+    let spec = stage(
+        "unread-log",
+        &image,
+        &[
+            &format!(
+                "sleep 300 &\n{PRINT_GRANDCHILD}\n\
+                 yes 0123456789012345678901234567890123456789 | head -n 200000\nwait"
+            ),
+            "echo never",
+        ],
+    );
+    let cancel = CancellationToken::new();
+    // Far less than the step prints before the receiver stops taking lines.
+    let (tx, mut rx) = crate::event_channel(64 * 1024);
+    let receive = async {
+        let mut lines = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let StageEvent::Line(l) = event {
+                lines.push(String::from_utf8_lossy(&l.bytes).into_owned());
+                if lines.iter().any(|l| l.starts_with("grandchild=")) {
+                    break;
+                }
+            }
+        }
+        let grandchild = ProcessRef::from_lines(&lines);
+        let until = Instant::now() + Duration::from_secs(10);
+        while !grandchild.sleep_alive() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            grandchild.sleep_alive(),
+            "the running grandchild was not visible in /proc (is the backend on this host?)"
+        );
+        // No line is taken from here until the step's processes are gone. Cancelled
+        // once the channel is full, so the driver waits for room when it hears it.
+        let until = Instant::now() + KILL_BOUND;
+        while rx.room() >= 1024 {
+            assert!(
+                Instant::now() < until,
+                "the step's lines did not fill the channel ({} bytes free)",
+                rx.room()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        let cancelled_at = Instant::now();
+        while grandchild.sleep_alive() {
+            assert!(
+                cancelled_at.elapsed() < KILL_BOUND,
+                "a cancel did not stop a step whose log was not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut rest = Vec::new();
+        while let Some(event) = rx.recv().await {
+            rest.push(event);
+        }
+        rest
+    };
+    let (outcome, rest) = tokio::join!(
+        crate::run_stage(&*backend, &spec, RunOptions::default(), tx, cancel.clone()),
+        receive
+    );
+    assert_eq!(outcome.status, Status::Cancelled, "{outcome:?}");
+    let statuses: Vec<Status> = outcome.steps.iter().map(|s| s.status.clone()).collect();
+    assert_eq!(statuses, vec![Status::Cancelled, Status::Skipped]);
+    assert!(
+        matches!(rest.last(), Some(StageEvent::StepFinished { index: 1, .. })),
+        "the events end with the skipped step's end: {:?}",
+        rest.last()
+    );
+}

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::events::EventSender;
 use super::outcome::{StageEvent, Status, StepOutcome};
 use crate::backend::{Backend, StageHandle, StepHandle};
 use crate::error::Error;
@@ -21,7 +21,7 @@ pub(super) struct Driver<'a> {
     pub(super) backend: &'a dyn Backend,
     pub(super) spec: &'a StageSpec,
     pub(super) masker: Masker,
-    pub(super) events: UnboundedSender<StageEvent>,
+    pub(super) events: EventSender,
     pub(super) cancel: CancellationToken,
     pub(super) stage_deadline: Option<Instant>,
 }
@@ -85,8 +85,10 @@ impl Driver<'_> {
         self.masker.mask_str(&e.to_string())
     }
 
+    /// Sends a step's start or end, at once (outside the channel's byte budget,
+    /// which is for output). A receiver that went away (UI closed) must not stop the
+    /// stage.
     pub(super) fn send(&self, event: StageEvent) {
-        // A receiver that went away (UI closed) must not stop the stage.
-        let _ = self.events.send(event);
+        let _ = self.events.send_now(event);
     }
 }

@@ -61,12 +61,12 @@ impl Driver<'_> {
             Ok(()) => (Status::Success, false),
             Err(KindError::Interrupted(status)) => (status, false),
             Err(KindError::Failed(message)) => {
-                lines.say(LogStreamKind::Stderr, &message);
+                lines.say(LogStreamKind::Stderr, &message).await;
                 (Status::Failure, false)
             }
             Err(KindError::Backend(e)) => {
                 let message = self.mask_err(&e);
-                lines.say(LogStreamKind::Stderr, &message);
+                lines.say(LogStreamKind::Stderr, &message).await;
                 if e.is_retryable() {
                     (Status::Error(message), true)
                 } else {
@@ -76,7 +76,7 @@ impl Driver<'_> {
                 }
             }
         };
-        lines.finish();
+        lines.finish().await;
         let step = StepOutcome {
             name: name.clone(),
             exit_code: match status {
@@ -114,15 +114,20 @@ impl Driver<'_> {
             );
             let mut build = pin!(build);
             loop {
+                // As for a step: the next chunk once the last one's lines are sent.
                 tokio::select! {
                     r = &mut build => break r,
-                    Some(chunk) = rx.recv() => lines.push(&chunk),
+                    () = lines.send_pending(), if lines.has_pending() => {}
+                    Some(chunk) = rx.recv(), if !lines.has_pending() => lines.push(&chunk),
                 }
             }
         };
-        while let Ok(chunk) = rx.try_recv() {
+        rx.close();
+        while let Some(chunk) = rx.recv().await {
             lines.push(&chunk);
+            lines.send_pending().await;
         }
+        lines.send_pending().await;
         let built = match built {
             Raced::Done(r) => r.map_err(KindError::Backend)?,
             Raced::TimedOut => return Err(KindError::Interrupted(Status::TimedOut)),
@@ -138,9 +143,13 @@ impl Driver<'_> {
                 Some(r) => format!("{}@{digest}", strip_tag(r)),
                 None => digest.clone(),
             };
-            lines.say(LogStreamKind::Stdout, &format!("pushed {pinned}"));
+            lines
+                .say(LogStreamKind::Stdout, &format!("pushed {pinned}"))
+                .await;
         } else {
-            lines.say(LogStreamKind::Stdout, &format!("built {}", built.id));
+            lines
+                .say(LogStreamKind::Stdout, &format!("built {}", built.id))
+                .await;
         }
         Ok(())
     }
@@ -182,7 +191,9 @@ impl Driver<'_> {
             Raced::Cancelled => return Err(KindError::Interrupted(Status::Cancelled)),
         };
         for f in &findings {
-            lines.say(LogStreamKind::Stdout, &crate::scan::summary(f));
+            lines
+                .say(LogStreamKind::Stdout, &crate::scan::summary(f))
+                .await;
         }
         let failure = crate::scan::failure_reason(&findings, scan.fail_on);
         outcome.findings = findings;
@@ -193,7 +204,7 @@ impl Driver<'_> {
             0 => "scan: no findings".to_string(),
             n => format!("scan: {n} finding(s), none at or above fail_on"),
         };
-        lines.say(LogStreamKind::Stdout, &verdict);
+        lines.say(LogStreamKind::Stdout, &verdict).await;
         Ok(())
     }
 }

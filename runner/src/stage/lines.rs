@@ -1,9 +1,9 @@
 //! Step output into numbered, masked [`LogLine`] events.
 
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use tokio::sync::mpsc::UnboundedSender;
-
+use super::events::EventSender;
 use super::outcome::{LogLine, StageEvent};
 use crate::backend::{LogChunk, LogStreamKind};
 use crate::interleave::StreamPair;
@@ -12,12 +12,21 @@ use crate::mask::Masker;
 /// Line assembly for one step: one assembler per stream (so stdout and stderr
 /// lines never mix) that also masks secrets split across the two
 /// ([`StreamPair`]), one line counter for both.
+///
+/// Assembling ([`StepLines::push`]) and sending ([`StepLines::send_pending`]) are
+/// apart: the lines of one chunk wait here until the event channel has room for
+/// them, and the caller reads no further output meanwhile — that is the back-pressure
+/// on the step — while it keeps watching the deadline and the cancel token.
 pub(super) struct StepLines<'a> {
     stage: String,
     step: usize,
     number: u64,
     streams: StreamPair,
-    events: &'a UnboundedSender<StageEvent>,
+    events: &'a EventSender,
+    /// Assembled lines not sent yet, oldest first.
+    pending: VecDeque<LogLine>,
+    /// The rest of the log was given up on: nothing more is sent.
+    abandoned: bool,
 }
 
 impl<'a> StepLines<'a> {
@@ -25,7 +34,7 @@ impl<'a> StepLines<'a> {
         stage: String,
         step: usize,
         masker: &Masker,
-        events: &'a UnboundedSender<StageEvent>,
+        events: &'a EventSender,
     ) -> Self {
         StepLines {
             stage,
@@ -33,60 +42,100 @@ impl<'a> StepLines<'a> {
             number: 0,
             streams: StreamPair::new(masker),
             events,
+            pending: VecDeque::new(),
+            abandoned: false,
         }
     }
 
+    /// Assembles `chunk` into lines, which wait for [`StepLines::send_pending`].
     pub(super) fn push(&mut self, chunk: &LogChunk) {
         let StepLines {
             stage,
             step,
             number,
             streams,
-            events,
+            pending,
+            ..
         } = self;
         streams.push(chunk.stream, &chunk.bytes, &mut |stream, bytes| {
-            send(events, stage, *step, number, stream, bytes);
+            pending.push_back(line(stage, *step, number, stream, bytes));
         });
     }
 
+    /// Whether assembled lines wait to be sent.
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sends the assembled lines, in order, each once the channel has room for it.
+    /// Cancel-safe: dropped while waiting, the lines not sent stay pending. Once the
+    /// receiver is gone the lines are dropped.
+    pub(super) async fn send_pending(&mut self) {
+        if self.abandoned {
+            self.pending.clear();
+        }
+        while let Some(next) = self.pending.front() {
+            let room = self.events.room_for_line(next).await;
+            let Some(line) = self.pending.pop_front() else {
+                return;
+            };
+            let sent = room
+                .is_some_and(|room| self.events.send_with(StageEvent::Line(line), room).is_ok());
+            if !sent {
+                // Nobody listens any more (a closed UI): the stage goes on regardless.
+                self.pending.clear();
+            }
+        }
+    }
+
+    /// Gives up on the rest of the log: the lines not sent yet and any to come are
+    /// dropped (the receiver stopped taking them).
+    pub(super) fn abandon(&mut self) {
+        self.abandoned = true;
+        self.pending.clear();
+    }
+
     /// A whole line of the runner's own (a build result, a finding), masked like
-    /// any output.
-    pub(super) fn say(&mut self, stream: LogStreamKind, text: &str) {
+    /// any output, sent after the lines before it.
+    pub(super) async fn say(&mut self, stream: LogStreamKind, text: &str) {
         self.push(&LogChunk {
             stream,
             bytes: format!("{text}\n").into_bytes().into(),
         });
+        self.send_pending().await;
     }
 
-    pub(super) fn finish(&mut self) {
+    /// The last, unterminated lines, sent after the rest.
+    pub(super) async fn finish(&mut self) {
         let StepLines {
             stage,
             step,
             number,
             streams,
-            events,
+            pending,
+            ..
         } = self;
         streams.finish(&mut |stream, bytes| {
-            send(events, stage, *step, number, stream, bytes);
+            pending.push_back(line(stage, *step, number, stream, bytes));
         });
+        self.send_pending().await;
     }
 }
 
-fn send(
-    events: &UnboundedSender<StageEvent>,
+fn line(
     stage: &str,
     step: usize,
     number: &mut u64,
     stream: LogStreamKind,
     bytes: Vec<u8>,
-) {
+) -> LogLine {
     *number += 1;
-    let _ = events.send(StageEvent::Line(LogLine {
+    LogLine {
         stage: stage.to_string(),
         step,
         number: *number,
         stream,
         time: SystemTime::now(),
         bytes,
-    }));
+    }
 }

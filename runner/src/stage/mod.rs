@@ -7,10 +7,12 @@
 //!
 //! The stage loop is here; `step` runs one step, `kind_step` the step a stage kind
 //! adds, `race` bounds backend calls by the deadline and the cancel token, `lines`
-//! turns output into masked, numbered lines, `outcome` holds what a stage reports,
-//! `waiting` reports a set-up that waits (for quota) and why.
+//! turns output into masked, numbered lines, `events` is the byte-bounded channel they
+//! go out through, `outcome` holds what a stage reports, `waiting` reports a set-up
+//! that waits (for quota) and why.
 
 mod driver;
+mod events;
 mod kind_step;
 mod lines;
 mod outcome;
@@ -23,7 +25,6 @@ use std::path::PathBuf;
 use std::pin::pin;
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,9 @@ use crate::spec::{StageSpec, StepSpec};
 use driver::Driver;
 use race::Raced;
 
+pub use events::{
+    Closed, DEFAULT_EVENT_BUDGET, EventReceiver, EventSender, LINE_OVERHEAD, event_channel,
+};
 pub use outcome::{LogLine, StageEvent, StageOutcome, Status, StepOutcome};
 
 /// Options for [`run_stage`].
@@ -58,11 +62,15 @@ pub struct RunOptions {
 /// step), per-step and per-stage timeouts, cancellation, masking, log line
 /// assembly, artifacts (collected on success into `opts.artifact_dir` if given),
 /// and always `destroy_stage`. Never fails: problems are reported in the outcome.
+///
+/// `events` is bounded ([`event_channel`]): while its receiver does not take the
+/// lines, the step's output is not read and a fast step is slowed down. Receive
+/// concurrently with the call, never only after it returns.
 pub async fn run_stage(
     backend: &dyn Backend,
     spec: &StageSpec,
     opts: RunOptions,
-    events: UnboundedSender<StageEvent>,
+    events: EventSender,
     cancel: CancellationToken,
 ) -> StageOutcome {
     let start = Instant::now();
@@ -255,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_spec_and_early_cancel_run_nothing() {
         let backend = crate::LocalBackend::new(None);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _rx) = event_channel(DEFAULT_EVENT_BUDGET);
         let mut spec = StageSpec::new("bad");
         spec.steps.push(StepSpec::new("s", "true"));
         spec.env.insert("A=B".into(), "x".into());
@@ -281,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn error_messages_are_masked() {
         let backend = crate::LocalBackend::new(None);
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _rx) = event_channel(DEFAULT_EVENT_BUDGET);
         let mut spec = StageSpec::new("masked-error");
         spec.secrets = vec!["hunter2hunter2".into()];
         spec.source = crate::Source::Git {

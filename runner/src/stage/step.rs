@@ -20,7 +20,8 @@ use crate::spec::StepSpec;
 /// buffered; this only bounds the wait for a stream that never closes (a process
 /// that escaped the step's process group and holds the pipe).
 const DRAIN_IDLE: Duration = Duration::from_secs(10);
-/// Upper bound for draining after the step ended, even if output keeps coming.
+/// Upper bound for draining after the step ended, even if output keeps coming (or
+/// the receiver of the lines falls behind).
 const DRAIN_MAX: Duration = Duration::from_secs(120);
 
 impl Driver<'_> {
@@ -67,7 +68,7 @@ impl Driver<'_> {
             Raced::TimedOut => (Status::TimedOut, None, false),
             Raced::Cancelled => (Status::Cancelled, None, false),
         };
-        lines.finish();
+        lines.finish().await;
 
         let outcome = StepOutcome {
             name: step.name.clone(),
@@ -117,12 +118,16 @@ impl Driver<'_> {
             let mut expired = pin!(sleep_until_opt(deadline));
             let mut cancelled = pin!(self.cancel.cancelled());
             loop {
+                // The next chunk is read only once the last one's lines are sent: a
+                // receiver that is behind slows the step down (back-pressure) while
+                // the deadline and the cancel token are still heard.
                 tokio::select! {
                     biased;
                     _ = &mut cancelled => break End::Cancelled,
                     _ = &mut expired => break End::TimedOut,
                     r = &mut wait => break End::Exited(r),
-                    item = stream.next(), if !stream_done => match item {
+                    () = lines.send_pending(), if lines.has_pending() => {}
+                    item = stream.next(), if !stream_done && !lines.has_pending() => match item {
                         Some(Ok(chunk)) => lines.push(&chunk),
                         Some(Err(e)) => { tail_error = Some(e); stream_done = true; }
                         None => stream_done = true,
@@ -133,13 +138,41 @@ impl Driver<'_> {
 
         let mut kill_failure = None;
         if !matches!(end, End::Exited(Ok(_))) {
-            // Kill it now so the last output arrives and the stream closes.
-            kill_failure = self.destroy_step(stage, handle).await;
+            // Kill it now so the last output arrives and the stream closes. Its output
+            // is still read (as the receiver takes it) meanwhile: a container engine
+            // may not let a step's container end before its output is read.
+            let mut kill = pin!(self.destroy_step(stage, handle));
+            kill_failure = loop {
+                tokio::select! {
+                    biased;
+                    failure = &mut kill => break failure,
+                    () = lines.send_pending(), if lines.has_pending() => {}
+                    item = stream.next(), if !stream_done && !lines.has_pending() => match item {
+                        Some(Ok(chunk)) => lines.push(&chunk),
+                        Some(Err(e)) => { tail_error = Some(e); stream_done = true; }
+                        None => stream_done = true,
+                    },
+                }
+            };
         }
 
-        // Take the rest of the output.
+        // Take the rest of the output, passing it on as the receiver takes it.
         let drain_until = Instant::now() + DRAIN_MAX;
-        while !stream_done {
+        loop {
+            if lines.has_pending() {
+                if tokio::time::timeout_at(drain_until, lines.send_pending())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(stage = %self.spec.id, step = handle.index, "the step's log was not taken in time after the step; giving up on the rest");
+                    lines.abandon();
+                    break;
+                }
+                continue;
+            }
+            if stream_done {
+                break;
+            }
             let idle_limit = (Instant::now() + DRAIN_IDLE).min(drain_until);
             match tokio::time::timeout_at(idle_limit, stream.next()).await {
                 Ok(Some(Ok(chunk))) => lines.push(&chunk),

@@ -86,7 +86,7 @@ async fn cancel_leaves_nothing_behind() {
     );
     spec.services = vec![service("web", HTTPD_IMAGE, None)];
     let cancel = CancellationToken::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
     let run = {
         let backend = backend.clone();
         let cancel = cancel.clone();

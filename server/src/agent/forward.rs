@@ -18,10 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use runner::{LogStreamKind, StageEvent};
+use runner::{EventReceiver, LogStreamKind, StageEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, Client, OnFull, REQUEST_TIMEOUT};
@@ -188,7 +187,7 @@ struct Batch {
 /// Posts the stage's events in order: step starts, log batches, step results.
 pub(super) async fn forward(
     ctx: Arc<StageCtx>,
-    mut events: UnboundedReceiver<StageEvent>,
+    mut events: EventReceiver,
     cancel: CancellationToken,
 ) {
     let mut batch = Batch::default();

@@ -214,7 +214,9 @@ impl Agent {
             // Only the declared artifacts are uploaded with the run: scan those.
             secret_scan: (!lease.spec.allow_secrets_in_artifacts).then(|| declared.clone()),
         };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: a step printing faster than the server stores its log is slowed
+        // down to the server's pace rather than queued here.
+        let (tx, rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
         let forwarder = tokio::spawn(forward(ctx.clone(), rx, cancel.clone()));
         let outcome = runner::run_stage(&*self.backend, &spec, opts, tx, cancel.clone()).await;
         // run_stage dropped its sender: the forwarder drains what is left and ends.

@@ -28,6 +28,7 @@ mod git_mirror;
 mod harness;
 mod hooks;
 mod leftovers;
+mod log_back_pressure;
 mod logs;
 mod oauth;
 mod people;

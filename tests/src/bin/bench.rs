@@ -127,7 +127,7 @@ fn local_step_overhead(steps: usize) -> anyhow::Result<()> {
         ..StageSpec::new("bench")
     };
     let run = |spec: StageSpec| -> anyhow::Result<Duration> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
         let start = Instant::now();
         let outcome = runtime.block_on(async {
             let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         ..StageSpec::new("bench")
     };
     let run = |spec: StageSpec| -> anyhow::Result<Duration> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
         let start = Instant::now();
         let outcome = runtime.block_on(async {
             let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -149,7 +149,7 @@ async fn stage(
         ..StageSpec::new(format!("bench-{steps}"))
     };
     let last = steps - 1;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
     let seen = tokio::spawn(async move {
         let mut at = None;
         while let Some(event) = rx.recv().await {

@@ -314,7 +314,7 @@ async fn run_with_retries(
             Err(why) => return ended_early(&spec.id, why),
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = runner::event_channel(runner::DEFAULT_EVENT_BUDGET);
     let forward_to = events.clone();
     let forward = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
