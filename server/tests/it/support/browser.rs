@@ -62,14 +62,19 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
+    /// The text of `css`; found again (bounded) if a live page replaced the element
+    /// between the find and the read (a stale element reference).
     pub async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
-            .text()
-            .await
-            .unwrap()
+        poll_until(Duration::from_secs(10), || async {
+            let e = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .map_err(|e| format!("no `{css}`: {e}"))?;
+            e.text().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|t| panic!("the text of `{css}`: {}", t.state))
     }
 
     pub async fn has(&self, css: &str) -> bool {
