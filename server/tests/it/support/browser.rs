@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -62,19 +63,28 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
-    /// The text of `css`; found again (bounded) if a live page replaced the element
-    /// between the find and the read (a stale element reference).
-    pub async fn text(&self, css: &str) -> String {
+    /// `act` on the element `css` finds; found again (bounded) if a live page replaced
+    /// the element between the find and the act (a stale element reference).
+    async fn on_element<T, F, Fut>(&self, css: &str, what: &str, act: F) -> T
+    where
+        F: Fn(Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
         poll_until(Duration::from_secs(10), || async {
             let e = self
                 .client
                 .find(Locator::Css(css))
                 .await
                 .map_err(|e| format!("no `{css}`: {e}"))?;
-            e.text().await.map_err(|e| e.to_string())
+            act(e).await.map_err(|e| e.to_string())
         })
         .await
-        .unwrap_or_else(|t| panic!("the text of `{css}`: {}", t.state))
+        .unwrap_or_else(|t| panic!("{what} `{css}`: {}", t.state))
+    }
+
+    pub async fn text(&self, css: &str) -> String {
+        self.on_element(css, "the text of", |e| async move { e.text().await })
+            .await
     }
 
     pub async fn has(&self, css: &str) -> bool {
@@ -110,16 +120,8 @@ impl Browser {
     /// A real click on `css`; found again (bounded) if a live page replaced the element
     /// between the find and the click.
     pub async fn click(&self, css: &str) {
-        poll_until(Duration::from_secs(10), || async {
-            let e = self
-                .client
-                .find(Locator::Css(css))
-                .await
-                .map_err(|e| format!("no `{css}`: {e}"))?;
-            e.click().await.map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|t| panic!("click on `{css}`: {}", t.state));
+        self.on_element(css, "click on", |e| async move { e.click().await })
+            .await;
     }
 
     /// Clicks a form's submit button and returns once the page the form leads to has
