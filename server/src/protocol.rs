@@ -11,7 +11,7 @@
 //! | `GET /api/runner/stages/{id}/source?lease_token=` | | a tar of the commit's tree |
 //! | `POST /api/runner/stages/{id}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatResponse`], held until a cancel or `wait_ms` |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/start` | [`LeaseToken`] | 204 |
-//! | `POST /api/runner/stages/{id}/steps/{idx}/logs` | [`LogBatch`] | [`LogAck`] |
+//! | `POST /api/runner/stages/{id}/steps/{idx}/logs?first_line=` | [`LOG_FRAMES`] (or a JSON [`LogBatch`]) | [`LogAck`] |
 //! | `POST /api/runner/stages/{id}/steps/{idx}/finish` | [`StepFinish`] | 204 |
 //! | `PUT /api/runner/stages/{id}/artifacts?`[`ArtifactUpload`] | the file's bytes | [`ArtifactStored`] |
 //! | `GET /api/runner/stages/{id}/artifacts/{artifact_id}?lease_token=` | | the bytes of an artifact of a needed stage |
@@ -39,7 +39,7 @@ use std::fmt;
 use pipelines::PlannedStage;
 use serde::{Deserialize, Serialize};
 
-use crate::logs::Stream;
+use crate::logs::{Joined, Stream};
 
 /// Route templates (axum syntax): the one source of the server's runner routes and of
 /// the runner's request paths (`*_path` fill them in).
@@ -293,6 +293,69 @@ pub struct LogBatch {
     /// 1-based number of the first line of the batch; the rest follow without gaps.
     pub first_line: u64,
     pub lines: Vec<WireLine>,
+}
+
+/// `Content-Type` of a log batch in binary frames, what the runner sends: a step's
+/// lines go to the server's log file nearly as they come, with no base64 or JSON to
+/// undo per line. The lease token travels in [`LEASE_HEADER`], the number of the
+/// batch's first line in the query (`first_line`, 1-based). The body is a run of
+/// frames, one per line:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 1 | stream: 0 stdout, 1 stderr |
+/// | 8 | time, unix milliseconds, little-endian `i64` |
+/// | 4 | length of the line, little-endian `u32` |
+/// | length | the line's bytes, masked, without its newline (none may be inside) |
+///
+/// A JSON [`LogBatch`] (`Content-Type: application/json`) is still accepted.
+pub const LOG_FRAMES: &str = "application/vnd.slipway.log-frames";
+/// Header carrying the lease token where the body cannot ([`LOG_FRAMES`]).
+pub const LEASE_HEADER: &str = "x-slipway-lease";
+const FRAME_HEAD: usize = 1 + 8 + 4;
+
+/// Appends one line's frame to a [`LOG_FRAMES`] body.
+pub fn push_frame(body: &mut Vec<u8>, stream: Stream, time_ms: i64, bytes: &[u8]) {
+    body.reserve(FRAME_HEAD + bytes.len());
+    body.push(match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    });
+    body.extend_from_slice(&time_ms.to_le_bytes());
+    // A runner's line is at most 64 KiB; longer ones arrive split.
+    body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    body.extend_from_slice(bytes);
+}
+
+/// Reads a [`LOG_FRAMES`] body into the form the log store appends. The error says
+/// which frame is malformed and how.
+pub fn read_frames(body: &[u8]) -> Result<Joined, String> {
+    let mut joined = Joined::with_capacity(body.len());
+    let mut rest = body;
+    while !rest.is_empty() {
+        let n = joined.len() + 1;
+        let Some((head, tail)) = rest.split_first_chunk::<FRAME_HEAD>() else {
+            return Err(format!("frame {n} is cut short in its header"));
+        };
+        let stream = match head[0] {
+            0 => Stream::Stdout,
+            1 => Stream::Stderr,
+            other => return Err(format!("frame {n} has stream {other} (0 or 1)")),
+        };
+        let time_ms = i64::from_le_bytes(head[1..9].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(head[9..13].try_into().unwrap_or_default()) as usize;
+        let Some((line, tail)) = tail.split_at_checked(len) else {
+            return Err(format!(
+                "frame {n} says {len} bytes but {} are left",
+                tail.len()
+            ));
+        };
+        joined
+            .push(stream, time_ms, line)
+            .map_err(|_| format!("frame {n}: a log line may not contain a newline"))?;
+        rest = tail;
+    }
+    Ok(joined)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

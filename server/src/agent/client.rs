@@ -76,10 +76,19 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<Option<R>, CallError> {
-        let resp = self
-            .request(method, self.url(path)?)
-            .timeout(timeout)
-            .json(body)
+        self.call_with(method, path, timeout, |r| r.json(body))
+            .await
+    }
+
+    /// One request whose body `with` sets; a JSON answer, `Ok(None)` for an empty one.
+    pub(super) async fn call_with<R: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        timeout: Duration,
+        with: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Option<R>, CallError> {
+        let resp = with(self.request(method, self.url(path)?).timeout(timeout))
             .send()
             .await
             .map_err(|e| CallError::Transient(describe(&e)))?;
@@ -113,13 +122,26 @@ impl Client {
         on_full: OnFull,
         shutdown: &CancellationToken,
     ) -> Result<Option<R>, CallError> {
+        self.retrying_with(path, give_up, on_full, shutdown, |r| r.json(body))
+            .await
+    }
+
+    /// [`Client::call_retrying`] of a POST whose body `with` sets (on every try).
+    pub(super) async fn retrying_with<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        give_up: Duration,
+        on_full: OnFull,
+        shutdown: &CancellationToken,
+        with: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Option<R>, CallError> {
         let start = tokio::time::Instant::now();
         let mut deadline = start + give_up;
         let mut backoff = Backoff::new();
         let mut told = false;
         loop {
             match self
-                .call(reqwest::Method::POST, path, body, REQUEST_TIMEOUT)
+                .call_with(reqwest::Method::POST, path, REQUEST_TIMEOUT, &with)
                 .await
             {
                 Err(CallError::Full(e)) if on_full == OnFull::Wait => {

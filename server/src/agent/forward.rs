@@ -4,7 +4,8 @@
 //! results in order.
 //! A batch goes out as soon as no further line is waiting, so a quiet step's line
 //! reaches the server (and its followers) at once; while a post is in flight the lines
-//! printed meanwhile gather into the next batch (at most 8,192 lines or 512 KiB), so a
+//! printed meanwhile gather into the next batch (at most 8,192 lines or 1 MiB, in
+//! binary frames: [`protocol::LOG_FRAMES`]), so a
 //! chatty step is batched by its own speed — no timer either way. Posts retry with
 //! backoff; log batches are idempotent by line number, so a resend is harmless.
 //!
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use base64::Engine;
 use runner::{EventReceiver, LogStreamKind, StageEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,15 +26,15 @@ use tokio_util::sync::CancellationToken;
 use super::client::{CallError, Client, OnFull, REQUEST_TIMEOUT};
 use crate::logs::Stream;
 use crate::protocol::{
-    self, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
-    StageWaiting, StepFinish, WireLine, WireStatus,
+    self, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, StageWaiting,
+    StepFinish, WireStatus,
 };
 
 /// A log batch is posted when no line is waiting, or at this many lines…
 const BATCH_LINES: usize = 8192;
-/// …or this many bytes (well under the server's default 2 MB JSON body limit once
-/// base64-encoded).
-const BATCH_BYTES: usize = 512 * 1024;
+/// …or this many bytes of frames (with a last line of up to 64 KiB and 13 bytes of
+/// frame per line, well under the server's 2 MB body limit).
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// What the tasks working on one leased stage share.
 pub(super) struct StageCtx {
@@ -92,12 +92,23 @@ impl StageCtx {
         body: &B,
         cancel: &CancellationToken,
     ) -> Option<R> {
+        self.post_with(what, path, cancel, |r| r.json(body)).await
+    }
+
+    /// [`StageCtx::post`] of a body that `with` sets.
+    pub(super) async fn post_with<R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        cancel: &CancellationToken,
+        with: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Option<R> {
         if self.is_lost() {
             return None;
         }
         match self
             .client
-            .call_retrying(path, body, self.give_up, OnFull::Fail, &self.shutdown)
+            .retrying_with(path, self.give_up, OnFull::Fail, &self.shutdown, with)
             .await
         {
             Ok(r) => r,
@@ -173,15 +184,16 @@ pub(super) async fn heartbeat_loop(
     }
 }
 
-/// Lines of one step waiting to be posted.
+/// Lines of one step waiting to be posted, as the body of the post
+/// ([`protocol::LOG_FRAMES`]).
 #[derive(Default)]
 struct Batch {
     step: usize,
     /// The name of the step that started last (lines come from the running step).
     name: String,
     first: u64,
-    lines: Vec<WireLine>,
-    bytes: usize,
+    frames: Vec<u8>,
+    lines: usize,
 }
 
 /// Posts the stage's events in order: step starts, log batches, step results.
@@ -194,7 +206,6 @@ pub(super) async fn forward(
     let token = || LeaseToken {
         lease_token: ctx.token.clone(),
     };
-    let b64 = base64::engine::general_purpose::STANDARD;
     loop {
         // Nothing waiting: what was gathered goes out now rather than after a timer.
         if events.is_empty() {
@@ -229,28 +240,26 @@ pub(super) async fn forward(
                 .await;
             }
             Some(StageEvent::Line(line)) => {
-                if !batch.lines.is_empty() && batch.step != line.step {
+                if batch.lines > 0 && batch.step != line.step {
                     flush(&ctx, &mut batch, &cancel).await;
                 }
-                if batch.lines.is_empty() {
+                if batch.lines == 0 {
                     batch.step = line.step;
                     batch.first =
                         ctx.offsets.get(line.step).copied().unwrap_or(0) + line.number.max(1);
                 }
-                batch.bytes += line.bytes.len();
-                batch.lines.push(WireLine {
-                    time_ms: line
-                        .time
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or(0),
-                    stream: match line.stream {
-                        LogStreamKind::Stdout => Stream::Stdout,
-                        LogStreamKind::Stderr => Stream::Stderr,
-                    },
-                    data_b64: b64.encode(&line.bytes),
-                });
-                if batch.lines.len() >= BATCH_LINES || batch.bytes >= BATCH_BYTES {
+                let time_ms = line
+                    .time
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let stream = match line.stream {
+                    LogStreamKind::Stdout => Stream::Stdout,
+                    LogStreamKind::Stderr => Stream::Stderr,
+                };
+                protocol::push_frame(&mut batch.frames, stream, time_ms, &line.bytes);
+                batch.lines += 1;
+                if batch.lines >= BATCH_LINES || batch.frames.len() >= BATCH_BYTES {
                     flush(&ctx, &mut batch, &cancel).await;
                 }
             }
@@ -286,25 +295,29 @@ pub(super) async fn forward(
 }
 
 async fn flush(ctx: &StageCtx, batch: &mut Batch, cancel: &CancellationToken) {
-    if batch.lines.is_empty() {
+    if batch.lines == 0 {
         return;
     }
-    let lines = std::mem::take(&mut batch.lines);
-    batch.bytes = 0;
+    let frames = bytes::Bytes::from(std::mem::take(&mut batch.frames));
+    batch.lines = 0;
     if ctx.full().is_some() {
         // A batch was not stored: later lines would leave a hole in the log.
         return;
     }
-    let body = LogBatch {
-        lease_token: ctx.token.clone(),
-        first_line: batch.first,
-        lines,
-    };
-    ctx.post::<_, LogAck>(
+    let path = format!(
+        "{}?first_line={}",
+        protocol::step_path(ctx.stage_id, batch.step, "logs"),
+        batch.first
+    );
+    ctx.post_with::<LogAck>(
         &format!("the log of step `{}`", batch.name),
-        &protocol::step_path(ctx.stage_id, batch.step, "logs"),
-        &body,
+        &path,
         cancel,
+        |r| {
+            r.header(reqwest::header::CONTENT_TYPE, protocol::LOG_FRAMES)
+                .header(protocol::LEASE_HEADER, &ctx.token)
+                .body(frames.clone())
+        },
     )
     .await;
 }

@@ -79,6 +79,91 @@ pub struct NewLine {
     pub bytes: Vec<u8>,
 }
 
+/// A batch of lines side by side: each line's bytes followed by `\n` in one buffer,
+/// and each line's stream and time. The runner's batch is read into it as it comes,
+/// masked in one pass (no secret pattern holds a newline, so masking the whole text
+/// masks each line) and written to the `.log` as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Joined {
+    text: Vec<u8>,
+    meta: Vec<(Stream, i64)>,
+}
+
+impl Joined {
+    /// Room for about `bytes` of text.
+    pub fn with_capacity(bytes: usize) -> Joined {
+        Joined {
+            text: Vec::with_capacity(bytes),
+            meta: Vec::new(),
+        }
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Adds a line; one holding a newline is refused.
+    pub fn push(&mut self, stream: Stream, time_ms: i64, bytes: &[u8]) -> Result<()> {
+        if memchr::memchr(b'\n', bytes).is_some() {
+            return Err(Error::Newline);
+        }
+        self.text.extend_from_slice(bytes);
+        self.text.push(b'\n');
+        self.meta.push((stream, time_ms));
+        Ok(())
+    }
+
+    /// Replaces the text with what `mask` makes of it, which must keep every newline
+    /// where the line count can see it (a masker replaces matches of patterns that
+    /// hold none). A mask that changed the number of lines is refused.
+    pub fn mask_with(
+        &mut self,
+        mask: impl for<'a> FnOnce(&'a [u8]) -> std::borrow::Cow<'a, [u8]>,
+    ) -> Result<()> {
+        let masked = match mask(&self.text) {
+            std::borrow::Cow::Borrowed(_) => return Ok(()),
+            std::borrow::Cow::Owned(masked) => masked,
+        };
+        if memchr::memchr_iter(b'\n', &masked).count() != self.meta.len()
+            || masked.last().is_some_and(|b| *b != b'\n')
+        {
+            return Err(Error::Newline);
+        }
+        self.text = masked;
+        Ok(())
+    }
+
+    /// The text and the streams and times of lines `skip..` (0-based).
+    fn lines_after(&self, skip: usize) -> (&[u8], &[(Stream, i64)]) {
+        let Some(meta) = self.meta.get(skip..).filter(|m| !m.is_empty()) else {
+            return (&[], &[]);
+        };
+        let start = match skip {
+            0 => 0,
+            n => memchr::memchr_iter(b'\n', &self.text)
+                .nth(n - 1)
+                .map_or(self.text.len(), |i| i + 1),
+        };
+        (&self.text[start..], meta)
+    }
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Lines in the log afterwards.
+    pub lines: u64,
+    /// Lines of the batch the log did not have before, and their bytes (newlines
+    /// included).
+    pub fresh_lines: u64,
+    pub fresh_bytes: u64,
+}
+
 /// What followers of a step's log are told: how many lines exist, and whether the
 /// step is finished (no more will come).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,46 +240,58 @@ impl LogStore {
         Ok(state)
     }
 
-    /// Appends `lines` as lines `first..` (1-based). Lines the log already has are
-    /// skipped, so a resent batch is harmless; a batch that would leave a gap is
-    /// refused. Returns the line count afterwards.
+    /// Appends `lines` as lines `first..` (1-based): [`LogStore::append_joined`] for a
+    /// handful of lines. Returns the line count afterwards.
     pub fn append(&self, key: StepKey, first: u64, lines: &[NewLine]) -> Result<u64> {
-        if lines.iter().any(|l| l.bytes.contains(&b'\n')) {
-            return Err(Error::Newline);
+        let mut joined = Joined::default();
+        for line in lines {
+            joined.push(line.stream, line.time_ms, &line.bytes)?;
         }
+        Ok(self.append_joined(key, first, &joined)?.lines)
+    }
+
+    /// Appends the batch's lines as lines `first..` (1-based). Lines the log already
+    /// has are skipped, so a resent batch is harmless; a batch that would leave a gap
+    /// is refused. The batch's text is written as it is: one write to the `.log`, one
+    /// to the `.idx`.
+    pub fn append_joined(&self, key: StepKey, first: u64, batch: &Joined) -> Result<Appended> {
         let state = self.state(key)?;
         let _guard = state.write.lock().unwrap_or_else(|e| e.into_inner());
         let (log_path, idx_path) = self.paths(key);
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        let (mut log, mut idx, have, mut end) = open_for_append(&log_path, &idx_path)?;
+        let (mut log, mut idx, have, end_before) = open_for_append(&log_path, &idx_path)?;
         let first = first.max(1);
         if first > have + 1 {
             return Err(Error::Gap { first, have });
         }
         let skip = (have + 1 - first) as usize;
-        let fresh = lines.get(skip..).unwrap_or_default();
-        if fresh.is_empty() {
-            return Ok(have);
+        let (data, meta) = batch.lines_after(skip);
+        let unchanged = Appended {
+            lines: have,
+            fresh_lines: 0,
+            fresh_bytes: 0,
+        };
+        if meta.is_empty() {
+            return Ok(unchanged);
         }
         // Bytes first, index second: see the module comment.
-        let end_before = end;
-        let mut data = Vec::new();
-        let mut records = Vec::with_capacity(fresh.len() * RECORD as usize);
-        for line in fresh {
-            data.extend_from_slice(&line.bytes);
-            data.push(b'\n');
-            end += line.bytes.len() as u64 + 1;
-            let tagged = match line.stream {
+        let mut records = Vec::with_capacity(meta.len() * RECORD as usize);
+        let mut line_start = 0;
+        for ((stream, time_ms), newline) in meta.iter().zip(memchr::memchr_iter(b'\n', data)) {
+            let end = end_before + newline as u64 + 1;
+            let tagged = match stream {
                 Stream::Stdout => end,
                 Stream::Stderr => end | STDERR_BIT,
             };
             records.extend_from_slice(&tagged.to_le_bytes());
-            records.extend_from_slice(&line.time_ms.to_le_bytes());
+            records.extend_from_slice(&time_ms.to_le_bytes());
+            line_start = newline + 1;
         }
+        debug_assert_eq!(line_start, data.len());
         let written = log
-            .write_all(&data)
+            .write_all(data)
             .map_err(io(&log_path))
             .and_then(|()| idx.write_all(&records).map_err(io(&idx_path)));
         if let Err(e) = written {
@@ -203,9 +300,13 @@ impl LogStore {
             let _ = log.set_len(end_before);
             return Err(e);
         }
-        let total = have + fresh.len() as u64;
+        let total = have + meta.len() as u64;
         state.progress.send_modify(|p| p.lines = total);
-        Ok(total)
+        Ok(Appended {
+            lines: total,
+            fresh_lines: meta.len() as u64,
+            fresh_bytes: data.len() as u64,
+        })
     }
 
     /// Cuts the log back to its first `lines` lines if it has exactly `had` now: takes

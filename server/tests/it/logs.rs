@@ -1,7 +1,9 @@
 //! The on-disk log store: ranges, tails, binary lines, idempotent batches, crash
 //! recovery and following.
 
-use server::logs::{Error, LogStore, NewLine, Progress, StepKey, Stream};
+use std::borrow::Cow;
+
+use server::logs::{Appended, Error, Joined, LogStore, NewLine, Progress, StepKey, Stream};
 
 const KEY: StepKey = StepKey {
     run: 7,
@@ -116,6 +118,72 @@ fn resent_batches_are_skipped_and_gaps_refused() {
         }) => {}
         other => panic!("expected a gap error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_joined_batch_is_masked_whole_and_appended_from_the_first_new_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::new(dir.path());
+    store.append(KEY, 1, &numbered(1, 2)).unwrap();
+    let mut batch = Joined::default();
+    for (i, text) in [&b"line 2"[..], b"token=hunter22", b"", b"\xffhunter22"]
+        .iter()
+        .enumerate()
+    {
+        let stream = if i == 1 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        batch.push(stream, 100 + i as i64, text).unwrap();
+    }
+    assert!(matches!(
+        batch.push(Stream::Stdout, 0, b"a\nb"),
+        Err(Error::Newline)
+    ));
+    assert_eq!(batch.len(), 4);
+    batch
+        .mask_with(|text| {
+            let masked = String::from_utf8_lossy(text).replace("hunter22", "********");
+            Cow::Owned(masked.into_bytes())
+        })
+        .unwrap();
+    // Lines 2.. of the batch: line 2 is stored already.
+    let appended = store.append_joined(KEY, 2, &batch).unwrap();
+    assert_eq!(
+        appended,
+        Appended {
+            lines: 5,
+            fresh_lines: 3,
+            fresh_bytes: "token=********\n\n\u{fffd}********\n".len() as u64,
+        }
+    );
+    let lines = store.read(KEY, 3, 10).unwrap();
+    let got: Vec<(&[u8], Stream, i64)> = lines
+        .iter()
+        .map(|l| (&l.bytes[..], l.stream, l.time_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (&b"token=********"[..], Stream::Stderr, 101),
+            (b"", Stream::Stdout, 102),
+            ("\u{fffd}********".as_bytes(), Stream::Stdout, 103),
+        ]
+    );
+    // Resent whole: nothing new.
+    let again = store.append_joined(KEY, 2, &batch).unwrap();
+    assert_eq!(
+        (again.lines, again.fresh_lines, again.fresh_bytes),
+        (5, 0, 0)
+    );
+    // A mask that would change the line count is refused, and the batch kept.
+    let mut batch = Joined::default();
+    batch.push(Stream::Stdout, 1, b"a").unwrap();
+    let split = batch.mask_with(|_| Cow::Owned(b"a\nb\n".to_vec()));
+    assert!(matches!(split, Err(Error::Newline)));
+    assert_eq!(store.append_joined(KEY, 6, &batch).unwrap().lines, 6);
+    assert_eq!(store.read(KEY, 6, 1).unwrap()[0].bytes, b"a");
 }
 
 #[test]

@@ -610,6 +610,162 @@ async fn stale_lease_tokens_are_refused() {
     assert_eq!(steps[0].log_lines, 4);
     assert_eq!(steps[0].log_bytes, 8);
 
+    // What the runner sends: binary frames, the lease token in a header. Masked on
+    // arrival like JSON batches; a resend of stored lines is harmless.
+    let frames = |lines: &[(u8, &[u8])]| {
+        let mut body = Vec::new();
+        for (stream, bytes) in lines {
+            body.push(*stream);
+            body.extend_from_slice(&7i64.to_le_bytes());
+            body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            body.extend_from_slice(bytes);
+        }
+        body
+    };
+    let post_frames = |query: &str, lease: Option<&str>, content_type: &str, body: Vec<u8>| {
+        let mut req = http
+            .post(format!("{base}{}{query}", step_path(id, 0, "logs")))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(lease) = lease {
+            req = req.header(LEASE_HEADER, lease);
+        }
+        req.send()
+    };
+    let good_frames = frames(&[
+        (0, b"d"),
+        (1, b"e to stderr"),
+        (0, b"key=s3cr3t-quota-word, not \xff UTF-8"),
+    ]);
+    let r = post_frames(
+        "?first_line=4",
+        Some(&lease.lease_token),
+        LOG_FRAMES,
+        good_frames.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<LogAck>().await.unwrap().lines, 6);
+    let r = post_frames(
+        "?first_line=4",
+        Some(&lease.lease_token),
+        LOG_FRAMES,
+        good_frames.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.json::<LogAck>().await.unwrap().lines,
+        6,
+        "a resend adds nothing"
+    );
+    let key = server::logs::StepKey {
+        run: stage.run_id,
+        stage: stage.id,
+        step: 0,
+    };
+    let stored = server.state.logs.read(key, 1, 100).unwrap();
+    let texts: Vec<&[u8]> = stored.iter().map(|l| &l.bytes[..]).collect();
+    assert_eq!(
+        texts,
+        [
+            &b"a"[..],
+            b"b",
+            b"c",
+            b"d",
+            b"e to stderr",
+            b"key=********, not \xff UTF-8"
+        ]
+    );
+    assert_eq!(stored[4].stream, server::logs::Stream::Stderr);
+    assert_eq!((stored[4].time_ms, stored[3].time_ms), (7, 1));
+    let steps = server.state.store.list_steps(id).await.unwrap();
+    assert_eq!(steps[0].log_lines, 6);
+    let fresh = b"e to stderr\n".len() + b"key=********, not \xff UTF-8\n".len();
+    assert_eq!(steps[0].log_bytes, 8 + fresh as i64);
+    // Refused, each with what was wrong, and nothing stored.
+    let mut cut = frames(&[(0, b"f")]);
+    cut.truncate(5);
+    let mut long = frames(&[(0, b"f")]);
+    long[9] = 9;
+    // (query, lease header, content type, body, status, what the answer says)
+    type Refusal<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
+    let refusals: [Refusal; 8] = [
+        (
+            "?first_line=7",
+            Some("nope"),
+            LOG_FRAMES,
+            frames(&[(0, b"f")]),
+            409,
+            "lease_lost",
+        ),
+        (
+            "?first_line=7",
+            None,
+            LOG_FRAMES,
+            frames(&[(0, b"f")]),
+            400,
+            "x-slipway-lease header is missing",
+        ),
+        (
+            "",
+            Some(&lease.lease_token),
+            LOG_FRAMES,
+            frames(&[(0, b"f")]),
+            400,
+            "first_line",
+        ),
+        (
+            "?first_line=7",
+            Some(&lease.lease_token),
+            LOG_FRAMES,
+            frames(&[(0, b"f"), (2, b"g")]),
+            400,
+            "frame 2 has stream 2",
+        ),
+        (
+            "?first_line=7",
+            Some(&lease.lease_token),
+            LOG_FRAMES,
+            cut,
+            400,
+            "frame 1 is cut short",
+        ),
+        (
+            "?first_line=7",
+            Some(&lease.lease_token),
+            LOG_FRAMES,
+            long,
+            400,
+            "frame 1 says 9 bytes but 1 are left",
+        ),
+        (
+            "?first_line=7",
+            Some(&lease.lease_token),
+            LOG_FRAMES,
+            frames(&[(0, b"f\ng")]),
+            400,
+            "frame 1: a log line may not contain a newline",
+        ),
+        (
+            "?first_line=7",
+            Some(&lease.lease_token),
+            "text/plain",
+            b"f".to_vec(),
+            415,
+            "not `text/plain`",
+        ),
+    ];
+    for (query, lease, content_type, body, status, says) in refusals {
+        let r = post_frames(query, lease, content_type, body).await.unwrap();
+        assert_eq!(r.status(), status, "{says}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(says), "{says}: {text}");
+    }
+    assert_eq!(server.state.logs.count(key).unwrap(), 6);
+
     // The lease runs out (no heartbeat for 3 s, stepped on the server's clock, plus one
     // expiry period): the stage is queued again and the old token is refused everywhere.
     clock.advance(Duration::from_secs(3 + 1));
@@ -628,7 +784,7 @@ async fn stale_lease_tokens_are_refused() {
     );
     for (path, body) in [
         (heartbeat_path(id), good.clone()),
-        (step_path(id, 0, "logs"), lines(5, &["late"])),
+        (step_path(id, 0, "logs"), lines(7, &["late"])),
         (
             finish_path(id),
             serde_json::json!({"lease_token": lease.lease_token, "status": "success"}),
@@ -650,7 +806,7 @@ async fn stale_lease_tokens_are_refused() {
     .await
     .unwrap();
     assert_eq!((again.stage_id, again.attempt), (id, 2));
-    assert_eq!(again.log_offsets, [4]);
+    assert_eq!(again.log_offsets, [6]);
     let r = post(
         finish_path(id),
         serde_json::json!({"lease_token": again.lease_token, "status": "skipped"}),

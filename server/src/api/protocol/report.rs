@@ -6,10 +6,11 @@
 
 use super::leased;
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
+use bytes::Bytes;
 use std::time::Duration;
 
 use utoipa_axum::routes;
@@ -18,10 +19,10 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::route_table::{Access, RouteTable};
 use crate::daemon::disk::Part;
 use crate::daemon::state::AppState;
-use crate::logs::{NewLine, StepKey};
+use crate::logs::{Joined, StepKey};
 use crate::protocol::{
-    HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LeaseToken, LogAck, LogBatch,
-    StageFinish, StageFinished, StepFinish, WireStatus, routes,
+    HeartbeatAction, HeartbeatRequest, HeartbeatResponse, LEASE_HEADER, LOG_FRAMES, LeaseToken,
+    LogAck, LogBatch, StageFinish, StageFinished, StepFinish, WireStatus, read_frames, routes,
 };
 use crate::store::{
     Heartbeat, Settled, StageId, StageOutcome, StageResults, StageStatus, StepStatus,
@@ -137,14 +138,22 @@ async fn step_start(
     }
 }
 
+/// Where a [`LOG_FRAMES`](crate::protocol::LOG_FRAMES) batch's first line goes.
+#[derive(Debug, serde::Deserialize)]
+struct FramesQuery {
+    first_line: u64,
+}
+
 /// Runner: append a batch of a step's masked log lines.
 #[utoipa::path(
     post, path = routes::STEP_LOGS, tag = "runner",
     params(
         ("id" = i64, Path, description = "The stage's id"),
         ("idx" = u32, Path, description = "The step's index in the stage"),
+        ("first_line" = Option<u64>, Query, description = "Binary frames: the 1-based number of the batch's first line"),
     ),
-    request_body(content = Object, description = "`LogBatch`: masked lines from `first_line` on"),
+    request_body(content = Vec<u8>, content_type = "application/vnd.slipway.log-frames",
+        description = "Masked lines in binary frames (`protocol::LOG_FRAMES`; the lease token in `X-Slipway-Lease`), or a JSON `LogBatch` (`application/json`)"),
     responses(
         (status = 200, description = "`LogAck`: the lines stored so far", body = Object),
         (status = 400), (status = 401), (status = 403), (status = 409, description = "`lease_lost`, or a gap in the lines")
@@ -153,10 +162,13 @@ async fn step_start(
 async fn step_logs(
     State(state): State<AppState>,
     Path((id, idx)): Path<(StageId, u32)>,
-    body: Result<Json<LogBatch>, JsonRejection>,
+    headers: HeaderMap,
+    query: Result<Query<FramesQuery>, QueryRejection>,
+    body: Bytes,
 ) -> ApiResult<Json<LogAck>> {
-    let req = json(body)?;
-    let stage = leased(&state, id, &req.lease_token).await?;
+    let (token, first, mut lines) = read_batch(&headers, query, &body)?;
+    drop(body);
+    let stage = leased(&state, id, &token).await?;
     let step = state
         .store
         .list_steps(id)
@@ -164,48 +176,23 @@ async fn step_logs(
         .into_iter()
         .find(|s| s.idx == i64::from(idx))
         .ok_or_else(|| ApiError::not_found(format!("step {idx} of stage {id}")))?;
-    if req.first_line == 0 {
+    if first == 0 {
         return Err(ApiError::bad_request("first_line is 1-based"));
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
     // Masked again here: a modified runner must not get a secret stored in the clear.
     let masker = repo_masker(&state, stage.repo_id).await?;
-    let mut lines = Vec::with_capacity(req.lines.len());
-    for l in &req.lines {
-        let bytes = b64
-            .decode(&l.data_b64)
-            .map_err(|_| ApiError::bad_request("data_b64 is not valid base64"))?;
-        if bytes.contains(&b'\n') {
-            return Err(ApiError::bad_request(
-                "a log line may not contain a newline",
-            ));
-        }
-        let bytes = match masker.mask(&bytes) {
-            std::borrow::Cow::Borrowed(_) => bytes,
-            std::borrow::Cow::Owned(masked) => masked,
-        };
-        lines.push(NewLine {
-            time_ms: l.time_ms,
-            stream: l.stream,
-            bytes,
-        });
-    }
+    lines
+        .mask_with(|text| masker.mask(text))
+        .map_err(ApiError::internal)?;
     let key = step_key(&stage, i64::from(idx));
-    let first = req.first_line;
     let st = state.clone();
     let appended = tokio::task::spawn_blocking(move || {
         let _guard = log_lock(key).lock().unwrap_or_else(|e| e.into_inner());
-        let before = st.logs.count(key)?;
-        let after = st.logs.append(key, first, &lines)?;
-        // Lines `first..` of the batch beyond what was stored before are new.
-        let skip = (before + 1).saturating_sub(first) as usize;
-        let fresh = lines.get(skip..).unwrap_or_default();
-        let bytes: u64 = fresh.iter().map(|l| l.bytes.len() as u64 + 1).sum();
-        Ok::<_, crate::logs::Error>((after, (after - before), bytes))
+        st.logs.append_joined(key, first, &lines)
     })
     .await
     .map_err(ApiError::internal)?;
-    let (total, fresh_lines, fresh_bytes) = match appended {
+    let appended = match appended {
         Ok(v) => v,
         Err(crate::logs::Error::Gap { first, have }) => {
             return Err(ApiError::new(
@@ -219,15 +206,20 @@ async fn step_logs(
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
-    if fresh_lines > 0
+    let total = appended.lines;
+    if appended.fresh_lines > 0
         && let Err(e) = state
             .store
-            .add_step_log_stats(step.id, fresh_lines as i64, fresh_bytes as i64)
+            .add_step_log_stats(
+                step.id,
+                appended.fresh_lines as i64,
+                appended.fresh_bytes as i64,
+            )
             .await
     {
         // Keep the log and its counters in step: the runner resends the batch whole.
         let st = state.clone();
-        let kept = total - fresh_lines;
+        let kept = total - appended.fresh_lines;
         let _ = tokio::task::spawn_blocking(move || {
             let _guard = log_lock(key).lock().unwrap_or_else(|e| e.into_inner());
             st.logs.take_back(key, total, kept)
@@ -239,6 +231,54 @@ async fn step_logs(
         });
     }
     Ok(Json(LogAck { lines: total }))
+}
+
+/// A log batch's lease token, first line and lines, from binary frames or JSON.
+fn read_batch(
+    headers: &HeaderMap,
+    query: Result<Query<FramesQuery>, QueryRejection>,
+    body: &[u8],
+) -> ApiResult<(String, u64, Joined)> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case(LOG_FRAMES) {
+        let token = headers
+            .get(LEASE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("the {LEASE_HEADER} header is missing"))
+            })?;
+        let Query(FramesQuery { first_line }) =
+            query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let lines = read_frames(body).map_err(ApiError::bad_request)?;
+        return Ok((token.to_string(), first_line, lines));
+    }
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("a log batch is `{LOG_FRAMES}` or `application/json`, not `{content_type}`"),
+        ));
+    }
+    let batch: LogBatch = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the log batch is not valid JSON: {e}")))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut lines = Joined::default();
+    for (i, l) in batch.lines.iter().enumerate() {
+        let bytes = b64.decode(&l.data_b64).map_err(|_| {
+            ApiError::bad_request(format!("line {}: data_b64 is not valid base64", i + 1))
+        })?;
+        lines.push(l.stream, l.time_ms, &bytes).map_err(|_| {
+            ApiError::bad_request(format!(
+                "line {}: a log line may not contain a newline",
+                i + 1
+            ))
+        })?;
+    }
+    Ok((batch.lease_token, batch.first_line, lines))
 }
 
 /// Runner: how a step of the leased stage ended.
