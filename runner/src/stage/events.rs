@@ -17,7 +17,7 @@ use super::outcome::{LogLine, StageEvent};
 /// the allocations' own overhead.
 pub const LINE_OVERHEAD: usize = 256;
 
-/// A budget that holds a few of the runner agent's log batches (512 KiB of output
+/// A budget that holds a few of the runner agent's log batches (up to 1 MiB of output
 /// each) while one is being posted.
 pub const DEFAULT_EVENT_BUDGET: usize = 4 * 1024 * 1024;
 

@@ -203,21 +203,37 @@ pub(super) async fn forward(
     cancel: CancellationToken,
 ) {
     let mut batch = Batch::default();
+    let mut posting: Posting = None;
     let token = || LeaseToken {
         lease_token: ctx.token.clone(),
     };
     loop {
         // Nothing waiting: what was gathered goes out now rather than after a timer.
-        if events.is_empty() {
-            flush(&ctx, &mut batch, &cancel).await;
+        if events.is_empty() && posting.is_none() {
+            flush(&ctx, &mut batch, &mut posting, &cancel).await;
         }
-        match events.recv().await {
-            None => {
-                flush(&ctx, &mut batch, &cancel).await;
-                return;
-            }
+        // While a batch is being posted the step's next lines are taken meanwhile, so
+        // its output keeps flowing instead of waiting for the server's answer.
+        let next = match posting.as_mut() {
+            Some(post) => tokio::select! {
+                biased;
+                _ = post => None,
+                event = events.recv() => Some(event),
+            },
+            None => Some(events.recv().await),
+        };
+        let Some(event) = next else {
+            posting = None;
+            continue;
+        };
+        if !matches!(event, Some(StageEvent::Line(_))) {
+            // Everything else is posted in order after the lines before it.
+            flush(&ctx, &mut batch, &mut posting, &cancel).await;
+            settle(&mut posting).await;
+        }
+        match event {
+            None => return,
             Some(StageEvent::StepStarted { index, name, .. }) => {
-                flush(&ctx, &mut batch, &cancel).await;
                 batch.name = name.clone();
                 ctx.post::<_, serde_json::Value>(
                     &format!("the start of step `{name}`"),
@@ -241,7 +257,7 @@ pub(super) async fn forward(
             }
             Some(StageEvent::Line(line)) => {
                 if batch.lines > 0 && batch.step != line.step {
-                    flush(&ctx, &mut batch, &cancel).await;
+                    flush(&ctx, &mut batch, &mut posting, &cancel).await;
                 }
                 if batch.lines == 0 {
                     batch.step = line.step;
@@ -260,7 +276,7 @@ pub(super) async fn forward(
                 protocol::push_frame(&mut batch.frames, stream, time_ms, &line.bytes);
                 batch.lines += 1;
                 if batch.lines >= BATCH_LINES || batch.frames.len() >= BATCH_BYTES {
-                    flush(&ctx, &mut batch, &cancel).await;
+                    flush(&ctx, &mut batch, &mut posting, &cancel).await;
                 }
             }
             Some(StageEvent::StepFinished {
@@ -269,7 +285,6 @@ pub(super) async fn forward(
                 outcome,
                 ..
             }) => {
-                flush(&ctx, &mut batch, &cancel).await;
                 let status = match WireStatus::from_runner(&outcome.status) {
                     // Stopped because the server could not store its log: not the
                     // step's doing, nor anyone's cancel.
@@ -294,11 +309,33 @@ pub(super) async fn forward(
     }
 }
 
-async fn flush(ctx: &StageCtx, batch: &mut Batch, cancel: &CancellationToken) {
+/// The log batch being posted, if any: at most one at a time, while the next gathers.
+type Posting = Option<tokio::task::JoinHandle<()>>;
+
+/// Waits until the batch being posted, if any, is stored (or given up on).
+async fn settle(posting: &mut Posting) {
+    if let Some(post) = posting.take() {
+        let _ = post.await;
+    }
+}
+
+/// Starts posting the gathered lines, once the batch before them is done.
+async fn flush(
+    ctx: &Arc<StageCtx>,
+    batch: &mut Batch,
+    posting: &mut Posting,
+    cancel: &CancellationToken,
+) {
     if batch.lines == 0 {
         return;
     }
-    let frames = bytes::Bytes::from(std::mem::take(&mut batch.frames));
+    settle(posting).await;
+    // The next batch is likely as large as this one.
+    let capacity = batch.frames.len();
+    let frames = bytes::Bytes::from(std::mem::replace(
+        &mut batch.frames,
+        Vec::with_capacity(capacity),
+    ));
     batch.lines = 0;
     if ctx.full().is_some() {
         // A batch was not stored: later lines would leave a hole in the log.
@@ -309,15 +346,14 @@ async fn flush(ctx: &StageCtx, batch: &mut Batch, cancel: &CancellationToken) {
         protocol::step_path(ctx.stage_id, batch.step, "logs"),
         batch.first
     );
-    ctx.post_with::<LogAck>(
-        &format!("the log of step `{}`", batch.name),
-        &path,
-        cancel,
-        |r| {
+    let what = format!("the log of step `{}`", batch.name);
+    let (ctx, cancel) = (ctx.clone(), cancel.clone());
+    *posting = Some(tokio::spawn(async move {
+        ctx.post_with::<LogAck>(&what, &path, &cancel, |r| {
             r.header(reqwest::header::CONTENT_TYPE, protocol::LOG_FRAMES)
                 .header(protocol::LEASE_HEADER, &ctx.token)
                 .body(frames.clone())
-        },
-    )
-    .await;
+        })
+        .await;
+    }));
 }
