@@ -84,9 +84,18 @@ impl Drop for PgDatabase {
                 .build()?;
             rt.block_on(async {
                 let mut admin = sqlx::PgConnection::connect(&server).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                // DROP DATABASE asks for a checkpoint, which fails cluster-wide while a
+                // full-disk test holds its tablespace full: bounded retries outlast it.
+                for attempt in 1.. {
+                    match admin.execute(drop.as_str()).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < 40 && e.to_string().contains("checkpoint") => {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 anyhow::Ok(())
             })
         })
