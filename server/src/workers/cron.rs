@@ -54,10 +54,11 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut cron = Cron::default();
         loop {
-            if let Err(e) = cron.tick(&state, Utc::now()).await {
+            let now = Utc::now();
+            if let Err(e) = cron.tick(&state, now).await {
                 tracing::warn!(error = %e, "cron: tick failed");
             }
-            let wait = cron.next_wait(Utc::now());
+            let wait = cron.wait_after(now, Utc::now());
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
@@ -154,6 +155,15 @@ impl Cron {
             .filter_map(|next| (next - now).to_std().ok())
             .map(|d| d + SLACK)
             .fold(RESCAN, Duration::min)
+    }
+
+    /// How long to sleep after a tick that looked at the schedules as of `looked_at`
+    /// and ended at `now`: until just after the next instant after `looked_at`. One
+    /// that passed while the tick ran (a first fetch, a slow disk) is due at once,
+    /// not at the next rescan.
+    pub fn wait_after(&self, looked_at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+        let took = (now - looked_at).to_std().unwrap_or_default();
+        self.next_wait(looked_at).saturating_sub(took)
     }
 
     /// The instant (unix ms) to fire now, if any; records the first-sight watermark.
@@ -373,6 +383,17 @@ mod tests {
         assert_eq!(
             cron.next_wait(at(10, 0, 39)),
             Duration::from_secs(1) + SLACK
+        );
+        // A tick that looked at 10:00:19 and took until 10:00:21.5 (its first fetch):
+        // the 10:00:20 instant passed meanwhile, so the next tick is at once (it fires
+        // that instant) rather than 15 s later at the rescan.
+        let ended = at(10, 0, 21) + chrono::Duration::milliseconds(500);
+        assert_eq!(cron.wait_after(at(10, 0, 19), ended), Duration::ZERO);
+        // A quick tick sleeps what is left until the next instant.
+        let ended = at(10, 0, 13) + chrono::Duration::milliseconds(250);
+        assert_eq!(
+            cron.wait_after(at(10, 0, 13), ended),
+            Duration::from_millis(6750) + SLACK
         );
     }
 
