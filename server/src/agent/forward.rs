@@ -5,9 +5,9 @@
 //! A batch goes out as soon as no further line is waiting, so a quiet step's line
 //! reaches the server (and its followers) at once; while a post is in flight the lines
 //! printed meanwhile gather into the next batch (at most 8,192 lines or 1 MiB, in
-//! binary frames: [`protocol::LOG_FRAMES`]), so a
-//! chatty step is batched by its own speed — no timer either way. Posts retry with
-//! backoff; log batches are idempotent by line number, so a resend is harmless.
+//! binary frames: [`protocol::LOG_FRAMES`]), so a chatty step is batched by its own
+//! speed — no timer either way. Posts retry with backoff; log batches are idempotent
+//! by line number, so a resend is harmless.
 //!
 //! A server that answers 507 (its disk is full) could not store what the stage said:
 //! the stage stops there and ends as an `error` that says so ([`StageCtx::full`]),
