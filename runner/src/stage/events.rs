@@ -4,8 +4,10 @@
 //! pipe, and its writes block) instead of queueing its log in memory.
 //!
 //! Each log line costs its length plus [`LINE_OVERHEAD`] of the budget until the
-//! receiver takes it. Step starts and ends are few and small: they go outside the
-//! budget ([`EventSender::send_now`]), in order with the lines.
+//! receiver takes it; the lines of one read of a step's output go as a group, whose
+//! share comes back when its last line is taken. Step starts and ends are few and
+//! small: they go outside the budget ([`EventSender::send_now`]), in order with the
+//! lines.
 
 use std::sync::Arc;
 
@@ -33,14 +35,21 @@ pub fn event_channel(budget: usize) -> (EventSender, EventReceiver) {
             room: room.clone(),
             budget,
         },
-        EventReceiver { rx, room },
+        EventReceiver {
+            rx,
+            room,
+            group: Vec::new().into_iter(),
+            held: None,
+        },
     )
 }
 
-/// An event and the share of the budget it holds until it is received.
+/// Events sent together (one event, or the lines of one read of a step's output) and
+/// the share of the budget they hold until the last of them is received: one wait for
+/// room, one send and one release per group rather than per line.
 struct Queued {
-    event: StageEvent,
-    _room: Option<OwnedSemaphorePermit>,
+    events: Vec<StageEvent>,
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// The sending half of [`event_channel`].
@@ -78,7 +87,10 @@ impl EventSender {
     /// small events per step), which must not wait behind a step's output.
     pub fn send_now(&self, event: StageEvent) -> Result<(), Closed> {
         self.tx
-            .send(Queued { event, _room: None })
+            .send(Queued {
+                events: vec![event],
+                room: None,
+            })
             .map_err(|_| Closed)
     }
 
@@ -98,31 +110,39 @@ impl EventSender {
         self.room(cost).await
     }
 
-    /// Waits for `line`'s share of the budget; `None` once the receiver is gone.
-    pub(super) async fn room_for_line(&self, line: &LogLine) -> Option<OwnedSemaphorePermit> {
-        self.room(line_cost(line)).await
+    /// The whole budget, in bytes.
+    pub(super) fn budget(&self) -> usize {
+        self.budget
     }
 
-    async fn room(&self, cost: usize) -> Option<OwnedSemaphorePermit> {
+    /// Waits for `cost` bytes of the budget (at most all of it); `None` once the
+    /// receiver is gone.
+    pub(super) async fn room(&self, cost: usize) -> Option<OwnedSemaphorePermit> {
         let cost = cost.clamp(1, self.budget) as u32;
         self.room.clone().acquire_many_owned(cost).await.ok()
     }
 
-    pub(super) fn send_with(
+    fn send_with(&self, event: StageEvent, room: OwnedSemaphorePermit) -> Result<(), Closed> {
+        self.send_group(vec![event], room)
+    }
+
+    /// Sends `events` in order as one group holding `room` until the last is received.
+    pub(super) fn send_group(
         &self,
-        event: StageEvent,
+        events: Vec<StageEvent>,
         room: OwnedSemaphorePermit,
     ) -> Result<(), Closed> {
         self.tx
             .send(Queued {
-                event,
-                _room: Some(room),
+                events,
+                room: Some(room),
             })
             .map_err(|_| Closed)
     }
 }
 
-fn line_cost(line: &LogLine) -> usize {
+/// What `line` takes of the budget while it waits to be received.
+pub(super) fn line_cost(line: &LogLine) -> usize {
     line.bytes.len() + line.stage.len() + LINE_OVERHEAD
 }
 
@@ -131,22 +151,52 @@ fn line_cost(line: &LogLine) -> usize {
 pub struct EventReceiver {
     rx: mpsc::UnboundedReceiver<Queued>,
     room: Arc<Semaphore>,
+    /// The rest of the group being received…
+    group: std::vec::IntoIter<StageEvent>,
+    /// …and its share of the budget, given back with its last event.
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl EventReceiver {
     /// The next event; `None` once every sender is gone and all was received.
+    /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<StageEvent> {
-        self.rx.recv().await.map(|q| q.event)
+        loop {
+            if let Some(event) = self.take() {
+                return Some(event);
+            }
+            let queued = self.rx.recv().await?;
+            self.start(queued);
+        }
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<StageEvent> {
-        self.rx.try_recv().ok().map(|q| q.event)
+        loop {
+            if let Some(event) = self.take() {
+                return Some(event);
+            }
+            let queued = self.rx.try_recv().ok()?;
+            self.start(queued);
+        }
     }
 
     /// Whether no event is waiting.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.group.len() == 0 && self.rx.is_empty()
+    }
+
+    fn take(&mut self) -> Option<StageEvent> {
+        let event = self.group.next();
+        if self.group.len() == 0 {
+            self.held = None;
+        }
+        event
+    }
+
+    fn start(&mut self, queued: Queued) {
+        self.group = queued.events.into_iter();
+        self.held = queued.room;
     }
 
     /// The part of the budget the waiting events leave free, in bytes.
@@ -209,6 +259,24 @@ mod tests {
             });
         }
         assert_eq!(order, ["2", "3", "next", "4"]);
+        assert!(rx.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_group_holds_its_room_until_its_last_event_is_taken() {
+        let each = 10 + 1 + LINE_OVERHEAD;
+        let (tx, mut rx) = event_channel(3 * each);
+        let room = tx.room(2 * each).await.unwrap();
+        tx.send_group(vec![line(1, 10), line(2, 10)], room).unwrap();
+        tx.send(line(3, 10)).await.unwrap();
+        assert_eq!(rx.room(), 0);
+        assert!(!rx.is_empty());
+        assert!(matches!(rx.recv().await, Some(StageEvent::Line(l)) if l.number == 1));
+        assert_eq!(rx.room(), 0, "half a group taken gives nothing back");
+        assert!(matches!(rx.try_recv(), Some(StageEvent::Line(l)) if l.number == 2));
+        assert_eq!(rx.room(), 2 * each);
+        assert!(matches!(rx.recv().await, Some(StageEvent::Line(l)) if l.number == 3));
+        assert_eq!(rx.room(), 3 * each);
         assert!(rx.is_empty());
     }
 

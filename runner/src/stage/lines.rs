@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use super::events::EventSender;
+use super::events::{EventSender, line_cost};
 use super::outcome::{LogLine, StageEvent};
 use crate::backend::{LogChunk, LogStreamKind};
 use crate::interleave::StreamPair;
@@ -67,20 +67,27 @@ impl<'a> StepLines<'a> {
         !self.pending.is_empty()
     }
 
-    /// Sends the assembled lines, in order, each once the channel has room for it.
-    /// Cancel-safe: dropped while waiting, the lines not sent stay pending. Once the
-    /// receiver is gone the lines are dropped.
+    /// Sends the assembled lines, in order, once the channel has room for them: in
+    /// groups of up to a quarter of the budget (at least one line), each one wait and
+    /// one send. Cancel-safe: dropped while waiting, the lines not sent stay pending.
+    /// Once the receiver is gone the lines are dropped.
     pub(super) async fn send_pending(&mut self) {
         if self.abandoned {
             self.pending.clear();
         }
-        while let Some(next) = self.pending.front() {
-            let room = self.events.room_for_line(next).await;
-            let Some(line) = self.pending.pop_front() else {
-                return;
-            };
-            let sent = room
-                .is_some_and(|room| self.events.send_with(StageEvent::Line(line), room).is_ok());
+        let most = (self.events.budget() / 4).max(1);
+        while !self.pending.is_empty() {
+            let (mut n, mut cost) = (0, 0);
+            for line in &self.pending {
+                let more = line_cost(line);
+                if n > 0 && cost + more > most {
+                    break;
+                }
+                (n, cost) = (n + 1, cost + more);
+            }
+            let room = self.events.room(cost).await;
+            let group: Vec<StageEvent> = self.pending.drain(..n).map(StageEvent::Line).collect();
+            let sent = room.is_some_and(|room| self.events.send_group(group, room).is_ok());
             if !sent {
                 // Nobody listens any more (a closed UI): the stage goes on regardless.
                 self.pending.clear();
