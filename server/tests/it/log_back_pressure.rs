@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::process::Processes;
+use crate::support::process::{Processes, memory};
 use crate::support::served::{REPO, Served};
 
 const MIB: u64 = 1024 * 1024;
@@ -18,20 +18,6 @@ const LINE_LEN: u64 = 100;
 /// How much the server's peak RSS may grow while the log streams. Unbounded queues
 /// held most of the log (over 100 MiB of growth); bounded ones hold a few batches.
 const GROWTH_LIMIT: u64 = 40 * MIB;
-
-/// `VmHWM` (peak) and `VmRSS` of process `pid`, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
 
 fn step(run: &Value) -> &Value {
     &run["stages"][0]["steps"][0]

@@ -12,24 +12,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::support::forge::hmac_hex;
-use crate::support::process::Processes;
+use crate::support::process::{Processes, memory};
 
 const MIB: usize = 1024 * 1024;
 const BODY: usize = 25 * MIB;
-
-/// `VmHWM` and `VmRSS` of process `pid`, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
 
 /// The head of a GitHub push delivery of `len` bytes with a wrong signature.
 fn head(i: usize, len: usize, expect_continue: bool) -> Vec<u8> {

@@ -470,3 +470,17 @@ fn ready(addr: SocketAddr) -> Result<(), String> {
         Err(format!("not ready: {answer:?}"))
     }
 }
+
+/// `VmHWM` (peak) and `VmRSS` of process `pid`, in bytes.
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
